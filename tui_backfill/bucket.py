@@ -1,0 +1,228 @@
+"""The destination bucket through aiobotocore: preflight, existence, listing, conditional PUT.
+
+One client per run, reused connections, botocore's own retries off (the engine owns retries).
+Failures are classified into the engine's codes: `s3_SlowDown` and other 5xx/throttling are
+retryable, rejected credentials and a missing bucket are fatal, other 4xx are permanent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiobotocore.session
+import botocore.exceptions
+from botocore.config import Config
+
+from tui_backfill.outcomes import (
+    BackfillError,
+    ConfigError,
+    FatalError,
+    PermanentError,
+    RetryableError,
+)
+
+_CREDENTIAL_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "403",
+    "401",
+}
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "429",
+}
+_REJECTS_CONDITIONAL = {"NotImplemented", "501"}
+
+
+def _error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
+    error = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    code = str(error.get("Code") or status or "unknown")
+    return code, status, str(error.get("Message") or code)
+
+
+def classify(exc: BaseException) -> BackfillError:
+    """Map a botocore/aiohttp failure to a classified error."""
+    if isinstance(exc, BackfillError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        code, status, message = _error_parts(exc)
+        if code in _THROTTLE_CODES or status == 503:
+            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        if status >= 500:
+            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        if code in _CREDENTIAL_CODES or status in (401, 403):
+            return FatalError(f"S3 rejected the credentials ({status} {code})", code=f"s3_{code}")
+        if code in ("NoSuchBucket",):
+            return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
+        if code in ("RequestTimeout", "RequestTimeTooSkewed"):
+            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        return PermanentError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if isinstance(
+        exc,
+        (
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.ConnectTimeoutError,
+            TimeoutError,
+        ),
+    ):
+        return RetryableError("S3 call timed out", code="s3_timeout")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return FatalError("no S3 credentials found", code="s3_credentials")
+    if isinstance(
+        exc,
+        (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectionClosedError,
+            botocore.exceptions.HTTPClientError,
+            ConnectionError,
+            OSError,
+        ),
+    ):
+        return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
+    return RetryableError(f"S3: {exc.__class__.__name__}: {exc}", code="s3_error")
+
+
+class Bucket:
+    """One bucket on one endpoint. Use as an async context manager."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        endpoint_url: str | None,
+        region: str | None,
+        path_style: bool,
+        timeout: float,
+        pool_size: int,
+    ) -> None:
+        self.name = name
+        self.endpoint_url = endpoint_url
+        self._config = Config(
+            region_name=region or "us-east-1",
+            connect_timeout=min(timeout, 10.0),
+            read_timeout=timeout,
+            max_pool_connections=pool_size,
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            s3={"addressing_style": "path" if path_style else "auto"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self.conditional_writes = True  # until the server rejects If-None-Match
+
+    async def __aenter__(self) -> Bucket:
+        session = aiobotocore.session.get_session()
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    async def preflight(self) -> None:
+        """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2."""
+        where = self.endpoint_url or "AWS S3"
+        try:
+            await self._client.head_bucket(Bucket=self.name)
+        except botocore.exceptions.NoCredentialsError:
+            raise ConfigError(
+                "AWS_ACCESS_KEY_ID",
+                "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+            ) from None
+        except botocore.exceptions.ClientError as exc:
+            code, status, _ = _error_parts(exc)
+            if status == 404 or code in ("NoSuchBucket", "404"):
+                raise ConfigError(
+                    "--bucket", f"bucket {self.name!r} does not exist at {where}"
+                ) from None
+            if status in (401, 403) or code in _CREDENTIAL_CODES:
+                raise ConfigError(
+                    "AWS_ACCESS_KEY_ID",
+                    f"credentials rejected by {where} ({status} {code}); check the key pair",
+                ) from None
+            raise ConfigError(
+                "--bucket", f"HeadBucket on {where} failed: {status} {code}"
+            ) from None
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.HTTPClientError,
+            OSError,
+        ) as exc:
+            raise ConfigError(
+                "--endpoint-url", f"cannot reach {where}: {exc.__class__.__name__}"
+            ) from None
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._client.head_object(Bucket=self.name, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            code, status, _ = _error_parts(exc)
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise classify(exc) from None
+        except Exception as exc:
+            raise classify(exc) from None
+        return True
+
+    async def put(self, key: str, body: bytes, content_type: str, *, if_none_match: bool) -> bool:
+        """Write the object; False when a conditional PUT found it already there (412)."""
+        params: dict[str, Any] = {
+            "Bucket": self.name,
+            "Key": key,
+            "Body": body,
+            "ContentType": content_type,
+        }
+        if if_none_match and self.conditional_writes:
+            params["IfNoneMatch"] = "*"
+        try:
+            await self._client.put_object(**params)
+        except botocore.exceptions.ClientError as exc:
+            code, status, _ = _error_parts(exc)
+            if status == 412 or code == "PreconditionFailed":
+                return False
+            if "IfNoneMatch" in params and (code in _REJECTS_CONDITIONAL or status == 501):
+                # The server does not do conditional writes: remember, and write plainly.
+                self.conditional_writes = False
+                return await self.put(key, body, content_type, if_none_match=False)
+            raise classify(exc) from None
+        except Exception as exc:
+            raise classify(exc) from None
+        return True
+
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, stop_after: str | None = None
+    ) -> AsyncIterator[list[str]]:
+        """Pages of keys under `prefix` after `start_after`, stopping past `stop_after`."""
+        params: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": 1000}
+        if start_after:
+            params["StartAfter"] = start_after
+        while True:
+            try:
+                page = await self._client.list_objects_v2(**params)
+            except Exception as exc:
+                raise classify(exc) from None
+            keys = [item["Key"] for item in page.get("Contents", ())]
+            if stop_after is not None and keys and keys[-1] > stop_after:
+                yield [k for k in keys if k <= stop_after]
+                return
+            yield keys
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            params.pop("StartAfter", None)
+            params["ContinuationToken"] = token

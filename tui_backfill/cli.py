@@ -1,0 +1,309 @@
+"""The command line: run, status, pause, resume, coverage, demo.
+
+Startup stays light: `status`, `pause` and `--help` import neither botocore nor textual. Every
+problem found before work starts is one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from tui_backfill import __version__
+from tui_backfill.config import OPTIONS, Resolved, resolve
+from tui_backfill.outcomes import ConfigError
+
+EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, exit 2 (argparse prints the whole usage otherwise).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _add_job_state(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", help="job name (default: default)")
+    parser.add_argument("--state", help="state file (default: state/tui-backfill.sqlite3)")
+    parser.add_argument("--config", help="TOML configuration file")
+
+
+def _add_run_options(parser: argparse.ArgumentParser) -> None:
+    for option in OPTIONS:
+        if option.name in ("job", "state"):
+            continue
+        if option.kind is bool:
+            parser.add_argument(
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=option.help
+            )
+        else:
+            parser.add_argument(
+                option.flag, default=None, metavar=option.name.upper(), help=option.help
+            )
+    parser.add_argument(
+        "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="plan and check existence; no download, no upload"
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="abandon an unfinished run and start a new one"
+    )
+    parser.add_argument(
+        "--from-start", action="store_true", help="start the new run at the first SKU"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tui-backfill", description="Fill an S3-compatible bucket from an origin, resumably."
+    )
+    parser.add_argument("--version", action="version", version=f"tui-backfill {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run (or continue) the backfill job")
+    _add_job_state(run)
+    _add_run_options(run)
+
+    status = commands.add_parser("status", help="show the job's status snapshot")
+    _add_job_state(status)
+    status.add_argument("--json", action="store_true", help="the snapshot as JSON")
+
+    pause = commands.add_parser(
+        "pause", help="gracefully stop a running job (it exits 75, resumable)"
+    )
+    _add_job_state(pause)
+    pause.add_argument("--no-wait", action="store_true", help="return once the request is sent")
+
+    resume = commands.add_parser("resume", help="continue a paused or interrupted run")
+    _add_job_state(resume)
+    resume.add_argument("--no-ui", action="store_true")
+    for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
+        resume.add_argument("--" + name.replace("_", "-"), default=None)
+
+    coverage = commands.add_parser(
+        "coverage", help="how many expected objects exist; write the gap"
+    )
+    _add_job_state(coverage)
+    _add_run_options(coverage)
+    coverage.add_argument("--json", action="store_true")
+    coverage.add_argument("--gap-file", help="write the missing keys, one per line")
+
+    demo = commands.add_parser(
+        "demo", help="self-contained demo: local S3 server, origin and catalog"
+    )
+    demo.add_argument("--no-ui", action="store_true")
+    demo.add_argument("--limit-skus", type=int, default=None)
+    demo.add_argument(
+        "--fresh", action="store_true", help="start the demo over (wipe its bucket and state)"
+    )
+    return parser
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {option.name: getattr(args, option.name, None) for option in OPTIONS}
+
+
+def _resolve(args: argparse.Namespace) -> Resolved:
+    return resolve(_flags(args), config=getattr(args, "config", None))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "resume":
+            return _cmd_resume(args)
+        if args.command == "status":
+            return asyncio.run(_cmd_status(args))
+        if args.command == "pause":
+            return asyncio.run(_cmd_pause(args))
+        if args.command == "coverage":
+            return asyncio.run(_cmd_coverage(args))
+        if args.command == "demo":
+            from tui_backfill.demo import run_demo
+
+            return int(run_demo(no_ui=args.no_ui, limit_skus=args.limit_skus, fresh=args.fresh))
+    except ConfigError as exc:
+        print(f"tui-backfill: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_PAUSED
+    raise AssertionError(args.command)
+
+
+# -- run / resume ---------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tui_backfill.runner import RunRequest
+
+    request = RunRequest(
+        _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
+    )
+    return asyncio.run(run_headless(request))
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from tui_backfill.runner import RunRequest
+    from tui_backfill.state import JobLock
+
+    resolved = _resolve(args)
+    holder = JobLock(resolved.settings.state, resolved.settings.job).holder()
+    if holder is not None:
+        # A live process holds the run (paused in place by a console): release it.
+        asyncio.run(_send(resolved.settings.state, resolved.settings.job, "resume"))
+        print(
+            f"resume sent to job {resolved.settings.job!r} running in process {holder}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    return asyncio.run(run_headless(RunRequest(resolved, resume_only=True)))
+
+
+async def run_headless(request: Any) -> int:
+    """Prepare and run a job without the console; final snapshot as JSON on stdout."""
+    from tui_backfill.reporter import progress_line
+    from tui_backfill.runner import prepare_run
+
+    prepared = await prepare_run(request)
+    engine = prepared.engine
+    loop = asyncio.get_running_loop()
+    main_task = asyncio.current_task()
+    interrupts = 0
+
+    def on_signal(signum: int) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts == 1:
+            print(
+                f"tui-backfill: {signal.Signals(signum).name}: stopping after in-flight items",
+                file=sys.stderr,
+            )
+            engine.stop()
+        elif main_task is not None:
+            main_task.cancel()  # second signal: abandon in-flight items now (checkpoint still saved)
+
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    async def report() -> None:
+        while True:
+            await asyncio.sleep(prepared.settings.progress_interval)
+            print(progress_line(engine.snapshot()), file=sys.stderr, flush=True)
+
+    reporter = asyncio.create_task(report())
+    try:
+        try:
+            result = await engine.run()
+        except asyncio.CancelledError:
+            return EXIT_PAUSED
+        finally:
+            reporter.cancel()
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                loop.remove_signal_handler(signum)
+        output = result.snapshot.to_json()
+        if request.dry_run:
+            output["plan"] = {
+                "skus": result.snapshot.planned_skus,
+                "items": result.snapshot.planned_items,
+                "existing": result.snapshot.counters.found_at_start,
+                "missing": result.snapshot.counters.would_fetch,
+            }
+            await prepared.store.delete_run(engine.plan.run_id)
+        print(progress_line(result.snapshot), file=sys.stderr)
+        print(json.dumps(output, indent=2))
+        return result.exit_code
+    finally:
+        await prepared.close()
+
+
+# -- status / pause -------------------------------------------------------------------------
+
+
+def _job_state(args: argparse.Namespace) -> tuple[str, str]:
+    settings = _resolve(args).settings
+    return settings.state, settings.job
+
+
+async def status_snapshot(state: str, job: str) -> dict[str, Any]:
+    """The latest snapshot of the job's latest run, marked live or not."""
+    from tui_backfill.runner import open_state
+    from tui_backfill.state import JobLock
+
+    async with open_state(state) as store:
+        run = await store.latest_run(job)
+    if run is None:
+        raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+    snapshot = dict(run.snapshot or {})
+    if not snapshot:
+        snapshot = {"job": job, "runId": run.id, "state": "running", "startedAt": run.started_at}
+    live = JobLock(state, job).holder() is not None and run.status == "running"
+    snapshot["live"] = live
+    if not live and snapshot.get("state") in ("running", "pausing"):
+        snapshot["state"] = "paused"  # its process is gone: interrupted, resumable
+    snapshot["runStatus"] = run.status
+    if run.exit_code is not None:
+        snapshot["exitCode"] = run.exit_code
+    return snapshot
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    from tui_backfill.reporter import status_text
+
+    state, job = _job_state(args)
+    snapshot = await status_snapshot(state, job)
+    print(json.dumps(snapshot, indent=2) if args.json else status_text(snapshot))
+    return EXIT_OK
+
+
+async def _send(state: str, job: str, command: str, arg: str | None = None) -> None:
+    from tui_backfill.runner import open_state
+
+    async with open_state(state) as store:
+        await store.send_command(job, command, arg)
+
+
+async def _cmd_pause(args: argparse.Namespace) -> int:
+    from tui_backfill.state import JobLock
+
+    state, job = _job_state(args)
+    lock = JobLock(state, job)
+    holder = lock.holder()
+    if holder is None:
+        raise ConfigError("--job", f"job {job!r} is not running (nothing to pause)")
+    await _send(state, job, "stop")
+    print(f"pause sent to job {job!r} (process {holder})", file=sys.stderr)
+    if args.no_wait:
+        return EXIT_OK
+    deadline = time.monotonic() + 120
+    while lock.holder() is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if lock.holder() is not None:
+        print(f"job {job!r} is still finishing in-flight items", file=sys.stderr)
+        return EXIT_PAUSED
+    snapshot = await status_snapshot(state, job)
+    print(f"paused at checkpoint {json.dumps(snapshot.get('checkpoint'))}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- coverage -------------------------------------------------------------------------------
+
+
+async def _cmd_coverage(args: argparse.Namespace) -> int:
+    from tui_backfill.coverage import coverage_report, coverage_text
+
+    report = await coverage_report(_resolve(args), gap_file=args.gap_file)
+    print(json.dumps(report, indent=2) if args.json else coverage_text(report))
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,360 @@
+"""Settings of a run, resolved from flags, then TUI_BACKFILL_* variables, then TOML, then defaults.
+
+Every option `--foo-bar` is `TUI_BACKFILL_FOO_BAR` in the environment and `foo_bar` in the TOML
+file (top level, or under `[jobs.NAME]`, which wins over the top level for that job). Values
+are validated here, before any work, and a bad one raises ConfigError naming where it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import urllib.parse
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tui_backfill.angles import parse_angles
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.templates import DEFAULT_KEY_TEMPLATE, key_template, origin_template
+
+ENV_PREFIX = "TUI_BACKFILL_"
+DEFAULT_STATE = "state/tui-backfill.sqlite3"
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+ORIGIN_SCHEMES = ("http", "https", "ftp", "file")
+EXISTS_CHECKS = ("list", "head")
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """One setting: its type, default and help. `pacing` options may change on resume."""
+
+    name: str
+    kind: type
+    default: Any
+    help: str
+    pacing: bool = False
+    stored: bool = True  # part of a run's settings (saved with its state)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("job", str, "default", "job name (state is kept per job)", stored=False),
+    Option("state", str, DEFAULT_STATE, "SQLite state file", stored=False),
+    Option("limit_skus", int, 2000, "SKUs scanned by one run"),
+    Option("angles", str, "1-3", "angle spec: 1-3, 1,2,3, 1-2,4"),
+    Option("concurrency", int, 3, "parallel origin fetches (the politeness cap)", pacing=True),
+    Option("max_concurrency", int, 6, "highest --concurrency allowed", pacing=True),
+    Option("only_missing", bool, True, "skip objects that already exist"),
+    Option("skus_file", str, None, "SKU file: one per line, or CSV with a sku column"),
+    Option("skus_db", str, None, "catalog database (SQLite file, opened read-only)"),
+    Option("skus_query", str, None, "SQL returning one column of active SKUs"),
+    Option("origin", str, None, "origin URL template with {sku} and {angle}"),
+    Option("bucket", str, None, "destination bucket"),
+    Option("endpoint_url", str, None, "S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS)"),
+    Option("region", str, None, "S3 region (else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)"),
+    Option(
+        "path_style", bool, False, "path-style bucket addressing (MinIO and most local servers)"
+    ),
+    Option("key_template", str, DEFAULT_KEY_TEMPLATE, "destination key template"),
+    Option("timeout", float, 20.0, "hard timeout of one fetch or S3 call, seconds", pacing=True),
+    Option("checkpoint_every", int, 200, "persist the checkpoint at least every N SKUs"),
+    Option("max_attempts", int, 3, "attempts per item before it is recorded as failed"),
+    Option(
+        "backoff", float, 0.5, "first retry wait in seconds (exponential, with jitter)", pacing=True
+    ),
+    Option(
+        "exists_check",
+        str,
+        "list",
+        "how existence is known: list (1 request per 1,000 keys) or head",
+    ),
+    Option("upload_concurrency", int, 8, "parallel S3 uploads and existence checks", pacing=True),
+    Option("max_bandwidth", str, None, "cap on origin download bytes/s, e.g. 5M", pacing=True),
+    Option(
+        "progress_interval",
+        float,
+        5.0,
+        "seconds between headless progress lines",
+        pacing=True,
+        stored=False,
+    ),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Validated settings of one run (secrets excluded: they come from the environment)."""
+
+    job: str = "default"
+    state: str = DEFAULT_STATE
+    limit_skus: int = 2000
+    angles: str = "1-3"
+    concurrency: int = 3
+    max_concurrency: int = 6
+    only_missing: bool = True
+    skus_file: str | None = None
+    skus_db: str | None = None
+    skus_query: str | None = None
+    origin: str | None = None
+    bucket: str | None = None
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    timeout: float = 20.0
+    checkpoint_every: int = 200
+    max_attempts: int = 3
+    backoff: float = 0.5
+    exists_check: str = "list"
+    upload_concurrency: int = 8
+    max_bandwidth: str | None = None
+    progress_interval: float = 5.0
+
+    @property
+    def angle_list(self) -> tuple[int, ...]:
+        return parse_angles(self.angles)
+
+    @property
+    def bandwidth_bytes(self) -> int | None:
+        return None if self.max_bandwidth is None else parse_size(self.max_bandwidth)
+
+    def stored(self) -> dict[str, Any]:
+        """The settings saved with a run: no secrets (the origin's password is removed)."""
+        data = {o.name: getattr(self, o.name) for o in OPTIONS if o.stored}
+        if data["origin"]:
+            data["origin"] = strip_password(data["origin"])
+        return data
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_size(text: str, field: str = "--max-bandwidth") -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kKmMgG]?)i?[bB]?\s*", text)
+    if not match:
+        raise ConfigError(field, f"{text!r} is not a size; write e.g. 500K, 5M or 1G (bytes/s)")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2).lower()]
+    value = int(float(match.group(1)) * scale)
+    if value <= 0:
+        raise ConfigError(field, "must be above zero")
+    return value
+
+
+def strip_password(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = urllib.parse.quote(parts.username or "", safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{netloc}" if user else netloc))
+
+
+def redact_url(url: str | None) -> str:
+    """For display: the URL with any password shown as ***."""
+    if not url:
+        return ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def _coerce(option: Option, value: Any, field: str) -> Any:
+    if value is None:
+        return None
+    if option.kind is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(field, f"{value!r} is not a boolean; use true or false")
+    if option.kind is int:
+        if isinstance(value, bool):
+            raise ConfigError(field, f"{value!r} is not a whole number")
+        try:
+            return int(str(value).strip())
+        except ValueError:
+            raise ConfigError(field, f"{value!r} is not a whole number") from None
+    if option.kind is float:
+        try:
+            return float(str(value).strip())
+        except ValueError:
+            raise ConfigError(field, f"{value!r} is not a number of seconds") from None
+    if not isinstance(value, str):
+        raise ConfigError(field, f"{value!r} must be a string")
+    return value
+
+
+def load_toml(path: str, job: str) -> dict[str, Any]:
+    """Top-level keys, overlaid by `[jobs.<job>]`."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError("--config", f"{path}: no such file") from None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError("--config", f"{path}: {exc}") from None
+    merged = {k: v for k, v in data.items() if k != "jobs"}
+    jobs = data.get("jobs", {})
+    if isinstance(jobs, dict) and isinstance(jobs.get(job), dict):
+        merged.update(jobs[job])
+    for name in merged:
+        if name not in BY_NAME:
+            raise ConfigError(f"{path}: {name}", f"unknown setting; known: {', '.join(BY_NAME)}")
+    return merged
+
+
+@dataclass(frozen=True, slots=True)
+class Resolved:
+    """Settings plus which values were set explicitly, and where (for error messages)."""
+
+    settings: Settings
+    explicit: dict[str, str]  # option name -> source label (flag, env var, file key)
+
+
+def resolve(
+    flags: Mapping[str, Any], env: Mapping[str, str] | None = None, config: str | None = None
+) -> Resolved:
+    """Layer flags > environment > TOML > defaults. `flags` holds only the flags given."""
+    env = os.environ if env is None else env
+    job = flags.get("job") or env.get(BY_NAME["job"].env) or "default"
+    toml = load_toml(config, job) if config else {}
+    values: dict[str, Any] = {}
+    explicit: dict[str, str] = {}
+    for option in OPTIONS:
+        if flags.get(option.name) is not None:
+            values[option.name] = _coerce(option, flags[option.name], option.flag)
+            explicit[option.name] = option.flag
+        elif option.env in env:
+            values[option.name] = _coerce(option, env[option.env], option.env)
+            explicit[option.name] = option.env
+        elif option.name in toml:
+            label = f"{config}: {option.name}"
+            values[option.name] = _coerce(option, toml[option.name], label)
+            explicit[option.name] = label
+    if "endpoint_url" not in values and env.get("AWS_ENDPOINT_URL"):
+        values["endpoint_url"] = env["AWS_ENDPOINT_URL"]
+        explicit["endpoint_url"] = "AWS_ENDPOINT_URL"
+    if "region" not in values:
+        region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+        if region:
+            values["region"] = region
+    settings = Settings(**values)
+    validate(settings, explicit)
+    return Resolved(settings, explicit)
+
+
+def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> None:
+    """Check every value that can be checked without touching the network."""
+    where = dict(explicit or {})
+
+    def field(name: str) -> str:
+        return where.get(name, BY_NAME[name].flag)
+
+    if not JOB_NAME.match(settings.job):
+        raise ConfigError(field("job"), f"{settings.job!r}: use letters, digits, . _ - (max 64)")
+    parse_angles(settings.angles, field("angles"))
+    if settings.max_concurrency < 1:
+        raise ConfigError(field("max_concurrency"), "must be at least 1")
+    if settings.concurrency < 1:
+        raise ConfigError(
+            field("concurrency"),
+            f"{settings.concurrency} is below 1; accepted 1 to {settings.max_concurrency}",
+        )
+    if settings.concurrency > settings.max_concurrency:
+        raise ConfigError(
+            field("concurrency"),
+            f"{settings.concurrency} is above the politeness cap of {settings.max_concurrency}; "
+            "raise --max-concurrency explicitly to go higher",
+        )
+    if settings.limit_skus < 1:
+        raise ConfigError(field("limit_skus"), "must be at least 1")
+    if not 0 < settings.timeout <= 600:
+        raise ConfigError(
+            field("timeout"), f"{settings.timeout} is out of range; accepted 0 < s <= 600"
+        )
+    if settings.checkpoint_every < 1:
+        raise ConfigError(field("checkpoint_every"), "must be at least 1")
+    if not 1 <= settings.max_attempts <= 20:
+        raise ConfigError(field("max_attempts"), "accepted 1 to 20")
+    if settings.backoff < 0:
+        raise ConfigError(field("backoff"), "must not be negative")
+    if settings.upload_concurrency < 1:
+        raise ConfigError(field("upload_concurrency"), "must be at least 1")
+    if settings.exists_check not in EXISTS_CHECKS:
+        raise ConfigError(field("exists_check"), f"{settings.exists_check!r}; accepted: list, head")
+    if settings.progress_interval <= 0:
+        raise ConfigError(field("progress_interval"), "must be above zero")
+    if settings.max_bandwidth is not None:
+        parse_size(settings.max_bandwidth, field("max_bandwidth"))
+    key_template(settings.key_template)
+
+
+def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = None) -> None:
+    """What a run needs beyond `validate`: a source, an origin and a bucket."""
+    where = dict(explicit or {})
+    if settings.skus_file and settings.skus_db:
+        raise ConfigError("--skus-file", "give either --skus-file or --skus-db, not both")
+    if not settings.skus_file and not settings.skus_db:
+        raise ConfigError(
+            "--skus-file",
+            "no SKU source; give --skus-file PATH or --skus-db PATH with --skus-query SQL",
+        )
+    if settings.skus_db and not settings.skus_query:
+        raise ConfigError(
+            "--skus-query", "required with --skus-db (SQL returning one column of SKUs)"
+        )
+    if settings.skus_file and not Path(settings.skus_file).is_file():
+        raise ConfigError(
+            where.get("skus_file", "--skus-file"), f"{settings.skus_file}: no such file"
+        )
+    if settings.skus_db and not settings.skus_db.startswith("postgresql://"):
+        if not Path(settings.skus_db).is_file():
+            raise ConfigError(
+                where.get("skus_db", "--skus-db"), f"{settings.skus_db}: no such file"
+            )
+    elif settings.skus_db:
+        raise ConfigError(
+            "--skus-db", "postgresql:// catalogs are not supported yet; give a SQLite file"
+        )
+    if not settings.origin:
+        raise ConfigError(
+            "--origin",
+            "required: an origin URL template such as https://img.example.com/{sku}_{angle}",
+        )
+    scheme = urllib.parse.urlsplit(settings.origin).scheme
+    if scheme not in ORIGIN_SCHEMES:
+        raise ConfigError(
+            where.get("origin", "--origin"),
+            f"scheme {scheme or '(none)'!r} is not supported; accepted: {', '.join(s + '://' for s in ORIGIN_SCHEMES)}",
+        )
+    origin_template(settings.origin)
+    if not settings.bucket:
+        raise ConfigError("--bucket", "required: the destination bucket name")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", settings.bucket):
+        raise ConfigError(
+            where.get("bucket", "--bucket"), f"{settings.bucket!r} is not a valid bucket name"
+        )
+    if settings.endpoint_url:
+        parts = urllib.parse.urlsplit(settings.endpoint_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                where.get("endpoint_url", "--endpoint-url"),
+                f"{settings.endpoint_url!r}: expected http(s)://host[:port]",
+            )

@@ -1,0 +1,124 @@
+"""Coverage (the seed's stats and gap): expected keys of the whole source x angles, present keys
+from one bucket listing (one request per 1,000 keys, not a HEAD per key), and the gap.
+
+The listing goes into a temporary SQLite table and the catalog is walked in pages, so memory
+stays flat whatever the catalog's size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from tui_backfill.angles import parse_angles
+from tui_backfill.config import Resolved, Settings, validate_for_run
+from tui_backfill.sources import check_source, sku_batches
+from tui_backfill.templates import key_template
+
+PAGE = 1000
+
+
+async def _settings_for(resolved: Resolved) -> Settings:
+    """Flags/env/TOML, falling back to the job's latest run for what they leave unset."""
+    settings = resolved.settings
+    if Path(settings.state).exists():
+        from tui_backfill.runner import _settings_from_stored, open_state
+
+        async with open_state(settings.state) as store:
+            run = await store.latest_run(settings.job, include_dry=False)
+        if run is not None:
+            stored = {k: v for k, v in run.settings.items() if k not in resolved.explicit}
+            merged = {**settings.stored(), **stored}
+            settings = _settings_from_stored(merged, settings, resolved.explicit)
+    validate_for_run(settings, resolved.explicit)
+    return settings
+
+
+async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) -> dict[str, Any]:
+    settings = await _settings_for(resolved)
+    check_source(settings)
+    angles = parse_angles(settings.angles)
+    template = key_template(settings.key_template)
+    from tui_backfill.bucket import Bucket
+
+    with tempfile.TemporaryDirectory(prefix="tui-backfill-coverage-") as tmp:
+        db = await aiosqlite.connect(str(Path(tmp) / "coverage.sqlite3"))
+        try:
+            await db.execute("PRAGMA journal_mode = OFF")
+            await db.execute("CREATE TABLE skus (sku TEXT PRIMARY KEY) WITHOUT ROWID")
+            await db.execute("CREATE TABLE present (key TEXT PRIMARY KEY) WITHOUT ROWID")
+            async for batch in sku_batches(settings):
+                await db.executemany("INSERT OR IGNORE INTO skus VALUES (?)", ((s,) for s in batch))
+            requests = 0
+            async with Bucket(
+                settings.bucket or "",
+                endpoint_url=settings.endpoint_url,
+                region=settings.region,
+                path_style=settings.path_style,
+                timeout=settings.timeout,
+                pool_size=2,
+            ) as bucket:
+                await bucket.preflight()
+                async for keys in bucket.list_keys(template.literal_prefix):
+                    requests += 1
+                    await db.executemany(
+                        "INSERT OR IGNORE INTO present VALUES (?)", ((k,) for k in keys)
+                    )
+            await db.commit()
+            expected = present = catalog = 0
+            with contextlib.ExitStack() as stack:
+                gap = (
+                    stack.enter_context(open(gap_file, "w", encoding="utf-8")) if gap_file else None
+                )
+                after = ""
+                while True:
+                    async with db.execute(
+                        "SELECT sku FROM skus WHERE sku > ? ORDER BY sku LIMIT ?", (after, PAGE)
+                    ) as cur:
+                        skus = [row[0] for row in await cur.fetchall()]
+                    if not skus:
+                        break
+                    after = skus[-1]
+                    catalog += len(skus)
+                    keys = [template.render(sku, angle) for sku in skus for angle in angles]
+                    found: set[str] = set()
+                    for start in range(0, len(keys), 500):
+                        chunk = keys[start : start + 500]
+                        sql = f"SELECT key FROM present WHERE key IN ({','.join('?' * len(chunk))})"
+                        async with db.execute(sql, chunk) as cur:
+                            found.update(row[0] for row in await cur.fetchall())
+                    expected += len(keys)
+                    present += len(found)
+                    if gap is not None:
+                        gap.writelines(f"{key}\n" for key in keys if key not in found)
+        finally:
+            await db.close()
+    missing = expected - present
+    return {
+        "job": settings.job,
+        "bucket": settings.bucket,
+        "keyTemplate": settings.key_template,
+        "anglesPlanned": settings.angles,
+        "catalogSkus": catalog,
+        "total": expected,
+        "expected": expected,
+        "present": present,
+        "missing": missing,
+        "coveragePercent": round(100.0 * present / expected, 2) if expected else 100.0,
+        "listRequests": requests,
+        "gapFile": gap_file,
+    }
+
+
+def coverage_text(report: dict[str, Any]) -> str:
+    return (
+        f"{report['present']:,} of {report['expected']:,} expected objects present "
+        f"({report['coveragePercent']}%), {report['missing']:,} missing; "
+        f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}; "
+        f"{report['listRequests']} listing requests"
+        + (f"; gap written to {report['gapFile']}" if report.get("gapFile") else "")
+    )

@@ -1,0 +1,122 @@
+"""FTP origin through aioftp: a small pool of logged-in clients, one per fetch slot.
+
+Credentials come from the URL (`ftp://user:pass@host/...`) or from ORIGIN_USERNAME /
+ORIGIN_PASSWORD; they are never logged. FTP 550 is noRemote; 4xx replies are retryable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.parse
+from collections.abc import Mapping
+
+import aioftp
+
+from tui_backfill.origins import Bandwidth, Fetched, sniff_image
+from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
+from tui_backfill.templates import Template
+
+
+def ftp_credentials(url: str, env: Mapping[str, str]) -> tuple[str, str]:
+    parts = urllib.parse.urlsplit(url)
+    user = (
+        urllib.parse.unquote(parts.username)
+        if parts.username
+        else env.get("ORIGIN_USERNAME", "anonymous")
+    )
+    password = (
+        urllib.parse.unquote(parts.password) if parts.password else env.get("ORIGIN_PASSWORD", "")
+    )
+    return user, password
+
+
+class FtpOrigin:
+    def __init__(
+        self,
+        template: Template,
+        *,
+        concurrency: int,
+        timeout: float,
+        bandwidth: Bandwidth | None,
+        env: Mapping[str, str],
+    ) -> None:
+        self._template = template
+        self._timeout = timeout
+        self._bandwidth = bandwidth
+        parts = urllib.parse.urlsplit(template.text.replace("{", "%7B").replace("}", "%7D"))
+        self._host = parts.hostname or "127.0.0.1"
+        self._port = parts.port or 21
+        self._user, self._password = ftp_credentials(template.text, env)
+        self._idle: asyncio.LifoQueue[aioftp.Client] = asyncio.LifoQueue()
+        self._slots = asyncio.Semaphore(concurrency)
+
+    async def _connect(self) -> aioftp.Client:
+        client = aioftp.Client(socket_timeout=self._timeout, connection_timeout=self._timeout)
+        await client.connect(self._host, self._port)
+        try:
+            await client.login(self._user, self._password)
+        except aioftp.StatusCodeError as exc:
+            client.close()
+            if "530" in {str(code) for code in exc.received_codes}:
+                raise FatalError(
+                    "FTP login rejected (530); check ORIGIN_USERNAME/ORIGIN_PASSWORD",
+                    code="ftp_login",
+                ) from None
+            raise
+        return client
+
+    async def fetch(self, sku: str, angle: int) -> Fetched:
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self._template.render(sku, angle)).path)
+        async with self._slots:
+            client = self._idle.get_nowait() if not self._idle.empty() else None
+            try:
+                async with asyncio.timeout(self._timeout):
+                    if client is None:
+                        client = await self._connect()
+                    parts = []
+                    async with client.download_stream(path) as stream:
+                        async for block in stream.iter_by_block():
+                            if self._bandwidth is not None:
+                                await self._bandwidth.take(len(block))
+                            parts.append(block)
+                body = b"".join(parts)
+            except aioftp.StatusCodeError as exc:
+                codes = {str(code) for code in exc.received_codes}
+                self._release(client)
+                if "550" in codes:
+                    raise NotFoundError(f"FTP 550 for {path}", code="noRemote") from None
+                code = sorted(codes)[0] if codes else "ftp"
+                if code.startswith("4"):
+                    raise RetryableError(f"FTP {code}", code=f"ftp_{code}") from None
+                raise PermanentError(f"FTP {code}", code=f"ftp_{code}") from None
+            except TimeoutError:
+                self._discard(client)
+                raise RetryableError(
+                    f"no complete answer within {self._timeout:g} s", code="timeout"
+                ) from None
+            except (OSError, ConnectionError, aioftp.AIOFTPException) as exc:
+                self._discard(client)
+                raise RetryableError(
+                    f"connection: {exc.__class__.__name__}", code="connection"
+                ) from None
+            self._release(client)
+        return Fetched(body, sniff_image(body))
+
+    def _release(self, client: aioftp.Client | None) -> None:
+        if client is not None:
+            self._idle.put_nowait(client)
+
+    @staticmethod
+    def _discard(client: aioftp.Client | None) -> None:
+        if client is not None:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    async def close(self) -> None:
+        while not self._idle.empty():
+            client = self._idle.get_nowait()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(2):
+                    await client.quit()
+            self._discard(client)

@@ -1,0 +1,85 @@
+"""HTTP(S) origin: one shared aiohttp session sized to the fetch concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from tui_backfill.origins import Bandwidth, Fetched, sniff_image
+from tui_backfill.outcomes import NotFoundError, PermanentError, RetryableError
+from tui_backfill.templates import Template
+
+_CHUNK = 64 * 1024
+
+
+class HttpOrigin:
+    def __init__(
+        self, template: Template, *, concurrency: int, timeout: float, bandwidth: Bandwidth | None
+    ) -> None:
+        self._template = template
+        self._timeout = timeout
+        self._bandwidth = bandwidth
+        self._concurrency = concurrency
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._concurrency + 2, ttl_dns_cache=300)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                auto_decompress=True,
+                headers={"User-Agent": "tui-backfill"},
+            )
+        return self._session
+
+    async def fetch(self, sku: str, angle: int) -> Fetched:
+        url = self._template.render(sku, angle)
+        try:
+            async with asyncio.timeout(self._timeout):
+                async with self._client().get(url, allow_redirects=True) as response:
+                    status = response.status
+                    if status in (404, 410):
+                        raise NotFoundError(f"HTTP {status}", code="noRemote")
+                    if status == 429 or status >= 500:
+                        raise RetryableError(
+                            f"HTTP {status} {response.reason or ''}".strip(), code=f"http_{status}"
+                        )
+                    if status >= 400:
+                        raise PermanentError(
+                            f"HTTP {status} {response.reason or ''}".strip(), code=f"http_{status}"
+                        )
+                    if self._bandwidth is None:
+                        body = await response.read()
+                    else:
+                        parts = []
+                        async for chunk in response.content.iter_chunked(_CHUNK):
+                            await self._bandwidth.take(len(chunk))
+                            parts.append(chunk)
+                        body = b"".join(parts)
+                    expected = response.content_length
+                    if expected is not None and len(body) != expected:
+                        raise RetryableError(
+                            f"body {len(body)} of {expected} bytes", code="truncated"
+                        )
+        except TimeoutError:
+            raise RetryableError(
+                f"no complete answer within {self._timeout:g} s", code="timeout"
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            raise RetryableError(f"truncated body: {exc}", code="truncated") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
+            raise RetryableError(
+                f"connection: {exc.__class__.__name__}: {exc}", code="connection"
+            ) from None
+        except aiohttp.ClientResponseError as exc:
+            raise RetryableError(f"bad response: {exc.message}", code="connection") from None
+        except aiohttp.ClientError as exc:
+            raise RetryableError(f"{exc.__class__.__name__}: {exc}", code="connection") from None
+        return Fetched(body, sniff_image(body))
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,247 @@
+"""Preparing a run: settings against the state, the job lock, preflight, the SKU snapshot.
+
+Everything here happens before any work, so every problem it finds is a ConfigError (exit 2):
+bad or conflicting settings, a missing secret, the job already running elsewhere, an
+unreadable catalog, an unreachable endpoint, a missing bucket, rejected credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tui_backfill.angles import parse_angles
+from tui_backfill.config import (
+    BY_NAME,
+    OPTIONS,
+    Resolved,
+    Settings,
+    redact_url,
+    strip_password,
+    validate,
+    validate_for_run,
+)
+from tui_backfill.engine import Engine, RunPlan
+from tui_backfill.origins import open_origin
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.sources import check_source, sku_batches
+from tui_backfill.state import JobLock, RunRecord, StateStore
+from tui_backfill.templates import key_template
+
+
+@dataclass(frozen=True, slots=True)
+class RunRequest:
+    resolved: Resolved
+    dry_run: bool = False
+    fresh: bool = False
+    from_start: bool = False
+    resume_only: bool = False  # `resume`: continue an unfinished run, never start one
+
+
+def _settings_from_stored(
+    stored: Mapping[str, Any], base: Settings, explicit: Mapping[str, str]
+) -> Settings:
+    """The run's stored settings, with the pacing options the user gave now."""
+    values = {name: value for name, value in stored.items() if name in BY_NAME}
+    for name in explicit:
+        option = BY_NAME[name]
+        if option.pacing or not option.stored:
+            values[name] = getattr(base, name)
+    values["job"] = base.job
+    values["state"] = base.state
+    return Settings(**values)
+
+
+def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
+    """Continuing an unfinished run with other settings (bar pacing) needs --fresh."""
+    given = resolved.settings.stored()
+    for name, source in resolved.explicit.items():
+        option = BY_NAME[name]
+        if option.pacing or not option.stored:
+            continue
+        stored = run.settings.get(name)
+        if given.get(name) != stored:
+            shown_stored = redact_url(stored) if name == "origin" else stored
+            shown_given = redact_url(given.get(name)) if name == "origin" else given.get(name)
+            raise ConfigError(
+                source,
+                f"{shown_given!r} differs from the unfinished run {run.id} ({shown_stored!r}); "
+                "run with the same settings to continue it, or add --fresh to abandon it",
+            )
+
+
+def _origin_with_secret(
+    settings: Settings,
+    stored: Mapping[str, Any],
+    explicit_origin: str | None,
+    env: Mapping[str, str],
+) -> str:
+    """The origin URL to use: the given one (it may carry a password) or the stored one."""
+    if explicit_origin and strip_password(explicit_origin) == stored.get("origin"):
+        return explicit_origin
+    if stored.get("origin_password") and not env.get("ORIGIN_PASSWORD"):
+        raise ConfigError(
+            "ORIGIN_PASSWORD",
+            "required to continue this run: its origin password is never stored; set it in the environment",
+        )
+    assert settings.origin is not None
+    return settings.origin
+
+
+@dataclass
+class PreparedRun:
+    """A run ready to go: the engine and what must be closed after it."""
+
+    engine: Engine
+    settings: Settings
+    store: StateStore
+    created: bool
+    _stack: contextlib.AsyncExitStack
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+
+async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None) -> PreparedRun:
+    """Validate, lock, preflight and plan; ConfigError for anything wrong before work starts."""
+    env = os.environ if env is None else env
+    resolved = request.resolved
+    settings = resolved.settings
+    validate(settings, resolved.explicit)
+    stack = contextlib.AsyncExitStack()
+    try:
+        store = await StateStore.open(settings.state)
+        stack.push_async_callback(store.close)
+        lock = JobLock(settings.state, settings.job)
+        lock.acquire(settings.job)
+        stack.callback(lock.release)
+        prepared = await _prepare_locked(request, store, stack, env)
+    except BaseException:
+        await stack.aclose()
+        raise
+    return prepared
+
+
+async def _prepare_locked(
+    request: RunRequest, store: StateStore, stack: contextlib.AsyncExitStack, env: Mapping[str, str]
+) -> PreparedRun:
+    resolved = request.resolved
+    settings = resolved.settings
+    job = settings.job
+    unfinished = None if request.dry_run else await store.unfinished_run(job)
+    if request.resume_only and unfinished is None:
+        raise ConfigError(
+            "--job",
+            f"nothing to resume: job {job!r} has no paused or interrupted run in {settings.state}",
+        )
+    continuing = unfinished is not None and not request.fresh
+    origin_url = settings.origin
+    if continuing:
+        assert unfinished is not None
+        if not request.resume_only:
+            _check_same_settings(unfinished, resolved)
+        settings = _settings_from_stored(unfinished.settings, settings, resolved.explicit)
+        validate(settings)
+        validate_for_run(settings)
+        origin_url = _origin_with_secret(
+            settings, unfinished.settings, resolved.settings.origin, env
+        )
+    else:
+        validate_for_run(settings, resolved.explicit)
+        check_source(settings)
+    from tui_backfill.bucket import Bucket  # botocore is heavy: only runs import it
+
+    bucket = Bucket(
+        settings.bucket or "",
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        path_style=settings.path_style,
+        timeout=settings.timeout,
+        pool_size=settings.upload_concurrency + 2,
+    )
+    await stack.enter_async_context(bucket)
+    await bucket.preflight()
+    if continuing:
+        assert unfinished is not None
+        run = unfinished
+        await store.set_run_status(run.id, "running", pid=os.getpid())
+    else:
+        if unfinished is not None:
+            await store.abandon_run(unfinished.id)
+        run = await _create_run(
+            store,
+            settings,
+            request,
+            origin_has_password=origin_url != strip_password(origin_url or ""),
+        )
+    await store.clear_commands(job)
+    origin = None
+    if not request.dry_run:
+        assert origin_url is not None
+        origin = open_origin(
+            origin_url,
+            concurrency=settings.max_concurrency,
+            timeout=settings.timeout,
+            bandwidth=settings.bandwidth_bytes,
+            env=env,
+        )
+        stack.push_async_callback(origin.close)
+    plan = RunPlan(
+        job=job,
+        run_id=run.id,
+        angles=parse_angles(settings.angles),
+        angles_spec=settings.angles,
+        planned_skus=run.planned_skus,
+        key_template=key_template(settings.key_template),
+        only_missing=settings.only_missing,
+        dry_run=request.dry_run,
+        exists_check=settings.exists_check,
+        concurrency=settings.concurrency,
+        max_concurrency=settings.max_concurrency,
+        upload_concurrency=settings.upload_concurrency,
+        max_attempts=settings.max_attempts,
+        backoff=settings.backoff,
+        checkpoint_every=settings.checkpoint_every,
+        started_at=run.started_at,
+        counters=run.counters,
+        checkpoint=run.checkpoint,
+        origin_label=redact_url(origin_url),
+    )
+    engine = Engine(plan, store=store, bucket=bucket, origin=origin)
+    return PreparedRun(engine, settings, store, not continuing, stack)
+
+
+async def _create_run(
+    store: StateStore, settings: Settings, request: RunRequest, *, origin_has_password: bool
+) -> RunRecord:
+    job = settings.job
+    range_after = None
+    if not request.from_start:
+        previous = await store.last_completed_run(job)
+        range_after = previous.range_last if previous else None
+    stored = settings.stored()
+    stored["origin_password"] = origin_has_password
+    run_id = await store.create_run(job, stored, dry_run=request.dry_run, range_after=range_after)
+    try:
+        await store.snapshot_skus(run_id, sku_batches(settings), range_after, settings.limit_skus)
+    except BaseException:
+        await store.delete_run(run_id)
+        raise
+    run = await store.run(run_id)
+    assert run is not None
+    return run
+
+
+@contextlib.asynccontextmanager
+async def open_state(path: str) -> AsyncIterator[StateStore]:
+    store = await StateStore.open(path, create=False)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+__all__ = ["OPTIONS", "PreparedRun", "RunRequest", "open_state", "prepare_run"]
