@@ -413,6 +413,16 @@ class StateStore:
             "UPDATE runs SET status = ?, pid = coalesce(?, pid) WHERE id = ?", (status, pid, run_id)
         )
 
+    async def update_settings(self, run_id: int, changes: dict[str, Any]) -> None:
+        """Change stored settings of a run (the demo's servers get new ports each time)."""
+        run = await self.run(run_id)
+        if run is not None:
+            settings = {**run.settings, **changes}
+            await self._db.execute(
+                "UPDATE runs SET settings = ? WHERE id = ?",
+                (json.dumps(settings, sort_keys=True), run_id),
+            )
+
     async def abandon_run(self, run_id: int) -> None:
         await self._db.execute(
             "UPDATE runs SET status = 'abandoned', ended_at = ? WHERE id = ?",

@@ -1,0 +1,145 @@
+"""Pure logic: angle specs, templates, checkpoint watermark maths, rates and ETA, config layers."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tui_backfill.angles import parse_angles
+from tui_backfill.checkpoint import Checkpoint, WatermarkTracker
+from tui_backfill.config import redact_url, resolve, strip_password
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.snapshot import RateMeter, eta_seconds
+from tui_backfill.templates import key_template, origin_template
+
+
+@pytest.mark.parametrize(
+    ("spec", "angles"),
+    [("1", (1,)), ("1-4", (1, 2, 3, 4)), ("1,2,3", (1, 2, 3)), ("1-2,4", (1, 2, 4)), ("3,1,2,2", (1, 2, 3)), (" 2 - 3 ", (2, 3))],
+)
+def test_angle_specs_are_normalised(spec: str, angles: tuple[int, ...]) -> None:
+    assert parse_angles(spec) == angles
+
+
+@pytest.mark.parametrize("spec", ["0", "3-1", "a", "1,,2", "", "  ", "-1", "1-", "1-2-3", "1000"])
+def test_bad_angle_specs_name_the_field(spec: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_angles(spec)
+    assert str(info.value).startswith("--angles: ")
+    assert "\n" not in str(info.value)
+
+
+@given(st.lists(st.tuples(st.integers(1, 60), st.integers(0, 5)), min_size=1, max_size=8))
+def test_angle_spec_round_trip(ranges: list[tuple[int, int]]) -> None:
+    spec = ",".join(f"{low}-{low + width}" if width else str(low) for low, width in ranges)
+    expected = sorted({a for low, width in ranges for a in range(low, low + width + 1)})
+    assert parse_angles(spec) == tuple(expected)
+
+
+def test_templates() -> None:
+    template = key_template("rsr/highres/{sku}_{angle}_HR.jpg")
+    assert template.render("100421", 2) == "rsr/highres/100421_2_HR.jpg"
+    assert template.literal_prefix == "rsr/highres/"
+    assert template.sku_first
+    assert not key_template("{angle}/{sku}.jpg").sku_first
+    assert origin_template("http://h/img").text == "http://h/img/{sku}_{angle}"
+    for bad, field in [("x/{foo}.jpg", "--key-template"), ("x/{sku}.jpg", "--key-template")]:
+        with pytest.raises(ConfigError, match=field):
+            key_template(bad)
+    with pytest.raises(ConfigError, match="--origin: unknown field"):
+        origin_template("http://h/{bar}")
+
+
+def test_watermark_advances_only_over_finished_skus() -> None:
+    tracker = WatermarkTracker((1, 2))
+    for sku in ("a", "b", "c"):
+        tracker.dispatch(sku)
+    tracker.finish("b", 1)
+    tracker.finish("b", 2)
+    tracker.finish("c", 2)
+    assert tracker.checkpoint() == Checkpoint(None, {"b": (1, 2), "c": (2,)})
+    tracker.finish("a", 2)
+    assert tracker.finish("a", 1)  # the watermark moved
+    assert tracker.checkpoint() == Checkpoint("b", {"c": (2,)})
+    assert tracker.scanned(committed=True) == 3
+
+
+def test_resume_from_checkpoint_skips_completed_angles() -> None:
+    start = Checkpoint("b", {"d": (1,)})
+    tracker = WatermarkTracker((1, 2), start)
+    assert tracker.done_angles("d") == frozenset({1})
+    assert tracker.checkpoint() == start  # nothing lost before re-dispatch
+    tracker.dispatch("c")
+    tracker.dispatch("d")
+    tracker.finish("d", 2)
+    assert tracker.checkpoint() == Checkpoint("b", {"d": (1, 2)})
+    tracker.finish("c", 1)
+    tracker.finish("c", 2)
+    assert tracker.checkpoint() == Checkpoint("d", {})
+    with pytest.raises(ValueError):
+        tracker.dispatch("a")
+
+
+@given(st.integers(1, 30), st.sampled_from([(1,), (1, 2), (1, 2, 3)]), st.randoms())
+def test_watermark_is_always_a_valid_checkpoint(count: int, angles: tuple[int, ...], rnd: random.Random) -> None:
+    skus = [f"{i:04d}" for i in range(count)]
+    tracker = WatermarkTracker(angles)
+    for sku in skus:
+        tracker.dispatch(sku)
+    items = [(s, a) for s in skus for a in angles]
+    rnd.shuffle(items)
+    finished: set[tuple[str, int]] = set()
+    for sku, angle in items:
+        tracker.finish(sku, angle)
+        finished.add((sku, angle))
+        cp = tracker.checkpoint()
+        # Every SKU up to lastSku is finished; completedAngles are exactly the finished ones after it.
+        for s in skus:
+            if cp.last_sku is not None and s <= cp.last_sku:
+                assert all((s, a) in finished for a in angles)
+        for s, done in cp.completed_angles.items():
+            assert cp.last_sku is None or s > cp.last_sku
+            assert set(done) == {a for a in angles if (s, a) in finished}
+    assert tracker.checkpoint() == Checkpoint(skus[-1], {})
+    assert tracker.finished_skus == count
+
+
+def test_rate_meter_and_eta() -> None:
+    meter = RateMeter(window=10)
+    assert meter.rates() == (0.0, 0.0, 0.0)
+    for t in range(0, 31):
+        meter.add(float(t), items=3.0 * t, skus=1.0 * t, nbytes=1000.0 * t)
+    items, skus, nbytes = meter.rates()
+    assert items == pytest.approx(3.0)
+    assert skus == pytest.approx(1.0)
+    assert nbytes == pytest.approx(1000.0)
+    assert eta_seconds(120, 2.0) == 60.0
+    assert eta_seconds(0, 0.0) == 0.0
+    assert eta_seconds(5, 0.0) is None
+
+
+def test_config_layers_flags_env_toml(tmp_path) -> None:
+    toml = tmp_path / "backfill.toml"
+    toml.write_text('concurrency = 2\nangles = "1-2"\n[jobs.nightly]\nangles = "1-4"\nlimit_skus = 50\n')
+    flags: dict[str, object] = {"job": "nightly"}
+    resolved = resolve(flags, env={}, config=str(toml))
+    assert (resolved.settings.angles, resolved.settings.limit_skus, resolved.settings.concurrency) == ("1-4", 50, 2)
+    resolved = resolve(flags, env={"TUI_BACKFILL_CONCURRENCY": "4", "TUI_BACKFILL_LIMIT_SKUS": "7"}, config=str(toml))
+    assert (resolved.settings.concurrency, resolved.settings.limit_skus) == (4, 7)
+    resolved = resolve({"job": "nightly", "concurrency": "5"}, env={"TUI_BACKFILL_CONCURRENCY": "4"}, config=str(toml))
+    assert resolved.settings.concurrency == 5
+    assert resolved.explicit["concurrency"] == "--concurrency"
+    with pytest.raises(ConfigError, match="TUI_BACKFILL_CONCURRENCY: 'x' is not a whole number"):
+        resolve({}, env={"TUI_BACKFILL_CONCURRENCY": "x"})
+    with pytest.raises(ConfigError, match="above the politeness cap of 6"):
+        resolve({"concurrency": "7"}, env={})
+    assert resolve({"concurrency": "7", "max_concurrency": "8"}, env={}).settings.concurrency == 7
+
+
+def test_passwords_are_stripped_and_redacted() -> None:
+    url = "ftp://user:p%40ss@127.0.0.1:2121/img/{sku}_{angle}"
+    assert strip_password(url) == "ftp://user@127.0.0.1:2121/img/{sku}_{angle}"
+    assert "p%40ss" not in redact_url(url) and "***" in redact_url(url)
