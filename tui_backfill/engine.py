@@ -258,7 +258,10 @@ class Engine:
                 self._fatal = exc
                 await self._abandon_in_flight()
             except asyncio.CancelledError:
+                # Cancelled from outside (a second signal): still leave a resumable checkpoint.
                 await self._abandon_in_flight()
+                self._stop = Stop.STOP
+                await asyncio.shield(self._finish())
                 raise
             return await asyncio.shield(self._finish())
         finally:
@@ -371,6 +374,8 @@ class Engine:
                     for angle in plan.angles:
                         if angle in done:
                             continue
+                        if self._stop is Stop.STOP:
+                            return  # the SKU's other angles stay unfinished: a resume redoes them
                         key = plan.key_template.render(sku, angle)
                         if existing is not None and key in existing:
                             await self._record(
