@@ -87,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
         resume.add_argument("--" + name.replace("_", "-"), default=None)
 
+    attach = commands.add_parser(
+        "attach", help="the console over a run going on in another process"
+    )
+    _add_job_state(attach)
+
     coverage = commands.add_parser(
         "coverage", help="how many expected objects exist; write the gap"
     )
@@ -121,6 +126,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "resume":
             return _cmd_resume(args)
+        if args.command == "attach":
+            return _cmd_attach(args)
         if args.command == "status":
             return asyncio.run(_cmd_status(args))
         if args.command == "pause":
@@ -142,13 +149,72 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- run / resume ---------------------------------------------------------------------------
 
 
+def has_terminal() -> bool:
+    return sys.stdout.isatty() and sys.stdin.isatty()
+
+
+def wants_console(no_ui: bool) -> bool:
+    """The console when stdout is a terminal; otherwise headless, with a one-line note."""
+    if no_ui:
+        return False
+    if not has_terminal():
+        print("tui-backfill: no terminal, running headless (as with --no-ui)", file=sys.stderr)
+        return False
+    return True
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from tui_backfill.runner import RunRequest
 
     request = RunRequest(
         _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
     )
+    if not args.dry_run and wants_console(args.no_ui):
+        return asyncio.run(run_console(request))
     return asyncio.run(run_headless(request))
+
+
+async def run_console(request: Any) -> int:
+    """Prepare the run (errors stay one line, before any screen), then the console over it."""
+    from tui_backfill.runner import prepare_run
+    from tui_backfill.ui.app import BackfillApp
+    from tui_backfill.ui.controller import LocalController
+
+    prepared = await prepare_run(request)
+    try:
+        app = BackfillApp(LocalController(prepared))
+        code = await app.run_async()
+        if code is None:
+            code = app.exit_code if app.exit_code is not None else EXIT_PAUSED
+        if app.snapshot is not None:
+            from tui_backfill.reporter import progress_line
+
+            print(progress_line(app.snapshot), file=sys.stderr)
+        return int(code)
+    finally:
+        await prepared.close()
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    if not has_terminal():
+        raise ConfigError(
+            "attach", "needs a terminal (use `status` or `status --json` without one)"
+        )
+    state, job = _job_state(args)
+    return asyncio.run(attach_console(state, job))
+
+
+async def attach_console(state: str, job: str) -> int:
+    from tui_backfill.runner import open_state
+    from tui_backfill.ui.app import BackfillApp
+    from tui_backfill.ui.controller import AttachedController
+
+    async with open_state(state) as store:
+        if await store.latest_run(job, include_dry=False) is None:
+            raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+        app = BackfillApp(AttachedController(store, state, job))
+        await app.run_async()
+    return EXIT_OK
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -165,7 +231,10 @@ def _cmd_resume(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    return asyncio.run(run_headless(RunRequest(resolved, resume_only=True)))
+    request = RunRequest(resolved, resume_only=True)
+    if wants_console(args.no_ui):
+        return asyncio.run(run_console(request))
+    return asyncio.run(run_headless(request))
 
 
 async def run_headless(request: Any) -> int:
@@ -233,6 +302,35 @@ def _job_state(args: argparse.Namespace) -> tuple[str, str]:
     return settings.state, settings.job
 
 
+def _as_committed(run: Any, published: dict[str, Any]) -> dict[str, Any]:
+    """A run whose process died, as a resume will continue it: the counters and checkpoint
+    committed together, not the last published view, which may be ahead of them or behind."""
+    import dataclasses
+
+    from tui_backfill.angles import parse_angles
+    from tui_backfill.snapshot import snapshot_from_json
+
+    angles = str(run.settings.get("angles") or published.get("anglesPlanned") or "")
+    view = dataclasses.replace(
+        snapshot_from_json(published),
+        job=run.job,
+        run_id=run.id,
+        started_at=run.started_at,
+        angles_planned=angles,
+        angles_per_sku=len(parse_angles(angles)) if angles else 0,
+        planned_skus=run.planned_skus,
+        counters=run.counters,
+        checkpoint=run.checkpoint,
+        checkpoint_saved_sku=run.checkpoint.last_sku,
+        in_flight=0,
+        items_per_second=0.0,
+        skus_per_second=0.0,
+        bytes_per_second=0.0,
+        eta_seconds=None,
+    )
+    return {**published, **view.to_json()}
+
+
 async def status_snapshot(state: str, job: str) -> dict[str, Any]:
     """The latest snapshot of the job's latest run, marked live or not."""
     from tui_backfill.runner import open_state
@@ -246,6 +344,8 @@ async def status_snapshot(state: str, job: str) -> dict[str, Any]:
     if not snapshot:
         snapshot = {"job": job, "runId": run.id, "state": "running", "startedAt": run.started_at}
     live = JobLock(state, job).holder() is not None and run.status == "running"
+    if not live and run.status == "running":
+        snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
     snapshot["live"] = live
     if not live and snapshot.get("state") in ("running", "pausing"):
         snapshot["state"] = "paused"  # its process is gone: interrupted, resumable

@@ -47,7 +47,7 @@ def _wipe() -> None:
 
 
 async def _demo(no_ui: bool, limit_skus: int | None) -> int:
-    from tui_backfill.cli import run_headless
+    from tui_backfill.cli import run_console, run_headless, wants_console
 
     catalog = DEMO_DIR / "catalog.sqlite3"
     if not catalog.exists():
@@ -94,9 +94,10 @@ async def _demo(no_ui: bool, limit_skus: int | None) -> int:
                 )
         finally:
             await store.close()
-        # The console arrives with the operator-console issue; until then the demo is headless.
-        del no_ui
-        return await run_headless(RunRequest(resolved))
+        request = RunRequest(resolved)
+        if wants_console(no_ui):
+            return await run_console(request)
+        return await run_headless(request)
 
 
 def run_demo(*, no_ui: bool = False, limit_skus: int | None = None, fresh: bool = False) -> int:

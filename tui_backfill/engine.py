@@ -29,7 +29,7 @@ from tui_backfill.templates import Template
 T = TypeVar("T")
 
 PAGE_SKUS = 500
-PUBLISH_EVERY = 1.0  # seconds between snapshots written to the state for other processes
+PUBLISH_EVERY = 0.5  # seconds between snapshots written to the state for other processes
 COMMAND_POLL = 0.5
 SAMPLE_EVERY = 0.5
 MAX_KEY_BYTES = 1024
@@ -119,6 +119,7 @@ class _Item:
     angle: int
     key: str
     carryover: bool = False
+    head: bool = False  # existence unknown from a listing: HEAD it
 
 
 class Engine:
@@ -160,6 +161,8 @@ class Engine:
         self._rates = RateMeter()
         self._items_done = 0
         self._last_published = 0.0
+        self._saved_at = ""
+        self._saved_sku: str | None = plan.checkpoint.last_sku
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -241,6 +244,8 @@ class Engine:
             endpoint=self._bucket.endpoint_url or "",
             origin=self.plan.origin_label,
             message=self._fatal.message if self._fatal else "",
+            checkpoint_saved_at=self._saved_at,
+            checkpoint_saved_sku=self._saved_sku,
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -374,7 +379,7 @@ class Engine:
                     for angle in plan.angles:
                         if angle in done:
                             continue
-                        if self._stop is Stop.STOP:
+                        if self._stop is not Stop.NONE and await self._wait_if_held():
                             return  # the SKU's other angles stay unfinished: a resume redoes them
                         key = plan.key_template.render(sku, angle)
                         if existing is not None and key in existing:
@@ -382,7 +387,7 @@ class Engine:
                                 _Item(sku, angle, key), _Result(Outcome.SKIPPED_EXISTS, found=True)
                             )
                         else:
-                            await self._dispatch(_Item(sku, angle, key))
+                            await self._dispatch(_Item(sku, angle, key, head=existing is None))
         finally:
             next_page.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -397,12 +402,22 @@ class Engine:
             return skus, None  # keys do not sort near their SKU: HEAD per item instead
         prefix = template.literal_prefix
         stop_after = prefix + max(sku + "\U0010ffff" for sku in skus)
-        existing: set[str] = set()
-        async with self._s3_slots.hold():
-            async for keys in self._bucket.list_keys(
-                prefix, start_after=prefix + skus[0], stop_after=stop_after
-            ):
-                existing.update(keys)
+
+        async def listing() -> set[str]:
+            existing: set[str] = set()
+            async with self._s3_slots.hold():
+                async for keys in self._bucket.list_keys(
+                    prefix, start_after=prefix + skus[0], stop_after=stop_after
+                ):
+                    existing.update(keys)
+            return existing
+
+        # Retried and counted like any S3 call (plain sleeps: this runs outside any item);
+        # a listing that keeps failing leaves the page to a HEAD per item.
+        try:
+            existing, _ = await self._stage(listing, sleep=asyncio.sleep)
+        except StageFailed:
+            return skus, None
         return skus, existing
 
     # -- one item ---------------------------------------------------------------------------
@@ -418,13 +433,17 @@ class Engine:
         self.counters.count_error(exc.code)
         self._last_errors[exc.code] = exc.message
 
-    async def _stage(self, call: Callable[[], Awaitable[T]]) -> tuple[T, int]:
+    async def _stage(
+        self,
+        call: Callable[[], Awaitable[T]],
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> tuple[T, int]:
         """One stage of an item under the retry policy; returns (result, attempts)."""
         attempts = 0
         policy = retrying(
             max_attempts=self.plan.max_attempts,
             backoff=self.plan.backoff,
-            sleep=self._interruptible_sleep,
+            sleep=sleep or self._interruptible_sleep,
         )
         try:
             async for attempt in policy:
@@ -457,6 +476,8 @@ class Engine:
     async def _fetch(self, item: _Item) -> Fetched:
         assert self._origin is not None
         async with self._fetch_slots.hold():
+            if self._stop is not Stop.NONE:
+                raise Interrupted  # stopped while queued for a slot: no new origin request
             return await self._origin.fetch(item.sku, item.angle)
 
     async def _put(self, item: _Item, fetched: Fetched) -> bool:
@@ -487,7 +508,10 @@ class Engine:
                 error=BackfillError("key is longer than 1,024 bytes", code="bad_key"),
             )
         if plan.only_missing and (
-            item.carryover or plan.exists_check == "head" or not plan.key_template.sku_first
+            item.carryover
+            or item.head
+            or plan.exists_check == "head"
+            or not plan.key_template.sku_first
         ):
             try:
                 exists, _ = await self._stage(lambda: self._exists(item.key))
@@ -572,10 +596,12 @@ class Engine:
             counters.scanned_skus = self._scanned(committed=True)
             failed, self._pending_failed = self._pending_failed, []
             resolved, self._pending_resolved = self._pending_resolved, []
+            checkpoint = self._tracker.checkpoint()
+            self._saved_at, self._saved_sku = utc_now_iso(), checkpoint.last_sku
             await self._store.commit_checkpoint(
                 self.plan.run_id,
                 counters,
-                self._tracker.checkpoint(),
+                checkpoint,
                 job=self.plan.job,
                 failed=failed,
                 resolved=resolved,

@@ -34,7 +34,7 @@ def retrying(
     return AsyncRetrying(
         stop=stop_after_attempt(max_attempts),
         wait=wait_exponential_jitter(
-            initial=backoff, exp_base=2, max=max(backoff * 32, backoff), jitter=backoff
+            multiplier=backoff, exp_base=2, max=max(backoff * 32, backoff), jitter=backoff
         ),
         retry=retry_if_exception(_retryable),
         sleep=sleep,

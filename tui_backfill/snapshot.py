@@ -86,6 +86,8 @@ class StatusSnapshot:
     endpoint: str = ""
     origin: str = ""
     message: str = ""
+    checkpoint_saved_at: str = ""  # when counters + checkpoint were last committed
+    checkpoint_saved_sku: str | None = None
 
     @property
     def planned_items(self) -> int:
@@ -143,7 +145,60 @@ class StatusSnapshot:
             "endpoint": self.endpoint,
             "origin": self.origin,
             "message": self.message,
+            "checkpointSavedAt": self.checkpoint_saved_at,
+            "checkpointSavedSku": self.checkpoint_saved_sku,
         }
+
+
+def snapshot_from_json(data: dict[str, Any]) -> StatusSnapshot:
+    """The inverse of `StatusSnapshot.to_json` (for front ends reading a published snapshot)."""
+    angles = str(data.get("anglesPlanned") or "")
+    planned_skus = int(data.get("plannedSkus") or 0)
+    planned_items = int(data.get("plannedItems") or 0)
+    existence = data.get("existence") or {}
+    carryover = data.get("carryover") or {}
+    counters = Counters(
+        scanned_skus=int(data.get("scannedSkus") or 0),
+        attempted_downloads=int(data.get("attemptedDownloads") or 0),
+        uploaded=int(data.get("uploaded") or 0),
+        skipped_exists=int(data.get("skippedExists") or 0),
+        no_remote=int(data.get("noRemote") or 0),
+        failed_items=int(data.get("failedItems") or 0),
+        errors_by_code={str(k): int(v) for k, v in (data.get("errorsByCode") or {}).items()},
+        bytes_uploaded=int(data.get("bytesUploaded") or 0),
+        found_at_start=int(existence.get("foundAtStart") or 0),
+        would_fetch=int(data.get("wouldFetch") or 0),
+        carryover_planned=int(carryover.get("planned") or 0),
+        carryover_done=int(carryover.get("done") or 0),
+        carryover_failed=int(carryover.get("failed") or 0),
+    )
+    return StatusSnapshot(
+        job=str(data.get("job") or ""),
+        run_id=int(data.get("runId") or 0),
+        state=str(data.get("state") or "running"),
+        dry_run=bool(data.get("dryRun")),
+        started_at=str(data.get("startedAt") or ""),
+        last_update_at=str(data.get("lastUpdateAt") or ""),
+        angles_planned=angles,
+        angles_per_sku=planned_items // planned_skus if planned_skus else 0,
+        concurrency=int(data.get("concurrency") or 0),
+        planned_skus=planned_skus,
+        counters=counters,
+        checkpoint=Checkpoint.from_json(data.get("checkpoint") or {}),
+        live=bool(data.get("live", True)),
+        in_flight=int(data.get("inFlight") or 0),
+        items_per_second=float(data.get("itemsPerSecond") or 0.0),
+        skus_per_second=float(data.get("skusPerSecond") or 0.0),
+        bytes_per_second=float(data.get("bytesPerSecond") or 0.0),
+        eta_seconds=data.get("etaSeconds"),
+        last_errors={str(k): str(v) for k, v in (data.get("lastErrors") or {}).items()},
+        bucket=str(data.get("bucket") or ""),
+        endpoint=str(data.get("endpoint") or ""),
+        origin=str(data.get("origin") or ""),
+        message=str(data.get("message") or ""),
+        checkpoint_saved_at=str(data.get("checkpointSavedAt") or ""),
+        checkpoint_saved_sku=data.get("checkpointSavedSku"),
+    )
 
 
 class RateMeter:

@@ -32,6 +32,9 @@ class HttpOrigin:
                 auto_decompress=True,
                 headers={"User-Agent": "tui-backfill"},
             )
+            # aiohttp silently re-sends an idempotent request once when a reused connection
+            # drops; the engine owns retries, so one fetch is exactly one GET at the origin.
+            self._session._retry_connection = False
         return self._session
 
     async def fetch(self, sku: str, angle: int) -> Fetched:

@@ -1,0 +1,269 @@
+"""The operator console, used as a person uses it: Pilot key presses against a real engine on
+loopback servers, snapshots at 80x24 and 120x40, attach to a headless run in another process."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from tui_backfill.checkpoint import Checkpoint
+from tui_backfill.config import resolve
+from tui_backfill.runner import RunRequest, open_state, prepare_run
+from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
+from tui_backfill.servers.origin import OriginServer
+from tui_backfill.snapshot import Counters, StatusSnapshot
+from tui_backfill.state import FailedItem
+from tui_backfill.ui.app import BackfillApp
+from tui_backfill.ui.controller import AttachedController, LocalController
+from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+
+FIXED_NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
+
+
+def screen_text(app: BackfillApp) -> str:
+    """The screen as plain text, the way a person reads it."""
+    width, height = app.size
+    console = Console(
+        width=width, height=height, file=io.StringIO(), record=True, legacy_windows=False
+    )
+    console.print(
+        app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
+    )
+    return console.export_text()
+
+
+async def wait_for(pilot: Any, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time:\n" + screen_text(pilot.app))
+        await pilot.pause(0.05)
+    await pilot.pause(0.1)  # let the screen (footer bindings included) catch up
+
+
+def flags_for(
+    s3: Any, origin: OriginServer, catalog: Path, state: Path, **extra: Any
+) -> dict[str, Any]:
+    return {
+        "state": str(state),
+        "skus_db": str(catalog),
+        "skus_query": ACTIVE_SKUS_QUERY,
+        "origin": origin.url_template,
+        "bucket": s3.bucket,
+        "endpoint_url": s3.endpoint_url,
+        "path_style": True,
+        "timeout": 2.0,
+        "backoff": 0.01,
+        **extra,
+    }
+
+
+@pytest.fixture
+def aws_env(rclone_s3: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    for name, value in rclone_s3.env().items():
+        monkeypatch.setenv(name, value)
+    return rclone_s3
+
+
+async def test_keys_drive_a_real_engine(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    origin.faults.latency = 0.03  # long enough to press keys while it runs
+    catalog = catalog_db(200)
+    resolved = resolve(
+        flags_for(aws_env, origin, catalog, tmp_path / "state.sqlite3", limit_skus=200), env={}
+    )
+    prepared = await prepare_run(RunRequest(resolved))
+    engine = prepared.engine
+    app = BackfillApp(LocalController(prepared))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: engine.counters.uploaded > 0)
+            text = screen_text(app)
+            assert (
+                "RUNNING" in text
+                and "scannedSkus" in text
+                and "p Pause" in text
+                and "r Resume" not in text
+            )
+
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.run_state == "paused")
+            assert engine.state.value == "paused"
+            uploaded = engine.counters.uploaded
+            await pilot.pause(0.5)
+            assert engine.counters.uploaded == uploaded  # nothing moves while paused
+            text = screen_text(app)
+            assert "PAUSED" in text and "r Resume" in text and "p Pause" not in text
+
+            await pilot.press("plus")
+            await wait_for(pilot, lambda: engine.concurrency == 4)
+            await pilot.press("minus", "minus")
+            await wait_for(pilot, lambda: engine.concurrency == 2)
+            assert "concurrency     2" in screen_text(app)
+
+            await pilot.press("r")
+            await wait_for(
+                pilot, lambda: app.run_state == "running" and engine.counters.uploaded > uploaded
+            )
+            assert "RUNNING" in screen_text(app)
+
+            await pilot.press("f")
+            await wait_for(pilot, lambda: isinstance(app.screen, FailedItemsScreen))
+            assert "Failed items (0)" in screen_text(app)
+            await pilot.press("escape")
+            await pilot.press("question_mark")
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            assert "pause: stop dispatching" in screen_text(app)
+            await pilot.press("escape")
+
+            await pilot.press("q")
+            await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+            assert "Pause it, save the checkpoint and quit?" in screen_text(app)
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.return_value is not None, timeout=20)
+        assert app.return_value == 75
+        assert engine.state.value == "paused"
+        run_id = engine.plan.run_id
+    finally:
+        await prepared.close()
+    async with open_state(str(tmp_path / "state.sqlite3")) as store:
+        run = await store.run(run_id)
+    assert run is not None and run.status == "paused" and run.exit_code == 75
+    assert run.counters.uploaded > 0 and run.checkpoint.last_sku is not None
+
+
+async def test_quit_after_completion_returns_the_exit_code(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    catalog = catalog_db(20)
+    resolved = resolve(
+        flags_for(aws_env, origin, catalog, tmp_path / "s.sqlite3", limit_skus=20), env={}
+    )
+    prepared = await prepare_run(RunRequest(resolved))
+    app = BackfillApp(LocalController(prepared))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.run_state == "completed" and not app.live)
+            text = screen_text(app)
+            assert "COMPLETED" in text and "p Pause" not in text and "q Quit" in text
+            await pilot.press("q")  # nothing live: no question asked
+            await wait_for(pilot, lambda: app.return_value is not None)
+        assert app.return_value == 0
+    finally:
+        await prepared.close()
+
+
+async def test_attach_pauses_and_resumes_a_headless_run(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    origin.faults.latency = 0.02
+    catalog = catalog_db(150)
+    state = tmp_path / "state.sqlite3"
+    args = [
+        "run", "--no-ui", "--state", str(state), "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
+        "--origin", origin.url_template, "--bucket", aws_env.bucket, "--endpoint-url", aws_env.endpoint_url,
+        "--path-style", "--timeout", "2", "--backoff", "0.01", "--limit-skus", "150",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tui_backfill", *args, env=dict(os.environ),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if state.exists() and origin.gets > 20:
+                break
+            await asyncio.sleep(0.05)
+        async with open_state(str(state)) as store:
+            app = BackfillApp(AttachedController(store, str(state), "default"))
+            async with app.run_test(size=(80, 24)) as pilot:
+                await wait_for(
+                    pilot, lambda: app.snapshot is not None and app.run_state == "running"
+                )
+                assert "attached" in screen_text(app)
+                await pilot.press("p")
+                await wait_for(pilot, lambda: app.run_state == "paused")
+                gets = origin.gets
+                await asyncio.sleep(0.6)
+                assert origin.gets == gets  # the other process really holds
+                await pilot.press("r")
+                await wait_for(pilot, lambda: app.run_state == "running")
+                await pilot.press("q")  # detach: never stops the run
+                await wait_for(pilot, lambda: app.return_value is not None)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err.decode()
+    assert b'"state": "completed"' in out
+
+
+def fixed_snapshot(state: str = "running") -> StatusSnapshot:
+    counters = Counters(
+        scanned_skus=1234, attempted_downloads=3420, uploaded=3310, skipped_exists=180, no_remote=96,
+        failed_items=2, errors_by_code={"timeout": 9, "http_503": 14, "s3_SlowDown": 3},
+        bytes_uploaded=212_000_000, found_at_start=180,
+    )  # fmt: skip
+    return StatusSnapshot(
+        job="default", run_id=7, state=state, dry_run=False,
+        started_at="2026-11-26T11:40:00.000Z", last_update_at="2026-11-26T12:00:00.000Z",
+        angles_planned="1-3", angles_per_sku=3, concurrency=3, planned_skus=2000, counters=counters,
+        checkpoint=Checkpoint("100421", {"100423": (1, 3), "100424": (2,)}), in_flight=5,
+        items_per_second=8.9, skus_per_second=2.97, bytes_per_second=560_000.0, eta_seconds=258.0,
+        last_errors={"timeout": "no complete answer within 20 s", "http_503": "HTTP 503 Service Unavailable",
+                     "s3_SlowDown": "S3 503 SlowDown: Please reduce your request rate."},
+        bucket="images-prod", endpoint="https://s3.eu-central-1.example.com",
+        origin="https://img.supplier.example/{sku}_{angle}",
+        checkpoint_saved_at="2026-11-26T11:59:58.000Z", checkpoint_saved_sku="100400",
+    )  # fmt: skip
+
+
+class FixedController:
+    """Deterministic snapshot data for the snapshot tests (no run behind it)."""
+
+    attached = False
+    job = "default"
+    max_concurrency = 6
+
+    def __init__(self, snapshot: StatusSnapshot) -> None:
+        self._snapshot = snapshot
+
+    async def snapshot(self) -> StatusSnapshot:
+        return self._snapshot
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def set_concurrency(self, value: int) -> None: ...
+
+    async def failed_items(self) -> list[FailedItem]:
+        return [
+            FailedItem(
+                "100417", 2, "rsr/highres/100417_2_HR.jpg", "timeout", "no answer within 20 s", 3, 7
+            )
+        ]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40)])
+def test_console_snapshot(snap_compare: Any, size: tuple[int, int]) -> None:
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    assert snap_compare(app, terminal_size=size)
+
+
+def test_failed_items_snapshot(snap_compare: Any) -> None:
+    app = BackfillApp(
+        FixedController(fixed_snapshot("paused")), clock=lambda: FIXED_NOW, poll=False
+    )  # type: ignore[arg-type]
+    assert snap_compare(app, terminal_size=(80, 24), press=["f"])

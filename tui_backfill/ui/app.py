@@ -1,0 +1,212 @@
+"""The operator console: a full-screen Textual app over a controller (snapshots + commands).
+
+It holds no engine logic. It reads a snapshot at a bounded rate (four times a second; a
+snapshot that changes faster simply replaces the previous one, nothing queues), renders it in
+panels, and turns keys into commands. With a local engine it owns the run: `q` pauses and
+saves before quitting (exit 75), a lost terminal (SIGHUP) does the same. Attached to a run in
+another process, it only reads and sends commands; closing it never stops that run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import signal
+from collections.abc import Callable
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, RichLog, Static
+
+from tui_backfill.snapshot import StatusSnapshot
+from tui_backfill.ui.controller import Controller, LocalController
+from tui_backfill.ui.events import notable_events
+from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+from tui_backfill.ui.widgets import (
+    CheckpointPanel,
+    CountersPanel,
+    ErrorsTable,
+    HeaderBar,
+    ProgressPanel,
+)
+
+REFRESH_EVERY = 0.25
+EXIT_PAUSED = 75
+
+
+class BackfillApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-backfill"
+    ENABLE_COMMAND_PALETTE = False
+
+    BINDINGS = [
+        Binding("p", "pause", "Pause", id="pause"),
+        Binding("r", "resume", "Resume", id="resume"),
+        Binding("plus,equals_sign", "faster", "+fetch", key_display="+", id="faster"),
+        Binding("minus", "slower", "-fetch", key_display="-", id="slower"),
+        Binding("f", "failed", "Failed", id="failed"),
+        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("q", "quit_console", "Quit", id="quit"),
+        Binding("ctrl+q,ctrl+c", "quit_console", "Quit", show=False, priority=True, id="quit-ctrl"),
+    ]
+
+    run_state: reactive[str] = reactive("running", bindings=True)
+    """The run's state as last seen; decides which keys the footer offers."""
+    live: reactive[bool] = reactive(True, bindings=True)
+    """Whether a process is working on the run (attached consoles may see it end)."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        poll: bool = True,
+    ) -> None:
+        super().__init__()
+        self.controller = controller
+        self._clock = clock or (lambda: dt.datetime.now().astimezone())
+        self._poll = poll
+        self._previous: StatusSnapshot | None = None
+        self.snapshot: StatusSnapshot | None = None
+        self.exit_code: int | None = None
+        self._engine_done = asyncio.Event()
+        self._quitting = False
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        yield ProgressPanel(id="progress")
+        yield CountersPanel(id="counters")
+        with Horizontal(id="middle"):
+            with Vertical(id="errors-box"):
+                yield Static("errors by code", classes="panel-title")
+                yield ErrorsTable(id="errors")
+            with Vertical(id="checkpoint-box"):
+                yield Static("checkpoint", classes="panel-title")
+                yield CheckpointPanel(id="checkpoint")
+        yield RichLog(id="log", max_lines=500, wrap=False, markup=False)
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        if isinstance(self.controller, LocalController):
+            self.run_worker(
+                self._run_engine(),
+                group="engine",
+                description="backfill engine",
+                exit_on_error=False,
+            )
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGHUP, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, self._on_signal)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        await self.refresh_snapshot()
+        if self._poll:
+            self.set_interval(REFRESH_EVERY, self.refresh_snapshot, name="snapshot-poll")
+
+    async def _run_engine(self) -> None:
+        assert isinstance(self.controller, LocalController)
+        try:
+            result = await self.controller.engine.run()
+            self.exit_code = result.exit_code
+        finally:
+            self._engine_done.set()
+        await self.refresh_snapshot()
+        if self._quitting:
+            self.exit(self.exit_code)
+
+    def _on_signal(self) -> None:
+        """A lost terminal or a TERM: pause, persist, exit 75 (the run stays resumable)."""
+        self._quitting = True
+        assert isinstance(self.controller, LocalController)
+        self.controller.stop()
+        if self._engine_done.is_set():
+            self.exit(self.exit_code if self.exit_code is not None else EXIT_PAUSED)
+
+    async def refresh_snapshot(self) -> None:
+        snap = await self.controller.snapshot()
+        if snap is None:
+            return
+        self.apply_snapshot(snap)
+
+    def apply_snapshot(self, snap: StatusSnapshot) -> None:
+        self.snapshot = snap
+        self.run_state = snap.state
+        self.live = snap.live and not (
+            isinstance(self.controller, LocalController) and self._engine_done.is_set()
+        )
+        self.query_one(HeaderBar).show(snap, attached=self.controller.attached)
+        self.query_one(ProgressPanel).show(snap, self._clock())
+        self.query_one(CountersPanel).show(snap)
+        self.query_one(ErrorsTable).show(snap)
+        self.query_one(CheckpointPanel).show(snap)
+        log = self.query_one(RichLog)
+        stamp = self._clock().strftime("%H:%M:%S")
+        for event in notable_events(self._previous, snap):
+            log.write(f"{stamp} {event}")
+        self._previous = snap
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "pause":
+            return self.live and self.run_state == "running"
+        if action == "resume":
+            return self.live and self.run_state in ("pausing", "paused")
+        if action in ("faster", "slower"):
+            return self.live and self.run_state in ("running", "pausing", "paused")
+        return True
+
+    async def action_pause(self) -> None:
+        await self.controller.pause()
+        self.query_one(RichLog).write(
+            f"{self._clock():%H:%M:%S} pause requested: finishing in-flight items"
+        )
+        await self.refresh_snapshot()
+
+    async def action_resume(self) -> None:
+        await self.controller.resume()
+        await self.refresh_snapshot()
+
+    async def _change_concurrency(self, delta: int) -> None:
+        current = self.snapshot.concurrency if self.snapshot else 1
+        target = max(1, min(current + delta, self.controller.max_concurrency))
+        if target == current:
+            self.notify(
+                f"concurrency stays {current} (range 1 to {self.controller.max_concurrency})"
+            )
+            return
+        await self.controller.set_concurrency(target)
+        await self.refresh_snapshot()
+
+    async def action_faster(self) -> None:
+        await self._change_concurrency(+1)
+
+    async def action_slower(self) -> None:
+        await self._change_concurrency(-1)
+
+    async def action_failed(self) -> None:
+        await self.push_screen(FailedItemsScreen(await self.controller.failed_items()))
+
+    async def action_help(self) -> None:
+        await self.push_screen(HelpScreen())
+
+    async def action_quit_console(self) -> None:
+        local = isinstance(self.controller, LocalController)
+        if not local:
+            self.exit(0)  # detach: the run goes on in its own process
+            return
+        if self._engine_done.is_set():
+            self.exit(self.exit_code)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._on_signal()
+                self.query_one(RichLog).write(
+                    f"{self._clock():%H:%M:%S} quitting: pausing and saving the checkpoint"
+                )
+
+        await self.push_screen(QuitScreen(), answered)

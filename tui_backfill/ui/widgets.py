@@ -1,0 +1,171 @@
+"""The console's panels. Each renders one part of a status snapshot and nothing else."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from rich.table import Table
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Vertical
+from textual.widgets import DataTable, ProgressBar, Static
+
+from tui_backfill.snapshot import StatusSnapshot
+
+STATE_STYLE = {
+    "running": "bold green",
+    "pausing": "bold yellow",
+    "paused": "bold yellow",
+    "completed": "bold cyan",
+    "failed": "bold red",
+}
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--:--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours:d}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def fmt_bytes(rate: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if rate < 1000 or unit == "GB":
+            return f"{rate:.1f} {unit}"
+        rate /= 1000
+    return f"{rate:.1f} GB"
+
+
+def eta_clock(seconds: float | None, now: dt.datetime) -> str:
+    if seconds is None:
+        return "--:--"
+    return (now + dt.timedelta(seconds=seconds)).strftime("%H:%M")
+
+
+class HeaderBar(Static):
+    """Job, state, bucket and endpoint (never a secret)."""
+
+    def show(self, snap: StatusSnapshot, *, attached: bool) -> None:
+        endpoint = snap.endpoint.split("://", 1)[-1] if snap.endpoint else "AWS"
+        text = Text.assemble(
+            (f"job {snap.job} ", "bold"),
+            (f" {snap.state.upper()} ", STATE_STYLE.get(snap.state, "bold") + " reverse"),
+            (" attached" if attached else "", "italic"),
+            (" dry run" if snap.dry_run else "", "italic"),
+            (f"  s3://{snap.bucket}", ""),
+            (f" @ {endpoint}", "dim"),
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+        self.update(text)
+
+
+class ProgressPanel(Vertical):
+    """SKUs scanned / planned, rates and ETA."""
+
+    def compose(self) -> ComposeResult:
+        yield ProgressBar(total=1, show_eta=False, id="sku-progress")
+        yield Static(id="rates")
+
+    def show(self, snap: StatusSnapshot, now: dt.datetime) -> None:
+        bar = self.query_one(ProgressBar)
+        bar.update(total=max(snap.planned_skus, 1), progress=snap.counters.scanned_skus)
+        rates = Text.assemble(
+            (f"SKUs {snap.counters.scanned_skus:,}/{snap.planned_skus:,}", "bold"),
+            f" · {snap.skus_per_second:.1f} SKU/s · {snap.items_per_second:.1f} obj/s"
+            f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
+            (f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})", "bold"),
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+        self.query_one("#rates", Static).update(rates)
+
+
+class CountersPanel(Static):
+    """Every key of the status snapshot, readable at a glance."""
+
+    def show(self, snap: StatusSnapshot) -> None:
+        c = snap.counters
+        grid = Table.grid(expand=True, padding=(0, 1))
+        for _ in range(3):
+            grid.add_column(no_wrap=True, style="dim")
+            grid.add_column(justify="right", no_wrap=True)
+        rows = [
+            (
+                "scannedSkus",
+                f"{c.scanned_skus:,}",
+                "uploaded",
+                f"{c.uploaded:,}",
+                "errorsTotal",
+                f"{c.errors_total:,}",
+            ),
+            (
+                "plannedItems",
+                f"{snap.planned_items:,}",
+                "skippedExists",
+                f"{c.skipped_exists:,}",
+                "failedItems",
+                f"{c.failed_items:,}",
+            ),
+            (
+                "attemptedDownloads",
+                f"{c.attempted_downloads:,}",
+                "noRemote",
+                f"{c.no_remote:,}",
+                "concurrency",
+                f"{snap.concurrency}",
+            ),
+            (
+                "anglesPlanned",
+                snap.angles_planned,
+                "etaSkusRemaining",
+                f"{snap.eta_skus_remaining:,}",
+                "inFlight",
+                f"{snap.in_flight}",
+            ),
+        ]
+        for row in rows:
+            grid.add_row(*row)
+        times = Text(
+            f"startedAt {snap.started_at}  lastUpdateAt {snap.last_update_at}",
+            style="dim",
+            no_wrap=True,
+            overflow="ellipsis",
+        )
+        group = Table.grid(expand=True)
+        group.add_row(grid)
+        group.add_row(times)
+        self.update(group)
+
+
+class ErrorsTable(DataTable[str]):
+    """Errors by code, sorted by count, with the latest message of each code."""
+
+    def on_mount(self) -> None:
+        self.cursor_type = "none"
+        self.add_columns("code", "count", "latest message")
+
+    def show(self, snap: StatusSnapshot) -> None:
+        self.clear()
+        for code, count in sorted(
+            snap.counters.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])
+        ):
+            self.add_row(code, f"{count:,}", snap.last_errors.get(code, ""))
+
+
+class CheckpointPanel(Static):
+    """The checkpoint: lastSku, in-flight SKUs and their completed angles."""
+
+    def show(self, snap: StatusSnapshot) -> None:
+        cp = snap.checkpoint
+        lines = [Text.assemble(("lastSku ", "dim"), (str(cp.last_sku or "-"), "bold"))]
+        for sku, angles in list(cp.completed_angles.items())[:4]:
+            lines.append(
+                Text.assemble((f"{sku} ", ""), ("done " + ",".join(map(str, angles)), "dim"))
+            )
+        if len(cp.completed_angles) > 4:
+            lines.append(Text(f"+{len(cp.completed_angles) - 4} more in flight", style="dim"))
+        saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
+        lines.append(Text(f"saved {saved}", style="dim"))
+        self.update(Text("\n").join(lines))
