@@ -86,14 +86,14 @@ class Running:
     def pid(self) -> int:
         return self.proc.pid
 
-    async def wait(self, timeout: float = 60) -> Result:
+    async def wait(self, within: float = 60) -> Result:
         try:
-            rc = await asyncio.wait_for(self.proc.wait(), timeout)
+            rc = await asyncio.wait_for(self.proc.wait(), within)
         except TimeoutError:
             self.kill()
             await self.proc.wait()
             raise AssertionError(
-                f"process {self.pid} still running after {timeout}s; "
+                f"process {self.pid} still running after {within}s; "
                 f"stderr: {self.err_path.read_text()[-2000:]}"
             ) from None
         return Result(
@@ -155,9 +155,7 @@ class Backfill:
     def job_flags(self) -> list[str]:
         return ["--state", str(self.state), "--job", self.job]
 
-    def run_flags(
-        self, *, limit: int, angles: str = "1-3", extra: Sequence[str] = ()
-    ) -> list[str]:
+    def run_flags(self, *, limit: int, angles: str = "1-3", extra: Sequence[str] = ()) -> list[str]:
         """Flags of `run` (and `coverage`): source, origin, bucket, fast settings."""
         return [
             *self.job_flags(),
@@ -187,22 +185,26 @@ class Backfill:
         self.procs.append(running)
         return running
 
-    async def cli(self, *args: str, timeout: float = 60) -> Result:
-        return await (await self.start(*args)).wait(timeout)
+    async def cli(self, *args: str, within: float = 60) -> Result:
+        return await (await self.start(*args)).wait(within)
 
     async def run(self, *, limit: int, angles: str = "1-3", extra: Sequence[str] = ()) -> Result:
-        return await self.cli("run", "--no-ui", *self.run_flags(limit=limit, angles=angles, extra=extra))
+        return await self.cli(
+            "run", "--no-ui", *self.run_flags(limit=limit, angles=angles, extra=extra)
+        )
 
     async def start_run(
         self, *, limit: int, angles: str = "1-3", extra: Sequence[str] = ()
     ) -> Running:
-        return await self.start("run", "--no-ui", *self.run_flags(limit=limit, angles=angles, extra=extra))
+        return await self.start(
+            "run", "--no-ui", *self.run_flags(limit=limit, angles=angles, extra=extra)
+        )
 
     async def resume(self, *extra: str) -> Result:
         return await self.cli("resume", "--no-ui", *self.job_flags(), *extra)
 
     async def status(self) -> dict[str, Any]:
-        result = await self.cli("status", "--json", *self.job_flags(), timeout=30)
+        result = await self.cli("status", "--json", *self.job_flags(), within=30)
         assert result.rc == 0, str(result)
         return dict(result.json())
 
@@ -265,8 +267,7 @@ class Backfill:
             key
             for sku in skus
             for angle in angles
-            if (key := key_of(sku, angle)) in objects
-            and objects[key] != expected_body(sku, angle)
+            if (key := key_of(sku, angle)) in objects and objects[key] != expected_body(sku, angle)
         ]
         assert not wrong, f"objects with wrong bytes: {wrong[:10]}"
 
@@ -374,12 +375,14 @@ def assert_counters_add_up(snapshot: dict[str, Any], *, state: str = "completed"
     )
 
 
-async def wait_for(predicate: Any, *, timeout: float, interval: float = 0.02, what: str = "") -> None:
+async def wait_for(
+    predicate: Any, *, within: float, interval: float = 0.02, what: str = ""
+) -> None:
     """Poll ``predicate()`` (sync) on the running loop until it is true."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}")
+            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
         await asyncio.sleep(interval)
 
 

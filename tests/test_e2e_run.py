@@ -85,7 +85,7 @@ async def _live_status(job: Backfill, running: Any, *, after: int = 0) -> dict[s
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         assert running.alive, f"the run ended early: {await running.wait()}"
-        result = await job.cli("status", "--json", *job.job_flags(), timeout=30)
+        result = await job.cli("status", "--json", *job.job_flags(), within=30)
         if result.rc == 0:
             snapshot = result.json()
             if snapshot.get("live") and snapshot.get("scannedSkus", 0) > after:
@@ -168,7 +168,7 @@ async def test_run_writes_every_object_and_status_is_live(make_job: MakeJob, n: 
     missing = job.missing_items(skus, ANGLES)
     expected = job.expected_objects(skus, ANGLES)
     assert missing and expected
-    job.origin.faults.latency = 0.02  # a slow enough origin to watch the run going
+    job.origin.faults.latency = 0.03  # a slow enough origin to watch the run going
 
     running = await job.start_run(limit=n, angles="1-3")
     first = await _live_status(job, running)
@@ -232,9 +232,9 @@ async def test_pause_stops_the_run_and_it_continues(make_job: MakeJob, how: str)
     n = 150
     job = await make_job(n + 10)
     skus = job.skus()[:n]
-    job.origin.faults.latency = 0.02
+    job.origin.faults.latency = 0.05  # the run would take 7 s or more: the pause comes first
     running = await job.start_run(limit=n)
-    await wait_for(lambda: len(job.proxy.puts) >= 60, timeout=30, what="60 objects written")
+    await wait_for(lambda: len(job.proxy.puts) >= 60, within=30, what="60 objects written")
 
     started = time.monotonic()
     pause = await job.cli("pause", *job.job_flags())
@@ -340,12 +340,12 @@ async def test_runs_advance_through_the_catalog_and_from_start_rescans(make_job:
 
 
 async def test_concurrent_run_other_settings_and_fresh(make_job: MakeJob) -> None:
-    n = 100
+    n = 300
     job = await make_job(n + 10)
     skus = job.skus()[:n]
-    job.origin.faults.latency = 0.03
+    job.origin.faults.latency = 0.05  # the run would take 15 s or more: it is paused long before
     first = await job.start_run(limit=n)
-    await wait_for(lambda: len(job.proxy.puts) >= 10, timeout=30, what="10 objects written")
+    await wait_for(lambda: len(job.proxy.puts) >= 10, within=30, what="10 objects written")
 
     # a second run of the same job while the first is live: exit 2 naming the first's pid
     second = await job.run(limit=n)
@@ -375,20 +375,23 @@ async def test_concurrent_run_other_settings_and_fresh(make_job: MakeJob) -> Non
     # --fresh abandons it and starts a new run from the first SKU with the new settings
     job.origin.faults.latency = 0
     present = await job.bucket_keys()
-    fresh_result = await job.run(limit=n, angles="1-2", extra=["--fresh"])
+    m = paused["scannedSkus"] + 20  # part done by the paused run, part not
+    assert m < n
+    fresh_result = await job.run(limit=m, angles="1-2", extra=["--fresh"])
     assert fresh_result.rc == 0, str(fresh_result)
     fresh = fresh_result.json()
     assert_counters_add_up(fresh)
     assert fresh["runId"] != paused["runId"]
     assert fresh["startedAt"] > paused["startedAt"]
     assert fresh["anglesPlanned"] == "1-2"
-    assert fresh["scannedSkus"] == n and fresh["plannedItems"] == 2 * n
-    wanted = job.expected_objects(skus, (1, 2))
+    assert fresh["scannedSkus"] == m and fresh["plannedItems"] == 2 * m
+    assert fresh["checkpoint"] == {"lastSku": skus[m - 1], "completedAngles": {}}
+    wanted = job.expected_objects(skus[:m], (1, 2))
+    assert wanted & present and wanted - present, "the paused run should have done part of it"
     assert fresh["skippedExists"] == len(wanted & present)
     assert fresh["uploaded"] == len(wanted - present)
-    assert fresh["noRemote"] == len(job.missing_items(skus, (1, 2)))
-    angle3 = {k for k in present if k.endswith("_3_HR.jpg")}
-    assert await job.bucket_keys() == wanted | angle3
+    assert fresh["noRemote"] == len(job.missing_items(skus[:m], (1, 2)))
+    assert await job.bucket_keys() == present | wanted
     job.assert_no_key_put_twice()
 
     # the abandoned run is not resumable

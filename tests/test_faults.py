@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from aiohttp import web
 
-from tui_backfill.servers.origin import OriginFaults, OriginServer, expected_body
+from tui_backfill.servers.origin import OriginFaults, OriginServer, expected_body, parse_name
 from tui_backfill.servers.proxy import ProxyFaults, ReverseProxy, classify
 
 if TYPE_CHECKING:
@@ -181,49 +181,81 @@ async def test_fail_first_n_every_item_succeeds_on_attempt_3(rig: Rig) -> None:
     assert failed_rows(rig.state) == []
 
 
-FAULT_KINDS = [
-    pytest.param({"error_rate": 1.0}, {"http_500", "http_503"}, "error", id="5xx"),
-    pytest.param({"reset_rate": 1.0}, {"connection"}, "reset", id="reset"),
-    pytest.param({"stall_rate": 1.0, "stall_seconds": 10.0}, {"timeout"}, "stall", id="stall"),
-    pytest.param({"truncate_rate": 1.0}, {"truncated"}, "truncate", id="truncate"),
-    pytest.param({"html_rate": 1.0}, {"bad_content"}, "html", id="html"),
-]
+class PerSkuOrigin(OriginServer):
+    """The real origin with one fault setting per SKU (``by_sku``); other SKUs are healthy."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_sku: dict[str, OriginFaults] = {}
+        self.healthy = OriginFaults()
+
+    async def _handle_image(self, request: web.Request) -> web.StreamResponse:
+        parsed = parse_name(request.path.rsplit("/", 1)[-1])
+        # read synchronously by the handler before its first await
+        self.faults = self.by_sku.get(parsed[0], self.healthy) if parsed else self.healthy
+        return await super()._handle_image(request)
 
 
-@pytest.mark.parametrize(("faults", "codes", "injected"), FAULT_KINDS)
-async def test_fault_exhausts_3_attempts_then_later_run_completes(
-    rig: Rig, faults: dict[str, float], codes: set[str], injected: str
+# one SKU per fault kind: (settings, the codes its failed attempts are counted under)
+FAULT_KINDS: dict[str, tuple[OriginFaults, set[str]]] = {
+    "100000": (OriginFaults(error_rate=1.0), {"http_500", "http_503"}),
+    "100001": (OriginFaults(reset_rate=1.0), {"connection"}),
+    "100002": (OriginFaults(stall_rate=1.0, stall_seconds=10.0), {"timeout"}),
+    "100003": (OriginFaults(truncate_rate=1.0), {"truncated"}),
+    "100004": (OriginFaults(html_rate=1.0), {"bad_content"}),
+}
+
+
+@pytest.fixture
+async def per_sku_origin() -> AsyncIterator[PerSkuOrigin]:
+    async with PerSkuOrigin() as server:
+        yield server
+
+
+async def test_each_fault_exhausts_3_attempts_then_later_run_completes(
+    tmp_path: Path, rclone_s3: S3Target, s3_proxy, per_sku_origin: PerSkuOrigin
 ) -> None:
-    skus = ["100000", "100001"]
+    """500/503, resets, stalls past the timeout, truncated bodies, HTML with 200: each is
+    retried to exactly 3 attempts, counted by code, recorded as failed (exit 1), and a later
+    run with a healthy origin retries the carryover first and completes the bucket."""
+    origin = per_sku_origin
+    rig = await make_rig(tmp_path, rclone_s3, await s3_proxy(rclone_s3), origin)
+    skus = list(FAULT_KINDS)
     planned = items(skus, (1, 2))
     skus_file = rig.skus_file(skus)
-    rig.origin.faults = OriginFaults(**faults)  # type: ignore[arg-type]
+    origin.by_sku = {sku: faults for sku, (faults, _) in FAULT_KINDS.items()}
 
-    first = await rig.run(skus_file, "--angles", "1-2")
+    first = await rig.run(skus_file, "--angles", "1-2", "--concurrency", "6")
     assert first.rc == 1, first.err  # completed with failed items
     snap = first.snap
     check_identity(snap, 2)
-    assert snap["failedItems"] == 4 and snap["uploaded"] == 0
-    assert snap["attemptedDownloads"] == 4
-    assert set(snap["errorsByCode"]) == codes  # 5xx: both 500 and 503 drawn
-    assert snap["errorsTotal"] == 4 * 3
+    assert snap["failedItems"] == 10 and snap["uploaded"] == 0
+    assert snap["attemptedDownloads"] == 10
+    errors = snap["errorsByCode"]
+    assert set(errors) <= ORIGIN_CODES
+    for _, codes in FAULT_KINDS.values():
+        assert sum(errors.get(code, 0) for code in codes) == 2 * 3, errors
+    assert snap["errorsTotal"] == 10 * 3
     # attempts bounded: exactly 3 origin GETs per path, no hidden client retry
-    assert {p: gets(rig.origin, *p) for p in planned} == {p: 3 for p in planned}
-    assert rig.origin.injected[injected] == 12
+    assert {p: gets(origin, *p) for p in planned} == {p: 3 for p in planned}
+    assert dict(origin.injected) == {
+        "error": 6, "reset": 6, "stall": 6, "truncate": 6, "html": 6
+    }
     assert rig.proxy.puts == {} and rig.direct.keys() == []
     rows = failed_rows(rig.state)
     assert [(s, a) for s, a, _, _ in rows] == planned
-    assert all(code in codes and attempts == 3 for _, _, code, attempts in rows)
+    for sku, _, code, attempts in rows:
+        assert code in FAULT_KINDS[sku][1] and attempts == 3
 
-    rig.origin.faults = OriginFaults()  # healthy again
+    origin.by_sku = {}  # healthy again
     rig.reset()
     second = await rig.run(skus_file, "--angles", "1-2")
     assert second.rc == 0, second.err
     snap = second.snap
     check_identity(snap, 2)
-    assert snap["carryover"] == {"planned": 4, "done": 4, "failed": 0}
+    assert snap["carryover"] == {"planned": 10, "done": 10, "failed": 0}
     assert snap["failedItems"] == 0 and snap["errorsTotal"] == 0
-    assert {p: gets(rig.origin, *p) for p in planned} == {p: 1 for p in planned}
+    assert {p: gets(origin, *p) for p in planned} == {p: 1 for p in planned}
     assert dict(rig.proxy.puts) == {f"{rig.direct.bucket}/{k}": 1 for k in expected(planned)}
     assert bucket_bytes(rig.direct) == expected(planned)
     assert failed_rows(rig.state) == []
@@ -232,11 +264,11 @@ async def test_fault_exhausts_3_attempts_then_later_run_completes(
 async def test_random_faults_counted_bounded_and_carried_over(rig: Rig) -> None:
     """Random 500/503, resets, stalls, truncation and HTML pages at once; then a healthy run
     over other SKUs retries the carryover first and the bucket ends complete."""
-    skus = [str(100000 + i) for i in range(8)]
+    skus = [str(100000 + i) for i in range(6)]
     planned = items(skus, (1, 2, 3))
     rig.origin.faults = OriginFaults(
         error_rate=0.2, reset_rate=0.1, truncate_rate=0.1, html_rate=0.1,
-        stall_rate=0.04, stall_seconds=10.0,
+        stall_rate=0.03, stall_seconds=10.0,
     )
     first = await rig.run(rig.skus_file(skus), "--concurrency", "6", "--max-concurrency", "6")
     snap = first.snap

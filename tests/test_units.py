@@ -18,7 +18,14 @@ from tui_backfill.templates import key_template, origin_template
 
 @pytest.mark.parametrize(
     ("spec", "angles"),
-    [("1", (1,)), ("1-4", (1, 2, 3, 4)), ("1,2,3", (1, 2, 3)), ("1-2,4", (1, 2, 4)), ("3,1,2,2", (1, 2, 3)), (" 2 - 3 ", (2, 3))],
+    [
+        ("1", (1,)),
+        ("1-4", (1, 2, 3, 4)),
+        ("1,2,3", (1, 2, 3)),
+        ("1-2,4", (1, 2, 4)),
+        ("3,1,2,2", (1, 2, 3)),
+        (" 2 - 3 ", (2, 3)),
+    ],
 )
 def test_angle_specs_are_normalised(spec: str, angles: tuple[int, ...]) -> None:
     assert parse_angles(spec) == angles
@@ -84,7 +91,9 @@ def test_resume_from_checkpoint_skips_completed_angles() -> None:
 
 
 @given(st.integers(1, 30), st.sampled_from([(1,), (1, 2), (1, 2, 3)]), st.randoms())
-def test_watermark_is_always_a_valid_checkpoint(count: int, angles: tuple[int, ...], rnd: random.Random) -> None:
+def test_watermark_is_always_a_valid_checkpoint(
+    count: int, angles: tuple[int, ...], rnd: random.Random
+) -> None:
     skus = [f"{i:04d}" for i in range(count)]
     tracker = WatermarkTracker(angles)
     for sku in skus:
@@ -123,13 +132,27 @@ def test_rate_meter_and_eta() -> None:
 
 def test_config_layers_flags_env_toml(tmp_path) -> None:
     toml = tmp_path / "backfill.toml"
-    toml.write_text('concurrency = 2\nangles = "1-2"\n[jobs.nightly]\nangles = "1-4"\nlimit_skus = 50\n')
+    toml.write_text(
+        'concurrency = 2\nangles = "1-2"\n[jobs.nightly]\nangles = "1-4"\nlimit_skus = 50\n'
+    )
     flags: dict[str, object] = {"job": "nightly"}
     resolved = resolve(flags, env={}, config=str(toml))
-    assert (resolved.settings.angles, resolved.settings.limit_skus, resolved.settings.concurrency) == ("1-4", 50, 2)
-    resolved = resolve(flags, env={"TUI_BACKFILL_CONCURRENCY": "4", "TUI_BACKFILL_LIMIT_SKUS": "7"}, config=str(toml))
+    assert (
+        resolved.settings.angles,
+        resolved.settings.limit_skus,
+        resolved.settings.concurrency,
+    ) == ("1-4", 50, 2)
+    resolved = resolve(
+        flags,
+        env={"TUI_BACKFILL_CONCURRENCY": "4", "TUI_BACKFILL_LIMIT_SKUS": "7"},
+        config=str(toml),
+    )
     assert (resolved.settings.concurrency, resolved.settings.limit_skus) == (4, 7)
-    resolved = resolve({"job": "nightly", "concurrency": "5"}, env={"TUI_BACKFILL_CONCURRENCY": "4"}, config=str(toml))
+    resolved = resolve(
+        {"job": "nightly", "concurrency": "5"},
+        env={"TUI_BACKFILL_CONCURRENCY": "4"},
+        config=str(toml),
+    )
     assert resolved.settings.concurrency == 5
     assert resolved.explicit["concurrency"] == "--concurrency"
     with pytest.raises(ConfigError, match="TUI_BACKFILL_CONCURRENCY: 'x' is not a whole number"):
@@ -143,3 +166,64 @@ def test_passwords_are_stripped_and_redacted() -> None:
     url = "ftp://user:p%40ss@127.0.0.1:2121/img/{sku}_{angle}"
     assert strip_password(url) == "ftp://user@127.0.0.1:2121/img/{sku}_{angle}"
     assert "p%40ss" not in redact_url(url) and "***" in redact_url(url)
+
+
+def test_snapshot_json_round_trip() -> None:
+    from tui_backfill.snapshot import Counters, StatusSnapshot, snapshot_from_json
+
+    counters = Counters(
+        scanned_skus=7,
+        attempted_downloads=20,
+        uploaded=15,
+        skipped_exists=3,
+        no_remote=2,
+        failed_items=1,
+        errors_by_code={"timeout": 4, "http_503": 2},
+        bytes_uploaded=1234,
+        found_at_start=3,
+        carryover_planned=2,
+        carryover_done=1,
+        carryover_failed=1,
+    )
+    snap = StatusSnapshot(
+        job="j",
+        run_id=3,
+        state="running",
+        dry_run=False,
+        started_at="2026-01-01T00:00:00.000Z",
+        last_update_at="2026-01-01T00:01:00.000Z",
+        angles_planned="1-3",
+        angles_per_sku=3,
+        concurrency=3,
+        planned_skus=10,
+        counters=counters,
+        checkpoint=Checkpoint("0005", {"0007": (1, 3)}),
+        eta_seconds=12.5,
+        last_errors={"timeout": "no answer"},
+        bucket="b",
+        endpoint="http://e",
+        origin="http://o",
+    )
+    data = snap.to_json()
+    for key in (
+        "startedAt",
+        "lastUpdateAt",
+        "scannedSkus",
+        "attemptedDownloads",
+        "uploaded",
+        "skippedExists",
+        "noRemote",
+        "errorsTotal",
+        "errorsByCode",
+        "anglesPlanned",
+        "concurrency",
+        "checkpoint",
+        "etaSkusRemaining",
+        "plannedItems",
+        "failedItems",
+        "state",
+    ):
+        assert key in data
+    assert data["errorsTotal"] == 6 and data["plannedItems"] == 30 and data["etaSkusRemaining"] == 3
+    assert data["checkpoint"] == {"lastSku": "0005", "completedAngles": {"0007": [1, 3]}}
+    assert snapshot_from_json(data).to_json() == data

@@ -1,0 +1,337 @@
+"""Bad input: one line on stderr naming the field, exit 2, nothing fetched, written or left behind.
+
+Each case drives the real CLI in a subprocess against a real origin and a real S3 server behind
+a counting proxy, so "nothing fetched or written" is counted at the servers. Configuration
+layering (flags > TUI_BACKFILL_* > TOML [jobs.NAME] > TOML top level > defaults) is checked with
+dry runs in-process (no server shares the test's loop there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+import sqlite3
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tui_backfill import cli
+from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
+from tui_backfill.servers.origin import OriginServer
+from tui_backfill.servers.proxy import ReverseProxy
+
+if TYPE_CHECKING:
+    from conftest import S3Target
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    rc: int
+    out: str
+    err: str
+
+
+def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "TUI_BACKFILL_", "ORIGIN_"))
+    }
+    env.update(
+        PYTHONPATH=str(REPO),
+        AWS_ACCESS_KEY_ID=target.access_key,
+        AWS_SECRET_ACCESS_KEY=target.secret_key,
+        AWS_DEFAULT_REGION=target.region,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    env.update(extra)
+    return env
+
+
+async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tui_backfill", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def runs_in_state(state: Path) -> int:
+    if not state.exists():
+        return 0
+    conn = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return 0
+        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@dataclass
+class Ctx:
+    tmp: Path
+    catalog: Path
+    origin: OriginServer
+    proxy: ReverseProxy
+    target: S3Target
+
+    @property
+    def state(self) -> Path:
+        return self.tmp / "state" / "s.sqlite3"
+
+    def flags(self) -> dict[str, str | None]:
+        return {
+            "--state": str(self.state),
+            "--skus-db": str(self.catalog),
+            "--skus-query": ACTIVE_SKUS_QUERY,
+            "--origin": self.origin.url_template,
+            "--bucket": self.target.bucket,
+            "--endpoint-url": self.proxy.endpoint_url,
+            "--backoff": "0.01",
+            "--timeout": "1",
+            "--limit-skus": "40",
+        }
+
+
+Flags = Callable[[Ctx], dict[str, str | None]]
+Env = Callable[[Ctx], dict[str, str]]
+
+
+def case(
+    name: str, field: str, flags: dict[str, Any] | Flags | None = None, env: Env | None = None,
+    hint: str | None = None,
+) -> Any:
+    make_flags: Flags = flags if callable(flags) else (lambda ctx, f=flags or {}: dict(f))
+    return pytest.param(make_flags, env or (lambda ctx: {}), field, hint, id=name)
+
+
+CASES = [
+    case("angles-zero", "--angles", {"--angles": "0"}),
+    case("angles-reversed", "--angles", {"--angles": "3-1"}),
+    case("angles-letter", "--angles", {"--angles": "a"}),
+    case("angles-double-comma", "--angles", {"--angles": "1,,2"}),
+    case("angles-empty", "--angles", {"--angles": ""}),
+    case("concurrency-zero", "--concurrency", {"--concurrency": "0"}),
+    case("concurrency-7", "--concurrency", {"--concurrency": "7"}, hint="--max-concurrency"),
+    case(
+        "catalog-missing", "--skus-db",
+        lambda ctx: {"--skus-db": str(ctx.tmp / "no-such-catalog.sqlite3")},
+    ),
+    case("query-fails", "--skus-query", {"--skus-query": "SELECT sku FROM no_such_table"}),
+    case("key-template-field", "--key-template", {"--key-template": "x/{foo}.jpg"}),
+    case("origin-template-field", "--origin", {"--origin": "http://h/{bar}"}),
+    case(
+        "endpoint-unreachable", "--endpoint-url",
+        lambda ctx: {"--endpoint-url": f"http://127.0.0.1:{closed_port()}"},
+    ),
+    case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
+    case(
+        "wrong-secret", "AWS_ACCESS_KEY_ID",
+        env=lambda ctx: {"AWS_SECRET_ACCESS_KEY": ctx.target.secret_key + "-wrong"},
+    ),
+    case(
+        "wrong-access-key", "AWS_ACCESS_KEY_ID",
+        env=lambda ctx: {"AWS_ACCESS_KEY_ID": "no-such-access-key"},
+    ),
+    case(
+        "no-credentials", "AWS_ACCESS_KEY_ID",
+        env=lambda ctx: {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
+    ),
+]
+
+
+@pytest.mark.parametrize(("flags", "env", "field", "hint"), CASES)
+async def test_bad_input_one_line_exit_2_nothing_done(
+    tmp_path: Path, catalog_db, origin: OriginServer, rclone_s3: S3Target, s3_proxy,
+    flags: Flags, env: Env, field: str, hint: str | None,
+) -> None:
+    proxy = await s3_proxy(rclone_s3)
+    ctx = Ctx(tmp_path, catalog_db(40), origin, proxy, rclone_s3)
+    merged = {**ctx.flags(), **flags(ctx)}
+    argv = ["run", "--no-ui", "--path-style"]
+    for flag, value in merged.items():
+        if value is not None:
+            argv += [flag, value]
+    environment = {k: v for k, v in tool_env(rclone_s3, **env(ctx)).items() if v != ""}
+    result = await tool(*argv, env=environment)
+
+    assert result.rc == 2, (result.out, result.err)
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].strip(), result.err
+    assert field in lines[0]
+    assert "Traceback" not in result.err
+    if hint:
+        assert hint in lines[0]
+    assert rclone_s3.secret_key not in result.err
+    assert result.out == ""
+    assert origin.gets == 0 and origin.heads == 0
+    assert proxy.puts == {} and proxy.count("put_object") == 0
+    assert proxy.count("list") == 0 and proxy.count("head_object") == 0
+    assert runs_in_state(ctx.state) == 0
+    assert rclone_s3.keys() == []
+
+
+async def test_wrong_credentials_caught_before_any_work_on_a_big_catalog(
+    tmp_path: Path, catalog_db, origin: OriginServer, rclone_s3: S3Target, s3_proxy
+) -> None:
+    """Not thousands of errors: the preflight stops the run before the first fetch."""
+    proxy = await s3_proxy(rclone_s3)
+    catalog = catalog_db(3000)
+    env = tool_env(rclone_s3, AWS_SECRET_ACCESS_KEY="definitely-wrong")
+    result = await tool(
+        "run", "--no-ui", "--path-style", "--state", str(tmp_path / "s.sqlite3"),
+        "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
+        "--origin", origin.url_template, "--bucket", rclone_s3.bucket,
+        "--endpoint-url", proxy.endpoint_url, "--timeout", "1", env=env,
+    )
+    assert result.rc == 2 and len(result.err.splitlines()) == 1, result.err
+    assert "AWS_ACCESS_KEY_ID" in result.err and "definitely-wrong" not in result.err
+    assert origin.gets == 0
+    assert sum(proxy.requests.values()) == 1  # the single HeadBucket of the preflight
+    assert proxy.count("head_bucket") == 1
+    assert runs_in_state(tmp_path / "s.sqlite3") == 0
+
+
+# -- configuration layering (in-process dry runs) -------------------------------------------
+@pytest.fixture
+def dry(
+    tmp_path: Path, catalog_db, rclone_s3: S3Target, monkeypatch: pytest.MonkeyPatch, capsys
+) -> Callable[..., tuple[int, dict[str, Any] | None, str]]:
+    for name in list(os.environ):
+        if name.startswith(("AWS_", "TUI_BACKFILL_", "ORIGIN_")):
+            monkeypatch.delenv(name)
+    for name, value in rclone_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    catalog = catalog_db(30)
+    state = tmp_path / "state.sqlite3"
+
+    def run(*args: str, **env: str) -> tuple[int, dict[str, Any] | None, str]:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            rc = cli.main(
+                [
+                    "run", "--no-ui", "--dry-run", "--state", str(state),
+                    "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
+                    "--origin", "http://127.0.0.1:9/{sku}_{angle}",
+                    "--bucket", rclone_s3.bucket, "--path-style", "--limit-skus", "5", *args,
+                ]
+            )
+        captured = capsys.readouterr()
+        return rc, json.loads(captured.out) if rc == 0 else None, captured.err
+
+    return run
+
+
+def test_concurrency_from_environment_and_flag_wins(dry) -> None:
+    rc, snap, err = dry()
+    assert rc == 0 and snap is not None and snap["concurrency"] == 3, err  # the default
+    rc, snap, err = dry(TUI_BACKFILL_CONCURRENCY="2")
+    assert rc == 0 and snap is not None and snap["concurrency"] == 2, err
+    rc, snap, err = dry("--concurrency", "1", TUI_BACKFILL_CONCURRENCY="2")
+    assert rc == 0 and snap is not None and snap["concurrency"] == 1, err
+    rc, snap, err = dry(TUI_BACKFILL_CONCURRENCY="7")
+    assert rc == 2 and len(err.splitlines()) == 1 and "TUI_BACKFILL_CONCURRENCY" in err
+    rc, snap, err = dry(TUI_BACKFILL_CONCURRENCY="7", TUI_BACKFILL_MAX_CONCURRENCY="8")
+    assert rc == 0 and snap is not None and snap["concurrency"] == 7, err
+    rc, snap, err = dry(TUI_BACKFILL_ANGLES="1,,2")
+    assert rc == 2 and len(err.splitlines()) == 1 and "TUI_BACKFILL_ANGLES" in err
+
+
+def test_toml_job_section_top_level_env_and_flags(dry, tmp_path: Path) -> None:
+    config = tmp_path / "backfill.toml"
+    config.write_text(
+        'concurrency = 2\nangles = "1"\n\n[jobs.nightly]\nconcurrency = 4\nangles = "1-2"\n'
+    )
+    rc, snap, err = dry("--config", str(config), "--job", "nightly")
+    assert rc == 0 and snap is not None, err
+    assert snap["concurrency"] == 4 and snap["anglesPlanned"] == "1-2"
+    assert snap["job"] == "nightly" and snap["plannedItems"] == 10
+    rc, snap, err = dry("--config", str(config), "--job", "other")
+    assert rc == 0 and snap is not None, err
+    assert snap["concurrency"] == 2 and snap["anglesPlanned"] == "1"
+    rc, snap, err = dry("--config", str(config), "--job", "nightly", TUI_BACKFILL_CONCURRENCY="5")
+    assert rc == 0 and snap is not None and snap["concurrency"] == 5, err  # env over TOML
+    rc, snap, err = dry(
+        "--config", str(config), "--job", "nightly", "--concurrency", "1", "--angles", "2-3",
+        TUI_BACKFILL_CONCURRENCY="5",
+    )
+    assert rc == 0 and snap is not None, err  # flags over everything
+    assert snap["concurrency"] == 1 and snap["anglesPlanned"] == "2-3"
+
+
+def test_toml_carries_the_whole_job(
+    tmp_path: Path, catalog_db, rclone_s3: S3Target, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    for name, value in rclone_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    config = tmp_path / "backfill.toml"
+    config.write_text(
+        f"""
+[jobs.images]
+state = "{tmp_path / 'toml-state.sqlite3'}"
+skus_db = "{catalog_db(12)}"
+skus_query = "{ACTIVE_SKUS_QUERY}"
+origin = "http://127.0.0.1:9/{{sku}}_{{angle}}"
+bucket = "{rclone_s3.bucket}"
+endpoint_url = "{rclone_s3.endpoint_url}"
+path_style = true
+angles = "1-2"
+"""
+    )
+    rc = cli.main(["run", "--no-ui", "--dry-run", "--config", str(config), "--job", "images"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    snap = json.loads(captured.out)
+    assert snap["scannedSkus"] == 12 and snap["plannedItems"] == 24
+    assert snap["endpoint"] == rclone_s3.endpoint_url
+    assert (tmp_path / "toml-state.sqlite3").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "named"),
+    [
+        pytest.param("concurency = 3\n", "concurency", id="unknown-top-level-key"),
+        pytest.param("[jobs.nightly]\nbuckt = 'x'\n", "buckt", id="unknown-job-key"),
+        pytest.param("[jobs.nightly]\nconcurrency = 0\n", "concurrency", id="bad-job-value"),
+        pytest.param("concurrency = \n", "backfill.toml", id="not-toml"),
+    ],
+)
+def test_bad_toml_exit_2(dry, tmp_path: Path, text: str, named: str) -> None:
+    config = tmp_path / "backfill.toml"
+    config.write_text(text)
+    rc, _, err = dry("--config", str(config), "--job", "nightly")
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and named in err and "backfill.toml" in err, err
+
+
+def test_missing_toml_file_exit_2(dry, tmp_path: Path) -> None:
+    rc, _, err = dry("--config", str(tmp_path / "nope.toml"))
+    assert rc == 2 and len(err.splitlines()) == 1 and "--config" in err, err

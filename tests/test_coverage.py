@@ -1,0 +1,146 @@
+"""Coverage (the seed's stats and gap) before and after a run, through the real CLI.
+
+Expected keys are the whole catalog x angles; present keys come from a bucket listing (one
+request per 1,000 keys, counted at the proxy); the gap file lists exactly the missing keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import Backfill, assert_counters_add_up, key_of, new_backfill
+
+from tui_backfill.servers.origin import OriginServer, expected_body
+
+if TYPE_CHECKING:
+    from conftest import S3Target
+
+ANGLES = (1, 2, 3)
+MakeJob = Callable[..., Awaitable[Backfill]]
+
+
+@pytest.fixture
+async def make_job(
+    tmp_path: Path,
+    rclone_s3: S3Target,
+    s3_proxy: Any,
+    origin: OriginServer,
+    catalog_db: Callable[..., Path],
+) -> AsyncIterator[MakeJob]:
+    jobs: list[Backfill] = []
+
+    async def make(active: int, **kwargs: Any) -> Backfill:
+        job = await new_backfill(
+            tmp_path,
+            origin=origin,
+            proxy=await s3_proxy(rclone_s3),
+            direct=rclone_s3,
+            catalog=catalog_db(active, 10),
+            **kwargs,
+        )
+        jobs.append(job)
+        return job
+
+    try:
+        yield make
+    finally:
+        for job in jobs:
+            await job.close()
+
+
+def _parse(key: str) -> tuple[str, int]:
+    sku, angle = key.removeprefix("rsr/highres/").removesuffix("_HR.jpg").rsplit("_", 1)
+    return sku, int(angle)
+
+
+def _gap(path: Path) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    assert len(lines) == len(set(lines)), "the gap file repeats keys"
+    return lines
+
+
+async def test_coverage_shows_the_improvement_and_the_exact_gap(
+    make_job: MakeJob, tmp_path: Path
+) -> None:
+    job = await make_job(120)
+    catalog = job.skus()
+    assert len(catalog) == 120
+    expected_all = {key_of(s, a) for s in catalog for a in ANGLES}
+    # Some catalog objects are there already; over a thousand keys under the prefix that are no
+    # catalog's (they interleave with the real keys) make the listing take several pages; a key
+    # outside the prefix must not count either.
+    seeded = {key_of(catalog[0], 1), key_of(catalog[77], 2), key_of(catalog[-1], 3)}
+    strangers = {key_of(f"1000{i:04d}x", 1) for i in range(1050)} | {"other/100000_1_HR.jpg"}
+    assert job.direct.data_dir is not None
+    for key in seeded | strangers:  # rclone serves plain files: write them in place
+        path = job.direct.data_dir / job.bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x" if key in strangers else expected_body(*_parse(key)))
+    assert await job.bucket_keys() == seeded | strangers
+
+    gap_before = tmp_path / "gap-before.txt"
+    result = await job.cli(
+        "coverage", "--json", "--gap-file", str(gap_before), *job.run_flags(limit=60)
+    )
+    assert result.rc == 0, str(result)
+    before = result.json()
+    assert before["catalogSkus"] == 120
+    assert before["expected"] == 360
+    assert before["present"] == len(seeded)
+    assert before["missing"] == 360 - len(seeded)
+    assert before["coveragePercent"] == round(100 * len(seeded) / 360, 2)
+    assert set(_gap(gap_before)) == expected_all - seeded
+    # one listing request per 1,000 keys, no HEAD per key, nothing fetched or written
+    assert before["listRequests"] == job.proxy.count("list") >= 2
+    assert job.proxy.count("head_object") == 0
+    assert job.proxy.count("put_object") == job.proxy.count("get_object") == 0
+    assert job.origin.requests == {}
+
+    run = await job.run(limit=60)
+    assert run.rc == 0, str(run)
+    snapshot = run.json()
+    assert_counters_add_up(snapshot)
+    assert snapshot["uploaded"] > 0
+
+    # After the run, with only --job/--state: the rest comes from the job's stored settings.
+    gap_after = tmp_path / "gap-after.txt"
+    result = await job.cli("coverage", "--json", "--gap-file", str(gap_after), *job.job_flags())
+    assert result.rc == 0, str(result)
+    after = result.json()
+    keys = await job.bucket_keys()
+    present = expected_all & keys
+    assert after["expected"] == 360
+    assert after["present"] == len(present) == before["present"] + snapshot["uploaded"]
+    assert after["missing"] == 360 - len(present)
+    assert after["coveragePercent"] == round(100 * len(present) / 360, 2)
+    assert after["coveragePercent"] > before["coveragePercent"]
+    gap = set(_gap(gap_after))
+    assert gap == expected_all - keys
+    # the gap: the 404s of the SKUs the run scanned and everything of the SKUs it did not
+    scanned = catalog[:60]
+    not_fetched = {key_of(s, a) for s, a in job.missing_items(scanned, ANGLES)}
+    not_scanned = {key_of(s, a) for s in catalog[60:] for a in ANGLES}
+    assert gap == (not_fetched | not_scanned) - seeded
+
+
+async def test_coverage_of_an_empty_bucket_and_a_full_one(
+    make_job: MakeJob, tmp_path: Path
+) -> None:
+    job = await make_job(40)
+    catalog = job.skus()
+    job.origin.faults.missing_fraction = 0  # the origin has everything: full coverage possible
+    gap = tmp_path / "gap.txt"
+    flags = job.run_flags(limit=40, angles="1-2")
+    empty = (await job.cli("coverage", "--json", "--gap-file", str(gap), *flags)).json()
+    assert (empty["present"], empty["expected"], empty["coveragePercent"]) == (0, 80, 0.0)
+    assert set(_gap(gap)) == {key_of(s, a) for s in catalog for a in (1, 2)}
+
+    run = await job.run(limit=40, angles="1-2")
+    assert run.rc == 0, str(run)
+    assert run.json()["uploaded"] == 80
+    full = (await job.cli("coverage", "--json", "--gap-file", str(gap), *flags)).json()
+    assert (full["present"], full["missing"], full["coveragePercent"]) == (80, 0, 100.0)
+    assert _gap(gap) == []

@@ -1,0 +1,205 @@
+"""Crashes (SIGKILL at many moments of one run) and SIGTERM, each followed by `resume`.
+
+The job runs through the real CLI against `rclone serve s3` behind a counting proxy (every
+successful PUT is counted per key where it lands; rclone ignores `If-None-Match`, so a key PUT
+twice by the engine would show) and the aiohttp origin (GETs counted per path).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from helpers import (
+    Backfill,
+    Running,
+    assert_counters_add_up,
+    assert_valid_checkpoint,
+    finished_items,
+    key_of,
+    new_backfill,
+    wait_for,
+)
+
+from tui_backfill.servers.origin import OriginServer
+
+if TYPE_CHECKING:
+    from conftest import S3Target
+
+ANGLES = (1, 2, 3)
+MakeJob = Callable[..., Awaitable[Backfill]]
+
+
+@pytest.fixture
+async def make_job(
+    tmp_path: Path,
+    rclone_s3: S3Target,
+    s3_proxy: Any,
+    origin: OriginServer,
+    catalog_db: Callable[..., Path],
+) -> AsyncIterator[MakeJob]:
+    jobs: list[Backfill] = []
+
+    async def make(active: int, **kwargs: Any) -> Backfill:
+        job = await new_backfill(
+            tmp_path,
+            origin=origin,
+            proxy=await s3_proxy(rclone_s3),
+            direct=rclone_s3,
+            catalog=catalog_db(active, 10),
+            **kwargs,
+        )
+        jobs.append(job)
+        return job
+
+    try:
+        yield make
+    finally:
+        for job in jobs:
+            await job.close()
+
+
+async def _interrupted_status(job: Backfill, skus: list[str]) -> dict[str, Any]:
+    """`status --json` of the interrupted run: not live, resumable, a valid checkpoint whose
+    finished items are all in the bucket."""
+    status = await job.status()
+    assert status["live"] is False
+    assert status["state"] == "paused", status["state"]
+    assert status["runStatus"] in ("running", "paused")
+    assert_valid_checkpoint(status, skus, ANGLES)
+    keys = await job.bucket_keys()
+    claimed = {key_of(s, a) for s, a in finished_items(status, skus, ANGLES) if job.available(s, a)}
+    assert claimed <= keys, (
+        f"checkpoint claims items not in the bucket: {sorted(claimed - keys)[:5]}"
+    )
+    return status
+
+
+async def test_sigkill_at_many_moments_then_resume(make_job: MakeJob) -> None:
+    n = 150
+    job = await make_job(n + 10, checkpoint_every=40, missing_fraction=0.15)
+    skus = job.skus()[:n]
+    expected = job.expected_objects(skus, ANGLES)
+    missing = job.missing_items(skus, ANGLES)
+    job.origin.faults.latency = 0.01
+
+    def written() -> int:
+        return len(job.proxy.puts)
+
+    async def after_objects(count: int) -> Callable[[Running], Awaitable[None]]:
+        async def trigger(running: Running) -> None:
+            target = written() + count
+            await wait_for(lambda: written() >= target or not running.alive, within=30,
+                           what=f"{count} more objects")  # fmt: skip
+
+        return trigger
+
+    async def after_seconds(seconds: float) -> Callable[[Running], Awaitable[None]]:
+        async def trigger(running: Running) -> None:
+            await asyncio.sleep(seconds)
+
+        return trigger
+
+    async def while_pausing(running: Running) -> None:
+        await wait_for(lambda: written() >= base + 20, within=30, what="20 more objects")
+        job.origin.faults.latency = 1.5  # in-flight fetches now outlast the command's pickup
+        pause = await job.cli("pause", "--no-wait", *job.job_flags())
+        assert pause.rc == 0, str(pause)
+        await asyncio.sleep(0.8)  # the run has taken the command and is finishing in-flight items
+        job.origin.faults.latency = 0.01
+
+    # The moments: first objects, mid-run, right after a resume starts (before or during its
+    # preflight), a few objects into a resume, during a graceful stop, and late in the run.
+    moments: list[tuple[str, Callable[[Running], Awaitable[None]]]] = [
+        ("after the first object", await after_objects(1)),
+        ("mid-run", await after_objects(90)),
+        ("0.7 s into a resume", await after_seconds(0.7)),
+        ("one object into a resume", await after_objects(1)),
+        ("while pausing", while_pausing),
+        ("late in the run", await after_objects(120)),
+    ]
+    recorded: dict[tuple[str, int], int] = {}  # finished per a checkpoint -> GETs at that time
+    kills = 0
+    running = await job.start_run(limit=n)
+    for what, trigger in moments:
+        base = written()
+        await trigger(running)
+        assert running.alive, f"the run ended before the kill {what}: {await running.wait()}"
+        running.kill()
+        result = await running.wait(10)
+        assert result.rc == -signal.SIGKILL, str(result)
+        kills += 1
+        if kills == 1:
+            assert written() < len(expected), "the first kill should come early"
+        status = await _interrupted_status(job, skus)
+        for item in finished_items(status, skus, ANGLES):
+            recorded.setdefault(item, job.gets_of(*item))
+        running = await job.start("resume", "--no-ui", *job.job_flags())
+
+    assert kills >= 5
+    job.origin.faults.latency = 0
+    result = await running.wait(60)
+    assert result.rc == 0, str(result)
+    final = result.json()
+    assert_counters_add_up(final)
+    assert final["scannedSkus"] == n
+    assert final["failedItems"] == 0
+    assert final["noRemote"] == len(missing)
+    # an object written before a crash but not yet checkpointed counts as skippedExists
+    assert final["uploaded"] + final["skippedExists"] == len(expected)
+    assert final["checkpoint"] == {"lastSku": skus[-1], "completedAngles": {}}
+
+    await job.assert_bucket_exactly(skus, ANGLES)
+    job.assert_no_key_put_twice()
+    assert set(job.puts()) == expected
+    assert final["uploaded"] <= len(expected)
+    # angles recorded as completed by a checkpoint were never fetched again afterwards
+    refetched = {item: (n0, job.gets_of(*item)) for item, n0 in recorded.items()
+                 if job.gets_of(*item) != n0}  # fmt: skip
+    assert not refetched, f"refetched after being checkpointed: {dict(list(refetched.items())[:5])}"
+    assert {item for item in recorded if item in missing}, "no 404 item was ever checkpointed"
+    status = await job.status()
+    assert status["state"] == "completed" and status["runId"] == final["runId"]
+
+
+async def test_sigterm_exits_75_with_the_checkpoint_persisted(make_job: MakeJob) -> None:
+    n = 120
+    job = await make_job(n + 10, checkpoint_every=50)
+    skus = job.skus()[:n]
+    job.origin.faults.latency = 0.03
+    running = await job.start_run(limit=n)
+    await wait_for(lambda: len(job.proxy.puts) >= 70, within=30, what="70 objects written")
+    running.signal(signal.SIGTERM)
+    result = await running.wait(10)
+    assert result.rc == 75, str(result)
+    assert "SIGTERM" in result.err
+    stopped = result.json()
+    assert stopped["state"] == "paused"
+    assert 0 < stopped["scannedSkus"] < n
+    assert_valid_checkpoint(stopped, skus, ANGLES)
+
+    status = await _interrupted_status(job, skus)
+    assert status["runStatus"] == "paused" and status["exitCode"] == 75
+    # persisted on the way out, not only every 50 SKUs: the same position and counters
+    assert status["checkpoint"] == stopped["checkpoint"]
+    for key in ("scannedSkus", "uploaded", "noRemote", "attemptedDownloads"):
+        assert status[key] == stopped[key], key
+    done = finished_items(status, skus, ANGLES)
+    gets_at_stop = {item: job.gets_of(*item) for item in done}
+
+    job.origin.faults.latency = 0
+    resumed = await job.resume()
+    assert resumed.rc == 0, str(resumed)
+    final = resumed.json()
+    assert_counters_add_up(final)
+    assert final["runId"] == stopped["runId"]
+    assert final["scannedSkus"] == n
+    assert final["uploaded"] == len(job.expected_objects(skus, ANGLES))
+    assert final["skippedExists"] == 0
+    await job.assert_bucket_exactly(skus, ANGLES)
+    job.assert_no_key_put_twice()
+    assert all(job.gets_of(*item) == gets_at_stop[item] for item in done)
