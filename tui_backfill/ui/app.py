@@ -1,6 +1,6 @@
 """The operator console: a full-screen Textual app over a controller (snapshots + commands).
 
-It holds no engine logic. It reads a snapshot at a bounded rate (four times a second; a
+It holds no engine logic. It reads a snapshot at a bounded rate (twice a second; a
 snapshot that changes faster simply replaces the previous one, nothing queues), renders it in
 panels, and turns keys into commands. With a local engine it owns the run: `q` pauses and
 saves before quitting (exit 75), a lost terminal (SIGHUP) does the same. Attached to a run in
@@ -32,7 +32,7 @@ from tui_backfill.ui.widgets import (
     ProgressPanel,
 )
 
-REFRESH_EVERY = 0.25
+REFRESH_EVERY = 0.5
 EXIT_PAUSED = 75
 
 

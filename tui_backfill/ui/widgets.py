@@ -43,10 +43,26 @@ def eta_clock(seconds: float | None, now: dt.datetime) -> str:
     return (now + dt.timedelta(seconds=seconds)).strftime("%H:%M")
 
 
-class HeaderBar(Static):
+class _Panel(Static):
+    """A fixed-size panel that redraws only when what it shows has changed."""
+
+    _shown: object = None
+
+    def changed(self, key: object) -> bool:
+        if key == self._shown:
+            return False
+        self._shown = key
+        return True
+
+
+class HeaderBar(_Panel):
     """Job, state, bucket and endpoint (never a secret)."""
 
     def show(self, snap: StatusSnapshot, *, attached: bool) -> None:
+        if not self.changed(
+            (snap.job, snap.state, attached, snap.dry_run, snap.bucket, snap.endpoint)
+        ):
+            return
         endpoint = snap.endpoint.split("://", 1)[-1] if snap.endpoint else "AWS"
         text = Text.assemble(
             (f"job {snap.job} ", "bold"),
@@ -58,7 +74,7 @@ class HeaderBar(Static):
             no_wrap=True,
             overflow="ellipsis",
         )
-        self.update(text)
+        self.update(text, layout=False)
 
 
 class ProgressPanel(Vertical):
@@ -68,7 +84,21 @@ class ProgressPanel(Vertical):
         yield ProgressBar(total=1, show_eta=False, id="sku-progress")
         yield Static(id="rates")
 
+    _shown: object = None
+
     def show(self, snap: StatusSnapshot, now: dt.datetime) -> None:
+        key = (
+            snap.counters.scanned_skus,
+            snap.planned_skus,
+            snap.skus_per_second,
+            snap.items_per_second,
+            snap.bytes_per_second,
+            snap.eta_seconds,
+            now.strftime("%H:%M"),
+        )
+        if key == self._shown:
+            return
+        self._shown = key
         bar = self.query_one(ProgressBar)
         bar.update(total=max(snap.planned_skus, 1), progress=snap.counters.scanned_skus)
         rates = Text.assemble(
@@ -79,14 +109,23 @@ class ProgressPanel(Vertical):
             no_wrap=True,
             overflow="ellipsis",
         )
-        self.query_one("#rates", Static).update(rates)
+        self.query_one("#rates", Static).update(rates, layout=False)
 
 
-class CountersPanel(Static):
+class CountersPanel(_Panel):
     """Every key of the status snapshot, readable at a glance."""
 
     def show(self, snap: StatusSnapshot) -> None:
         c = snap.counters
+        if not self.changed(
+            (
+                c.to_json().values().__repr__(),
+                snap.concurrency,
+                snap.in_flight,
+                snap.last_update_at[:19],
+            )
+        ):
+            return
         grid = Table.grid(expand=True, padding=(0, 1))
         for _ in range(3):
             grid.add_column(no_wrap=True, style="dim")
@@ -136,7 +175,7 @@ class CountersPanel(Static):
         group = Table.grid(expand=True)
         group.add_row(grid)
         group.add_row(times)
-        self.update(group)
+        self.update(group, layout=False)
 
 
 class ErrorsTable(DataTable[str]):
@@ -146,7 +185,13 @@ class ErrorsTable(DataTable[str]):
         self.cursor_type = "none"
         self.add_columns("code", "count", "latest message")
 
+    _shown: object = None
+
     def show(self, snap: StatusSnapshot) -> None:
+        key = (tuple(snap.counters.errors_by_code.items()), tuple(snap.last_errors.items()))
+        if key == self._shown:
+            return
+        self._shown = key
         self.clear()
         for code, count in sorted(
             snap.counters.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])
@@ -154,11 +199,13 @@ class ErrorsTable(DataTable[str]):
             self.add_row(code, f"{count:,}", snap.last_errors.get(code, ""))
 
 
-class CheckpointPanel(Static):
+class CheckpointPanel(_Panel):
     """The checkpoint: lastSku, in-flight SKUs and their completed angles."""
 
     def show(self, snap: StatusSnapshot) -> None:
         cp = snap.checkpoint
+        if not self.changed((cp, snap.checkpoint_saved_at)):
+            return
         lines = [Text.assemble(("lastSku ", "dim"), (str(cp.last_sku or "-"), "bold"))]
         for sku, angles in list(cp.completed_angles.items())[:4]:
             lines.append(
@@ -168,4 +215,4 @@ class CheckpointPanel(Static):
             lines.append(Text(f"+{len(cp.completed_angles) - 4} more in flight", style="dim"))
         saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
         lines.append(Text(f"saved {saved}", style="dim"))
-        self.update(Text("\n").join(lines))
+        self.update(Text("\n").join(lines), layout=False)
