@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from rich.table import Table
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Vertical
-from textual.widgets import DataTable, ProgressBar, Static
+from textual.widgets import DataTable, Static
 
 from tui_backfill.snapshot import StatusSnapshot
 
@@ -48,6 +45,11 @@ class _Panel(Static):
 
     _shown: object = None
 
+    @property
+    def text_width(self) -> int:
+        """Usable width, also before the first layout (full-width panels, padding 1)."""
+        return self.content_size.width or max(self.app.size.width - 2, 20)
+
     def changed(self, key: object) -> bool:
         if key == self._shown:
             return False
@@ -77,14 +79,8 @@ class HeaderBar(_Panel):
         self.update(text, layout=False)
 
 
-class ProgressPanel(Vertical):
-    """SKUs scanned / planned, rates and ETA."""
-
-    def compose(self) -> ComposeResult:
-        yield ProgressBar(total=1, show_eta=False, id="sku-progress")
-        yield Static(id="rates")
-
-    _shown: object = None
+class ProgressPanel(_Panel):
+    """SKUs scanned / planned as a bar, with rates and the ETA (two lines)."""
 
     def show(self, snap: StatusSnapshot, now: dt.datetime) -> None:
         key = (
@@ -95,21 +91,31 @@ class ProgressPanel(Vertical):
             snap.bytes_per_second,
             snap.eta_seconds,
             now.strftime("%H:%M"),
+            self.size.width,
         )
-        if key == self._shown:
+        if not self.changed(key):
             return
-        self._shown = key
-        bar = self.query_one(ProgressBar)
-        bar.update(total=max(snap.planned_skus, 1), progress=snap.counters.scanned_skus)
+        width = max(self.text_width - 6, 10)
+        done = snap.counters.scanned_skus / snap.planned_skus if snap.planned_skus else 0.0
+        filled = int(done * width)
+        bar = Text.assemble(
+            ("━" * filled, "bold green"), ("━" * (width - filled), "grey30"), f" {100 * done:3.0f}%"
+        )
         rates = Text.assemble(
-            (f"SKUs {snap.counters.scanned_skus:,}/{snap.planned_skus:,}", "bold"),
-            f" · {snap.skus_per_second:.1f} SKU/s · {snap.items_per_second:.1f} obj/s"
+            (f"SKUs {snap.counters.scanned_skus:,}/{snap.planned_skus:,} ", "bold"),
+            f"· {snap.skus_per_second:.1f} SKU/s · {snap.items_per_second:.1f} obj/s"
             f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
             (f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})", "bold"),
-            no_wrap=True,
-            overflow="ellipsis",
         )
-        self.query_one("#rates", Static).update(rates, layout=False)
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join([bar, rates]), layout=False)
+
+
+def _cells(pairs: list[tuple[str, str]], widths: tuple[int, ...]) -> Text:
+    line = Text(no_wrap=True, overflow="ellipsis")
+    for (label, value), width in zip(pairs, widths, strict=True):
+        line.append(label.ljust(width - len(value)), style="dim")
+        line.append(value + "  ")
+    return line
 
 
 class CountersPanel(_Panel):
@@ -118,64 +124,38 @@ class CountersPanel(_Panel):
     def show(self, snap: StatusSnapshot) -> None:
         c = snap.counters
         if not self.changed(
-            (
-                c.to_json().values().__repr__(),
-                snap.concurrency,
-                snap.in_flight,
-                snap.last_update_at[:19],
-            )
+            (c, snap.concurrency, snap.in_flight, snap.last_update_at[:19], self.text_width)
         ):
             return
-        grid = Table.grid(expand=True, padding=(0, 1))
-        for _ in range(3):
-            grid.add_column(no_wrap=True, style="dim")
-            grid.add_column(justify="right", no_wrap=True)
+        third = max((self.text_width - 4) // 3, 22)
+        widths = (third, third, third)
         rows = [
-            (
-                "scannedSkus",
-                f"{c.scanned_skus:,}",
-                "uploaded",
-                f"{c.uploaded:,}",
-                "errorsTotal",
-                f"{c.errors_total:,}",
-            ),
-            (
-                "plannedItems",
-                f"{snap.planned_items:,}",
-                "skippedExists",
-                f"{c.skipped_exists:,}",
-                "failedItems",
-                f"{c.failed_items:,}",
-            ),
-            (
-                "attemptedDownloads",
-                f"{c.attempted_downloads:,}",
-                "noRemote",
-                f"{c.no_remote:,}",
-                "concurrency",
-                f"{snap.concurrency}",
-            ),
-            (
-                "anglesPlanned",
-                snap.angles_planned,
-                "etaSkusRemaining",
-                f"{snap.eta_skus_remaining:,}",
-                "inFlight",
-                f"{snap.in_flight}",
-            ),
+            [
+                ("scannedSkus", f"{c.scanned_skus:,}"),
+                ("uploaded", f"{c.uploaded:,}"),
+                ("errorsTotal", f"{c.errors_total:,}"),
+            ],
+            [
+                ("plannedItems", f"{snap.planned_items:,}"),
+                ("skippedExists", f"{c.skipped_exists:,}"),
+                ("failedItems", f"{c.failed_items:,}"),
+            ],
+            [
+                ("attemptedDownloads", f"{c.attempted_downloads:,}"),
+                ("noRemote", f"{c.no_remote:,}"),
+                ("concurrency", f"{snap.concurrency}"),
+            ],
+            [
+                ("anglesPlanned", snap.angles_planned),
+                ("etaSkusRemaining", f"{snap.eta_skus_remaining:,}"),
+                ("inFlight", f"{snap.in_flight}"),
+            ],
         ]
-        for row in rows:
-            grid.add_row(*row)
-        times = Text(
-            f"startedAt {snap.started_at}  lastUpdateAt {snap.last_update_at}",
-            style="dim",
-            no_wrap=True,
-            overflow="ellipsis",
+        lines = [_cells(row, widths) for row in rows]
+        lines.append(
+            Text(f"startedAt {snap.started_at}  lastUpdateAt {snap.last_update_at}", style="dim")
         )
-        group = Table.grid(expand=True)
-        group.add_row(grid)
-        group.add_row(times)
-        self.update(group, layout=False)
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join(lines), layout=False)
 
 
 class ErrorsTable(DataTable[str]):
