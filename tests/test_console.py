@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import io
-import re
 import os
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
