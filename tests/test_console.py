@@ -268,3 +268,21 @@ def test_failed_items_snapshot(snap_compare: Any) -> None:
         FixedController(fixed_snapshot("paused")), clock=lambda: FIXED_NOW, poll=False
     )  # type: ignore[arg-type]
     assert snap_compare(app, terminal_size=(80, 24), press=["f"])
+
+
+async def test_without_a_terminal_run_falls_back_to_headless(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    catalog = catalog_db(10)
+    args = [
+        "run", "--state", str(tmp_path / "s.sqlite3"), "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
+        "--origin", origin.url_template, "--bucket", aws_env.bucket, "--path-style", "--limit-skus", "10",
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tui_backfill", *args, env=dict(os.environ), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert err.decode().splitlines()[0] == "tui-backfill: no terminal, running headless (as with --no-ui)"
+    assert b'"state": "completed"' in out and b"\x1b[" not in out

@@ -302,56 +302,15 @@ def _job_state(args: argparse.Namespace) -> tuple[str, str]:
     return settings.state, settings.job
 
 
-def _as_committed(run: Any, published: dict[str, Any]) -> dict[str, Any]:
-    """A run whose process died, as a resume will continue it: the counters and checkpoint
-    committed together, not the last published view, which may be ahead of them or behind."""
-    import dataclasses
-
-    from tui_backfill.angles import parse_angles
-    from tui_backfill.snapshot import snapshot_from_json
-
-    angles = str(run.settings.get("angles") or published.get("anglesPlanned") or "")
-    view = dataclasses.replace(
-        snapshot_from_json(published),
-        job=run.job,
-        run_id=run.id,
-        started_at=run.started_at,
-        angles_planned=angles,
-        angles_per_sku=len(parse_angles(angles)) if angles else 0,
-        planned_skus=run.planned_skus,
-        counters=run.counters,
-        checkpoint=run.checkpoint,
-        checkpoint_saved_sku=run.checkpoint.last_sku,
-        in_flight=0,
-        items_per_second=0.0,
-        skus_per_second=0.0,
-        bytes_per_second=0.0,
-        eta_seconds=None,
-    )
-    return {**published, **view.to_json()}
-
-
 async def status_snapshot(state: str, job: str) -> dict[str, Any]:
     """The latest snapshot of the job's latest run, marked live or not."""
     from tui_backfill.runner import open_state
-    from tui_backfill.state import JobLock
+    from tui_backfill.status import job_status
 
     async with open_state(state) as store:
-        run = await store.latest_run(job)
-    if run is None:
+        snapshot = await job_status(store, state, job)
+    if snapshot is None:
         raise ConfigError("--job", f"job {job!r} has no runs in {state}")
-    snapshot = dict(run.snapshot or {})
-    if not snapshot:
-        snapshot = {"job": job, "runId": run.id, "state": "running", "startedAt": run.started_at}
-    live = JobLock(state, job).holder() is not None and run.status == "running"
-    if not live and run.status == "running":
-        snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
-    snapshot["live"] = live
-    if not live and snapshot.get("state") in ("running", "pausing"):
-        snapshot["state"] = "paused"  # its process is gone: interrupted, resumable
-    snapshot["runStatus"] = run.status
-    if run.exit_code is not None:
-        snapshot["exitCode"] = run.exit_code
     return snapshot
 
 

@@ -18,7 +18,7 @@ from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
-from textual.widgets import Footer, RichLog, Static
+from textual.widgets import Footer, Static
 
 from tui_backfill.snapshot import StatusSnapshot
 from tui_backfill.ui.controller import Controller, LocalController
@@ -27,7 +27,8 @@ from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
 from tui_backfill.ui.widgets import (
     CheckpointPanel,
     CountersPanel,
-    ErrorsTable,
+    ErrorsPanel,
+    EventLog,
     HeaderBar,
     ProgressPanel,
 )
@@ -81,11 +82,11 @@ class BackfillApp(App[int]):
         with Horizontal(id="middle"):
             with Vertical(id="errors-box"):
                 yield Static("errors by code", classes="panel-title")
-                yield ErrorsTable(id="errors")
+                yield ErrorsPanel(id="errors")
             with Vertical(id="checkpoint-box"):
                 yield Static("checkpoint", classes="panel-title")
                 yield CheckpointPanel(id="checkpoint")
-        yield RichLog(id="log", max_lines=500, wrap=False, markup=False)
+        yield EventLog(id="log")
         yield Footer()
 
     async def on_mount(self) -> None:
@@ -140,9 +141,9 @@ class BackfillApp(App[int]):
         self.query_one(HeaderBar).show(snap, attached=self.controller.attached)
         self.query_one(ProgressPanel).show(snap, self._clock())
         self.query_one(CountersPanel).show(snap)
-        self.query_one(ErrorsTable).show(snap)
+        self.query_one(ErrorsPanel).show(snap)
         self.query_one(CheckpointPanel).show(snap)
-        log = self.query_one(RichLog)
+        log = self.query_one(EventLog)
         stamp = self._clock().strftime("%H:%M:%S")
         for event in notable_events(self._previous, snap):
             log.write(f"{stamp} {event}")
@@ -161,7 +162,7 @@ class BackfillApp(App[int]):
 
     async def action_pause(self) -> None:
         await self.controller.pause()
-        self.query_one(RichLog).write(
+        self.query_one(EventLog).write(
             f"{self._clock():%H:%M:%S} pause requested: finishing in-flight items"
         )
         await self.refresh_snapshot()
@@ -205,7 +206,7 @@ class BackfillApp(App[int]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self._on_signal()
-                self.query_one(RichLog).write(
+                self.query_one(EventLog).write(
                     f"{self._clock():%H:%M:%S} quitting: pausing and saving the checkpoint"
                 )
 

@@ -11,7 +11,8 @@ from typing import Protocol
 
 from tui_backfill.runner import PreparedRun
 from tui_backfill.snapshot import StatusSnapshot, snapshot_from_json
-from tui_backfill.state import FailedItem, JobLock, StateStore
+from tui_backfill.state import FailedItem, StateStore
+from tui_backfill.status import job_status
 
 
 class Controller(Protocol):
@@ -67,20 +68,15 @@ class AttachedController:
 
     def __init__(self, store: StateStore, state_path: str, job: str) -> None:
         self._store = store
-        self._lock = JobLock(state_path, job)
+        self._state_path = state_path
         self.job = job
         self.max_concurrency = 6
 
     async def snapshot(self) -> StatusSnapshot | None:
-        run = await self._store.latest_run(self.job, include_dry=False)
-        if run is None or not run.snapshot:
+        data = await job_status(self._store, self._state_path, self.job, include_dry=False)
+        if data is None or "anglesPlanned" not in data:
             return None
-        self.max_concurrency = int(run.settings.get("max_concurrency") or self.max_concurrency)
-        data = dict(run.snapshot)
-        live = self._lock.holder() is not None and run.status == "running"
-        data["live"] = live
-        if not live and data.get("state") in ("running", "pausing"):
-            data["state"] = "paused"
+        self.max_concurrency = int(data.get("maxConcurrency") or self.max_concurrency)
         return snapshot_from_json(data)
 
     async def pause(self) -> None:

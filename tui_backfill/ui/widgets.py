@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import deque
 
 from rich.text import Text
-from textual.widgets import DataTable, Static
+from textual.widgets import Static
 
 from tui_backfill.snapshot import StatusSnapshot
 
@@ -158,25 +159,52 @@ class CountersPanel(_Panel):
         self.update(Text("\n", no_wrap=True, overflow="ellipsis").join(lines), layout=False)
 
 
-class ErrorsTable(DataTable[str]):
+class ErrorsPanel(_Panel):
     """Errors by code, sorted by count, with the latest message of each code."""
 
-    def on_mount(self) -> None:
-        self.cursor_type = "none"
-        self.add_columns("code", "count", "latest message")
-
-    _shown: object = None
-
     def show(self, snap: StatusSnapshot) -> None:
-        key = (tuple(snap.counters.errors_by_code.items()), tuple(snap.last_errors.items()))
-        if key == self._shown:
+        errors = snap.counters.errors_by_code
+        if not self.changed((tuple(errors.items()), tuple(snap.last_errors.items()))):
             return
-        self._shown = key
-        self.clear()
-        for code, count in sorted(
-            snap.counters.errors_by_code.items(), key=lambda kv: (-kv[1], kv[0])
-        ):
-            self.add_row(code, f"{count:,}", snap.last_errors.get(code, ""))
+        width = max((len(code) for code in errors), default=4) + 2
+        lines = [
+            Text.assemble(
+                ("code".ljust(width), "bold"),
+                ("count".ljust(8), "bold"),
+                ("latest message", "bold"),
+            )
+        ]
+        for code, count in sorted(errors.items(), key=lambda kv: (-kv[1], kv[0])):
+            lines.append(
+                Text.assemble(
+                    code.ljust(width),
+                    f"{count:,}".ljust(8),
+                    (snap.last_errors.get(code, ""), "dim"),
+                )
+            )
+        if not errors:
+            lines.append(Text("no errors", style="dim"))
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join(lines), layout=False)
+
+
+class EventLog(Static):
+    """The latest notable events, newest at the bottom (a fixed-height tail, no relayout)."""
+
+    def __init__(self, *, lines: int = 200, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self._lines: deque[str] = deque(maxlen=lines)
+
+    @property
+    def lines(self) -> list[str]:
+        return list(self._lines)
+
+    def write(self, line: str) -> None:
+        self._lines.append(line)
+        height = self.content_size.height or 4
+        tail = list(self._lines)[-height:]
+        self.update(
+            Text("\n", no_wrap=True, overflow="ellipsis").join(Text(x) for x in tail), layout=False
+        )
 
 
 class CheckpointPanel(_Panel):

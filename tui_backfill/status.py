@@ -1,0 +1,57 @@
+"""What `status`, the attached console and (later) the HTTP API show of a job: the latest
+run's published snapshot, marked live or not; for a run whose process died, the counters and
+checkpoint it committed (what a resume continues from), not the last published view."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from tui_backfill.angles import parse_angles
+from tui_backfill.snapshot import snapshot_from_json
+from tui_backfill.state import JobLock, RunRecord, StateStore
+
+
+def _as_committed(run: RunRecord, published: dict[str, Any]) -> dict[str, Any]:
+    angles = str(run.settings.get("angles") or published.get("anglesPlanned") or "")
+    view = dataclasses.replace(
+        snapshot_from_json(published),
+        job=run.job,
+        run_id=run.id,
+        started_at=run.started_at,
+        angles_planned=angles,
+        angles_per_sku=len(parse_angles(angles)) if angles else 0,
+        planned_skus=run.planned_skus,
+        counters=run.counters,
+        checkpoint=run.checkpoint,
+        checkpoint_saved_sku=run.checkpoint.last_sku,
+        in_flight=0,
+        items_per_second=0.0,
+        skus_per_second=0.0,
+        bytes_per_second=0.0,
+        eta_seconds=None,
+    )
+    return {**published, **view.to_json()}
+
+
+async def job_status(
+    store: StateStore, state_path: str, job: str, *, include_dry: bool = True
+) -> dict[str, Any] | None:
+    """The job's status snapshot as JSON, or None when it has no runs."""
+    run = await store.latest_run(job, include_dry=include_dry)
+    if run is None:
+        return None
+    snapshot = dict(run.snapshot or {})
+    if not snapshot:
+        snapshot = {"job": job, "runId": run.id, "state": "running", "startedAt": run.started_at}
+    live = JobLock(state_path, job).holder() is not None and run.status == "running"
+    if not live and run.status == "running":
+        snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
+    snapshot["live"] = live
+    if not live and snapshot.get("state") in ("running", "pausing"):
+        snapshot["state"] = "paused"  # its process is gone: interrupted, resumable
+    snapshot["runStatus"] = run.status
+    if run.exit_code is not None:
+        snapshot["exitCode"] = run.exit_code
+    snapshot["maxConcurrency"] = run.settings.get("max_concurrency")
+    return snapshot
