@@ -118,7 +118,10 @@ async def test_console_in_tmux_pauses_and_resumes(
         await tmux.keys("q")
         await tmux.wait_screen("Pause it, save the checkpoint and quit?")
         await tmux.keys("y")
-        await wait_released(JobLock(str(state), "default"))
+        try:
+            await wait_released(JobLock(str(state), "default"))
+        except AssertionError:
+            raise AssertionError("still running after q, y:\n" + await tmux.screen()) from None
         for _ in range(50):
             if (tmp_path / "exit").exists():
                 break

@@ -8,6 +8,7 @@ commit, so a crash at any instant resumes from a consistent point. Other process
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -152,6 +153,9 @@ class StateStore:
     def __init__(self, path: str, db: aiosqlite.Connection) -> None:
         self.path = path
         self._db = db
+        # One connection, several coroutines (item tasks commit checkpoints while the heartbeat
+        # publishes snapshots): writes and transactions take turns, so none runs inside another.
+        self._write_lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: str, *, create: bool = True) -> StateStore:
@@ -206,14 +210,20 @@ class StateStore:
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
-        await self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            await self._db.execute("ROLLBACK")
-            raise
-        else:
-            await self._db.execute("COMMIT")
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await asyncio.shield(self._db.execute("ROLLBACK"))
+                raise
+            else:
+                await asyncio.shield(self._db.execute("COMMIT"))
+
+    async def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
+        """One statement in autocommit mode, never inside another coroutine's transaction."""
+        async with self._write_lock:
+            await self._db.execute(sql, params)
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -402,14 +412,14 @@ class StateStore:
 
     async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None:
         try:
-            await self._db.execute(
+            await self._write(
                 "UPDATE runs SET snapshot = ? WHERE id = ?", (json.dumps(snapshot), run_id)
             )
         except sqlite3.Error as exc:
             raise FatalError(f"state {self.path}: {exc}", code="state") from None
 
     async def set_run_status(self, run_id: int, status: str, *, pid: int | None = None) -> None:
-        await self._db.execute(
+        await self._write(
             "UPDATE runs SET status = ?, pid = coalesce(?, pid) WHERE id = ?", (status, pid, run_id)
         )
 
@@ -418,13 +428,13 @@ class StateStore:
         run = await self.run(run_id)
         if run is not None:
             settings = {**run.settings, **changes}
-            await self._db.execute(
+            await self._write(
                 "UPDATE runs SET settings = ? WHERE id = ?",
                 (json.dumps(settings, sort_keys=True), run_id),
             )
 
     async def abandon_run(self, run_id: int) -> None:
-        await self._db.execute(
+        await self._write(
             "UPDATE runs SET status = 'abandoned', ended_at = ? WHERE id = ?",
             (utc_now_iso(), run_id),
         )
@@ -447,27 +457,27 @@ class StateStore:
     # -- commands -------------------------------------------------------------------------
 
     async def send_command(self, job: str, command: str, arg: str | None = None) -> None:
-        await self._db.execute(
+        await self._write(
             "INSERT INTO commands (job, command, arg, created_at) VALUES (?, ?, ?, ?)",
             (job, command, arg, utc_now_iso()),
         )
 
     async def take_commands(self, job: str) -> list[tuple[str, str | None]]:
-        async with self.transaction() as db:
-            async with db.execute(
-                "SELECT id, command, arg FROM commands WHERE job = ? AND consumed_at IS NULL ORDER BY id",
-                (job,),
-            ) as cur:
-                rows = list(await cur.fetchall())
-            if rows:
-                await db.execute(
-                    f"UPDATE commands SET consumed_at = ? WHERE id IN ({','.join('?' * len(rows))})",
-                    (utc_now_iso(), *(row[0] for row in rows)),
-                )
+        """Pending commands for the job, oldest first, marked consumed (one consumer per job)."""
+        async with self._db.execute(
+            "SELECT id, command, arg FROM commands WHERE job = ? AND consumed_at IS NULL ORDER BY id",
+            (job,),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        if rows:
+            await self._write(
+                f"UPDATE commands SET consumed_at = ? WHERE id IN ({','.join('?' * len(rows))})",
+                (utc_now_iso(), *(row[0] for row in rows)),
+            )
         return [(row[1], row[2]) for row in rows]
 
     async def clear_commands(self, job: str) -> None:
-        await self._db.execute(
+        await self._write(
             "UPDATE commands SET consumed_at = ? WHERE job = ? AND consumed_at IS NULL",
             (utc_now_iso(), job),
         )

@@ -112,6 +112,9 @@ class BackfillApp(App[int]):
         try:
             result = await self.controller.engine.run()
             self.exit_code = result.exit_code
+        except Exception as exc:  # the engine persisted what it could; show why it stopped
+            self.exit_code = 3
+            self.query_one(EventLog).write(f"{self._clock():%H:%M:%S} engine stopped: {exc}")
         finally:
             self._engine_done.set()
         await self.refresh_snapshot()
