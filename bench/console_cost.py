@@ -3,7 +3,8 @@
 Each repetition runs the same job (fresh state and bucket) once headless and once in tmux with
 the console, interleaved, and takes the run's throughput from its own snapshot (planned items /
 (lastUpdateAt - startedAt)) and the client's CPU time. Reports medians and the ratio.
-Usage: .venv/bin/python bench/console_cost.py [SKUS] [REPS]
+Usage: .venv/bin/python bench/console_cost.py [SKUS] [REPS] [ORIGIN_LATENCY_SECONDS]
+(the latency replaces the demo's 4 ms: 0.02 is a typical third-party origin)
 """
 
 from __future__ import annotations
@@ -81,14 +82,17 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
     return snap["plannedItems"] / _seconds(snap), cpu * 1000 / snap["plannedItems"]
 
 
-async def main(skus: int, reps: int) -> None:
+async def main(skus: int, reps: int, latency: float | None) -> None:
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed (apt-get install tmux)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
     catalog = tmp / "catalog.sqlite3"
     make_catalog(str(catalog), skus, 0)
+    faults = demo_faults()
+    if latency is not None:
+        faults.latency = latency
     buckets = tuple(f"bench-{m}-{r}" for r in range(reps) for m in ("headless", "console"))
-    async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(demo_faults(), seed=1) as origin:
+    async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(faults, seed=1) as origin:
         env = dict(os.environ, **s3.env())
         rows: dict[str, list[tuple[float, float]]] = {"headless": [], "console": []}
         for rep in range(reps):
@@ -96,13 +100,17 @@ async def main(skus: int, reps: int) -> None:
                 rows[mode].append(await one(mode, skus, tmp, catalog, s3, origin, env, rep))
                 print(f"  rep {rep} {mode:8}: {rows[mode][-1][0]:.1f} obj/s, {rows[mode][-1][1]:.2f} ms CPU/obj", flush=True)
     med = {m: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for m, v in rows.items()}
-    print(f"demo workload, {skus} SKUs x 3 angles, concurrency 3, {reps} interleaved repetitions (medians):")
+    print(f"demo workload, {skus} SKUs x 3 angles, origin latency {faults.latency * 1000:.0f} ms, concurrency 3, "
+          f"{reps} interleaved repetitions (medians):")
     for mode, (rate, cpu) in med.items():
         print(f"  {mode:8}: {rate:.1f} obj/s, {cpu:.2f} ms client CPU per object")
-    print(f"  console/headless throughput: {100 * med['console'][0] / med['headless'][0]:.1f} %;"
+    paired = statistics.median(c[0] / h[0] for c, h in zip(rows["console"], rows["headless"], strict=True))
+    print(f"  console/headless throughput: {100 * med['console'][0] / med['headless'][0]:.1f} % (ratio of medians),"
+          f" {100 * paired:.1f} % (median of the per-repetition ratios);"
           f" CPU per object: {100 * med['console'][1] / med['headless'][1]:.1f} %")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else 3))
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else 3,
+                     float(sys.argv[3]) if len(sys.argv) > 3 else None))
