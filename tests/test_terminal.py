@@ -170,3 +170,28 @@ async def test_sighup_pauses_and_resume_finishes_without_duplicates(
             assert (rclone_s3.data_dir / rclone_s3.bucket / key).read_bytes() == expected_body(
                 sku, angle
             )
+
+
+async def test_pause_from_another_shell_stops_a_console_run(
+    rclone_s3: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    origin.faults.latency = 0.03
+    state = tmp_path / "state.sqlite3"
+    tmux = Tmux(tmp_path)
+    await tmux.start(run_argv(state, catalog_db(300), origin, rclone_s3, 300), rclone_s3.env())
+    try:
+        await tmux.wait_screen("RUNNING", "uploaded")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tui_backfill", "pause", "--state", str(state),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err = await asyncio.wait_for(proc.communicate(), 60)
+        assert proc.returncode == 0, err.decode()
+        assert "paused at checkpoint" in err.decode()
+        for _ in range(50):
+            if (tmp_path / "exit").exists():
+                break
+            await asyncio.sleep(0.1)
+        assert (tmp_path / "exit").read_text().strip() == "EXIT=75"
+    finally:
+        await tmux.kill()

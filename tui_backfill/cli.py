@@ -286,11 +286,12 @@ async def run_headless(request: Any) -> int:
                 "existing": result.snapshot.counters.found_at_start,
                 "missing": result.snapshot.counters.would_fetch,
             }
-            await prepared.store.delete_run(engine.plan.run_id)
         print(progress_line(result.snapshot), file=sys.stderr)
         print(json.dumps(output, indent=2))
         return result.exit_code
     finally:
+        if request.dry_run:  # a dry run leaves no run behind, however it ended
+            await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))
         await prepared.close()
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -286,31 +287,44 @@ class Engine:
         else:
             self._state = RunState.COMPLETED
             status = "completed"
-            exit_code = 1 if self.counters.failed_items else 0
+            exit_code = 1 if self.counters.failed_items or self.counters.carryover_failed else 0
         message = self._fatal.message if self._fatal else None
-        await self._commit(status=status, exit_code=exit_code, message=message)
-        snapshot = self.snapshot()
-        return RunResult(self._state, exit_code, snapshot)
+        try:
+            await self._commit(status=status, exit_code=exit_code, message=message)
+        except FatalError:
+            self._state, exit_code = RunState.FAILED, 3
+        return RunResult(self._state, exit_code, self.snapshot())
 
     async def _heartbeat(self) -> None:
         """Sample rates, publish the snapshot for other processes, poll the command channel."""
         next_poll = 0.0
         while True:
-            now = self._clock()
-            self._rates.add(
-                now, self._items_done, self._scanned(committed=False), self.counters.bytes_uploaded
-            )
-            if now - self._last_published >= PUBLISH_EVERY:
-                self._last_published = now
-                await self._store.publish_snapshot(self.plan.run_id, self.snapshot().to_json())
-            if self._poll_commands and now >= next_poll:
-                next_poll = now + COMMAND_POLL
-                for command, arg in await self._store.take_commands(self.plan.job):
-                    await self._apply_command(command, arg)
-            if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
-                self._state = RunState.PAUSED
-                await self._commit()
+            try:
+                next_poll = await self._beat(next_poll)
+            except FatalError as exc:
+                if self._fatal is None:
+                    self._fatal = exc
+                self.stop()
+            except sqlite3.Error as exc:  # e.g. locked for a while by another process: go on
+                self._count_error(BackfillError(f"state: {exc}", code="state"))
             await asyncio.sleep(SAMPLE_EVERY / 2)
+
+    async def _beat(self, next_poll: float) -> float:
+        now = self._clock()
+        self._rates.add(
+            now, self._items_done, self._scanned(committed=False), self.counters.bytes_uploaded
+        )
+        if now - self._last_published >= PUBLISH_EVERY:
+            self._last_published = now
+            await self._store.publish_snapshot(self.plan.run_id, self.snapshot().to_json())
+        if self._poll_commands and now >= next_poll:
+            next_poll = now + COMMAND_POLL
+            for command, arg in await self._store.take_commands(self.plan.job):
+                await self._apply_command(command, arg)
+        if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
+            self._state = RunState.PAUSED
+            await self._commit()
+        return next_poll
 
     async def _wait_if_held(self) -> bool:
         """Block while held; True when the run must stop dispatching for good."""
@@ -325,12 +339,18 @@ class Engine:
         task.add_done_callback(self._tasks.discard)
 
     async def _drain(self) -> None:
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
-            if self._fatal is not None:
-                raise self._fatal
-            if self._redo and not await self._wait_if_held():
-                await self._dispatch_redo()
+        """Wait for in-flight items; a hold near the end still waits for resume or stop."""
+        while True:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                if self._fatal is not None:
+                    raise self._fatal
+                continue
+            if await self._wait_if_held():
+                return
+            if not self._redo:
+                return
+            await self._dispatch_redo()
 
     async def _dispatch_redo(self) -> None:
         redo, self._redo = self._redo, []
@@ -349,7 +369,9 @@ class Engine:
         carryover = await self._store.failed_items(self.plan.job, exclude_run=self.plan.run_id)
         if not carryover:
             return
-        self.counters.carryover_planned += len(carryover)
+        # Items handled before a stop of this run are no longer in the table (or are this run's).
+        c = self.counters
+        c.carryover_planned = c.carryover_done + c.carryover_failed + len(carryover)
         for failed in carryover:
             if await self._wait_if_held():
                 return
@@ -490,8 +512,8 @@ class Engine:
         try:
             result = await self._process(item)
         except Interrupted:
-            if self._stop is Stop.HOLD:
-                self._redo.append(item)
+            if self._stop is not Stop.STOP:
+                self._redo.append(item)  # held (or already resumed): dispatched again
             return
         except (asyncio.CancelledError, FatalError):
             return  # unfinished: the checkpoint does not cover it, a resume redoes it
@@ -562,6 +584,8 @@ class Engine:
                 result.attempts,
                 self.plan.run_id,
             )
+        if self.plan.dry_run:
+            failed = None  # a dry run leaves nothing behind, not even failed items
         if item.carryover:
             if failed is not None:
                 counters.carryover_failed += 1
@@ -597,16 +621,26 @@ class Engine:
             failed, self._pending_failed = self._pending_failed, []
             resolved, self._pending_resolved = self._pending_resolved, []
             checkpoint = self._tracker.checkpoint()
+            try:
+                await self._store.commit_checkpoint(
+                    self.plan.run_id,
+                    counters,
+                    checkpoint,
+                    job=self.plan.job,
+                    failed=failed,
+                    resolved=resolved,
+                    status=status,
+                    exit_code=exit_code,
+                    message=message,
+                    snapshot=self.snapshot().to_json() if status else None,
+                )
+            except FatalError as exc:
+                # The state cannot be written (full, read-only, locked): keep what was pending
+                # and stop the run; it is resumable from the last checkpoint that did land.
+                self._pending_failed[:0] = failed
+                self._pending_resolved[:0] = resolved
+                if self._fatal is None:
+                    self._fatal = exc
+                self.stop()
+                raise
             self._saved_at, self._saved_sku = utc_now_iso(), checkpoint.last_sku
-            await self._store.commit_checkpoint(
-                self.plan.run_id,
-                counters,
-                checkpoint,
-                job=self.plan.job,
-                failed=failed,
-                resolved=resolved,
-                status=status,
-                exit_code=exit_code,
-                message=message,
-                snapshot=self.snapshot().to_json() if status else None,
-            )

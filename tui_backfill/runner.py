@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import urllib.parse
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -79,16 +80,33 @@ def _origin_with_secret(
     explicit_origin: str | None,
     env: Mapping[str, str],
 ) -> str:
-    """The origin URL to use: the given one (it may carry a password) or the stored one."""
+    """The origin URL to use on continuing: the given one (it may carry a password), or the
+    stored one with the password put back from ORIGIN_PASSWORD (it is never stored)."""
     if explicit_origin and strip_password(explicit_origin) == stored.get("origin"):
         return explicit_origin
-    if stored.get("origin_password") and not env.get("ORIGIN_PASSWORD"):
+    assert settings.origin is not None
+    if not stored.get("origin_password"):
+        return settings.origin
+    password = env.get("ORIGIN_PASSWORD")
+    if not password:
         raise ConfigError(
             "ORIGIN_PASSWORD",
             "required to continue this run: its origin password is never stored; set it in the environment",
         )
-    assert settings.origin is not None
-    return settings.origin
+    parts = urllib.parse.urlsplit(settings.origin)
+    if parts.username is None:
+        return settings.origin  # the password came from the environment in the first place
+    host = parts.netloc.rsplit("@", 1)[1]
+    secret = urllib.parse.quote(password, safe="")
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:{secret}@{host}"))
+
+
+def _origin_needs_password(origin: str, env: Mapping[str, str]) -> bool:
+    """Whether the run used a password that a resume must read again from the environment."""
+    parts = urllib.parse.urlsplit(origin)
+    if parts.password is not None:
+        return True
+    return parts.scheme == "ftp" and bool(env.get("ORIGIN_PASSWORD"))
 
 
 @dataclass
@@ -175,7 +193,7 @@ async def _prepare_locked(
             store,
             settings,
             request,
-            origin_has_password=origin_url != strip_password(origin_url or ""),
+            origin_has_password=_origin_needs_password(origin_url or "", env),
         )
     await store.clear_commands(job)
     origin = None

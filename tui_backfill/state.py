@@ -31,9 +31,9 @@ SCHEMA_VERSION = 1
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS runs (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,  -- run ids are never reused
         job TEXT NOT NULL,
-        status TEXT NOT NULL,          -- running | paused | completed | failed | abandoned
+        status TEXT NOT NULL,          -- preparing | running | paused | completed | abandoned
         dry_run INTEGER NOT NULL DEFAULT 0,
         settings TEXT NOT NULL,        -- JSON, secrets removed
         started_at TEXT NOT NULL,
@@ -252,15 +252,15 @@ class StateStore:
         self, job: str, settings: dict[str, Any], *, dry_run: bool, range_after: str | None
     ) -> int:
         async with self.transaction() as db:
-            # A dry run never leaves anything behind; an earlier one that crashed is dropped.
-            await db.execute(
-                "DELETE FROM run_skus WHERE run_id IN (SELECT id FROM runs WHERE job = ? AND dry_run = 1)",
-                (job,),
-            )
-            await db.execute("DELETE FROM runs WHERE job = ? AND dry_run = 1", (job,))
+            # A dry run never leaves anything behind, nor does a run whose process died while
+            # it read the catalog ('preparing'): both are dropped (the job lock is ours).
+            stale = "SELECT id FROM runs WHERE job = ? AND (dry_run = 1 OR status = 'preparing')"
+            await db.execute(f"DELETE FROM run_skus WHERE run_id IN ({stale})", (job,))
+            await db.execute(f"DELETE FROM failed_items WHERE run_id IN ({stale})", (job,))
+            await db.execute(f"DELETE FROM runs WHERE id IN ({stale})", (job,))
             cur = await db.execute(
                 "INSERT INTO runs (job, status, dry_run, settings, started_at, range_after, counters, checkpoint, pid) "
-                "VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?)",
+                "VALUES (?, 'preparing', ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job,
                     int(dry_run),
@@ -314,7 +314,8 @@ class StateStore:
                 planned = int(row[0]) if row else 0
                 last = row[1] if row else None
                 await db.execute(
-                    "UPDATE runs SET range_after = ?, range_last = ?, planned_skus = ?, catalog_skus = ? WHERE id = ?",
+                    "UPDATE runs SET range_after = ?, range_last = ?, planned_skus = ?, catalog_skus = ?, "
+                    "status = 'running' WHERE id = ?",
                     (range_after, last, planned, catalog, run_id),
                 )
         finally:
@@ -442,6 +443,7 @@ class StateStore:
     async def delete_run(self, run_id: int) -> None:
         async with self.transaction() as db:
             await db.execute("DELETE FROM run_skus WHERE run_id = ?", (run_id,))
+            await db.execute("DELETE FROM failed_items WHERE run_id = ?", (run_id,))
             await db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
 
     # -- failed items ---------------------------------------------------------------------

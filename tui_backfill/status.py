@@ -44,7 +44,7 @@ async def job_status(
     snapshot = dict(run.snapshot or {})
     if not snapshot:
         snapshot = {"job": job, "runId": run.id, "state": "running", "startedAt": run.started_at}
-    live = JobLock(state_path, job).holder() is not None and run.status == "running"
+    live = JobLock(state_path, job).holder() is not None and run.status in ("running", "preparing")
     if not live and run.status == "running":
         snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
     snapshot["live"] = live

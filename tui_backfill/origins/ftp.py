@@ -100,6 +100,9 @@ class FtpOrigin:
                 raise RetryableError(
                     f"connection: {exc.__class__.__name__}", code="connection"
                 ) from None
+            except BaseException:  # cancelled (pause, second signal) or unexpected: never leak
+                self._discard(client)
+                raise
             self._release(client)
         return Fetched(body, sniff_image(body))
 

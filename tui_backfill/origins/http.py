@@ -7,7 +7,7 @@ import asyncio
 import aiohttp
 
 from tui_backfill.origins import Bandwidth, Fetched, sniff_image
-from tui_backfill.outcomes import NotFoundError, PermanentError, RetryableError
+from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
 from tui_backfill.templates import Template
 
 _CHUNK = 64 * 1024
@@ -48,6 +48,11 @@ class HttpOrigin:
                     if status == 429 or status >= 500:
                         raise RetryableError(
                             f"HTTP {status} {response.reason or ''}".strip(), code=f"http_{status}"
+                        )
+                    if status == 401:
+                        raise FatalError(
+                            "the origin rejected the credentials (HTTP 401); check ORIGIN_PASSWORD",
+                            code="http_401",
                         )
                     if status >= 400:
                         raise PermanentError(

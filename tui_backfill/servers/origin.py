@@ -16,6 +16,13 @@ as JSON and ``POST /__faults`` updates faults from JSON (both uncounted), for ou
     python -m tui_backfill.servers.origin --port 0 --missing-fraction 0.03
 
 prints ``ORIGIN http://127.0.0.1:PORT`` on stdout and serves until SIGTERM.
+
+Directory listing (for clients that need one, such as rclone's ``http`` backend): with
+``index=[names]``, ``GET``/``HEAD <index_prefix>`` (default ``/img/``) answers an HTML page of
+``<a href="NAME">`` links, one per name (e.g. ``"100000_1.jpg"``), in the order given; the
+names are served under that prefix like everywhere else (``index_template`` is the matching
+URL template). The listing ignores faults and missing objects: a client learns that a listed
+name is missing only from its own request. Counted in ``index_gets``, not in ``gets``/``heads``.
 """
 
 from __future__ import annotations
@@ -27,11 +34,13 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import html
 import io
 import random
 import signal
 import sys
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Self
@@ -169,6 +178,9 @@ class OriginServer:
     :param faults: initial faults (mutable afterwards through ``self.faults``).
     :param object_size: pad bodies to this many bytes (benchmarks use 64 KiB).
     :param seed: seed of the random generator deciding the rate-based faults.
+    :param index: names listed by ``GET index_prefix`` (an HTML page of links); ``None``: no
+        listing. Mutable afterwards through ``self.index``.
+    :param index_prefix: path of the listing, starting and ending with ``/``.
     """
 
     def __init__(
@@ -179,8 +191,15 @@ class OriginServer:
         port: int = 0,
         object_size: int | None = None,
         seed: int = 0,
+        index: Iterable[str] | None = None,
+        index_prefix: str = "/img/",
     ) -> None:
+        if not (index_prefix.startswith("/") and index_prefix.endswith("/")):
+            raise ValueError(f"index_prefix {index_prefix!r} must start and end with '/'")
         self.faults = faults if faults is not None else OriginFaults()
+        self.index: list[str] | None = list(index) if index is not None else None
+        self.index_prefix = index_prefix
+        self.index_gets = 0
         self.host = host
         self.port = port
         self.object_size = object_size
@@ -194,6 +213,7 @@ class OriginServer:
         self._closing = asyncio.Event()
         self.base_url = ""
         self.url_template = ""
+        self.index_template = ""
 
     # -- counters ----------------------------------------------------------------------
     @property
@@ -208,11 +228,13 @@ class OriginServer:
         for counter in (self.requests, self.by_method, self.injected, self.statuses):
             counter.clear()
         self._get_counts.clear()
+        self.index_gets = 0
 
     def stats(self) -> dict[str, Any]:
         return {
             "gets": self.gets,
             "heads": self.heads,
+            "index_gets": self.index_gets,
             "requests": {f"{m} {p}": n for (m, p), n in self.requests.items()},
             "injected": dict(self.injected),
             "statuses": {str(k): v for k, v in self.statuses.items()},
@@ -226,6 +248,7 @@ class OriginServer:
         app = web.Application()
         app.router.add_get("/__stats", self._handle_stats)
         app.router.add_post("/__faults", self._handle_faults)
+        app.router.add_get(self.index_prefix, self._handle_index)  # HEAD too
         app.router.add_get("/{path:.*}", self._handle_image)  # HEAD too
         return app
 
@@ -240,6 +263,7 @@ class OriginServer:
         self.port = int(self._runner.addresses[0][1])
         self.base_url = f"http://{self.host}:{self.port}"
         self.url_template = self.base_url + "/{sku}_{angle}"
+        self.index_template = self.base_url + self.index_prefix + "{sku}_{angle}.jpg"
         return self
 
     async def stop(self) -> None:
@@ -269,6 +293,17 @@ class OriginServer:
         except (ValueError, TypeError) as exc:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(self.faults.to_json())
+
+    async def _handle_index(self, request: web.Request) -> web.Response:
+        self.requests[(request.method, request.path)] += 1
+        if self.index is None:
+            return self._answer(404, text="no index\n")
+        self.index_gets += 1
+        links = "".join(
+            f'<a href="{urllib.parse.quote(name)}">{html.escape(name)}</a>\n' for name in self.index
+        )
+        page = f"<!DOCTYPE html>\n<html><body><pre>\n{links}</pre></body></html>\n"
+        return self._answer(200, text=page, content_type="text/html")
 
     async def _sleep(self, seconds: float) -> None:
         if seconds > 0:

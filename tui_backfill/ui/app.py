@@ -118,7 +118,10 @@ class BackfillApp(App[int]):
         finally:
             self._engine_done.set()
         await self.refresh_snapshot()
-        if self._quitting:
+        stopped = self.snapshot is not None and self.snapshot.state == "paused"
+        if self._quitting or stopped:
+            # Stopped by q, a signal or `pause` from another shell: the run is resumable and
+            # this process must let go of the job (a held run never ends the engine).
             self.exit(self.exit_code)
 
     def _on_signal(self) -> None:
