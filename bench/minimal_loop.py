@@ -12,7 +12,8 @@ transient 500 from the S3 server does not lose it). No state, no checkpoint. Run
 
 S3 credentials come from the standard AWS environment variables. Prints one JSON object on
 stdout: ``written``, ``noRemote``, ``skippedExists``, ``failed``, ``errors`` (failed attempts)
-and ``seconds`` (from the first request to the last answer; client creation excluded).
+``seconds`` (from the first request to the last answer; client creation excluded) and
+``startedAt`` (when that was, seconds since the epoch).
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ async def main(args: argparse.Namespace) -> dict[str, float | int]:
                             counts["failed"] += 1
                             print(f"{sku}_{angle}: {exc!r}", file=sys.stderr)
 
-        started = time.perf_counter()
+        started_at, started = time.time(), time.perf_counter()
         await asyncio.gather(*(item(sku, angle) for sku, angle in items))
         seconds = time.perf_counter() - started
-    return {**counts, "seconds": seconds}
+    return {**counts, "seconds": seconds, "startedAt": started_at}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -112,8 +112,11 @@ def moto_s3() -> Iterator[S3Target]:
             urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10
         ).close()
         target = S3Target(
-            endpoint_url=endpoint, access_key="testing", secret_key="testing",
-            kind="moto", server=server,
+            endpoint_url=endpoint,
+            access_key="testing",
+            secret_key="testing",
+            kind="moto",
+            server=server,
         )
         target.client().create_bucket(Bucket=TEST_BUCKET)
         yield target
@@ -128,9 +131,7 @@ def s3_env(rclone_s3: S3Target) -> dict[str, str]:
 
 
 @pytest.fixture
-async def s3_proxy() -> AsyncIterator[
-    Callable[..., Awaitable[ReverseProxy]]
-]:
+async def s3_proxy() -> AsyncIterator[Callable[..., Awaitable[ReverseProxy]]]:
     started: list[ReverseProxy] = []
 
     async def make(upstream: S3Target | str, faults: ProxyFaults | None = None) -> ReverseProxy:
@@ -171,7 +172,9 @@ class FtpOrigin:
 
 
 @pytest.fixture
-async def ftp_server(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, bytes]], Awaitable[FtpOrigin]]]:
+async def ftp_server(
+    tmp_path: Path,
+) -> AsyncIterator[Callable[[dict[str, bytes]], Awaitable[FtpOrigin]]]:
     started: list[aioftp.Server] = []
 
     async def make(files: dict[str, bytes]) -> FtpOrigin:
@@ -180,7 +183,9 @@ async def ftp_server(tmp_path: Path) -> AsyncIterator[Callable[[dict[str, bytes]
         for name, data in files.items():
             (root / name).write_bytes(data)
         user = aioftp.User(
-            FTP_USER, FTP_PASSWORD, base_path=root,
+            FTP_USER,
+            FTP_PASSWORD,
+            base_path=root,
             permissions=[aioftp.Permission("/", readable=True, writable=False)],
         )
         server = aioftp.Server([user], socket_timeout=30, idle_timeout=30)

@@ -60,8 +60,13 @@ def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
 
 async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui_backfill", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "tui_backfill",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -122,7 +127,10 @@ Env = Callable[[Ctx], dict[str, str]]
 
 
 def case(
-    name: str, field: str, flags: dict[str, Any] | Flags | None = None, env: Env | None = None,
+    name: str,
+    field: str,
+    flags: dict[str, Any] | Flags | None = None,
+    env: Env | None = None,
     hint: str | None = None,
 ) -> Any:
     make_flags: Flags = flags if callable(flags) else (lambda ctx, f=flags or {}: dict(f))
@@ -138,27 +146,32 @@ CASES = [
     case("concurrency-zero", "--concurrency", {"--concurrency": "0"}),
     case("concurrency-7", "--concurrency", {"--concurrency": "7"}, hint="--max-concurrency"),
     case(
-        "catalog-missing", "--skus-db",
+        "catalog-missing",
+        "--skus-db",
         lambda ctx: {"--skus-db": str(ctx.tmp / "no-such-catalog.sqlite3")},
     ),
     case("query-fails", "--skus-query", {"--skus-query": "SELECT sku FROM no_such_table"}),
     case("key-template-field", "--key-template", {"--key-template": "x/{foo}.jpg"}),
     case("origin-template-field", "--origin", {"--origin": "http://h/{bar}"}),
     case(
-        "endpoint-unreachable", "--endpoint-url",
+        "endpoint-unreachable",
+        "--endpoint-url",
         lambda ctx: {"--endpoint-url": f"http://127.0.0.1:{closed_port()}"},
     ),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
     case(
-        "wrong-secret", "AWS_ACCESS_KEY_ID",
+        "wrong-secret",
+        "AWS_ACCESS_KEY_ID",
         env=lambda ctx: {"AWS_SECRET_ACCESS_KEY": ctx.target.secret_key + "-wrong"},
     ),
     case(
-        "wrong-access-key", "AWS_ACCESS_KEY_ID",
+        "wrong-access-key",
+        "AWS_ACCESS_KEY_ID",
         env=lambda ctx: {"AWS_ACCESS_KEY_ID": "no-such-access-key"},
     ),
     case(
-        "no-credentials", "AWS_ACCESS_KEY_ID",
+        "no-credentials",
+        "AWS_ACCESS_KEY_ID",
         env=lambda ctx: {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
     ),
 ]
@@ -166,8 +179,15 @@ CASES = [
 
 @pytest.mark.parametrize(("flags", "env", "field", "hint"), CASES)
 async def test_bad_input_one_line_exit_2_nothing_done(
-    tmp_path: Path, catalog_db, origin: OriginServer, rclone_s3: S3Target, s3_proxy,
-    flags: Flags, env: Env, field: str, hint: str | None,
+    tmp_path: Path,
+    catalog_db,
+    origin: OriginServer,
+    rclone_s3: S3Target,
+    s3_proxy,
+    flags: Flags,
+    env: Env,
+    field: str,
+    hint: str | None,
 ) -> None:
     proxy = await s3_proxy(rclone_s3)
     ctx = Ctx(tmp_path, catalog_db(40), origin, proxy, rclone_s3)
@@ -203,10 +223,24 @@ async def test_wrong_credentials_caught_before_any_work_on_a_big_catalog(
     catalog = catalog_db(3000)
     env = tool_env(rclone_s3, AWS_SECRET_ACCESS_KEY="definitely-wrong")
     result = await tool(
-        "run", "--no-ui", "--path-style", "--state", str(tmp_path / "s.sqlite3"),
-        "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
-        "--origin", origin.url_template, "--bucket", rclone_s3.bucket,
-        "--endpoint-url", proxy.endpoint_url, "--timeout", "1", env=env,
+        "run",
+        "--no-ui",
+        "--path-style",
+        "--state",
+        str(tmp_path / "s.sqlite3"),
+        "--skus-db",
+        str(catalog),
+        "--skus-query",
+        ACTIVE_SKUS_QUERY,
+        "--origin",
+        origin.url_template,
+        "--bucket",
+        rclone_s3.bucket,
+        "--endpoint-url",
+        proxy.endpoint_url,
+        "--timeout",
+        "1",
+        env=env,
     )
     assert result.rc == 2 and len(result.err.splitlines()) == 1, result.err
     assert "AWS_ACCESS_KEY_ID" in result.err and "definitely-wrong" not in result.err
@@ -237,10 +271,23 @@ def dry(
                 m.setenv(name, value)
             rc = cli.main(
                 [
-                    "run", "--no-ui", "--dry-run", "--state", str(state),
-                    "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
-                    "--origin", "http://127.0.0.1:9/{sku}_{angle}",
-                    "--bucket", rclone_s3.bucket, "--path-style", "--limit-skus", "5", *args,
+                    "run",
+                    "--no-ui",
+                    "--dry-run",
+                    "--state",
+                    str(state),
+                    "--skus-db",
+                    str(catalog),
+                    "--skus-query",
+                    ACTIVE_SKUS_QUERY,
+                    "--origin",
+                    "http://127.0.0.1:9/{sku}_{angle}",
+                    "--bucket",
+                    rclone_s3.bucket,
+                    "--path-style",
+                    "--limit-skus",
+                    "5",
+                    *args,
                 ]
             )
         captured = capsys.readouterr()
@@ -279,7 +326,14 @@ def test_toml_job_section_top_level_env_and_flags(dry, tmp_path: Path) -> None:
     rc, snap, err = dry("--config", str(config), "--job", "nightly", TUI_BACKFILL_CONCURRENCY="5")
     assert rc == 0 and snap is not None and snap["concurrency"] == 5, err  # env over TOML
     rc, snap, err = dry(
-        "--config", str(config), "--job", "nightly", "--concurrency", "1", "--angles", "2-3",
+        "--config",
+        str(config),
+        "--job",
+        "nightly",
+        "--concurrency",
+        "1",
+        "--angles",
+        "2-3",
         TUI_BACKFILL_CONCURRENCY="5",
     )
     assert rc == 0 and snap is not None, err  # flags over everything
@@ -296,7 +350,7 @@ def test_toml_carries_the_whole_job(
     config.write_text(
         f"""
 [jobs.images]
-state = "{tmp_path / 'toml-state.sqlite3'}"
+state = "{tmp_path / "toml-state.sqlite3"}"
 skus_db = "{catalog_db(12)}"
 skus_query = "{ACTIVE_SKUS_QUERY}"
 origin = "http://127.0.0.1:9/{{sku}}_{{angle}}"

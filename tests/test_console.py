@@ -18,11 +18,11 @@ from rich.console import Console
 
 from tui_backfill.checkpoint import Checkpoint
 from tui_backfill.config import resolve
-from tui_backfill.runner import RunRequest, open_state, prepare_run
+from tui_backfill.runner import RunRequest, prepare_run
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
 from tui_backfill.servers.origin import OriginServer
 from tui_backfill.snapshot import Counters, StatusSnapshot
-from tui_backfill.state import FailedItem
+from tui_backfill.state import FailedItem, open_state
 from tui_backfill.ui.app import BackfillApp
 from tui_backfill.ui.controller import AttachedController, LocalController
 from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
@@ -284,5 +284,8 @@ async def test_without_a_terminal_run_falls_back_to_headless(
     )  # fmt: skip
     out, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()
-    assert err.decode().splitlines()[0] == "tui-backfill: no terminal, running headless (as with --no-ui)"
+    assert (
+        err.decode().splitlines()[0]
+        == "tui-backfill: no terminal, running headless (as with --no-ui)"
+    )
     assert b'"state": "completed"' in out and b"\x1b[" not in out

@@ -68,8 +68,13 @@ def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
 async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
     """``python -m tui_backfill ARGS`` in a subprocess (this loop keeps serving meanwhile)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui_backfill", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "tui_backfill",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -91,9 +96,7 @@ def items(skus: Iterable[str], angles: Iterable[int]) -> list[tuple[str, int]]:
 
 def bucket_bytes(target: S3Target) -> dict[str, bytes]:
     client = target.client()
-    return {
-        k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()
-    }
+    return {k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()}
 
 
 def expected(pairs: Iterable[tuple[str, int]]) -> dict[str, bytes]:
@@ -107,7 +110,9 @@ def gets(origin: OriginServer, sku: str, angle: int) -> int:
 def failed_rows(state: Path) -> list[tuple[str, int, str, int]]:
     conn = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
     try:
-        return list(conn.execute("SELECT sku, angle, code, attempts FROM failed_items ORDER BY 1, 2"))
+        return list(
+            conn.execute("SELECT sku, angle, code, attempts FROM failed_items ORDER BY 1, 2")
+        )
     finally:
         conn.close()
 
@@ -138,10 +143,26 @@ class Rig:
 
     def run_args(self, skus_file: Path, *extra: str) -> list[str]:
         return [
-            "run", "--no-ui", "--state", str(self.state), "--skus-file", str(skus_file),
-            "--origin", self.origin.url_template, "--bucket", self.direct.bucket,
-            "--endpoint-url", self.proxy.endpoint_url, "--path-style",
-            "--backoff", "0.01", "--timeout", "1", "--concurrency", "4", *extra,
+            "run",
+            "--no-ui",
+            "--state",
+            str(self.state),
+            "--skus-file",
+            str(skus_file),
+            "--origin",
+            self.origin.url_template,
+            "--bucket",
+            self.direct.bucket,
+            "--endpoint-url",
+            self.proxy.endpoint_url,
+            "--path-style",
+            "--backoff",
+            "0.01",
+            "--timeout",
+            "1",
+            "--concurrency",
+            "4",
+            *extra,
         ]
 
     async def run(self, skus_file: Path, *extra: str, timeout: float = 60) -> Result:
@@ -238,9 +259,7 @@ async def test_each_fault_exhausts_3_attempts_then_later_run_completes(
     assert snap["errorsTotal"] == 10 * 3
     # attempts bounded: exactly 3 origin GETs per path, no hidden client retry
     assert {p: gets(origin, *p) for p in planned} == {p: 3 for p in planned}
-    assert dict(origin.injected) == {
-        "error": 6, "reset": 6, "stall": 6, "truncate": 6, "html": 6
-    }
+    assert dict(origin.injected) == {"error": 6, "reset": 6, "stall": 6, "truncate": 6, "html": 6}
     assert rig.proxy.puts == {} and rig.direct.keys() == []
     rows = failed_rows(rig.state)
     assert [(s, a) for s, a, _, _ in rows] == planned
@@ -267,8 +286,12 @@ async def test_random_faults_counted_bounded_and_carried_over(rig: Rig) -> None:
     skus = [str(100000 + i) for i in range(6)]
     planned = items(skus, (1, 2, 3))
     rig.origin.faults = OriginFaults(
-        error_rate=0.2, reset_rate=0.1, truncate_rate=0.1, html_rate=0.1,
-        stall_rate=0.03, stall_seconds=10.0,
+        error_rate=0.2,
+        reset_rate=0.1,
+        truncate_rate=0.1,
+        html_rate=0.1,
+        stall_rate=0.03,
+        stall_seconds=10.0,
     )
     first = await rig.run(rig.skus_file(skus), "--concurrency", "6", "--max-concurrency", "6")
     snap = first.snap
@@ -283,9 +306,7 @@ async def test_random_faults_counted_bounded_and_carried_over(rig: Rig) -> None:
     failed = [(s, a) for s, a, _, _ in failed_rows(rig.state)]
     assert len(failed) == snap["failedItems"]
     assert all(per_path[p] == 3 for p in failed)
-    assert sorted(rig.direct.keys()) == sorted(
-        key(*p) for p in planned if p not in failed
-    )
+    assert sorted(rig.direct.keys()) == sorted(key(*p) for p in planned if p not in failed)
     assert all(n == 1 for n in rig.proxy.puts.values())
 
     rig.origin.faults = OriginFaults()
@@ -429,9 +450,7 @@ async def test_conditional_puts_against_moto(
         return False  # never missing: the hook only races the tool's PUT
 
     origin.faults.not_found = race
-    result = await rig.run(
-        rig.skus_file(skus), "--angles", "1-2", "--exists-check", exists_check
-    )
+    result = await rig.run(rig.skus_file(skus), "--angles", "1-2", "--exists-check", exists_check)
     assert result.rc == 0, result.err
     snap = result.snap
     check_identity(snap, 2)

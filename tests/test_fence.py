@@ -19,7 +19,9 @@ NON_UI = sorted(
 
 def _imported_after(code: str) -> set[str]:
     probe = f"{code}\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True
+    ).stdout
     return {name.split(".")[0] for name in json.loads(out.splitlines()[-1])}
 
 

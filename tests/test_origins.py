@@ -64,8 +64,13 @@ def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
 
 async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui_backfill", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        sys.executable,
+        "-m",
+        "tui_backfill",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -78,25 +83,41 @@ async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
 
 
 async def backfill(
-    tmp: Path, target: S3Target, origin: str, skus: list[str], *extra: str,
+    tmp: Path,
+    target: S3Target,
+    origin: str,
+    skus: list[str],
+    *extra: str,
     env: dict[str, str] | None = None,
 ) -> Result:
     skus_file = tmp / "skus.txt"
     skus_file.write_text("\n".join(skus) + "\n")
     return await tool(
-        "run", "--no-ui", "--state", str(tmp / "state" / "s.sqlite3"),
-        "--skus-file", str(skus_file), "--origin", origin, "--bucket", target.bucket,
-        "--endpoint-url", target.endpoint_url, "--path-style",
-        "--backoff", "0.01", "--timeout", "1", *extra,
+        "run",
+        "--no-ui",
+        "--state",
+        str(tmp / "state" / "s.sqlite3"),
+        "--skus-file",
+        str(skus_file),
+        "--origin",
+        origin,
+        "--bucket",
+        target.bucket,
+        "--endpoint-url",
+        target.endpoint_url,
+        "--path-style",
+        "--backoff",
+        "0.01",
+        "--timeout",
+        "1",
+        *extra,
         env=env or tool_env(target),
     )
 
 
 def bucket_bytes(target: S3Target) -> dict[str, bytes]:
     client = target.client()
-    return {
-        k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()
-    }
+    return {k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()}
 
 
 def expected(pairs: list[tuple[str, int]]) -> dict[str, bytes]:
@@ -129,7 +150,9 @@ async def test_http_origin_fills_bucket(
     present = [p for p in PAIRS if p != MISSING]
     assert bucket_bytes(rclone_s3) == expected(present)
     assert all(origin.requests[("GET", f"/img/{s}_{a}")] == 1 for s, a in PAIRS)
-    head = rclone_s3.client().head_object(Bucket=rclone_s3.bucket, Key=KEY.format(sku="A_1", angle=1))
+    head = rclone_s3.client().head_object(
+        Bucket=rclone_s3.bucket, Key=KEY.format(sku="A_1", angle=1)
+    )
     assert head["ContentType"] == "image/jpeg"
 
 
@@ -224,7 +247,9 @@ HTTP_FAULTS = [
 
 
 @pytest.mark.parametrize(("faults", "code"), HTTP_FAULTS)
-async def test_http_origin_classifies(origin: OriginServer, faults: OriginFaults, code: str) -> None:
+async def test_http_origin_classifies(
+    origin: OriginServer, faults: OriginFaults, code: str
+) -> None:
     fetcher = open_origin(origin.url_template, concurrency=2, timeout=0.3)
     try:
         healthy = await fetcher.fetch("100000", 1)  # also leaves a pooled keep-alive connection
@@ -263,9 +288,15 @@ async def test_ftp_origin_classifies(ftp_server) -> None:
     ftp: FtpOrigin = await ftp_server(
         {"100000_1": expected_body("100000", 1), "100000_2": HTML_ERROR_PAGE}
     )
-    fetcher = open_origin(ftp.bare_url_template, concurrency=2, timeout=2, env={
-        "ORIGIN_USERNAME": ftp.user, "ORIGIN_PASSWORD": ftp.password,
-    })
+    fetcher = open_origin(
+        ftp.bare_url_template,
+        concurrency=2,
+        timeout=2,
+        env={
+            "ORIGIN_USERNAME": ftp.user,
+            "ORIGIN_PASSWORD": ftp.password,
+        },
+    )
     try:
         assert await fetcher.fetch("100000", 1) == Fetched(expected_body("100000", 1), "image/jpeg")
         with pytest.raises(NotFoundError) as missing:

@@ -70,7 +70,9 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> Resul
 async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *spawn_args(*args),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
     )
 
 
@@ -89,16 +91,29 @@ def ftp_files(skus: list[str], angles: tuple[int, ...]) -> dict[str, bytes]:
 
 def bucket_bytes(target: S3Target) -> dict[str, bytes]:
     client = target.client()
-    return {
-        k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()
-    }
+    return {k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()}
 
 
 def run_args(state: Path, skus_file: Path, origin: str, target: S3Target, *extra: str) -> list[str]:
     return [
-        "run", "--no-ui", "--state", str(state), "--skus-file", str(skus_file),
-        "--origin", origin, "--bucket", target.bucket, "--endpoint-url", target.endpoint_url,
-        "--path-style", "--backoff", "0.01", "--timeout", "2", *extra,
+        "run",
+        "--no-ui",
+        "--state",
+        str(state),
+        "--skus-file",
+        str(skus_file),
+        "--origin",
+        origin,
+        "--bucket",
+        target.bucket,
+        "--endpoint-url",
+        target.endpoint_url,
+        "--path-style",
+        "--backoff",
+        "0.01",
+        "--timeout",
+        "2",
+        *extra,
     ]
 
 
@@ -120,8 +135,18 @@ async def test_secrets_absent_from_output_status_and_state(
     # Slow enough (bandwidth cap) to read the live state and status while it runs.
     proc = await spawn(
         *run_args(
-            state, skus_file, ftp.url_template, rclone_s3, "--angles", "1-2",
-            "--max-bandwidth", "3K", "--concurrency", "2", "--progress-interval", "0.1",
+            state,
+            skus_file,
+            ftp.url_template,
+            rclone_s3,
+            "--angles",
+            "1-2",
+            "--max-bandwidth",
+            "3K",
+            "--concurrency",
+            "2",
+            "--progress-interval",
+            "0.1",
         ),
         env=env,
     )
@@ -133,9 +158,7 @@ async def test_secrets_absent_from_output_status_and_state(
             live_reads.append(state_bytes(state))
             got_live = any(s.rc == 0 and json.loads(s.out)["live"] for s in live_status)
             if not got_live and rclone_s3.keys():  # the run is under way
-                live_status.append(
-                    await tool("status", "--json", "--state", str(state), env=env)
-                )
+                live_status.append(await tool("status", "--json", "--state", str(state), env=env))
         try:
             await asyncio.wait_for(asyncio.shield(proc.wait()), 0.15)
         except TimeoutError:
@@ -191,8 +214,16 @@ async def test_resume_of_ftp_run_needs_origin_password(
 
     proc = await spawn(
         *run_args(
-            state, skus_file, ftp.url_template, target, "--angles", "1-2",
-            "--max-bandwidth", "3K", "--concurrency", "1",
+            state,
+            skus_file,
+            ftp.url_template,
+            target,
+            "--angles",
+            "1-2",
+            "--max-bandwidth",
+            "3K",
+            "--concurrency",
+            "1",
         ),
         env=env,
     )
@@ -214,7 +245,12 @@ async def test_resume_of_ftp_run_needs_origin_password(
     assert set(rclone_s3.keys()) == written
 
     resumed = await tool(
-        "resume", "--no-ui", "--state", str(state), "--max-bandwidth", "100M",
+        "resume",
+        "--no-ui",
+        "--state",
+        str(state),
+        "--max-bandwidth",
+        "100M",
         env={**env, "ORIGIN_PASSWORD": ftp.password},
     )
     assert resumed.rc == 0, resumed.err

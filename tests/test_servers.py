@@ -189,8 +189,14 @@ async def test_origin_missing_fraction_is_deterministic() -> None:
 
 async def test_origin_subprocess() -> None:
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tui_backfill.servers.origin", "--port", "0",
-        "--fail-first-n", "1", stdout=subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tui_backfill.servers.origin",
+        "--port",
+        "0",
+        "--fail-first-n",
+        "1",
+        stdout=subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
     )
     try:

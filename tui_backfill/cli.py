@@ -205,7 +205,7 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 async def attach_console(state: str, job: str) -> int:
-    from tui_backfill.runner import open_state
+    from tui_backfill.state import open_state
     from tui_backfill.ui.app import BackfillApp
     from tui_backfill.ui.controller import AttachedController
 
@@ -305,7 +305,7 @@ def _job_state(args: argparse.Namespace) -> tuple[str, str]:
 
 async def status_snapshot(state: str, job: str) -> dict[str, Any]:
     """The latest snapshot of the job's latest run, marked live or not."""
-    from tui_backfill.runner import open_state
+    from tui_backfill.state import open_state
     from tui_backfill.status import job_status
 
     async with open_state(state) as store:
@@ -325,7 +325,7 @@ async def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _send(state: str, job: str, command: str, arg: str | None = None) -> None:
-    from tui_backfill.runner import open_state
+    from tui_backfill.state import open_state
 
     async with open_state(state) as store:
         await store.send_command(job, command, arg)

@@ -26,7 +26,8 @@ async def _settings_for(resolved: Resolved) -> Settings:
     """Flags/env/TOML, falling back to the job's latest run for what they leave unset."""
     settings = resolved.settings
     if Path(settings.state).exists():
-        from tui_backfill.runner import _settings_from_stored, open_state
+        from tui_backfill.runner import _settings_from_stored
+        from tui_backfill.state import open_state
 
         async with open_state(settings.state) as store:
             run = await store.latest_run(settings.job, include_dry=False)

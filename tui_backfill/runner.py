@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -253,13 +253,4 @@ async def _create_run(
     return run
 
 
-@contextlib.asynccontextmanager
-async def open_state(path: str) -> AsyncIterator[StateStore]:
-    store = await StateStore.open(path, create=False)
-    try:
-        yield store
-    finally:
-        await store.close()
-
-
-__all__ = ["OPTIONS", "PreparedRun", "RunRequest", "open_state", "prepare_run"]
+__all__ = ["OPTIONS", "PreparedRun", "RunRequest", "prepare_run"]

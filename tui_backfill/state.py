@@ -485,6 +485,16 @@ class StateStore:
         )
 
 
+@contextlib.asynccontextmanager
+async def open_state(path: str) -> AsyncIterator[StateStore]:
+    """An existing state, for readers and commands (`status`, `pause`, the attached console)."""
+    store = await StateStore.open(path, create=False)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 class JobLock:
     """One process per job: an OS lock on `<state>.<job>.lock`, released even by SIGKILL."""
 

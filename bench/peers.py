@@ -1,0 +1,564 @@
+"""tui-backfill against its peers: the minimal loop of the card's libraries and `rclone copy`.
+
+Starts `rclone serve s3` behind the counting reverse proxy (a child process, so S3 requests are
+counted by kind) and the origin (in this process: 64 KiB objects, latency L, a fraction of 404s,
+GET/HEAD counted, with an HTML listing for rclone's http backend). Each repetition runs, in a
+rotating order, the same N objects (N/3 SKUs x angles 1-3) into fresh buckets with:
+
+- tui-backfill: `python -m tui_backfill run --no-ui` (fresh state, `--concurrency C`);
+- the minimal loop (`bench/minimal_loop.py`): aiohttp GET + aiobotocore HEAD + PUT, a semaphore
+  of C around each object's HEAD + GET + PUT;
+- `rclone copy` from the origin over HTTP to the S3 server, `--transfers C --checkers C`. The
+  404 items are not in the origin's listing (rclone cannot know them), so it handles N minus
+  those.
+
+Reports medians over the repetitions of: objects/s (objects written + 404s handled, per second
+of work: the run's own startedAt..lastUpdateAt, the loop's own timer, rclone's elapsed time),
+client CPU ms per object (user + sys of the child from os.wait4, process startup included; and
+sampled during the work only), peak RSS, origin and S3 requests per object, how full the C
+origin slots were, and how busy each process was during the work (CPU seconds per second,
+sampled from /proc: the client, rclone serve s3, the proxy, the origin = this process, and the
+rest of the machine), so a result says which process was the bottleneck; with the ratios
+tui-backfill/minimal and tui-backfill/rclone and the limit C / L. Prints Markdown tables and
+appends them, with the machine, to bench/RESULTS.md (LEGEND explains the columns). Not part of
+the tests. The proxy adds a few ms to every S3 request (the minimal loop holds its slot through
+two of them); `--no-proxy` measures without it, and without S3 counts.
+
+    .venv/bin/python bench/peers.py --latency 0.05 --concurrency 3 --objects 1200 --reps 3
+    .venv/bin/python bench/peers.py --suite   # L=50 ms C=3, L=50 ms C=6, L=0 C=32
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from s3_counter import CounterProcess  # bench/, beside this script
+
+from tui_backfill.servers.catalog import active_skus, make_catalog
+from tui_backfill.servers.origin import OriginFaults, OriginServer, is_missing
+from tui_backfill.servers.rclone_s3 import RcloneS3, find_rclone
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+TOOLS = ("tui-backfill", "minimal", "rclone")
+ANGLES = 3
+OBJECT_SIZE = 64 * 1024
+SUITE = ((0.05, 3, 1200), (0.05, 6, 1200), (0.0, 32, 3000))  # latency, concurrency, objects
+S3_KINDS = ("head_object", "put_object", "list", "get_object", "head_bucket", "other")
+S3_LABELS = {"head_object": "HEAD", "put_object": "PUT", "list": "LIST", "get_object": "GET",
+             "head_bucket": "HEADb", "other": "other"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+LEGEND = """# Benchmark results: tui-backfill against its peers
+
+Appended by `bench/peers.py` (see its docstring; `--suite` runs the three cases of issue 4).
+Each section is one run of the benchmark: compare tools only within a section.
+
+- **obj/s**: objects written + 404s handled, per second of work (tui-backfill: its snapshot's
+  `startedAt`..`lastUpdateAt`; the minimal loop: its own timer around the work; rclone: its
+  `Elapsed time`). rclone never sees the 404 items (they are not in the origin's listing).
+- **of C/L**: of the physical limit, C parallel fetches of latency L.
+- **client CPU ms/obj**: user + sys of the tool's process (`os.wait4`), with process startup
+  (about 1 s of imports for the Python tools); in brackets, only during the work (sampled).
+- **peak RSS**: `ru_maxrss` of the tool's process.
+- **origin req/obj**, **S3 req/obj**: requests counted at the origin and at the counting proxy
+  in front of `rclone serve s3`, per object handled (HEADb: HEAD of the bucket).
+- **errors**: failed attempts the tool reports (retried; no item failed in a recorded run).
+- **limited by**: a heuristic reading of the figures: at >= 90 % of C/L the origin's latency;
+  else a single-threaded process at >= 85 % of a core; else the whole machine at >= 85 %;
+  else, with latency, the time a fetch slot spends per object in units of L.
+- **origin span**: from the first origin request to the end of the last.
+- **origin peak in flight**: most origin requests at once (the politeness cap is C).
+- **origin slots busy**: the origin's summed request time / (C x work): how full the C slots
+  were (rclone's include its HEADs).
+- **slot ms/obj**: C / (obj/s): how long a fetch slot takes per object (L is the floor).
+- **CPU busy %**: CPU seconds per second during the work, sampled every 0.2 s from `/proc`:
+  the client, `rclone serve s3`, the counting proxy, the origin (the benchmark's own process)
+  and the rest (every other process on the machine, and the kernel); 100 % is one core.
+"""
+
+
+class Origin(OriginServer):
+    """The origin, also tracking image requests in flight: the most at once, the seconds they
+    spent in the handler (summed), and when the first began and the last ended."""
+
+    in_flight = peak = 0
+    busy_seconds = first_at = last_at = 0.0
+
+    def reset_counters(self) -> None:
+        super().reset_counters()
+        self.in_flight = self.peak = 0
+        self.busy_seconds = 0.0
+        self.first_at = self.last_at = 0.0
+
+    async def _handle_image(self, request: web.Request) -> web.StreamResponse:
+        started = time.time()
+        self.first_at = self.first_at or started
+        self.in_flight += 1
+        self.peak = max(self.peak, self.in_flight)
+        try:
+            return await super()._handle_image(request)
+        finally:
+            self.in_flight -= 1
+            self.last_at = time.time()
+            self.busy_seconds += self.last_at - started
+
+
+@dataclass
+class Case:
+    latency: float
+    concurrency: int
+    objects: int
+    missing: float
+    upload_concurrency: int
+
+    @property
+    def name(self) -> str:
+        return f"L = {self.latency * 1000:.0f} ms, C = {self.concurrency}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.name}, {self.objects // ANGLES * ANGLES} obj"
+
+    @property
+    def limit(self) -> float | None:
+        return self.concurrency / self.latency if self.latency > 0 else None
+
+
+@dataclass
+class Run:
+    tool: str
+    handled: int  # objects written + 404s
+    written: int
+    work: float  # seconds of work as the tool measures it
+    wall: float  # seconds of the tool's process
+    cpu: float  # client CPU seconds (user + sys), process startup included
+    rss_mb: float
+    origin: dict[str, int]  # GET, HEAD, index
+    s3: dict[str, int] | None  # requests by kind; None without the proxy
+    origin_peak: int
+    origin_span: float  # seconds from the first origin request to the end of the last
+    slots_busy: float  # the origin's summed request time / (C x work): how full the C slots were
+    errors: int  # failed attempts the tool reports (retried or not)
+    busy: dict[str, float] = field(default_factory=dict)  # process -> CPU s / s during the work
+
+    @property
+    def rate(self) -> float:
+        return self.handled / self.work
+
+    @property
+    def work_cpu(self) -> float:
+        """Client CPU seconds during the work (sampled), without startup and exit."""
+        return self.busy["client"] * self.work
+
+
+# -- processes -----------------------------------------------------------------------------
+def proc_cpu(pid: int) -> float | None:
+    """User + system CPU seconds of a live process (``/proc/PID/stat``), None if gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_cpu() -> float:
+    """CPU seconds all processes of the machine have used (``/proc/stat``: all but idle, iowait)."""
+    with open("/proc/stat", encoding="ascii") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / CLK_TCK
+
+
+class Sampler:
+    """Samples the CPU time of some processes (and of this one, the origin) every ``interval``."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.2) -> None:
+        self.pids = pids
+        self.interval = interval
+        self.samples: list[tuple[float, dict[str, float]]] = []
+
+    def sample(self) -> None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        values = {"origin": usage.ru_utime + usage.ru_stime, "machine": machine_cpu()}
+        for name, pid in self.pids.items():
+            cpu = proc_cpu(pid)
+            if cpu is not None:
+                values[name] = cpu
+        self.samples.append((time.time(), values))
+
+    async def run(self) -> None:
+        while True:
+            self.sample()
+            await asyncio.sleep(self.interval)
+
+    def busy(self, start: float, end: float, names: list[str]) -> dict[str, float]:
+        """CPU seconds per second of each process between the samples nearest ``start``..``end``."""
+        out = {}
+        for name in names:
+            points = [(t, v[name]) for t, v in self.samples if name in v]
+            inside = [p for p in points if start <= p[0] <= end]
+            if len(inside) < 2:  # a run shorter than two samples: use what there is
+                inside = points
+            (t0, c0), (t1, c1) = inside[0], inside[-1]
+            out[name] = (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
+        return out
+
+
+def go_duration(text: str) -> float:
+    """``1h2m3.5s`` / ``850ms`` -> seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"([\d.]+)(ms|µs|us|ns|h|m|s)", text)
+    if not parts:
+        raise ValueError(f"not a duration: {text!r}")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def epoch(timestamp: str) -> float:
+    """ISO-8601 UTC (``...Z``) -> seconds since the epoch."""
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
+
+
+def snapshot_seconds(snap: dict[str, Any]) -> float:
+    return epoch(snap["lastUpdateAt"]) - epoch(snap["startedAt"])
+
+
+# -- the benchmark -------------------------------------------------------------------------
+class Bench:
+    def __init__(self, case: Case, reps: int, tmp: Path, use_proxy: bool) -> None:
+        self.case = case
+        self.reps = reps
+        self.tmp = tmp
+        self.use_proxy = use_proxy
+        self.skus_file = tmp / "skus.txt"
+        self.skus: list[str] = []
+        self.expected_missing = 0
+        self.s3: RcloneS3 | None = None
+        self.proxy: CounterProcess | None = None
+        self.origin: Origin | None = None
+        self.endpoint_url = ""
+
+    def bucket(self, rep: int, tool: str) -> str:
+        return f"r{rep}-{tool}"
+
+    def prepare(self) -> None:
+        skus = self.case.objects // ANGLES
+        make_catalog(self.tmp / "catalog.sqlite3", skus, 0)
+        self.skus = active_skus(self.tmp / "catalog.sqlite3")
+        self.skus_file.write_text("".join(f"{s}\n" for s in self.skus))
+        self.expected_missing = sum(is_missing(s, a, self.case.missing) for s in self.skus for a in range(1, ANGLES + 1))
+
+    def names(self) -> list[str]:
+        """The origin's listing: the objects it has (the 404s are not listed)."""
+        return [f"{s}_{a}.jpg" for s in self.skus for a in range(1, ANGLES + 1) if not is_missing(s, a, self.case.missing)]
+
+    def base_env(self) -> dict[str, str]:
+        assert self.s3 is not None
+        return {**os.environ, **self.s3.env(), "AWS_ENDPOINT_URL": self.endpoint_url}
+
+    def command(self, tool: str, bucket: str) -> tuple[list[str], dict[str, str]]:
+        c, s3, origin = self.case, self.s3, self.origin
+        assert s3 is not None and origin is not None
+        env = self.base_env()
+        if tool == "tui-backfill":
+            argv = [sys.executable, "-m", "tui_backfill", "run", "--no-ui", "--state", str(self.tmp / f"{bucket}.sqlite3"),
+                    "--skus-file", str(self.skus_file), "--limit-skus", str(len(self.skus)), "--angles", f"1-{ANGLES}",
+                    "--origin", origin.index_template, "--bucket", bucket, "--endpoint-url", self.endpoint_url,
+                    "--path-style", "--concurrency", str(c.concurrency), "--upload-concurrency", str(c.upload_concurrency),
+                    "--progress-interval", "3600"]
+            if c.concurrency > 6:
+                argv += ["--max-concurrency", str(c.concurrency)]
+        elif tool == "minimal":
+            argv = [sys.executable, str(BENCH / "minimal_loop.py"), "--skus-file", str(self.skus_file), "--angles", str(ANGLES),
+                    "--concurrency", str(c.concurrency), "--origin", origin.index_template, "--bucket", bucket,
+                    "--endpoint-url", self.endpoint_url]
+        else:
+            config = self.tmp / "rclone.conf"
+            config.write_text("")
+            env.update({
+                "RCLONE_CONFIG": str(config),
+                "RCLONE_CONFIG_ORIGIN_TYPE": "http",
+                "RCLONE_CONFIG_ORIGIN_URL": origin.base_url + origin.index_prefix,
+                "RCLONE_CONFIG_DST_TYPE": "s3",
+                "RCLONE_CONFIG_DST_PROVIDER": "Other",
+                "RCLONE_CONFIG_DST_ENDPOINT": self.endpoint_url,
+                "RCLONE_CONFIG_DST_ACCESS_KEY_ID": s3.access_key,
+                "RCLONE_CONFIG_DST_SECRET_ACCESS_KEY": s3.secret_key,
+                "RCLONE_CONFIG_DST_REGION": s3.region,
+                "RCLONE_CONFIG_DST_FORCE_PATH_STYLE": "true",
+            })
+            argv = [find_rclone(), "copy", "origin:", f"dst:{bucket}/rsr/highres", "--transfers", str(c.concurrency),
+                    "--checkers", str(c.concurrency), "-v", "--stats", "1h"]
+        return argv, env
+
+    async def one(self, rep: int, tool: str) -> Run:
+        s3, origin = self.s3, self.origin
+        assert s3 is not None and origin is not None and s3.process is not None
+        bucket = self.bucket(rep, tool)
+        argv, env = self.command(tool, bucket)
+        if self.proxy is not None:
+            await self.proxy.reset()
+        origin.reset_counters()
+        out, err = self.tmp / f"{bucket}.out", self.tmp / f"{bucket}.err"
+        with out.open("wb") as stdout_file, err.open("wb") as stderr_file:
+            started = time.perf_counter()
+            # not asyncio's subprocess: its child watcher would reap the child, and os.wait4 is
+            # what gives this child's own rusage (CPU, peak RSS)
+            proc = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=stdout_file, stderr=stderr_file)  # noqa: ASYNC220
+            pids = {"client": proc.pid, "S3 server": s3.process.pid}
+            if self.proxy is not None:
+                pids["proxy"] = self.proxy.pid
+            sampler = Sampler(pids)
+            sampling = asyncio.create_task(sampler.run())
+            try:
+                _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
+            finally:
+                sampling.cancel()
+            wall, ended = time.perf_counter() - started, time.time()
+        rc = proc.returncode = os.waitstatus_to_exitcode(status)
+        stdout, stderr = out.read_text(), err.read_text()
+        if rc != 0:
+            raise RuntimeError(f"{tool} exited {rc}: {stderr[-2000:]}")
+        total = self.case.objects // ANGLES * ANGLES
+        written = sum(1 for p in (s3.data_dir / bucket).rglob("*") if p.is_file())
+        if tool == "tui-backfill":
+            snap = json.loads(stdout)
+            assert snap["state"] == "completed" and snap["failedItems"] == 0, snap
+            assert (snap["uploaded"], snap["noRemote"]) == (written, self.expected_missing), snap
+            handled, work = snap["uploaded"] + snap["noRemote"], snapshot_seconds(snap)
+            errors, work_end = snap["errorsTotal"], epoch(snap["lastUpdateAt"])
+        elif tool == "minimal":
+            result = json.loads(stdout)
+            assert result["failed"] == 0 and (result["written"], result["noRemote"]) == (written, self.expected_missing), result
+            handled, work = result["written"] + result["noRemote"], result["seconds"]
+            errors, work_end = result["errors"], result["startedAt"] + work
+        else:
+            elapsed = re.findall(r"Elapsed time:\s*(\S+)", stderr)
+            handled, work = written, go_duration(elapsed[-1]) if elapsed else wall
+            errors = sum(int(n) for n in re.findall(r"^Errors:\s*(\d+)", stderr, re.MULTILINE)[-1:])
+            work_end = ended
+        assert written == total - self.expected_missing, (tool, written, total, self.expected_missing)
+        counts = await self.proxy.counts() if self.proxy is not None else None
+        busy = sampler.busy(work_end - work, work_end, [*pids, "origin", "machine"])
+        machine_busy = busy.pop("machine")
+        busy["rest"] = machine_busy - sum(busy.values())  # other processes on the box, the kernel
+        return Run(
+            tool=tool, handled=handled, written=written, work=work, wall=wall, cpu=usage.ru_utime + usage.ru_stime,
+            rss_mb=usage.ru_maxrss / 1024,
+            origin={"GET": origin.gets, "HEAD": origin.heads, "index": origin.index_gets},
+            s3=counts["requests"] if counts is not None else None, origin_peak=origin.peak,
+            origin_span=origin.last_at - origin.first_at, slots_busy=origin.busy_seconds / (self.case.concurrency * work),
+            errors=errors, busy=busy,
+        )
+
+    async def run(self) -> dict[str, list[Run]]:
+        self.prepare()
+        buckets = [self.bucket(r, t) for r in range(self.reps) for t in TOOLS]
+        faults = OriginFaults(latency=self.case.latency, missing_fraction=self.case.missing)
+        # every bucket exists before rclone starts: it caches its directory list
+        async with (
+            RcloneS3(self.tmp / "s3", buckets=buckets) as s3,
+            Origin(faults, object_size=OBJECT_SIZE, index=self.names()) as origin,
+        ):
+            self.s3, self.origin = s3, origin
+            if self.use_proxy:
+                async with CounterProcess(s3.endpoint_url) as proxy:
+                    self.proxy, self.endpoint_url = proxy, proxy.endpoint_url
+                    return await self._reps()
+            self.endpoint_url = s3.endpoint_url
+            return await self._reps()
+
+    async def _reps(self) -> dict[str, list[Run]]:
+        runs: dict[str, list[Run]] = {t: [] for t in TOOLS}
+        for rep in range(self.reps):
+            order = TOOLS[rep % len(TOOLS):] + TOOLS[:rep % len(TOOLS)]
+            for tool in order:
+                run = await self.one(rep, tool)
+                runs[tool].append(run)
+                print(f"  {self.case.name}, rep {rep + 1}/{self.reps}, {tool:12}: {run.rate:7.1f} obj/s"
+                      f" ({run.handled} in {run.work:.2f} s; process {run.wall:.2f} s; origin span {run.origin_span:.2f} s,"
+                      f" slots {100 * run.slots_busy:.0f} % busy),"
+                      f" {run.cpu * 1000 / run.handled:.2f} ms CPU/obj ({run.work_cpu * 1000 / run.handled:.2f} during the work),"
+                      f" {run.errors} errors, busy "
+                      + ", ".join(f"{k} {100 * v:.0f} %" for k, v in run.busy.items()), flush=True)
+        return runs
+
+
+# -- reporting -----------------------------------------------------------------------------
+@dataclass
+class Summary:
+    rate: float
+    work: float
+    wall: float
+    cpu_ms: float
+    work_cpu_ms: float
+    rss_mb: float
+    origin: dict[str, float]
+    s3: dict[str, float] | None
+    origin_peak: int
+    origin_span: float
+    slots_busy: float
+    errors: int
+    busy: dict[str, float]
+
+    def slot_ms(self, case: Case) -> float:
+        """Milliseconds an origin slot spends per object: C / (objects/s)."""
+        return 1000 * case.concurrency / self.rate
+
+
+def summarize(runs: list[Run]) -> Summary:
+    med = statistics.median
+    s3 = None
+    if runs[0].s3 is not None:
+        s3 = {k: med((r.s3 or {}).get(k, 0) / r.handled for r in runs) for k in S3_KINDS}
+    return Summary(
+        rate=med(r.rate for r in runs),
+        work=med(r.work for r in runs),
+        wall=med(r.wall for r in runs),
+        cpu_ms=med(r.cpu * 1000 / r.handled for r in runs),
+        work_cpu_ms=med(r.work_cpu * 1000 / r.handled for r in runs),
+        rss_mb=med(r.rss_mb for r in runs),
+        origin={k: med(r.origin[k] / r.handled for r in runs) for k in ("GET", "HEAD", "index")},
+        s3=s3,
+        origin_peak=max(r.origin_peak for r in runs),
+        origin_span=med(r.origin_span for r in runs),
+        slots_busy=med(r.slots_busy for r in runs),
+        errors=sum(r.errors for r in runs),
+        busy={k: med(r.busy[k] for r in runs) for k in runs[0].busy},
+    )
+
+
+def bottleneck(case: Case, s: Summary) -> str:
+    """A heuristic reading of the busy figures (one Python process saturates at ~100 %)."""
+    cores = os.cpu_count() or 1
+    single = {k: v for k, v in s.busy.items() if k not in ("S3 server", "rest")}  # rclone: threads
+    hot = max(single, key=lambda k: single[k])
+    if case.limit is not None and s.rate >= 0.9 * case.limit:
+        return "origin latency (C/L)"
+    if single[hot] >= 0.85:
+        return f"{hot} CPU (one core)"
+    total = sum(s.busy.values())
+    if total >= 0.85 * cores:
+        return f"machine CPU ({100 * total:.0f} % of {100 * cores} %, rest {100 * s.busy['rest']:.0f} %)"
+    if case.latency > 0:
+        return f"round trips: a slot spends {s.slot_ms(case) / (1000 * case.latency):.2f} L per object"
+    return "no process saturated"
+
+
+def _s3_text(s3: dict[str, float] | None) -> str:
+    if s3 is None:
+        return "–"
+    parts = (f"{S3_LABELS[k]} {v:.2f}" if v >= 0.01 else f"{S3_LABELS[k]} {v:.3f}" for k, v in s3.items() if v > 0)
+    return ", ".join(parts) or "0"
+
+
+def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
+    """Three Markdown tables: the figures, the diagnosis (where the time went), the ratios."""
+    main = ["| case | tool | obj/s | of C/L | client CPU ms/obj: process (work) | peak RSS MB"
+            " | origin req/obj: GET + HEAD | S3 req/obj | errors | limited by |",
+            "|---|---|---:|---:|---:|---:|---|---|---:|---|"]
+    busy_keys = list(next(iter(results[0][1].values())).busy)
+    diagnosis = ["| case | tool | work s (process; origin span) | origin peak in flight | origin slots busy"
+                 " | slot ms/obj | CPU busy % (" + " / ".join(busy_keys) + ") |",
+                 "|---|---|---:|---:|---:|---:|---|"]
+    for case, summaries in results:
+        for tool, s in summaries.items():
+            of_limit = f"{100 * s.rate / case.limit:.0f} %" if case.limit else "–"
+            origin = f"{s.origin['GET'] + s.origin['HEAD']:.2f}: {s.origin['GET']:.2f} + {s.origin['HEAD']:.2f}"
+            main.append(f"| {case.label} | {tool} | {s.rate:.1f} | {of_limit} | {s.cpu_ms:.2f} ({s.work_cpu_ms:.2f})"
+                        f" | {s.rss_mb:.0f} | {origin} | {_s3_text(s.s3)} | {s.errors} | {bottleneck(case, s)} |")
+            peak = s.origin_peak if case.latency > 0 else "–"  # no latency: no overlap to see
+            slots = f"{100 * s.slots_busy:.0f} %" if case.latency > 0 else "–"
+            busy = " / ".join(f"{100 * v:.0f}" for v in s.busy.values())
+            diagnosis.append(f"| {case.label} | {tool} | {s.work:.1f} ({s.wall:.1f}; {s.origin_span:.1f}) | {peak} | {slots}"
+                             f" | {s.slot_ms(case):.1f} | {busy} |")
+    ratios = ["| case | limit C/L | obj/s tui-backfill / minimal | obj/s tui-backfill / rclone"
+              " | CPU/obj tui-backfill / minimal: process (work) | CPU/obj tui-backfill / rclone: process (work) |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for case, s in results:
+        tui, mini, rcl = s["tui-backfill"], s["minimal"], s["rclone"]
+        limit = f"{case.limit:.0f} obj/s" if case.limit else "CPU"
+        ratios.append(f"| {case.label} | {limit} | {tui.rate / mini.rate:.2f}× | {tui.rate / rcl.rate:.2f}×"
+                      f" | {tui.cpu_ms / mini.cpu_ms:.2f}× ({tui.work_cpu_ms / mini.work_cpu_ms:.2f}×)"
+                      f" | {tui.cpu_ms / rcl.cpu_ms:.2f}× ({tui.work_cpu_ms / rcl.work_cpu_ms:.2f}×) |")
+    return "\n".join([*main, "", *diagnosis, "", *ratios])
+
+
+def machine() -> str:
+    model = "unknown"
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    rclone = subprocess.run([find_rclone(), "version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "tui_backfill"],
+                           capture_output=True, text=True).stdout.strip()
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({model}); Python {platform.python_version()};"
+            f" {rclone}; tui-backfill at {head}{' with uncommitted changes in tui_backfill/' if dirty else ''};"
+            f" load average at start {load}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--latency", type=float, default=0.05, help="origin latency, seconds (default 0.05)")
+    p.add_argument("--concurrency", type=int, default=3, help="C: parallel origin fetches (default 3)")
+    p.add_argument("--objects", type=int, default=None, help="objects per run, N/3 SKUs x 3 angles (default 1200; --suite: 1200, 1200, 3000)")
+    p.add_argument("--reps", type=int, default=3, help="interleaved repetitions (default 3)")
+    p.add_argument("--missing", type=float, default=0.03, help="fraction of objects the origin answers 404 (default 0.03)")
+    p.add_argument("--upload-concurrency", type=int, default=None, help="tui-backfill's --upload-concurrency (default max(8, C))")
+    p.add_argument("--suite", action="store_true", help="the issue's cases: L=50 ms C=3, L=50 ms C=6, L=0 C=32")
+    p.add_argument("--no-proxy", action="store_true", help="talk to rclone serve s3 directly (no S3 request counts)")
+    p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="Markdown file the table is appended to")
+    return p.parse_args(argv)
+
+
+async def main(args: argparse.Namespace) -> None:
+    def case(latency: float, concurrency: int, objects: int) -> Case:
+        return Case(latency, concurrency, args.objects or objects, args.missing,
+                    args.upload_concurrency or max(8, concurrency))
+
+    cases = [case(*c) for c in SUITE] if args.suite else [case(args.latency, args.concurrency, 1200)]
+    about = machine()
+    print(about, flush=True)
+    results: list[tuple[Case, dict[str, Summary]]] = []
+    for c in cases:
+        with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
+            print(f"{c.name}: {c.objects // ANGLES * ANGLES} objects of {OBJECT_SIZE // 1024} KiB, "
+                  f"{100 * c.missing:.0f} % 404, {args.reps} repetitions", flush=True)
+            runs = await Bench(c, args.reps, Path(tmp), not args.no_proxy).run()
+        results.append((c, {tool: summarize(r) for tool, r in runs.items()}))
+    text = table(results)
+    print(text)
+    command = shlex.join([".venv/bin/python", "bench/peers.py", *sys.argv[1:]])
+    through = "through the counting proxy" if not args.no_proxy else "straight to rclone serve s3 (not counted)"
+    section = (f"\n## {about.split(';')[0]}: `{command}`\n\n{about}.\n\n"
+               f"Objects of 64 KiB, {100 * args.missing:.0f} % of them 404 at the origin (not in rclone's listing);"
+               f" medians of {args.reps} interleaved repetitions; S3 requests {through};"
+               f" tui-backfill with `--upload-concurrency {args.upload_concurrency or 'max(8, C)'}`.\n\n{text}\n")
+    if not args.results.exists():
+        args.results.write_text(LEGEND)
+    with args.results.open("a", encoding="utf-8") as f:
+        f.write(section)
+    print(f"appended to {args.results}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))
