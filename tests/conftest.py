@@ -211,3 +211,36 @@ def catalog_db(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+@pytest.fixture
+async def make_job(
+    tmp_path: Path,
+    rclone_s3: S3Target,
+    s3_proxy: Any,
+    origin: OriginServer,
+    catalog_db: Callable[..., Path],
+) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await make_job(active_skus, **kw)``: a CLI-driven job (tests/helpers.Backfill) over
+    rclone behind the counting proxy, the origin and a fresh catalog; closed at teardown."""
+    from helpers import Backfill, new_backfill
+
+    jobs: list[Backfill] = []
+
+    async def make(active: int, **kwargs: Any) -> Backfill:
+        job = await new_backfill(
+            tmp_path,
+            origin=origin,
+            proxy=await s3_proxy(rclone_s3),
+            direct=rclone_s3,
+            catalog=catalog_db(active, 10),
+            **kwargs,
+        )
+        jobs.append(job)
+        return job
+
+    try:
+        yield make
+    finally:
+        for job in jobs:
+            await job.close()

@@ -64,10 +64,14 @@ class Result:
     rc: int
     out: str
     err: str
-    seconds: float
+    seconds: float = 0.0
 
     def json(self) -> Any:
         return json.loads(self.out)
+
+    @property
+    def snap(self) -> dict[str, Any]:
+        return dict(self.json())
 
     def __str__(self) -> str:
         return f"exit {self.rc} after {self.seconds:.1f}s\nstdout: {self.out[-3000:]}\nstderr: {self.err[-3000:]}"
@@ -390,3 +394,69 @@ def one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected a one-line error, got {lines}"
     return lines[0]
+
+
+# -- the CLI in a subprocess with a clean environment ----------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+KEY = KEY_TEMPLATE
+
+
+def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
+    """The environment for the CLI: this machine's, minus any AWS_/TUI_BACKFILL_/ORIGIN_ setting,
+    plus the target's credentials (no profile or config file can leak in)."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("AWS_", "TUI_BACKFILL_", "ORIGIN_"))
+    }
+    env.update(
+        PYTHONPATH=str(REPO),
+        AWS_ACCESS_KEY_ID=target.access_key,
+        AWS_SECRET_ACCESS_KEY=target.secret_key,
+        AWS_DEFAULT_REGION=target.region,
+        AWS_EC2_METADATA_DISABLED="true",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    env.update(extra)
+    return env
+
+
+async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+
+
+async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> Result:
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())
+
+
+async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
+    """``python -m tui_backfill ARGS`` in a subprocess (this loop keeps serving meanwhile)."""
+    return await finish(await spawn(*args, env=env), timeout)
+
+
+def bucket_bytes(target: S3Target) -> dict[str, bytes]:
+    client = target.client()
+    return {k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()}
+
+
+def expected(pairs: Iterable[tuple[str, int]]) -> dict[str, bytes]:
+    return {key_of(s, a): expected_body(s, a) for s, a in pairs}
+
+
+def check_identity(snap: dict[str, Any], angles: int) -> None:
+    assert snap["state"] == "completed"
+    assert snap["scannedSkus"] * angles == (
+        snap["uploaded"] + snap["skippedExists"] + snap["noRemote"] + snap["failedItems"]
+    )
+    assert snap["errorsTotal"] == sum(snap["errorsByCode"].values())

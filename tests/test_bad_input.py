@@ -8,18 +8,17 @@ dry runs in-process (no server shares the test's loop there).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
 import sqlite3
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from helpers import tool, tool_env
 
 from tui_backfill import cli
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
@@ -28,54 +27,6 @@ from tui_backfill.servers.proxy import ReverseProxy
 
 if TYPE_CHECKING:
     from conftest import S3Target
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-
-def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "TUI_BACKFILL_", "ORIGIN_"))
-    }
-    env.update(
-        PYTHONPATH=str(REPO),
-        AWS_ACCESS_KEY_ID=target.access_key,
-        AWS_SECRET_ACCESS_KEY=target.secret_key,
-        AWS_DEFAULT_REGION=target.region,
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
-    env.update(extra)
-    return env
-
-
-async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tui_backfill",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 def closed_port() -> int:

@@ -6,49 +6,19 @@ request per 1,000 keys, counted at the proxy); the gap file lists exactly the mi
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import pytest
-from helpers import Backfill, assert_counters_add_up, key_of, new_backfill
+from helpers import Backfill, assert_counters_add_up, key_of
 
-from tui_backfill.servers.origin import OriginServer, expected_body
+from tui_backfill.servers.origin import expected_body
 
 if TYPE_CHECKING:
-    from conftest import S3Target
+    pass
 
 ANGLES = (1, 2, 3)
 MakeJob = Callable[..., Awaitable[Backfill]]
-
-
-@pytest.fixture
-async def make_job(
-    tmp_path: Path,
-    rclone_s3: S3Target,
-    s3_proxy: Any,
-    origin: OriginServer,
-    catalog_db: Callable[..., Path],
-) -> AsyncIterator[MakeJob]:
-    jobs: list[Backfill] = []
-
-    async def make(active: int, **kwargs: Any) -> Backfill:
-        job = await new_backfill(
-            tmp_path,
-            origin=origin,
-            proxy=await s3_proxy(rclone_s3),
-            direct=rclone_s3,
-            catalog=catalog_db(active, 10),
-            **kwargs,
-        )
-        jobs.append(job)
-        return job
-
-    try:
-        yield make
-    finally:
-        for job in jobs:
-            await job.close()
 
 
 def _parse(key: str) -> tuple[str, int]:

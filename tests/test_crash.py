@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-import pytest
 from helpers import (
     Backfill,
     Running,
@@ -21,46 +19,14 @@ from helpers import (
     assert_valid_checkpoint,
     finished_items,
     key_of,
-    new_backfill,
     wait_for,
 )
 
-from tui_backfill.servers.origin import OriginServer
-
 if TYPE_CHECKING:
-    from conftest import S3Target
+    pass
 
 ANGLES = (1, 2, 3)
 MakeJob = Callable[..., Awaitable[Backfill]]
-
-
-@pytest.fixture
-async def make_job(
-    tmp_path: Path,
-    rclone_s3: S3Target,
-    s3_proxy: Any,
-    origin: OriginServer,
-    catalog_db: Callable[..., Path],
-) -> AsyncIterator[MakeJob]:
-    jobs: list[Backfill] = []
-
-    async def make(active: int, **kwargs: Any) -> Backfill:
-        job = await new_backfill(
-            tmp_path,
-            origin=origin,
-            proxy=await s3_proxy(rclone_s3),
-            direct=rclone_s3,
-            catalog=catalog_db(active, 10),
-            **kwargs,
-        )
-        jobs.append(job)
-        return job
-
-    try:
-        yield make
-    finally:
-        for job in jobs:
-            await job.close()
 
 
 async def _interrupted_status(job: Backfill, skus: list[str]) -> dict[str, Any]:

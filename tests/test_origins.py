@@ -6,15 +6,11 @@ the real origin server (no mocked HTTP client).
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
+from helpers import KEY, Result, bucket_bytes, check_identity, expected, tool, tool_env
 
 from tui_backfill.origins import Fetched, open_origin, sniff_image
 from tui_backfill.outcomes import NotFoundError, RetryableError
@@ -27,59 +23,6 @@ from tui_backfill.servers.origin import (
 
 if TYPE_CHECKING:
     from conftest import FtpOrigin, S3Target
-
-REPO = Path(__file__).resolve().parents[1]
-KEY = "rsr/highres/{sku}_{angle}_HR.jpg"
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-    @property
-    def snap(self) -> dict[str, Any]:
-        return json.loads(self.out)
-
-
-def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "TUI_BACKFILL_", "ORIGIN_"))
-    }
-    env.update(
-        PYTHONPATH=str(REPO),
-        AWS_ACCESS_KEY_ID=target.access_key,
-        AWS_SECRET_ACCESS_KEY=target.secret_key,
-        AWS_DEFAULT_REGION=target.region,
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
-    env.update(extra)
-    return env
-
-
-async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tui_backfill",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
 
 
 async def backfill(
@@ -112,22 +55,6 @@ async def backfill(
         "1",
         *extra,
         env=env or tool_env(target),
-    )
-
-
-def bucket_bytes(target: S3Target) -> dict[str, bytes]:
-    client = target.client()
-    return {k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()}
-
-
-def expected(pairs: list[tuple[str, int]]) -> dict[str, bytes]:
-    return {KEY.format(sku=s, angle=a): expected_body(s, a) for s, a in pairs}
-
-
-def check_identity(snap: dict[str, Any], angles: int) -> None:
-    assert snap["state"] == "completed"
-    assert snap["scannedSkus"] * angles == (
-        snap["uploaded"] + snap["skippedExists"] + snap["noRemote"] + snap["failedItems"]
     )
 
 

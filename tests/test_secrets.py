@@ -10,74 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from helpers import KEY, Result, bucket_bytes, finish, spawn, tool, tool_env
 
 from tui_backfill.servers.origin import HTML_ERROR_PAGE, expected_body
 
 if TYPE_CHECKING:
     from conftest import FtpOrigin, S3Target
-
-REPO = Path(__file__).resolve().parents[1]
-KEY = "rsr/highres/{sku}_{angle}_HR.jpg"
-
-
-@dataclass
-class Result:
-    rc: int
-    out: str
-    err: str
-
-
-def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("AWS_", "TUI_BACKFILL_", "ORIGIN_"))
-    }
-    env.update(
-        PYTHONPATH=str(REPO),
-        AWS_ACCESS_KEY_ID=target.access_key,
-        AWS_SECRET_ACCESS_KEY=target.secret_key,
-        AWS_DEFAULT_REGION=target.region,
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
-    )
-    env.update(extra)
-    return env
-
-
-def spawn_args(*args: str) -> tuple[str, ...]:
-    return (sys.executable, "-m", "tui_backfill", *args)
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> Result:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Result(proc.returncode, out.decode(), err.decode())
-
-
-async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        *spawn_args(*args),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-
-
-async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
-    return await finish(await spawn(*args, env=env), timeout)
 
 
 def state_bytes(state: Path) -> dict[str, bytes]:
@@ -87,11 +29,6 @@ def state_bytes(state: Path) -> dict[str, bytes]:
 
 def ftp_files(skus: list[str], angles: tuple[int, ...]) -> dict[str, bytes]:
     return {f"{s}_{a}": expected_body(s, a) for s in skus for a in angles}
-
-
-def bucket_bytes(target: S3Target) -> dict[str, bytes]:
-    client = target.client()
-    return {k: client.get_object(Bucket=target.bucket, Key=k)["Body"].read() for k in target.keys()}
 
 
 def run_args(state: Path, skus_file: Path, origin: str, target: S3Target, *extra: str) -> list[str]:
