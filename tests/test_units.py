@@ -227,3 +227,41 @@ def test_snapshot_json_round_trip() -> None:
     assert data["errorsTotal"] == 6 and data["plannedItems"] == 30 and data["etaSkusRemaining"] == 3
     assert data["checkpoint"] == {"lastSku": "0005", "completedAngles": {"0007": [1, 3]}}
     assert snapshot_from_json(data).to_json() == data
+
+
+async def test_slots_serve_waiters_in_order_and_follow_the_limit() -> None:
+    import asyncio
+
+    from tui_backfill.slots import Slots
+
+    slots = Slots(1)
+    order: list[int] = []
+
+    async def worker(n: int) -> None:
+        async with slots.hold():
+            order.append(n)
+            await asyncio.sleep(0.01)
+
+    await slots.acquire()
+    tasks = [asyncio.create_task(worker(n)) for n in range(4)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()  # a waiter that leaves the queue must not take or lose a slot
+    slots.release()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    assert order == [0, 2, 3] and slots.used == 0
+
+    # woken, then cancelled before running: the slot goes to the next waiter
+    await slots.acquire()
+    first = asyncio.create_task(slots.acquire())
+    second = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()  # wakes `first`
+    first.cancel()
+    await asyncio.gather(first, return_exceptions=True)
+    await asyncio.wait_for(second, 1)
+    assert slots.used == 1
+    slots.release()
+
+    slots.set_limit(3)  # a larger limit lets more in at once
+    await asyncio.gather(*(slots.acquire() for _ in range(3)))
+    assert slots.used == 3

@@ -1,9 +1,13 @@
-"""A semaphore whose limit can change while it is in use (the live `+`/`-` concurrency keys)."""
+"""A semaphore whose limit can change while it is in use (the live `+`/`-` concurrency keys).
+
+Waiters are served first come, first served, and a release wakes only as many as can proceed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator
 
 
@@ -11,7 +15,7 @@ class Slots:
     def __init__(self, limit: int) -> None:
         self._limit = limit
         self._used = 0
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     @property
     def limit(self) -> int:
@@ -26,24 +30,30 @@ class Slots:
         self._wake()
 
     async def acquire(self) -> None:
-        while self._used >= self._limit:
-            waiter = asyncio.get_running_loop().create_future()
-            self._waiters.append(waiter)
-            try:
-                await waiter
-            finally:
-                if waiter in self._waiters:
+        if self._used < self._limit and not self._waiters:
+            self._used += 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter  # woken with its slot already counted in `_used`
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # woken, then cancelled: hand the slot on
+            else:
+                with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
-        self._used += 1
+            raise
 
     def release(self) -> None:
         self._used -= 1
         self._wake()
 
     def _wake(self) -> None:
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        while self._waiters and self._used < self._limit:
+            waiter = self._waiters.popleft()
             if not waiter.done():
+                self._used += 1  # the slot passes straight to the waiter
                 waiter.set_result(None)
 
     @contextlib.asynccontextmanager
