@@ -123,10 +123,6 @@ class Settings:
     progress_interval: float = 5.0
 
     @property
-    def angle_list(self) -> tuple[int, ...]:
-        return parse_angles(self.angles)
-
-    @property
     def bandwidth_bytes(self) -> int | None:
         return None if self.max_bandwidth is None else parse_size(self.max_bandwidth)
 

@@ -25,7 +25,7 @@ from tui_backfill.retry import retrying
 from tui_backfill.slots import Slots
 from tui_backfill.snapshot import Counters, RateMeter, StatusSnapshot, eta_seconds, utc_now_iso
 from tui_backfill.state import FailedItem, StateStore
-from tui_backfill.templates import Template
+from tui_backfill.templates import MAX_KEY_BYTES, Template
 
 T = TypeVar("T")
 
@@ -33,7 +33,6 @@ PAGE_SKUS = 500
 PUBLISH_EVERY = 0.5  # seconds between snapshots written to the state for other processes
 COMMAND_POLL = 0.5
 SAMPLE_EVERY = 0.5
-MAX_KEY_BYTES = 1024
 
 
 class Destination(Protocol):

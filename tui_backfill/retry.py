@@ -41,7 +41,3 @@ def retrying(
         before_sleep=on_retry,
         reraise=True,
     )
-
-
-def attempts_made(state: RetryCallState) -> int:
-    return state.attempt_number

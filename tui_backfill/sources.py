@@ -77,8 +77,7 @@ def _run_query(conn: sqlite3.Connection, query: str) -> sqlite3.Cursor:
 def check_source(settings: Settings) -> None:
     """Preflight: the file exists and parses, or the catalog opens and the query runs."""
     if settings.skus_file:
-        for _ in zip(range(1), _file_skus(settings.skus_file), strict=False):
-            pass
+        next(_file_skus(settings.skus_file), None)  # opens it and reads the header / first SKU
         return
     assert settings.skus_db and settings.skus_query
     conn = _open_catalog(settings.skus_db)

@@ -329,23 +329,6 @@ class StateStore:
         ) as cur:
             return [row[0] for row in await cur.fetchall()]
 
-    async def count_run_skus(self, run_id: int, upto: str | None = None) -> int:
-        async with self._db.execute(
-            "SELECT count(*) FROM run_skus WHERE run_id = ? AND (? IS NULL OR sku <= ?)",
-            (run_id, upto, upto),
-        ) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def run_sku_bounds(self, run_id: int, after: str | None) -> tuple[str | None, str | None]:
-        """The first SKU after `after` and the greatest `sku + U+10FFFF` of the rest (key-range bounds)."""
-        async with self._db.execute(
-            "SELECT min(sku), max(sku || char(1114111)) FROM run_skus WHERE run_id = ? AND (? IS NULL OR sku > ?)",
-            (run_id, after, after),
-        ) as cur:
-            row = await cur.fetchone()
-        return (row[0], row[1]) if row else (None, None)
-
     async def commit_checkpoint(
         self,
         run_id: int,

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
 import signal
+import threading
 from collections.abc import Callable
 
 from textual.app import App, ComposeResult
@@ -74,6 +76,7 @@ class BackfillApp(App[int]):
         self.exit_code: int | None = None
         self._engine_done = asyncio.Event()
         self._quitting = False
+        self._terminal_lost = False
 
     def compose(self) -> ComposeResult:
         yield HeaderBar(id="header")
@@ -100,7 +103,7 @@ class BackfillApp(App[int]):
             loop = asyncio.get_running_loop()
             for signum in (signal.SIGHUP, signal.SIGTERM):
                 try:
-                    loop.add_signal_handler(signum, self._on_signal)
+                    loop.add_signal_handler(signum, self._on_signal, signum)
                 except (NotImplementedError, RuntimeError):
                     pass
         await self.refresh_snapshot()
@@ -122,15 +125,27 @@ class BackfillApp(App[int]):
         if self._quitting or stopped:
             # Stopped by q, a signal or `pause` from another shell: the run is resumable and
             # this process must let go of the job (a held run never ends the engine).
-            self.exit(self.exit_code)
+            self._leave(self.exit_code)
 
-    def _on_signal(self) -> None:
+    def _leave(self, code: int | None) -> None:
+        """Exit the app; after a lost terminal, make sure the process ends all the same."""
+        if self._terminal_lost:
+            # The checkpoint is committed by now. Textual's shutdown can block writing to a
+            # terminal that is gone (seen: its writer queue never drains), so bound it.
+            watchdog = threading.Timer(5.0, os._exit, args=(EXIT_PAUSED if code is None else code,))
+            watchdog.daemon = True
+            watchdog.start()
+        self.exit(code)
+
+    def _on_signal(self, signum: int | None = None) -> None:
         """A lost terminal or a TERM: pause, persist, exit 75 (the run stays resumable)."""
         self._quitting = True
+        if signum == signal.SIGHUP:
+            self._terminal_lost = True
         assert isinstance(self.controller, LocalController)
         self.controller.stop()
         if self._engine_done.is_set():
-            self.exit(self.exit_code if self.exit_code is not None else EXIT_PAUSED)
+            self._leave(self.exit_code if self.exit_code is not None else EXIT_PAUSED)
 
     async def refresh_snapshot(self) -> None:
         snap = await self.controller.snapshot()
