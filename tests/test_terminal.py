@@ -71,6 +71,15 @@ class Tmux:
                 raise AssertionError(f"{needles} not on screen:\n{text}")
             await asyncio.sleep(0.1)
 
+    async def exit_line(self, timeout: float = 5.0) -> str:
+        """What the wrapper script wrote after the command ended (its exit status)."""
+        path = self.tmp_path / "exit"
+        for _ in range(int(timeout / 0.1)):
+            if path.exists() and path.read_text().strip():
+                break
+            await asyncio.sleep(0.1)
+        return path.read_text().strip()
+
     async def kill(self) -> None:
         await self._tmux("kill-server")
 
@@ -121,11 +130,7 @@ async def test_console_in_tmux_pauses_and_resumes(
             await wait_released(JobLock(str(state), "default"))
         except AssertionError:
             raise AssertionError("still running after q, y:\n" + await tmux.screen()) from None
-        for _ in range(50):
-            if (tmp_path / "exit").exists():
-                break
-            await asyncio.sleep(0.1)
-        assert (tmp_path / "exit").read_text().strip() == "EXIT=75"
+        assert await tmux.exit_line() == "EXIT=75"
     finally:
         await tmux.kill()
 
@@ -187,10 +192,6 @@ async def test_pause_from_another_shell_stops_a_console_run(
         _out, err = await asyncio.wait_for(proc.communicate(), 60)
         assert proc.returncode == 0, err.decode()
         assert "paused at checkpoint" in err.decode()
-        for _ in range(50):
-            if (tmp_path / "exit").exists():
-                break
-            await asyncio.sleep(0.1)
-        assert (tmp_path / "exit").read_text().strip() == "EXIT=75"
+        assert await tmux.exit_line() == "EXIT=75"
     finally:
         await tmux.kill()

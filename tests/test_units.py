@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+from helpers import BRIEF_KEYS
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -205,24 +206,7 @@ def test_snapshot_json_round_trip() -> None:
         origin="http://o",
     )
     data = snap.to_json()
-    for key in (
-        "startedAt",
-        "lastUpdateAt",
-        "scannedSkus",
-        "attemptedDownloads",
-        "uploaded",
-        "skippedExists",
-        "noRemote",
-        "errorsTotal",
-        "errorsByCode",
-        "anglesPlanned",
-        "concurrency",
-        "checkpoint",
-        "etaSkusRemaining",
-        "plannedItems",
-        "failedItems",
-        "state",
-    ):
+    for key in BRIEF_KEYS:
         assert key in data
     assert data["errorsTotal"] == 6 and data["plannedItems"] == 30 and data["etaSkusRemaining"] == 3
     assert data["checkpoint"] == {"lastSku": "0005", "completedAngles": {"0007": [1, 3]}}
