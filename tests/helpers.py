@@ -423,6 +423,17 @@ def tool_env(target: S3Target, **extra: str) -> dict[str, str]:
     return env
 
 
+def run_args(
+    state: Path, skus_file: Path, origin: str, target: S3Target, *extra: str, timeout: str = "2"
+) -> list[str]:
+    """`run --no-ui` over a SKU file with the fast settings of the CLI tests."""
+    return [
+        "run", "--no-ui", "--state", str(state), "--skus-file", str(skus_file), "--origin", origin,
+        "--bucket", target.bucket, "--endpoint-url", target.endpoint_url, "--path-style",
+        "--backoff", "0.01", "--timeout", timeout, *extra,
+    ]  # fmt: skip
+
+
 async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env

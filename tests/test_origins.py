@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import KEY, Result, bucket_bytes, check_identity, expected, tool, tool_env
+from helpers import KEY, Result, bucket_bytes, check_identity, expected, run_args, tool, tool_env
 
 from tui_backfill.origins import Fetched, open_origin, sniff_image
 from tui_backfill.outcomes import NotFoundError, RetryableError
@@ -36,24 +36,7 @@ async def backfill(
     skus_file = tmp / "skus.txt"
     skus_file.write_text("\n".join(skus) + "\n")
     return await tool(
-        "run",
-        "--no-ui",
-        "--state",
-        str(tmp / "state" / "s.sqlite3"),
-        "--skus-file",
-        str(skus_file),
-        "--origin",
-        origin,
-        "--bucket",
-        target.bucket,
-        "--endpoint-url",
-        target.endpoint_url,
-        "--path-style",
-        "--backoff",
-        "0.01",
-        "--timeout",
-        "1",
-        *extra,
+        *run_args(tmp / "state" / "s.sqlite3", skus_file, origin, target, *extra, timeout="1"),
         env=env or tool_env(target),
     )
 

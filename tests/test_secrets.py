@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from helpers import KEY, Result, bucket_bytes, finish, spawn, tool, tool_env
+from helpers import KEY, Result, bucket_bytes, finish, run_args, spawn, tool, tool_env
 
 from tui_backfill.servers.origin import HTML_ERROR_PAGE, expected_body
 
@@ -29,29 +29,6 @@ def state_bytes(state: Path) -> dict[str, bytes]:
 
 def ftp_files(skus: list[str], angles: tuple[int, ...]) -> dict[str, bytes]:
     return {f"{s}_{a}": expected_body(s, a) for s in skus for a in angles}
-
-
-def run_args(state: Path, skus_file: Path, origin: str, target: S3Target, *extra: str) -> list[str]:
-    return [
-        "run",
-        "--no-ui",
-        "--state",
-        str(state),
-        "--skus-file",
-        str(skus_file),
-        "--origin",
-        origin,
-        "--bucket",
-        target.bucket,
-        "--endpoint-url",
-        target.endpoint_url,
-        "--path-style",
-        "--backoff",
-        "0.01",
-        "--timeout",
-        "2",
-        *extra,
-    ]
 
 
 async def test_secrets_absent_from_output_status_and_state(

@@ -26,7 +26,7 @@ async def _settings_for(resolved: Resolved) -> Settings:
     """Flags/env/TOML, falling back to the job's latest run for what they leave unset."""
     settings = resolved.settings
     if Path(settings.state).exists():
-        from tui_backfill.runner import _settings_from_stored
+        from tui_backfill.runner import settings_from_stored
         from tui_backfill.state import open_state
 
         async with open_state(settings.state) as store:
@@ -34,7 +34,7 @@ async def _settings_for(resolved: Resolved) -> Settings:
         if run is not None:
             stored = {k: v for k, v in run.settings.items() if k not in resolved.explicit}
             merged = {**settings.stored(), **stored}
-            settings = _settings_from_stored(merged, settings, resolved.explicit)
+            settings = settings_from_stored(merged, settings, resolved.explicit)
     validate_for_run(settings, resolved.explicit)
     return settings
 

@@ -42,7 +42,7 @@ class RunRequest:
     resume_only: bool = False  # `resume`: continue an unfinished run, never start one
 
 
-def _settings_from_stored(
+def settings_from_stored(
     stored: Mapping[str, Any], base: Settings, explicit: Mapping[str, str]
 ) -> Settings:
     """The run's stored settings, with the pacing options the user gave now."""
@@ -161,7 +161,7 @@ async def _prepare_locked(
         assert unfinished is not None
         if not request.resume_only:
             _check_same_settings(unfinished, resolved)
-        settings = _settings_from_stored(unfinished.settings, settings, resolved.explicit)
+        settings = settings_from_stored(unfinished.settings, settings, resolved.explicit)
         validate(settings)
         validate_for_run(settings)
         origin_url = _origin_with_secret(
