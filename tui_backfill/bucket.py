@@ -15,6 +15,7 @@ import aiobotocore.session
 import botocore.exceptions
 from botocore.config import Config
 
+from tui_backfill import __version__
 from tui_backfill.outcomes import (
     BackfillError,
     ConfigError,
@@ -117,6 +118,10 @@ class Bucket:
             s3={"addressing_style": "path" if path_style else "auto"},
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
+            # A fixed User-Agent: botocore otherwise rebuilds its composite one twice per
+            # request (~0.3 ms of CPU each PUT). Our own parameters need no model validation.
+            user_agent=f"tui-backfill/{__version__}",
+            parameter_validation=False,
         )
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None

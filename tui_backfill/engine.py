@@ -499,7 +499,11 @@ class Engine:
         async with self._fetch_slots.hold():
             if self._stop is not Stop.NONE:
                 raise Interrupted  # stopped while queued for a slot: no new origin request
-            return await self._origin.fetch(item.sku, item.angle)
+            fetched = await self._origin.fetch(item.sku, item.angle)
+        # The slot went to the next queued item, whose task is now ready; yield so it sends its
+        # origin request before this task spends a millisecond or two of CPU preparing the PUT.
+        await asyncio.sleep(0)
+        return fetched
 
     async def _put(self, item: _Item, fetched: Fetched) -> bool:
         async with self._s3_slots.hold():
