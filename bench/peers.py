@@ -10,7 +10,9 @@ rotating order, the same N objects (N/3 SKUs x angles 1-3) into fresh buckets wi
   of C around each object's HEAD + GET + PUT;
 - `rclone copy` from the origin over HTTP to the S3 server, `--transfers C --checkers C`. The
   404 items are not in the origin's listing (rclone cannot know them), so it handles N minus
-  those.
+  those;
+- the GET-only ceiling (`bench/get_loop.py`): aiohttp GETs alone, C at a time, nothing
+  written: what any client can reach against this origin (L plus its per-request cost).
 
 Reports medians over the repetitions of: objects/s (objects written + 404s handled, per second
 of work: the run's own startedAt..lastUpdateAt, the loop's own timer, rclone's elapsed time),
@@ -57,7 +59,7 @@ from tui_backfill.servers.rclone_s3 import RcloneS3, find_rclone
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-TOOLS = ("tui-backfill", "minimal", "rclone")
+TOOLS = ("tui-backfill", "minimal", "rclone", "get-only")
 ANGLES = 3
 OBJECT_SIZE = 64 * 1024
 SUITE = ((0.05, 3, 1200), (0.05, 6, 1200), (0.0, 32, 3000))  # latency, concurrency, objects
@@ -74,6 +76,9 @@ Each section is one run of the benchmark: compare tools only within a section.
   `startedAt`..`lastUpdateAt`; the minimal loop: its own timer around the work; rclone: its
   `Elapsed time`). rclone never sees the 404 items (they are not in the origin's listing).
 - **of C/L**: of the physical limit, C parallel fetches of latency L.
+- **get-only**: not a tool but the origin's ceiling: aiohttp GETs alone, C at a time, nothing
+  written (`bench/get_loop.py`). The origin adds its own per-request cost (about 1-3 ms on these
+  machines, with the timer's rounding) to L, so even this reaches only 90-95 % of C/L.
 - **client CPU ms/obj**: user + sys of the tool's process (`os.wait4`), with process startup
   (about 1 s of imports for the Python tools); in brackets, only during the work (sampled).
 - **peak RSS**: the tool's process's `VmHWM`, sampled every 0.2 s (`ru_maxrss` from `wait4`
@@ -304,6 +309,9 @@ class Bench:
                     "--progress-interval", "3600"]
             if c.concurrency > 6:
                 argv += ["--max-concurrency", str(c.concurrency)]
+        elif tool == "get-only":
+            argv = [sys.executable, str(BENCH / "get_loop.py"), "--skus-file", str(self.skus_file), "--angles", str(ANGLES),
+                    "--concurrency", str(c.concurrency), "--origin", origin.index_template]
         elif tool == "minimal":
             argv = [sys.executable, str(BENCH / "minimal_loop.py"), "--skus-file", str(self.skus_file), "--angles", str(ANGLES),
                     "--concurrency", str(c.concurrency), "--origin", origin.index_template, "--bucket", bucket,
@@ -368,12 +376,18 @@ class Bench:
             assert result["failed"] == 0 and (result["written"], result["noRemote"]) == (written, self.expected_missing), result
             handled, work = result["written"] + result["noRemote"], result["seconds"]
             errors, work_end = result["errors"], result["startedAt"] + work
+        elif tool == "get-only":
+            result = json.loads(stdout)
+            assert result["failed"] == 0 and result["noRemote"] == self.expected_missing, result
+            handled, work = result["fetched"] + result["noRemote"], result["seconds"]
+            errors, work_end = 0, result["startedAt"] + work
         else:
             elapsed = re.findall(r"Elapsed time:\s*(\S+)", stderr)
             handled, work = written, go_duration(elapsed[-1]) if elapsed else wall
             errors = sum(int(n) for n in re.findall(r"^Errors:\s*(\d+)", stderr, re.MULTILINE)[-1:])
             work_end = ended
-        assert written == total - self.expected_missing, (tool, written, total, self.expected_missing)
+        expected_written = 0 if tool == "get-only" else total - self.expected_missing
+        assert written == expected_written, (tool, written, total, self.expected_missing)
         counts = await self.proxy.counts() if self.proxy is not None else None
         busy = sampler.busy(work_end - work, work_end, [*pids, "origin", "machine"])
         machine_busy = busy.pop("machine")
@@ -511,13 +525,13 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
             busy = " / ".join(f"{100 * v:.0f}" for v in s.busy.values())
             diagnosis.append(f"| {case.label} | {tool} | {s.work:.1f} ({s.wall:.1f}; {s.origin_span:.1f}) | {peak} | {slots}"
                              f" | {s.slot_ms(case):.1f} | {busy} |")
-    ratios = ["| case | limit C/L | obj/s tui-backfill / minimal | obj/s tui-backfill / rclone"
+    ratios = ["| case | limit C/L | obj/s tui-backfill / GET-only ceiling | obj/s tui-backfill / minimal | obj/s tui-backfill / rclone"
               " | CPU/obj tui-backfill / minimal: process (work) | CPU/obj tui-backfill / rclone: process (work) |",
-              "|---|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|"]
     for case, s in results:
-        tui, mini, rcl = s["tui-backfill"], s["minimal"], s["rclone"]
+        tui, mini, rcl, ceiling = s["tui-backfill"], s["minimal"], s["rclone"], s["get-only"]
         limit = f"{case.limit:.0f} obj/s" if case.limit else "CPU"
-        ratios.append(f"| {case.label} | {limit} | {tui.rate / mini.rate:.2f}× | {tui.rate / rcl.rate:.2f}×"
+        ratios.append(f"| {case.label} | {limit} | {100 * tui.rate / ceiling.rate:.0f} % | {tui.rate / mini.rate:.2f}× | {tui.rate / rcl.rate:.2f}×"
                       f" | {tui.cpu_ms / mini.cpu_ms:.2f}× ({tui.work_cpu_ms / mini.work_cpu_ms:.2f}×)"
                       f" | {tui.cpu_ms / rcl.cpu_ms:.2f}× ({tui.work_cpu_ms / rcl.work_cpu_ms:.2f}×) |")
     return "\n".join([*main, "", *diagnosis, "", *ratios])
