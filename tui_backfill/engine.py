@@ -454,13 +454,42 @@ class Engine:
         self.counters.count_error(exc.code)
         self._last_errors[exc.code] = exc.message
 
+    async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One attempt: failures are counted by code; a fatal one stops the run."""
+        try:
+            return await call()
+        except NotFoundError:
+            raise
+        except BackfillError as exc:
+            self._count_error(exc)
+            if exc.fatal:
+                self._fatal = (
+                    exc if isinstance(exc, FatalError) else FatalError(exc.message, exc.code)
+                )
+                self.stop()
+            raise
+
     async def _stage(
         self,
         call: Callable[[], Awaitable[T]],
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> tuple[T, int]:
-        """One stage of an item under the retry policy; returns (result, attempts)."""
-        attempts = 0
+        """One stage of an item under the retry policy; returns (result, attempts).
+
+        The first attempt runs straight: nearly every stage succeeds at once, and tenacity's
+        machinery costs about 75 µs a stage (5 % of an object's CPU at zero latency). A
+        retryable failure hands the stage to tenacity, which starts by waiting out that first
+        failure, so the schedule of attempts and waits is the policy's own.
+        """
+        try:
+            return await self._attempt(call), 1
+        except BackfillError as exc:
+            if exc.fatal or isinstance(exc, NotFoundError):
+                raise
+            if not exc.retryable or self.plan.max_attempts <= 1:
+                raise StageFailed(exc, 1) from None
+            first_failure: list[BackfillError] = [exc]
+        attempts = 1
         policy = retrying(
             max_attempts=self.plan.max_attempts,
             backoff=self.plan.backoff,
@@ -469,21 +498,10 @@ class Engine:
         try:
             async for attempt in policy:
                 with attempt:
+                    if first_failure:
+                        raise first_failure.pop()  # attempt 1, already made above
                     attempts += 1
-                    try:
-                        return await call(), attempts
-                    except NotFoundError:
-                        raise
-                    except BackfillError as exc:
-                        self._count_error(exc)
-                        if exc.fatal:
-                            self._fatal = (
-                                exc
-                                if isinstance(exc, FatalError)
-                                else FatalError(exc.message, exc.code)
-                            )
-                            self.stop()
-                        raise
+                    return await self._attempt(call), attempts
         except BackfillError as exc:
             if exc.fatal or isinstance(exc, NotFoundError):
                 raise
