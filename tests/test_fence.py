@@ -1,5 +1,5 @@
 """The fence: the engine and every non-UI module import neither textual nor rich, and the
-light commands (`status`, `pause`, `--help`) import neither botocore nor textual."""
+light commands (`status`, `runs`, `pause`, `--help`) import neither botocore nor textual."""
 
 from __future__ import annotations
 
@@ -32,6 +32,9 @@ def test_non_ui_modules_do_not_import_textual_or_rich() -> None:
 
 
 def test_light_commands_do_not_import_botocore_or_textual() -> None:
-    code = "import tui_backfill.cli, tui_backfill.runner, tui_backfill.reporter, tui_backfill.state"
+    code = (
+        "import tui_backfill.cli, tui_backfill.runner, tui_backfill.reporter, tui_backfill.state, "
+        "tui_backfill.history"
+    )
     imported = _imported_after(code)
     assert not imported & {"botocore", "aiobotocore", "textual", "rich"}

@@ -1,7 +1,7 @@
-"""The command line: run, status, pause, resume, coverage, demo.
+"""The command line: run, status, runs, pause, resume, attach, coverage, serve, demo.
 
-Startup stays light: `status`, `pause` and `--help` import neither botocore nor textual. Every
-problem found before work starts is one line on stderr and exit 2.
+Startup stays light: `status`, `runs`, `pause` and `--help` import neither botocore nor
+textual. Every problem found before work starts is one line on stderr and exit 2.
 """
 
 from __future__ import annotations
@@ -70,10 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run (or continue) the backfill job")
     _add_job_state(run)
     _add_run_options(run)
+    run.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
+    )
 
     status = commands.add_parser("status", help="show the job's status snapshot")
     _add_job_state(status)
     status.add_argument("--json", action="store_true", help="the snapshot as JSON")
+
+    runs = commands.add_parser("runs", help="past runs of the job: outcome, counters, coverage")
+    _add_job_state(runs)
+    runs.add_argument("--json", action="store_true", help="the run history as JSON")
+    runs.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="the newest N runs (default 20)"
+    )
 
     pause = commands.add_parser(
         "pause", help="gracefully stop a running job (it exits 75, resumable)"
@@ -86,11 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-ui", action="store_true")
     for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
         resume.add_argument("--" + name.replace("_", "-"), default=None)
+    resume.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
+    )
 
     attach = commands.add_parser(
         "attach", help="the console over a run going on in another process"
     )
     _add_job_state(attach)
+    attach.add_argument(
+        "--url", help="a serving process's API (run --serve, serve) instead of the state file"
+    )
+
+    serve = commands.add_parser(
+        "serve", help="the HTTP control API: start, watch, pause and resume the job remotely"
+    )
+    _add_job_state(serve)
+    _add_run_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", default="8080", help="port (default 8080; 0: a free one)")
 
     coverage = commands.add_parser(
         "coverage", help="how many expected objects exist; write the gap"
@@ -128,8 +152,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _cmd_resume(args)
         if args.command == "attach":
             return _cmd_attach(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
         if args.command == "status":
             return asyncio.run(_cmd_status(args))
+        if args.command == "runs":
+            return asyncio.run(_cmd_runs(args))
         if args.command == "pause":
             return asyncio.run(_cmd_pause(args))
         if args.command == "coverage":
@@ -169,9 +197,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
     request = RunRequest(
         _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
     )
-    if not args.dry_run and wants_console(args.no_ui):
+    serve = _serve_port(args)
+    if serve is None and not args.dry_run and wants_console(args.no_ui):
         return asyncio.run(run_console(request))
-    return asyncio.run(run_headless(request))
+    return asyncio.run(run_headless(request, serve=serve))
+
+
+def _port(text: str, field: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(field, f"{text!r}: accepted a port number from 0 to 65535")
+    return int(text)
+
+
+def _serve_port(args: argparse.Namespace) -> int | None:
+    """`--serve PORT`: the API for this headless run (the token rules of `serve` apply)."""
+    if args.serve is None:
+        return None
+    if getattr(args, "dry_run", False):
+        raise ConfigError("--serve", "a dry run is not served; drop --serve or --dry-run")
+    return _port(args.serve, "--serve")
 
 
 async def run_console(request: Any) -> int:
@@ -200,8 +244,28 @@ def _cmd_attach(args: argparse.Namespace) -> int:
         raise ConfigError(
             "attach", "needs a terminal (use `status` or `status --json` without one)"
         )
+    if args.url:
+        return asyncio.run(attach_url(args.url))
     state, job = _job_state(args)
     return asyncio.run(attach_console(state, job))
+
+
+async def attach_url(url: str) -> int:
+    import os
+
+    from tui_backfill.api import TOKEN_ENV
+    from tui_backfill.ui.app import BackfillApp
+    from tui_backfill.ui.controller import HttpController
+
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("--url", f"{url!r}: expected http(s)://host:port")
+    controller = HttpController(url, token=os.environ.get(TOKEN_ENV, ""))
+    try:
+        await controller.check()
+        await BackfillApp(controller).run_async()
+    finally:
+        await controller.close()
+    return EXIT_OK
 
 
 async def attach_console(state: str, job: str) -> int:
@@ -232,18 +296,40 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     request = RunRequest(resolved, resume_only=True)
-    if wants_console(args.no_ui):
+    serve = _serve_port(args)
+    if serve is None and wants_console(args.no_ui):
         return asyncio.run(run_console(request))
-    return asyncio.run(run_headless(request))
+    return asyncio.run(run_headless(request, serve=serve))
 
 
-async def run_headless(request: Any) -> int:
-    """Prepare and run a job without the console; final snapshot as JSON on stdout."""
+async def run_headless(request: Any, serve: int | None = None) -> int:
+    """Prepare and run a job without the console; final snapshot as JSON on stdout. With
+    `serve`, the HTTP control API on 127.0.0.1:serve for as long as the run goes on."""
+    import os
+
     from tui_backfill.reporter import progress_line
     from tui_backfill.runner import prepare_run
 
+    token = ""
+    if serve is not None:
+        from tui_backfill.api import check_bind
+
+        token = check_bind("127.0.0.1", os.environ)
     prepared = await prepare_run(request)
     engine = prepared.engine
+    server = None
+    if serve is not None:
+        from tui_backfill.api import ApiServer
+        from tui_backfill.service import JobService
+
+        service = JobService(request.resolved)
+        service.adopt(engine)
+        try:
+            server = await ApiServer(service, host="127.0.0.1", port=serve, token=token).start()
+        except BaseException:
+            await prepared.close()
+            raise
+        print(f"tui-backfill: control API on {server.url}", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
     interrupts = 0
@@ -276,6 +362,10 @@ async def run_headless(request: Any) -> int:
             return EXIT_PAUSED
         finally:
             reporter.cancel()
+            if server is not None:
+                server.service.finished()
+                await asyncio.sleep(0)  # a waiting POST .../pause answers before the server stops
+                await server.stop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         output = result.snapshot.to_json()
@@ -293,6 +383,51 @@ async def run_headless(request: Any) -> int:
         if request.dry_run:  # a dry run leaves no run behind, however it ended
             await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))
         await prepared.close()
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from tui_backfill.api import check_bind
+    from tui_backfill.config import validate_for_run
+    from tui_backfill.sources import check_source
+
+    port = _port(args.port, "--port")
+    token = check_bind(args.host, os.environ)
+    resolved = _resolve(args)
+    validate_for_run(resolved.settings, resolved.explicit)
+    check_source(resolved.settings)
+    return asyncio.run(serve_api(resolved, host=args.host, port=port, token=token))
+
+
+async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> int:
+    """The control API until SIGINT/SIGTERM; a run it started then pauses at its checkpoint."""
+    from tui_backfill.api import ApiServer
+    from tui_backfill.service import JobService
+
+    service = JobService(resolved)
+    server = await ApiServer(service, host=host, port=port, token=token).start()
+    job = resolved.settings.job
+    print(
+        f"tui-backfill: serving job {job!r} on {server.url} (OpenAPI at {server.url}/api/openapi.json)",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if service.live:
+            print("tui-backfill: stopping; the run pauses at its checkpoint", file=sys.stderr)
+        await service.close()
+        await server.stop()
+    return EXIT_OK
 
 
 # -- status / pause -------------------------------------------------------------------------
@@ -321,6 +456,24 @@ async def _cmd_status(args: argparse.Namespace) -> int:
     state, job = _job_state(args)
     snapshot = await status_snapshot(state, job)
     print(json.dumps(snapshot, indent=2) if args.json else status_text(snapshot))
+    return EXIT_OK
+
+
+async def _cmd_runs(args: argparse.Namespace) -> int:
+    from tui_backfill.history import history_text, run_history
+    from tui_backfill.state import open_state
+
+    if args.limit < 1:
+        raise ConfigError("--limit", f"{args.limit}: accepted a positive number of runs")
+    state, job = _job_state(args)
+    async with open_state(state) as store:
+        entries = await run_history(store, job, limit=args.limit, state_path=state)
+    if not entries:
+        raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+    if args.json:
+        print(json.dumps({"job": job, "runs": entries}, indent=2))
+    else:
+        print(history_text(entries))
     return EXIT_OK
 
 

@@ -74,3 +74,11 @@ class ConfigError(Exception):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
+
+
+class JobBusy(ConfigError):
+    """The job is already running in another process (named by pid)."""
+
+
+class RunConflict(ConfigError):
+    """The request does not fit the job's unfinished run (other settings; nothing to resume)."""

@@ -27,7 +27,7 @@ from tui_backfill.config import (
 )
 from tui_backfill.engine import Engine, RunPlan
 from tui_backfill.origins import open_origin
-from tui_backfill.outcomes import ConfigError
+from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.sources import check_source, sku_batches
 from tui_backfill.state import JobLock, RunRecord, StateStore
 from tui_backfill.templates import key_template
@@ -67,7 +67,7 @@ def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
         if given.get(name) != stored:
             shown_stored = redact_url(stored) if name == "origin" else stored
             shown_given = redact_url(given.get(name)) if name == "origin" else given.get(name)
-            raise ConfigError(
+            raise RunConflict(
                 source,
                 f"{shown_given!r} differs from the unfinished run {run.id} ({shown_stored!r}); "
                 "run with the same settings to continue it, or add --fresh to abandon it",
@@ -151,7 +151,7 @@ async def _prepare_locked(
     job = settings.job
     unfinished = None if request.dry_run else await store.unfinished_run(job)
     if request.resume_only and unfinished is None:
-        raise ConfigError(
+        raise RunConflict(
             "--job",
             f"nothing to resume: job {job!r} has no paused or interrupted run in {settings.state}",
         )

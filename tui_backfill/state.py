@@ -23,7 +23,7 @@ from typing import Any
 import aiosqlite
 
 from tui_backfill.checkpoint import Checkpoint
-from tui_backfill.outcomes import ConfigError, FatalError
+from tui_backfill.outcomes import ConfigError, FatalError, JobBusy
 from tui_backfill.snapshot import Counters, utc_now_iso
 
 SCHEMA_VERSION = 1
@@ -247,6 +247,14 @@ class StateStore:
 
     async def last_completed_run(self, job: str) -> RunRecord | None:
         return await self._one_run("job = ? AND dry_run = 0 AND status = 'completed'", (job,))
+
+    async def runs(self, job: str, *, limit: int) -> list[RunRecord]:
+        """The job's runs, newest first, at most `limit` (the run history)."""
+        async with self._db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE job = ? ORDER BY id DESC LIMIT ?",
+            (job, max(limit, 0)),
+        ) as cur:
+            return [_run(row) for row in await cur.fetchall()]
 
     async def create_run(
         self, job: str, settings: dict[str, Any], *, dry_run: bool, range_after: str | None
@@ -516,9 +524,7 @@ class JobLock:
         else:
             content = os.read(fd, 64).decode(errors="replace").strip()
             os.close(fd)
-            raise ConfigError(
-                "--job", f"job {job!r} is already running in process {content or '?'}"
-            )
+            raise JobBusy("--job", f"job {job!r} is already running in process {content or '?'}")
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd

@@ -1,18 +1,23 @@
 """What the console drives: an engine in this process, or a run in another one.
 
-Both controllers give the console the same two things: status snapshots and commands. The
+All controllers give the console the same two things: status snapshots and commands. The
 local one talks to the engine directly; the attached one reads the snapshot the running
-process publishes in the state database and writes to its command channel.
+process publishes in the state database and writes to its command channel; the HTTP one
+talks to a serving process's control API (`attach --url`).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from typing import Any, Protocol
 
+from tui_backfill.outcomes import ConfigError
 from tui_backfill.runner import PreparedRun
 from tui_backfill.snapshot import StatusSnapshot, snapshot_from_json
 from tui_backfill.state import FailedItem, StateStore
 from tui_backfill.status import job_status
+
+API = "/api/rsr-image-backfill"
 
 
 class Controller(Protocol):
@@ -90,3 +95,76 @@ class AttachedController:
 
     async def failed_items(self) -> list[FailedItem]:
         return await self._store.failed_items(self.job)
+
+
+class HttpController:
+    """A run served over HTTP (`run --serve PORT` or `serve`), through its control API."""
+
+    attached = True
+
+    def __init__(self, url: str, *, token: str = "", timeout: float = 5.0) -> None:
+        import aiohttp
+
+        self.url = url.rstrip("/")
+        self.job = ""
+        self.max_concurrency = 6
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
+        )
+        self._last: StatusSnapshot | None = None
+
+    async def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+        async with self._session.request(method, f"{self.url}{API}{path}", json=body) as answer:
+            data = await answer.json(content_type=None)
+            if answer.status >= 400:
+                raise ConfigError("--url", f"{method} {path}: {answer.status} {data.get('error')}")
+            return data
+
+    async def check(self) -> None:
+        """Reachable and speaking the API: else a one-line ConfigError."""
+        import aiohttp
+
+        try:
+            async with self._session.get(f"{self.url}{API}/status") as answer:
+                if answer.status == 401:
+                    raise ConfigError("TUI_BACKFILL_API_TOKEN", "the server wants a bearer token")
+                if answer.status not in (200, 404):
+                    raise ConfigError("--url", f"{self.url} answered {answer.status} to /status")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise ConfigError(
+                "--url", f"cannot reach {self.url}: {exc.__class__.__name__}"
+            ) from None
+
+    async def snapshot(self) -> StatusSnapshot | None:
+        import aiohttp
+
+        try:
+            data = await self._call("GET", "/status")
+        except (aiohttp.ClientError, TimeoutError, ConfigError):
+            # The serving process has gone (its run ended or it was stopped): show the last view.
+            if self._last is None:
+                return None
+            return dataclasses.replace(self._last, live=False, in_flight=0)
+        if "anglesPlanned" not in data:
+            return None
+        self.job = str(data.get("job") or self.job)
+        self.max_concurrency = int(data.get("maxConcurrency") or self.max_concurrency)
+        self._last = snapshot_from_json(data)
+        return self._last
+
+    async def pause(self) -> None:
+        await self._call("POST", "/hold")
+
+    async def resume(self) -> None:
+        await self._call("POST", "/resume")
+
+    async def set_concurrency(self, value: int) -> None:
+        await self._call("POST", "/concurrency", {"concurrency": value})
+
+    async def failed_items(self) -> list[FailedItem]:
+        data = await self._call("GET", "/failed")
+        return [FailedItem(**item) for item in data["items"]]
+
+    async def close(self) -> None:
+        await self._session.close()

@@ -1,0 +1,279 @@
+"""The HTTP control API (aiohttp): the brief's endpoints, run history, metrics, OpenAPI.
+
+A thin front end over `JobService`: parse and check the request, call the service, answer JSON.
+Every error is JSON (`{"error": ..., "field": ...}`), never an HTML page or a traceback. Bound to
+127.0.0.1 by default; on any other address `TUI_BACKFILL_API_TOKEN` is required, and whenever a
+token is set every request must carry it as `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import json
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from aiohttp import web
+
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.service import ApiError, JobService, parse_run_request
+
+TOKEN_ENV = "TUI_BACKFILL_API_TOKEN"
+BASE = "/api/rsr-image-backfill"
+MAX_BODY = 64 * 1024
+GAP_PAGE_DEFAULT, GAP_PAGE_MAX = 1000, 10_000
+RUNS_DEFAULT, RUNS_MAX = 50, 1000
+
+SERVICE: web.AppKey[JobService] = web.AppKey("service", JobService)
+TOKEN: web.AppKey[str] = web.AppKey("token", str)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, env: Mapping[str, str]) -> str:
+    """The token to require ('' for none); a ConfigError for a non-loopback bind without one."""
+    token = env.get(TOKEN_ENV, "")
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            "--host",
+            f"{host} is not a loopback address; set {TOKEN_ENV} (a bearer token every request "
+            "must then carry) or bind to 127.0.0.1",
+        )
+    return token
+
+
+def _json(status: int, body: Any) -> web.Response:
+    return web.json_response(body, status=status, dumps=lambda o: json.dumps(o, default=str))
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _json(exc.status, exc.to_json())
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        reason = exc.reason
+        if exc.status == 413:
+            reason = f"request body too large; at most {MAX_BODY} bytes"
+        headers = {k: v for k, v in exc.headers.items() if k in ("Allow", "WWW-Authenticate")}
+        response = _json(exc.status, {"error": reason})
+        response.headers.update(headers)
+        return response
+    except Exception as exc:  # a bug: one line on stderr, a JSON 500, the server goes on
+        print(
+            f"tui-backfill: API error on {request.method} {request.path}: {exc!r}", file=sys.stderr
+        )
+        return _json(500, {"error": f"internal error: {exc.__class__.__name__}"})
+
+
+def _auth(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    expected = f"Bearer {token}".encode()
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get("Authorization", "").encode()
+        if not hmac.compare_digest(given, expected):
+            response = _json(
+                401, {"error": "missing or wrong bearer token (Authorization: Bearer ...)"}
+            )
+            response.headers["WWW-Authenticate"] = 'Bearer realm="tui-backfill"'
+            return response
+        return await handler(request)
+
+    return auth
+
+
+async def _body(request: web.Request) -> dict[str, Any]:
+    """The JSON object of the request body ({} when there is none)."""
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        raise ApiError(413, f"request body too large; at most {MAX_BODY} bytes")
+    raw = await request.read()
+    if not raw.strip():
+        return {}
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "the body must be a JSON object")
+    return data
+
+
+def _int_query(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or len(text) > 9 or not low <= int(text) <= high:
+        raise ApiError(400, f"{text!r}: accepted an integer from {low} to {high}", name)
+    return int(text)
+
+
+def _no_query(request: web.Request, allowed: tuple[str, ...] = ()) -> None:
+    for name in request.query:
+        if name not in allowed:
+            raise ApiError(
+                400,
+                "unknown query parameter"
+                + (f"; accepted: {', '.join(allowed)}" if allowed else ""),
+                name,
+            )
+
+
+# -- handlers -------------------------------------------------------------------------------
+
+
+async def run(request: web.Request) -> web.Response:
+    params = parse_run_request(request.query, await _body(request))
+    status, answer = await request.app[SERVICE].start(params)
+    return _json(status, answer)
+
+
+async def status(request: web.Request) -> web.Response:
+    _no_query(request)
+    return _json(200, await request.app[SERVICE].status())
+
+
+async def pause(request: web.Request) -> web.Response:
+    _no_query(request)
+    await _body_must_be_empty(request)
+    code, answer = await request.app[SERVICE].pause()
+    return _json(code, answer)
+
+
+async def resume(request: web.Request) -> web.Response:
+    _no_query(request)
+    await _body_must_be_empty(request)
+    code, answer = await request.app[SERVICE].resume()
+    return _json(code, answer)
+
+
+async def hold(request: web.Request) -> web.Response:
+    _no_query(request)
+    await _body_must_be_empty(request)
+    code, answer = await request.app[SERVICE].hold()
+    return _json(code, answer)
+
+
+async def concurrency(request: web.Request) -> web.Response:
+    _no_query(request)
+    body = await _body(request)
+    for name in body:
+        if name != "concurrency":
+            raise ApiError(400, "unknown field; accepted: concurrency", name)
+    value = body.get("concurrency")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, "required: an integer", "concurrency")
+    code, answer = await request.app[SERVICE].set_concurrency(value)
+    return _json(code, answer)
+
+
+async def failed(request: web.Request) -> web.Response:
+    _no_query(request)
+    return _json(200, {"items": await request.app[SERVICE].failed_items()})
+
+
+async def runs(request: web.Request) -> web.Response:
+    _no_query(request, ("limit",))
+    limit = _int_query(request, "limit", RUNS_DEFAULT, 1, RUNS_MAX)
+    service = request.app[SERVICE]
+    return _json(200, {"job": service.job, "runs": await service.runs(limit)})
+
+
+async def stats(request: web.Request) -> web.Response:
+    _no_query(request)
+    return _json(200, await request.app[SERVICE].coverage())
+
+
+async def gap(request: web.Request) -> web.Response:
+    _no_query(request, ("limit", "after"))
+    limit = _int_query(request, "limit", GAP_PAGE_DEFAULT, 1, GAP_PAGE_MAX)
+    after = request.query.get("after")
+    return _json(200, await request.app[SERVICE].coverage(gap_after=after, gap_limit=limit))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    from tui_backfill.metrics import CONTENT_TYPE, render
+
+    _no_query(request)
+    service = request.app[SERVICE]
+    body = render(await service.snapshot_or_none(), job=service.job)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from tui_backfill.openapi import document
+
+    return _json(200, document())
+
+
+async def _body_must_be_empty(request: web.Request) -> None:
+    body = await _body(request)
+    if body:
+        raise ApiError(400, "this endpoint takes no parameters", next(iter(body)))
+
+
+def build_app(service: JobService, *, token: str = "") -> web.Application:
+    middlewares: list[Any] = [_errors]
+    if token:
+        middlewares.append(_auth(token))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
+    app[SERVICE] = service
+    app.router.add_post(f"{BASE}/run", run)
+    app.router.add_get(f"{BASE}/status", status)
+    app.router.add_post(f"{BASE}/pause", pause)
+    app.router.add_post(f"{BASE}/resume", resume)
+    app.router.add_post(f"{BASE}/hold", hold)
+    app.router.add_post(f"{BASE}/concurrency", concurrency)
+    app.router.add_get(f"{BASE}/failed", failed)
+    app.router.add_get(f"{BASE}/runs", runs)
+    app.router.add_get("/api/rsr-image-stats", stats)
+    app.router.add_get("/api/rsr-image-gap", gap)
+    app.router.add_get("/api/openapi.json", openapi)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+class ApiServer:
+    """The API on host:port (port 0: a free one, in `url` after start)."""
+
+    def __init__(self, service: JobService, *, host: str, port: int, token: str) -> None:
+        self.service = service
+        self.host = host
+        self.port = port
+        self._runner = web.AppRunner(
+            build_app(service, token=token), access_log=None, shutdown_timeout=5
+        )
+        self.url = ""
+
+    async def start(self) -> ApiServer:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            raise ConfigError(
+                "--port", f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+            ) from None
+        address = self._runner.addresses[0]
+        self.port = int(address[1])
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.url = f"http://{host}:{self.port}"
+        return self
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()

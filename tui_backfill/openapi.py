@@ -1,0 +1,256 @@
+"""The OpenAPI 3.0 document of the HTTP control API, served at /api/openapi.json.
+
+Written by hand from the same field table the server checks requests against (service.py), so
+the two cannot drift on what POST .../run accepts; a schema-driven fuzz test runs against it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tui_backfill import __version__
+from tui_backfill.service import MAX_ANGLES_TEXT, MAX_LIMIT_SKUS, RUN_FIELDS
+
+BASE = "/api/rsr-image-backfill"
+
+_RUN_PROPERTIES: dict[str, dict[str, Any]] = {
+    "limitSkus": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_LIMIT_SKUS,
+        "description": "SKUs scanned by the run (default: the server's --limit-skus, 2000)",
+    },
+    "angles": {
+        "type": "string",
+        "maxLength": MAX_ANGLES_TEXT,
+        "description": "angle spec such as 1-3, 1,2,3 or 1-2,4 (default 1-3)",
+    },
+    "concurrency": {
+        "type": "integer",
+        "minimum": 1,
+        "description": "parallel origin fetches, at most the server's --max-concurrency (default 3, cap 6)",
+    },
+    "onlyMissing": {"type": "boolean", "description": "skip objects that exist (default true)"},
+    "dryRun": {"type": "boolean", "description": "plan and check existence only; answers the plan"},
+    "fresh": {
+        "type": "boolean",
+        "description": "abandon the job's unfinished run, start a new one",
+    },
+    "fromStart": {"type": "boolean", "description": "start the new run at the catalog's first SKU"},
+}
+assert set(_RUN_PROPERTIES) == set(RUN_FIELDS)
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_SNAPSHOT = {"$ref": "#/components/schemas/Snapshot"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    text = {
+        400: "invalid parameters (the error names the field)",
+        401: "missing or wrong bearer token",
+        404: "nothing there (the job has no runs)",
+        409: "the job's state does not allow it (running, nothing to pause or resume)",
+        413: "request body too large",
+        502: "an outside system refused (S3 endpoint, bucket, credentials, catalog)",
+    }
+    return {str(code): _json(_ERROR, text[code]) for code in (*codes, 401)}
+
+
+def _no_body_post(summary: str, answer: str, *errors: int) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "responses": {
+                "200": _json(_SNAPSHOT, answer),
+                "202": _json({"type": "object"}, "sent to the process running the job"),
+                **_errors(400, 409, *errors),
+            },
+        }
+    }
+
+
+def document() -> dict[str, Any]:
+    run_schema = {"type": "object", "additionalProperties": False, "properties": _RUN_PROPERTIES}
+    query_params = [
+        {"name": name, "in": "query", "required": False, "schema": schema}
+        for name, schema in _RUN_PROPERTIES.items()
+    ]
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "tui-backfill control API",
+            "version": __version__,
+            "description": "Start, watch, pause and resume the image backfill job of one state file.",
+        },
+        "paths": {
+            f"{BASE}/run": {
+                "post": {
+                    "summary": "Start (or continue) the job's run; a dry run answers its plan",
+                    "parameters": query_params,
+                    "requestBody": {
+                        "required": False,
+                        "content": {"application/json": {"schema": run_schema}},
+                    },
+                    "responses": {
+                        "200": _json(_SNAPSHOT, "the dry run's plan, with the status keys"),
+                        "202": _json(_SNAPSHOT, "the run started (runId); watch /status"),
+                        **_errors(400, 409, 413, 502),
+                    },
+                }
+            },
+            f"{BASE}/status": {
+                "get": {
+                    "summary": "The status snapshot of the job's latest run",
+                    "responses": {"200": _json(_SNAPSHOT, "the snapshot"), **_errors(400, 404)},
+                }
+            },
+            f"{BASE}/pause": _no_body_post(
+                "Graceful stop: in-flight items finish, the checkpoint is persisted",
+                "the paused run's snapshot",
+            ),
+            f"{BASE}/resume": _no_body_post(
+                "Release a held run, or continue a paused or interrupted one",
+                "the resumed run's snapshot",
+                502,
+            ),
+            f"{BASE}/hold": _no_body_post(
+                "Hold the run paused in place (the console's p key) until resume",
+                "the held run's snapshot",
+            ),
+            f"{BASE}/concurrency": {
+                "post": {
+                    "summary": "Change the parallel origin fetches of the running job",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "additionalProperties": False,
+                                    "required": ["concurrency"],
+                                    "properties": {
+                                        "concurrency": {"type": "integer", "minimum": 1}
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "responses": {
+                        "200": _json(_SNAPSHOT, "the run's snapshot"),
+                        "202": _json({"type": "object"}, "sent to the process running the job"),
+                        **_errors(400, 409, 413),
+                    },
+                }
+            },
+            f"{BASE}/failed": {
+                "get": {
+                    "summary": "Items whose attempts are exhausted (retried first by the next run)",
+                    "responses": {
+                        "200": _json({"type": "object"}, "the failed items"),
+                        **_errors(400),
+                    },
+                }
+            },
+            f"{BASE}/runs": {
+                "get": {
+                    "summary": "Past runs of the job, newest first",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                        }
+                    ],
+                    "responses": {"200": _json({"type": "object"}, "the runs"), **_errors(400)},
+                }
+            },
+            "/api/rsr-image-stats": {
+                "get": {
+                    "summary": "Coverage: expected objects of the whole catalog, present, missing",
+                    "responses": {
+                        "200": _json({"type": "object"}, "the coverage"),
+                        **_errors(400, 502),
+                    },
+                }
+            },
+            "/api/rsr-image-gap": {
+                "get": {
+                    "summary": "The missing keys, in pages",
+                    "parameters": [
+                        {
+                            "name": "limit",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "integer", "minimum": 1, "maximum": 10000},
+                        },
+                        {
+                            "name": "after",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string"},
+                        },
+                    ],
+                    "responses": {
+                        "200": _json(
+                            {"type": "object"}, "a page of missing keys; nextAfter continues"
+                        ),
+                        **_errors(400, 502),
+                    },
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics of the job",
+                    "responses": {
+                        "200": {
+                            "description": "text format",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        },
+                        **_errors(400),
+                    },
+                }
+            },
+        },
+        "components": {
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {"type": "string"}, "field": {"type": "string"}},
+                },
+                "Snapshot": {
+                    "type": "object",
+                    "description": "the status snapshot (exact keys of the brief, and more)",
+                    "properties": {
+                        "startedAt": {"type": "string"},
+                        "lastUpdateAt": {"type": "string"},
+                        "scannedSkus": {"type": "integer"},
+                        "attemptedDownloads": {"type": "integer"},
+                        "uploaded": {"type": "integer"},
+                        "skippedExists": {"type": "integer"},
+                        "noRemote": {"type": "integer"},
+                        "errorsTotal": {"type": "integer"},
+                        "errorsByCode": {
+                            "type": "object",
+                            "additionalProperties": {"type": "integer"},
+                        },
+                        "anglesPlanned": {"type": "string"},
+                        "concurrency": {"type": "integer"},
+                        "checkpoint": {"type": "object"},
+                        "etaSkusRemaining": {"type": "integer"},
+                        "plannedItems": {"type": "integer"},
+                        "failedItems": {"type": "integer"},
+                        "state": {"type": "string"},
+                        "runId": {"type": "integer"},
+                    },
+                },
+            },
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{}, {"bearer": []}],
+    }

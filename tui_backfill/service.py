@@ -1,0 +1,447 @@
+"""The job as a long-lived process drives it: what the HTTP API's endpoints do.
+
+`serve` owns at most one run of its job at a time (started by `POST .../run`, in this process).
+`run --serve` adopts the run its process is already doing. A run of the same job going on in
+another process is read through the state (status) and driven through its command channel
+(pause, hold, resume, concurrency), like the CLI's `pause` and the attached console do.
+
+Failures are `ApiError`s with the HTTP status that says whose problem it is: 400 the request
+(naming the field), 404 nothing there, 409 the job's state does not allow it, 502 an outside
+system (S3 endpoint, bucket, credentials, catalog) refused. Nothing here knows aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tui_backfill.config import Resolved, validate
+from tui_backfill.outcomes import ConfigError, JobBusy, RunConflict
+from tui_backfill.state import JobLock, open_state
+
+PAUSE_WAIT_SECONDS = 120.0
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        return body
+
+
+# -- the parameters of POST .../run -----------------------------------------------------------
+
+# API field -> (option name or None for a run flag, accepted type)
+RUN_FIELDS: dict[str, tuple[str | None, type]] = {
+    "limitSkus": ("limit_skus", int),
+    "angles": ("angles", str),
+    "concurrency": ("concurrency", int),
+    "onlyMissing": ("only_missing", bool),
+    "dryRun": (None, bool),
+    "fresh": (None, bool),
+    "fromStart": (None, bool),
+}
+MAX_LIMIT_SKUS = 100_000_000
+MAX_ANGLES_TEXT = 200
+
+
+@dataclass(frozen=True, slots=True)
+class RunParams:
+    overrides: dict[str, Any] = field(default_factory=dict)  # option name -> value
+    fields: dict[str, str] = field(default_factory=dict)  # option name -> API field
+    dry_run: bool = False
+    fresh: bool = False
+    from_start: bool = False
+
+
+def _typed(name: str, kind: type, value: Any, *, from_query: bool) -> Any:
+    if from_query and isinstance(value, str):
+        text = value.strip()
+        if kind is bool:
+            if text.lower() in ("true", "1", "yes"):
+                return True
+            if text.lower() in ("false", "0", "no"):
+                return False
+            raise ApiError(400, f"{value!r} is not a boolean; accepted true or false", name)
+        if kind is int:
+            if not text.lstrip("-").isdigit() or len(text) > 12:
+                raise ApiError(400, f"{value!r} is not an integer", name)
+            return int(text)
+        return value
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ApiError(400, "must be a boolean (true or false)", name)
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ApiError(400, "must be an integer", name)
+        return value
+    if not isinstance(value, str):
+        raise ApiError(400, "must be a string", name)
+    return value
+
+
+def _check_known(name: str) -> None:
+    if name not in RUN_FIELDS:
+        raise ApiError(400, f"unknown field; accepted: {', '.join(RUN_FIELDS)}", name)
+
+
+def parse_run_request(query: Mapping[str, str], body: Mapping[str, Any]) -> RunParams:
+    """POST .../run takes its fields as query parameters, in a JSON body, or both (not the
+    same field twice)."""
+    typed: dict[str, Any] = {}
+    for name, text in query.items():
+        _check_known(name)
+        if name in body or name in typed:
+            raise ApiError(400, "given more than once", name)
+        typed[name] = _typed(name, RUN_FIELDS[name][1], text, from_query=True)
+    return parse_run_params({**typed, **body})
+
+
+def parse_run_params(data: Mapping[str, Any]) -> RunParams:
+    """Check the request's fields and types; the values are checked against the job later."""
+    params: dict[str, Any] = {}
+    for name, value in data.items():
+        _check_known(name)
+        params[name] = _typed(name, RUN_FIELDS[name][1], value, from_query=False)
+    limit = params.get("limitSkus")
+    if limit is not None and not 1 <= limit <= MAX_LIMIT_SKUS:
+        raise ApiError(
+            400, f"{limit} is out of range; accepted 1 to {MAX_LIMIT_SKUS:,}", "limitSkus"
+        )
+    angles = params.get("angles")
+    if angles is not None and len(angles) > MAX_ANGLES_TEXT:
+        raise ApiError(400, f"longer than {MAX_ANGLES_TEXT} characters", "angles")
+    overrides: dict[str, Any] = {}
+    fields: dict[str, str] = {}
+    for name, value in params.items():
+        option = RUN_FIELDS[name][0]
+        if option is not None:
+            overrides[option] = value
+            fields[option] = name
+    return RunParams(
+        overrides,
+        fields,
+        dry_run=bool(params.get("dryRun", False)),
+        fresh=bool(params.get("fresh", False)),
+        from_start=bool(params.get("fromStart", False)),
+    )
+
+
+# -- the service ------------------------------------------------------------------------------
+
+
+class JobService:
+    """One job of one state file, driven over HTTP."""
+
+    def __init__(self, base: Resolved, *, env: Mapping[str, str] | None = None) -> None:
+        self.base = base
+        self._env = os.environ if env is None else env
+        self._engine: Any = None  # the Engine of the run going on in this process
+        self._prepared: Any = None  # its PreparedRun when this service started it
+        self._task: asyncio.Task[Any] | None = None
+        self._finished = asyncio.Event()
+        self._finished.set()
+        self._starting = asyncio.Lock()
+        self.adopted = False
+
+    @property
+    def job(self) -> str:
+        return self.base.settings.job
+
+    @property
+    def state_path(self) -> str:
+        return self.base.settings.state
+
+    @property
+    def max_concurrency(self) -> int:
+        if self._engine is not None:
+            return int(self._engine.plan.max_concurrency)
+        return self.base.settings.max_concurrency
+
+    # -- the run in this process -------------------------------------------------------------
+    def adopt(self, engine: Any) -> None:
+        """`run --serve`: the run this process is doing (its owner awaits it, then `finished`)."""
+        self._engine = engine
+        self.adopted = True
+        self._finished.clear()
+
+    def finished(self) -> None:
+        self._finished.set()
+
+    @property
+    def live(self) -> bool:
+        return self._engine is not None and not self._finished.is_set()
+
+    async def start(self, params: RunParams) -> tuple[int, dict[str, Any]]:
+        """POST .../run: (202, the new run) or, for a dry run, (200, the plan)."""
+        if self.adopted:
+            raise ApiError(
+                409, f"this process serves its own run of job {self.job!r}; it cannot start another"
+            )
+        async with self._starting:
+            if self.live:
+                raise ApiError(
+                    409,
+                    f"job {self.job!r} is already running in this process (run {self._engine.plan.run_id})",
+                )
+            holder = JobLock(self.state_path, self.job).holder()
+            if holder is not None:
+                raise ApiError(409, f"job {self.job!r} is already running in process {holder}")
+            from tui_backfill.runner import RunRequest
+
+            request = RunRequest(
+                self._resolved(params),
+                dry_run=params.dry_run,
+                fresh=params.fresh,
+                from_start=params.from_start,
+            )
+            prepared = await self._prepare(request, params)
+            if params.dry_run:
+                return 200, await self._dry_run(prepared)
+            self._own(prepared)
+            snapshot = prepared.engine.snapshot().to_json()
+            return 202, {
+                "runId": prepared.engine.plan.run_id,
+                "continued": not prepared.created,
+                **snapshot,
+            }
+
+    async def resume(self) -> tuple[int, dict[str, Any]]:
+        """POST .../resume: release a held run, or continue a paused/interrupted one here."""
+        if self.live:
+            self._engine.resume()
+            return 200, self._live_snapshot()
+        if self.adopted:
+            raise ApiError(409, f"job {self.job!r} has ended in this process")
+        holder = JobLock(self.state_path, self.job).holder()
+        if holder is not None:
+            await self._send("resume")
+            return 202, {"message": f"resume sent to job {self.job!r} running in process {holder}"}
+        from tui_backfill.runner import RunRequest
+
+        async with self._starting:
+            prepared = await self._prepare(RunRequest(self.base, resume_only=True), RunParams())
+            self._own(prepared)
+            snapshot = prepared.engine.snapshot().to_json()
+            return 202, {"runId": prepared.engine.plan.run_id, "continued": True, **snapshot}
+
+    async def pause(self) -> tuple[int, dict[str, Any]]:
+        """POST .../pause: the graceful stop; answers once the checkpoint is persisted."""
+        if self.live:
+            self._engine.stop()
+            await self._wait_finished()
+            return 200, self._engine.snapshot().to_json()
+        lock = JobLock(self.state_path, self.job)
+        holder = lock.holder()
+        if holder is None:
+            raise ApiError(409, f"job {self.job!r} is not running (nothing to pause)")
+        await self._send("stop")
+        deadline = time.monotonic() + PAUSE_WAIT_SECONDS
+        while lock.holder() is not None and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        if lock.holder() is not None:
+            return 202, {"message": f"job {self.job!r} is still finishing in-flight items"}
+        return 200, await self.status()
+
+    async def hold(self) -> tuple[int, dict[str, Any]]:
+        """POST .../hold: the console's `p` — paused in place until resume."""
+        if self.live:
+            self._engine.hold()
+            return 200, self._live_snapshot()
+        holder = JobLock(self.state_path, self.job).holder()
+        if holder is None:
+            raise ApiError(409, f"job {self.job!r} is not running (nothing to hold)")
+        await self._send("hold")
+        return 202, {"message": f"hold sent to job {self.job!r} running in process {holder}"}
+
+    async def set_concurrency(self, value: int) -> tuple[int, dict[str, Any]]:
+        if not 1 <= value <= self.max_concurrency:
+            raise ApiError(
+                400, f"{value} is out of range; accepted 1 to {self.max_concurrency}", "concurrency"
+            )
+        if self.live:
+            self._engine.set_concurrency(value)
+            return 200, self._live_snapshot()
+        holder = JobLock(self.state_path, self.job).holder()
+        if holder is None:
+            raise ApiError(409, f"job {self.job!r} is not running")
+        await self._send("concurrency", str(value))
+        return 202, {"message": f"concurrency {value} sent to job {self.job!r} (process {holder})"}
+
+    # -- reading -----------------------------------------------------------------------------
+    async def status(self) -> dict[str, Any]:
+        if self.live:
+            return self._live_snapshot()
+        snapshot = await self._read_status()
+        if snapshot is None:
+            raise ApiError(404, f"job {self.job!r} has no runs in {self.state_path}")
+        return snapshot
+
+    async def snapshot_or_none(self) -> dict[str, Any] | None:
+        """The status, or None when the job has no runs (for /metrics)."""
+        if self.live:
+            return self._live_snapshot()
+        return await self._read_status()
+
+    async def failed_items(self) -> list[dict[str, Any]]:
+        if not Path(self.state_path).exists():
+            return []
+        async with open_state(self.state_path) as store:
+            items = await store.failed_items(self.job)
+        return [dataclasses.asdict(item) for item in items]
+
+    async def runs(self, limit: int) -> list[dict[str, Any]]:
+        from tui_backfill.history import run_history
+
+        if not Path(self.state_path).exists():
+            return []
+        async with open_state(self.state_path) as store:
+            return await run_history(store, self.job, limit=limit)
+
+    async def coverage(
+        self, *, gap_after: str | None = None, gap_limit: int | None = None
+    ) -> dict[str, Any]:
+        """The seed's stats; with `gap_limit`, a page of the gap's keys after `gap_after`."""
+        from tui_backfill.coverage import coverage_report
+
+        with tempfile.TemporaryDirectory(prefix="tui-backfill-gap-") as tmp:
+            gap_file = str(Path(tmp) / "gap.txt") if gap_limit is not None else None
+            try:
+                report = await coverage_report(self.base, gap_file=gap_file)
+            except ConfigError as exc:
+                raise ApiError(502, str(exc)) from None
+            report.pop("gapFile", None)
+            if gap_file is None or gap_limit is None:
+                return report
+            keys: list[str] = []
+            more = False
+            with open(gap_file, encoding="utf-8") as f:
+                for line in f:
+                    key = line.rstrip("\n")
+                    if gap_after is not None and key <= gap_after:
+                        continue
+                    if len(keys) == gap_limit:
+                        more = True
+                        break
+                    keys.append(key)
+        return {
+            "missing": report["missing"],
+            "expected": report["expected"],
+            "coveragePercent": report["coveragePercent"],
+            "keys": keys,
+            "nextAfter": keys[-1] if more else None,
+        }
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Server shutdown: a run this service started stops gracefully (checkpoint kept)."""
+        if self._task is not None and not self._task.done():
+            self._engine.stop()
+            await self._wait_finished()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _resolved(self, params: RunParams) -> Resolved:
+        settings = self.base.settings.replace(**params.overrides)
+        explicit = {**self.base.explicit, **params.fields}
+        try:
+            validate(settings, explicit)
+        except ConfigError as exc:
+            raise ApiError(400, str(exc).split(": ", 1)[-1], exc.field) from None
+        return Resolved(settings, explicit)
+
+    async def _prepare(self, request: Any, params: RunParams) -> Any:
+        from tui_backfill.runner import prepare_run
+
+        api_fields = set(params.fields.values())
+        try:
+            return await prepare_run(request, self._env)
+        except JobBusy as exc:
+            raise ApiError(409, str(exc).split(": ", 1)[-1]) from None
+        except RunConflict as exc:
+            where = exc.field if exc.field in api_fields else None
+            message = str(exc).split(": ", 1)[-1].replace("add --fresh", "send fresh=true")
+            raise ApiError(409, message, where) from None
+        except ConfigError as exc:
+            if exc.field in api_fields:
+                raise ApiError(400, str(exc).split(": ", 1)[-1], exc.field) from None
+            raise ApiError(502, f"cannot start: {exc}") from None
+
+    def _own(self, prepared: Any) -> None:
+        self._prepared = prepared
+        self._engine = prepared.engine
+        self._finished.clear()
+        self._task = asyncio.create_task(
+            self._run_owned(prepared), name=f"run {prepared.engine.plan.run_id}"
+        )
+
+    async def _run_owned(self, prepared: Any) -> None:
+        try:
+            result = await prepared.engine.run()
+            print(
+                f"tui-backfill: run {prepared.engine.plan.run_id} of job {self.job!r} ended "
+                f"{result.snapshot.state} (exit code {result.exit_code})",
+                file=sys.stderr,
+                flush=True,
+            )
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(prepared.close())
+            self._finished.set()
+
+    async def _dry_run(self, prepared: Any) -> dict[str, Any]:
+        engine = prepared.engine
+        try:
+            result = await engine.run()
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))
+            await prepared.close()
+        snap = result.snapshot
+        return {
+            **snap.to_json(),
+            "plan": {
+                "skus": snap.planned_skus,
+                "items": snap.planned_items,
+                "existing": snap.counters.found_at_start,
+                "missing": snap.counters.would_fetch,
+            },
+        }
+
+    async def _wait_finished(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._finished.wait(), PAUSE_WAIT_SECONDS)
+
+    def _live_snapshot(self) -> dict[str, Any]:
+        snapshot: dict[str, Any] = self._engine.snapshot().to_json()
+        snapshot["runStatus"] = "running"
+        snapshot["maxConcurrency"] = self.max_concurrency
+        return snapshot
+
+    async def _read_status(self) -> dict[str, Any] | None:
+        from tui_backfill.status import job_status
+
+        if not Path(self.state_path).exists():
+            return None
+        async with open_state(self.state_path) as store:
+            return await job_status(store, self.state_path, self.job)
+
+    async def _send(self, command: str, arg: str | None = None) -> None:
+        async with open_state(self.state_path) as store:
+            await store.send_command(self.job, command, arg)
