@@ -24,7 +24,7 @@ from tui_backfill.servers.origin import OriginServer
 from tui_backfill.snapshot import Counters, StatusSnapshot
 from tui_backfill.state import FailedItem, open_state
 from tui_backfill.ui.app import BackfillApp
-from tui_backfill.ui.controller import AttachedController, LocalController
+from tui_backfill.ui.controller import AttachedController, HttpController, LocalController
 from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
 
 FIXED_NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
@@ -207,6 +207,66 @@ async def test_attach_pauses_and_resumes_a_headless_run(
             proc.kill()
             await proc.wait()
     assert proc.returncode == 0, err.decode()
+    assert b'"state": "completed"' in out
+
+
+async def test_attach_by_url_drives_a_served_headless_run(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    """`attach --url`: the console over `run --serve PORT`, through the HTTP API."""
+    origin.faults.latency = 0.02
+    catalog = catalog_db(150)
+    state = tmp_path / "state.sqlite3"
+    args = [
+        "run", "--no-ui", "--serve", "0", "--state", str(state), "--skus-db", str(catalog),
+        "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template, "--bucket", aws_env.bucket,
+        "--endpoint-url", aws_env.endpoint_url, "--path-style", "--timeout", "2", "--backoff", "0.01",
+        "--limit-skus", "150",
+    ]  # fmt: skip
+    err_path = tmp_path / "run.err"
+    with open(err_path, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tui_backfill", *args, env=dict(os.environ),
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        url = None
+        for _ in range(300):
+            found = re.search(r"control API on (http://127\.0\.0\.1:\d+)", err_path.read_text())
+            if found and origin.gets > 20:
+                url = found.group(1)
+                break
+            await asyncio.sleep(0.05)
+        assert url, err_path.read_text()
+        controller = HttpController(url)
+        try:
+            app = BackfillApp(controller)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await wait_for(
+                    pilot, lambda: app.snapshot is not None and app.run_state == "running"
+                )
+                assert "attached" in screen_text(app)
+                await pilot.press("p")
+                await wait_for(pilot, lambda: app.run_state == "paused")
+                gets = origin.gets
+                await asyncio.sleep(0.6)
+                assert origin.gets == gets  # the served process really holds
+                await pilot.press("+")
+                await wait_for(
+                    pilot, lambda: app.snapshot is not None and app.snapshot.concurrency == 4
+                )
+                await pilot.press("r")
+                await wait_for(pilot, lambda: app.run_state == "running")
+                await pilot.press("q")  # detach: never stops the run
+                await wait_for(pilot, lambda: app.return_value is not None)
+        finally:
+            await controller.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err_path.read_text()
     assert b'"state": "completed"' in out
 
 
