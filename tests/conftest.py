@@ -9,6 +9,7 @@
 - ``origin``: an in-process :class:`OriginServer` (healthy; mutate ``origin.faults``).
 - ``ftp_server``: factory ``await ftp_server({"100000_1": b"..."}) -> FtpOrigin``.
 - ``catalog_db``: factory ``catalog_db(active, inactive=0, **kw) -> Path``.
+- ``make_job`` / ``make_api``: a CLI-driven job; the same with its `serve` process (the HTTP API).
 
 Every server, process and thread is stopped at teardown.
 """
@@ -16,6 +17,7 @@ Every server, process and thread is stopped at teardown.
 from __future__ import annotations
 
 import logging
+import signal
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -244,3 +246,40 @@ async def make_job(
     finally:
         for job in jobs:
             await job.close()
+
+
+@pytest.fixture
+async def make_api(make_job: Any) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """``await make_api(active_skus, limit=..., token=..., extra=...)``: a job
+    (tests/helpers.Backfill) and a client (tests/helpers.Api) of its `serve` process, stopped
+    with SIGTERM at teardown."""
+    import aiohttp
+    from helpers import Api, Backfill, Running, served_url
+
+    sessions: list[aiohttp.ClientSession] = []
+    procs: list[Running] = []
+
+    async def make(
+        active: int, *, limit: int = 2000, token: str = "", extra: tuple[str, ...] = ()
+    ) -> tuple[Backfill, Api]:
+        job = await make_job(active)
+        if token:
+            original = job.env
+            job.env = lambda: {**original(), "TUI_BACKFILL_API_TOKEN": token}  # type: ignore[method-assign]
+        proc = await job.start("serve", *job.run_flags(limit=limit), "--port", "0", *extra)
+        procs.append(proc)
+        url = await served_url(proc)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        session = aiohttp.ClientSession(headers=headers, timeout=aiohttp.ClientTimeout(total=120))
+        sessions.append(session)
+        return job, Api(url, proc, session)
+
+    try:
+        yield make
+    finally:
+        for session in sessions:
+            await session.close()
+        for proc in procs:
+            if proc.alive:
+                proc.signal(signal.SIGTERM)
+                await proc.wait(30)

@@ -10,15 +10,19 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
+
 from tui_backfill.angles import parse_angles
+from tui_backfill.api import BASE as API_BASE
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginServer, expected_body
 from tui_backfill.servers.proxy import ReverseProxy
@@ -394,6 +398,65 @@ def one_line(text: str) -> str:
     lines = [line for line in text.splitlines() if line.strip()]
     assert len(lines) == 1, f"expected a one-line error, got {lines}"
     return lines[0]
+
+
+# -- the HTTP control API of a `serve` process -------------------------------------------------
+
+
+@dataclass
+class Api:
+    """A client of the API a `serve` (or `run --serve`) process listens on."""
+
+    url: str
+    proc: Running
+    session: aiohttp.ClientSession
+
+    async def call(
+        self, method: str, path: str, *, body: Any = None, data: bytes | None = None, **kw: Any
+    ) -> tuple[int, Any]:
+        async with self.session.request(
+            method, self.url + path, json=body, data=data, **kw
+        ) as answer:
+            text = await answer.text()
+            assert answer.content_type in ("application/json", "text/plain"), answer.content_type
+            return answer.status, (
+                json.loads(text) if answer.content_type == "application/json" else text
+            )
+
+    async def status(self) -> dict[str, Any]:
+        code, body = await self.call("GET", f"{API_BASE}/status")
+        assert code == 200, body
+        return dict(body)
+
+    async def until(
+        self, predicate: Callable[[dict[str, Any]], bool], within: float = 60
+    ) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            snap = await self.status()
+            if predicate(snap):
+                return snap
+            assert loop.time() < deadline, f"timed out; last status {snap}"
+            await asyncio.sleep(0.1)
+
+
+MakeApi = Callable[..., Awaitable[tuple[Backfill, Api]]]
+
+
+async def served_url(proc: Running, pattern: str = r"(http://127\.0\.0\.1:\d+)") -> str:
+    """The URL a `serve` / `run --serve` process prints on stderr once it listens."""
+    found: list[str] = []
+
+    def ready() -> bool:
+        match = re.search(pattern, proc.err_path.read_text(errors="replace"))
+        if match:
+            found.append(match.group(1))
+        return bool(found) or not proc.alive
+
+    await wait_for(ready, within=30, what="the API to listen")
+    assert found, f"no API URL; stderr: {proc.err_path.read_text()}"
+    return found[0]
 
 
 # -- the CLI in a subprocess with a clean environment ----------------------------------------

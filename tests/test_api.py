@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 from typing import Any
 
 import aiohttp
@@ -179,12 +180,21 @@ BAD_RUNS: list[tuple[str, dict[str, Any], int, str | None]] = [
     ("onlyMissing as text", {"body": {"onlyMissing": "yes"}}, 400, "onlyMissing"),
     ("unknown field", {"body": {"bucket": "other"}}, 400, "bucket"),
     ("query not a number", {"params": {"limitSkus": "1e3"}}, 400, "limitSkus"),
+    # str.isdigit() takes these and int() refuses them: were 500s
+    ("query superscript digit", {"params": {"limitSkus": "²"}}, 400, "limitSkus"),
+    ("query double minus", {"params": {"concurrency": "--5"}}, 400, "concurrency"),
     ("query unknown", {"params": {"verbose": "1"}}, 400, "verbose"),
     ("query and body", {"params": {"angles": "1"}, "body": {"angles": "2"}}, 400, "angles"),
     ("body an array", {"body": [1, 2]}, 400, None),
     (
         "malformed JSON",
         {"data": b'{"limitSkus": ', "headers": {"Content-Type": "application/json"}},
+        400,
+        None,
+    ),
+    (
+        "JSON nested too deeply",  # a RecursionError in json.loads: was a 500
+        {"data": b"[" * 50_000, "headers": {"Content-Type": "application/json"}},
         400,
         None,
     ),
@@ -213,6 +223,8 @@ async def test_bad_requests_get_a_json_error_and_start_nothing(make_api: MakeApi
         ("POST", f"{BASE}/pause", {"body": {"now": True}}, 400),
         ("GET", "/api/rsr-image-gap", {"params": {"limit": "0"}}, 400),
         ("GET", f"{BASE}/runs", {"params": {"limit": "x"}}, 400),
+        ("GET", f"{BASE}/runs", {"params": {"limit": "²"}}, 400),
+        ("GET", "/api/rsr-image-gap", {"params": {"limit": "³"}}, 400),
         ("POST", f"{BASE}/pause", {}, 409),
         ("POST", f"{BASE}/resume", {}, 409),
     ]:
@@ -357,3 +369,85 @@ async def test_metrics_match_status_and_runs_list_the_history(make_api: MakeApi)
     )
     cli = await job.cli("runs", "--json", *job.job_flags())
     assert cli.rc == 0 and json.loads(cli.out)["runs"] == runs
+
+
+# -- races and edges (found in review) ----------------------------------------------------------
+
+
+async def test_two_simultaneous_starts_give_one_run_and_a_409(make_api: MakeApi) -> None:
+    job, api = await make_api(60)
+    job.origin.faults.latency = 0.02
+    first, second = await asyncio.gather(
+        api.call("POST", f"{BASE}/run", body={"limitSkus": 60}),
+        api.call("POST", f"{BASE}/run", body={"limitSkus": 60}),
+    )
+    codes = sorted([first[0], second[0]])
+    assert codes == [202, 409], (first, second)
+    code, body = await api.call("POST", f"{BASE}/pause")  # right away: start has finished
+    assert code == 200 and body["state"] == "paused", body
+    code, runs = await api.call("GET", f"{BASE}/runs")
+    assert code == 200 and len(runs["runs"]) == 1, runs
+
+
+async def test_metrics_in_flight_fetches_never_exceed_the_concurrency(make_api: MakeApi) -> None:
+    job, api = await make_api(150)
+    job.origin.faults.latency = 0.03
+    code, _ = await api.call("POST", f"{BASE}/run", body={"limitSkus": 150, "concurrency": 2})
+    assert code == 202
+    seen = []
+    for _ in range(15):
+        code, text = await api.call("GET", "/metrics")
+        samples = _samples(text)
+        fetches = samples[("tui_backfill_in_flight_fetches", (("job", "default"),))]
+        seen.append(fetches)
+        assert fetches <= 2, fetches
+        assert samples[("tui_backfill_concurrency", (("job", "default"),))] == 2
+        await asyncio.sleep(0.05)
+    assert max(seen) >= 1, "some fetches should have been seen in flight"
+    code, body = await api.call("POST", f"{BASE}/pause")
+    assert code == 200, body
+
+
+async def test_gap_pages_cover_the_gap_exactly_in_key_order(make_job: Any, tmp_path: Any) -> None:
+    """Key order is not SKU order (`A1_1_HR.jpg` < `A_1_HR.jpg`): paging must not lose keys."""
+    job = await make_job(5)
+    skus = ["A", "A1", "A_2", "B", "B1", "b", "Z9", "Z10"]
+    skus_file = tmp_path / "skus.txt"
+    skus_file.write_text("\n".join(skus) + "\n")
+    flags = [
+        *job.job_flags(), "--skus-file", str(skus_file), "--origin", job.origin.url_template,
+        "--bucket", job.bucket, "--angles", "1-3,10", "--timeout", "2", "--path-style",
+    ]  # fmt: skip
+    proc = await job.start("serve", *flags, "--port", "0")
+    try:
+        url = await served_url(proc)
+        async with aiohttp.ClientSession() as session:
+            api = Api(url, proc, session)
+            keys: list[str] = []
+            after = None
+            while True:
+                query = {"limit": "3", **({"after": after} if after else {})}
+                code, page = await api.call("GET", "/api/rsr-image-gap", params=query)
+                assert code == 200, page
+                keys += page["keys"]
+                after = page["nextAfter"]
+                if after is None:
+                    break
+    finally:
+        proc.signal(signal.SIGTERM)
+        await proc.wait(30)
+    expected = sorted(key_of(s, a) for s in skus for a in (1, 2, 3, 10))
+    assert keys == expected  # every key once, in key order
+
+
+async def test_run_serve_on_a_busy_port_exits_2_and_leaves_no_run(make_job: Any) -> None:
+    job = await make_job(20)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = await job.cli("run", "--no-ui", "--serve", str(port), *job.run_flags(limit=20))
+    assert result.rc == 2, str(result)
+    assert one_line(result.err).startswith("tui-backfill: error: --serve:")
+    assert not job.state.exists() or (await job.cli("status", *job.job_flags())).rc == 2
+    assert job.origin.gets == 0

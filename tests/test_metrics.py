@@ -47,6 +47,7 @@ def make_snapshot(
         counters=counters,
         checkpoint=Checkpoint(last_sku, {"100423": (1, 3), "100424": (2,)}),
         in_flight=4,
+        fetches_in_flight=3,
     )
     return {**snap.to_json(), "maxConcurrency": 32, "runStatus": "running"}
 
@@ -85,7 +86,8 @@ def assert_matches(parsed: dict[Any, float], snap: dict[str, Any]) -> None:
     assert value(parsed, "tui_backfill_scanned_skus_total") == snap["scannedSkus"]
     assert value(parsed, "tui_backfill_attempted_downloads_total") == snap["attemptedDownloads"]
     assert value(parsed, "tui_backfill_bytes_uploaded_total") == snap["bytesUploaded"]
-    assert value(parsed, "tui_backfill_in_flight_fetches") == snap["inFlight"]
+    assert value(parsed, "tui_backfill_in_flight_fetches") == snap["fetchesInFlight"] == 3
+    assert value(parsed, "tui_backfill_in_flight_items") == snap["inFlight"] == 4
     assert value(parsed, "tui_backfill_concurrency") == snap["concurrency"]
     assert value(parsed, "tui_backfill_planned_items") == snap["plannedItems"]
     assert value(parsed, "tui_backfill_planned_skus") == snap["plannedSkus"]

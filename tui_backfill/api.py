@@ -11,6 +11,8 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import logging
+import re
 import sys
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -24,7 +26,8 @@ TOKEN_ENV = "TUI_BACKFILL_API_TOKEN"
 BASE = "/api/rsr-image-backfill"
 MAX_BODY = 64 * 1024
 GAP_PAGE_DEFAULT, GAP_PAGE_MAX = 1000, 10_000
-RUNS_DEFAULT, RUNS_MAX = 50, 1000
+RUNS_DEFAULT, RUNS_MAX = 20, 1000  # as `runs --limit`
+_DIGITS = re.compile(r"[0-9]{1,9}")  # not str.isdigit(): it takes "²", which int() refuses
 
 SERVICE: web.AppKey[JobService] = web.AppKey("service", JobService)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
@@ -74,8 +77,10 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         response.headers.update(headers)
         return response
     except Exception as exc:  # a bug: one line on stderr, a JSON 500, the server goes on
+        # The class only: an exception built from request data could carry a header (a token).
+        name = exc.__class__.__name__
         print(
-            f"tui-backfill: API error on {request.method} {request.path}: {exc!r}", file=sys.stderr
+            f"tui-backfill: API error on {request.method} {request.path}: {name}", file=sys.stderr
         )
         return _json(500, {"error": f"internal error: {exc.__class__.__name__}"})
 
@@ -85,7 +90,8 @@ def _auth(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        given = request.headers.get("Authorization", "").encode()
+        # aiohttp keeps undecodable header bytes as surrogates: encode them back, never fail
+        given = request.headers.get("Authorization", "").encode("utf-8", "surrogateescape")
         if not hmac.compare_digest(given, expected):
             response = _json(
                 401, {"error": "missing or wrong bearer token (Authorization: Bearer ...)"}
@@ -108,6 +114,8 @@ async def _body(request: web.Request) -> dict[str, Any]:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:  # e.g. 60,000 "[": within MAX_BODY, beyond the decoder's depth
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(data, dict):
         raise ApiError(400, "the body must be a JSON object")
     return data
@@ -117,7 +125,7 @@ def _int_query(request: web.Request, name: str, default: int, low: int, high: in
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or len(text) > 9 or not low <= int(text) <= high:
+    if not _DIGITS.fullmatch(text) or not low <= int(text) <= high:
         raise ApiError(400, f"{text!r}: accepted an integer from {low} to {high}", name)
     return int(text)
 
@@ -201,8 +209,8 @@ async def stats(request: web.Request) -> web.Response:
 async def gap(request: web.Request) -> web.Response:
     _no_query(request, ("limit", "after"))
     limit = _int_query(request, "limit", GAP_PAGE_DEFAULT, 1, GAP_PAGE_MAX)
-    after = request.query.get("after")
-    return _json(200, await request.app[SERVICE].coverage(gap_after=after, gap_limit=limit))
+    after = request.query.get("after") or None
+    return _json(200, await request.app[SERVICE].gap(after=after, limit=limit))
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -217,7 +225,7 @@ async def metrics(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     from tui_backfill.openapi import document
 
-    return _json(200, document())
+    return _json(200, document(max_concurrency=request.app[SERVICE].max_concurrency))
 
 
 async def _body_must_be_empty(request: web.Request) -> None:
@@ -247,13 +255,34 @@ def build_app(service: JobService, *, token: str = "") -> web.Application:
     return app
 
 
+class _OneLine(logging.Handler):
+    """aiohttp's own error log (a request it cannot parse, such as a NUL byte in a header,
+    answered 400 before the app sees it): one line on stderr, not a traceback per request."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        reason = f": {exc.__class__.__name__}" if exc is not None else ""
+        print(f"tui-backfill: API: {record.getMessage()}{reason}", file=sys.stderr, flush=True)
+
+
+def _one_line_server_errors() -> None:
+    log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(handler, _OneLine) for handler in log.handlers):
+        log.addHandler(_OneLine(logging.WARNING))
+        log.propagate = False
+
+
 class ApiServer:
     """The API on host:port (port 0: a free one, in `url` after start)."""
 
-    def __init__(self, service: JobService, *, host: str, port: int, token: str) -> None:
+    def __init__(
+        self, service: JobService, *, host: str, port: int, token: str, field: str = "--port"
+    ) -> None:
+        _one_line_server_errors()
         self.service = service
         self.host = host
         self.port = port
+        self._field = field
         self._runner = web.AppRunner(
             build_app(service, token=token), access_log=None, shutdown_timeout=5
         )
@@ -267,7 +296,7 @@ class ApiServer:
         except OSError as exc:
             await self._runner.cleanup()
             raise ConfigError(
-                "--port", f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
+                self._field, f"cannot listen on {self.host}:{self.port}: {exc.strerror or exc}"
             ) from None
         address = self._runner.addresses[0]
         self.port = int(address[1])

@@ -310,25 +310,27 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
     from tui_backfill.reporter import progress_line
     from tui_backfill.runner import prepare_run
 
-    token = ""
-    if serve is not None:
-        from tui_backfill.api import check_bind
-
-        token = check_bind("127.0.0.1", os.environ)
-    prepared = await prepare_run(request)
-    engine = prepared.engine
     server = None
     if serve is not None:
-        from tui_backfill.api import ApiServer
+        # Listen first: a port in use is exit 2 before any run is created or continued.
+        from tui_backfill.api import ApiServer, check_bind
         from tui_backfill.service import JobService
 
+        token = check_bind("127.0.0.1", os.environ)
         service = JobService(request.resolved)
-        service.adopt(engine)
-        try:
-            server = await ApiServer(service, host="127.0.0.1", port=serve, token=token).start()
-        except BaseException:
-            await prepared.close()
-            raise
+        service.expect_adoption()
+        server = await ApiServer(
+            service, host="127.0.0.1", port=serve, token=token, field="--serve"
+        ).start()
+    try:
+        prepared = await prepare_run(request)
+    except BaseException:
+        if server is not None:
+            await server.stop()
+        raise
+    engine = prepared.engine
+    if server is not None:
+        server.service.adopt(engine)
         print(f"tui-backfill: control API on {server.url}", file=sys.stderr, flush=True)
     loop = asyncio.get_running_loop()
     main_task = asyncio.current_task()
@@ -418,7 +420,7 @@ async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> 
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         loop.add_signal_handler(signum, stop.set)
     try:
         await stop.wait()

@@ -7,6 +7,7 @@ stays flat whatever the catalog's size.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import tempfile
 from pathlib import Path
@@ -41,7 +42,7 @@ async def _settings_for(resolved: Resolved) -> Settings:
 
 async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) -> dict[str, Any]:
     settings = await _settings_for(resolved)
-    check_source(settings)
+    await asyncio.to_thread(check_source, settings)
     angles = parse_angles(settings.angles)
     template = key_template(settings.key_template)
     from tui_backfill.bucket import Bucket

@@ -199,6 +199,11 @@ class Engine:
         return self._fetch_slots.limit
 
     @property
+    def stop_requested(self) -> bool:
+        """A graceful stop is under way (the run will end paused)."""
+        return self._stop is Stop.STOP
+
+    @property
     def state(self) -> RunState:
         return self._state
 
@@ -235,6 +240,7 @@ class Engine:
             counters=counters,
             checkpoint=self._tracker.checkpoint(),
             in_flight=len(self._tasks),
+            fetches_in_flight=self._fetch_slots.used,
             items_per_second=items_rate,
             skus_per_second=skus_rate,
             bytes_per_second=bytes_rate,

@@ -39,7 +39,14 @@ COUNTERS = {
     "bytesUploaded": ("bytes_uploaded", "Bytes written to the bucket in this run."),
 }
 GAUGES = {
-    "inFlight": ("in_flight_fetches", "Fetches in flight now."),
+    "fetchesInFlight": (
+        "in_flight_fetches",
+        "Origin fetches in flight now (at most the concurrency).",
+    ),
+    "inFlight": (
+        "in_flight_items",
+        "Items being worked on now (existence check, fetch or upload).",
+    ),
     "concurrency": ("concurrency", "Parallel fetches in force."),
     "maxConcurrency": ("max_concurrency", "Upper bound the concurrency may be raised to."),
     "plannedItems": ("planned_items", "Items planned in this run (SKUs x angles)."),

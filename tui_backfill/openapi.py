@@ -18,17 +18,21 @@ _RUN_PROPERTIES: dict[str, dict[str, Any]] = {
         "type": "integer",
         "minimum": 1,
         "maximum": MAX_LIMIT_SKUS,
+        "example": 500,
         "description": "SKUs scanned by the run (default: the server's --limit-skus, 2000)",
     },
     "angles": {
         "type": "string",
+        "minLength": 1,
         "maxLength": MAX_ANGLES_TEXT,
+        "example": "1-3",
         "description": "angle spec such as 1-3, 1,2,3 or 1-2,4 (default 1-3)",
     },
     "concurrency": {
         "type": "integer",
         "minimum": 1,
-        "description": "parallel origin fetches, at most the server's --max-concurrency (default 3, cap 6)",
+        "description": "parallel origin fetches, at most the server's --max-concurrency "
+        "(the document's maximum; default 3)",
     },
     "onlyMissing": {"type": "boolean", "description": "skip objects that exist (default true)"},
     "dryRun": {"type": "boolean", "description": "plan and check existence only; answers the plan"},
@@ -67,17 +71,22 @@ def _no_body_post(summary: str, answer: str, *errors: int) -> dict[str, Any]:
             "responses": {
                 "200": _json(_SNAPSHOT, answer),
                 "202": _json({"type": "object"}, "sent to the process running the job"),
-                **_errors(400, 409, *errors),
+                **_errors(400, 409, 413, *errors),
             },
         }
     }
 
 
-def document() -> dict[str, Any]:
-    run_schema = {"type": "object", "additionalProperties": False, "properties": _RUN_PROPERTIES}
+def document(*, max_concurrency: int) -> dict[str, Any]:
+    """The document of a server whose --max-concurrency is `max_concurrency`."""
+    properties = {
+        **_RUN_PROPERTIES,
+        "concurrency": {**_RUN_PROPERTIES["concurrency"], "maximum": max_concurrency},
+    }
+    run_schema = {"type": "object", "additionalProperties": False, "properties": properties}
     query_params = [
         {"name": name, "in": "query", "required": False, "schema": schema}
-        for name, schema in _RUN_PROPERTIES.items()
+        for name, schema in properties.items()
     ]
     return {
         "openapi": "3.0.3",
@@ -90,6 +99,8 @@ def document() -> dict[str, Any]:
             f"{BASE}/run": {
                 "post": {
                     "summary": "Start (or continue) the job's run; a dry run answers its plan",
+                    "description": "Each field is given as a query parameter or in the JSON body, "
+                    "not both (400 naming the field).",
                     "parameters": query_params,
                     "requestBody": {
                         "required": False,
@@ -133,7 +144,11 @@ def document() -> dict[str, Any]:
                                     "additionalProperties": False,
                                     "required": ["concurrency"],
                                     "properties": {
-                                        "concurrency": {"type": "integer", "minimum": 1}
+                                        "concurrency": {
+                                            "type": "integer",
+                                            "minimum": 1,
+                                            "maximum": max_concurrency,
+                                        }
                                     },
                                 }
                             }

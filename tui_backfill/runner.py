@@ -7,6 +7,7 @@ unreadable catalog, an unreachable endpoint, a missing bucket, rejected credenti
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import urllib.parse
@@ -134,7 +135,7 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
         store = await StateStore.open(settings.state)
         stack.push_async_callback(store.close)
         lock = JobLock(settings.state, settings.job)
-        lock.acquire(settings.job)
+        await asyncio.to_thread(lock.acquire, settings.job)  # waits up to 1 s: not on the loop
         stack.callback(lock.release)
         prepared = await _prepare_locked(request, store, stack, env)
     except BaseException:
@@ -169,7 +170,7 @@ async def _prepare_locked(
         )
     else:
         validate_for_run(settings, resolved.explicit)
-        check_source(settings)
+        await asyncio.to_thread(check_source, settings)  # runs the catalog query once
     from tui_backfill.bucket import Bucket  # botocore is heavy: only runs import it
 
     bucket = Bucket(

@@ -16,6 +16,8 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import re
+import sqlite3
 import sys
 import tempfile
 import time
@@ -25,10 +27,11 @@ from pathlib import Path
 from typing import Any
 
 from tui_backfill.config import Resolved, validate
-from tui_backfill.outcomes import ConfigError, JobBusy, RunConflict
+from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.state import JobLock, open_state
 
 PAUSE_WAIT_SECONDS = 120.0
+GAP_CACHE_SECONDS = 60.0
 
 
 class ApiError(Exception):
@@ -59,6 +62,7 @@ RUN_FIELDS: dict[str, tuple[str | None, type]] = {
 }
 MAX_LIMIT_SKUS = 100_000_000
 MAX_ANGLES_TEXT = 200
+_INT_TEXT = re.compile(r"-?[0-9]{1,12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +84,9 @@ def _typed(name: str, kind: type, value: Any, *, from_query: bool) -> Any:
                 return False
             raise ApiError(400, f"{value!r} is not a boolean; accepted true or false", name)
         if kind is int:
-            if not text.lstrip("-").isdigit() or len(text) > 12:
+            # ASCII digits only: str.isdigit() also accepts "²" and lstrip("-") "--5", which
+            # int() then refuses (a 500 before)
+            if not _INT_TEXT.fullmatch(text):
                 raise ApiError(400, f"{value!r} is not an integer", name)
             return int(text)
         return value
@@ -144,6 +150,43 @@ def parse_run_params(data: Mapping[str, Any]) -> RunParams:
     )
 
 
+# -- the gap, in pages -------------------------------------------------------------------------
+
+
+@dataclass
+class _GapCache:
+    made: float  # time.monotonic()
+    directory: tempfile.TemporaryDirectory[str]
+    db_path: str
+    report: dict[str, Any]
+
+
+def _load_gap(gap_file: str, db_path: str) -> None:
+    """The gap file (SKU order) into a table in key order, for stable cursor paging."""
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("CREATE TABLE gap (key TEXT PRIMARY KEY) WITHOUT ROWID")
+        with open(gap_file, encoding="utf-8") as f:
+            conn.executemany(
+                "INSERT OR IGNORE INTO gap VALUES (?)", ((line.rstrip("\n"),) for line in f)
+            )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def _gap_page(db_path: str, after: str | None, limit: int) -> list[str]:
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute(
+            "SELECT key FROM gap WHERE key > ? ORDER BY key LIMIT ?", (after or "", limit)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [row[0] for row in rows]
+
+
 # -- the service ------------------------------------------------------------------------------
 
 
@@ -158,7 +201,9 @@ class JobService:
         self._task: asyncio.Task[Any] | None = None
         self._finished = asyncio.Event()
         self._finished.set()
-        self._starting = asyncio.Lock()
+        self._starting = asyncio.Lock()  # held while a run (or a dry run) is being started
+        self._closing = False
+        self._gap: _GapCache | None = None
         self.adopted = False
 
     @property
@@ -176,6 +221,10 @@ class JobService:
         return self.base.settings.max_concurrency
 
     # -- the run in this process -------------------------------------------------------------
+    def expect_adoption(self) -> None:
+        """`run --serve`: the API listens before the run is prepared; it never starts one."""
+        self.adopted = True
+
     def adopt(self, engine: Any) -> None:
         """`run --serve`: the run this process is doing (its owner awaits it, then `finished`)."""
         self._engine = engine
@@ -189,19 +238,43 @@ class JobService:
     def live(self) -> bool:
         return self._engine is not None and not self._finished.is_set()
 
+    def _not_starting(self) -> None:
+        """While a run or a dry run is being started here, other commands wait their turn."""
+        if self._starting.locked():
+            raise ApiError(
+                409, f"a run of job {self.job!r} is being started here; try again shortly"
+            )
+
+    async def _settle(self) -> None:
+        """A run that has ended (its snapshot says so) but is still closing: let it close."""
+        if self.live and self._engine.state in (
+            RunState.COMPLETED,
+            RunState.FAILED,
+            RunState.PAUSED,
+        ):
+            if self._stopping or self._engine.state is not RunState.PAUSED:
+                await self._wait_finished(10.0)
+
+    @property
+    def _stopping(self) -> bool:
+        return self.live and self._engine.stop_requested
+
     async def start(self, params: RunParams) -> tuple[int, dict[str, Any]]:
         """POST .../run: (202, the new run) or, for a dry run, (200, the plan)."""
         if self.adopted:
             raise ApiError(
                 409, f"this process serves its own run of job {self.job!r}; it cannot start another"
             )
+        self._refuse_when_closing()
+        self._not_starting()
+        await self._settle()
         async with self._starting:
             if self.live:
                 raise ApiError(
                     409,
                     f"job {self.job!r} is already running in this process (run {self._engine.plan.run_id})",
                 )
-            holder = JobLock(self.state_path, self.job).holder()
+            holder = await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
             if holder is not None:
                 raise ApiError(409, f"job {self.job!r} is already running in process {holder}")
             from tui_backfill.runner import RunRequest
@@ -225,17 +298,22 @@ class JobService:
 
     async def resume(self) -> tuple[int, dict[str, Any]]:
         """POST .../resume: release a held run, or continue a paused/interrupted one here."""
+        self._not_starting()
+        await self._settle()
         if self.live:
+            if self._stopping:
+                raise ApiError(409, f"job {self.job!r} is pausing; resume it once it has paused")
             self._engine.resume()
             return 200, self._live_snapshot()
         if self.adopted:
-            raise ApiError(409, f"job {self.job!r} has ended in this process")
-        holder = JobLock(self.state_path, self.job).holder()
+            raise ApiError(409, f"job {self.job!r} is not running in this process")
+        holder = await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
         if holder is not None:
             await self._send("resume")
             return 202, {"message": f"resume sent to job {self.job!r} running in process {holder}"}
         from tui_backfill.runner import RunRequest
 
+        self._refuse_when_closing()
         async with self._starting:
             prepared = await self._prepare(RunRequest(self.base, resume_only=True), RunParams())
             self._own(prepared)
@@ -244,34 +322,44 @@ class JobService:
 
     async def pause(self) -> tuple[int, dict[str, Any]]:
         """POST .../pause: the graceful stop; answers once the checkpoint is persisted."""
+        self._not_starting()
         if self.live:
             self._engine.stop()
-            await self._wait_finished()
+            if not await self._wait_finished(PAUSE_WAIT_SECONDS):
+                return 202, {"message": "still finishing in-flight items", **self._live_snapshot()}
             return 200, self._engine.snapshot().to_json()
+        if self.adopted:
+            raise ApiError(409, f"job {self.job!r} is not running in this process")
         lock = JobLock(self.state_path, self.job)
-        holder = lock.holder()
+        holder = await asyncio.to_thread(lock.holder)
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to pause)")
         await self._send("stop")
         deadline = time.monotonic() + PAUSE_WAIT_SECONDS
-        while lock.holder() is not None and time.monotonic() < deadline:
+        while await asyncio.to_thread(lock.holder) is not None:
+            if time.monotonic() > deadline:
+                return 202, {"message": f"job {self.job!r} is still finishing in-flight items"}
             await asyncio.sleep(0.1)
-        if lock.holder() is not None:
-            return 202, {"message": f"job {self.job!r} is still finishing in-flight items"}
         return 200, await self.status()
 
     async def hold(self) -> tuple[int, dict[str, Any]]:
         """POST .../hold: the console's `p` — paused in place until resume."""
+        self._not_starting()
         if self.live:
             self._engine.hold()
             return 200, self._live_snapshot()
-        holder = JobLock(self.state_path, self.job).holder()
+        holder = (
+            None
+            if self.adopted
+            else await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
+        )
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to hold)")
         await self._send("hold")
         return 202, {"message": f"hold sent to job {self.job!r} running in process {holder}"}
 
     async def set_concurrency(self, value: int) -> tuple[int, dict[str, Any]]:
+        self._not_starting()
         if not 1 <= value <= self.max_concurrency:
             raise ApiError(
                 400, f"{value} is out of range; accepted 1 to {self.max_concurrency}", "concurrency"
@@ -279,7 +367,11 @@ class JobService:
         if self.live:
             self._engine.set_concurrency(value)
             return 200, self._live_snapshot()
-        holder = JobLock(self.state_path, self.job).holder()
+        holder = (
+            None
+            if self.adopted
+            else await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
+        )
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running")
         await self._send("concurrency", str(value))
@@ -315,32 +407,28 @@ class JobService:
         async with open_state(self.state_path) as store:
             return await run_history(store, self.job, limit=limit)
 
-    async def coverage(
-        self, *, gap_after: str | None = None, gap_limit: int | None = None
-    ) -> dict[str, Any]:
-        """The seed's stats; with `gap_limit`, a page of the gap's keys after `gap_after`."""
-        from tui_backfill.coverage import coverage_report
+    async def coverage(self) -> dict[str, Any]:
+        """The seed's stats: expected objects of the whole catalog, present, missing."""
+        report, _ = await self._coverage(with_gap=False)
+        report.pop("gapFile", None)
+        return report
 
-        with tempfile.TemporaryDirectory(prefix="tui-backfill-gap-") as tmp:
-            gap_file = str(Path(tmp) / "gap.txt") if gap_limit is not None else None
-            try:
-                report = await coverage_report(self.base, gap_file=gap_file)
-            except ConfigError as exc:
-                raise ApiError(502, str(exc)) from None
-            report.pop("gapFile", None)
-            if gap_file is None or gap_limit is None:
-                return report
-            keys: list[str] = []
-            more = False
-            with open(gap_file, encoding="utf-8") as f:
-                for line in f:
-                    key = line.rstrip("\n")
-                    if gap_after is not None and key <= gap_after:
-                        continue
-                    if len(keys) == gap_limit:
-                        more = True
-                        break
-                    keys.append(key)
+    async def gap(self, *, after: str | None, limit: int) -> dict[str, Any]:
+        """A page of the missing keys in key order, after `after`. The first page computes the
+        gap (one bucket listing); the pages that continue it read that result for a minute."""
+        cache = self._gap
+        if after is None or cache is None or time.monotonic() - cache.made > GAP_CACHE_SECONDS:
+            report, directory = await self._coverage(with_gap=True)
+            assert directory is not None
+            db_path = str(Path(directory.name) / "gap.sqlite3")
+            await asyncio.to_thread(_load_gap, str(Path(directory.name) / "gap.txt"), db_path)
+            if self._gap is not None:
+                self._gap.directory.cleanup()
+            cache = self._gap = _GapCache(time.monotonic(), directory, db_path, report)
+        keys = await asyncio.to_thread(_gap_page, cache.db_path, after, limit + 1)
+        more = len(keys) > limit
+        keys = keys[:limit]
+        report = cache.report
         return {
             "missing": report["missing"],
             "expected": report["expected"],
@@ -349,12 +437,42 @@ class JobService:
             "nextAfter": keys[-1] if more else None,
         }
 
+    async def _coverage(
+        self, *, with_gap: bool
+    ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory[str] | None]:
+        from tui_backfill.coverage import coverage_report
+
+        directory = tempfile.TemporaryDirectory(prefix="tui-backfill-gap-") if with_gap else None
+        gap_file = str(Path(directory.name) / "gap.txt") if directory is not None else None
+        try:
+            report = await coverage_report(self.base, gap_file=gap_file)
+        except (ConfigError, BackfillError) as exc:
+            if directory is not None:
+                directory.cleanup()
+            raise ApiError(502, f"coverage: {exc}") from None
+        except BaseException:
+            if directory is not None:
+                directory.cleanup()
+            raise
+        return report, directory
+
     # -- lifecycle ---------------------------------------------------------------------------
+    def _refuse_when_closing(self) -> None:
+        if self._closing:
+            raise ApiError(409, "the server is shutting down; it starts no run")
+
     async def close(self) -> None:
-        """Server shutdown: a run this service started stops gracefully (checkpoint kept)."""
+        """Server shutdown: no new run; one being started, then the run this service started,
+        stops gracefully (checkpoint kept)."""
+        self._closing = True
+        async with self._starting:  # a start under way finishes first (and is then stopped)
+            pass
         if self._task is not None and not self._task.done():
             self._engine.stop()
-            await self._wait_finished()
+            await self._wait_finished(PAUSE_WAIT_SECONDS)
+        if self._gap is not None:
+            self._gap.directory.cleanup()
+            self._gap = None
 
     # -- helpers -----------------------------------------------------------------------------
     def _resolved(self, params: RunParams) -> Resolved:
@@ -392,11 +510,18 @@ class JobService:
         )
 
     async def _run_owned(self, prepared: Any) -> None:
+        run_id = prepared.engine.plan.run_id
         try:
             result = await prepared.engine.run()
             print(
-                f"tui-backfill: run {prepared.engine.plan.run_id} of job {self.job!r} ended "
+                f"tui-backfill: run {run_id} of job {self.job!r} ended "
                 f"{result.snapshot.state} (exit code {result.exit_code})",
+                file=sys.stderr,
+                flush=True,
+            )
+        except Exception as exc:  # the engine persisted what it could; say why it stopped
+            print(
+                f"tui-backfill: run {run_id} of job {self.job!r} stopped: {exc.__class__.__name__}: {exc}",
                 file=sys.stderr,
                 flush=True,
             )
@@ -414,6 +539,10 @@ class JobService:
                 await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))
             await prepared.close()
         snap = result.snapshot
+        if snap.state != "completed":
+            raise ApiError(
+                409, f"the dry run ended {snap.state} before it finished (paused from elsewhere?)"
+            )
         return {
             **snap.to_json(),
             "plan": {
@@ -424,9 +553,10 @@ class JobService:
             },
         }
 
-    async def _wait_finished(self) -> None:
+    async def _wait_finished(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._finished.wait(), PAUSE_WAIT_SECONDS)
+            await asyncio.wait_for(self._finished.wait(), seconds)
+        return self._finished.is_set()
 
     def _live_snapshot(self) -> dict[str, Any]:
         snapshot: dict[str, Any] = self._engine.snapshot().to_json()

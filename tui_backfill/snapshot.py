@@ -76,7 +76,8 @@ class StatusSnapshot:
     counters: Counters
     checkpoint: Checkpoint
     live: bool = True
-    in_flight: int = 0
+    in_flight: int = 0  # items being worked on (existence, fetch, put)
+    fetches_in_flight: int = 0  # origin requests now (at most `concurrency`)
     items_per_second: float = 0.0
     skus_per_second: float = 0.0
     bytes_per_second: float = 0.0
@@ -126,6 +127,7 @@ class StatusSnapshot:
             "plannedItems": self.planned_items,
             "failedItems": c.failed_items,
             "inFlight": self.in_flight,
+            "fetchesInFlight": self.fetches_in_flight,
             "bytesUploaded": c.bytes_uploaded,
             "itemsPerSecond": round(self.items_per_second, 2),
             "skusPerSecond": round(self.skus_per_second, 2),
@@ -187,6 +189,7 @@ def snapshot_from_json(data: dict[str, Any]) -> StatusSnapshot:
         checkpoint=Checkpoint.from_json(data.get("checkpoint") or {}),
         live=bool(data.get("live", True)),
         in_flight=int(data.get("inFlight") or 0),
+        fetches_in_flight=int(data.get("fetchesInFlight") or 0),
         items_per_second=float(data.get("itemsPerSecond") or 0.0),
         skus_per_second=float(data.get("skusPerSecond") or 0.0),
         bytes_per_second=float(data.get("bytesPerSecond") or 0.0),

@@ -105,7 +105,8 @@ async def sku_batches(settings: Settings) -> AsyncIterator[list[str]]:
     assert settings.skus_db and settings.skus_query
     conn = _open_catalog(settings.skus_db)
     try:
-        cursor = _run_query(conn, settings.skus_query)
+        # A sorted query over a big catalog takes seconds: off the event loop.
+        cursor = await asyncio.to_thread(_run_query, conn, settings.skus_query)
         while True:
             try:
                 rows = await asyncio.to_thread(cursor.fetchmany, BATCH)

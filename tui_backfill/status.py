@@ -26,6 +26,7 @@ def _as_committed(run: RunRecord, published: dict[str, Any]) -> dict[str, Any]:
         checkpoint=run.checkpoint,
         checkpoint_saved_sku=run.checkpoint.last_sku,
         in_flight=0,
+        fetches_in_flight=0,
         items_per_second=0.0,
         skus_per_second=0.0,
         bytes_per_second=0.0,

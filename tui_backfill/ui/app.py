@@ -14,7 +14,7 @@ import datetime as dt
 import os
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
@@ -23,7 +23,7 @@ from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
 from tui_backfill.snapshot import StatusSnapshot
-from tui_backfill.ui.controller import Controller, LocalController
+from tui_backfill.ui.controller import CommandFailed, Controller, LocalController
 from tui_backfill.ui.events import notable_events
 from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
 from tui_backfill.ui.widgets import (
@@ -181,15 +181,25 @@ class BackfillApp(App[int]):
             return self.live and self.run_state in ("running", "pausing", "paused")
         return True
 
+    async def _command(self, call: Awaitable[object]) -> bool:
+        """A command to the run; one that cannot reach it is a notice, not a crash."""
+        try:
+            await call
+        except CommandFailed as exc:
+            self.notify(str(exc), severity="error")
+            return False
+        return True
+
     async def action_pause(self) -> None:
-        await self.controller.pause()
+        if not await self._command(self.controller.pause()):
+            return
         self.query_one(EventLog).write(
             f"{self._clock():%H:%M:%S} pause requested: finishing in-flight items"
         )
         await self.refresh_snapshot()
 
     async def action_resume(self) -> None:
-        await self.controller.resume()
+        await self._command(self.controller.resume())
         await self.refresh_snapshot()
 
     async def _change_concurrency(self, delta: int) -> None:
@@ -200,7 +210,7 @@ class BackfillApp(App[int]):
                 f"concurrency stays {current} (range 1 to {self.controller.max_concurrency})"
             )
             return
-        await self.controller.set_concurrency(target)
+        await self._command(self.controller.set_concurrency(target))
         await self.refresh_snapshot()
 
     async def action_faster(self) -> None:
@@ -210,7 +220,12 @@ class BackfillApp(App[int]):
         await self._change_concurrency(-1)
 
     async def action_failed(self) -> None:
-        await self.push_screen(FailedItemsScreen(await self.controller.failed_items()))
+        try:
+            items = await self.controller.failed_items()
+        except CommandFailed as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self.push_screen(FailedItemsScreen(items))
 
     async def action_help(self) -> None:
         await self.push_screen(HelpScreen())

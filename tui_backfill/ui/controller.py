@@ -20,6 +20,10 @@ from tui_backfill.status import job_status
 API = "/api/rsr-image-backfill"
 
 
+class CommandFailed(Exception):
+    """A command could not reach the run (its server went away, or refused): shown, not fatal."""
+
+
 class Controller(Protocol):
     attached: bool
     job: str
@@ -115,11 +119,19 @@ class HttpController:
         self._last: StatusSnapshot | None = None
 
     async def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
-        async with self._session.request(method, f"{self.url}{API}{path}", json=body) as answer:
-            data = await answer.json(content_type=None)
-            if answer.status >= 400:
-                raise ConfigError("--url", f"{method} {path}: {answer.status} {data.get('error')}")
-            return data
+        import aiohttp
+
+        try:
+            async with self._session.request(method, f"{self.url}{API}{path}", json=body) as answer:
+                data = await answer.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            raise CommandFailed(
+                f"{path[1:]}: {self.url} did not answer ({exc.__class__.__name__})"
+            ) from None
+        if answer.status >= 400 or not isinstance(data, dict):
+            error = data.get("error") if isinstance(data, dict) else data
+            raise CommandFailed(f"{path[1:]}: {answer.status} {error}")
+        return data
 
     async def check(self) -> None:
         """Reachable and speaking the API: else a one-line ConfigError."""
@@ -137,15 +149,14 @@ class HttpController:
             ) from None
 
     async def snapshot(self) -> StatusSnapshot | None:
-        import aiohttp
 
         try:
             data = await self._call("GET", "/status")
-        except (aiohttp.ClientError, TimeoutError, ConfigError):
+        except CommandFailed:
             # The serving process has gone (its run ended or it was stopped): show the last view.
             if self._last is None:
                 return None
-            return dataclasses.replace(self._last, live=False, in_flight=0)
+            return dataclasses.replace(self._last, live=False, in_flight=0, fetches_in_flight=0)
         if "anglesPlanned" not in data:
             return None
         self.job = str(data.get("job") or self.job)
