@@ -17,8 +17,9 @@ import aiosqlite
 
 from tui_backfill.angles import parse_angles
 from tui_backfill.config import Resolved, Settings, validate_for_run
+from tui_backfill.keys import sku_problem
 from tui_backfill.sources import check_source, sku_batches
-from tui_backfill.templates import key_template
+from tui_backfill.templates import MAX_KEY_BYTES, key_template
 
 PAGE = 1000
 
@@ -71,7 +72,7 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                         "INSERT OR IGNORE INTO present VALUES (?)", ((k,) for k in keys)
                     )
             await db.commit()
-            expected = present = catalog = 0
+            expected = present = catalog = unusable = 0
             with contextlib.ExitStack() as stack:
                 gap = (
                     stack.enter_context(open(gap_file, "w", encoding="utf-8")) if gap_file else None
@@ -86,7 +87,16 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                         break
                     after = skus[-1]
                     catalog += len(skus)
-                    keys = [template.render(sku, angle) for sku in skus for angle in angles]
+                    # Items a run would fail as bad_sku / bad_key are never expected objects
+                    # (nor lines of the gap file: their keys may hold line breaks).
+                    rendered = [
+                        template.render(sku, angle)
+                        for sku in skus
+                        if sku_problem(sku) is None
+                        for angle in angles
+                    ]
+                    keys = [key for key in rendered if len(key.encode()) <= MAX_KEY_BYTES]
+                    unusable += len(skus) * len(angles) - len(keys)
                     found: set[str] = set()
                     for start in range(0, len(keys), 500):
                         chunk = keys[start : start + 500]
@@ -110,6 +120,7 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
         "expected": expected,
         "present": present,
         "missing": missing,
+        "unusable": unusable,
         "coveragePercent": round(100.0 * present / expected, 2) if expected else 100.0,
         "listRequests": requests,
         "gapFile": gap_file,
@@ -122,5 +133,10 @@ def coverage_text(report: dict[str, Any]) -> str:
         f"({report['coveragePercent']}%), {report['missing']:,} missing; "
         f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}; "
         f"{report['listRequests']} listing requests"
+        + (
+            f"; {report['unusable']:,} items of unusable SKUs or keys not counted"
+            if report.get("unusable")
+            else ""
+        )
         + (f"; gap written to {report['gapFile']}" if report.get("gapFile") else "")
     )

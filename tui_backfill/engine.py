@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from tui_backfill.checkpoint import Checkpoint, WatermarkTracker
+from tui_backfill.keys import printable, sku_problem
 from tui_backfill.origins import Fetched, Origin
 from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError, Outcome, RunState
 from tui_backfill.retry import retrying
@@ -120,6 +121,25 @@ class _Item:
     key: str
     carryover: bool = False
     head: bool = False  # existence unknown from a listing: HEAD it
+
+
+def _bad_sku(sku: str) -> _Result | None:
+    """A SKU that breaks the rule of tui_backfill.keys: its items are never looked up, fetched
+    or written; each is a failed item `bad_sku` naming the reason."""
+    problem = sku_problem(sku)
+    if problem is None:
+        return None
+    message = f"SKU {printable(sku)} {problem}; not fetched, not written"
+    return _Result(Outcome.FAILED, error=BackfillError(message, code="bad_sku"))
+
+
+def _bad_key(key: str) -> _Result | None:
+    """A key over S3's limit: a failed item `bad_key`."""
+    size = len(key.encode())
+    if size <= MAX_KEY_BYTES:
+        return None
+    message = f"key is {size:,} bytes, over S3's limit of {MAX_KEY_BYTES:,}; not fetched"
+    return _Result(Outcome.FAILED, error=BackfillError(message, code="bad_key"))
 
 
 class Engine:
@@ -403,13 +423,16 @@ class Engine:
                         await self._dispatch_redo()
                     done = self._tracker.done_angles(sku)
                     self._tracker.dispatch(sku)
+                    bad = _bad_sku(sku)
                     for angle in plan.angles:
                         if angle in done:
                             continue
                         if self._stop is not Stop.NONE and await self._wait_if_held():
                             return  # the SKU's other angles stay unfinished: a resume redoes them
                         key = plan.key_template.render(sku, angle)
-                        if existing is not None and key in existing:
+                        if bad is not None:  # never looked up, fetched or written
+                            await self._record(_Item(sku, angle, key), bad)
+                        elif existing is not None and key in existing:
                             await self._record(
                                 _Item(sku, angle, key), _Result(Outcome.SKIPPED_EXISTS, found=True)
                             )
@@ -551,11 +574,9 @@ class Engine:
     async def _process(self, item: _Item) -> _Result:
         """Existence, fetch, put. Returns how the item ended; raises when it did not end."""
         plan = self.plan
-        if len(item.key.encode()) > MAX_KEY_BYTES:
-            return _Result(
-                Outcome.FAILED,
-                error=BackfillError("key is longer than 1,024 bytes", code="bad_key"),
-            )
+        bad = _bad_sku(item.sku) or _bad_key(item.key)
+        if bad is not None:
+            return bad
         if plan.only_missing and (
             item.carryover
             or item.head
@@ -600,7 +621,7 @@ class Engine:
         failed = None
         if result.outcome is Outcome.FAILED:
             assert result.error is not None
-            if result.error.code == "bad_key":
+            if result.error.code in ("bad_sku", "bad_key"):
                 self._count_error(result.error)
             failed = FailedItem(
                 item.sku,
@@ -612,7 +633,7 @@ class Engine:
                 self.plan.run_id,
             )
         if self.plan.dry_run:
-            failed = None  # a dry run leaves nothing behind, not even failed items
+            failed = None  # a dry run leaves nothing behind, not even failed items (but counts)
         if item.carryover:
             if failed is not None:
                 counters.carryover_failed += 1
@@ -630,9 +651,10 @@ class Engine:
             counters.no_remote += 1
         elif result.outcome is Outcome.PLANNED:
             counters.would_fetch += 1
-        elif failed is not None:
+        elif result.outcome is Outcome.FAILED:
             counters.failed_items += 1
-            self._pending_failed.append(failed)
+            if failed is not None:
+                self._pending_failed.append(failed)
         self._tracker.finish(item.sku, item.angle)
         if self._tracker.finished_skus - self._finished_at_commit >= self.plan.checkpoint_every:
             await asyncio.shield(self._commit())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tui_backfill.keys import visible
 from tui_backfill.snapshot import StatusSnapshot
 
 
@@ -31,7 +32,7 @@ def _errors(errors: dict[str, int]) -> str:
 
 def progress_line(snapshot: StatusSnapshot | dict[str, Any]) -> str:
     s = snapshot.to_json() if isinstance(snapshot, StatusSnapshot) else snapshot
-    ckpt = (s.get("checkpoint") or {}).get("lastSku") or "-"
+    ckpt = visible((s.get("checkpoint") or {}).get("lastSku") or "-")
     return (
         f"[{s.get('job')}] {s.get('state')} {s.get('scannedSkus', 0):,}/{s.get('plannedSkus', 0):,} SKUs"
         f" | up {s.get('uploaded', 0):,} skip {s.get('skippedExists', 0):,} 404 {s.get('noRemote', 0):,}"
@@ -45,7 +46,8 @@ def status_text(s: dict[str, Any]) -> str:
     ckpt = s.get("checkpoint") or {}
     lines = [
         f"job {s.get('job')}  run {s.get('runId')}  state {s.get('state')}{' (live)' if s.get('live') else ''}"
-        + ("  dry run" if s.get("dryRun") else ""),
+        + ("  dry run" if s.get("dryRun") else "")
+        + (f"  on {s['host']}" if s.get("host") else ""),
         f"started {s.get('startedAt')}  updated {s.get('lastUpdateAt')}",
         f"bucket {s.get('bucket')} at {s.get('endpoint') or 'AWS'}  origin {s.get('origin')}",
         f"angles {s.get('anglesPlanned')}  concurrency {s.get('concurrency')}",
@@ -55,7 +57,7 @@ def status_text(s: dict[str, Any]) -> str:
         f"  uploaded {s.get('uploaded', 0):,}  skippedExists {s.get('skippedExists', 0):,}"
         f"  noRemote {s.get('noRemote', 0):,}  failed {s.get('failedItems', 0):,}",
         f"errors {_errors(s.get('errorsByCode') or {})}",
-        f"checkpoint lastSku {ckpt.get('lastSku')}  in progress {len(ckpt.get('completedAngles') or {})} SKUs",
+        f"checkpoint lastSku {visible(str(ckpt.get('lastSku')))}  in progress {len(ckpt.get('completedAngles') or {})} SKUs",
     ]
     if s.get("message"):
         lines.append(f"message {s['message']}")

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TextIO
 
 from tui_backfill.config import Settings
 from tui_backfill.outcomes import ConfigError
@@ -32,23 +34,32 @@ def _file_skus(path: str) -> Iterator[str]:
     except OSError as exc:
         raise ConfigError("--skus-file", f"{path}: {exc.strerror}") from None
     with handle:
-        first = handle.readline()
-        header = [cell.strip().lower() for cell in next(csv.reader([first]), [])]
-        if "," in first or header == ["sku"]:
-            if "sku" not in header:
-                raise ConfigError(
-                    "--skus-file",
-                    f"{path}: CSV without a 'sku' column (columns: {', '.join(header)})",
-                )
-            column = header.index("sku")
-            for row in csv.reader(handle):
-                if len(row) > column and (sku := _clean(row[column])):
-                    yield sku
-            return
-        for line in (first, *handle):
-            sku = _clean(line)
-            if sku and not sku.startswith("#"):
+        try:
+            yield from _parse_skus(path, handle)
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                "--skus-file", f"{path}: not valid UTF-8 text ({exc.reason}); save it as UTF-8"
+            ) from None
+
+
+def _parse_skus(path: str, handle: TextIO) -> Iterator[str]:
+    first = handle.readline()
+    header = [cell.strip().lower() for cell in next(csv.reader([first]), [])]
+    if "," in first or header == ["sku"]:
+        if "sku" not in header:
+            raise ConfigError(
+                "--skus-file",
+                f"{path}: CSV without a 'sku' column (columns: {', '.join(header)})",
+            )
+        column = header.index("sku")
+        for row in csv.reader(handle):
+            if len(row) > column and (sku := _clean(row[column])):
                 yield sku
+        return
+    for line in itertools.chain((first,), handle):  # streamed, never the whole file
+        sku = _clean(line)
+        if sku and not sku.startswith("#"):
+            yield sku
 
 
 def _open_catalog(path: str) -> sqlite3.Connection:

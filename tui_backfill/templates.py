@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import string
+import urllib.parse
 from dataclasses import dataclass
 
+from tui_backfill.keys import bad_char
 from tui_backfill.outcomes import ConfigError
 
 FIELDS = ("sku", "angle")
@@ -19,7 +21,14 @@ class Template:
     text: str
 
     def render(self, sku: str, angle: int) -> str:
+        """The text with the values as they are (a bucket key: S3 keys are UTF-8 text)."""
         return self.text.format(sku=sku, angle=angle)
+
+    def render_url(self, sku: str, angle: int) -> str:
+        """An origin URL: the SKU percent-encoded as one URL component (`A B` -> `A%20B`,
+        `x#y` -> `x%23y`, `100%` -> `100%25`), so it reaches the origin as one path segment
+        or query value whatever it holds; the template's own text is left as written."""
+        return self.text.format(sku=urllib.parse.quote(sku, safe=""), angle=angle)
 
     @property
     def literal_prefix(self) -> str:
@@ -58,9 +67,30 @@ def parse_template(text: str, field: str, required: tuple[str, ...]) -> Template
 
 
 def key_template(text: str) -> Template:
-    template = parse_template(text, "--key-template", ("sku", "angle"))
-    if template.text.startswith("/"):
-        raise ConfigError("--key-template", f"{text!r} must not start with '/'")
+    """A key template: {sku} and {angle}, and text that cannot make a key escape its prefix.
+
+    The template's own text follows the SKU rule's characters (tui_backfill.keys) and must not
+    start or end with `/`, hold `//`, or hold a `.` or `..` path segment. Together with that
+    rule, no key it renders for a usable SKU has any of these either.
+    """
+    field = "--key-template"
+    template = parse_template(text, field, ("sku", "angle"))
+    if text != text.strip():
+        raise ConfigError(field, f"{text!r} must not start or end with whitespace")
+    if text.startswith("/"):
+        raise ConfigError(field, f"{text!r} must not start with '/'")
+    if text.endswith("/"):
+        raise ConfigError(field, f"{text!r} must not end with '/' (a folder marker, not a key)")
+    sample = template.render("x", 1)  # a usable SKU is never empty, '.', '..' or holds '/'
+    problem = bad_char(sample.replace("/", ""))
+    if problem is not None:
+        raise ConfigError(field, f"{text!r} {problem}")
+    segments = sample.split("/")
+    if "" in segments:
+        raise ConfigError(field, f"{text!r} must not contain '//' (an empty path segment)")
+    dots = next((s for s in segments if s in (".", "..")), None)
+    if dots is not None:
+        raise ConfigError(field, f"{text!r} must not contain a {dots!r} path segment")
     return template
 
 

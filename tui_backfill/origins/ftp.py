@@ -67,7 +67,9 @@ class FtpOrigin:
         return client
 
     async def fetch(self, sku: str, angle: int) -> Fetched:
-        path = urllib.parse.unquote(urllib.parse.urlsplit(self._template.render(sku, angle)).path)
+        path = urllib.parse.unquote(
+            urllib.parse.urlsplit(self._template.render_url(sku, angle)).path
+        )
         async with self._slots:
             client = self._idle.get_nowait() if not self._idle.empty() else None
             try:

@@ -38,7 +38,7 @@ class HttpOrigin:
         return self._session
 
     async def fetch(self, sku: str, angle: int) -> Fetched:
-        url = self._template.render(sku, angle)
+        url = self._template.render_url(sku, angle)
         try:
             async with asyncio.timeout(self._timeout):
                 async with self._client().get(url, allow_redirects=True) as response:

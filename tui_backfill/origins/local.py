@@ -17,7 +17,7 @@ class FileOrigin:
         self._timeout = timeout
 
     async def fetch(self, sku: str, angle: int) -> Fetched:
-        url = self._template.render(sku, angle)
+        url = self._template.render_url(sku, angle)
         path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
         try:
             async with asyncio.timeout(self._timeout):

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
+from tui_backfill.keys import visible
 from tui_backfill.state import FailedItem
 
 HELP = """\
@@ -56,7 +58,9 @@ class FailedItemsScreen(ModalScreen[None]):
         table = self.query_one(DataTable)
         table.add_columns("key", "code", "attempts", "message")
         for item in self._items[:1000]:
-            table.add_row(item.key, item.code, str(item.attempts), item.message)
+            # plain text (a key may hold '[', never markup), control characters escaped
+            cells = (item.key, item.code, str(item.attempts), item.message)
+            table.add_row(*(Text(visible(cell)) for cell in cells))
         if not self._items:
             table.add_row("(none)", "", "", "")
 

@@ -8,6 +8,7 @@ from collections import deque
 from rich.text import Text
 from textual.widgets import Static
 
+from tui_backfill.keys import visible
 from tui_backfill.snapshot import StatusSnapshot
 
 STATE_STYLE = {
@@ -203,7 +204,8 @@ class EventLog(Static):
         height = self.content_size.height or 4
         tail = list(self._lines)[-height:]
         self.update(
-            Text("\n", no_wrap=True, overflow="ellipsis").join(Text(x) for x in tail), layout=False
+            Text("\n", no_wrap=True, overflow="ellipsis").join(Text(visible(x)) for x in tail),
+            layout=False,
         )
 
 
@@ -214,10 +216,12 @@ class CheckpointPanel(_Panel):
         cp = snap.checkpoint
         if not self.changed((cp, snap.checkpoint_saved_at)):
             return
-        lines = [Text.assemble(("lastSku ", "dim"), (str(cp.last_sku or "-"), "bold"))]
+        lines = [Text.assemble(("lastSku ", "dim"), (visible(cp.last_sku or "-"), "bold"))]
         for sku, angles in list(cp.completed_angles.items())[:4]:
             lines.append(
-                Text.assemble((f"{sku} ", ""), ("done " + ",".join(map(str, angles)), "dim"))
+                Text.assemble(
+                    (f"{visible(sku)} ", ""), ("done " + ",".join(map(str, angles)), "dim")
+                )
             )
         if len(cp.completed_angles) > 4:
             lines.append(Text(f"+{len(cp.completed_angles) - 4} more in flight", style="dim"))
