@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-headless test test-slow lint typecheck clean
+.PHONY: setup demo demo-headless test test-slow chaos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -27,6 +27,11 @@ test: $(STAMP)
 
 test-slow: $(STAMP)
 	$(BIN)/pytest -q -m slow
+
+# 10,002 items through fault-injecting proxies, 20 SIGKILLs and 3 SIGTERMs (a few minutes);
+# prints its figures. CHAOS_SEED=N picks other moments and faults.
+chaos: $(STAMP)
+	$(BIN)/pytest -q -s -m chaos tests/test_chaos.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check tui_backfill tests

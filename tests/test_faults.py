@@ -358,6 +358,72 @@ async def test_s3_listing_throttled_throughout_falls_back_to_head(rig: Rig) -> N
     assert bucket_bytes(rig.direct) == body
 
 
+@pytest.mark.parametrize("fault", ["drop_rate", "reset_rate"])
+async def test_s3_connection_lost_is_one_counted_attempt(rig: Rig, fault: str) -> None:
+    """A dropped connection, before or after S3 wrote the object, is one attempt the engine
+    counts: the S3 client never re-sends the PUT on its own (aiohttp would, once, on a
+    reused connection), so 2 items x 3 attempts are 6 PUTs, each written at most once."""
+    skus = ["100000", "100001"]
+    rig.proxy.faults = ProxyFaults(**{fault: 1.0}, kinds={"put_object"})
+    result = await rig.run(rig.skus_file(skus), "--angles", "1")
+    assert result.rc == 1, result.err
+    snap = result.snap
+    check_identity(snap, 1)
+    assert snap["errorsByCode"] == {"s3_connection": 6} and snap["failedItems"] == 2
+    assert rig.proxy.requests[("PUT", "put_object")] == 6
+    written = 3 if fault == "reset_rate" else 0
+    assert all(n == written for n in rig.proxy.puts.values()), rig.proxy.puts
+    assert rig.proxy.lost_puts == rig.proxy.puts
+
+
+async def test_carryover_found_in_place_stays_out_of_the_existence_split(rig: Rig) -> None:
+    """Every PUT of an item written but its answer lost: the item fails (exit 1) with its
+    object in place. The next run's carryover finds it (HEAD), without a new PUT, and the run's
+    own existence split leaves it out (carryover is not part of the counters)."""
+    first_key = f"{rig.direct.bucket}/{key('100000', 1)}"
+    rig.proxy.faults = ProxyFaults(reset_rate=1.0, kinds={"put_object"})
+    first = await rig.run(rig.skus_file(["100000"]), "--angles", "1")
+    assert first.rc == 1, first.err
+    assert rig.proxy.puts == {first_key: 3} and rig.proxy.lost_puts == {first_key: 3}
+
+    rig.proxy.faults = ProxyFaults()
+    rig.reset()
+    second = await rig.run(rig.skus_file(["200000"], "others.txt"), "--angles", "1")
+    assert second.rc == 0, second.err
+    snap = second.snap
+    check_identity(snap, 1)
+    assert snap["carryover"] == {"planned": 1, "done": 1, "failed": 0}
+    assert snap["uploaded"] == 1 and snap["skippedExists"] == 0
+    assert snap["existence"] == {"foundAtStart": 0, "written": 1, "stillMissing": 0}
+    assert rig.proxy.puts == {f"{rig.direct.bucket}/{key('200000', 1)}": 1}
+    assert failed_rows(rig.state) == []
+
+
+async def test_preflight_retries_a_transient_s3_failure(rig: Rig) -> None:
+    """A 503 SlowDown or a stall past the timeout on the preflight's HeadBucket is retried,
+    not exit 2; a server that keeps failing is exit 2 after the policy's attempts, naming the
+    bucket."""
+    skus = ["100000"]
+    for faults in (
+        ProxyFaults(slowdown_rate=0.5, kinds={"head_bucket"}),
+        ProxyFaults(stall_rate=0.5, stall_seconds=1.5, kinds={"head_bucket"}),
+    ):
+        rig.reset()
+        rig.proxy.faults = faults
+        rig.proxy.rng = random.Random(_seed_fail_once(0.5))
+        result = await rig.run(rig.skus_file(skus), "--angles", "1")
+        assert result.rc == 0, result.err
+        assert rig.proxy.count("head_bucket") == 2 and sum(rig.proxy.injected.values()) == 1
+    assert bucket_bytes(rig.direct) == expected(items(skus, (1,)))
+
+    rig.reset()
+    rig.proxy.faults = ProxyFaults(error_rate=1.0, kinds={"head_bucket"})
+    result = await rig.run(rig.skus_file(["100001"]), "--angles", "1")
+    assert result.rc == 2, result.err
+    assert len(result.err.splitlines()) == 1 and "--bucket" in result.err, result.err
+    assert rig.proxy.count("head_bucket") == 3 and rig.origin.gets == 0
+
+
 # -- conditional writes ---------------------------------------------------------------------
 @pytest.mark.parametrize("exists_check", ["list", "head"])
 async def test_conditional_puts_against_moto(

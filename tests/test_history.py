@@ -70,6 +70,7 @@ def test_entry_of_a_completed_run() -> None:
         "status": "completed",
         "outcome": "completed-with-failures",
         "live": False,
+        "host": None,
         "dryRun": False,
         "exitCode": 1,
         "startedAt": "2026-11-26T11:40:00.000Z",

@@ -10,6 +10,8 @@ import os
 import sqlite3
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +23,7 @@ from PIL import Image
 
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginFaults, OriginServer, expected_body, is_missing
-from tui_backfill.servers.proxy import ProxyFaults, classify
+from tui_backfill.servers.proxy import ProxyFaults, ReverseProxy, classify
 
 if TYPE_CHECKING:
     from conftest import FtpOrigin, S3Target
@@ -78,7 +80,74 @@ async def test_proxy_lost_answer(rclone_s3: S3Target, s3_proxy) -> None:
     with pytest.raises(botocore.exceptions.ConnectionClosedError):
         await asyncio.to_thread(client.put_object, Bucket="test-bucket", Key="lost.jpg", Body=b"z")
     assert proxy.puts == {"test-bucket/lost.jpg": 1} and proxy.injected["reset"] == 1
+    assert proxy.lost_puts == {"test-bucket/lost.jpg": 1}
     assert rclone_s3.keys() == ["lost.jpg"]
+
+
+async def test_proxy_s3_faults_before_forwarding(rclone_s3: S3Target, s3_proxy) -> None:
+    """500/503, dropped connections and stalls past the client's timeout never reach S3."""
+    proxy = await s3_proxy(rclone_s3)
+    client = rclone_s3.via(proxy).client(read_timeout=0.3, connect_timeout=2)
+
+    def put(key: str) -> Exception:
+        try:
+            client.put_object(Bucket=rclone_s3.bucket, Key=key, Body=b"abc")
+        except Exception as exc:
+            return exc
+        raise AssertionError("the PUT succeeded")
+
+    proxy.faults = ProxyFaults(error_rate=1.0)
+    err = await asyncio.to_thread(put, "e.jpg")
+    assert isinstance(err, botocore.exceptions.ClientError)
+    status = err.response["ResponseMetadata"]["HTTPStatusCode"]
+    assert (status, err.response["Error"]["Code"]) in {
+        (500, "InternalError"),
+        (503, "ServiceUnavailable"),
+    }
+    proxy.faults = ProxyFaults(drop_rate=1.0)
+    err = await asyncio.to_thread(put, "d.jpg")
+    assert isinstance(err, botocore.exceptions.ConnectionClosedError)
+    proxy.faults = ProxyFaults(stall_rate=1.0, stall_seconds=0.8)
+    err = await asyncio.to_thread(put, "s.jpg")
+    assert isinstance(err, botocore.exceptions.ReadTimeoutError)
+    await wait_until(lambda: proxy.abandoned["put_object"] == 1)
+    assert dict(proxy.injected) == {"error": 1, "drop": 1, "stall": 1}
+    assert proxy.forwarded == {} and proxy.puts == {} and proxy.lost_puts == {}
+    assert rclone_s3.keys() == []
+
+
+async def test_proxy_s3_truncated_listing_and_undelivered_put(
+    rclone_s3: S3Target, s3_proxy
+) -> None:
+    """A truncated answer breaks the client's read; a PUT answer the client no longer waits
+    for (here: a slow upstream, a second proxy adding latency) is counted as undelivered."""
+    client = rclone_s3.client()
+    client.put_object(Bucket=rclone_s3.bucket, Key="a.jpg", Body=b"abc")
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(truncate_rate=1.0, kinds={"list", "put_object"}))
+    via = rclone_s3.via(proxy).client()
+    with pytest.raises((botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError)):
+        await asyncio.to_thread(via.list_objects_v2, Bucket=rclone_s3.bucket)
+    # a PUT's answer has no body: left alone
+    await asyncio.to_thread(via.put_object, Bucket=rclone_s3.bucket, Key="b.jpg", Body=b"b")
+    assert proxy.injected == {"truncate": 1} and proxy.lost_puts == {}
+
+    slow = await s3_proxy(rclone_s3, ProxyFaults(latency=0.8))
+    front = await s3_proxy(slow.endpoint_url)
+    impatient = rclone_s3.via(front).client(read_timeout=0.3)
+    with pytest.raises(botocore.exceptions.ReadTimeoutError):
+        await asyncio.to_thread(
+            impatient.put_object, Bucket=rclone_s3.bucket, Key="u.jpg", Body=b"u"
+        )
+    await wait_until(lambda: front.undelivered_puts["test-bucket/u.jpg"] == 1)
+    assert front.puts == {"test-bucket/u.jpg": 1} and front.lost_puts == {}
+    assert sorted(rclone_s3.keys()) == ["a.jpg", "b.jpg", "u.jpg"]
+
+
+async def wait_until(predicate: Callable[[], bool], within: float = 5) -> None:
+    deadline = time.monotonic() + within
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
 
 
 def test_classify() -> None:
@@ -98,6 +167,23 @@ def test_moto_conditional_put(moto_s3: S3Target) -> None:
     assert err.value.response["Error"]["Code"] == "PreconditionFailed"
     assert client.get_object(Bucket=moto_s3.bucket, Key="a.jpg")["Body"].read() == b"one"
     assert moto_s3.keys() == ["a.jpg"]
+
+
+async def test_proxy_counts_put_answers_by_status(moto_s3: S3Target, s3_proxy) -> None:
+    """put_answers: every object PUT the upstream answered, per key and status (2xx and 412)."""
+    proxy = await s3_proxy(moto_s3)
+    client = moto_s3.via(proxy).client()
+
+    def put() -> None:
+        client.put_object(Bucket=moto_s3.bucket, Key="c.jpg", Body=b"c", IfNoneMatch="*")
+
+    await asyncio.to_thread(put)
+    with pytest.raises(botocore.exceptions.ClientError):
+        await asyncio.to_thread(put)
+    assert proxy.puts == {"test-bucket/c.jpg": 1}
+    assert proxy.put_answers == {("test-bucket/c.jpg", 200): 1, ("test-bucket/c.jpg", 412): 1}
+    proxy.reset_counters()
+    assert not proxy.put_answers
 
 
 def test_s3_env(s3_env: dict[str, str], rclone_s3: S3Target) -> None:
@@ -215,6 +301,52 @@ async def test_origin_subprocess() -> None:
     finally:
         proc.terminate()
         assert await asyncio.wait_for(proc.wait(), 10) == 0
+
+
+async def test_proxy_in_front_of_origin_injects_each_fault() -> None:
+    """``s3=False``: any HTTP upstream. Each fault kind, what the client sees, and whether the
+    request reached the origin."""
+    body = expected_body("100000", 1)
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with (
+        OriginServer() as origin,
+        ReverseProxy(origin.base_url, s3=False) as proxy,
+        aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=0.5)) as s,
+    ):
+        s._retry_connection = False  # aiohttp re-sends once on a dropped connection otherwise
+        url = proxy.endpoint_url + "/100000_1"
+
+        async def get(faults: ProxyFaults) -> tuple[int, bytes] | type[BaseException]:
+            proxy.faults = faults
+            try:
+                async with s.get(url) as resp:
+                    return resp.status, await resp.read()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                return type(exc)
+
+        assert await get(ProxyFaults()) == (200, body)
+        assert await get(ProxyFaults(slowdown_rate=1.0)) == (503, b"slow down\n")
+        assert await get(ProxyFaults(error_rate=1.0)) in (
+            (500, b"injected 500\n"),
+            (503, b"injected 503\n"),
+        )
+        assert await get(ProxyFaults(drop_rate=1.0)) is aiohttp.ServerDisconnectedError
+        assert await get(ProxyFaults(stall_rate=1.0, stall_seconds=0.1)) == (200, body)
+        assert await get(ProxyFaults(stall_rate=1.0, stall_seconds=0.8)) is TimeoutError
+        await asyncio.sleep(0.5)  # the stall ends; its client has gone
+        assert proxy.abandoned == {"get_object": 1}
+        assert await get(ProxyFaults(truncate_rate=1.0)) is aiohttp.ClientPayloadError
+        assert await get(ProxyFaults(reset_rate=1.0)) is aiohttp.ServerDisconnectedError
+        assert await get(ProxyFaults(error_rate=1.0, kinds={"head_object"})) == (200, body)
+        started = time.monotonic()
+        assert await get(ProxyFaults(latency=0.2)) == (200, body)
+        assert time.monotonic() - started >= 0.2
+    assert dict(proxy.injected) == {
+        "slowdown": 1, "error": 1, "drop": 1, "stall": 2, "truncate": 1, "reset": 1,
+    }  # fmt: skip
+    # healthy, short stall, truncate, reset, the HEAD-only fault, latency reached the origin
+    assert proxy.forwarded == {"get_object": 6} and origin.gets == 6
+    assert proxy.requests[("GET", "get_object")] == 10
 
 
 # -- FTP ------------------------------------------------------------------------------------

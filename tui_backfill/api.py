@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tui_backfill.outcomes import ConfigError
+from tui_backfill.outcomes import ConfigError, FatalError
 from tui_backfill.service import ApiError, JobService, parse_run_request
 
 TOKEN_ENV = "TUI_BACKFILL_API_TOKEN"
@@ -66,6 +66,8 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         return _json(exc.status, exc.to_json())
+    except (ConfigError, FatalError) as exc:  # the state file failed us (damaged, locked, full)
+        return _json(503, {"error": f"state unavailable: {exc}"})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -7,13 +7,17 @@ retryable, rejected credentials and a missing bucket are fatal, other 4xx are pe
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
 import aiobotocore.session
+import aiohttp
 import botocore.exceptions
-from botocore.config import Config
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
 
 from tui_backfill import __version__
 from tui_backfill.outcomes import (
@@ -23,6 +27,7 @@ from tui_backfill.outcomes import (
     PermanentError,
     RetryableError,
 )
+from tui_backfill.retry import retrying
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -68,6 +73,10 @@ def classify(exc: BaseException) -> BackfillError:
             return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
         if code in ("RequestTimeout", "RequestTimeTooSkewed"):
             return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        if code == "ConditionalRequestConflict":
+            # 409: another conditional write of the same key was under way (two workers on one
+            # bucket). S3 asks for a retry, which then gets 412 if the other one won.
+            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
         return PermanentError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
     if isinstance(
         exc,
@@ -94,6 +103,20 @@ def classify(exc: BaseException) -> BackfillError:
     return RetryableError(f"S3: {exc.__class__.__name__}: {exc}", code="s3_error")
 
 
+class _OneSendSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore's HTTP session without aiohttp's silent re-send.
+
+    aiohttp sends an idempotent request (PUT included) once more, unseen, when a reused
+    keep-alive connection drops before the answer. That is a retry the engine neither counts
+    nor bounds, and after a PUT whose answer was lost it writes the object a second time.
+    """
+
+    async def _get_session(self, proxy_url: str | None) -> aiohttp.ClientSession:
+        session: aiohttp.ClientSession = await super()._get_session(proxy_url)
+        session._retry_connection = False
+        return session
+
+
 class Bucket:
     """One bucket on one endpoint. Use as an async context manager."""
 
@@ -109,7 +132,8 @@ class Bucket:
     ) -> None:
         self.name = name
         self.endpoint_url = endpoint_url
-        self._config = Config(
+        self._config = AioConfig(
+            http_session_cls=_OneSendSession,
             region_name=region or "us-east-1",
             connect_timeout=min(timeout, 10.0),
             read_timeout=timeout,
@@ -137,9 +161,28 @@ class Bucket:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    async def preflight(self) -> None:
-        """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2."""
+    async def preflight(self, *, attempts: int = 3, backoff: float = 0.5) -> None:
+        """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2.
+
+        A transient failure (5xx, throttling, a reset, a timeout) is retried under the retry
+        policy, up to ``attempts``: one 503 from a busy server is no configuration error. A
+        refused connection or an unknown host is not retried: the URL is wrong or the server
+        down.
+        """
         where = self.endpoint_url or "AWS S3"
+        policy = retrying(max_attempts=attempts, backoff=backoff, sleep=asyncio.sleep)
+        try:
+            async for attempt in policy:
+                with attempt:
+                    await self._head_bucket(where)
+        except RetryableError as exc:
+            raise ConfigError(
+                exc.code, f"HeadBucket on {where} failed {attempts} times, last: {exc.message}"
+            ) from None
+
+    async def _head_bucket(self, where: str) -> None:
+        """One HeadBucket; ConfigError for what retrying cannot fix, RetryableError (its code
+        the field named on exit) for what it can."""
         try:
             await self._client.head_bucket(Bucket=self.name)
         except botocore.exceptions.NoCredentialsError:
@@ -158,6 +201,8 @@ class Bucket:
                     "AWS_ACCESS_KEY_ID",
                     f"credentials rejected by {where} ({status} {code}); check the key pair",
                 ) from None
+            if status >= 500 or status == 429 or code in _THROTTLE_CODES:
+                raise RetryableError(f"{status} {code}", code="--bucket") from None
             raise ConfigError(
                 "--bucket", f"HeadBucket on {where} failed: {status} {code}"
             ) from None
@@ -168,9 +213,18 @@ class Bucket:
             botocore.exceptions.HTTPClientError,
             OSError,
         ) as exc:
-            raise ConfigError(
-                "--endpoint-url", f"cannot reach {where}: {exc.__class__.__name__}"
-            ) from None
+            cause = getattr(exc, "kwargs", {}).get("error")
+            refused = isinstance(exc, botocore.exceptions.EndpointConnectionError) and (
+                cause is None or isinstance(cause, (aiohttp.ClientConnectorError, socket.gaierror))
+            )
+            # botocore's timeouts are OSErrors too (requests' exceptions are)
+            botocore_error = isinstance(exc, botocore.exceptions.BotoCoreError)
+            plain_os_error = isinstance(exc, OSError) and not botocore_error
+            if refused or plain_os_error:
+                raise ConfigError(
+                    "--endpoint-url", f"cannot reach {where}: {exc.__class__.__name__}"
+                ) from None
+            raise RetryableError(exc.__class__.__name__, code="--endpoint-url") from None
 
     async def exists(self, key: str) -> bool:
         try:

@@ -273,7 +273,7 @@ async def attach_console(state: str, job: str) -> int:
     from tui_backfill.ui.app import BackfillApp
     from tui_backfill.ui.controller import AttachedController
 
-    async with open_state(state) as store:
+    async with open_state(state, check=True) as store:
         if await store.latest_run(job, include_dry=False) is None:
             raise ConfigError("--job", f"job {job!r} has no runs in {state}")
         app = BackfillApp(AttachedController(store, state, job))
@@ -379,6 +379,9 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 "missing": result.snapshot.counters.would_fetch,
             }
         print(progress_line(result.snapshot), file=sys.stderr)
+        if result.exit_code == EXIT_FATAL and result.snapshot.message:
+            # what stopped the run, one line (the checkpoint that last landed is kept)
+            print(f"tui-backfill: error: {result.snapshot.message}", file=sys.stderr)
         print(json.dumps(output, indent=2))
         return result.exit_code
     finally:
@@ -445,7 +448,7 @@ async def status_snapshot(state: str, job: str) -> dict[str, Any]:
     from tui_backfill.state import open_state
     from tui_backfill.status import job_status
 
-    async with open_state(state) as store:
+    async with open_state(state, check=True) as store:
         snapshot = await job_status(store, state, job)
     if snapshot is None:
         raise ConfigError("--job", f"job {job!r} has no runs in {state}")
@@ -468,7 +471,7 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError("--limit", f"{args.limit}: accepted a positive number of runs")
     state, job = _job_state(args)
-    async with open_state(state) as store:
+    async with open_state(state, check=True) as store:
         entries = await run_history(store, job, limit=args.limit, state_path=state)
     if not entries:
         raise ConfigError("--job", f"job {job!r} has no runs in {state}")

@@ -569,7 +569,10 @@ class Engine:
             return  # unfinished: the checkpoint does not cover it, a resume redoes it
         finally:
             self._item_slots.release()
-        await self._record(item, result)
+        with contextlib.suppress(FatalError):
+            # A checkpoint this item triggered could not be written (state full, locked):
+            # _commit has kept it pending and stopped the run, whose final commit tries again.
+            await self._record(item, result)
 
     async def _process(self, item: _Item) -> _Result:
         """Existence, fetch, put. Returns how the item ended; raises when it did not end."""
@@ -616,8 +619,6 @@ class Engine:
         counters = self.counters
         self._items_done += 1
         counters.bytes_uploaded += result.nbytes
-        if result.found:
-            counters.found_at_start += 1
         failed = None
         if result.outcome is Outcome.FAILED:
             assert result.error is not None
@@ -641,7 +642,8 @@ class Engine:
             else:
                 counters.carryover_done += 1
                 self._pending_resolved.append((item.sku, item.angle))
-            return
+            return  # carryover is not part of the run's counters, its existence split included
+        counters.found_at_start += result.found
         counters.attempted_downloads += result.attempted
         if result.outcome is Outcome.UPLOADED:
             counters.uploaded += 1

@@ -106,6 +106,7 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
         "status": status,
         "outcome": run_outcome(run.status, run.exit_code, live=live),
         "live": live,
+        "host": run.host,
         "dryRun": run.dry_run,
         "exitCode": run.exit_code,
         "startedAt": run.started_at,

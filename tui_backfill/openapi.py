@@ -60,8 +60,9 @@ def _errors(*codes: int) -> dict[str, Any]:
         409: "the job's state does not allow it (running, nothing to pause or resume)",
         413: "request body too large",
         502: "an outside system refused (S3 endpoint, bucket, credentials, catalog)",
+        503: "the state file cannot be read (damaged, locked, from a newer version)",
     }
-    return {str(code): _json(_ERROR, text[code]) for code in (*codes, 401)}
+    return {str(code): _json(_ERROR, text[code]) for code in (*codes, 401, 503)}
 
 
 def _no_body_post(summary: str, answer: str, *errors: int) -> dict[str, Any]:

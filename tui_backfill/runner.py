@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from tui_backfill.engine import Engine, RunPlan
 from tui_backfill.origins import open_origin
 from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.sources import check_source, sku_batches
-from tui_backfill.state import JobLock, RunRecord, StateStore
+from tui_backfill.state import JobLock, RunRecord, StateStore, state_error
 from tui_backfill.templates import key_template
 
 
@@ -138,6 +139,9 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
         await asyncio.to_thread(lock.acquire, settings.job)  # waits up to 1 s: not on the loop
         stack.callback(lock.release)
         prepared = await _prepare_locked(request, store, stack, env)
+    except sqlite3.Error as exc:  # the state failed us (full, locked) before any work
+        await stack.aclose()
+        raise state_error(settings.state, exc) from None
     except BaseException:
         await stack.aclose()
         raise
@@ -182,7 +186,7 @@ async def _prepare_locked(
         pool_size=settings.upload_concurrency + 2,
     )
     await stack.enter_async_context(bucket)
-    await bucket.preflight()
+    await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
     if continuing:
         assert unfinished is not None
         run = unfinished

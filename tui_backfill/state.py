@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import json
 import os
+import socket
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -26,8 +28,11 @@ from tui_backfill.checkpoint import Checkpoint
 from tui_backfill.outcomes import ConfigError, FatalError, JobBusy
 from tui_backfill.snapshot import Counters, utc_now_iso
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_SECONDS = 10  # how long a write waits for another connection's write lock
 
+# Each migration takes the schema from the version before it to its own, in one transaction.
+# Never edit a released one (tests/test_state_stress.py keeps a copy of version 1): add the next.
 MIGRATIONS: dict[int, str] = {
     1: """
     CREATE TABLE IF NOT EXISTS runs (
@@ -76,6 +81,9 @@ MIGRATIONS: dict[int, str] = {
         consumed_at TEXT
     );
     """,
+    2: """
+    ALTER TABLE runs ADD COLUMN host TEXT;  -- the machine whose process last ran the run
+    """,
 }
 
 
@@ -98,6 +106,7 @@ class RunRecord:
     pid: int | None
     exit_code: int | None
     message: str | None
+    host: str | None = None  # the machine whose process last ran it (schema 2; None before)
 
     @property
     def unfinished(self) -> bool:
@@ -117,7 +126,7 @@ class FailedItem:
 
 _RUN_COLUMNS = (
     "id, job, status, dry_run, settings, started_at, ended_at, range_after, range_last, "
-    "planned_skus, catalog_skus, counters, checkpoint, snapshot, pid, exit_code, message"
+    "planned_skus, catalog_skus, counters, checkpoint, snapshot, pid, exit_code, message, host"
 )
 
 
@@ -140,11 +149,91 @@ def _run(row: Sequence[Any]) -> RunRecord:
         pid=row[14],
         exit_code=row[15],
         message=row[16],
+        host=row[17],
     )
 
 
-def _state_error(path: str, exc: BaseException) -> ConfigError:
-    return ConfigError("--state", f"{path}: {exc}")
+# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
+_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
+_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
+
+
+class NotAState(sqlite3.DatabaseError):
+    """The file is not a tui-backfill state (or fails SQLite's structural check)."""
+
+
+class NewerState(sqlite3.DatabaseError):
+    """The state was written by a newer tui-backfill (a schema version we do not know)."""
+
+
+def _unwritable(path: str) -> str | None:
+    """Why the state (or its directory, where SQLite keeps -wal/-shm) cannot be written, or
+    None. Called on errors only; root ignores permission bits but not a read-only mount or an
+    immutable file, so this asks the kernel instead of reading modes."""
+    denied = (errno.EROFS, errno.EACCES, errno.EPERM)
+    target = Path(path)
+    try:
+        if target.exists():
+            os.close(os.open(target, os.O_RDWR))
+    except OSError as exc:
+        return f"the file cannot be written: {exc.strerror}" if exc.errno in denied else None
+    probe = target.parent / f".{target.name}.{os.getpid()}.probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except OSError as exc:
+        if exc.errno in denied:
+            return f"its directory {target.parent} cannot be written: {exc.strerror}"
+        return None
+    with contextlib.suppress(OSError):
+        os.unlink(probe)
+    return None
+
+
+def _read_only_without_wal(path: str, exc: BaseException) -> bool:
+    """SQLite could not open the state because its directory is read-only, and the state has
+    no -wal file (so the database file alone is the whole state)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if not isinstance(code, int) or code & 0xFF not in (_SQLITE_CANTOPEN, _SQLITE_READONLY):
+        return False
+    return not Path(f"{path}-wal").exists() and _unwritable(path) is not None
+
+
+def state_problem(path: str, exc: BaseException) -> str:
+    """One line naming the state file and what is wrong with it (for exit 2 and exit 3)."""
+    if isinstance(exc, NewerState | NotAState):
+        return f"{path}: {exc}"
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        primary = _SQLITE_FULL
+    if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
+        return (
+            f"{path}: not a valid state database ({exc}); restore it from a copy, or move it "
+            "aside to start over (objects already in the bucket count as skippedExists)"
+        )
+    if primary == _SQLITE_FULL:
+        return f"{path}: the disk is full ({exc}); free space, then `tui-backfill resume`"
+    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return (
+            f"{path}: locked by another process for more than {BUSY_TIMEOUT_SECONDS} s ({exc}); "
+            "end the program holding it (and keep the state on local disk, not a network share)"
+        )
+    if primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN) or isinstance(
+        exc, OSError
+    ):
+        reason = _unwritable(path)
+        if reason is not None:
+            return f"{path}: read-only ({reason}; {exc})"
+    return f"{path}: {exc}"
+
+
+def state_error(path: str, exc: BaseException) -> ConfigError:
+    """A problem of the state found before any work: exit 2 naming --state."""
+    return ConfigError("--state", state_problem(path, exc))
+
+
+def _state_fatal(path: str, exc: BaseException) -> FatalError:
+    return FatalError(f"state {state_problem(path, exc)}", code="state")
 
 
 class StateStore:
@@ -158,8 +247,15 @@ class StateStore:
         self._write_lock = asyncio.Lock()
 
     @classmethod
-    async def open(cls, path: str, *, create: bool = True) -> StateStore:
-        """Open (and migrate) the state; problems are ConfigError naming --state."""
+    async def open(cls, path: str, *, create: bool = True, check: bool | None = None) -> StateStore:
+        """Open (and migrate) the state; problems are ConfigError naming --state.
+
+        `create`: the state of a run (created when missing). Such an open also checks that
+        the state can be written now (a read-only file or directory, or a write lock another
+        process holds past the busy timeout, is exit 2 before any work). `check` (default:
+        `create`): run SQLite's structural check (`PRAGMA quick_check`, about 0.1 s per
+        million SKUs), so a corrupted state is found before any work, not in the middle of it.
+        """
         target = Path(path)
         if not create and not target.exists():
             raise ConfigError("--state", f"{path}: no state here (nothing has run with it)")
@@ -167,46 +263,145 @@ class StateStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
-            raise _state_error(path, exc) from None
+            raise state_error(path, exc) from None
         store = cls(path, db)
         try:
-            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+            await store._schema_version()  # a newer state, or not a state: left as it is
             await db.execute("PRAGMA journal_mode = WAL")
             await db.execute("PRAGMA synchronous = NORMAL")
             await store._migrate()
-        except sqlite3.DatabaseError as exc:
-            await db.close()
-            raise _state_error(path, exc) from None
+            if create if check is None else check:
+                await store._quick_check()
+            if create:
+                await store._check_writable()
+        except (sqlite3.Error, OSError) as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
+            if not create and _read_only_without_wal(path, exc):
+                return await cls._open_immutable(path, check=bool(check))
+            raise state_error(path, exc) from None
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
+            raise
+        return store
+
+    @classmethod
+    async def _open_immutable(cls, path: str, *, check: bool) -> StateStore:
+        """A reader's view of a state in a read-only directory (SQLite cannot create its -shm
+        there). Without a -wal file the database file holds every commit, and nothing can
+        write there, so SQLite may read it as immutable."""
+        uri = f"{Path(path).resolve().as_uri()}?immutable=1"
+        try:
+            db = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise state_error(path, exc) from None
+        store = cls(path, db)
+        try:
+            version = await store._schema_version()
+            if version < SCHEMA_VERSION:
+                raise NotAState(
+                    f"read-only, and its schema (version {version}) needs migrating to version "
+                    f"{SCHEMA_VERSION} before this tui-backfill can read it; open it once where "
+                    "it can be written"
+                )
+            if check:
+                await store._quick_check()
+        except sqlite3.Error as exc:
+            with contextlib.suppress(sqlite3.Error):
+                await db.close()
+            raise state_error(path, exc) from None
         return store
 
     async def close(self) -> None:
         await self._db.close()
 
-    async def _migrate(self) -> None:
-        await self._db.execute(
-            "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
-        )
-        async with self._db.execute("SELECT value FROM meta WHERE key = 'schema_version'") as cur:
-            row = await cur.fetchone()
-        version = int(row[0]) if row else 0
+    async def _rollback(self) -> None:
+        """End the open transaction, if any. SQLite rolls some failures back by itself
+        (SQLITE_FULL, SQLITE_IOERR) while a failed COMMIT (SQLITE_BUSY) leaves the
+        transaction open; either way the caller's own error is the one that matters."""
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                await self._db.execute("ROLLBACK")
+
+    async def _schema_version(self) -> int:
+        """The state's schema version; 0 for an empty database. Raises NotAState for a SQLite
+        file that is something else (say, the catalog given as --state) and NewerState for a
+        version this tui-backfill does not know."""
+        async with self._db.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ) as cur:
+            tables = {row[0] for row in await cur.fetchall()}
+        row = None
+        if "meta" in tables:
+            async with self._db.execute(
+                "SELECT value FROM meta WHERE key = 'schema_version'"
+            ) as cur:
+                row = await cur.fetchone()
+        if row is None:
+            if tables - {"meta"}:
+                shown = ", ".join(sorted(tables - {"meta"})[:5])
+                raise NotAState(
+                    f"not a tui-backfill state (a SQLite database with other tables: {shown}); "
+                    "give --state a new file"
+                )
+            return 0
+        try:
+            version = int(row[0])
+        except ValueError:
+            raise NotAState(f"not a valid state database (schema version {row[0]!r})") from None
         if version > SCHEMA_VERSION:
-            raise sqlite3.DatabaseError(
-                f"schema version {version} is newer than this tui-backfill understands ({SCHEMA_VERSION}); upgrade tui-backfill"
+            raise NewerState(
+                f"written by a newer tui-backfill (state schema version {version}; this "
+                f"tui-backfill reads up to {SCHEMA_VERSION}); upgrade tui-backfill to use it"
             )
-        for target in range(version + 1, SCHEMA_VERSION + 1):
+        return version
+
+    async def _migrate(self) -> None:
+        """Bring the schema to SCHEMA_VERSION, one transaction per version. The version is read
+        again under the write lock, so two processes opening an old state at once migrate it
+        once."""
+        if await self._schema_version() == SCHEMA_VERSION:
+            return
+        for target in range(1, SCHEMA_VERSION + 1):
             await self._db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in MIGRATIONS[target].split(";"):
-                    if statement.strip():
-                        await self._db.execute(statement)
-                await self._db.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(target),),
-                )
+                if await self._schema_version() < target:
+                    await self._db.execute(
+                        "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                    )
+                    for statement in MIGRATIONS[target].split(";"):
+                        if statement.strip():
+                            await self._db.execute(statement)
+                    await self._db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                        (str(target),),
+                    )
                 await self._db.execute("COMMIT")
             except BaseException:
-                await self._db.execute("ROLLBACK")
+                await asyncio.shield(self._rollback())
                 raise
+
+    async def _quick_check(self) -> None:
+        async with self._db.execute("PRAGMA quick_check(5)") as cur:
+            problems = [str(row[0]) for row in await cur.fetchall()]
+        if problems != ["ok"]:
+            raise NotAState(
+                f"not a valid state database (SQLite's check: {'; '.join(problems)[:300]}); "
+                "restore it from a copy, or move it aside to start over (objects already in "
+                "the bucket count as skippedExists)"
+            )
+
+    async def _check_writable(self) -> None:
+        """Take the write lock and touch a row, then roll back: nothing is written, but a
+        read-only file (SQLite then opens it read-only without a word), a read-only directory
+        or a write lock held by another process past the busy timeout shows now."""
+        await self._db.execute("BEGIN IMMEDIATE")
+        try:
+            await self._db.execute("UPDATE meta SET value = value WHERE key = 'schema_version'")
+        finally:
+            await asyncio.shield(self._rollback())
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -214,11 +409,11 @@ class StateStore:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
-            except BaseException:
-                await asyncio.shield(self._db.execute("ROLLBACK"))
-                raise
-            else:
                 await asyncio.shield(self._db.execute("COMMIT"))
+            except BaseException:
+                # The body's or COMMIT's error (disk full, locked) is the one raised.
+                await asyncio.shield(self._rollback())
+                raise
 
     async def _write(self, sql: str, params: Sequence[Any] = ()) -> None:
         """One statement in autocommit mode, never inside another coroutine's transaction."""
@@ -267,8 +462,8 @@ class StateStore:
             await db.execute(f"DELETE FROM failed_items WHERE run_id IN ({stale})", (job,))
             await db.execute(f"DELETE FROM runs WHERE id IN ({stale})", (job,))
             cur = await db.execute(
-                "INSERT INTO runs (job, status, dry_run, settings, started_at, range_after, counters, checkpoint, pid) "
-                "VALUES (?, 'preparing', ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO runs (job, status, dry_run, settings, started_at, range_after, counters, checkpoint, pid, host) "
+                "VALUES (?, 'preparing', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job,
                     int(dry_run),
@@ -278,6 +473,7 @@ class StateStore:
                     json.dumps(Counters().to_json()),
                     json.dumps(Checkpoint().to_json()),
                     os.getpid(),
+                    socket.gethostname(),
                 ),
             )
             assert cur.lastrowid is not None
@@ -331,11 +527,15 @@ class StateStore:
         return range_after, planned, catalog
 
     async def run_skus_page(self, run_id: int, after: str | None, limit: int) -> list[str]:
-        async with self._db.execute(
-            "SELECT sku FROM run_skus WHERE run_id = ? AND (? IS NULL OR sku > ?) ORDER BY sku LIMIT ?",
-            (run_id, after, after, limit),
-        ) as cur:
-            return [row[0] for row in await cur.fetchall()]
+        """A page of the run's SKU snapshot (read during the run: errors are fatal, exit 3)."""
+        try:
+            async with self._db.execute(
+                "SELECT sku FROM run_skus WHERE run_id = ? AND (? IS NULL OR sku > ?) ORDER BY sku LIMIT ?",
+                (run_id, after, after, limit),
+            ) as cur:
+                return [row[0] for row in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise _state_fatal(self.path, exc) from None
 
     async def commit_checkpoint(
         self,
@@ -400,7 +600,7 @@ class StateStore:
                     f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*params, run_id)
                 )
         except sqlite3.Error as exc:
-            raise FatalError(f"state {self.path}: {exc}", code="state") from None
+            raise _state_fatal(self.path, exc) from None
 
     async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None:
         try:
@@ -408,11 +608,14 @@ class StateStore:
                 "UPDATE runs SET snapshot = ? WHERE id = ?", (json.dumps(snapshot), run_id)
             )
         except sqlite3.Error as exc:
-            raise FatalError(f"state {self.path}: {exc}", code="state") from None
+            raise _state_fatal(self.path, exc) from None
 
     async def set_run_status(self, run_id: int, status: str, *, pid: int | None = None) -> None:
+        """The run's status; with `pid`, this process (and machine) now runs it."""
+        host = socket.gethostname() if pid is not None else None
         await self._write(
-            "UPDATE runs SET status = ?, pid = coalesce(?, pid) WHERE id = ?", (status, pid, run_id)
+            "UPDATE runs SET status = ?, pid = coalesce(?, pid), host = coalesce(?, host) WHERE id = ?",
+            (status, pid, host, run_id),
         )
 
     async def update_settings(self, run_id: int, changes: dict[str, Any]) -> None:
@@ -440,12 +643,15 @@ class StateStore:
     # -- failed items ---------------------------------------------------------------------
 
     async def failed_items(self, job: str, *, exclude_run: int | None = None) -> list[FailedItem]:
-        async with self._db.execute(
-            "SELECT sku, angle, key, code, message, attempts, run_id FROM failed_items "
-            "WHERE job = ? AND run_id IS NOT ? ORDER BY sku, angle",
-            (job, exclude_run),
-        ) as cur:
-            return [FailedItem(*row) for row in await cur.fetchall()]
+        try:
+            async with self._db.execute(
+                "SELECT sku, angle, key, code, message, attempts, run_id FROM failed_items "
+                "WHERE job = ? AND run_id IS NOT ? ORDER BY sku, angle",
+                (job, exclude_run),
+            ) as cur:
+                return [FailedItem(*row) for row in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise _state_fatal(self.path, exc) from None
 
     # -- commands -------------------------------------------------------------------------
 
@@ -477,11 +683,18 @@ class StateStore:
 
 
 @contextlib.asynccontextmanager
-async def open_state(path: str) -> AsyncIterator[StateStore]:
-    """An existing state, for readers and commands (`status`, `pause`, the attached console)."""
-    store = await StateStore.open(path, create=False)
+async def open_state(path: str, *, check: bool = False) -> AsyncIterator[StateStore]:
+    """An existing state, for readers and commands (`status`, `pause`, the attached console).
+
+    `check`: SQLite's structural check first (the CLI's one-off readers; not a poller's).
+    A state error inside the block (corrupted pages, a write lock held past the busy timeout)
+    is a ConfigError naming the file.
+    """
+    store = await StateStore.open(path, create=False, check=check)
     try:
         yield store
+    except sqlite3.Error as exc:
+        raise state_error(path, exc) from None
     finally:
         await store.close()
 
@@ -511,8 +724,13 @@ class JobLock:
             os.close(fd)
 
     def acquire(self, job: str) -> None:
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise ConfigError(
+                "--state", f"{self.path}: cannot take the job lock: {exc.strerror}"
+            ) from None
         # A `status` reading the lock holds it shared for an instant: try for a short while.
         for attempt in range(20):
             try:

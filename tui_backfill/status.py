@@ -43,8 +43,10 @@ async def job_status(
     if run is None:
         return None
     snapshot = dict(run.snapshot or {})
-    if not snapshot:
-        snapshot = {"job": job, "runId": run.id, "state": "running", "startedAt": run.started_at}
+    if not snapshot:  # nothing published yet (the run is starting): the committed view
+        snapshot = _as_committed(
+            run, {"state": "running", "startedAt": run.started_at, "lastUpdateAt": run.started_at}
+        )
     live = JobLock(state_path, job).holder() is not None and run.status in ("running", "preparing")
     if not live and run.status == "running":
         snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
@@ -55,4 +57,5 @@ async def job_status(
     if run.exit_code is not None:
         snapshot["exitCode"] = run.exit_code
     snapshot["maxConcurrency"] = run.settings.get("max_concurrency")
+    snapshot["host"] = run.host  # the machine whose process last ran it
     return snapshot
