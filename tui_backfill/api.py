@@ -157,25 +157,19 @@ async def status(request: web.Request) -> web.Response:
     return _json(200, await request.app[SERVICE].status())
 
 
-async def pause(request: web.Request) -> web.Response:
-    _no_query(request)
-    await _body_must_be_empty(request)
-    code, answer = await request.app[SERVICE].pause()
-    return _json(code, answer)
+def _command(name: str) -> Handler:
+    """POST .../pause, .../resume, .../hold: no parameters; the service's answer as JSON."""
+
+    async def handler(request: web.Request) -> web.Response:
+        _no_query(request)
+        await _body_must_be_empty(request)
+        code, answer = await getattr(request.app[SERVICE], name)()
+        return _json(code, answer)
+
+    return handler
 
 
-async def resume(request: web.Request) -> web.Response:
-    _no_query(request)
-    await _body_must_be_empty(request)
-    code, answer = await request.app[SERVICE].resume()
-    return _json(code, answer)
-
-
-async def hold(request: web.Request) -> web.Response:
-    _no_query(request)
-    await _body_must_be_empty(request)
-    code, answer = await request.app[SERVICE].hold()
-    return _json(code, answer)
+pause, resume, hold = _command("pause"), _command("resume"), _command("hold")
 
 
 async def concurrency(request: web.Request) -> web.Response:

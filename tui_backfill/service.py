@@ -348,11 +348,7 @@ class JobService:
         if self.live:
             self._engine.hold()
             return 200, self._live_snapshot()
-        holder = (
-            None
-            if self.adopted
-            else await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
-        )
+        holder = await self._holder_elsewhere()
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to hold)")
         await self._send("hold")
@@ -367,11 +363,7 @@ class JobService:
         if self.live:
             self._engine.set_concurrency(value)
             return 200, self._live_snapshot()
-        holder = (
-            None
-            if self.adopted
-            else await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
-        )
+        holder = await self._holder_elsewhere()
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running")
         await self._send("concurrency", str(value))
@@ -571,6 +563,12 @@ class JobService:
             return None
         async with open_state(self.state_path) as store:
             return await job_status(store, self.state_path, self.job)
+
+    async def _holder_elsewhere(self) -> int | None:
+        """The pid of another process running the job (never, for `run --serve`'s own API)."""
+        if self.adopted:
+            return None
+        return await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
 
     async def _send(self, command: str, arg: str | None = None) -> None:
         async with open_state(self.state_path) as store:
