@@ -16,6 +16,7 @@ Every server, process and thread is stopped at teardown.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import urllib.request
@@ -99,12 +100,14 @@ def rclone_s3(tmp_path: Path) -> Iterator[S3Target]:
         )
 
 
-@pytest.fixture
-def moto_s3() -> Iterator[S3Target]:
+@contextlib.contextmanager
+def moto_target(server_class: Any = None) -> Iterator[S3Target]:
+    """moto's server (``server_class``: a ThreadedMotoServer or a subclass) on 127.0.0.1,
+    reset, with the test bucket; stopped on exit."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server = (server_class or ThreadedMotoServer)(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     try:
         host, port = server.get_host_and_port()
@@ -124,6 +127,12 @@ def moto_s3() -> Iterator[S3Target]:
         yield target
     finally:
         server.stop()
+
+
+@pytest.fixture
+def moto_s3() -> Iterator[S3Target]:
+    with moto_target() as target:
+        yield target
 
 
 @pytest.fixture

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import logging
 import sqlite3
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 
 import botocore.exceptions
 import pytest
-from conftest import S3Target
+from conftest import S3Target, moto_target
 from helpers import Backfill, assert_brief_keys, assert_counters_add_up
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
 from moto.moto_server.werkzeug_app import (
@@ -68,20 +66,8 @@ class _OneThreadMoto(ThreadedMotoServer):
 @pytest.fixture
 def atomic_moto() -> Iterator[S3Target]:
     """Like ``moto_s3``, with conditional writes as atomic as AWS S3's."""
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    server = _OneThreadMoto(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        urllib.request.urlopen(
-            urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=10
-        ).close()
-        target = S3Target(endpoint, "testing", "testing", kind="moto", server=server)
-        target.client().create_bucket(Bucket=target.bucket)
+    with moto_target(_OneThreadMoto) as target:
         yield target
-    finally:
-        server.stop()
 
 
 def _catalog_of(path: Path, skus: list[str]) -> Path:
