@@ -577,7 +577,9 @@ class Engine:
     async def _process(self, item: _Item) -> _Result:
         """Existence, fetch, put. Returns how the item ended; raises when it did not end."""
         plan = self.plan
-        bad = _bad_sku(item.sku) or _bad_key(item.key)
+        # The scan already kept unusable SKUs from being dispatched; carryover items come from
+        # the failed-items table, not the scan, so their SKUs are checked here.
+        bad = (_bad_sku(item.sku) if item.carryover else None) or _bad_key(item.key)
         if bad is not None:
             return bad
         if plan.only_missing and (
