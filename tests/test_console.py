@@ -165,6 +165,25 @@ async def test_quit_after_completion_returns_the_exit_code(
         await prepared.close()
 
 
+async def hold_raise_resume_detach(app: BackfillApp, origin: OriginServer) -> None:
+    """An attached console over a run at concurrency 3 in another process: p holds it (its
+    origin GETs stop), + raises it to 4, r resumes it, q detaches (the run goes on)."""
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_for(pilot, lambda: app.snapshot is not None and app.run_state == "running")
+        assert "attached" in screen_text(app)
+        await pilot.press("p")
+        await wait_for(pilot, lambda: app.run_state == "paused")
+        gets = origin.gets
+        await asyncio.sleep(0.6)
+        assert origin.gets == gets  # the other process really holds
+        await pilot.press("+")
+        await wait_for(pilot, lambda: app.snapshot is not None and app.snapshot.concurrency == 4)
+        await pilot.press("r")
+        await wait_for(pilot, lambda: app.run_state == "running")
+        await pilot.press("q")  # detach: never stops the run
+        await wait_for(pilot, lambda: app.return_value is not None)
+
+
 async def test_attach_pauses_and_resumes_a_headless_run(
     aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
 ) -> None:
@@ -187,20 +206,7 @@ async def test_attach_pauses_and_resumes_a_headless_run(
             await asyncio.sleep(0.05)
         async with open_state(str(state)) as store:
             app = BackfillApp(AttachedController(store, str(state), "default"))
-            async with app.run_test(size=(80, 24)) as pilot:
-                await wait_for(
-                    pilot, lambda: app.snapshot is not None and app.run_state == "running"
-                )
-                assert "attached" in screen_text(app)
-                await pilot.press("p")
-                await wait_for(pilot, lambda: app.run_state == "paused")
-                gets = origin.gets
-                await asyncio.sleep(0.6)
-                assert origin.gets == gets  # the other process really holds
-                await pilot.press("r")
-                await wait_for(pilot, lambda: app.run_state == "running")
-                await pilot.press("q")  # detach: never stops the run
-                await wait_for(pilot, lambda: app.return_value is not None)
+            await hold_raise_resume_detach(app, origin)
         out, err = await asyncio.wait_for(proc.communicate(), 60)
     finally:
         if proc.returncode is None:
@@ -241,24 +247,7 @@ async def test_attach_by_url_drives_a_served_headless_run(
         controller = HttpController(url)
         try:
             app = BackfillApp(controller)
-            async with app.run_test(size=(80, 24)) as pilot:
-                await wait_for(
-                    pilot, lambda: app.snapshot is not None and app.run_state == "running"
-                )
-                assert "attached" in screen_text(app)
-                await pilot.press("p")
-                await wait_for(pilot, lambda: app.run_state == "paused")
-                gets = origin.gets
-                await asyncio.sleep(0.6)
-                assert origin.gets == gets  # the served process really holds
-                await pilot.press("+")
-                await wait_for(
-                    pilot, lambda: app.snapshot is not None and app.snapshot.concurrency == 4
-                )
-                await pilot.press("r")
-                await wait_for(pilot, lambda: app.run_state == "running")
-                await pilot.press("q")  # detach: never stops the run
-                await wait_for(pilot, lambda: app.return_value is not None)
+            await hold_raise_resume_detach(app, origin)
         finally:
             await controller.close()
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
