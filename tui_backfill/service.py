@@ -371,9 +371,7 @@ class JobService:
 
     # -- reading -----------------------------------------------------------------------------
     async def status(self) -> dict[str, Any]:
-        if self.live:
-            return self._live_snapshot()
-        snapshot = await self._read_status()
+        snapshot = await self.snapshot_or_none()
         if snapshot is None:
             raise ApiError(404, f"job {self.job!r} has no runs in {self.state_path}")
         return snapshot
