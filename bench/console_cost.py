@@ -1,9 +1,24 @@
 """The console's cost: the demo's workload headless vs under the console in a real terminal.
 
 Each repetition runs the same job (fresh state and bucket) once headless and once in tmux with
-the console, interleaved, and takes the run's throughput from its own snapshot (planned items /
-(lastUpdateAt - startedAt)) and the client's CPU time. Reports medians and the ratio.
-Usage: .venv/bin/python bench/console_cost.py [SKUS] [REPS] [ORIGIN_LATENCY_SECONDS]
+the console (80x24, TERM=xterm-256color), interleaved, and takes from each run:
+
+- throughput: planned items / (lastUpdateAt - startedAt) of the run's own snapshot;
+- client CPU per object, three ways: over the whole process (user + sys, start-up and exit
+  included: imports, the first render, the wait for `q`); during the work (the client's /proc
+  CPU sampled every 0.2 s, between the snapshot's startedAt and lastUpdateAt); and in the
+  steady middle of the run (CPU used / items finished between the samples at which 10 % and
+  90 % of the items were finished, read from the snapshot the run publishes in its state,
+  every 0.5 s).
+  Process minus work is the process's fixed cost (start-up, exit), reported in ms.
+
+The steady figure is what the console adds per object on a run of any length; the work and
+process figures add fixed costs (the console's start-up falls inside the work window, since the
+run's startedAt is set before the screen starts), amortised over this run's objects.
+Reports medians of the interleaved repetitions and the ratios console / headless.
+
+    .venv/bin/python bench/console_cost.py [SKUS] [REPS] [ORIGIN_LATENCY_SECONDS]
+
 (the latency replaces the demo's 4 ms: 0.02 is a typical third-party origin)
 """
 
@@ -15,10 +30,16 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from peers import Sampler, proc_cpu  # bench/, beside this script
 
 from tui_backfill.demo import demo_faults
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
@@ -26,13 +47,22 @@ from tui_backfill.servers.origin import OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
 
-def _seconds(snapshot: dict) -> float:
-    parse = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))  # noqa: E731
-    return (parse(snapshot["lastUpdateAt"]) - parse(snapshot["startedAt"])).total_seconds()
+@dataclass
+class Measured:
+    rate: float  # objects per second of work
+    cpu_ms: float  # client CPU ms per object, whole process
+    work_cpu_ms: float  # client CPU ms per object, during the work
+    steady_cpu_ms: float  # client CPU ms per object, from 10 % to 90 % of the items
+    fixed_ms: float  # process CPU outside the work (start-up, exit), ms
+
+
+def _epoch(timestamp: str) -> float:
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _children_cpu(times_output: str) -> float:
     """CPU seconds of the shell's children, from bash's `times` (second line: user sys)."""
+
     def secs(text: str) -> float:
         minutes, rest = text.rstrip("s").split("m")
         return int(minutes) * 60 + float(rest)
@@ -41,45 +71,108 @@ def _children_cpu(times_output: str) -> float:
     return secs(user) + secs(system)
 
 
-async def _status(state: Path, env: dict) -> dict:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "tui_backfill", "status", "--json", "--state", str(state),
-                                                env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-    out, _ = await proc.communicate()
-    return json.loads(out) if proc.returncode == 0 else {}
+def _last_snapshot(state: Path) -> dict:
+    """The run's latest published snapshot, read straight from the state (no process)."""
+    if not state.exists():
+        return {}
+    try:
+        with sqlite3.connect(f"file:{state}?mode=ro", uri=True, timeout=5) as db:
+            row = db.execute("SELECT snapshot FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    except sqlite3.Error:
+        return {}
+    return json.loads(row[0]) if row and row[0] else {}
 
 
-async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, origin: OriginServer, env: dict, rep: int) -> tuple[float, float]:
+def _done(snapshot: dict) -> int:
+    return sum(snapshot.get(k, 0) for k in ("uploaded", "skippedExists", "noRemote", "failedItems"))
+
+
+async def _progress(pid: int, state: Path, out: list[tuple[int, float]]) -> None:
+    """(items finished, client CPU seconds) each time the run publishes a snapshot (every 0.5 s;
+    looked for every 50 ms, so a count is at most that much older than its CPU reading)."""
+    seen = None
+    while True:
+        snap = _last_snapshot(state)
+        cpu = proc_cpu(pid)
+        if cpu is not None and snap and snap.get("lastUpdateAt") != seen:
+            seen = snap.get("lastUpdateAt")
+            out.append((_done(snap), cpu))
+        await asyncio.sleep(0.05)
+
+
+def _steady(points: list[tuple[int, float]], items: int) -> float:
+    """CPU seconds per item between the samples nearest 10 % and 90 % of the items finished."""
+    inside = [p for p in points if 0.1 * items <= p[0] <= 0.9 * items]
+    (d0, c0), (d1, c1) = inside[0], inside[-1]
+    return (c1 - c0) / (d1 - d0)
+
+
+def _child_of(ppid: int) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == ppid:
+                return int(entry.name)
+    return None
+
+
+async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, origin: OriginServer, env: dict, rep: int) -> Measured:
     bucket = f"bench-{mode}-{rep}"  # created before rclone starts (it caches the directory list)
     state = tmp / f"{bucket}.sqlite3"
     argv = [sys.executable, "-m", "tui_backfill", "run", "--state", str(state), "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
             "--origin", origin.url_template, "--bucket", bucket, "--endpoint-url", s3.endpoint_url, "--path-style",
             "--limit-skus", str(skus), "--timeout", "5", "--backoff", "0.2"]
-    times = tmp / f"{bucket}.times"
     if mode == "headless":
-        line = f"{shlex.join(argv)} --no-ui --progress-interval 60 > /dev/null 2>&1; times > {times}"
-        proc = await asyncio.create_subprocess_exec("bash", "-c", line, env=env)
-        await proc.wait()
+        proc = subprocess.Popen([*argv, "--no-ui", "--progress-interval", "60"], env=env,  # noqa: ASYNC220
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sampler = Sampler({"client": proc.pid}, rss_pid=proc.pid)
+        points: list[tuple[int, float]] = []
+        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(proc.pid, state, points))]
+        _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
+        for task in sampling:
+            task.cancel()
+        assert os.waitstatus_to_exitcode(status) == 0
+        cpu = usage.ru_utime + usage.ru_stime
     else:
+        times = tmp / f"{bucket}.times"
         script = tmp / f"{bucket}.sh"
         script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.startswith("AWS_"))
                           + f"export TERM=xterm-256color\n{shlex.join(argv)}\n"
                           + f"times > {times}\n")
         sock = f"bench-{os.getpid()}"
-        await (await asyncio.create_subprocess_exec("tmux", "-L", sock, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script))).wait()
-        while True:
-            await asyncio.sleep(0.5)
-            if state.exists():
-                snap = await _status(state, env)
-                if snap.get("state") == "completed":
-                    break
-        await (await asyncio.create_subprocess_exec("tmux", "-L", sock, "send-keys", "q")).wait()
+        tmux = ["tmux", "-L", sock]
+        subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)
+        shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)
+        client = None
+        for _ in range(100):
+            client = _child_of(shell)
+            if client is not None:
+                break
+            await asyncio.sleep(0.02)
+        assert client is not None, "the console's process did not start"
+        sampler = Sampler({"client": client}, rss_pid=client)
+        points = []
+        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points))]
+        while _last_snapshot(state).get("state") != "completed":
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(0.5)  # the console shows the end
+        for task in sampling:
+            task.cancel()
+        subprocess.run([*tmux, "send-keys", "q"], check=True)
         while not times.exists() or len(times.read_text().strip().splitlines()) < 2:
-            await asyncio.sleep(0.2)
-        await (await asyncio.create_subprocess_exec("tmux", "-L", sock, "kill-server")).wait()
-    snap = await _status(state, env)
+            await asyncio.sleep(0.1)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+        cpu = _children_cpu(times.read_text())
+    snap = _last_snapshot(state)
     assert snap["state"] == "completed", snap
-    cpu = _children_cpu(times.read_text())
-    return snap["plannedItems"] / _seconds(snap), cpu * 1000 / snap["plannedItems"]
+    start, end = _epoch(snap["startedAt"]), _epoch(snap["lastUpdateAt"])
+    items = snap["plannedItems"]
+    work_cpu = sampler.busy(start, end, ["client"])["client"] * (end - start)
+    return Measured(items / (end - start), cpu * 1000 / items, work_cpu * 1000 / items, _steady(points, items) * 1000,
+                    (cpu - work_cpu) * 1000)
 
 
 async def main(skus: int, reps: int, latency: float | None) -> None:
@@ -92,22 +185,32 @@ async def main(skus: int, reps: int, latency: float | None) -> None:
     if latency is not None:
         faults.latency = latency
     buckets = tuple(f"bench-{m}-{r}" for r in range(reps) for m in ("headless", "console"))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(faults, seed=1) as origin:
         env = dict(os.environ, **s3.env())
-        rows: dict[str, list[tuple[float, float]]] = {"headless": [], "console": []}
+        rows: dict[str, list[Measured]] = {"headless": [], "console": []}
         for rep in range(reps):
             for mode in ("headless", "console") if rep % 2 == 0 else ("console", "headless"):
-                rows[mode].append(await one(mode, skus, tmp, catalog, s3, origin, env, rep))
-                print(f"  rep {rep} {mode:8}: {rows[mode][-1][0]:.1f} obj/s, {rows[mode][-1][1]:.2f} ms CPU/obj", flush=True)
-    med = {m: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v)) for m, v in rows.items()}
-    print(f"demo workload, {skus} SKUs x 3 angles, origin latency {faults.latency * 1000:.0f} ms, concurrency 3, "
-          f"{reps} interleaved repetitions (medians):")
-    for mode, (rate, cpu) in med.items():
-        print(f"  {mode:8}: {rate:.1f} obj/s, {cpu:.2f} ms client CPU per object")
-    paired = statistics.median(c[0] / h[0] for c, h in zip(rows["console"], rows["headless"], strict=True))
-    print(f"  console/headless throughput: {100 * med['console'][0] / med['headless'][0]:.1f} % (ratio of medians),"
-          f" {100 * paired:.1f} % (median of the per-repetition ratios);"
-          f" CPU per object: {100 * med['console'][1] / med['headless'][1]:.1f} %")
+                m = await one(mode, skus, tmp, catalog, s3, origin, env, rep)
+                rows[mode].append(m)
+                print(f"  rep {rep} {mode:8}: {m.rate:.1f} obj/s, client CPU per object {m.steady_cpu_ms:.2f} ms steady,"
+                      f" {m.work_cpu_ms:.2f} ms during the work, {m.cpu_ms:.2f} ms over the process"
+                      f" ({m.fixed_ms:.0f} ms outside the work)", flush=True)
+    names = ("rate", "cpu_ms", "work_cpu_ms", "steady_cpu_ms", "fixed_ms")
+    med = {mode: Measured(*(statistics.median(getattr(m, f) for m in ms) for f in names)) for mode, ms in rows.items()}
+    pairs = list(zip(rows["console"], rows["headless"], strict=True))
+    print(f"{started}: demo workload, {skus} SKUs x 3 angles, origin latency {faults.latency * 1000:.0f} ms, concurrency 3,"
+          f" {reps} interleaved repetitions (medians):")
+    for mode, m in med.items():
+        print(f"  {mode:8}: {m.rate:.1f} obj/s; client CPU per object {m.steady_cpu_ms:.2f} ms steady, {m.work_cpu_ms:.2f} ms during the work,"
+              f" {m.cpu_ms:.2f} ms over the process; {m.fixed_ms:.0f} ms of the process's CPU outside the work")
+    c, h = med["console"], med["headless"]
+    print(f"  console / headless: throughput {100 * c.rate / h.rate:.1f} % (median of pairs {100 * statistics.median(a.rate / b.rate for a, b in pairs):.1f} %);"
+          f" CPU per object steady {100 * c.steady_cpu_ms / h.steady_cpu_ms:.1f} % (median of pairs"
+          f" {100 * statistics.median(a.steady_cpu_ms / b.steady_cpu_ms for a, b in pairs):.1f} %),"
+          f" during the work {100 * c.work_cpu_ms / h.work_cpu_ms:.1f} % (median of pairs"
+          f" {100 * statistics.median(a.work_cpu_ms / b.work_cpu_ms for a, b in pairs):.1f} %),"
+          f" over the process {100 * c.cpu_ms / h.cpu_ms:.1f} %; fixed cost +{c.fixed_ms - h.fixed_ms:.0f} ms a process")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -199,8 +199,11 @@ class EventLog(Static):
     def lines(self) -> list[str]:
         return list(self._lines)
 
-    def write(self, line: str) -> None:
-        self._lines.append(line)
+    def write(self, *lines: str) -> None:
+        """Append lines; one redraw for all of them (none for no lines)."""
+        if not lines:
+            return
+        self._lines.extend(lines)
         height = self.content_size.height or 4
         tail = list(self._lines)[-height:]
         self.update(
