@@ -6,6 +6,11 @@ prefix such as ``/img/``) answers a small real JPEG that is deterministic and un
 ``"{sku}_{angle}"`` inserted right after the SOI marker. :func:`expected_body` returns exactly
 the bytes served, so tests compare bucket contents byte for byte.
 
+Latency L is kept as a real origin L away would keep it: each answer is prepared first and
+leaves L after its request arrived (the handler's own work and this event loop's timer
+lateness, learnt from its past waits, are taken off the wait), so a client sees L plus only
+the loopback and its own costs.
+
 Faults (:class:`OriginFaults`) are mutable at run time (``server.faults``): deterministic
 missing objects (hash of sku/angle, so every process agrees), latency, slow answers, random
 500/503, connection resets, stalls, truncated bodies, HTML error pages with status 200, and
@@ -30,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -38,6 +42,7 @@ import html
 import io
 import random
 import signal
+import statistics
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -137,7 +142,7 @@ class OriginFaults:
     missing: set[tuple[str, int]] = field(default_factory=set)
     missing_fraction: float = 0.0
     not_found: Callable[[str, int], bool] | None = None
-    latency: float = 0.0  # seconds added to every GET/HEAD
+    latency: float = 0.0  # seconds from a GET/HEAD's arrival to its answer
     slow_fraction: float = 0.0
     slow_delay: float = 0.0
     error_rate: float = 0.0  # random 500/503
@@ -210,7 +215,8 @@ class OriginServer:
         self.statuses: collections.Counter[int] = collections.Counter()
         self._get_counts: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
-        self._closing = asyncio.Event()
+        self._sleepers: set[asyncio.Future[None]] = set()
+        self._timer_lateness = 0.0
         self.base_url = ""
         self.url_template = ""
         self.index_template = ""
@@ -253,7 +259,7 @@ class OriginServer:
         return app
 
     async def start(self) -> Self:
-        self._closing = asyncio.Event()
+        self._timer_lateness = await _timer_lateness()
         self._runner = web.AppRunner(
             self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -267,7 +273,9 @@ class OriginServer:
         return self
 
     async def stop(self) -> None:
-        self._closing.set()
+        for waiter in self._sleepers:  # answer now: the server is closing
+            if not waiter.done():
+                waiter.set_result(None)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -306,9 +314,31 @@ class OriginServer:
         return self._answer(200, text=page, content_type="text/html")
 
     async def _sleep(self, seconds: float) -> None:
-        if seconds > 0:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), seconds)
+        """Wait ``seconds``, or less if the server closes meanwhile."""
+        if seconds <= 0:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        handle = asyncio.get_running_loop().call_later(seconds, _wake, waiter)
+        self._sleepers.add(waiter)
+        try:
+            await waiter
+        finally:
+            handle.cancel()
+            self._sleepers.discard(waiter)
+
+    async def _answer_at(self, due: float) -> None:
+        """Wait until loop time ``due``, waking early by this loop's timer lateness.
+
+        The lateness (asyncio rounds a wait up to epoll's millisecond, and an idle CPU wakes
+        slowly) is a moving average of how late past waits ended, first measured at start.
+        """
+        loop = asyncio.get_running_loop()
+        wake = due - self._timer_lateness
+        if wake <= loop.time():
+            return
+        await self._sleep(wake - loop.time())
+        late = min(max(loop.time() - wake, 0.0), 0.002)
+        self._timer_lateness += 0.05 * (late - self._timer_lateness)
 
     def _inject(self, kind: str) -> None:
         self.injected[kind] += 1
@@ -318,6 +348,7 @@ class OriginServer:
         return web.Response(status=status, **kwargs)
 
     async def _handle_image(self, request: web.Request) -> web.StreamResponse:
+        arrived = asyncio.get_running_loop().time()
         method = request.method
         path = request.path
         self.requests[(method, path)] += 1
@@ -327,13 +358,16 @@ class OriginServer:
         if parsed is None:
             return self._answer(404, text="not an image name\n")
         sku, angle = parsed
-        await self._sleep(faults.latency)
+        due = arrived + faults.latency
         if faults.slow_fraction > 0 and self.rng.random() < faults.slow_fraction:
             self._inject("slow")
-            await self._sleep(faults.slow_delay)
-        if faults.is_missing(sku, angle):
+            due += faults.slow_delay
+        # the answer is decided and its body made before the wait, so it leaves on time
+        missing = faults.is_missing(sku, angle)
+        body = b"" if missing else self.body_for(sku, angle)
+        await self._answer_at(due)
+        if missing:
             return self._answer(404, text="not found\n")
-        body = self.body_for(sku, angle)
         if method == "HEAD":
             return self._answer(200, body=body, content_type="image/jpeg")
 
@@ -381,6 +415,26 @@ class OriginServer:
 
 
 # -- out-of-process entry point ------------------------------------------------------------
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+async def _timer_lateness(samples: int = 5, wait: float = 0.002) -> float:
+    """How late this event loop's timers fire, median of a few short sleeps (0 to 1 ms).
+
+    asyncio rounds a wait up to epoll's millisecond, so a sleep ends 0-1 ms late; an origin
+    that answered after ``sleep(L)`` would add that to every answer.
+    """
+    loop = asyncio.get_running_loop()
+    late = []
+    for _ in range(samples):
+        began = loop.time()
+        await asyncio.sleep(wait)
+        late.append(loop.time() - began - wait)
+    return min(max(statistics.median(late), 0.0), 0.001)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tui_backfill.servers.origin",
