@@ -144,8 +144,9 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
                           + f"times > {times}\n")
         sock = f"bench-{os.getpid()}"
         tmux = ["tmux", "-L", sock]
-        subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)
-        shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)
+        # short tmux calls, before the run starts or after it ended (the origin shares this loop)
+        subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)  # noqa: ASYNC221
+        shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
         client = None
         for _ in range(100):
             client = _child_of(shell)
@@ -161,10 +162,10 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
         await asyncio.sleep(0.5)  # the console shows the end
         for task in sampling:
             task.cancel()
-        subprocess.run([*tmux, "send-keys", "q"], check=True)
+        subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
         while not times.exists() or len(times.read_text().strip().splitlines()) < 2:
             await asyncio.sleep(0.1)
-        subprocess.run([*tmux, "kill-server"], capture_output=True)
+        subprocess.run([*tmux, "kill-server"], capture_output=True)  # noqa: ASYNC221
         cpu = _children_cpu(times.read_text())
     snap = _last_snapshot(state)
     assert snap["state"] == "completed", snap

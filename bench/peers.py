@@ -95,6 +95,9 @@ Each section is one run of the benchmark: compare tools only within a section.
 - **origin slots busy**: the origin's summed request time / (C x work): how full the C slots
   were (rclone's include its HEADs).
 - **slot ms/obj**: C / (obj/s): how long a fetch slot takes per object (L is the floor).
+- **origin ms/answer**: the origin's mean time from a request's arrival to its answer (its
+  handler's time; L by design, since the origin takes its own costs and its timer's lateness
+  off the wait), so what is above it in slot ms/obj is the loopback's and the client's.
 - **CPU busy %**: CPU seconds per second during the work, sampled every 0.2 s from `/proc`:
   the client, `rclone serve s3`, the counting proxy, the origin (the benchmark's own process)
   and the rest (every other process on the machine, and the kernel); 100 % is one core.
@@ -162,6 +165,7 @@ class Run:
     origin_peak: int
     origin_span: float  # seconds from the first origin request to the end of the last
     slots_busy: float  # the origin's summed request time / (C x work): how full the C slots were
+    answer_ms: float  # the origin's mean time from a request's arrival to its answer
     errors: int  # failed attempts the tool reports (retried or not)
     busy: dict[str, float] = field(default_factory=dict)  # process -> CPU s / s during the work
 
@@ -398,6 +402,7 @@ class Bench:
             origin={"GET": origin.gets, "HEAD": origin.heads, "index": origin.index_gets},
             s3=counts["requests"] if counts is not None else None, origin_peak=origin.peak,
             origin_span=origin.last_at - origin.first_at, slots_busy=origin.busy_seconds / (self.case.concurrency * work),
+            answer_ms=1000 * origin.busy_seconds / max(1, origin.gets + origin.heads),
             errors=errors, busy=busy,
         )
 
@@ -448,6 +453,7 @@ class Summary:
     origin_peak: int
     origin_span: float
     slots_busy: float
+    answer_ms: float
     errors: int
     busy: dict[str, float]
 
@@ -473,6 +479,7 @@ def summarize(runs: list[Run]) -> Summary:
         origin_peak=max(r.origin_peak for r in runs),
         origin_span=med(r.origin_span for r in runs),
         slots_busy=med(r.slots_busy for r in runs),
+        answer_ms=med(r.answer_ms for r in runs),
         errors=sum(r.errors for r in runs),
         busy={k: med(r.busy[k] for r in runs) for k in runs[0].busy},
     )
@@ -512,8 +519,8 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
             "|---|---|---:|---:|---:|---:|---|---|---:|---|"]
     busy_keys = list(next(iter(results[0][1].values())).busy)
     diagnosis = ["| case | tool | work s (process; origin span) | origin peak in flight | origin slots busy"
-                 " | slot ms/obj | CPU busy % (" + " / ".join(busy_keys) + ") |",
-                 "|---|---|---:|---:|---:|---:|---|"]
+                 " | slot ms/obj | origin ms/answer | CPU busy % (" + " / ".join(busy_keys) + ") |",
+                 "|---|---|---:|---:|---:|---:|---:|---|"]
     for case, summaries in results:
         for tool, s in summaries.items():
             of_limit = f"{100 * s.rate / case.limit:.0f} %" if case.limit else "–"
@@ -524,7 +531,7 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
             slots = f"{100 * s.slots_busy:.0f} %" if case.latency > 0 else "–"
             busy = " / ".join(f"{100 * v:.0f}" for v in s.busy.values())
             diagnosis.append(f"| {case.label} | {tool} | {s.work:.1f} ({s.wall:.1f}; {s.origin_span:.1f}) | {peak} | {slots}"
-                             f" | {s.slot_ms(case):.1f} | {busy} |")
+                             f" | {s.slot_ms(case):.1f} | {s.answer_ms:.1f} | {busy} |")
     ratios = ["| case | limit C/L | obj/s tui-backfill / GET-only ceiling | obj/s tui-backfill / minimal | obj/s tui-backfill / rclone"
               " | CPU/obj tui-backfill / minimal: process (work) | CPU/obj tui-backfill / rclone: process (work) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
