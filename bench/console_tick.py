@@ -1,0 +1,130 @@
+"""The console's own CPU per second of a run, without the noise of a run beside it.
+
+Runs the console (the real BackfillApp, in tmux at 80x24, TERM=xterm-256color) over a
+controller whose snapshot moves as a busy run's does: every counter, the rates, the ETA, the
+checkpoint and the error counts change between two reads, so every panel redraws at each
+refresh. After a 2 s settle it measures the process's CPU (user + sys) over SECONDS and prints
+ms of CPU per second. Divided by a run's objects per second, that is what the console adds to
+each object (e.g. 12 ms/s over a run of 200 obj/s at 2 ms each is +3 %). Each repetition is a
+fresh process; prints the median of REPS.
+
+    .venv/bin/python bench/console_tick.py [SECONDS] [REPS]      # default 15 3
+
+Also `--child` (internal): the app itself, run inside tmux.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tui_backfill.checkpoint import Checkpoint
+from tui_backfill.snapshot import Counters, StatusSnapshot, utc_now_iso
+
+
+def busy_snapshot(seconds: float) -> StatusSnapshot:
+    """A run `seconds` in, at 180 objects/s, with a few errors and a moving checkpoint."""
+    n = int(seconds * 180)
+    counters = Counters(
+        scanned_skus=n // 3, attempted_downloads=n + 5, uploaded=n - n // 30, skipped_exists=0,
+        no_remote=n // 30, errors_by_code={"http_503": n // 100, "timeout": n // 300},
+        bytes_uploaded=n * 65536,
+    )  # fmt: skip
+    sku = 100000 + n // 3
+    return StatusSnapshot(
+        job="bench", run_id=1, state="running", dry_run=False, started_at="2026-12-03T10:00:00.000Z",
+        last_update_at=utc_now_iso(), angles_planned="1-3", angles_per_sku=3, concurrency=3,
+        planned_skus=100_000, counters=counters,
+        checkpoint=Checkpoint(str(sku), {str(sku + 1): (1,), str(sku + 2): (2, 3)}), in_flight=5,
+        items_per_second=180 + n % 7, skus_per_second=60 + n % 5 / 10, bytes_per_second=180 * 65536.0,
+        eta_seconds=(100_000 - n // 3) / 60, last_errors={"http_503": "HTTP 503 Service Unavailable",
+        "timeout": "no complete answer within 20 s"}, bucket="bench", endpoint="http://127.0.0.1:9000",
+        origin="http://127.0.0.1:8000/{sku}_{angle}", checkpoint_saved_at=utc_now_iso(), checkpoint_saved_sku=str(sku),
+    )  # fmt: skip
+
+
+class MovingController:
+    attached = False
+    job = "bench"
+    max_concurrency = 6
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+
+    async def snapshot(self) -> StatusSnapshot:
+        return busy_snapshot(time.monotonic() - self.began)
+
+    async def pause(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
+    async def set_concurrency(self, value: int) -> None: ...
+
+    async def failed_items(self) -> list:  # type: ignore[type-arg]
+        return []
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def child(seconds: float, out: str) -> None:
+    import asyncio
+
+    from tui_backfill.ui import app
+
+    class Measured(app.BackfillApp):
+        CSS_PATH = str(Path(app.__file__).with_name("app.tcss"))  # Textual reads it beside the subclass
+
+        async def on_mount(self) -> None:  # BackfillApp's own on_mount runs too (Textual calls both)
+            async def measure() -> None:
+                await asyncio.sleep(2)
+                cpu0, wall0 = cpu_seconds(), time.monotonic()
+                await asyncio.sleep(seconds)
+                cpu1, wall1 = cpu_seconds(), time.monotonic()
+                Path(out).write_text(f"{1000 * (cpu1 - cpu0) / (wall1 - wall0):.2f}\n")
+                self.exit(0)
+
+            self.run_worker(measure(), exit_on_error=False)
+
+    Measured(MovingController()).run()  # type: ignore[arg-type]
+
+
+def main(seconds: float, reps: int) -> None:
+    if shutil.which("tmux") is None:
+        raise SystemExit("tmux is needed (apt-get install tmux)")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-tick-"))
+    results = []
+    for rep in range(reps):
+        out = tmp / f"{rep}.txt"
+        line = f"TERM=xterm-256color exec {sys.executable} {Path(__file__).resolve()} --child {seconds} {out} 2>/dev/null"
+        sock = f"bench-tick-{os.getpid()}"
+        subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "80", "-y", "24", line], check=True)
+        deadline = time.monotonic() + seconds + 30
+        while not out.exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        if not out.exists():
+            raise SystemExit(f"repetition {rep}: the console did not report")
+        results.append(float(out.read_text()))
+        print(f"  rep {rep}: {results[-1]:.1f} ms CPU per second", flush=True)
+    from tui_backfill.ui.app import REFRESH_EVERY
+
+    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {REFRESH_EVERY:g} s:"
+          f" median {statistics.median(results):.1f} ms of CPU per second ({', '.join(f'{r:.1f}' for r in results)})")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--child"]:
+        child(float(sys.argv[2]), sys.argv[3])
+    else:
+        main(float(sys.argv[1]) if len(sys.argv) > 1 else 15, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
