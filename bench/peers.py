@@ -12,7 +12,8 @@ rotating order, the same N objects (N/3 SKUs x angles 1-3) into fresh buckets wi
   404 items are not in the origin's listing (rclone cannot know them), so it handles N minus
   those;
 - the GET-only ceiling (`bench/get_loop.py`): aiohttp GETs alone, C at a time, nothing
-  written: what any client can reach against this origin (L plus its per-request cost).
+  written: what any client can reach against this origin (L plus the per-request cost of the
+  loopback and of aiohttp at both ends).
 
 Reports medians over the repetitions of: objects/s (objects written + 404s handled, per second
 of work: the run's own startedAt..lastUpdateAt, the loop's own timer, rclone's elapsed time),
@@ -77,8 +78,10 @@ Each section is one run of the benchmark: compare tools only within a section.
   `Elapsed time`). rclone never sees the 404 items (they are not in the origin's listing).
 - **of C/L**: of the physical limit, C parallel fetches of latency L.
 - **get-only**: not a tool but the origin's ceiling: aiohttp GETs alone, C at a time, nothing
-  written (`bench/get_loop.py`). The origin adds its own per-request cost (about 1-3 ms on these
-  machines, with the timer's rounding) to L, so even this reaches only 90-95 % of C/L.
+  written (`bench/get_loop.py`). Since 2026-12-03 the origin answers L after a request arrives
+  (`origin ms/answer`), and this reaches 96-97 % of C/L (the rest is the loopback's and aiohttp's
+  cost per request at both ends); before, the origin added its own 1-3 ms (its handling, its
+  timer's rounding) to L, and even this reached only 90-95 % of C/L.
 - **client CPU ms/obj**: user + sys of the tool's process (`os.wait4`), with process startup
   (about 1 s of imports for the Python tools); in brackets, only during the work (sampled).
 - **peak RSS**: the tool's process's `VmHWM`, sampled every 0.2 s (`ru_maxrss` from `wait4`
