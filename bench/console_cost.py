@@ -7,8 +7,9 @@ the console (80x24, TERM=xterm-256color), interleaved, and takes from each run:
 - client CPU per object, three ways: over the whole process (user + sys, start-up and exit
   included: imports, the first render, the wait for `q`); during the work (the client's /proc
   CPU sampled every 0.2 s, between the snapshot's startedAt and lastUpdateAt); and in the
-  steady middle of the run (CPU used / items finished between the samples at which 10 % and
-  90 % of the items were finished, read from the snapshot the run publishes in its state,
+  steady middle of the run (CPU used / items finished between the first and last samples taken
+  while 10-90 % of the items were finished (a run too short for two falls back to the work
+  figure), read from the snapshot the run publishes in its state,
   every 0.5 s).
   Process minus work is the process's fixed cost (start-up, exit), reported in ms.
 
@@ -25,7 +26,6 @@ Reports medians of the interleaved repetitions and the ratios console / headless
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import os
 import shlex
@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers import Sampler, proc_cpu  # bench/, beside this script
+from peers import Sampler, epoch, proc_cpu  # bench/, beside this script
 
 from tui_backfill.demo import demo_faults
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
@@ -54,10 +54,6 @@ class Measured:
     work_cpu_ms: float  # client CPU ms per object, during the work
     steady_cpu_ms: float  # client CPU ms per object, from 10 % to 90 % of the items
     fixed_ms: float  # process CPU outside the work (start-up, exit), ms
-
-
-def _epoch(timestamp: str) -> float:
-    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp()
 
 
 def _children_cpu(times_output: str) -> float:
@@ -100,11 +96,22 @@ async def _progress(pid: int, state: Path, out: list[tuple[int, float]]) -> None
         await asyncio.sleep(0.05)
 
 
-def _steady(points: list[tuple[int, float]], items: int) -> float:
-    """CPU seconds per item between the samples nearest 10 % and 90 % of the items finished."""
+def _steady(points: list[tuple[int, float]], items: int) -> float | None:
+    """CPU seconds per item between the first and last samples within 10-90 % of the items
+    finished; None when the run was too short to give two distinct ones."""
     inside = [p for p in points if 0.1 * items <= p[0] <= 0.9 * items]
+    if len(inside) < 2 or inside[-1][0] == inside[0][0]:
+        return None
     (d0, c0), (d1, c1) = inside[0], inside[-1]
     return (c1 - c0) / (d1 - d0)
+
+
+async def _until(check, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"gave up waiting for {what} after {timeout:.0f} s")
+        await asyncio.sleep(0.1)
 
 
 def _child_of(ppid: int) -> int | None:
@@ -142,37 +149,36 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
         script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.startswith("AWS_"))
                           + f"export TERM=xterm-256color\n{shlex.join(argv)}\n"
                           + f"times > {times}\n")
-        sock = f"bench-{os.getpid()}"
+        sock = f"bench-{os.getpid()}-{bucket}"  # a server per run: a killed one may linger
         tmux = ["tmux", "-L", sock]
         # short tmux calls, before the run starts or after it ended (the origin shares this loop)
         subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)  # noqa: ASYNC221
-        shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
-        client = None
-        for _ in range(100):
+        try:
+            shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
+            await _until(lambda: _child_of(shell) is not None, "the console's process", 10)
             client = _child_of(shell)
-            if client is not None:
-                break
-            await asyncio.sleep(0.02)
-        assert client is not None, "the console's process did not start"
-        sampler = Sampler({"client": client}, rss_pid=client)
-        points = []
-        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points))]
-        while _last_snapshot(state).get("state") != "completed":
-            await asyncio.sleep(0.25)
-        await asyncio.sleep(0.5)  # the console shows the end
-        for task in sampling:
-            task.cancel()
-        subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
-        while not times.exists() or len(times.read_text().strip().splitlines()) < 2:
-            await asyncio.sleep(0.1)
-        subprocess.run([*tmux, "kill-server"], capture_output=True)  # noqa: ASYNC221
+            assert client is not None
+            sampler = Sampler({"client": client}, rss_pid=client)
+            points = []
+            sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points))]
+            await _until(lambda: _last_snapshot(state).get("state") == "completed", "the run to complete", 600)
+            await asyncio.sleep(0.5)  # the console shows the end
+            for task in sampling:
+                task.cancel()
+            subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
+            await _until(lambda: times.exists() and len(times.read_text().strip().splitlines()) >= 2, "the console to exit", 60)
+        finally:
+            subprocess.run([*tmux, "kill-server"], capture_output=True)  # noqa: ASYNC221
         cpu = _children_cpu(times.read_text())
     snap = _last_snapshot(state)
     assert snap["state"] == "completed", snap
-    start, end = _epoch(snap["startedAt"]), _epoch(snap["lastUpdateAt"])
+    start, end = epoch(snap["startedAt"]), epoch(snap["lastUpdateAt"])
     items = snap["plannedItems"]
     work_cpu = sampler.busy(start, end, ["client"])["client"] * (end - start)
-    return Measured(items / (end - start), cpu * 1000 / items, work_cpu * 1000 / items, _steady(points, items) * 1000,
+    steady = _steady(points, items)
+    if steady is None:  # too short a run for a steady middle: the work figure stands in
+        steady = work_cpu / items
+    return Measured(items / (end - start), cpu * 1000 / items, work_cpu * 1000 / items, steady * 1000,
                     (cpu - work_cpu) * 1000)
 
 

@@ -8,7 +8,9 @@ ms of CPU per second. Divided by a run's objects per second, that is what the co
 each object (e.g. 12 ms/s over a run of 200 obj/s at 2 ms each is +3 %). Each repetition is a
 fresh process; prints the median of REPS.
 
-    .venv/bin/python bench/console_tick.py [SECONDS] [REPS]      # default 15 3
+    .venv/bin/python bench/console_tick.py [SECONDS] [REPS] [REFRESH]   # default 15 3, the app's own
+
+REFRESH (seconds) replaces the console's refresh interval, to compare rates (e.g. 0.5).
 
 Also `--child` (internal): the app itself, run inside tmux.
 """
@@ -76,10 +78,13 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def child(seconds: float, out: str) -> None:
+def child(seconds: float, out: str, refresh: float | None) -> None:
     import asyncio
 
     from tui_backfill.ui import app
+
+    if refresh is not None:
+        app.REFRESH_EVERY = refresh
 
     class Measured(app.BackfillApp):
         CSS_PATH = str(Path(app.__file__).with_name("app.tcss"))  # Textual reads it beside the subclass
@@ -98,33 +103,36 @@ def child(seconds: float, out: str) -> None:
     Measured(MovingController()).run()  # type: ignore[arg-type]
 
 
-def main(seconds: float, reps: int) -> None:
+def main(seconds: float, reps: int, refresh: float | None) -> None:
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed (apt-get install tmux)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-tick-"))
     results = []
     for rep in range(reps):
         out = tmp / f"{rep}.txt"
-        line = f"TERM=xterm-256color exec {sys.executable} {Path(__file__).resolve()} --child {seconds} {out} 2>/dev/null"
-        sock = f"bench-tick-{os.getpid()}"
+        line = (f"TERM=xterm-256color exec {sys.executable} {Path(__file__).resolve()} --child {seconds} {out}"
+                f" {refresh or ''} 2>/dev/null")
+        sock = f"bench-tick-{os.getpid()}-{rep}"  # a server per repetition: a killed one may linger
         subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "80", "-y", "24", line], check=True)
         deadline = time.monotonic() + seconds + 30
         while not out.exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
         if not out.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
             raise SystemExit(f"repetition {rep}: the console did not report")
         results.append(float(out.read_text()))
         print(f"  rep {rep}: {results[-1]:.1f} ms CPU per second", flush=True)
     from tui_backfill.ui.app import REFRESH_EVERY
 
-    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {REFRESH_EVERY:g} s:"
+    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {refresh or REFRESH_EVERY:g} s:"
           f" median {statistics.median(results):.1f} ms of CPU per second ({', '.join(f'{r:.1f}' for r in results)})")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--child"]:
-        child(float(sys.argv[2]), sys.argv[3])
+        child(float(sys.argv[2]), sys.argv[3], float(sys.argv[4]) if len(sys.argv) > 4 else None)
     else:
-        main(float(sys.argv[1]) if len(sys.argv) > 1 else 15, int(sys.argv[2]) if len(sys.argv) > 2 else 3)
+        main(float(sys.argv[1]) if len(sys.argv) > 1 else 15, int(sys.argv[2]) if len(sys.argv) > 2 else 3,
+             float(sys.argv[3]) if len(sys.argv) > 3 else None)

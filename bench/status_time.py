@@ -35,31 +35,31 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 async def main(skus: int, reps: int) -> None:
-    tmp = tempfile.mkdtemp(prefix="bench-status-")
-    catalog, state = f"{tmp}/catalog.sqlite3", f"{tmp}/state.sqlite3"
-    make_catalog(catalog, skus, 0)
-    async with RcloneS3(buckets=("bench",)) as s3, OriginServer(OriginFaults(missing_fraction=0.03)) as origin:
-        env = dict(os.environ, **s3.env())
-        run = [*CLI, "run", "--no-ui", "--state", state, "--skus-db", catalog, "--skus-query", ACTIVE_SKUS_QUERY,
-               "--origin", origin.url_template, "--bucket", "bench", "--endpoint-url", s3.endpoint_url, "--path-style",
-               "--limit-skus", str(skus), "--concurrency", "6", "--progress-interval", "60"]
-        proc = await asyncio.create_subprocess_exec(*run, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
-        out, _ = await proc.communicate()
-        snap = json.loads(out)
-        assert proc.returncode == 0 and snap["state"] == "completed", snap
-    env = dict(os.environ)  # no servers needed: status reads the state file only
-    print(f"finished job: {skus} SKUs x 3 angles ({snap['uploaded']} uploaded); {reps} runs of each command, wall time per process")
-    for argv in (["status", "--json"], ["status"]):
-        seconds = []
-        for _ in range(reps):
-            elapsed, stdout = timed([*CLI, *argv, "--state", state], env)
-            if "--json" in argv:
-                assert json.loads(stdout)["state"] == "completed"
-            seconds.append(elapsed)
-        seconds.sort()
-        p90 = seconds[min(len(seconds) - 1, round(0.9 * (len(seconds) - 1)))]
-        print(f"  tui-backfill {' '.join(argv):14}: median {statistics.median(seconds):.3f} s, p90 {p90:.3f} s,"
-              f" worst {seconds[-1]:.3f} s, best {seconds[0]:.3f} s")
+    with tempfile.TemporaryDirectory(prefix="bench-status-") as tmp:
+        catalog, state = f"{tmp}/catalog.sqlite3", f"{tmp}/state.sqlite3"
+        make_catalog(catalog, skus, 0)
+        async with RcloneS3(buckets=("bench",)) as s3, OriginServer(OriginFaults(missing_fraction=0.03)) as origin:
+            env = dict(os.environ, **s3.env())
+            run = [*CLI, "run", "--no-ui", "--state", state, "--skus-db", catalog, "--skus-query", ACTIVE_SKUS_QUERY,
+                   "--origin", origin.url_template, "--bucket", "bench", "--endpoint-url", s3.endpoint_url, "--path-style",
+                   "--limit-skus", str(skus), "--concurrency", "6", "--progress-interval", "60"]
+            proc = await asyncio.create_subprocess_exec(*run, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+            out, _ = await proc.communicate()
+            snap = json.loads(out)
+            assert proc.returncode == 0 and snap["state"] == "completed", snap
+        env = dict(os.environ)  # no servers needed: status reads the state file only
+        print(f"finished job: {skus} SKUs x 3 angles ({snap['uploaded']} uploaded); {reps} runs of each command, wall time per process")
+        for argv in (["status", "--json"], ["status"]):
+            seconds = []
+            for _ in range(reps):
+                elapsed, stdout = timed([*CLI, *argv, "--state", state], env)
+                if "--json" in argv:
+                    assert json.loads(stdout)["state"] == "completed"
+                seconds.append(elapsed)
+            seconds.sort()
+            p90 = seconds[min(len(seconds) - 1, round(0.9 * (len(seconds) - 1)))]
+            print(f"  tui-backfill {' '.join(argv):14}: median {statistics.median(seconds):.3f} s, p90 {p90:.3f} s,"
+                  f" worst {seconds[-1]:.3f} s, best {seconds[0]:.3f} s")
 
 
 if __name__ == "__main__":
