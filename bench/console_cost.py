@@ -83,9 +83,10 @@ def _done(snapshot: dict) -> int:
     return sum(snapshot.get(k, 0) for k in ("uploaded", "skippedExists", "noRemote", "failedItems"))
 
 
-async def _progress(pid: int, state: Path, out: list[tuple[int, float]]) -> None:
+async def _progress(pid: int, state: Path, out: list[tuple[int, float]], latest: dict) -> None:
     """(items finished, client CPU seconds) each time the run publishes a snapshot (every 0.5 s;
-    looked for every 50 ms, so a count is at most that much older than its CPU reading)."""
+    looked for every 50 ms, so a count is at most that much older than its CPU reading); the
+    latest snapshot in ``latest`` (the one read of the state the benchmark makes)."""
     seen = None
     while True:
         snap = _last_snapshot(state)
@@ -93,6 +94,7 @@ async def _progress(pid: int, state: Path, out: list[tuple[int, float]]) -> None
         if cpu is not None and snap and snap.get("lastUpdateAt") != seen:
             seen = snap.get("lastUpdateAt")
             out.append((_done(snap), cpu))
+            latest.update(snap)
         await asyncio.sleep(0.05)
 
 
@@ -137,7 +139,7 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sampler = Sampler({"client": proc.pid}, rss_pid=proc.pid)
         points: list[tuple[int, float]] = []
-        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(proc.pid, state, points))]
+        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(proc.pid, state, points, {}))]
         _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
         for task in sampling:
             task.cancel()
@@ -160,8 +162,9 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
             assert client is not None
             sampler = Sampler({"client": client}, rss_pid=client)
             points = []
-            sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points))]
-            await _until(lambda: _last_snapshot(state).get("state") == "completed", "the run to complete", 600)
+            latest: dict = {}
+            sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points, latest))]
+            await _until(lambda: latest.get("state") == "completed", "the run to complete", 600)
             await asyncio.sleep(0.5)  # the console shows the end
             for task in sampling:
                 task.cancel()

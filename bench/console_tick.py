@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tui_backfill.checkpoint import Checkpoint
 from tui_backfill.snapshot import Counters, StatusSnapshot, utc_now_iso
+from tui_backfill.ui import app
 
 
 def busy_snapshot(seconds: float) -> StatusSnapshot:
@@ -81,8 +82,6 @@ def cpu_seconds() -> float:
 def child(seconds: float, out: str, refresh: float | None) -> None:
     import asyncio
 
-    from tui_backfill.ui import app
-
     if refresh is not None:
         app.REFRESH_EVERY = refresh
 
@@ -123,9 +122,7 @@ def main(seconds: float, reps: int, refresh: float | None) -> None:
             raise SystemExit(f"repetition {rep}: the console did not report")
         results.append(float(out.read_text()))
         print(f"  rep {rep}: {results[-1]:.1f} ms CPU per second", flush=True)
-    from tui_backfill.ui.app import REFRESH_EVERY
-
-    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {refresh or REFRESH_EVERY:g} s:"
+    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {refresh or app.REFRESH_EVERY:g} s:"
           f" median {statistics.median(results):.1f} ms of CPU per second ({', '.join(f'{r:.1f}' for r in results)})")
     shutil.rmtree(tmp, ignore_errors=True)
 

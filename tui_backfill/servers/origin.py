@@ -42,7 +42,6 @@ import html
 import io
 import random
 import signal
-import statistics
 import sys
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -135,6 +134,11 @@ def parse_name(name: str) -> tuple[str, int] | None:
     return sku, int(angle_text)
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 @dataclass
 class OriginFaults:
     """Fault settings; all off by default. Mutate ``server.faults`` at run time."""
@@ -217,7 +221,9 @@ class OriginServer:
         self._runner: web.AppRunner | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
         self._closing = False
-        self._timer_lateness = 0.0
+        # how late this loop's timers fire, learnt from the waits (asyncio rounds a wait up to
+        # epoll's millisecond: 0.5 ms late on average to begin with)
+        self._timer_lateness = 0.0005
         self.base_url = ""
         self.url_template = ""
         self.index_template = ""
@@ -261,7 +267,6 @@ class OriginServer:
 
     async def start(self) -> Self:
         self._closing = False
-        self._timer_lateness = await _timer_lateness()
         self._runner = web.AppRunner(
             self.make_app(), access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
@@ -320,8 +325,9 @@ class OriginServer:
         """Wait ``seconds``, or less if the server closes meanwhile."""
         if seconds <= 0 or self._closing:
             return
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        handle = asyncio.get_running_loop().call_later(seconds, _wake, waiter)
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        handle = loop.call_later(seconds, _wake, waiter)
         self._sleepers.add(waiter)
         try:
             await waiter
@@ -333,8 +339,8 @@ class OriginServer:
         """Wait until loop time ``due``, waking early by this loop's timer lateness.
 
         The lateness (asyncio rounds a wait up to epoll's millisecond, and an idle CPU wakes
-        slowly) is a moving average of how late past waits ended (0 to 2 ms), first measured at
-        start, so answers leave at ``due`` on average: one may leave a little early, another late.
+        slowly) is a moving average of how late past waits ended (0 to 2 ms), so answers leave
+        at ``due`` on average: one may leave a little early, another a little late.
         """
         loop = asyncio.get_running_loop()
         wake = due - self._timer_lateness
@@ -419,26 +425,6 @@ class OriginServer:
 
 
 # -- out-of-process entry point ------------------------------------------------------------
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
-
-
-async def _timer_lateness(samples: int = 5, wait: float = 0.002) -> float:
-    """How late this event loop's timers fire, median of a few short sleeps (0 to 2 ms).
-
-    asyncio rounds a wait up to epoll's millisecond, so a sleep ends 0-1 ms late; an origin
-    that answered after ``sleep(L)`` would add that to every answer.
-    """
-    loop = asyncio.get_running_loop()
-    late = []
-    for _ in range(samples):
-        began = loop.time()
-        await asyncio.sleep(wait)
-        late.append(loop.time() - began - wait)
-    return min(max(statistics.median(late), 0.0), 0.002)
-
-
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m tui_backfill.servers.origin",

@@ -2,8 +2,8 @@
 
 It holds no engine logic. It reads a snapshot at a bounded rate (once a second, and at once
 after a key; a snapshot that changes faster simply replaces the previous one, nothing queues),
-renders it in panels, and turns keys into commands. With a local engine it owns the run: `q` pauses and
-saves before quitting (exit 75), a lost terminal (SIGHUP) does the same. Attached to a run in
+renders it in panels, and turns keys into commands. With a local engine it owns the run: `q`
+pauses and saves before quitting (exit 75), a lost terminal (SIGHUP) does the same. Attached to a run in
 another process, it only reads and sends commands; closing it never stops that run.
 """
 
