@@ -11,36 +11,27 @@ from __future__ import annotations
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
+from common import child_cpu_seconds, run_argv  # bench/, beside this script
+
+from tui_backfill.servers.catalog import make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
 MODES = {"checkpoint every 200 SKUs": "200", "one commit at the end": "100000000"}
 
 
-def _run_and_measure(argv: list[str], env: dict[str, str]) -> float:
-    """CPU seconds (user + sys) of the child, from wait4 (asyncio's child watcher would reap it)."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    _, status, rusage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, proc.returncode
-    return rusage.ru_utime + rusage.ru_stime
-
-
 async def cpu_ms_per_object(argv: list[str], env: dict[str, str], objects: int) -> float:
-    return await asyncio.to_thread(_run_and_measure, argv, env) * 1000 / objects
+    return await asyncio.to_thread(child_cpu_seconds, argv, env) * 1000 / objects
 
 
 async def main(skus: int, reps: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-ckpt-"))
     catalog = tmp / "catalog.sqlite3"
-    await (await asyncio.create_subprocess_exec(sys.executable, "-m", "tui_backfill.servers.catalog", str(catalog),
-                                                "--active", str(skus), stdout=asyncio.subprocess.DEVNULL)).wait()
+    make_catalog(catalog, skus, 0)
     buckets = [f"ckpt-{rep}-{i}" for rep in range(reps) for i in range(len(MODES))]
     async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(OriginFaults(), object_size=65536) as origin:
         env = dict(os.environ, **s3.env())
@@ -49,11 +40,9 @@ async def main(skus: int, reps: int) -> None:
             order = list(MODES.items()) if rep % 2 == 0 else list(reversed(MODES.items()))
             for mode, every in order:
                 i = list(MODES).index(mode)
-                argv = [sys.executable, "-m", "tui_backfill", "run", "--no-ui", "--state", str(tmp / f"{rep}-{i}.sqlite3"),
-                        "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
-                        "--bucket", f"ckpt-{rep}-{i}", "--endpoint-url", s3.endpoint_url, "--path-style",
-                        "--limit-skus", str(skus), "--concurrency", "32", "--max-concurrency", "32",
-                        "--upload-concurrency", "32", "--checkpoint-every", every, "--progress-interval", "1000"]
+                argv = run_argv(state=tmp / f"{rep}-{i}.sqlite3", catalog=catalog, origin=origin.url_template,
+                                bucket=f"ckpt-{rep}-{i}", endpoint_url=s3.endpoint_url, skus=skus, concurrency=32,
+                                upload_concurrency=32, extra=["--checkpoint-every", every])
                 results[mode].append(await cpu_ms_per_object(argv, env, skus * 3))
                 print(f"  rep {rep + 1}/{reps} {mode:26}: {results[mode][-1]:.2f} ms CPU/obj", flush=True)
     with_ckpt, without = results.values()

@@ -1,4 +1,4 @@
-"""The console's cost: the demo's workload headless vs under the console in a real terminal.
+"""The console's cost: one workload headless vs under the console in a real terminal.
 
 Each repetition runs the same job (fresh state and bucket) once headless and once in tmux with
 the console (80x24, TERM=xterm-256color), interleaved, and takes from each run:
@@ -14,17 +14,20 @@ the console (80x24, TERM=xterm-256color), interleaved, and takes from each run:
   Process minus work is the process's fixed cost (start-up, exit), reported in ms.
 
 The steady figure is what the console adds per object on a run of any length; the work and
-process figures add fixed costs (the console's start-up falls inside the work window, since the
-run's startedAt is set before the screen starts), amortised over this run's objects.
-Reports medians of the interleaved repetitions and the ratios console / headless.
+process figures add fixed costs (the first screen falls inside the work window, since the
+run's startedAt is set just before it; Textual's import comes before), amortised over this
+run's objects. Reports medians of the interleaved repetitions and the ratios console / headless.
 
-    .venv/bin/python bench/console_cost.py [SKUS] [REPS] [ORIGIN_LATENCY_SECONDS]
+    .venv/bin/python bench/console_cost.py [SKUS] [REPS] [ORIGIN_LATENCY_SECONDS] [--zero]
 
-(the latency replaces the demo's 4 ms: 0.02 is a typical third-party origin)
+The workload is the demo's (4 ms origin with its faults, concurrency 3); the latency replaces
+the 4 ms (0.02 is a typical third-party origin). `--zero` is bench/checkpoint_cost.py's
+workload instead: zero latency, no faults, concurrency 32, the CPU-bound case.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -39,11 +42,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from peers import Sampler, epoch, proc_cpu  # bench/, beside this script
+from common import run_argv  # bench/, beside this script
+from peers import Sampler, epoch, proc_cpu
 
 from tui_backfill.demo import demo_faults
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
-from tui_backfill.servers.origin import OriginServer
+from tui_backfill.servers.catalog import make_catalog
+from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
 
@@ -128,14 +132,15 @@ def _child_of(ppid: int) -> int | None:
     return None
 
 
-async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, origin: OriginServer, env: dict, rep: int) -> Measured:
+async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, origin: OriginServer, env: dict, rep: int,
+              concurrency: int) -> Measured:
     bucket = f"bench-{mode}-{rep}"  # created before rclone starts (it caches the directory list)
     state = tmp / f"{bucket}.sqlite3"
-    argv = [sys.executable, "-m", "tui_backfill", "run", "--state", str(state), "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
-            "--origin", origin.url_template, "--bucket", bucket, "--endpoint-url", s3.endpoint_url, "--path-style",
-            "--limit-skus", str(skus), "--timeout", "5", "--backoff", "0.2"]
+    argv = run_argv(state=state, catalog=catalog, origin=origin.url_template, bucket=bucket, endpoint_url=s3.endpoint_url,
+                    skus=skus, concurrency=concurrency, upload_concurrency=max(concurrency, 6), ui=mode == "console",
+                    progress_interval=60, extra=["--timeout", "5", "--backoff", "0.2"])
     if mode == "headless":
-        proc = subprocess.Popen([*argv, "--no-ui", "--progress-interval", "60"], env=env,  # noqa: ASYNC220
+        proc = subprocess.Popen(argv, env=env,  # noqa: ASYNC220
                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         sampler = Sampler({"client": proc.pid}, rss_pid=proc.pid)
         points: list[tuple[int, float]] = []
@@ -185,15 +190,17 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
                     (cpu - work_cpu) * 1000)
 
 
-async def main(skus: int, reps: int, latency: float | None) -> None:
+async def main(skus: int, reps: int, latency: float | None, zero: bool) -> None:
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed (apt-get install tmux)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
     catalog = tmp / "catalog.sqlite3"
     make_catalog(str(catalog), skus, 0)
-    faults = demo_faults()
+    faults = OriginFaults() if zero else demo_faults()
     if latency is not None:
         faults.latency = latency
+    concurrency = 32 if zero else 3
+    workload = "zero-latency workload (no faults)" if zero else "demo workload"
     buckets = tuple(f"bench-{m}-{r}" for r in range(reps) for m in ("headless", "console"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(faults, seed=1) as origin:
@@ -201,7 +208,7 @@ async def main(skus: int, reps: int, latency: float | None) -> None:
         rows: dict[str, list[Measured]] = {"headless": [], "console": []}
         for rep in range(reps):
             for mode in ("headless", "console") if rep % 2 == 0 else ("console", "headless"):
-                m = await one(mode, skus, tmp, catalog, s3, origin, env, rep)
+                m = await one(mode, skus, tmp, catalog, s3, origin, env, rep, concurrency)
                 rows[mode].append(m)
                 print(f"  rep {rep} {mode:8}: {m.rate:.1f} obj/s, client CPU per object {m.steady_cpu_ms:.2f} ms steady,"
                       f" {m.work_cpu_ms:.2f} ms during the work, {m.cpu_ms:.2f} ms over the process"
@@ -209,7 +216,7 @@ async def main(skus: int, reps: int, latency: float | None) -> None:
     names = ("rate", "cpu_ms", "work_cpu_ms", "steady_cpu_ms", "fixed_ms")
     med = {mode: Measured(*(statistics.median(getattr(m, f) for m in ms) for f in names)) for mode, ms in rows.items()}
     pairs = list(zip(rows["console"], rows["headless"], strict=True))
-    print(f"{started}: demo workload, {skus} SKUs x 3 angles, origin latency {faults.latency * 1000:.0f} ms, concurrency 3,"
+    print(f"{started}: {workload}, {skus} SKUs x 3 angles, origin latency {faults.latency * 1000:.0f} ms, concurrency {concurrency},"
           f" {reps} interleaved repetitions (medians):")
     for mode, m in med.items():
         print(f"  {mode:8}: {m.rate:.1f} obj/s; client CPU per object {m.steady_cpu_ms:.2f} ms steady, {m.work_cpu_ms:.2f} ms during the work,"
@@ -225,5 +232,11 @@ async def main(skus: int, reps: int, latency: float | None) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 1000, int(sys.argv[2]) if len(sys.argv) > 2 else 3,
-                     float(sys.argv[3]) if len(sys.argv) > 3 else None))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("skus", nargs="?", type=int, default=1000)
+    parser.add_argument("reps", nargs="?", type=int, default=3)
+    parser.add_argument("latency", nargs="?", type=float, help="origin latency in seconds (replaces the demo's 4 ms)")
+    parser.add_argument("--zero", action="store_true",
+                        help="bench/checkpoint_cost.py's workload: zero latency, no faults, concurrency 32")
+    args = parser.parse_args()
+    asyncio.run(main(args.skus, args.reps, args.latency, args.zero))

@@ -14,7 +14,9 @@ import sys
 import tempfile
 import time
 
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
+from common import run_argv  # bench/, beside this script
+
+from tui_backfill.servers.catalog import make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.proxy import ReverseProxy
 from tui_backfill.servers.rclone_s3 import RcloneS3
@@ -32,10 +34,8 @@ async def main(skus: int, reps: int) -> None:
     async with RcloneS3(buckets=("bench",)) as s3, OriginServer(OriginFaults(missing_fraction=0.03)) as origin:
         async with ReverseProxy(s3.endpoint_url) as proxy:
             env = dict(os.environ, **s3.env())
-            base = [sys.executable, "-m", "tui_backfill", "run", "--no-ui", "--state", f"{tmp}/state.sqlite3",
-                    "--skus-db", f"{tmp}/catalog.sqlite3", "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
-                    "--bucket", "bench", "--endpoint-url", proxy.endpoint_url, "--path-style", "--limit-skus", str(skus),
-                    "--concurrency", "6", "--progress-interval", "60"]
+            base = run_argv(state=f"{tmp}/state.sqlite3", catalog=f"{tmp}/catalog.sqlite3", origin=origin.url_template,
+                            bucket="bench", endpoint_url=proxy.endpoint_url, skus=skus, concurrency=6, progress_interval=60)
             await _run(base, env)  # fill
             results: dict[str, list[tuple[float, int, int]]] = {"list": [], "head": []}
             for _ in range(reps):

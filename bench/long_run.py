@@ -22,11 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
+from common import run_argv  # bench/, beside this script
+
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
-CLI = (sys.executable, "-m", "tui_backfill")
 ANGLES = 3
 START_AFTER = 1000  # items: past start-up and the first listings
 
@@ -106,34 +106,16 @@ async def main(items: int, concurrency: int) -> None:
         # rclone can answer 500 when PUTs race to create the first object's directory
         (tmp / "s3" / "long" / "rsr" / "highres").mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, **s3.env())
-        argv = [
-            *CLI,
-            "run",
-            "--no-ui",
-            "--state",
-            str(state),
-            "--skus-db",
-            str(catalog),
-            "--skus-query",
-            ACTIVE_SKUS_QUERY,
-            "--origin",
-            origin.url_template,
-            "--bucket",
-            "long",
-            "--endpoint-url",
-            s3.endpoint_url,
-            "--path-style",
-            "--limit-skus",
-            str(skus),
-            "--concurrency",
-            str(concurrency),
-            "--max-concurrency",
-            str(concurrency),
-            "--upload-concurrency",
-            str(concurrency),
-            "--progress-interval",
-            "3600",
-        ]
+        argv = run_argv(
+            state=state,
+            catalog=catalog,
+            origin=origin.url_template,
+            bucket="long",
+            endpoint_url=s3.endpoint_url,
+            skus=skus,
+            concurrency=concurrency,
+            upload_concurrency=concurrency,
+        )
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             *argv, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL

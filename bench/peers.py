@@ -52,7 +52,8 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from s3_counter import CounterProcess  # bench/, beside this script
+from common import run_argv  # bench/, beside this script
+from s3_counter import CounterProcess
 
 from tui_backfill.servers.catalog import active_skus, make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer, is_missing
@@ -309,13 +310,9 @@ class Bench:
         assert s3 is not None and origin is not None
         env = self.base_env()
         if tool == "tui-backfill":
-            argv = [sys.executable, "-m", "tui_backfill", "run", "--no-ui", "--state", str(self.tmp / f"{bucket}.sqlite3"),
-                    "--skus-file", str(self.skus_file), "--limit-skus", str(len(self.skus)), "--angles", f"1-{ANGLES}",
-                    "--origin", origin.index_template, "--bucket", bucket, "--endpoint-url", self.endpoint_url,
-                    "--path-style", "--concurrency", str(c.concurrency), "--upload-concurrency", str(c.upload_concurrency),
-                    "--progress-interval", "3600"]
-            if c.concurrency > 6:
-                argv += ["--max-concurrency", str(c.concurrency)]
+            argv = run_argv(state=self.tmp / f"{bucket}.sqlite3", skus_file=self.skus_file, origin=origin.index_template,
+                            bucket=bucket, endpoint_url=self.endpoint_url, skus=len(self.skus), concurrency=c.concurrency,
+                            upload_concurrency=c.upload_concurrency, extra=["--angles", f"1-{ANGLES}"])
         elif tool == "get-only":
             argv = [sys.executable, str(BENCH / "get_loop.py"), "--skus-file", str(self.skus_file), "--angles", str(ANGLES),
                     "--concurrency", str(c.concurrency), "--origin", origin.index_template]

@@ -21,8 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import run_args  # bench/, beside this script
+
 from tui_backfill import cli
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
+from tui_backfill.servers.catalog import make_catalog
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
 GROUPS = (
@@ -89,11 +91,8 @@ def main(skus: int) -> None:
             assert origin.stdout is not None
             base_url = origin.stdout.readline().split()[1]
             os.environ.update(s3.env())
-            argv = ["run", "--no-ui", "--state", str(tmp / "state.sqlite3"), "--skus-db", str(tmp / "catalog.sqlite3"),
-                    "--skus-query", ACTIVE_SKUS_QUERY, "--origin", base_url + "/img/{sku}_{angle}.jpg",
-                    "--bucket", "profile", "--endpoint-url", s3.endpoint_url, "--path-style", "--limit-skus", str(skus),
-                    "--concurrency", "32", "--max-concurrency", "32", "--upload-concurrency", "32",
-                    "--progress-interval", "3600"]  # fmt: skip
+            argv = run_args(state=tmp / "state.sqlite3", catalog=tmp / "catalog.sqlite3", origin=base_url + "/img/{sku}_{angle}.jpg",
+                            bucket="profile", endpoint_url=s3.endpoint_url, skus=skus, concurrency=32, upload_concurrency=32)
             profile = cProfile.Profile()
             started, cpu = time.perf_counter(), time.process_time()
             real_stdout = sys.stdout

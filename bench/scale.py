@@ -17,11 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
+from common import CLI, run_argv  # bench/, beside this script
+
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
-
-CLI = (sys.executable, "-m", "tui_backfill")
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -59,9 +58,8 @@ async def main(skus: int) -> None:
                                                 "--active", str(skus), stdout=asyncio.subprocess.DEVNULL)).wait()
     async with RcloneS3(tmp / "s3", buckets=("scale",)) as s3, OriginServer(OriginFaults()) as origin:
         env = dict(os.environ, **s3.env())
-        run = [*CLI, "run", "--no-ui", "--state", str(state), "--skus-db", str(catalog), "--skus-query", ACTIVE_SKUS_QUERY,
-               "--origin", origin.url_template, "--bucket", "scale", "--endpoint-url", s3.endpoint_url, "--path-style",
-               "--limit-skus", str(skus), "--concurrency", "6", "--progress-interval", "1000"]
+        run = run_argv(state=state, catalog=catalog, origin=origin.url_template, bucket="scale",
+                       endpoint_url=s3.endpoint_url, skus=skus, concurrency=6)
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(*run, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
         plan_s, rss = await until_fetching(proc, origin, started)

@@ -21,11 +21,11 @@ import sys
 import tempfile
 import time
 
-from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
+from common import CLI, run_argv  # bench/, beside this script
+
+from tui_backfill.servers.catalog import make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
-
-CLI = [sys.executable, "-m", "tui_backfill"]
 
 
 def timed(argv: list[str], env: dict[str, str]) -> tuple[float, str]:
@@ -40,9 +40,8 @@ async def main(skus: int, reps: int) -> None:
         make_catalog(catalog, skus, 0)
         async with RcloneS3(buckets=("bench",)) as s3, OriginServer(OriginFaults(missing_fraction=0.03)) as origin:
             env = dict(os.environ, **s3.env())
-            run = [*CLI, "run", "--no-ui", "--state", state, "--skus-db", catalog, "--skus-query", ACTIVE_SKUS_QUERY,
-                   "--origin", origin.url_template, "--bucket", "bench", "--endpoint-url", s3.endpoint_url, "--path-style",
-                   "--limit-skus", str(skus), "--concurrency", "6", "--progress-interval", "60"]
+            run = run_argv(state=state, catalog=catalog, origin=origin.url_template, bucket="bench",
+                           endpoint_url=s3.endpoint_url, skus=skus, concurrency=6, progress_interval=60)
             proc = await asyncio.create_subprocess_exec(*run, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
             out, _ = await proc.communicate()
             snap = json.loads(out)
