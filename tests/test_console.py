@@ -312,6 +312,23 @@ def test_console_snapshot(snap_compare: Any, size: tuple[int, int]) -> None:
     assert snap_compare(app, terminal_size=size)
 
 
+@pytest.mark.parametrize("width", [80, 99, 100, 101, 120, 157])
+async def test_counters_fit_every_width(width: int) -> None:
+    """Every counter shows in full, not cut with an ellipsis, whatever the terminal's width."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(width, 24)) as pilot:
+        await pilot.pause()
+        rows = [
+            line
+            for line in screen_text(app).splitlines()
+            if "scannedSkus" in line or "inFlight" in line
+        ]
+        assert len(rows) == 2 and not any("\u2026" in row for row in rows), rows
+        assert rows[0].rstrip().endswith(" 26") and rows[1].rstrip().endswith(" 5"), (
+            rows
+        )  # errorsTotal, inFlight
+
+
 def test_failed_items_snapshot(snap_compare: Any) -> None:
     app = BackfillApp(
         FixedController(fixed_snapshot("paused")), clock=lambda: FIXED_NOW, poll=False
