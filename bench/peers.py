@@ -101,7 +101,8 @@ Each section is one run of the benchmark: compare tools only within a section.
 - **slot ms/obj**: C / (obj/s): how long a fetch slot takes per object (L is the floor).
 - **origin ms/answer**: the origin's mean time from a request's arrival to its answer (its
   handler's time; L by design, since the origin takes its own costs and its timer's lateness
-  off the wait), so what is above it in slot ms/obj is the loopback's and the client's.
+  off the wait), so what is above it in slot ms/obj is the loopback's and the client's; in
+  brackets the 10th and 90th percentiles of those times (medians over the repetitions).
 - **CPU busy %**: CPU seconds per second during the work, sampled every 0.2 s from `/proc`:
   the client, `rclone serve s3`, the counting proxy, the origin (the benchmark's own process)
   and the rest (every other process on the machine, and the kernel); 100 % is one core.
@@ -114,12 +115,18 @@ class Origin(OriginServer):
 
     in_flight = peak = 0
     busy_seconds = first_at = last_at = 0.0
+    answer_seconds: list[float]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answer_seconds = []
 
     def reset_counters(self) -> None:
         super().reset_counters()
         self.in_flight = self.peak = 0
         self.busy_seconds = 0.0
         self.first_at = self.last_at = 0.0
+        self.answer_seconds = []
 
     async def _handle_image(self, request: web.Request) -> web.StreamResponse:
         started = time.time()
@@ -132,6 +139,15 @@ class Origin(OriginServer):
             self.in_flight -= 1
             self.last_at = time.time()
             self.busy_seconds += self.last_at - started
+            self.answer_seconds.append(self.last_at - started)
+
+
+def _p10_p90_ms(seconds: list[float]) -> tuple[float, float]:
+    """The 10th and 90th percentiles of answer times, in ms ((0, 0) with none)."""
+    if len(seconds) < 2:
+        return (1000 * seconds[0],) * 2 if seconds else (0.0, 0.0)
+    deciles = statistics.quantiles(seconds, n=10)
+    return 1000 * deciles[0], 1000 * deciles[-1]
 
 
 @dataclass
@@ -170,6 +186,7 @@ class Run:
     origin_span: float  # seconds from the first origin request to the end of the last
     slots_busy: float  # the origin's summed request time / (C x work): how full the C slots were
     answer_ms: float  # the origin's mean time from a request's arrival to its answer
+    answer_p10_p90_ms: tuple[float, float]  # and the spread of those times
     errors: int  # failed attempts the tool reports (retried or not)
     busy: dict[str, float] = field(default_factory=dict)  # process -> CPU s / s during the work
 
@@ -403,6 +420,7 @@ class Bench:
             s3=counts["requests"] if counts is not None else None, origin_peak=origin.peak,
             origin_span=origin.last_at - origin.first_at, slots_busy=origin.busy_seconds / (self.case.concurrency * work),
             answer_ms=1000 * origin.busy_seconds / max(1, origin.gets + origin.heads),
+            answer_p10_p90_ms=_p10_p90_ms(origin.answer_seconds),
             errors=errors, busy=busy,
         )
 
@@ -454,6 +472,7 @@ class Summary:
     origin_span: float
     slots_busy: float
     answer_ms: float
+    answer_p10_p90_ms: tuple[float, float]
     errors: int
     busy: dict[str, float]
 
@@ -480,6 +499,7 @@ def summarize(runs: list[Run]) -> Summary:
         origin_span=med(r.origin_span for r in runs),
         slots_busy=med(r.slots_busy for r in runs),
         answer_ms=med(r.answer_ms for r in runs),
+        answer_p10_p90_ms=(med(r.answer_p10_p90_ms[0] for r in runs), med(r.answer_p10_p90_ms[1] for r in runs)),
         errors=sum(r.errors for r in runs),
         busy={k: med(r.busy[k] for r in runs) for k in runs[0].busy},
     )
@@ -519,7 +539,7 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
             "|---|---|---:|---:|---:|---:|---|---|---:|---|"]
     busy_keys = list(next(iter(results[0][1].values())).busy)
     diagnosis = ["| case | tool | work s (process; origin span) | origin peak in flight | origin slots busy"
-                 " | slot ms/obj | origin ms/answer | CPU busy % (" + " / ".join(busy_keys) + ") |",
+                 " | slot ms/obj | origin ms/answer: mean (p10–p90) | CPU busy % (" + " / ".join(busy_keys) + ") |",
                  "|---|---|---:|---:|---:|---:|---:|---|"]
     for case, summaries in results:
         for tool, s in summaries.items():
@@ -531,7 +551,7 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
             slots = f"{100 * s.slots_busy:.0f} %" if case.latency > 0 else "–"
             busy = " / ".join(f"{100 * v:.0f}" for v in s.busy.values())
             diagnosis.append(f"| {case.label} | {tool} | {s.work:.1f} ({s.wall:.1f}; {s.origin_span:.1f}) | {peak} | {slots}"
-                             f" | {s.slot_ms(case):.1f} | {s.answer_ms:.1f} | {busy} |")
+                             f" | {s.slot_ms(case):.1f} | {s.answer_ms:.1f} ({s.answer_p10_p90_ms[0]:.1f}–{s.answer_p10_p90_ms[1]:.1f}) | {busy} |")
     ratios = ["| case | limit C/L | obj/s tui-backfill / GET-only ceiling | obj/s tui-backfill / minimal | obj/s tui-backfill / rclone"
               " | CPU/obj tui-backfill / minimal: process (work) | CPU/obj tui-backfill / rclone: process (work) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
