@@ -329,6 +329,18 @@ async def test_counters_fit_every_width(width: int) -> None:
         )  # errorsTotal, inFlight
 
 
+async def test_mouse_selects_panel_text() -> None:
+    """Dragging over a panel selects its text, as in any Textual widget (for copying a SKU)."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        await pilot.mouse_down("#checkpoint", offset=(1, 0))
+        await pilot.hover("#checkpoint", offset=(15, 1))
+        await pilot.mouse_up("#checkpoint", offset=(15, 1))
+        await pilot.pause()
+        assert app.screen.get_selected_text() == "lastSku 100421\n100423 done 1,3"
+
+
 def test_failed_items_snapshot(snap_compare: Any) -> None:
     app = BackfillApp(
         FixedController(fixed_snapshot("paused")), clock=lambda: FIXED_NOW, poll=False

@@ -35,9 +35,9 @@ from tui_backfill.ui.widgets import (
     ProgressPanel,
 )
 
-# Once a second, like top: each redraw of the panels costs Textual's compositor most of the
-# console's ~11 ms of CPU per second (bench/console_tick.py); at 2 Hz that was 4-5 % of a busy
-# run's CPU (bench/console_cost.py). Keys refresh at once anyway.
+# Once a second, like top: each redraw of the panels costs Textual most of the console's ~12 ms
+# of CPU per second (bench/console_tick.py); at 2 Hz that was 4-5 % of a busy run's CPU
+# (bench/console_cost.py). Keys refresh at once anyway.
 REFRESH_EVERY = 1.0
 EXIT_PAUSED = 75
 

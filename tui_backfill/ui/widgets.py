@@ -1,21 +1,12 @@
-"""The console's panels. Each renders one part of a status snapshot and nothing else.
-
-A panel draws its own lines through Textual's line API: a strip per line, made once when what
-it shows changes (and again on a resize). At each refresh that costs Textual's compositor about
-half of what a Static's content pipeline does (bench/console_tick.py), which is most of the
-console's CPU during a run.
-"""
+"""The console's panels. Each renders one part of a status snapshot and nothing else."""
 
 from __future__ import annotations
 
 import datetime as dt
 from collections import deque
-from collections.abc import Iterable
 
-from rich.segment import Segment
 from rich.text import Text
-from textual.strip import Strip
-from textual.widget import Widget
+from textual.widgets import Static
 
 from tui_backfill.keys import visible
 from tui_backfill.snapshot import StatusSnapshot
@@ -51,50 +42,15 @@ def eta_clock(seconds: float | None, now: dt.datetime) -> str:
     return (now + dt.timedelta(seconds=seconds)).strftime("%H:%M")
 
 
-class _Lines(Widget):
-    """Lines of rich Text, one per row, cut with an ellipsis to the panel's width."""
+class _Panel(Static):
+    """A fixed-size panel that redraws only when what it shows has changed."""
 
-    _texts: tuple[Text, ...] = ()
-    _strips: tuple[Strip, ...] = ()
-    _strips_width = -1
+    _shown: object = None
 
     @property
     def text_width(self) -> int:
         """Usable width, also before the first layout (full-width panels, padding 1)."""
         return self.content_size.width or max(self.app.size.width - 2, 20)
-
-    def set_lines(self, lines: Iterable[Text]) -> None:
-        texts: list[Text] = []
-        for line in lines:
-            texts.extend(line.split("\n") if "\n" in line.plain else (line,))
-        self._texts = tuple(texts)
-        self._strips_width = -1
-        self.refresh()
-
-    def _make_strips(self, width: int) -> None:
-        base = self.visual_style.rich_style
-        console = self.app.console
-        strips = []
-        for text in self._texts:
-            text = text.copy()
-            text.truncate(width, overflow="ellipsis")
-            segments = Segment.apply_style(text.render(console), base)
-            strips.append(Strip(segments).adjust_cell_length(width, base))
-        self._strips, self._strips_width = tuple(strips), width
-
-    def render_line(self, y: int) -> Strip:
-        width = self.size.width
-        if width != self._strips_width:
-            self._make_strips(width)
-        if y < len(self._strips):
-            return self._strips[y]
-        return Strip.blank(width, self.visual_style.rich_style)
-
-
-class _Panel(_Lines):
-    """A fixed-size panel that redraws only when what it shows has changed."""
-
-    _shown: object = None
 
     def changed(self, key: object) -> bool:
         if key == self._shown:
@@ -119,8 +75,10 @@ class HeaderBar(_Panel):
             (" dry run" if snap.dry_run else "", "italic"),
             (f"  s3://{snap.bucket}", ""),
             (f" @ {endpoint}", "dim"),
+            no_wrap=True,
+            overflow="ellipsis",
         )
-        self.set_lines([text])
+        self.update(text, layout=False)
 
 
 class ProgressPanel(_Panel):
@@ -151,12 +109,12 @@ class ProgressPanel(_Panel):
             f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
             (f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})", "bold"),
         )
-        self.set_lines([bar, rates])
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join([bar, rates]), layout=False)
 
 
 def _cells(pairs: list[tuple[str, str]], widths: tuple[int, ...]) -> Text:
     """Label-value cells, each right-aligned in its width, two spaces between cells."""
-    line = Text()
+    line = Text(no_wrap=True, overflow="ellipsis")
     for i, ((label, value), width) in enumerate(zip(pairs, widths, strict=True)):
         line.append("  " if i else "")
         line.append(label.ljust(width - len(value)), style="dim")
@@ -201,7 +159,7 @@ class CountersPanel(_Panel):
         lines.append(
             Text(f"startedAt {snap.started_at}  lastUpdateAt {snap.last_update_at}", style="dim")
         )
-        self.set_lines(lines)
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join(lines), layout=False)
 
 
 class ErrorsPanel(_Panel):
@@ -229,10 +187,10 @@ class ErrorsPanel(_Panel):
             )
         if not errors:
             lines.append(Text("no errors", style="dim"))
-        self.set_lines(lines)
+        self.update(Text("\n", no_wrap=True, overflow="ellipsis").join(lines), layout=False)
 
 
-class EventLog(_Lines):
+class EventLog(Static):
     """The latest notable events, newest at the bottom (a fixed-height tail, no relayout)."""
 
     def __init__(self, *, lines: int = 200, id: str | None = None) -> None:
@@ -250,7 +208,10 @@ class EventLog(_Lines):
         self._lines.extend(lines)
         height = self.content_size.height or 4
         tail = list(self._lines)[-height:]
-        self.set_lines(Text(visible(x)) for x in tail)
+        self.update(
+            Text("\n", no_wrap=True, overflow="ellipsis").join(Text(visible(x)) for x in tail),
+            layout=False,
+        )
 
 
 class CheckpointPanel(_Panel):
@@ -271,4 +232,4 @@ class CheckpointPanel(_Panel):
             lines.append(Text(f"+{len(cp.completed_angles) - 4} more in flight", style="dim"))
         saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
         lines.append(Text(f"saved {saved}", style="dim"))
-        self.set_lines(lines)
+        self.update(Text("\n").join(lines), layout=False)
