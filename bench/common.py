@@ -8,6 +8,7 @@ Every script in bench/ that runs the real CLI builds its command here, so a chan
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from collections.abc import Iterable
@@ -61,5 +62,5 @@ def child_cpu_seconds(argv: list[str], env: dict[str, str], *, expect: int = 0) 
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != expect:
-        raise SystemExit(f"{' '.join(argv[:4])} ... exited {proc.returncode}, expected {expect}")
+        raise SystemExit(f"exited {proc.returncode}, expected {expect}: {shlex.join(argv)}")  # no secret: those are in env
     return usage.ru_utime + usage.ru_stime

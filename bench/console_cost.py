@@ -137,7 +137,7 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
     bucket = f"bench-{mode}-{rep}"  # created before rclone starts (it caches the directory list)
     state = tmp / f"{bucket}.sqlite3"
     argv = run_argv(state=state, catalog=catalog, origin=origin.url_template, bucket=bucket, endpoint_url=s3.endpoint_url,
-                    skus=skus, concurrency=concurrency, upload_concurrency=max(concurrency, 6), ui=mode == "console",
+                    skus=skus, concurrency=concurrency, upload_concurrency=32 if concurrency == 32 else None, ui=mode == "console",
                     progress_interval=60, extra=["--timeout", "5", "--backoff", "0.2"])
     if mode == "headless":
         proc = subprocess.Popen(argv, env=env,  # noqa: ASYNC220
@@ -203,7 +203,7 @@ async def main(skus: int, reps: int, latency: float | None, zero: bool) -> None:
     workload = "zero-latency workload (no faults)" if zero else "demo workload"
     buckets = tuple(f"bench-{m}-{r}" for r in range(reps) for m in ("headless", "console"))
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(faults, seed=1) as origin:
+    async with RcloneS3(tmp / "s3", buckets=buckets) as s3, OriginServer(faults, seed=1, object_size=65536 if zero else None) as origin:
         env = dict(os.environ, **s3.env())
         rows: dict[str, list[Measured]] = {"headless": [], "console": []}
         for rep in range(reps):

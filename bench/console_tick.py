@@ -6,7 +6,9 @@ checkpoint and the error counts change between two reads, so every panel redraws
 refresh. After a 2 s settle it measures the process's CPU (user + sys) over SECONDS and prints
 ms of CPU per second. Divided by a run's objects per second, that is what the console adds to
 each object (e.g. 12 ms/s over a run of 200 obj/s at 2 ms each is +3 %). Each repetition is a
-fresh process; prints the median of REPS.
+fresh process; prints the median of REPS. Also the console's start-up, paid once a process: the
+CPU of importing it (Textual, beyond the engine's own modules, which a headless run imports
+too) and from the app's start to its first screen.
 
     .venv/bin/python bench/console_tick.py [SECONDS] [REPS] [REFRESH]   # default 15 3, the app's own
 
@@ -29,7 +31,6 @@ from pathlib import Path
 
 from tui_backfill.checkpoint import Checkpoint
 from tui_backfill.snapshot import Counters, StatusSnapshot, utc_now_iso
-from tui_backfill.ui import app
 
 
 def busy_snapshot(seconds: float) -> StatusSnapshot:
@@ -82,6 +83,13 @@ def cpu_seconds() -> float:
 def child(seconds: float, out: str, refresh: float | None) -> None:
     import asyncio
 
+    import tui_backfill.reporter
+    import tui_backfill.runner  # noqa: F401  the engine's modules: a headless run imports them too
+
+    cpu_before_ui = cpu_seconds()
+    from tui_backfill.ui import app
+
+    cpu_imported = cpu_seconds()
     if refresh is not None:
         app.REFRESH_EVERY = refresh
 
@@ -89,12 +97,16 @@ def child(seconds: float, out: str, refresh: float | None) -> None:
         CSS_PATH = str(Path(app.__file__).with_name("app.tcss"))  # Textual reads it beside the subclass
 
         async def on_mount(self) -> None:  # BackfillApp's own on_mount runs too (Textual calls both)
+            first_screen: list[float] = []
+            self.call_after_refresh(lambda: first_screen.append(cpu_seconds()))
+
             async def measure() -> None:
                 await asyncio.sleep(2)
                 cpu0, wall0 = cpu_seconds(), time.monotonic()
                 await asyncio.sleep(seconds)
                 cpu1, wall1 = cpu_seconds(), time.monotonic()
-                Path(out).write_text(f"{1000 * (cpu1 - cpu0) / (wall1 - wall0):.2f}\n")
+                Path(out).write_text(f"{1000 * (cpu1 - cpu0) / (wall1 - wall0):.2f} {1000 * (cpu_imported - cpu_before_ui):.1f}"
+                                     f" {1000 * (first_screen[0] - cpu_imported):.1f}\n")
                 self.exit(0)
 
             self.run_worker(measure(), exit_on_error=False)
@@ -106,7 +118,8 @@ def main(seconds: float, reps: int, refresh: float | None) -> None:
     if shutil.which("tmux") is None:
         raise SystemExit("tmux is needed (apt-get install tmux)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-tick-"))
-    results = []
+    results: list[float] = []
+    starts: list[tuple[float, float]] = []
     for rep in range(reps):
         out = tmp / f"{rep}.txt"
         line = (f"TERM=xterm-256color exec {sys.executable} {Path(__file__).resolve()} --child {seconds} {out}"
@@ -120,10 +133,15 @@ def main(seconds: float, reps: int, refresh: float | None) -> None:
         if not out.exists():
             shutil.rmtree(tmp, ignore_errors=True)
             raise SystemExit(f"repetition {rep}: the console did not report")
-        results.append(float(out.read_text()))
-        print(f"  rep {rep}: {results[-1]:.1f} ms CPU per second", flush=True)
-    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {refresh or app.REFRESH_EVERY:g} s:"
-          f" median {statistics.median(results):.1f} ms of CPU per second ({', '.join(f'{r:.1f}' for r in results)})")
+        per_second, ui_import, first_screen = map(float, out.read_text().split())
+        results.append(per_second)
+        starts.append((ui_import, first_screen))
+        print(f"  rep {rep}: {per_second:.1f} ms CPU per second; start-up: {ui_import:.0f} ms importing the console,"
+              f" {first_screen:.0f} ms to its first screen", flush=True)
+    print(f"console over a moving snapshot, {seconds:.0f} s per repetition, refresh every {refresh or 1:g} s:"
+          f" median {statistics.median(results):.1f} ms of CPU per second ({', '.join(f'{r:.1f}' for r in results)});"
+          f" start-up (once a process, medians): {statistics.median(u for u, _ in starts):.0f} ms importing the console"
+          f" (Textual, beyond the engine's imports) + {statistics.median(f for _, f in starts):.0f} ms to the first screen")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
