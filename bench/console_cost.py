@@ -1,7 +1,8 @@
 """The console's cost: one workload headless vs under the console in a real terminal.
 
-Each repetition runs the same job (fresh state and bucket) once headless and once in tmux with
-the console (80x24, TERM=xterm-256color), interleaved, and takes from each run:
+Each repetition runs the same job (fresh state and bucket) once headless (`--no-ui`) and once
+with the console, both in a tmux session of their own (80x24, TERM=xterm-256color: the same
+scheduling group, see `one`), interleaved, and takes from each run:
 
 - throughput: planned items / (lastUpdateAt - startedAt) of the run's own snapshot;
 - client CPU per object, three ways: over the whole process (user + sys, start-up and exit
@@ -36,7 +37,6 @@ import shutil
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -139,45 +139,38 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
     argv = run_argv(state=state, catalog=catalog, origin=origin.url_template, bucket=bucket, endpoint_url=s3.endpoint_url,
                     skus=skus, concurrency=concurrency, upload_concurrency=32 if concurrency == 32 else None, ui=mode == "console",
                     progress_interval=60, extra=["--timeout", "5", "--backoff", "0.2"])
-    if mode == "headless":
-        proc = subprocess.Popen(argv, env=env,  # noqa: ASYNC220
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        sampler = Sampler({"client": proc.pid}, rss_pid=proc.pid)
+    # Both modes run in a tmux session of their own: a session is its own scheduling group on
+    # Linux (autogroup), so a headless child of this script would share CPU with the origin here
+    # while the console got a group of its own, and the comparison would measure that instead.
+    times, exit_code = tmp / f"{bucket}.times", tmp / f"{bucket}.rc"
+    script = tmp / f"{bucket}.sh"
+    script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.startswith("AWS_"))
+                      + f"export TERM=xterm-256color\n{shlex.join(argv)}\n"
+                      + f"echo $? > {exit_code}\ntimes > {times}\n")
+    sock = f"bench-{os.getpid()}-{bucket}"  # a server per run: a killed one may linger
+    tmux = ["tmux", "-L", sock]
+    # short tmux calls, before the run starts or after it ended (the origin shares this loop)
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)  # noqa: ASYNC221
+    try:
+        shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
+        await _until(lambda: _child_of(shell) is not None or times.exists(), "the run's process", 10)
+        client = _child_of(shell)
+        assert client is not None, "the run ended before it could be watched"
+        sampler = Sampler({"client": client}, rss_pid=client)
         points: list[tuple[int, float]] = []
-        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(proc.pid, state, points, {}))]
-        _, status, usage = await asyncio.to_thread(os.wait4, proc.pid, 0)
+        latest: dict = {}
+        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points, latest))]
+        await _until(lambda: latest.get("state") == "completed" or times.exists(), "the run to complete", 600)
+        if mode == "console":
+            await asyncio.sleep(0.5)  # the console shows the end
+            subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
+        await _until(lambda: times.exists() and len(times.read_text().strip().splitlines()) >= 2, "the process to exit", 60)
         for task in sampling:
             task.cancel()
-        assert os.waitstatus_to_exitcode(status) == 0
-        cpu = usage.ru_utime + usage.ru_stime
-    else:
-        times = tmp / f"{bucket}.times"
-        script = tmp / f"{bucket}.sh"
-        script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.startswith("AWS_"))
-                          + f"export TERM=xterm-256color\n{shlex.join(argv)}\n"
-                          + f"times > {times}\n")
-        sock = f"bench-{os.getpid()}-{bucket}"  # a server per run: a killed one may linger
-        tmux = ["tmux", "-L", sock]
-        # short tmux calls, before the run starts or after it ended (the origin shares this loop)
-        subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)  # noqa: ASYNC221
-        try:
-            shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
-            await _until(lambda: _child_of(shell) is not None, "the console's process", 10)
-            client = _child_of(shell)
-            assert client is not None
-            sampler = Sampler({"client": client}, rss_pid=client)
-            points = []
-            latest: dict = {}
-            sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points, latest))]
-            await _until(lambda: latest.get("state") == "completed", "the run to complete", 600)
-            await asyncio.sleep(0.5)  # the console shows the end
-            for task in sampling:
-                task.cancel()
-            subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
-            await _until(lambda: times.exists() and len(times.read_text().strip().splitlines()) >= 2, "the console to exit", 60)
-        finally:
-            subprocess.run([*tmux, "kill-server"], capture_output=True)  # noqa: ASYNC221
-        cpu = _children_cpu(times.read_text())
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)  # noqa: ASYNC221
+    assert exit_code.read_text().strip() == "0", f"{mode} run exited {exit_code.read_text().strip()}"
+    cpu = _children_cpu(times.read_text())
     snap = _last_snapshot(state)
     assert snap["state"] == "completed", snap
     start, end = epoch(snap["startedAt"]), epoch(snap["lastUpdateAt"])
@@ -227,7 +220,10 @@ async def main(skus: int, reps: int, latency: float | None, zero: bool) -> None:
           f" {100 * statistics.median(a.steady_cpu_ms / b.steady_cpu_ms for a, b in pairs):.1f} %),"
           f" during the work {100 * c.work_cpu_ms / h.work_cpu_ms:.1f} % (median of pairs"
           f" {100 * statistics.median(a.work_cpu_ms / b.work_cpu_ms for a, b in pairs):.1f} %),"
-          f" over the process {100 * c.cpu_ms / h.cpu_ms:.1f} %; fixed cost +{c.fixed_ms - h.fixed_ms:.0f} ms a process")
+          f" over the process {100 * c.cpu_ms / h.cpu_ms:.1f} % (median of pairs"
+          f" {100 * statistics.median(a.cpu_ms / b.cpu_ms for a, b in pairs):.1f} %);"
+          f" fixed cost +{c.fixed_ms - h.fixed_ms:.0f} ms a process (median of pairs"
+          f" {statistics.median(a.fixed_ms - b.fixed_ms for a, b in pairs):+.0f} ms)")
     shutil.rmtree(tmp, ignore_errors=True)
 
 
