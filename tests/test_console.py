@@ -4,6 +4,7 @@ loopback servers, snapshots at 80x24 and 120x40, attach to a headless run in ano
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import io
 import os
@@ -339,6 +340,29 @@ async def test_mouse_selects_panel_text() -> None:
         await pilot.mouse_up("#checkpoint", offset=(15, 1))
         await pilot.pause()
         assert app.screen.get_selected_text() == "lastSku 100421\n100423 done 1,3"
+
+
+async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
+    """The checkpoint panel shows every line as more SKUs are partly done (no relayout needed),
+    and the ETA gives way to the run's state when it does not move."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert "ETA 0:04:18 (12:04)" in text and "more partly done" not in text
+        partly = {str(100423 + i): (1,) for i in range(7)}
+        grown = dataclasses.replace(fixed_snapshot(), checkpoint=Checkpoint("100421", partly))
+        app.apply_snapshot(grown)
+        await pilot.pause()
+        text = screen_text(app)
+        assert "+3 more partly done" in text and "saved 11:59:58" in text, text
+        app.apply_snapshot(dataclasses.replace(grown, state="paused"))
+        await pilot.pause()
+        assert "ETA -- (paused)" in screen_text(app)
+        app.apply_snapshot(dataclasses.replace(grown, state="completed", eta_seconds=0.0))
+        await pilot.pause()
+        text = screen_text(app)
+        assert "completed" in text.splitlines()[2] and "ETA" not in text, text
 
 
 def test_failed_items_snapshot(snap_compare: Any) -> None:

@@ -191,6 +191,11 @@ async def test_run_writes_every_object_and_status_is_live(make_job: MakeJob, n: 
     assert after["runStatus"] == "completed" and after["exitCode"] == 0
     assert after["uploaded"] == final["uploaded"]
     assert after["checkpoint"] == final["checkpoint"]
+    # one final snapshot: the headless output and the state agree, and name the last save
+    assert final["live"] is False
+    assert after["lastUpdateAt"] == final["lastUpdateAt"]
+    assert after["checkpointSavedSku"] == final["checkpointSavedSku"] == skus[-1]
+    assert after["checkpointSavedAt"] == final["checkpointSavedAt"] != ""
 
 
 # -- pause and resume --------------------------------------------------------------------------

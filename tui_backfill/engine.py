@@ -15,7 +15,7 @@ import enum
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from tui_backfill.checkpoint import Checkpoint, WatermarkTracker
@@ -183,6 +183,7 @@ class Engine:
         self._last_published = 0.0
         self._saved_at = ""
         self._saved_sku: str | None = plan.checkpoint.last_sku
+        self._ended_at: str | None = None  # when this process's part of the run ended
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -252,7 +253,7 @@ class Engine:
             state=self._state.value,
             dry_run=self.plan.dry_run,
             started_at=self.plan.started_at,
-            last_update_at=utc_now_iso(),
+            last_update_at=self._ended_at or utc_now_iso(),
             angles_planned=self.plan.angles_spec,
             angles_per_sku=len(self.plan.angles),
             concurrency=self._fetch_slots.limit,
@@ -272,6 +273,7 @@ class Engine:
             message=self._fatal.message if self._fatal else "",
             checkpoint_saved_at=self._saved_at,
             checkpoint_saved_sku=self._saved_sku,
+            live=self._ended_at is None,
         )
 
     # -- running ----------------------------------------------------------------------------
@@ -303,6 +305,9 @@ class Engine:
                     await task
 
     async def _finish(self) -> RunResult:
+        # The snapshot stops moving here: one lastUpdateAt for the console, the stored
+        # snapshot and the headless output alike, and no longer live in this process.
+        self._ended_at = utc_now_iso()
         if self._fatal is not None:
             self._state = RunState.FAILED
             status, exit_code = "paused", 3  # resumable once the cause is fixed
@@ -674,6 +679,14 @@ class Engine:
             failed, self._pending_failed = self._pending_failed, []
             resolved, self._pending_resolved = self._pending_resolved, []
             checkpoint = self._tracker.checkpoint()
+            saved_at = utc_now_iso()
+            snapshot = None
+            if status:  # the stored final snapshot names the save it is part of
+                snapshot = replace(
+                    self.snapshot(),
+                    checkpoint_saved_at=saved_at,
+                    checkpoint_saved_sku=checkpoint.last_sku,
+                ).to_json()
             try:
                 await self._store.commit_checkpoint(
                     self.plan.run_id,
@@ -685,7 +698,7 @@ class Engine:
                     status=status,
                     exit_code=exit_code,
                     message=message,
-                    snapshot=self.snapshot().to_json() if status else None,
+                    snapshot=snapshot,
                 )
             except FatalError as exc:
                 # The state cannot be written (full, read-only, locked): keep what was pending
@@ -696,4 +709,4 @@ class Engine:
                     self._fatal = exc
                 self.stop()
                 raise
-            self._saved_at, self._saved_sku = utc_now_iso(), checkpoint.last_sku
+            self._saved_at, self._saved_sku = saved_at, checkpoint.last_sku

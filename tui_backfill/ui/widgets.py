@@ -42,6 +42,15 @@ def eta_clock(seconds: float | None, now: dt.datetime) -> str:
     return (now + dt.timedelta(seconds=seconds)).strftime("%H:%M")
 
 
+def eta_text(snap: StatusSnapshot, now: dt.datetime) -> str:
+    """The ETA while the run moves; what it is instead when it does not."""
+    if snap.state in ("completed", "failed"):
+        return snap.state
+    if snap.state in ("pausing", "paused"):
+        return f"ETA -- ({snap.state})"
+    return f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})"
+
+
 class _Panel(Static):
     """A fixed-size panel that redraws only when what it shows has changed."""
 
@@ -92,6 +101,7 @@ class ProgressPanel(_Panel):
             snap.items_per_second,
             snap.bytes_per_second,
             snap.eta_seconds,
+            snap.state,
             now.strftime("%H:%M"),
             self.size.width,
         )
@@ -107,7 +117,7 @@ class ProgressPanel(_Panel):
             (f"SKUs {snap.counters.scanned_skus:,}/{snap.planned_skus:,} ", "bold"),
             f"· {snap.skus_per_second:.1f} SKU/s · {snap.items_per_second:.1f} obj/s"
             f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
-            (f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})", "bold"),
+            (eta_text(snap, now), "bold"),
         )
         self.update(Text("\n", no_wrap=True, overflow="ellipsis").join([bar, rates]), layout=False)
 
@@ -229,7 +239,7 @@ class CheckpointPanel(_Panel):
                 )
             )
         if len(cp.completed_angles) > 4:
-            lines.append(Text(f"+{len(cp.completed_angles) - 4} more in flight", style="dim"))
+            lines.append(Text(f"+{len(cp.completed_angles) - 4} more partly done", style="dim"))
         saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
         lines.append(Text(f"saved {saved}", style="dim"))
         self.update(Text("\n").join(lines), layout=False)
