@@ -107,6 +107,11 @@ async def test_keys_drive_a_real_engine(
             assert engine.counters.uploaded == uploaded  # nothing moves while paused
             text = screen_text(app)
             assert "PAUSED" in text and "r Resume" in text and "p Pause" not in text
+            await pilot.press("q")  # a held run: nothing more to pause, only to save and quit
+            await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+            assert "The run is paused. Save the checkpoint and quit?" in screen_text(app)
+            await pilot.press("n")
+            await wait_for(pilot, lambda: not isinstance(app.screen, QuitScreen))
 
             await pilot.press("plus")
             await wait_for(pilot, lambda: engine.concurrency == 4)
@@ -126,7 +131,9 @@ async def test_keys_drive_a_real_engine(
             await pilot.press("escape")
             await pilot.press("question_mark")
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
-            assert "pause: stop dispatching" in screen_text(app)
+            help_text = screen_text(app)
+            assert "pause: stop dispatching; in-flight items finish; checkpoint saved" in help_text
+            assert "failedItems: attempts exhausted · errorsTotal: failed attempts" in help_text
             await pilot.press("escape")
 
             await pilot.press("q")

@@ -250,4 +250,5 @@ class BackfillApp(App[int]):
                     f"{self._clock():%H:%M:%S} quitting: pausing and saving the checkpoint"
                 )
 
-        await self.push_screen(QuitScreen(), answered)
+        paused = self.run_state in ("pausing", "paused")
+        await self.push_screen(QuitScreen(paused=paused), answered)

@@ -14,17 +14,18 @@ from tui_backfill.state import FailedItem
 
 HELP = """\
 [b]Keys[/b]
-  [b]p[/b]  pause: stop dispatching, let in-flight items finish, save the checkpoint
+  [b]p[/b]  pause: stop dispatching; in-flight items finish; checkpoint saved
   [b]r[/b]  resume a paused run
-  [b]+[/b]  one more parallel fetch (up to the cap)      [b]-[/b]  one fewer
-  [b]f[/b]  failed items (attempts exhausted; the next run retries them first)
+  [b]+[/b]  one more parallel fetch (up to the cap)   [b]-[/b]  one fewer
+  [b]f[/b]  failed items (attempts exhausted; retried first by the next run)
   [b]?[/b]  this help
-  [b]q[/b]  quit: a live run is paused and its checkpoint saved (exit 75);
+  [b]q[/b]  quit: a live run is paused, its checkpoint saved (exit 75);
      an attached console just detaches and the run goes on
 
-[b]Counters[/b]  scannedSkus: SKUs taken up · uploaded: objects written ·
-skippedExists: already there · noRemote: origin 404 · failedItems: attempts
-exhausted · errorsTotal: failed attempts (retries) by code
+[b]Counters[/b]
+  scannedSkus: SKUs taken up · uploaded: objects written
+  skippedExists: already there · noRemote: origin 404
+  failedItems: attempts exhausted · errorsTotal: failed attempts
 
 Press escape or ? to close."""
 
@@ -74,11 +75,17 @@ class QuitScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="quit-no"),
     ]
 
+    def __init__(self, *, paused: bool = False) -> None:
+        super().__init__()
+        self._question = (
+            "The run is paused. Save the checkpoint and quit?"
+            if paused
+            else "The run is live. Pause it, save the checkpoint and quit?"
+        )
+
     def compose(self) -> ComposeResult:
         with Vertical(id="quit-box", classes="modal-box"):
-            yield Static(
-                "The run is live. Pause it, save the checkpoint and quit?\n\n[b]y[/b] yes    [b]n[/b] no"
-            )
+            yield Static(f"{self._question}\n\n[b]y[/b] yes    [b]n[/b] no")
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)
