@@ -150,6 +150,15 @@ async def test_keys_drive_a_real_engine(
         run = await store.run(run_id)
     assert run is not None and run.status == "paused" and run.exit_code == 75
     assert run.counters.uploaded > 0 and run.checkpoint.last_sku is not None
+    assert run.snapshot is not None and run.snapshot["checkpointSavedSku"] == run.checkpoint.last_sku
+    # the next process knows when the checkpoint it continues from was saved
+    again = await prepare_run(RunRequest(resolved))
+    try:
+        snap = again.engine.snapshot()
+        assert snap.run_id == run_id
+        assert snap.checkpoint_saved_at == run.snapshot["checkpointSavedAt"] != ""
+    finally:
+        await again.close()
 
 
 async def test_quit_after_completion_returns_the_exit_code(

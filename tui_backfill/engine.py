@@ -86,6 +86,7 @@ class RunPlan:
     counters: Counters = field(default_factory=Counters)
     checkpoint: Checkpoint = field(default_factory=Checkpoint)
     origin_label: str = ""
+    checkpoint_saved_at: str = ""  # when `checkpoint` was saved, by an earlier process ("" unknown)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,7 +182,7 @@ class Engine:
         self._rates = RateMeter()
         self._items_done = 0
         self._last_published = 0.0
-        self._saved_at = ""
+        self._saved_at = plan.checkpoint_saved_at
         self._saved_sku: str | None = plan.checkpoint.last_sku
         self._ended_at: str | None = None  # when this process's part of the run ended
 

@@ -232,9 +232,18 @@ async def _prepare_locked(
         counters=run.counters,
         checkpoint=run.checkpoint,
         origin_label=redact_url(origin_url),
+        checkpoint_saved_at=_saved_at(run),
     )
     engine = Engine(plan, store=store, bucket=bucket, origin=origin)
     return PreparedRun(engine, settings, store, not continuing, stack)
+
+
+def _saved_at(run: RunRecord) -> str:
+    """When the checkpoint a continued run starts from was saved, as its last process said."""
+    published = run.snapshot or {}
+    if published.get("checkpointSavedSku") != run.checkpoint.last_sku:
+        return ""
+    return str(published.get("checkpointSavedAt") or "")
 
 
 async def _create_run(
