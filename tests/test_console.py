@@ -150,7 +150,9 @@ async def test_keys_drive_a_real_engine(
         run = await store.run(run_id)
     assert run is not None and run.status == "paused" and run.exit_code == 75
     assert run.counters.uploaded > 0 and run.checkpoint.last_sku is not None
-    assert run.snapshot is not None and run.snapshot["checkpointSavedSku"] == run.checkpoint.last_sku
+    assert (
+        run.snapshot is not None and run.snapshot["checkpointSavedSku"] == run.checkpoint.last_sku
+    )
     # the next process knows when the checkpoint it continues from was saved
     again = await prepare_run(RunRequest(resolved))
     try:
@@ -375,6 +377,9 @@ async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
         app.apply_snapshot(dataclasses.replace(grown, state="paused"))
         await pilot.pause()
         assert "ETA -- (paused)" in screen_text(app)
+        app.apply_snapshot(dataclasses.replace(grown, live=False))
+        await pilot.pause()
+        assert "ETA -- (no process)" in screen_text(app)
         app.apply_snapshot(dataclasses.replace(grown, state="completed", eta_seconds=0.0))
         await pilot.pause()
         text = screen_text(app)

@@ -359,3 +359,21 @@ async def test_runs_lists_real_runs_newest_first(make_job: MakeJob) -> None:
     line = one_line(unknown.err)
     assert "--job" in line and "'nope'" in line and "no runs" in line
     assert unknown.out == ""
+
+
+async def test_a_late_live_publish_never_replaces_the_final_snapshot(tmp_path: Path) -> None:
+    """A heartbeat's publish queued behind the final commit must not overwrite what it wrote."""
+    store = await StateStore.open(str(tmp_path / "state.sqlite3"))
+    try:
+        run_id = await _stored_run(store, "job", ["a"], status="running")
+        await store.set_run_status(run_id, "running")
+        await store.publish_snapshot(run_id, {"state": "running", "n": 1})
+        assert (await store.run(run_id)).snapshot == {"state": "running", "n": 1}  # type: ignore[union-attr]
+        await store.commit_checkpoint(
+            run_id, Counters(scanned_skus=1), Checkpoint(last_sku="a"), job="job",
+            status="completed", exit_code=0, snapshot={"state": "completed"},
+        )  # fmt: skip
+        await store.publish_snapshot(run_id, {"state": "running", "n": 2})
+        assert (await store.run(run_id)).snapshot == {"state": "completed"}  # type: ignore[union-attr]
+    finally:
+        await store.close()

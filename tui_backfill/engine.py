@@ -345,7 +345,7 @@ class Engine:
         self._rates.add(
             now, self._items_done, self._scanned(committed=False), self.counters.bytes_uploaded
         )
-        if now - self._last_published >= PUBLISH_EVERY:
+        if now - self._last_published >= PUBLISH_EVERY and self._ended_at is None:
             self._last_published = now
             await self._store.publish_snapshot(self.plan.run_id, self.snapshot().to_json())
         if self._poll_commands and now >= next_poll:

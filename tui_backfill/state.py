@@ -603,9 +603,12 @@ class StateStore:
             raise _state_fatal(self.path, exc) from None
 
     async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None:
+        """The live snapshot of a running run; never over the final one its last commit wrote
+        (a publish queued behind that commit would otherwise land after it)."""
         try:
             await self._write(
-                "UPDATE runs SET snapshot = ? WHERE id = ?", (json.dumps(snapshot), run_id)
+                "UPDATE runs SET snapshot = ? WHERE id = ? AND status IN ('preparing', 'running')",
+                (json.dumps(snapshot), run_id),
             )
         except sqlite3.Error as exc:
             raise _state_fatal(self.path, exc) from None

@@ -250,5 +250,4 @@ class BackfillApp(App[int]):
                     f"{self._clock():%H:%M:%S} quitting: pausing and saving the checkpoint"
                 )
 
-        paused = self.run_state in ("pausing", "paused")
-        await self.push_screen(QuitScreen(paused=paused), answered)
+        await self.push_screen(QuitScreen(state=self.run_state), answered)

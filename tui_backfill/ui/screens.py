@@ -75,11 +75,11 @@ class QuitScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="quit-no"),
     ]
 
-    def __init__(self, *, paused: bool = False) -> None:
+    def __init__(self, *, state: str = "running") -> None:
         super().__init__()
         self._question = (
-            "The run is paused. Save the checkpoint and quit?"
-            if paused
+            f"The run is {state}. Save the checkpoint and quit?"
+            if state in ("pausing", "paused")
             else "The run is live. Pause it, save the checkpoint and quit?"
         )
 

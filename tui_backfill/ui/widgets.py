@@ -48,6 +48,8 @@ def eta_text(snap: StatusSnapshot, now: dt.datetime) -> str:
         return snap.state
     if snap.state in ("pausing", "paused"):
         return f"ETA -- ({snap.state})"
+    if not snap.live:  # seen from another process that is gone: nothing moves
+        return "ETA -- (no process)"
     return f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})"
 
 
@@ -102,6 +104,7 @@ class ProgressPanel(_Panel):
             snap.bytes_per_second,
             snap.eta_seconds,
             snap.state,
+            snap.live,
             now.strftime("%H:%M"),
             self.size.width,
         )
