@@ -198,6 +198,18 @@ async def test_run_writes_every_object_and_status_is_live(make_job: MakeJob, n: 
     assert after["checkpointSavedAt"] == final["checkpointSavedAt"] != ""
 
 
+async def test_the_final_snapshot_names_the_final_save(make_job: MakeJob) -> None:
+    """With no checkpoint before the end, the stored final snapshot still says when and where
+    the run's last commit saved it (it used to name the save before, here none)."""
+    job = await make_job(30, checkpoint_every=1000)
+    skus = job.skus()[:30]
+    result = await job.run(limit=30)
+    assert result.rc == 0, str(result)
+    final, stored = result.json(), await job.status()
+    assert stored["checkpointSavedSku"] == final["checkpointSavedSku"] == skus[-1]
+    assert stored["checkpointSavedAt"] == final["checkpointSavedAt"] != ""
+
+
 # -- pause and resume --------------------------------------------------------------------------
 
 
