@@ -282,8 +282,7 @@ class OriginServer:
     async def stop(self) -> None:
         self._closing = True  # waits that start from now on end at once
         for waiter in self._sleepers:  # answer now: the server is closing
-            if not waiter.done():
-                waiter.set_result(None)
+            _wake(waiter)
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
