@@ -7,11 +7,13 @@ Every script in bench/ that runs the real CLI builds its command here, so a chan
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
+import shutil
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
@@ -64,3 +66,20 @@ def child_cpu_seconds(argv: list[str], env: dict[str, str], *, expect: int = 0) 
     if proc.returncode != expect:
         raise SystemExit(f"exited {proc.returncode}, expected {expect}: {shlex.join(argv)}")  # no secret: those are in env
     return usage.ru_utime + usage.ru_stime
+
+
+def require_tmux() -> None:
+    if shutil.which("tmux") is None:
+        raise SystemExit("tmux is needed (apt-get install tmux)")
+
+
+@contextlib.contextmanager
+def tmux_session(name: str, *command: str) -> Iterator[list[str]]:
+    """COMMAND in a detached 80x24 session on a tmux server of its own (one per use: a killed
+    server may linger), killed on the way out; yields the `tmux -L NAME` prefix for more calls."""
+    tmux = ["tmux", "-L", name]
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", *command], check=True)
+    try:
+        yield tmux
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)

@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import run_argv  # bench/, beside this script
+from common import require_tmux, run_argv, tmux_session  # bench/, beside this script
 from peers import Sampler, epoch, proc_cpu
 
 from tui_backfill.demo import demo_faults
@@ -147,28 +147,26 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
     script.write_text("".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.startswith("AWS_"))
                       + f"export TERM=xterm-256color\n{shlex.join(argv)}\n"
                       + f"echo $? > {exit_code}\ntimes > {times}\n")
-    sock = f"bench-{os.getpid()}-{bucket}"  # a server per run: a killed one may linger
-    tmux = ["tmux", "-L", sock]
+    sampling: list[asyncio.Task[None]] = []
     # short tmux calls, before the run starts or after it ended (the origin shares this loop)
-    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "24", "bash", str(script)], check=True)  # noqa: ASYNC221
-    try:
-        shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
-        await _until(lambda: _child_of(shell) is not None or times.exists(), "the run's process", 10)
-        client = _child_of(shell)
-        assert client is not None, "the run ended before it could be watched"
-        sampler = Sampler({"client": client}, rss_pid=client)
-        points: list[tuple[int, float]] = []
-        latest: dict = {}
-        sampling = [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points, latest))]
-        await _until(lambda: latest.get("state") == "completed" or times.exists(), "the run to complete", 600)
-        if mode == "console":
-            await asyncio.sleep(0.5)  # the console shows the end
-            subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
-        await _until(lambda: times.exists() and len(times.read_text().strip().splitlines()) >= 2, "the process to exit", 60)
-        for task in sampling:
-            task.cancel()
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True)  # noqa: ASYNC221
+    with tmux_session(f"bench-{os.getpid()}-{bucket}", "bash", str(script)) as tmux:
+        try:
+            shell = int(subprocess.run([*tmux, "display", "-p", "#{pane_pid}"], check=True, capture_output=True, text=True).stdout)  # noqa: ASYNC221
+            await _until(lambda: _child_of(shell) is not None or times.exists(), "the run's process", 10)
+            client = _child_of(shell)
+            assert client is not None, "the run ended before it could be watched"
+            sampler = Sampler({"client": client}, rss_pid=client)
+            points: list[tuple[int, float]] = []
+            latest: dict = {}
+            sampling += [asyncio.create_task(sampler.run()), asyncio.create_task(_progress(client, state, points, latest))]
+            await _until(lambda: latest.get("state") == "completed" or times.exists(), "the run to complete", 600)
+            if mode == "console":
+                await asyncio.sleep(0.5)  # the console shows the end
+                subprocess.run([*tmux, "send-keys", "q"], check=True)  # noqa: ASYNC221
+            await _until(lambda: times.exists() and len(times.read_text().strip().splitlines()) >= 2, "the process to exit", 60)
+        finally:
+            for task in sampling:
+                task.cancel()
     assert exit_code.read_text().strip() == "0", f"{mode} run exited {exit_code.read_text().strip()}"
     cpu = _children_cpu(times.read_text())
     snap = _last_snapshot(state)
@@ -184,8 +182,7 @@ async def one(mode: str, skus: int, tmp: Path, catalog: Path, s3: RcloneS3, orig
 
 
 async def main(skus: int, reps: int, latency: float | None, zero: bool) -> None:
-    if shutil.which("tmux") is None:
-        raise SystemExit("tmux is needed (apt-get install tmux)")
+    require_tmux()
     tmp = Path(tempfile.mkdtemp(prefix="bench-console-"))
     catalog = tmp / "catalog.sqlite3"
     make_catalog(str(catalog), skus, 0)

@@ -23,11 +23,12 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import require_tmux, tmux_session  # bench/, beside this script
 
 from tui_backfill.checkpoint import Checkpoint
 from tui_backfill.snapshot import Counters, StatusSnapshot, utc_now_iso
@@ -115,8 +116,7 @@ def child(seconds: float, out: str, refresh: float | None) -> None:
 
 
 def main(seconds: float, reps: int, refresh: float | None) -> None:
-    if shutil.which("tmux") is None:
-        raise SystemExit("tmux is needed (apt-get install tmux)")
+    require_tmux()
     tmp = Path(tempfile.mkdtemp(prefix="bench-tick-"))
     results: list[float] = []
     starts: list[tuple[float, float]] = []
@@ -124,12 +124,10 @@ def main(seconds: float, reps: int, refresh: float | None) -> None:
         out = tmp / f"{rep}.txt"
         line = (f"TERM=xterm-256color exec {sys.executable} {Path(__file__).resolve()} --child {seconds} {out}"
                 f" {refresh or ''} 2>/dev/null")
-        sock = f"bench-tick-{os.getpid()}-{rep}"  # a server per repetition: a killed one may linger
-        subprocess.run(["tmux", "-L", sock, "new-session", "-d", "-x", "80", "-y", "24", line], check=True)
-        deadline = time.monotonic() + seconds + 30
-        while not out.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        with tmux_session(f"bench-tick-{os.getpid()}-{rep}", line):
+            deadline = time.monotonic() + seconds + 30
+            while not out.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
         if not out.exists():
             shutil.rmtree(tmp, ignore_errors=True)
             raise SystemExit(f"repetition {rep}: the console did not report")
