@@ -192,7 +192,7 @@ async def test_run_writes_every_object_and_status_is_live(make_job: MakeJob, n: 
     assert after["uploaded"] == final["uploaded"]
     assert after["checkpoint"] == final["checkpoint"]
     # one final snapshot: the headless output and the state agree, and name the last save
-    assert final["live"] is False
+    assert final["live"] is False and final["etaSeconds"] is None
     assert after["lastUpdateAt"] == final["lastUpdateAt"]
     assert after["checkpointSavedSku"] == final["checkpointSavedSku"] == skus[-1]
     assert after["checkpointSavedAt"] == final["checkpointSavedAt"] != ""
@@ -232,6 +232,7 @@ async def test_pause_stops_the_run_and_it_continues(make_job: MakeJob, how: str)
     assert took < 5, f"pause took {took:.1f}s"
     paused = paused_result.json()
     assert paused["state"] == "paused"
+    assert paused["etaSeconds"] is None  # nothing moves: no ETA to drift
     assert 0 < paused["scannedSkus"] < n, "the run should have been stopped part way"
     assert_valid_checkpoint(paused, skus, ANGLES)
 

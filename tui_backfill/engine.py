@@ -266,7 +266,12 @@ class Engine:
             items_per_second=items_rate,
             skus_per_second=skus_rate,
             bytes_per_second=bytes_rate,
-            eta_seconds=eta_seconds(self.plan.planned_skus - counters.scanned_skus, skus_rate),
+            # only a moving run has an ETA (a paused one's rate decays: its ETA would drift)
+            eta_seconds=(
+                eta_seconds(self.plan.planned_skus - counters.scanned_skus, skus_rate)
+                if self._state is RunState.RUNNING
+                else None
+            ),
             last_errors=dict(self._last_errors),
             bucket=self._bucket.name,
             endpoint=self._bucket.endpoint_url or "",
