@@ -45,7 +45,7 @@ from pathlib import Path
 from common import require_tmux, run_argv, tmux_session  # bench/, beside this script
 from peers import Sampler, epoch, proc_cpu
 
-from tui_backfill.demo import demo_faults
+from tui_backfill.frontends.demo import demo_faults
 from tui_backfill.servers.catalog import make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3

@@ -30,8 +30,8 @@ from pathlib import Path
 
 from common import require_tmux, tmux_session  # bench/, beside this script
 
-from tui_backfill.checkpoint import Checkpoint
-from tui_backfill.snapshot import Counters, StatusSnapshot, utc_now_iso
+from tui_backfill.core.checkpoint import Checkpoint
+from tui_backfill.core.snapshot import Counters, StatusSnapshot, utc_now_iso
 
 
 def busy_snapshot(seconds: float) -> StatusSnapshot:
@@ -84,11 +84,11 @@ def cpu_seconds() -> float:
 def child(seconds: float, out: str, refresh: float | None) -> None:
     import asyncio
 
-    import tui_backfill.reporter
-    import tui_backfill.runner  # noqa: F401  the engine's modules: a headless run imports them too
+    import tui_backfill.frontends.headless
+    import tui_backfill.pipelines.prepare  # noqa: F401  the engine's modules: a headless run imports them too
 
     cpu_before_ui = cpu_seconds()
-    from tui_backfill.ui import app
+    from tui_backfill.frontends.ui import app
 
     cpu_imported = cpu_seconds()
     if refresh is not None:

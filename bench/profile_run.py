@@ -23,7 +23,7 @@ from pathlib import Path
 
 from common import run_args  # bench/, beside this script
 
-from tui_backfill import cli
+from tui_backfill.frontends import cli
 from tui_backfill.servers.catalog import make_catalog
 from tui_backfill.servers.rclone_s3 import RcloneS3
 

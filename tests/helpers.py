@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
-from tui_backfill.angles import parse_angles
-from tui_backfill.api import BASE as API_BASE
+from tui_backfill.frontends.api import BASE as API_BASE
+from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginServer, expected_body
 from tui_backfill.servers.proxy import ReverseProxy

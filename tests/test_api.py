@@ -25,7 +25,7 @@ from helpers import (
     wait_for,
 )
 
-from tui_backfill.api import BASE
+from tui_backfill.frontends.api import BASE
 
 ANGLES = (1, 2, 3)
 TOKEN = "api-token-7c1e9f"

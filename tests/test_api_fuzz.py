@@ -16,7 +16,7 @@ from typing import Any
 
 from helpers import MakeApi
 
-from tui_backfill.api import BASE
+from tui_backfill.frontends.api import BASE
 
 SKUS = 10  # a run the fuzzer starts finishes within a second (409s while it goes on)
 MAX_EXAMPLES = 25  # per operation: ~440 requests, the whole test in ~20 s on 2 cores

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from helpers import tool, tool_env
 
-from tui_backfill import cli
+from tui_backfill.frontends import cli
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
 from tui_backfill.servers.origin import OriginServer
 from tui_backfill.servers.proxy import ReverseProxy

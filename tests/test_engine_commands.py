@@ -12,10 +12,10 @@ import pytest
 
 from tui_backfill.config import resolve
 from tui_backfill.outcomes import RunState
-from tui_backfill.runner import RunRequest, prepare_run
+from tui_backfill.pipelines.prepare import RunRequest, prepare_run
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginServer, expected_body
-from tui_backfill.state import StateStore
+from tui_backfill.state.sqlite import StateStore
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import tui_backfill
 NON_UI = sorted(
     m.name
     for m in pkgutil.walk_packages(tui_backfill.__path__, "tui_backfill.")
-    if not m.name.startswith("tui_backfill.ui") and m.name != "tui_backfill.__main__"
+    if not m.name.startswith("tui_backfill.frontends.ui") and m.name != "tui_backfill.__main__"
 )
 
 
@@ -26,15 +26,15 @@ def _imported_after(code: str) -> set[str]:
 
 
 def test_non_ui_modules_do_not_import_textual_or_rich() -> None:
-    assert "tui_backfill.engine" in NON_UI
+    assert "tui_backfill.core.engine" in NON_UI
     imported = _imported_after("\n".join(f"import {name}" for name in NON_UI))
     assert not imported & {"textual", "rich"}
 
 
 def test_light_commands_do_not_import_botocore_or_textual() -> None:
     code = (
-        "import tui_backfill.cli, tui_backfill.runner, tui_backfill.reporter, tui_backfill.state, "
-        "tui_backfill.history"
+        "import tui_backfill.frontends.cli, tui_backfill.pipelines.prepare, tui_backfill.frontends.headless, tui_backfill.state.sqlite, "
+        "tui_backfill.frontends.history"
     )
     imported = _imported_after(code)
     assert not imported & {"botocore", "aiobotocore", "textual", "rich"}

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING
 import pytest
 from helpers import KEY, Result, bucket_bytes, check_identity, expected, run_args, tool, tool_env
 
-from tui_backfill.origins import Fetched, open_origin, sniff_image
 from tui_backfill.outcomes import NotFoundError, RetryableError
+from tui_backfill.seams.origins import Fetched, open_origin, sniff_image
 from tui_backfill.servers.origin import (
     HTML_ERROR_PAGE,
     OriginFaults,

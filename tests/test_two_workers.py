@@ -36,7 +36,7 @@ from moto.moto_server.werkzeug_app import (
 )
 from werkzeug.serving import make_server
 
-from tui_backfill.bucket import classify
+from tui_backfill.seams.bucket import classify
 from tui_backfill.servers.catalog import active_skus
 from tui_backfill.servers.origin import OriginServer
 

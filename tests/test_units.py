@@ -9,12 +9,12 @@ from helpers import BRIEF_KEYS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tui_backfill.angles import parse_angles
-from tui_backfill.checkpoint import Checkpoint, WatermarkTracker
 from tui_backfill.config import redact_url, resolve, strip_password
+from tui_backfill.core.checkpoint import Checkpoint, WatermarkTracker
+from tui_backfill.core.snapshot import RateMeter, eta_seconds
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.snapshot import RateMeter, eta_seconds
-from tui_backfill.templates import key_template, origin_template
+from tui_backfill.pipelines.mirror.angles import parse_angles
+from tui_backfill.pipelines.mirror.templates import key_template, origin_template
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_passwords_are_stripped_and_redacted() -> None:
 
 
 def test_snapshot_json_round_trip() -> None:
-    from tui_backfill.snapshot import Counters, StatusSnapshot, snapshot_from_json
+    from tui_backfill.core.snapshot import Counters, StatusSnapshot, snapshot_from_json
 
     counters = Counters(
         scanned_skus=7,
@@ -216,7 +216,7 @@ def test_snapshot_json_round_trip() -> None:
 async def test_slots_serve_waiters_in_order_and_follow_the_limit() -> None:
     import asyncio
 
-    from tui_backfill.slots import Slots
+    from tui_backfill.core.slots import Slots
 
     slots = Slots(1)
     order: list[int] = []

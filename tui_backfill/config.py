@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tui_backfill.angles import parse_angles
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.templates import DEFAULT_KEY_TEMPLATE, key_template, origin_template
+from tui_backfill.pipelines.mirror.angles import parse_angles
+from tui_backfill.pipelines.mirror.templates import (
+    DEFAULT_KEY_TEMPLATE,
+    key_template,
+    origin_template,
+)
 
 ENV_PREFIX = "TUI_BACKFILL_"
 DEFAULT_STATE = "state/tui-backfill.sqlite3"

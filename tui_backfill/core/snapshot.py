@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from tui_backfill.checkpoint import Checkpoint
+from tui_backfill.core.checkpoint import Checkpoint
 
 
 def utc_now_iso(now: dt.datetime | None = None) -> str:

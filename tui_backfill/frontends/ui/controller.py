@@ -11,11 +11,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
+from tui_backfill.core.snapshot import StatusSnapshot, snapshot_from_json
+from tui_backfill.frontends.status import job_status
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.runner import PreparedRun
-from tui_backfill.snapshot import StatusSnapshot, snapshot_from_json
-from tui_backfill.state import FailedItem, StateStore
-from tui_backfill.status import job_status
+from tui_backfill.pipelines.prepare import PreparedRun
+from tui_backfill.state.sqlite import FailedItem, StateStore
 
 API = "/api/rsr-image-backfill"
 

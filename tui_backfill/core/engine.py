@@ -18,15 +18,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
-from tui_backfill.checkpoint import Checkpoint, WatermarkTracker
-from tui_backfill.keys import printable, sku_problem
-from tui_backfill.origins import Fetched, Origin
+from tui_backfill.core.checkpoint import Checkpoint, WatermarkTracker
+from tui_backfill.core.retry import retrying
+from tui_backfill.core.slots import Slots
+from tui_backfill.core.snapshot import Counters, RateMeter, StatusSnapshot, eta_seconds, utc_now_iso
 from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError, Outcome, RunState
-from tui_backfill.retry import retrying
-from tui_backfill.slots import Slots
-from tui_backfill.snapshot import Counters, RateMeter, StatusSnapshot, eta_seconds, utc_now_iso
-from tui_backfill.state import FailedItem, StateStore
-from tui_backfill.templates import MAX_KEY_BYTES, Template
+from tui_backfill.pipelines.mirror.keys import printable, sku_problem
+from tui_backfill.pipelines.mirror.templates import MAX_KEY_BYTES, Template
+from tui_backfill.seams.origins import Fetched, Origin
+from tui_backfill.state.sqlite import FailedItem, StateStore
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ SAMPLE_EVERY = 0.5
 
 
 class Destination(Protocol):
-    """What the engine needs of the bucket (tui_backfill.bucket.Bucket)."""
+    """What the engine needs of the bucket (tui_backfill.seams.bucket.Bucket)."""
 
     name: str
     endpoint_url: str | None
@@ -125,7 +125,7 @@ class _Item:
 
 
 def _bad_sku(sku: str) -> _Result | None:
-    """A SKU that breaks the rule of tui_backfill.keys: its items are never looked up, fetched
+    """A SKU that breaks the rule of tui_backfill.pipelines.mirror.keys: its items are never looked up, fetched
     or written; each is a failed item `bad_sku` naming the reason."""
     problem = sku_problem(sku)
     if problem is None:

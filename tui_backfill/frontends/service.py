@@ -28,7 +28,7 @@ from typing import Any
 
 from tui_backfill.config import Resolved, validate
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
-from tui_backfill.state import JobLock, open_state
+from tui_backfill.state.sqlite import JobLock, open_state
 
 PAUSE_WAIT_SECONDS = 120.0
 GAP_CACHE_SECONDS = 60.0
@@ -277,7 +277,7 @@ class JobService:
             holder = await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
             if holder is not None:
                 raise ApiError(409, f"job {self.job!r} is already running in process {holder}")
-            from tui_backfill.runner import RunRequest
+            from tui_backfill.pipelines.prepare import RunRequest
 
             request = RunRequest(
                 self._resolved(params),
@@ -311,7 +311,7 @@ class JobService:
         if holder is not None:
             await self._send("resume")
             return 202, {"message": f"resume sent to job {self.job!r} running in process {holder}"}
-        from tui_backfill.runner import RunRequest
+        from tui_backfill.pipelines.prepare import RunRequest
 
         self._refuse_when_closing()
         async with self._starting:
@@ -390,7 +390,7 @@ class JobService:
         return [dataclasses.asdict(item) for item in items]
 
     async def runs(self, limit: int) -> list[dict[str, Any]]:
-        from tui_backfill.history import run_history
+        from tui_backfill.frontends.history import run_history
 
         if not Path(self.state_path).exists():
             return []
@@ -430,7 +430,7 @@ class JobService:
     async def _coverage(
         self, *, with_gap: bool
     ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory[str] | None]:
-        from tui_backfill.coverage import coverage_report
+        from tui_backfill.pipelines.mirror.coverage import coverage_report
 
         directory = tempfile.TemporaryDirectory(prefix="tui-backfill-gap-") if with_gap else None
         gap_file = str(Path(directory.name) / "gap.txt") if directory is not None else None
@@ -475,7 +475,7 @@ class JobService:
         return Resolved(settings, explicit)
 
     async def _prepare(self, request: Any, params: RunParams) -> Any:
-        from tui_backfill.runner import prepare_run
+        from tui_backfill.pipelines.prepare import prepare_run
 
         api_fields = set(params.fields.values())
         try:
@@ -555,7 +555,7 @@ class JobService:
         return snapshot
 
     async def _read_status(self) -> dict[str, Any] | None:
-        from tui_backfill.status import job_status
+        from tui_backfill.frontends.status import job_status
 
         if not Path(self.state_path).exists():
             return None

@@ -20,6 +20,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 
 from tui_backfill import __version__
+from tui_backfill.core.retry import retrying
 from tui_backfill.outcomes import (
     BackfillError,
     ConfigError,
@@ -27,7 +28,6 @@ from tui_backfill.outcomes import (
     PermanentError,
     RetryableError,
 )
-from tui_backfill.retry import retrying
 
 _CREDENTIAL_CODES = {
     "AccessDenied",

@@ -16,7 +16,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tui_backfill.angles import parse_angles
 from tui_backfill.config import (
     BY_NAME,
     OPTIONS,
@@ -27,12 +26,13 @@ from tui_backfill.config import (
     validate,
     validate_for_run,
 )
-from tui_backfill.engine import Engine, RunPlan
-from tui_backfill.origins import open_origin
+from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.outcomes import ConfigError, RunConflict
-from tui_backfill.sources import check_source, sku_batches
-from tui_backfill.state import JobLock, RunRecord, StateStore, state_error
-from tui_backfill.templates import key_template
+from tui_backfill.pipelines.mirror.angles import parse_angles
+from tui_backfill.pipelines.mirror.templates import key_template
+from tui_backfill.seams.origins import open_origin
+from tui_backfill.seams.sources import check_source, sku_batches
+from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore, state_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +175,7 @@ async def _prepare_locked(
     else:
         validate_for_run(settings, resolved.explicit)
         await asyncio.to_thread(check_source, settings)  # runs the catalog query once
-    from tui_backfill.bucket import Bucket  # botocore is heavy: only runs import it
+    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: only runs import it
 
     bucket = Bucket(
         settings.bucket or "",

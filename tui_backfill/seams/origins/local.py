@@ -6,9 +6,9 @@ import asyncio
 import urllib.parse
 from pathlib import Path
 
-from tui_backfill.origins import Fetched, sniff_image
 from tui_backfill.outcomes import NotFoundError, PermanentError, RetryableError
-from tui_backfill.templates import Template
+from tui_backfill.pipelines.mirror.templates import Template
+from tui_backfill.seams.origins import Fetched, sniff_image
 
 
 class FileOrigin:

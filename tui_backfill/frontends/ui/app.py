@@ -22,11 +22,11 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
-from tui_backfill.snapshot import StatusSnapshot
-from tui_backfill.ui.controller import CommandFailed, Controller, LocalController
-from tui_backfill.ui.events import notable_events
-from tui_backfill.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
-from tui_backfill.ui.widgets import (
+from tui_backfill.core.snapshot import StatusSnapshot
+from tui_backfill.frontends.ui.controller import CommandFailed, Controller, LocalController
+from tui_backfill.frontends.ui.events import notable_events
+from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+from tui_backfill.frontends.ui.widgets import (
     CheckpointPanel,
     CountersPanel,
     ErrorsPanel,

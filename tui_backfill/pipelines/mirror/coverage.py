@@ -15,11 +15,11 @@ from typing import Any
 
 import aiosqlite
 
-from tui_backfill.angles import parse_angles
 from tui_backfill.config import Resolved, Settings, validate_for_run
-from tui_backfill.keys import sku_problem
-from tui_backfill.sources import check_source, sku_batches
-from tui_backfill.templates import MAX_KEY_BYTES, key_template
+from tui_backfill.pipelines.mirror.angles import parse_angles
+from tui_backfill.pipelines.mirror.keys import sku_problem
+from tui_backfill.pipelines.mirror.templates import MAX_KEY_BYTES, key_template
+from tui_backfill.seams.sources import check_source, sku_batches
 
 PAGE = 1000
 
@@ -28,8 +28,8 @@ async def _settings_for(resolved: Resolved) -> Settings:
     """Flags/env/TOML, falling back to the job's latest run for what they leave unset."""
     settings = resolved.settings
     if Path(settings.state).exists():
-        from tui_backfill.runner import settings_from_stored
-        from tui_backfill.state import open_state
+        from tui_backfill.pipelines.prepare import settings_from_stored
+        from tui_backfill.state.sqlite import open_state
 
         async with open_state(settings.state) as store:
             run = await store.latest_run(settings.job, include_dry=False)
@@ -46,7 +46,7 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
     await asyncio.to_thread(check_source, settings)
     angles = parse_angles(settings.angles)
     template = key_template(settings.key_template)
-    from tui_backfill.bucket import Bucket
+    from tui_backfill.seams.bucket import Bucket
 
     with tempfile.TemporaryDirectory(prefix="tui-backfill-coverage-") as tmp:
         db = await aiosqlite.connect(str(Path(tmp) / "coverage.sqlite3"))

@@ -24,9 +24,9 @@ from typing import Any
 
 import aiosqlite
 
-from tui_backfill.checkpoint import Checkpoint
+from tui_backfill.core.checkpoint import Checkpoint
+from tui_backfill.core.snapshot import Counters, utc_now_iso
 from tui_backfill.outcomes import ConfigError, FatalError, JobBusy
-from tui_backfill.snapshot import Counters, utc_now_iso
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10  # how long a write waits for another connection's write lock

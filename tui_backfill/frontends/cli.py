@@ -163,7 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "coverage":
             return asyncio.run(_cmd_coverage(args))
         if args.command == "demo":
-            from tui_backfill.demo import run_demo
+            from tui_backfill.frontends.demo import run_demo
 
             return int(run_demo(no_ui=args.no_ui, limit_skus=args.limit_skus, fresh=args.fresh))
     except ConfigError as exc:
@@ -192,7 +192,7 @@ def wants_console(no_ui: bool) -> bool:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tui_backfill.runner import RunRequest
+    from tui_backfill.pipelines.prepare import RunRequest
 
     request = RunRequest(
         _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
@@ -220,9 +220,9 @@ def _serve_port(args: argparse.Namespace) -> int | None:
 
 async def run_console(request: Any) -> int:
     """Prepare the run (errors stay one line, before any screen), then the console over it."""
-    from tui_backfill.runner import prepare_run
-    from tui_backfill.ui.app import BackfillApp
-    from tui_backfill.ui.controller import LocalController
+    from tui_backfill.frontends.ui.app import BackfillApp
+    from tui_backfill.frontends.ui.controller import LocalController
+    from tui_backfill.pipelines.prepare import prepare_run
 
     prepared = await prepare_run(request)
     try:
@@ -231,7 +231,7 @@ async def run_console(request: Any) -> int:
         if code is None:
             code = app.exit_code if app.exit_code is not None else EXIT_PAUSED
         if app.snapshot is not None:
-            from tui_backfill.reporter import progress_line
+            from tui_backfill.frontends.headless import progress_line
 
             print(progress_line(app.snapshot), file=sys.stderr)
         return int(code)
@@ -253,9 +253,9 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 async def attach_url(url: str) -> int:
     import os
 
-    from tui_backfill.api import TOKEN_ENV
-    from tui_backfill.ui.app import BackfillApp
-    from tui_backfill.ui.controller import HttpController
+    from tui_backfill.frontends.api import TOKEN_ENV
+    from tui_backfill.frontends.ui.app import BackfillApp
+    from tui_backfill.frontends.ui.controller import HttpController
 
     if not url.startswith(("http://", "https://")):
         raise ConfigError("--url", f"{url!r}: expected http(s)://host:port")
@@ -269,9 +269,9 @@ async def attach_url(url: str) -> int:
 
 
 async def attach_console(state: str, job: str) -> int:
-    from tui_backfill.state import open_state
-    from tui_backfill.ui.app import BackfillApp
-    from tui_backfill.ui.controller import AttachedController
+    from tui_backfill.frontends.ui.app import BackfillApp
+    from tui_backfill.frontends.ui.controller import AttachedController
+    from tui_backfill.state.sqlite import open_state
 
     async with open_state(state, check=True) as store:
         if await store.latest_run(job, include_dry=False) is None:
@@ -282,8 +282,8 @@ async def attach_console(state: str, job: str) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from tui_backfill.runner import RunRequest
-    from tui_backfill.state import JobLock
+    from tui_backfill.pipelines.prepare import RunRequest
+    from tui_backfill.state.sqlite import JobLock
 
     resolved = _resolve(args)
     holder = JobLock(resolved.settings.state, resolved.settings.job).holder()
@@ -307,14 +307,14 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
     `serve`, the HTTP control API on 127.0.0.1:serve for as long as the run goes on."""
     import os
 
-    from tui_backfill.reporter import progress_line
-    from tui_backfill.runner import prepare_run
+    from tui_backfill.frontends.headless import progress_line
+    from tui_backfill.pipelines.prepare import prepare_run
 
     server = None
     if serve is not None:
         # Listen first: a port in use is exit 2 before any run is created or continued.
-        from tui_backfill.api import ApiServer, check_bind
-        from tui_backfill.service import JobService
+        from tui_backfill.frontends.api import ApiServer, check_bind
+        from tui_backfill.frontends.service import JobService
 
         token = check_bind("127.0.0.1", os.environ)
         service = JobService(request.resolved)
@@ -396,9 +396,9 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from tui_backfill.api import check_bind
     from tui_backfill.config import validate_for_run
-    from tui_backfill.sources import check_source
+    from tui_backfill.frontends.api import check_bind
+    from tui_backfill.seams.sources import check_source
 
     port = _port(args.port, "--port")
     token = check_bind(args.host, os.environ)
@@ -410,8 +410,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> int:
     """The control API until SIGINT/SIGTERM; a run it started then pauses at its checkpoint."""
-    from tui_backfill.api import ApiServer
-    from tui_backfill.service import JobService
+    from tui_backfill.frontends.api import ApiServer
+    from tui_backfill.frontends.service import JobService
 
     service = JobService(resolved)
     server = await ApiServer(service, host=host, port=port, token=token).start()
@@ -445,8 +445,8 @@ def _job_state(args: argparse.Namespace) -> tuple[str, str]:
 
 async def status_snapshot(state: str, job: str) -> dict[str, Any]:
     """The latest snapshot of the job's latest run, marked live or not."""
-    from tui_backfill.state import open_state
-    from tui_backfill.status import job_status
+    from tui_backfill.frontends.status import job_status
+    from tui_backfill.state.sqlite import open_state
 
     async with open_state(state, check=True) as store:
         snapshot = await job_status(store, state, job)
@@ -456,7 +456,7 @@ async def status_snapshot(state: str, job: str) -> dict[str, Any]:
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
-    from tui_backfill.reporter import status_text
+    from tui_backfill.frontends.headless import status_text
 
     state, job = _job_state(args)
     snapshot = await status_snapshot(state, job)
@@ -465,8 +465,8 @@ async def _cmd_status(args: argparse.Namespace) -> int:
 
 
 async def _cmd_runs(args: argparse.Namespace) -> int:
-    from tui_backfill.history import history_text, run_history
-    from tui_backfill.state import open_state
+    from tui_backfill.frontends.history import history_text, run_history
+    from tui_backfill.state.sqlite import open_state
 
     if args.limit < 1:
         raise ConfigError("--limit", f"{args.limit}: accepted a positive number of runs")
@@ -483,14 +483,14 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
 
 
 async def _send(state: str, job: str, command: str, arg: str | None = None) -> None:
-    from tui_backfill.state import open_state
+    from tui_backfill.state.sqlite import open_state
 
     async with open_state(state) as store:
         await store.send_command(job, command, arg)
 
 
 async def _cmd_pause(args: argparse.Namespace) -> int:
-    from tui_backfill.state import JobLock
+    from tui_backfill.state.sqlite import JobLock
 
     state, job = _job_state(args)
     lock = JobLock(state, job)
@@ -516,7 +516,7 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 async def _cmd_coverage(args: argparse.Namespace) -> int:
-    from tui_backfill.coverage import coverage_report, coverage_text
+    from tui_backfill.pipelines.mirror.coverage import coverage_report, coverage_text
 
     report = await coverage_report(_resolve(args), gap_file=args.gap_file)
     print(json.dumps(report, indent=2) if args.json else coverage_text(report))

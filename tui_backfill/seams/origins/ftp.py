@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 import aioftp
 
-from tui_backfill.origins import Bandwidth, Fetched, sniff_image
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
-from tui_backfill.templates import Template
+from tui_backfill.pipelines.mirror.templates import Template
+from tui_backfill.seams.origins import Bandwidth, Fetched, sniff_image
 
 
 def ftp_credentials(url: str, env: Mapping[str, str]) -> tuple[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from tui_backfill import __version__
-from tui_backfill.service import MAX_ANGLES_TEXT, MAX_LIMIT_SKUS, RUN_FIELDS
+from tui_backfill.frontends.service import MAX_ANGLES_TEXT, MAX_LIMIT_SKUS, RUN_FIELDS
 
 BASE = "/api/rsr-image-backfill"
 

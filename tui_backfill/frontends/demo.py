@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from tui_backfill.config import resolve
-from tui_backfill.runner import RunRequest
+from tui_backfill.pipelines.prepare import RunRequest
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
@@ -47,7 +47,7 @@ def _wipe() -> None:
 
 
 async def _demo(no_ui: bool, limit_skus: int | None) -> int:
-    from tui_backfill.cli import run_console, run_headless, wants_console
+    from tui_backfill.frontends.cli import run_console, run_headless, wants_console
 
     catalog = DEMO_DIR / "catalog.sqlite3"
     if not catalog.exists():
@@ -83,7 +83,7 @@ async def _demo(no_ui: bool, limit_skus: int | None) -> int:
             file=sys.stderr,
         )
         # An unfinished demo run continues with its own settings (the servers' ports change).
-        from tui_backfill.state import StateStore
+        from tui_backfill.state.sqlite import StateStore
 
         store = await StateStore.open(DEMO_STATE)
         try:

@@ -19,8 +19,8 @@ from typing import Any
 
 from aiohttp import web
 
+from tui_backfill.frontends.service import ApiError, JobService, parse_run_request
 from tui_backfill.outcomes import ConfigError, FatalError
-from tui_backfill.service import ApiError, JobService, parse_run_request
 
 TOKEN_ENV = "TUI_BACKFILL_API_TOKEN"
 BASE = "/api/rsr-image-backfill"
@@ -210,7 +210,7 @@ async def gap(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    from tui_backfill.metrics import CONTENT_TYPE, render
+    from tui_backfill.frontends.metrics import CONTENT_TYPE, render
 
     _no_query(request)
     service = request.app[SERVICE]
@@ -219,7 +219,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from tui_backfill.openapi import document
+    from tui_backfill.frontends.openapi import document
 
     return _json(200, document(max_concurrency=request.app[SERVICE].max_concurrency))
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tui_backfill.outcomes import ConfigError, RetryableError
-from tui_backfill.templates import Template, origin_template
+from tui_backfill.pipelines.mirror.templates import Template, origin_template
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),
@@ -85,17 +85,17 @@ def open_origin(
     limiter = Bandwidth(bandwidth) if bandwidth else None
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme in ("http", "https"):
-        from tui_backfill.origins.http import HttpOrigin
+        from tui_backfill.seams.origins.http import HttpOrigin
 
         return HttpOrigin(template, concurrency=concurrency, timeout=timeout, bandwidth=limiter)
     if scheme == "ftp":
-        from tui_backfill.origins.ftp import FtpOrigin
+        from tui_backfill.seams.origins.ftp import FtpOrigin
 
         return FtpOrigin(
             template, concurrency=concurrency, timeout=timeout, bandwidth=limiter, env=env
         )
     if scheme == "file":
-        from tui_backfill.origins.local import FileOrigin
+        from tui_backfill.seams.origins.local import FileOrigin
 
         return FileOrigin(template, timeout=timeout)
     raise ConfigError("--origin", f"scheme {scheme!r} is not supported")
