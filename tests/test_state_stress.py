@@ -51,8 +51,8 @@ from helpers import (
     wait_for,
 )
 
+from tui_backfill.state import sqlite as state_module
 from tui_backfill.state.sqlite import MIGRATIONS, SCHEMA_VERSION, StateStore
-from tui_backfill.state.sqlite import sqlite as state_module
 
 ANGLES = (1, 2, 3)
 MakeJob = Callable[..., Awaitable[Backfill]]
