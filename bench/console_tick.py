@@ -30,8 +30,9 @@ from pathlib import Path
 
 from common import require_tmux, tmux_session  # bench/, beside this script
 
-from tui_backfill.core.checkpoint import Checkpoint
-from tui_backfill.core.snapshot import Counters, StatusSnapshot, utc_now_iso
+from tui_backfill.core.snapshot import utc_now_iso
+from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
+from tui_backfill.pipelines.mirror.snapshot import Counters, StatusSnapshot
 
 
 def busy_snapshot(seconds: float) -> StatusSnapshot:

@@ -18,15 +18,16 @@ import pytest
 from rich.console import Console
 
 from tui_backfill.config import resolve
-from tui_backfill.core.checkpoint import Checkpoint
-from tui_backfill.core.snapshot import Counters, StatusSnapshot
+from tui_backfill.core.records import FailedItem
 from tui_backfill.frontends.ui.app import BackfillApp
 from tui_backfill.frontends.ui.controller import AttachedController, HttpController, LocalController
 from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
+from tui_backfill.pipelines.mirror.snapshot import Counters, StatusSnapshot
 from tui_backfill.pipelines.prepare import RunRequest, prepare_run
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
 from tui_backfill.servers.origin import OriginServer
-from tui_backfill.state.sqlite import FailedItem, open_state
+from tui_backfill.state.sqlite import open_state
 
 FIXED_NOW = dt.datetime(2026, 11, 26, 12, 0, 0, tzinfo=dt.UTC)
 

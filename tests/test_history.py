@@ -14,11 +14,12 @@ from typing import Any
 import pytest
 from helpers import Backfill, assert_counters_add_up, key_of, one_line
 
-from tui_backfill.core.checkpoint import Checkpoint
-from tui_backfill.core.snapshot import Counters
+from tui_backfill.core.records import RunRecord
 from tui_backfill.frontends.history import history_entry, history_text, run_history, run_outcome
+from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
+from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.servers.origin import expected_body
-from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore
+from tui_backfill.state.sqlite import JobLock, StateStore
 
 MakeJob = Callable[..., Awaitable[Backfill]]
 

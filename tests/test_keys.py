@@ -22,14 +22,14 @@ from hypothesis import strategies as st
 from tui_backfill.config import Settings
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import MAX_ANGLE, parse_angles
-from tui_backfill.pipelines.mirror.keys import printable, sku_problem, visible
-from tui_backfill.pipelines.mirror.templates import (
+from tui_backfill.seams.keys import printable, sku_problem, visible
+from tui_backfill.seams.origins import open_origin
+from tui_backfill.seams.sources import sku_batches
+from tui_backfill.seams.templates import (
     DEFAULT_KEY_TEMPLATE,
     key_template,
     origin_template,
 )
-from tui_backfill.seams.origins import open_origin
-from tui_backfill.seams.sources import sku_batches
 from tui_backfill.servers.origin import OriginServer, expected_body, parse_name
 from tui_backfill.servers.proxy import ReverseProxy
 from tui_backfill.state.sqlite import open_state
@@ -37,7 +37,7 @@ from tui_backfill.state.sqlite import open_state
 if TYPE_CHECKING:
     from conftest import FtpOrigin, S3Target
 
-# -- the documented rule, written out independently of tui_backfill.pipelines.mirror.keys ---------------------
+# -- the documented rule, written out independently of tui_backfill.seams.keys ---------------------
 
 REJECTED_CATEGORIES = {"Cc", "Cf", "Cs", "Zl", "Zp"}
 

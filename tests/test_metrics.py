@@ -8,9 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from tui_backfill.core.checkpoint import Checkpoint
-from tui_backfill.core.snapshot import Counters, StatusSnapshot
 from tui_backfill.frontends.metrics import CONTENT_TYPE, render
+from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
+from tui_backfill.pipelines.mirror.snapshot import Counters, StatusSnapshot
 
 STATES = ["running", "pausing", "paused", "completed", "failed"]
 

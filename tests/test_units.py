@@ -10,11 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tui_backfill.config import redact_url, resolve, strip_password
-from tui_backfill.core.checkpoint import Checkpoint, WatermarkTracker
 from tui_backfill.core.snapshot import RateMeter, eta_seconds
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.templates import key_template, origin_template
+from tui_backfill.pipelines.mirror.checkpoint import Checkpoint, WatermarkTracker
+from tui_backfill.seams.templates import key_template, origin_template
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_passwords_are_stripped_and_redacted() -> None:
 
 
 def test_snapshot_json_round_trip() -> None:
-    from tui_backfill.core.snapshot import Counters, StatusSnapshot, snapshot_from_json
+    from tui_backfill.pipelines.mirror.snapshot import Counters, StatusSnapshot, snapshot_from_json
 
     counters = Counters(
         scanned_skus=7,

@@ -19,7 +19,7 @@ from typing import Any
 
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.templates import (
+from tui_backfill.seams.templates import (
     DEFAULT_KEY_TEMPLATE,
     key_template,
     origin_template,

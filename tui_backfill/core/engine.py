@@ -1,10 +1,11 @@
-"""The backfill engine: streams items, bounds concurrency, retries, accounts, checkpoints.
+"""The engine: streams items, bounds concurrency, retries, accounts, checkpoints.
 
-It knows nothing of any front end. It reads the run's SKU snapshot page by page, checks which
-objects exist (a listing of bounded key ranges, or a HEAD per item), fetches what is missing
-from the origin under the politeness cap, uploads beside the fetches with its own bound,
-accounts every outcome, persists counters and checkpoint together, and publishes immutable
-status snapshots. It takes commands: stop (graceful, resumable), hold/resume, concurrency.
+It knows nothing of any front end, and nothing of what a pipeline does with an item. It pages
+through the pipeline's ordered source, dispatches each group's items under a bound of items in
+flight, runs their stages under the retry policy and the slots (the politeness cap on origin
+requests, a separate bound for existence checks and uploads), accounts every result into the
+pipeline's counters, persists counters and checkpoint together, and publishes immutable status
+snapshots. It takes commands: stop (graceful, resumable), hold/resume, concurrency.
 """
 
 from __future__ import annotations
@@ -12,45 +13,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import sqlite3
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
-from typing import Protocol, TypeVar
+from typing import Generic, TypeVar
 
-from tui_backfill.core.checkpoint import Checkpoint, WatermarkTracker
+from tui_backfill.core.counters import CounterSet
+from tui_backfill.core.pipeline import (
+    Interrupted,
+    Item,
+    Pipeline,
+    Progress,
+    Result,
+    Slot,
+    Snapshot,
+    StageFailed,
+)
+from tui_backfill.core.records import Command, FailedItem, RunStatus
 from tui_backfill.core.retry import retrying
 from tui_backfill.core.slots import Slots
-from tui_backfill.core.snapshot import Counters, RateMeter, StatusSnapshot, eta_seconds, utc_now_iso
-from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError, Outcome, RunState
-from tui_backfill.pipelines.mirror.keys import printable, sku_problem
-from tui_backfill.pipelines.mirror.templates import MAX_KEY_BYTES, Template
-from tui_backfill.seams.origins import Fetched, Origin
-from tui_backfill.state.sqlite import FailedItem, StateStore
+from tui_backfill.core.snapshot import RateMeter, eta_seconds, utc_now_iso
+from tui_backfill.core.store import RunStore
+from tui_backfill.core.watermark import Position, Watermark
+from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError, RunState
 
 T = TypeVar("T")
+S = TypeVar("S", bound=Snapshot)
+log = logging.getLogger("tui_backfill.engine")
 
-PAGE_SKUS = 500
+PAGE_GROUPS = 500
 PUBLISH_EVERY = 0.5  # seconds between snapshots written to the state for other processes
 COMMAND_POLL = 0.5
 SAMPLE_EVERY = 0.5
-
-
-class Destination(Protocol):
-    """What the engine needs of the bucket (tui_backfill.seams.bucket.Bucket)."""
-
-    name: str
-    endpoint_url: str | None
-
-    async def exists(self, key: str) -> bool: ...
-
-    async def put(
-        self, key: str, body: bytes, content_type: str, *, if_none_match: bool
-    ) -> bool: ...
-
-    def list_keys(
-        self, prefix: str, *, start_after: str | None = None, stop_after: str | None = None
-    ) -> AsyncIterator[list[str]]: ...
+UNREACHABLE_IN_A_ROW = 20  # refused connections / DNS failures with no success between: stop
+FAILED_LOG_BURST = 20  # failed items logged one by one per FAILED_LOG_WINDOW, then summed up
+FAILED_LOG_WINDOW = 10.0
 
 
 class Stop(enum.Enum):
@@ -59,119 +57,68 @@ class Stop(enum.Enum):
     HOLD = 2  # pause in place until resume
 
 
-class Interrupted(Exception):
-    """A backoff wait was cut short by pause or stop: the item is left unfinished."""
-
-
 @dataclass(frozen=True, slots=True)
 class RunPlan:
-    """The fixed facts of one run the engine executes."""
+    """The fixed facts of one run the engine executes (whatever its pipeline)."""
 
     job: str
     run_id: int
-    angles: tuple[int, ...]
-    angles_spec: str
-    planned_skus: int
-    key_template: Template
-    only_missing: bool
+    planned_groups: int
     dry_run: bool
-    exists_check: str  # "list" or "head"
     concurrency: int
     max_concurrency: int
-    upload_concurrency: int
+    io_concurrency: int
     max_attempts: int
     backoff: float
     checkpoint_every: int
     started_at: str
-    counters: Counters = field(default_factory=Counters)
-    checkpoint: Checkpoint = field(default_factory=Checkpoint)
-    origin_label: str = ""
-    checkpoint_saved_at: str = ""  # when `checkpoint` was saved, by an earlier process ("" unknown)
+    counters: CounterSet
+    position: Position = field(default_factory=Position)
+    checkpoint_saved_at: str = ""  # when `position` was saved, by an earlier process ("" unknown)
 
 
 @dataclass(frozen=True, slots=True)
-class RunResult:
+class RunResult(Generic[S]):
     state: RunState
     exit_code: int
-    snapshot: StatusSnapshot
+    snapshot: S
 
 
-class StageFailed(Exception):
-    """A stage exhausted its attempts (or hit a permanent error)."""
-
-    def __init__(self, error: BackfillError, attempts: int) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.attempts = attempts
+def _internal(exc: BaseException) -> Result:
+    """An unexpected exception in an item's work (a programming error): a failed item."""
+    error = BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
+    return Result("failed", error=error, count_error=True)
 
 
-@dataclass(frozen=True, slots=True)
-class _Result:
-    outcome: Outcome
-    attempted: bool = False
-    attempts: int = 0
-    error: BackfillError | None = None
-    found: bool = False  # present at the destination before we wrote it
-    nbytes: int = 0
-
-
-@dataclass(slots=True)
-class _Item:
-    sku: str
-    angle: int
-    key: str
-    carryover: bool = False
-    head: bool = False  # existence unknown from a listing: HEAD it
-
-
-def _bad_sku(sku: str) -> _Result | None:
-    """A SKU that breaks the rule of tui_backfill.pipelines.mirror.keys: its items are never looked up, fetched
-    or written; each is a failed item `bad_sku` naming the reason."""
-    problem = sku_problem(sku)
-    if problem is None:
-        return None
-    message = f"SKU {printable(sku)} {problem}; not fetched, not written"
-    return _Result(Outcome.FAILED, error=BackfillError(message, code="bad_sku"))
-
-
-def _bad_key(key: str) -> _Result | None:
-    """A key over S3's limit: a failed item `bad_key`."""
-    size = len(key.encode())
-    if size <= MAX_KEY_BYTES:
-        return None
-    message = f"key is {size:,} bytes, over S3's limit of {MAX_KEY_BYTES:,}; not fetched"
-    return _Result(Outcome.FAILED, error=BackfillError(message, code="bad_key"))
-
-
-class Engine:
+class Engine(Generic[S]):
     def __init__(
         self,
         plan: RunPlan,
         *,
-        store: StateStore,
-        bucket: Destination,
-        origin: Origin | None,
+        pipeline: Pipeline[S],
+        store: RunStore,
         clock: Callable[[], float] = time.monotonic,
         poll_commands: bool = True,
     ) -> None:
         self.plan = plan
+        self.pipeline = pipeline
         self._store = store
-        self._bucket = bucket
-        self._origin = origin
         self._clock = clock
         self._poll_commands = poll_commands
         self.counters = plan.counters.copy()
-        self._tracker = WatermarkTracker(plan.angles, plan.checkpoint)
-        # SKUs behind the checkpoint we resumed from (the committed count minus partial ones).
-        self._base_finished = plan.counters.scanned_skus - len(plan.checkpoint.completed_angles)
+        self._tracker = Watermark(pipeline.members, plan.position)
+        # Groups behind the position we resumed from (the committed count minus partial ones).
+        self._base_finished = plan.counters.groups - len(plan.position.partial)
         self._fetch_slots = Slots(plan.concurrency)
-        self._s3_slots = Slots(plan.upload_concurrency)
-        self._item_slots = asyncio.Semaphore(plan.concurrency * 2 + plan.upload_concurrency)
+        self._io_slots = Slots(plan.io_concurrency)
+        self._item_slots = Slots(self._items_bound(plan.concurrency))
         self._tasks: set[asyncio.Task[None]] = set()
         self._stop = Stop.NONE
         self._interrupt = asyncio.Event()  # set while stopping or holding: cuts backoff waits
         self._resumed = asyncio.Event()
-        self._redo: list[_Item] = []  # items interrupted by a hold, dispatched again on resume
+        self._redo: list[Item] = []  # items interrupted by a hold, dispatched again on resume
+        self._parked: list[tuple[Item, Result]] = []  # failed while the origin was unreachable
+        self._unreachable_in_a_row = 0
         self._state = RunState.RUNNING
         self._fatal: FatalError | None = None
         self._pending_failed: list[FailedItem] = []
@@ -183,8 +130,17 @@ class Engine:
         self._items_done = 0
         self._last_published = 0.0
         self._saved_at = plan.checkpoint_saved_at
-        self._saved_sku: str | None = plan.checkpoint.last_sku
+        self._saved_group: str | None = plan.position.last
         self._ended_at: str | None = None  # when this process's part of the run ended
+        self._stored_concurrency = plan.concurrency
+        self._beat_errors: set[str] = set()  # heartbeat failures already logged
+        self._failed_logged = 0
+        self._failed_unlogged = 0
+        self._failed_window = 0.0
+
+    def _items_bound(self, concurrency: int) -> int:
+        """Items in flight: enough to keep every fetch slot and every upload slot busy."""
+        return concurrency * 2 + self.plan.io_concurrency
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -212,8 +168,11 @@ class Engine:
             self._resumed.set()
 
     def set_concurrency(self, value: int) -> int:
+        """The politeness cap, live; the items in flight follow it. Kept with the run's
+        settings, so a resume continues at it (unless told otherwise)."""
         value = max(1, min(value, self.plan.max_concurrency))
         self._fetch_slots.set_limit(value)
+        self._item_slots.set_limit(self._items_bound(value))
         return value
 
     @property
@@ -229,14 +188,18 @@ class Engine:
     def state(self) -> RunState:
         return self._state
 
+    @property
+    def dry_run(self) -> bool:
+        return self.plan.dry_run
+
     async def _apply_command(self, command: str, arg: str | None) -> None:
-        if command == "stop":
+        if command == Command.STOP:
             self.stop()
-        elif command == "hold":
+        elif command == Command.HOLD:
             self.hold()
-        elif command == "resume":
+        elif command == Command.RESUME:
             self.resume()
-        elif command == "concurrency" and arg is not None and arg.lstrip("-").isdigit():
+        elif command == Command.CONCURRENCY and arg is not None and arg.lstrip("-").isdigit():
             self.set_concurrency(int(arg))
 
     # -- the snapshot -----------------------------------------------------------------------
@@ -244,47 +207,50 @@ class Engine:
     def _scanned(self, *, committed: bool) -> int:
         return self._base_finished + self._tracker.scanned(committed=committed)
 
-    def snapshot(self) -> StatusSnapshot:
+    def _counters_now(self, *, committed: bool) -> CounterSet:
         counters = self.counters.copy()
-        counters.scanned_skus = self._scanned(committed=False)
-        items_rate, skus_rate, bytes_rate = self._rates.rates()
-        return StatusSnapshot(
+        if counters.GROUPS:
+            setattr(counters, counters.GROUPS, self._scanned(committed=committed))
+        return counters
+
+    def progress(self) -> Progress:
+        counters = self._counters_now(committed=False)
+        items_rate, groups_rate, bytes_rate = self._rates.rates()
+        return Progress(
             job=self.plan.job,
             run_id=self.plan.run_id,
-            state=self._state.value,
+            state=self._state,
             dry_run=self.plan.dry_run,
             started_at=self.plan.started_at,
             last_update_at=self._ended_at or utc_now_iso(),
-            angles_planned=self.plan.angles_spec,
-            angles_per_sku=len(self.plan.angles),
             concurrency=self._fetch_slots.limit,
-            planned_skus=self.plan.planned_skus,
+            planned_groups=self.plan.planned_groups,
             counters=counters,
-            checkpoint=self._tracker.checkpoint(),
+            position=self._tracker.position(),
+            live=self._ended_at is None,
             in_flight=len(self._tasks),
-            fetches_in_flight=self._fetch_slots.used,
+            slots_in_use=self._fetch_slots.used,
             items_per_second=items_rate,
-            skus_per_second=skus_rate,
+            groups_per_second=groups_rate,
             bytes_per_second=bytes_rate,
             # only a moving run has an ETA (a paused one's rate decays: its ETA would drift)
             eta_seconds=(
-                eta_seconds(self.plan.planned_skus - counters.scanned_skus, skus_rate)
+                eta_seconds(self.plan.planned_groups - counters.groups, groups_rate)
                 if self._state is RunState.RUNNING
                 else None
             ),
             last_errors=dict(self._last_errors),
-            bucket=self._bucket.name,
-            endpoint=self._bucket.endpoint_url or "",
-            origin=self.plan.origin_label,
             message=self._fatal.message if self._fatal else "",
             checkpoint_saved_at=self._saved_at,
-            checkpoint_saved_sku=self._saved_sku,
-            live=self._ended_at is None,
+            checkpoint_saved_group=self._saved_group,
         )
+
+    def snapshot(self) -> S:
+        return self.pipeline.snapshot(self.progress())
 
     # -- running ----------------------------------------------------------------------------
 
-    async def run(self) -> RunResult:
+    async def run(self) -> RunResult[S]:
         """Run to completion, stop or fatal error; the checkpoint is persisted on every path."""
         background = [asyncio.create_task(self._heartbeat(), name="engine-heartbeat")]
         try:
@@ -293,8 +259,10 @@ class Engine:
                     await self._retry_carryover()
                 await self._scan()
                 await self._drain()
+                await self._record_parked()
             except FatalError as exc:
-                self._fatal = exc
+                if self._fatal is None:
+                    self._fatal = exc
                 await self._abandon_in_flight()
             except asyncio.CancelledError:
                 # Cancelled from outside (a second signal): still leave a resumable checkpoint.
@@ -310,21 +278,23 @@ class Engine:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
 
-    async def _finish(self) -> RunResult:
+    async def _finish(self) -> RunResult[S]:
         # The snapshot stops moving here: one lastUpdateAt for the console, the stored
         # snapshot and the headless output alike, and no longer live in this process.
         self._ended_at = utc_now_iso()
         if self._fatal is not None:
             self._state = RunState.FAILED
-            status, exit_code = "paused", 3  # resumable once the cause is fixed
+            status, exit_code = RunStatus.PAUSED, 3  # resumable once the cause is fixed
         elif self._stop is not Stop.NONE:
             self._state = RunState.PAUSED
-            status, exit_code = "paused", 75
+            status, exit_code = RunStatus.PAUSED, 75
         else:
             self._state = RunState.COMPLETED
-            status = "completed"
+            status = RunStatus.COMPLETED
             exit_code = 1 if self.counters.failed_items or self.counters.carryover_failed else 0
         message = self._fatal.message if self._fatal else None
+        with contextlib.suppress(Exception):
+            await self._persist_concurrency()
         try:
             await self._commit(status=status, exit_code=exit_code, message=message)
         except FatalError:
@@ -332,7 +302,8 @@ class Engine:
         return RunResult(self._state, exit_code, self.snapshot())
 
     async def _heartbeat(self) -> None:
-        """Sample rates, publish the snapshot for other processes, poll the command channel."""
+        """Sample rates, publish the snapshot for other processes, poll the command channel.
+        It outlives any error of its own: a dead heartbeat would leave commands unread."""
         next_poll = 0.0
         while True:
             try:
@@ -341,14 +312,23 @@ class Engine:
                 if self._fatal is None:
                     self._fatal = exc
                 self.stop()
-            except sqlite3.Error as exc:  # e.g. locked for a while by another process: go on
-                self._count_error(BackfillError(f"state: {exc}", code="state"))
+            except BackfillError as exc:  # e.g. the state locked for a while by another process
+                self._count_error(exc)
+            except Exception as exc:
+                name = exc.__class__.__name__
+                if name not in self._beat_errors:  # once per kind: it may recur every beat
+                    self._beat_errors.add(name)
+                    log.exception("heartbeat: %s (the run goes on)", name)
+                self._count_error(BackfillError(f"heartbeat: {name}: {exc}", code="internal"))
             await asyncio.sleep(SAMPLE_EVERY / 2)
 
     async def _beat(self, next_poll: float) -> float:
         now = self._clock()
         self._rates.add(
-            now, self._items_done, self._scanned(committed=False), self.counters.bytes_uploaded
+            now,
+            self._items_done,
+            self._scanned(committed=False),
+            getattr(self.counters, self.counters.BYTES) if self.counters.BYTES else 0,
         )
         if now - self._last_published >= PUBLISH_EVERY and self._ended_at is None:
             self._last_published = now
@@ -357,10 +337,17 @@ class Engine:
             next_poll = now + COMMAND_POLL
             for command, arg in await self._store.take_commands(self.plan.job):
                 await self._apply_command(command, arg)
+        await self._persist_concurrency()
         if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
             self._state = RunState.PAUSED
             await self._commit()
         return next_poll
+
+    async def _persist_concurrency(self) -> None:
+        limit = self._fetch_slots.limit
+        if limit != self._stored_concurrency and not self.plan.dry_run:
+            await self._store.update_settings(self.plan.run_id, {"concurrency": limit})
+            self._stored_concurrency = limit
 
     async def _wait_if_held(self) -> bool:
         """Block while held; True when the run must stop dispatching for good."""
@@ -368,20 +355,21 @@ class Engine:
             await self._resumed.wait()
         return self._stop is Stop.STOP or self._fatal is not None
 
-    async def _dispatch(self, item: _Item) -> None:
+    async def _dispatch(self, item: Item) -> None:
         await self._item_slots.acquire()
         task = asyncio.create_task(self._run_item(item), name=f"item {item.key}")
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        # Released when the task ends, however: also a task cancelled before its first step.
+        task.add_done_callback(self._item_done)
+
+    def _item_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._item_slots.release()
 
     async def _drain(self) -> None:
-        """Wait for in-flight items; a hold near the end still waits for resume or stop."""
         while True:
-            if self._tasks:
+            while self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
-                if self._fatal is not None:
-                    raise self._fatal
-                continue
             if await self._wait_if_held():
                 return
             if not self._redo:
@@ -411,77 +399,43 @@ class Engine:
         for failed in carryover:
             if await self._wait_if_held():
                 return
-            key = self.plan.key_template.render(failed.sku, failed.angle)
-            await self._dispatch(_Item(failed.sku, failed.angle, key, carryover=True))
+            await self._dispatch(self.pipeline.carryover(failed))
         await self._drain()
+        await self._record_parked()
         await self._commit()
 
     async def _scan(self) -> None:
-        plan = self.plan
-        after = self._tracker.last_sku
-        # Listing of the next page runs while the current one is dispatched.
-        next_page = asyncio.create_task(self._load_page(after))
+        source = self.pipeline.source(self)
+        # The next page is read while the current one is dispatched.
+        next_page = asyncio.create_task(source.page(self._tracker.last))
         try:
             while True:
-                skus, existing = await next_page
-                if not skus:
+                groups = await next_page
+                if not groups:
                     return
-                next_page = asyncio.create_task(self._load_page(skus[-1]))
-                for sku in skus:
+                next_page = asyncio.create_task(source.page(groups[-1].key))
+                for group in groups:
                     if await self._wait_if_held():
                         return
                     if self._redo:
                         await self._dispatch_redo()
-                    done = self._tracker.done_angles(sku)
-                    self._tracker.dispatch(sku)
-                    bad = _bad_sku(sku)
-                    for angle in plan.angles:
-                        if angle in done:
+                    done = self._tracker.done_members(group.key)
+                    self._tracker.dispatch(group.key)
+                    for item in group.items:
+                        if item.member in done:
                             continue
                         if self._stop is not Stop.NONE and await self._wait_if_held():
-                            return  # the SKU's other angles stay unfinished: a resume redoes them
-                        key = plan.key_template.render(sku, angle)
-                        if bad is not None:  # never looked up, fetched or written
-                            await self._record(_Item(sku, angle, key), bad)
-                        elif existing is not None and key in existing:
-                            await self._record(
-                                _Item(sku, angle, key), _Result(Outcome.SKIPPED_EXISTS, found=True)
-                            )
+                            return  # the group's other items stay unfinished: a resume redoes them
+                        if item.preset is not None:
+                            await self._record(item, item.preset)
                         else:
-                            await self._dispatch(_Item(sku, angle, key, head=existing is None))
+                            await self._dispatch(item)
         finally:
             next_page.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await next_page
 
-    async def _load_page(self, after: str | None) -> tuple[list[str], set[str] | None]:
-        skus = await self._store.run_skus_page(self.plan.run_id, after, PAGE_SKUS)
-        if not skus or not self.plan.only_missing or self.plan.exists_check != "list":
-            return skus, None
-        template = self.plan.key_template
-        if not template.sku_first:
-            return skus, None  # keys do not sort near their SKU: HEAD per item instead
-        prefix = template.literal_prefix
-        stop_after = prefix + max(sku + "\U0010ffff" for sku in skus)
-
-        async def listing() -> set[str]:
-            existing: set[str] = set()
-            async with self._s3_slots.hold():
-                async for keys in self._bucket.list_keys(
-                    prefix, start_after=prefix + skus[0], stop_after=stop_after
-                ):
-                    existing.update(keys)
-            return existing
-
-        # Retried and counted like any S3 call (plain sleeps: this runs outside any item);
-        # a listing that keeps failing leaves the page to a HEAD per item.
-        try:
-            existing, _ = await self._stage(listing, sleep=asyncio.sleep)
-        except StageFailed:
-            return skus, None
-        return skus, existing
-
-    # -- one item ---------------------------------------------------------------------------
+    # -- stages (what a pipeline's items run under) -----------------------------------------
 
     async def _interruptible_sleep(self, seconds: float) -> None:
         if self._interrupt.is_set():
@@ -492,13 +446,32 @@ class Engine:
 
     def _count_error(self, exc: BackfillError) -> None:
         self.counters.count_error(exc.code)
+        if exc.code not in self._last_errors:  # the cause, once per code, for journald
+            log.warning("first %s error: %s", exc.code, exc.message)
         self._last_errors[exc.code] = exc.message
 
-    async def _attempt(self, call: Callable[[], Awaitable[T]]) -> T:
+    async def _in_slot(self, call: Callable[[], Awaitable[T]], slot: Slot | None) -> T:
+        if slot is Slot.ORIGIN:
+            async with self._fetch_slots.hold():
+                if self._stop is not Stop.NONE:
+                    raise Interrupted  # stopped while queued for a slot: no new origin request
+                value = await call()
+            # The slot went to the next queued item, whose task is now ready; yield so it sends
+            # its request before this task spends a millisecond or two preparing the next stage.
+            await asyncio.sleep(0)
+            return value
+        if slot is Slot.IO:
+            async with self._io_slots.hold():
+                return await call()
+        return await call()
+
+    async def _attempt(self, call: Callable[[], Awaitable[T]], slot: Slot | None) -> T:
         """One attempt: failures are counted by code; a fatal one stops the run."""
         try:
-            return await call()
+            value = await self._in_slot(call, slot)
         except NotFoundError:
+            if slot is Slot.ORIGIN:
+                await self._origin_answered()
             raise
         except BackfillError as exc:
             self._count_error(exc)
@@ -507,12 +480,45 @@ class Engine:
                     exc if isinstance(exc, FatalError) else FatalError(exc.message, exc.code)
                 )
                 self.stop()
+            elif slot is Slot.ORIGIN:
+                self._origin_failed(exc)
             raise
+        if slot is Slot.ORIGIN:
+            await self._origin_answered()
+        return value
 
-    async def _stage(
-        self,
-        call: Callable[[], Awaitable[T]],
-        sleep: Callable[[float], Awaitable[None]] | None = None,
+    def _origin_failed(self, exc: BackfillError) -> None:
+        """A refused connection or an unresolvable host is the origin's absence, not a fault
+        of it: enough of them in a row, with no answer between, stop the run (exit 3) with the
+        checkpoint kept and those items unfinished, instead of failing every item."""
+        if not getattr(exc, "unreachable", False):
+            return
+        self._unreachable_in_a_row += 1
+        if self._unreachable_in_a_row >= UNREACHABLE_IN_A_ROW and self._fatal is None:
+            self._fatal = FatalError(
+                f"origin unreachable: {self._unreachable_in_a_row} connection failures in a "
+                f"row ({exc.message}); the checkpoint is kept, resume once it is back",
+                code="origin_unreachable",
+            )
+            self._parked.clear()  # unfinished: a resume redoes them
+            self.stop()
+            raise self._fatal
+
+    async def _origin_answered(self) -> None:
+        self._unreachable_in_a_row = 0
+        await self._record_parked()
+
+    async def _record_parked(self) -> None:
+        """Items whose attempts all met an unreachable origin wait here until the origin is
+        known to be there (an answer, or the run's end): then they are failed items."""
+        if not self._parked or self._fatal is not None:
+            return
+        parked, self._parked = self._parked, []
+        for item, result in parked:
+            await self._record(item, result)
+
+    async def stage(
+        self, call: Callable[[], Awaitable[T]], slot: Slot | None = None
     ) -> tuple[T, int]:
         """One stage of an item under the retry policy; returns (result, attempts).
 
@@ -521,8 +527,22 @@ class Engine:
         retryable failure hands the stage to tenacity, which starts by waiting out that first
         failure, so the schedule of attempts and waits is the policy's own.
         """
+        return await self._stage(call, slot, self._interruptible_sleep)
+
+    async def stage_outside_items(
+        self, call: Callable[[], Awaitable[T]], slot: Slot | None = None
+    ) -> tuple[T, int]:
+        """A stage outside any item (say, a page's listing): plain sleeps between attempts."""
+        return await self._stage(call, slot, asyncio.sleep)
+
+    async def _stage(
+        self,
+        call: Callable[[], Awaitable[T]],
+        slot: Slot | None,
+        sleep: Callable[[float], Awaitable[None]],
+    ) -> tuple[T, int]:
         try:
-            return await self._attempt(call), 1
+            return await self._attempt(call, slot), 1
         except BackfillError as exc:
             if exc.fatal or isinstance(exc, NotFoundError):
                 raise
@@ -531,9 +551,7 @@ class Engine:
             first_failure: list[BackfillError] = [exc]
         attempts = 1
         policy = retrying(
-            max_attempts=self.plan.max_attempts,
-            backoff=self.plan.backoff,
-            sleep=sleep or self._interruptible_sleep,
+            max_attempts=self.plan.max_attempts, backoff=self.plan.backoff, sleep=sleep
         )
         try:
             async for attempt in policy:
@@ -541,105 +559,72 @@ class Engine:
                     if first_failure:
                         raise first_failure.pop()  # attempt 1, already made above
                     attempts += 1
-                    return await self._attempt(call), attempts
+                    return await self._attempt(call, slot), attempts
         except BackfillError as exc:
             if exc.fatal or isinstance(exc, NotFoundError):
                 raise
             raise StageFailed(exc, attempts) from None
         raise AssertionError("unreachable: tenacity reraises")
 
-    async def _exists(self, key: str) -> bool:
-        async with self._s3_slots.hold():
-            return await self._bucket.exists(key)
+    # -- one item ---------------------------------------------------------------------------
 
-    async def _fetch(self, item: _Item) -> Fetched:
-        assert self._origin is not None
-        async with self._fetch_slots.hold():
-            if self._stop is not Stop.NONE:
-                raise Interrupted  # stopped while queued for a slot: no new origin request
-            fetched = await self._origin.fetch(item.sku, item.angle)
-        # The slot went to the next queued item, whose task is now ready; yield so it sends its
-        # origin request before this task spends a millisecond or two of CPU preparing the PUT.
-        await asyncio.sleep(0)
-        return fetched
-
-    async def _put(self, item: _Item, fetched: Fetched) -> bool:
-        async with self._s3_slots.hold():
-            return await self._bucket.put(
-                item.key, fetched.body, fetched.content_type, if_none_match=self.plan.only_missing
-            )
-
-    async def _run_item(self, item: _Item) -> None:
+    async def _run_item(self, item: Item) -> None:
         try:
-            result = await self._process(item)
+            result = await self.pipeline.process(item, self)
         except Interrupted:
             if self._stop is not Stop.STOP:
                 self._redo.append(item)  # held (or already resumed): dispatched again
             return
         except (asyncio.CancelledError, FatalError):
             return  # unfinished: the checkpoint does not cover it, a resume redoes it
-        finally:
-            self._item_slots.release()
+        except Exception as exc:
+            log.exception("item %r: unexpected error (recorded as a failed item)", item.key)
+            result = _internal(exc)
+        if result.error is not None and getattr(result.error, "unreachable", False):
+            if self._fatal is None:
+                self._parked.append((item, result))
+            return
         with contextlib.suppress(FatalError):
             # A checkpoint this item triggered could not be written (state full, locked):
             # _commit has kept it pending and stopped the run, whose final commit tries again.
             await self._record(item, result)
 
-    async def _process(self, item: _Item) -> _Result:
-        """Existence, fetch, put. Returns how the item ended; raises when it did not end."""
-        plan = self.plan
-        # The scan already kept unusable SKUs from being dispatched; carryover items come from
-        # the failed-items table, not the scan, so their SKUs are checked here.
-        bad = (_bad_sku(item.sku) if item.carryover else None) or _bad_key(item.key)
-        if bad is not None:
-            return bad
-        if plan.only_missing and (
-            item.carryover
-            or item.head
-            or plan.exists_check == "head"
-            or not plan.key_template.sku_first
-        ):
-            try:
-                exists, _ = await self._stage(lambda: self._exists(item.key))
-            except StageFailed as failed:
-                return _Result(Outcome.FAILED, attempts=failed.attempts, error=failed.error)
-            if exists:
-                return _Result(Outcome.SKIPPED_EXISTS, found=True)
-        if plan.dry_run:
-            return _Result(Outcome.PLANNED)
-        try:
-            fetched, attempts = await self._stage(lambda: self._fetch(item))
-        except NotFoundError:
-            return _Result(Outcome.NO_REMOTE, attempted=True, attempts=1)
-        except StageFailed as failed:
-            return _Result(
-                Outcome.FAILED, attempted=True, attempts=failed.attempts, error=failed.error
+    def _log_failed(self, item: Item, error: BackfillError, attempts: int) -> None:
+        """Failed items as they fail, at most FAILED_LOG_BURST per window, then a count."""
+        now = self._clock()
+        if now - self._failed_window >= FAILED_LOG_WINDOW:
+            if self._failed_unlogged:
+                log.warning(
+                    "%d more failed items not logged (`tui-backfill failed` lists them all)",
+                    self._failed_unlogged,
+                )
+            self._failed_window, self._failed_logged, self._failed_unlogged = now, 0, 0
+        if self._failed_logged < FAILED_LOG_BURST:
+            self._failed_logged += 1
+            log.warning(
+                "failed item %r after %d attempt(s): %s: %s",
+                item.key,
+                attempts,
+                error.code,
+                error.message,
             )
-        try:
-            written, _ = await self._stage(lambda: self._put(item, fetched))
-        except StageFailed as failed:
-            return _Result(
-                Outcome.FAILED, attempted=True, attempts=failed.attempts, error=failed.error
-            )
-        if not written:  # a conditional PUT found the object there (412)
-            return _Result(Outcome.SKIPPED_EXISTS, attempted=True, attempts=attempts)
-        return _Result(
-            Outcome.UPLOADED, attempted=True, attempts=attempts, nbytes=len(fetched.body)
-        )
+        else:
+            self._failed_unlogged += 1
 
-    async def _record(self, item: _Item, result: _Result) -> None:
-        """Account one finished item; commit a checkpoint when enough SKUs are behind it."""
+    async def _record(self, item: Item, result: Result) -> None:
+        """Account one finished item; commit a checkpoint when enough groups are behind it."""
         counters = self.counters
         self._items_done += 1
-        counters.bytes_uploaded += result.nbytes
+        if result.nbytes and counters.BYTES:
+            counters.add(counters.BYTES, result.nbytes)
         failed = None
-        if result.outcome is Outcome.FAILED:
-            assert result.error is not None
-            if result.error.code in ("bad_sku", "bad_key"):
+        if result.error is not None:
+            if result.count_error:
                 self._count_error(result.error)
+            self._log_failed(item, result.error, result.attempts)
             failed = FailedItem(
-                item.sku,
-                item.angle,
+                item.group,
+                item.member,
                 item.key,
                 result.error.code,
                 result.error.message,
@@ -649,29 +634,22 @@ class Engine:
         if self.plan.dry_run:
             failed = None  # a dry run leaves nothing behind, not even failed items (but counts)
         if item.carryover:
-            if failed is not None:
+            if result.error is not None:
                 counters.carryover_failed += 1
-                self._pending_failed.append(failed)
+                if failed is not None:
+                    self._pending_failed.append(failed)
             else:
                 counters.carryover_done += 1
-                self._pending_resolved.append((item.sku, item.angle))
-            return  # carryover is not part of the run's counters, its existence split included
-        counters.found_at_start += result.found
-        counters.attempted_downloads += result.attempted
-        if result.outcome is Outcome.UPLOADED:
-            counters.uploaded += 1
-        elif result.outcome is Outcome.SKIPPED_EXISTS:
-            counters.skipped_exists += 1
-        elif result.outcome is Outcome.NO_REMOTE:
-            counters.no_remote += 1
-        elif result.outcome is Outcome.PLANNED:
-            counters.would_fetch += 1
-        elif result.outcome is Outcome.FAILED:
+                self._pending_resolved.append((item.group, item.member))
+            return  # carryover is not part of the run's counters
+        for name in result.counts:
+            counters.add(name)
+        if result.error is not None:
             counters.failed_items += 1
             if failed is not None:
                 self._pending_failed.append(failed)
-        self._tracker.finish(item.sku, item.angle)
-        if self._tracker.finished_skus - self._finished_at_commit >= self.plan.checkpoint_every:
+        self._tracker.finish(item.group, item.member)
+        if self._tracker.finished_groups - self._finished_at_commit >= self.plan.checkpoint_every:
             await asyncio.shield(self._commit())
 
     async def _commit(
@@ -679,25 +657,25 @@ class Engine:
     ) -> None:
         """Counters + checkpoint + failed items in one transaction, shielded from cancellation."""
         async with self._commit_lock:
-            self._finished_at_commit = self._tracker.finished_skus
-            counters = self.counters.copy()
-            counters.scanned_skus = self._scanned(committed=True)
+            self._finished_at_commit = self._tracker.finished_groups
+            counters = self._counters_now(committed=True)
             failed, self._pending_failed = self._pending_failed, []
             resolved, self._pending_resolved = self._pending_resolved, []
-            checkpoint = self._tracker.checkpoint()
+            position = self._tracker.position()
             saved_at = utc_now_iso()
             snapshot = None
             if status:  # the stored final snapshot names the save it is part of
-                snapshot = replace(
-                    self.snapshot(),
+                progress = replace(
+                    self.progress(),
                     checkpoint_saved_at=saved_at,
-                    checkpoint_saved_sku=checkpoint.last_sku,
-                ).to_json()
+                    checkpoint_saved_group=position.last,
+                )
+                snapshot = self.pipeline.snapshot(progress).to_json()
             try:
                 await self._store.commit_checkpoint(
                     self.plan.run_id,
                     counters,
-                    checkpoint,
+                    self.pipeline.checkpoint_json(position),
                     job=self.plan.job,
                     failed=failed,
                     resolved=resolved,
@@ -715,4 +693,4 @@ class Engine:
                     self._fatal = exc
                 self.stop()
                 raise
-            self._saved_at, self._saved_sku = saved_at, checkpoint.last_sku
+            self._saved_at, self._saved_group = saved_at, position.last

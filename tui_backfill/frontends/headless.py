@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tui_backfill.core.snapshot import StatusSnapshot
-from tui_backfill.pipelines.mirror.keys import visible
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
+from tui_backfill.seams.keys import visible
 
 
 def _duration(seconds: float | None) -> str:

@@ -25,10 +25,11 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from tui_backfill.core.snapshot import Counters, snapshot_from_json
+from tui_backfill.core.records import RunRecord
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore
+from tui_backfill.pipelines.mirror.snapshot import Counters, snapshot_from_json
+from tui_backfill.state.sqlite import JobLock, StateStore
 
 # Outcome words (`outcome`), with the exit code that goes with each.
 COMPLETED = "completed"  # exit 0

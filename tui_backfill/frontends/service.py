@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import os
 import re
 import sqlite3
@@ -28,6 +27,7 @@ from typing import Any
 
 from tui_backfill.config import Resolved, validate
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
+from tui_backfill.pipelines.mirror.snapshot import failed_item_json
 from tui_backfill.state.sqlite import JobLock, open_state
 
 PAUSE_WAIT_SECONDS = 120.0
@@ -387,7 +387,7 @@ class JobService:
             return []
         async with open_state(self.state_path) as store:
             items = await store.failed_items(self.job)
-        return [dataclasses.asdict(item) for item in items]
+        return [failed_item_json(item) for item in items]
 
     async def runs(self, limit: int) -> list[dict[str, Any]]:
         from tui_backfill.frontends.history import run_history

@@ -7,9 +7,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from tui_backfill.core.snapshot import snapshot_from_json
+from tui_backfill.core.records import RunRecord
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore
+from tui_backfill.pipelines.mirror.snapshot import snapshot_from_json
+from tui_backfill.state.sqlite import JobLock, StateStore
 
 
 def _as_committed(run: RunRecord, published: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sqlite3
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,12 +26,16 @@ from tui_backfill.config import (
     validate_for_run,
 )
 from tui_backfill.core.engine import Engine, RunPlan
+from tui_backfill.core.records import RunRecord
+from tui_backfill.core.store import StateUnavailable
 from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.templates import key_template
+from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.origins import open_origin
 from tui_backfill.seams.sources import check_source, sku_batches
-from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore, state_error
+from tui_backfill.seams.templates import key_template
+from tui_backfill.state.sqlite import JobLock, StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +118,7 @@ def _origin_needs_password(origin: str, env: Mapping[str, str]) -> bool:
 class PreparedRun:
     """A run ready to go: the engine and what must be closed after it."""
 
-    engine: Engine
+    engine: Engine[StatusSnapshot]
     settings: Settings
     store: StateStore
     created: bool
@@ -139,9 +142,9 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
         await asyncio.to_thread(lock.acquire, settings.job)  # waits up to 1 s: not on the loop
         stack.callback(lock.release)
         prepared = await _prepare_locked(request, store, stack, env)
-    except sqlite3.Error as exc:  # the state failed us (full, locked) before any work
+    except StateUnavailable as exc:  # the state failed us (full, locked) before any work
         await stack.aclose()
-        raise state_error(settings.state, exc) from None
+        raise ConfigError("--state", exc.message.removeprefix("state ")) from None
     except BaseException:
         await stack.aclose()
         raise
@@ -212,29 +215,38 @@ async def _prepare_locked(
             env=env,
         )
         stack.push_async_callback(origin.close)
+    angles = parse_angles(settings.angles)
+    pipeline = MirrorPipeline(
+        MirrorPlan(
+            run_id=run.id,
+            angles=angles,
+            angles_spec=settings.angles,
+            key_template=key_template(settings.key_template),
+            only_missing=settings.only_missing,
+            exists_check=settings.exists_check,
+            origin_label=redact_url(origin_url),
+        ),
+        store=store,
+        bucket=bucket,
+        origin=origin,
+    )
     plan = RunPlan(
         job=job,
         run_id=run.id,
-        angles=parse_angles(settings.angles),
-        angles_spec=settings.angles,
-        planned_skus=run.planned_skus,
-        key_template=key_template(settings.key_template),
-        only_missing=settings.only_missing,
+        planned_groups=run.planned_skus,
         dry_run=request.dry_run,
-        exists_check=settings.exists_check,
         concurrency=settings.concurrency,
         max_concurrency=settings.max_concurrency,
-        upload_concurrency=settings.upload_concurrency,
+        io_concurrency=settings.upload_concurrency,
         max_attempts=settings.max_attempts,
         backoff=settings.backoff,
         checkpoint_every=settings.checkpoint_every,
         started_at=run.started_at,
         counters=run.counters,
-        checkpoint=run.checkpoint,
-        origin_label=redact_url(origin_url),
+        position=run.checkpoint.position,
         checkpoint_saved_at=_saved_at(run),
     )
-    engine = Engine(plan, store=store, bucket=bucket, origin=origin)
+    engine = Engine(plan, pipeline=pipeline, store=store)
     return PreparedRun(engine, settings, store, not continuing, stack)
 
 

@@ -13,10 +13,23 @@ import itertools
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from tui_backfill.config import Settings
 from tui_backfill.outcomes import ConfigError
+
+
+class SkuSource(Protocol):
+    """Where the SKUs come from (a run's settings have these three)."""
+
+    @property
+    def skus_file(self) -> str | None: ...
+
+    @property
+    def skus_db(self) -> str | None: ...
+
+    @property
+    def skus_query(self) -> str | None: ...
+
 
 BATCH = 5000
 
@@ -85,7 +98,7 @@ def _run_query(conn: sqlite3.Connection, query: str) -> sqlite3.Cursor:
     return cursor
 
 
-def check_source(settings: Settings) -> None:
+def check_source(settings: SkuSource) -> None:
     """Preflight: the file exists and parses, or the catalog opens and the query runs."""
     if settings.skus_file:
         next(_file_skus(settings.skus_file), None)  # opens it and reads the header / first SKU
@@ -102,7 +115,7 @@ def check_source(settings: Settings) -> None:
         conn.close()
 
 
-async def sku_batches(settings: Settings) -> AsyncIterator[list[str]]:
+async def sku_batches(settings: SkuSource) -> AsyncIterator[list[str]]:
     """Stream the source's SKUs in batches (unsorted, possibly with duplicates)."""
     if settings.skus_file:
         lines = _file_skus(settings.skus_file)

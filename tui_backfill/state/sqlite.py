@@ -12,21 +12,23 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import functools
 import json
 import os
 import socket
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import aiosqlite
 
-from tui_backfill.core.checkpoint import Checkpoint
-from tui_backfill.core.snapshot import Counters, utc_now_iso
-from tui_backfill.outcomes import ConfigError, FatalError, JobBusy
+from tui_backfill.core.counters import CounterSet
+from tui_backfill.core.records import DEFAULT_PIPELINE, FailedItem, RunRecord, codec_for
+from tui_backfill.core.snapshot import utc_now_iso
+from tui_backfill.core.store import StateBusy, StateUnavailable
+from tui_backfill.outcomes import ConfigError, JobBusy
 
 SCHEMA_VERSION = 2
 BUSY_TIMEOUT_SECONDS = 10  # how long a write waits for another connection's write lock
@@ -87,41 +89,8 @@ MIGRATIONS: dict[int, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class RunRecord:
-    id: int
-    job: str
-    status: str
-    dry_run: bool
-    settings: dict[str, Any]
-    started_at: str
-    ended_at: str | None
-    range_after: str | None
-    range_last: str | None
-    planned_skus: int
-    catalog_skus: int
-    counters: Counters
-    checkpoint: Checkpoint
-    snapshot: dict[str, Any] | None
-    pid: int | None
-    exit_code: int | None
-    message: str | None
-    host: str | None = None  # the machine whose process last ran it (schema 2; None before)
-
-    @property
-    def unfinished(self) -> bool:
-        return self.status in ("running", "paused") and not self.dry_run
-
-
-@dataclass(frozen=True, slots=True)
-class FailedItem:
-    sku: str
-    angle: int
-    key: str
-    code: str
-    message: str
-    attempts: int
-    run_id: int
+class _Json(Protocol):
+    def to_json(self) -> dict[str, Any]: ...
 
 
 _RUN_COLUMNS = (
@@ -131,20 +100,22 @@ _RUN_COLUMNS = (
 
 
 def _run(row: Sequence[Any]) -> RunRecord:
+    settings = json.loads(row[4])
+    codec = codec_for(str(settings.get("pipeline") or DEFAULT_PIPELINE))
     return RunRecord(
         id=row[0],
         job=row[1],
         status=row[2],
         dry_run=bool(row[3]),
-        settings=json.loads(row[4]),
+        settings=settings,
         started_at=row[5],
         ended_at=row[6],
         range_after=row[7],
         range_last=row[8],
         planned_skus=row[9],
         catalog_skus=row[10],
-        counters=Counters.from_json(json.loads(row[11])),
-        checkpoint=Checkpoint.from_json(json.loads(row[12])),
+        counters=codec.counters.from_json(json.loads(row[11])),
+        checkpoint=codec.checkpoint(json.loads(row[12])),
         snapshot=json.loads(row[13]) if row[13] else None,
         pid=row[14],
         exit_code=row[15],
@@ -232,8 +203,27 @@ def state_error(path: str, exc: BaseException) -> ConfigError:
     return ConfigError("--state", state_problem(path, exc))
 
 
-def _state_fatal(path: str, exc: BaseException) -> FatalError:
-    return FatalError(f"state {state_problem(path, exc)}", code="state")
+def _state_fatal(path: str, exc: BaseException) -> StateUnavailable:
+    return StateUnavailable(f"state {state_problem(path, exc)}")
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _classified(
+    method: Callable[Concatenate[StateStore, P], Awaitable[R]],
+) -> Callable[Concatenate[StateStore, P], Awaitable[R]]:
+    """The store's own error for SQLite's: callers never see `sqlite3.Error`."""
+
+    @functools.wraps(method)
+    async def classified(store: StateStore, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(store, *args, **kwargs)
+        except sqlite3.Error as exc:
+            raise _state_fatal(store.path, exc) from None
+
+    return classified  # type: ignore[return-value]
 
 
 class StateStore:
@@ -422,6 +412,7 @@ class StateStore:
 
     # -- runs -------------------------------------------------------------------------------
 
+    @_classified
     async def _one_run(self, where: str, params: Sequence[Any]) -> RunRecord | None:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT 1"
         async with self._db.execute(sql, params) as cur:
@@ -443,6 +434,7 @@ class StateStore:
     async def last_completed_run(self, job: str) -> RunRecord | None:
         return await self._one_run("job = ? AND dry_run = 0 AND status = 'completed'", (job,))
 
+    @_classified
     async def runs(self, job: str, *, limit: int) -> list[RunRecord]:
         """The job's runs, newest first, at most `limit` (the run history)."""
         async with self._db.execute(
@@ -451,9 +443,11 @@ class StateStore:
         ) as cur:
             return [_run(row) for row in await cur.fetchall()]
 
+    @_classified
     async def create_run(
         self, job: str, settings: dict[str, Any], *, dry_run: bool, range_after: str | None
     ) -> int:
+        codec = codec_for(str(settings.get("pipeline") or DEFAULT_PIPELINE))
         async with self.transaction() as db:
             # A dry run never leaves anything behind, nor does a run whose process died while
             # it read the catalog ('preparing'): both are dropped (the job lock is ours).
@@ -470,8 +464,8 @@ class StateStore:
                     json.dumps(settings, sort_keys=True),
                     utc_now_iso(),
                     range_after,
-                    json.dumps(Counters().to_json()),
-                    json.dumps(Checkpoint().to_json()),
+                    json.dumps(codec.counters().to_json()),
+                    json.dumps(codec.empty_checkpoint()),
                     os.getpid(),
                     socket.gethostname(),
                 ),
@@ -479,6 +473,7 @@ class StateStore:
             assert cur.lastrowid is not None
             return cur.lastrowid
 
+    @_classified
     async def snapshot_skus(
         self, run_id: int, batches: AsyncIterator[list[str]], range_after: str | None, limit: int
     ) -> tuple[str | None, int, int]:
@@ -526,8 +521,8 @@ class StateStore:
             await db.execute("DROP TABLE IF EXISTS temp.catalog_load")
         return range_after, planned, catalog
 
-    async def run_skus_page(self, run_id: int, after: str | None, limit: int) -> list[str]:
-        """A page of the run's SKU snapshot (read during the run: errors are fatal, exit 3)."""
+    async def groups_page(self, run_id: int, after: str | None, limit: int) -> list[str]:
+        """A page of the run's source snapshot (SKUs for the image job) (read during the run: errors are fatal, exit 3)."""
         try:
             async with self._db.execute(
                 "SELECT sku FROM run_skus WHERE run_id = ? AND (? IS NULL OR sku > ?) ORDER BY sku LIMIT ?",
@@ -540,8 +535,8 @@ class StateStore:
     async def commit_checkpoint(
         self,
         run_id: int,
-        counters: Counters,
-        checkpoint: Checkpoint,
+        counters: CounterSet,
+        checkpoint: dict[str, Any] | _Json,
         *,
         job: str,
         failed: Iterable[FailedItem] = (),
@@ -564,8 +559,8 @@ class StateStore:
                     [
                         (
                             job,
-                            f.sku,
-                            f.angle,
+                            f.group,
+                            f.member,
                             f.key,
                             f.code,
                             f.message,
@@ -579,7 +574,9 @@ class StateStore:
                 sets = ["counters = ?", "checkpoint = ?"]
                 params: list[Any] = [
                     json.dumps(counters.to_json()),
-                    json.dumps(checkpoint.to_json()),
+                    json.dumps(
+                        checkpoint if isinstance(checkpoint, dict) else checkpoint.to_json()
+                    ),
                 ]
                 if snapshot is not None:
                     sets.append("snapshot = ?")
@@ -613,6 +610,7 @@ class StateStore:
         except sqlite3.Error as exc:
             raise _state_fatal(self.path, exc) from None
 
+    @_classified
     async def set_run_status(self, run_id: int, status: str, *, pid: int | None = None) -> None:
         """The run's status; with `pid`, this process (and machine) now runs it."""
         host = socket.gethostname() if pid is not None else None
@@ -622,21 +620,28 @@ class StateStore:
         )
 
     async def update_settings(self, run_id: int, changes: dict[str, Any]) -> None:
-        """Change stored settings of a run (the demo's servers get new ports each time)."""
-        run = await self.run(run_id)
-        if run is not None:
-            settings = {**run.settings, **changes}
-            await self._write(
-                "UPDATE runs SET settings = ? WHERE id = ?",
-                (json.dumps(settings, sort_keys=True), run_id),
-            )
+        """Change stored settings of a run (the demo's servers get new ports each time; a
+        concurrency changed live is kept for the resume)."""
+        try:
+            async with self._db.execute("SELECT settings FROM runs WHERE id = ?", (run_id,)) as cur:
+                row = await cur.fetchone()
+            if row is not None:
+                settings = {**json.loads(row[0]), **changes}
+                await self._write(
+                    "UPDATE runs SET settings = ? WHERE id = ?",
+                    (json.dumps(settings, sort_keys=True), run_id),
+                )
+        except sqlite3.Error as exc:
+            raise StateBusy(f"state {state_problem(self.path, exc)}") from None
 
+    @_classified
     async def abandon_run(self, run_id: int) -> None:
         await self._write(
             "UPDATE runs SET status = 'abandoned', ended_at = ? WHERE id = ?",
             (utc_now_iso(), run_id),
         )
 
+    @_classified
     async def delete_run(self, run_id: int) -> None:
         async with self.transaction() as db:
             await db.execute("DELETE FROM run_skus WHERE run_id = ?", (run_id,))
@@ -658,6 +663,7 @@ class StateStore:
 
     # -- commands -------------------------------------------------------------------------
 
+    @_classified
     async def send_command(self, job: str, command: str, arg: str | None = None) -> None:
         await self._write(
             "INSERT INTO commands (job, command, arg, created_at) VALUES (?, ?, ?, ?)",
@@ -665,19 +671,24 @@ class StateStore:
         )
 
     async def take_commands(self, job: str) -> list[tuple[str, str | None]]:
-        """Pending commands for the job, oldest first, marked consumed (one consumer per job)."""
-        async with self._db.execute(
-            "SELECT id, command, arg FROM commands WHERE job = ? AND consumed_at IS NULL ORDER BY id",
-            (job,),
-        ) as cur:
-            rows = list(await cur.fetchall())
-        if rows:
-            await self._write(
-                f"UPDATE commands SET consumed_at = ? WHERE id IN ({','.join('?' * len(rows))})",
-                (utc_now_iso(), *(row[0] for row in rows)),
-            )
+        """Pending commands for the job, oldest first, marked consumed (one consumer per job).
+        A state locked for now is StateBusy: the caller asks again at its next beat."""
+        try:
+            async with self._db.execute(
+                "SELECT id, command, arg FROM commands WHERE job = ? AND consumed_at IS NULL ORDER BY id",
+                (job,),
+            ) as cur:
+                rows = list(await cur.fetchall())
+            if rows:
+                await self._write(
+                    f"UPDATE commands SET consumed_at = ? WHERE id IN ({','.join('?' * len(rows))})",
+                    (utc_now_iso(), *(row[0] for row in rows)),
+                )
+        except sqlite3.Error as exc:
+            raise StateBusy(f"state {state_problem(self.path, exc)}") from None
         return [(row[1], row[2]) for row in rows]
 
+    @_classified
     async def clear_commands(self, job: str) -> None:
         await self._write(
             "UPDATE commands SET consumed_at = ? WHERE job = ? AND consumed_at IS NULL",
@@ -698,6 +709,8 @@ async def open_state(path: str, *, check: bool = False) -> AsyncIterator[StateSt
         yield store
     except sqlite3.Error as exc:
         raise state_error(path, exc) from None
+    except StateUnavailable as exc:
+        raise ConfigError("--state", exc.message.removeprefix("state ")) from None
     finally:
         await store.close()
 

@@ -22,7 +22,6 @@ from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
-from tui_backfill.core.snapshot import StatusSnapshot
 from tui_backfill.frontends.ui.controller import CommandFailed, Controller, LocalController
 from tui_backfill.frontends.ui.events import notable_events
 from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
@@ -34,6 +33,7 @@ from tui_backfill.frontends.ui.widgets import (
     HeaderBar,
     ProgressPanel,
 )
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 
 # Once a second, like top: each redraw of the panels costs Textual most of the console's ~12 ms
 # of CPU per second (bench/console_tick.py); at 2 Hz that was 4-5 % of a busy run's CPU

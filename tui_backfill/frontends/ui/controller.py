@@ -11,11 +11,16 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-from tui_backfill.core.snapshot import StatusSnapshot, snapshot_from_json
+from tui_backfill.core.records import FailedItem
 from tui_backfill.frontends.status import job_status
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.mirror.snapshot import (
+    StatusSnapshot,
+    failed_item_from_json,
+    snapshot_from_json,
+)
 from tui_backfill.pipelines.prepare import PreparedRun
-from tui_backfill.state.sqlite import FailedItem, StateStore
+from tui_backfill.state.sqlite import StateStore
 
 API = "/api/rsr-image-backfill"
 
@@ -175,7 +180,7 @@ class HttpController:
 
     async def failed_items(self) -> list[FailedItem]:
         data = await self._call("GET", "/failed")
-        return [FailedItem(**item) for item in data["items"]]
+        return [failed_item_from_json(item) for item in data["items"]]
 
     async def close(self) -> None:
         await self._session.close()

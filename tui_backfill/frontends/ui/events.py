@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tui_backfill.core.snapshot import StatusSnapshot
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 
 
 def notable_events(previous: StatusSnapshot | None, current: StatusSnapshot) -> list[str]:

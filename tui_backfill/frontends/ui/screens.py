@@ -9,8 +9,8 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import DataTable, Static
 
-from tui_backfill.pipelines.mirror.keys import visible
-from tui_backfill.state.sqlite import FailedItem
+from tui_backfill.core.records import FailedItem
+from tui_backfill.seams.keys import visible
 
 HELP = """\
 [b]Keys[/b]

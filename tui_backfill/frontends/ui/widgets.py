@@ -8,8 +8,8 @@ from collections import deque
 from rich.text import Text
 from textual.widgets import Static
 
-from tui_backfill.core.snapshot import StatusSnapshot
-from tui_backfill.pipelines.mirror.keys import visible
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
+from tui_backfill.seams.keys import visible
 
 STATE_STYLE = {
     "running": "bold green",

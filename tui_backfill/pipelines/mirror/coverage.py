@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 from pathlib import Path
 from typing import Any
 
-import aiosqlite
-
 from tui_backfill.config import Resolved, Settings, validate_for_run
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.keys import sku_problem
-from tui_backfill.pipelines.mirror.templates import MAX_KEY_BYTES, key_template
+from tui_backfill.seams.keys import sku_problem
+from tui_backfill.seams.keysets import ScratchKeys
 from tui_backfill.seams.sources import check_source, sku_batches
+from tui_backfill.seams.templates import MAX_KEY_BYTES, key_template
 
 PAGE = 1000
 
@@ -48,67 +46,45 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
     template = key_template(settings.key_template)
     from tui_backfill.seams.bucket import Bucket
 
-    with tempfile.TemporaryDirectory(prefix="tui-backfill-coverage-") as tmp:
-        db = await aiosqlite.connect(str(Path(tmp) / "coverage.sqlite3"))
-        try:
-            await db.execute("PRAGMA journal_mode = OFF")
-            await db.execute("CREATE TABLE skus (sku TEXT PRIMARY KEY) WITHOUT ROWID")
-            await db.execute("CREATE TABLE present (key TEXT PRIMARY KEY) WITHOUT ROWID")
-            async for batch in sku_batches(settings):
-                await db.executemany("INSERT OR IGNORE INTO skus VALUES (?)", ((s,) for s in batch))
-            requests = 0
-            async with Bucket(
-                settings.bucket or "",
-                endpoint_url=settings.endpoint_url,
-                region=settings.region,
-                path_style=settings.path_style,
-                timeout=settings.timeout,
-                pool_size=2,
-            ) as bucket:
-                await bucket.preflight()
-                async for keys in bucket.list_keys(template.literal_prefix):
-                    requests += 1
-                    await db.executemany(
-                        "INSERT OR IGNORE INTO present VALUES (?)", ((k,) for k in keys)
-                    )
-            await db.commit()
-            expected = present = catalog = unusable = 0
-            with contextlib.ExitStack() as stack:
-                gap = (
-                    stack.enter_context(open(gap_file, "w", encoding="utf-8")) if gap_file else None
-                )
-                after = ""
-                while True:
-                    async with db.execute(
-                        "SELECT sku FROM skus WHERE sku > ? ORDER BY sku LIMIT ?", (after, PAGE)
-                    ) as cur:
-                        skus = [row[0] for row in await cur.fetchall()]
-                    if not skus:
-                        break
-                    after = skus[-1]
-                    catalog += len(skus)
-                    # Items a run would fail as bad_sku / bad_key are never expected objects
-                    # (nor lines of the gap file: their keys may hold line breaks).
-                    rendered = [
-                        template.render(sku, angle)
-                        for sku in skus
-                        if sku_problem(sku) is None
-                        for angle in angles
-                    ]
-                    keys = [key for key in rendered if len(key.encode()) <= MAX_KEY_BYTES]
-                    unusable += len(skus) * len(angles) - len(keys)
-                    found: set[str] = set()
-                    for start in range(0, len(keys), 500):
-                        chunk = keys[start : start + 500]
-                        sql = f"SELECT key FROM present WHERE key IN ({','.join('?' * len(chunk))})"
-                        async with db.execute(sql, chunk) as cur:
-                            found.update(row[0] for row in await cur.fetchall())
-                    expected += len(keys)
-                    present += len(found)
-                    if gap is not None:
-                        gap.writelines(f"{key}\n" for key in keys if key not in found)
-        finally:
-            await db.close()
+    async with ScratchKeys(("skus", "present")) as scratch:
+        async for batch in sku_batches(settings):
+            await scratch.add("skus", batch)
+        requests = 0
+        async with Bucket(
+            settings.bucket or "",
+            endpoint_url=settings.endpoint_url,
+            region=settings.region,
+            path_style=settings.path_style,
+            timeout=settings.timeout,
+            pool_size=2,
+        ) as bucket:
+            await bucket.preflight()
+            async for keys in bucket.list_keys(template.literal_prefix):
+                requests += 1
+                await scratch.add("present", keys)
+        await scratch.commit()
+        expected = present = catalog = unusable = 0
+        with contextlib.ExitStack() as stack:
+            gap = stack.enter_context(open(gap_file, "w", encoding="utf-8")) if gap_file else None
+            after = ""
+            while skus := await scratch.page("skus", after, PAGE):
+                after = skus[-1]
+                catalog += len(skus)
+                # Items a run would fail as bad_sku / bad_key are never expected objects
+                # (nor lines of the gap file: their keys may hold line breaks).
+                rendered = [
+                    template.render(sku, angle)
+                    for sku in skus
+                    if sku_problem(sku) is None
+                    for angle in angles
+                ]
+                keys = [key for key in rendered if len(key.encode()) <= MAX_KEY_BYTES]
+                unusable += len(skus) * len(angles) - len(keys)
+                found = await scratch.present("present", keys)
+                expected += len(keys)
+                present += len(found)
+                if gap is not None:
+                    gap.writelines(f"{key}\n" for key in keys if key not in found)
     missing = expected - present
     return {
         "job": settings.job,

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tui_backfill.outcomes import ConfigError, RetryableError
-from tui_backfill.pipelines.mirror.templates import Template, origin_template
+from tui_backfill.seams.templates import Template, origin_template
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),

@@ -14,8 +14,8 @@ from collections.abc import Mapping
 import aioftp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
-from tui_backfill.pipelines.mirror.templates import Template
 from tui_backfill.seams.origins import Bandwidth, Fetched, sniff_image
+from tui_backfill.seams.templates import Template
 
 
 def ftp_credentials(url: str, env: Mapping[str, str]) -> tuple[str, str]:

@@ -7,8 +7,8 @@ import asyncio
 import aiohttp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
-from tui_backfill.pipelines.mirror.templates import Template
 from tui_backfill.seams.origins import Bandwidth, Fetched, sniff_image
+from tui_backfill.seams.templates import Template
 
 _CHUNK = 64 * 1024
 

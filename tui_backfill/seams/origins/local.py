@@ -7,8 +7,8 @@ import urllib.parse
 from pathlib import Path
 
 from tui_backfill.outcomes import NotFoundError, PermanentError, RetryableError
-from tui_backfill.pipelines.mirror.templates import Template
 from tui_backfill.seams.origins import Fetched, sniff_image
+from tui_backfill.seams.templates import Template
 
 
 class FileOrigin:

@@ -7,7 +7,7 @@ import urllib.parse
 from dataclasses import dataclass
 
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.mirror.keys import bad_char
+from tui_backfill.seams.keys import bad_char
 
 FIELDS = ("sku", "angle")
 DEFAULT_KEY_TEMPLATE = "rsr/highres/{sku}_{angle}_HR.jpg"
@@ -69,7 +69,7 @@ def parse_template(text: str, field: str, required: tuple[str, ...]) -> Template
 def key_template(text: str) -> Template:
     """A key template: {sku} and {angle}, and text that cannot make a key escape its prefix.
 
-    The template's own text follows the SKU rule's characters (tui_backfill.pipelines.mirror.keys) and must not
+    The template's own text follows the SKU rule's characters (tui_backfill.seams.keys) and must not
     start or end with `/`, hold `//`, or hold a `.` or `..` path segment. Together with that
     rule, no key it renders for a usable SKU has any of these either.
     """

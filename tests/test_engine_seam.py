@@ -1,0 +1,253 @@
+"""The engine runs any pipeline: a pipeline defined in the tests (tests/keys_pipeline.py) runs
+with pause, resume, kill and resume, its counters adding up; and the engine's own defects,
+each provoked through that pipeline on a real SQLite state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from keys_pipeline import KeysPipeline, engine_for, new_run
+
+from tui_backfill.core.pipeline import Item
+from tui_backfill.outcomes import RunState
+from tui_backfill.state.sqlite import StateStore
+
+KEYS = [f"k{i:03d}" for i in range(60)]
+TESTS = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> Any:
+    store = await StateStore.open(str(tmp_path / "state.sqlite3"))
+    yield store
+    await store.close()
+
+
+async def test_a_pipeline_from_the_tests_runs_to_completion(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    pipeline = KeysPipeline(KEYS)
+    result = await engine_for(store, record, pipeline).run()
+    assert result.exit_code == 0 and result.state is RunState.COMPLETED
+    assert sorted(pipeline.seen) == KEYS
+    stored = await store.run(run_id)
+    assert stored is not None and stored.status == "completed"
+    assert stored.counters.seen == stored.counters.scanned == len(KEYS)
+    assert stored.checkpoint.last == KEYS[-1] and not stored.checkpoint.partial
+    assert stored.snapshot is not None and stored.snapshot["checkpoint"]["lastKey"] == KEYS[-1]
+
+
+async def test_pause_then_resume_sees_every_key_once(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    first = KeysPipeline(KEYS, delay=0.01)
+    engine = engine_for(store, record, first)
+    run = asyncio.create_task(engine.run())
+    while len(first.seen) < 15:
+        await asyncio.sleep(0.005)
+    engine.stop()
+    paused = await run
+    assert paused.exit_code == 75 and paused.state is RunState.PAUSED
+    record = await store.run(run_id)
+    assert record is not None and record.status == "paused"
+    assert record.counters.seen == len(first.seen)  # committed with the checkpoint
+    second = KeysPipeline(KEYS)
+    done = await engine_for(store, record, second).run()
+    assert done.exit_code == 0
+    assert sorted(first.seen + second.seen) == KEYS  # a graceful stop redoes nothing
+    final = await store.run(run_id)
+    assert final is not None and final.counters.seen == final.counters.scanned == len(KEYS)
+
+
+async def test_kill_then_resume_loses_nothing(store: StateStore, tmp_path: Path) -> None:
+    keys = [f"k{i:04d}" for i in range(400)]
+    run_id = await new_run(store, "keys", keys)
+    keys_file, seen_file = tmp_path / "keys.json", tmp_path / "seen.txt"
+    keys_file.write_text(json.dumps(keys))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), *sys.path])}
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, str(TESTS / "keys_pipeline.py"), store.path, "keys", str(run_id),
+        str(keys_file), str(seen_file), env=env,
+    )  # fmt: skip
+    try:
+        for _ in range(1000):  # bounded: 10 s
+            if seen_file.exists() and len(seen_file.read_text().split()) >= 120:
+                break
+            await asyncio.sleep(0.01)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+    record = await store.run(run_id)
+    assert record is not None and record.status == "running"  # interrupted, resumable
+    before = seen_file.read_text().split()
+    position = record.checkpoint
+    assert position.last is not None  # checkpoints were committed before the kill
+    behind = [k for k in keys if k <= position.last]
+    assert set(behind) <= set(before)
+    resumed = KeysPipeline(keys)
+    result = await engine_for(store, record, resumed).run()
+    assert result.exit_code == 0
+    # Nothing lost; redone only what the checkpoint did not cover.
+    assert set(before) | set(resumed.seen) == set(keys)
+    assert not set(resumed.seen) & set(behind)
+    assert len(resumed.seen) == len(set(resumed.seen))
+    final = await store.run(run_id)
+    assert final is not None and final.counters.scanned == len(keys)
+    assert final.counters.seen == len(keys) + final.counters.failed_items - 0
+
+
+async def test_an_unexpected_exception_is_a_failed_item_and_the_run_goes_on(
+    store: StateStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+
+    async def broken(item: Item) -> None:
+        if item.key == "k007":
+            raise KeyError("a programming error")
+
+    pipeline = KeysPipeline(KEYS, hook=broken)
+    with caplog.at_level(logging.ERROR, logger="tui_backfill.engine"):
+        result = await engine_for(store, record, pipeline).run()
+    assert result.exit_code == 1  # completed with a failed item
+    snap = result.snapshot
+    assert snap.counters.failed_items == 1 and snap.counters.errors_by_code == {"internal": 1}
+    assert snap.counters.seen + snap.counters.failed_items == len(KEYS) == snap.counters.scanned
+    assert snap.position.last == KEYS[-1]  # the watermark did not stall
+    failed = await store.failed_items("keys")
+    assert [(f.key, f.code) for f in failed] == [("k007", "internal")]
+    assert "KeyError" in failed[0].message
+    assert any("k007" in r.getMessage() and r.exc_info for r in caplog.records)  # traceback
+
+
+class FlakyStore:
+    """The real store, whose snapshot publishing fails with an unexpected error at first."""
+
+    def __init__(self, store: StateStore, failures: int) -> None:
+        self._store = store
+        self.failures = failures
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("publishing broke")
+        await self._store.publish_snapshot(run_id, snapshot)
+
+
+async def test_the_heartbeat_survives_an_unexpected_error_and_still_reads_commands(
+    store: StateStore,
+) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    flaky = FlakyStore(store, failures=2)
+    pipeline = KeysPipeline(KEYS, delay=0.02)
+    engine = engine_for(flaky, record, pipeline)  # type: ignore[arg-type]
+    run = asyncio.create_task(engine.run())
+    try:
+        while len(pipeline.seen) < 5:
+            await asyncio.sleep(0.01)
+        await store.send_command("keys", "hold")  # from another process, through the state
+        for _ in range(300):  # bounded: 6 s
+            if engine.state is RunState.PAUSED:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.state is RunState.PAUSED  # the command was read: the heartbeat lives
+        assert flaky.failures == 0
+        await store.send_command("keys", "resume")
+        result = await asyncio.wait_for(run, 30)
+    finally:
+        run.cancel()
+    assert result.exit_code == 0 and sorted(pipeline.seen) == KEYS
+    assert result.snapshot.counters.errors_by_code.get("internal") == 2
+
+
+async def test_raising_concurrency_raises_the_items_in_flight(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    gate = asyncio.Event()
+    running = 0
+    peak = 0
+
+    async def blocked(item: Item) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gate.wait()
+        running -= 1
+
+    pipeline = KeysPipeline(KEYS, hook=blocked)
+    engine = engine_for(store, record, pipeline, concurrency=1, io=1)
+    pipeline.hook = None  # the hook runs inside the origin slot: count items, not fetches
+    original = pipeline.process
+
+    async def process(item: Item, stages: Any) -> Any:
+        await blocked(item)
+        return await original(item, stages)
+
+    pipeline.process = process  # type: ignore[method-assign]
+    run = asyncio.create_task(engine.run())
+    try:
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+        assert peak == 3  # concurrency 1 x 2 + 1 upload slot
+        engine.set_concurrency(4)
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+        assert peak == 9  # 4 x 2 + 1
+        gate.set()
+        result = await asyncio.wait_for(run, 30)
+    finally:
+        run.cancel()
+    assert result.exit_code == 0 and sorted(pipeline.seen) == KEYS
+
+
+async def test_a_task_cancelled_before_its_first_step_hands_its_slot_back(
+    store: StateStore,
+) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    engine = engine_for(store, record, KeysPipeline(KEYS), concurrency=1, io=1)  # 3 item slots
+    for key in ("a", "b", "c"):
+        await engine._dispatch(Item(key, 0, key))
+    for task in list(engine._tasks):
+        task.cancel()  # before any of them ran a step
+    await asyncio.gather(*engine._tasks, return_exceptions=True)
+    await asyncio.sleep(0)
+    assert engine._item_slots.used == 0
+    await asyncio.wait_for(engine._dispatch(Item("d", 0, "d")), 1)  # a slot is free
+    await asyncio.gather(*engine._tasks, return_exceptions=True)
+
+
+async def test_a_live_concurrency_change_is_kept_for_the_resume(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    pipeline = KeysPipeline(KEYS, delay=0.1)
+    engine = engine_for(store, record, pipeline)
+    run = asyncio.create_task(engine.run())
+    while len(pipeline.seen) < 2:
+        await asyncio.sleep(0.01)
+    engine.set_concurrency(5)
+    await asyncio.sleep(0.6)  # a heartbeat or two
+    engine.stop()
+    assert (await run).exit_code == 75
+    stored = await store.run(run_id)
+    assert stored is not None and stored.settings["concurrency"] == 5

@@ -1,0 +1,62 @@
+"""The state store as the engine, the run preparation and the front ends see it.
+
+`tui_backfill.state.sqlite` implements it (the embedded default); a PostgreSQL store comes
+with scale-out and must pass the same tests. Stores raise their own classified errors, never
+a driver's: `StateUnavailable` (fatal for a run: full, read-only, corrupted, locked past the
+busy timeout; exit 3, resumable once fixed) and `StateBusy` (a read that may succeed on the
+next beat).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from tui_backfill.core.counters import CounterSet
+from tui_backfill.core.records import FailedItem, RunRecord
+from tui_backfill.outcomes import BackfillError, FatalError
+
+
+class StateUnavailable(FatalError):
+    """The state cannot be written or read now; the run stops at its last checkpoint."""
+
+    code = "state"
+
+
+class StateBusy(BackfillError):
+    """A read or small write failed for now (another process holds a lock): try again later."""
+
+    code = "state"
+
+
+class RunStore(Protocol):
+    """What the engine needs of the state while it runs a job."""
+
+    async def groups_page(self, run_id: int, after: str | None, limit: int) -> list[str]: ...
+
+    async def commit_checkpoint(
+        self,
+        run_id: int,
+        counters: CounterSet,
+        checkpoint: dict[str, Any],
+        *,
+        job: str,
+        failed: Iterable[FailedItem] = (),
+        resolved: Iterable[tuple[str, int]] = (),
+        status: str | None = None,
+        exit_code: int | None = None,
+        message: str | None = None,
+        snapshot: dict[str, Any] | None = None,
+    ) -> None: ...
+
+    async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None: ...
+
+    async def take_commands(self, job: str) -> list[tuple[str, str | None]]: ...
+
+    async def failed_items(
+        self, job: str, *, exclude_run: int | None = None
+    ) -> list[FailedItem]: ...
+
+    async def update_settings(self, run_id: int, changes: dict[str, Any]) -> None: ...
+
+    async def run(self, run_id: int) -> RunRecord | None: ...
