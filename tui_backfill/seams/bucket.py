@@ -1,6 +1,8 @@
 """The destination bucket through aiobotocore: preflight, existence, listing, conditional PUT.
 
 One client per run, reused connections, botocore's own retries off (the engine owns retries).
+Every call is bounded as a whole by the bucket's timeout, not only by socket timeouts: a server
+that trickles its answer a byte at a time would otherwise hold a call indefinitely.
 Failures are classified into the engine's codes: `s3_SlowDown` and other 5xx/throttling are
 retryable, rejected credentials and a missing bucket are fatal, other 4xx are permanent. Only
 transport and S3 failures are classified: any other exception is a bug in our code and leaves
@@ -124,7 +126,8 @@ def classify(exc: BaseException) -> BackfillError:
     if isinstance(exc, botocore.parsers.ResponseParserError):
         return RetryableError(f"S3 answer unreadable: {exc}", code="s3_error")
     if isinstance(exc, _TIMEOUT_ERRORS):
-        return RetryableError("S3 call timed out", code="s3_timeout")
+        # the code a bound on the whole call gives too (Bucket._call), whichever fires first
+        return RetryableError("S3 call timed out", code="timeout")
     if isinstance(exc, _CREDENTIAL_ERRORS):
         return FatalError(f"no usable S3 credentials: {exc}", code="s3_credentials")
     if isinstance(exc, _TRANSPORT_ERRORS):
@@ -161,6 +164,7 @@ class Bucket:
     ) -> None:
         self.name = name
         self.endpoint_url = endpoint_url
+        self.timeout = timeout
         self._config = AioConfig(
             http_session_cls=_OneSendSession,
             region_name=region or "us-east-1",
@@ -190,6 +194,22 @@ class Bucket:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    async def _call(self, operation: str, **params: Any) -> Any:
+        """One S3 call, bounded as a whole by the timeout, as a fetch from the origin is.
+
+        The socket timeouts only bound each wait for a byte, so a server that trickles its
+        answer could hold the call for hours. None of these calls streams a body to us (a
+        listing page is read whole), so the bound is on the whole call. Cancelling aiohttp
+        mid-answer closes that connection instead of returning it to the pool.
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await getattr(self._client, operation)(**params)
+        except TimeoutError:
+            raise RetryableError(
+                f"S3 {operation}: no complete answer within {self.timeout:g} s", code="timeout"
+            ) from None
+
     async def preflight(self, *, attempts: int = 3, backoff: float = 0.5) -> None:
         """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2.
 
@@ -213,7 +233,9 @@ class Bucket:
         """One HeadBucket; ConfigError for what retrying cannot fix, RetryableError (its code
         the field named on exit) for what it can."""
         try:
-            await self._client.head_bucket(Bucket=self.name)
+            await self._call("head_bucket", Bucket=self.name)
+        except RetryableError as exc:  # the whole call timed out
+            raise RetryableError(exc.message, code="--endpoint-url") from None
         except botocore.exceptions.NoCredentialsError:
             raise ConfigError(
                 "AWS_ACCESS_KEY_ID",
@@ -257,7 +279,7 @@ class Bucket:
 
     async def exists(self, key: str) -> bool:
         try:
-            await self._client.head_object(Bucket=self.name, Key=key)
+            await self._call("head_object", Bucket=self.name, Key=key)
         except botocore.exceptions.ClientError as exc:
             code, status, _ = _error_parts(exc)
             if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
@@ -278,7 +300,7 @@ class Bucket:
         if if_none_match and self.conditional_writes:
             params["IfNoneMatch"] = "*"
         try:
-            await self._client.put_object(**params)
+            await self._call("put_object", **params)
         except botocore.exceptions.ClientError as exc:
             code, status, _ = _error_parts(exc)
             if status == 412 or code == "PreconditionFailed":
@@ -301,7 +323,7 @@ class Bucket:
             params["StartAfter"] = start_after
         while True:
             try:
-                page = await self._client.list_objects_v2(**params)
+                page = await self._call("list_objects_v2", **params)
             except CLASSIFIED as exc:
                 raise classify(exc) from None
             keys = [item["Key"] for item in page.get("Contents", ())]
