@@ -1,8 +1,12 @@
 """The destination bucket through aiobotocore: preflight, existence, listing, conditional PUT.
 
 One client per run, reused connections, botocore's own retries off (the engine owns retries).
+Every call is bounded as a whole by the bucket's timeout, not only by socket timeouts: a server
+that trickles its answer a byte at a time would otherwise hold a call indefinitely.
 Failures are classified into the engine's codes: `s3_SlowDown` and other 5xx/throttling are
-retryable, rejected credentials and a missing bucket are fatal, other 4xx are permanent.
+retryable, rejected credentials and a missing bucket are fatal, other 4xx are permanent. Only
+transport and S3 failures are classified: any other exception is a bug in our code and leaves
+the bucket's methods unchanged, never as a retryable error.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 import aiobotocore.session
 import aiohttp
 import botocore.exceptions
+import botocore.parsers
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 
@@ -57,50 +62,77 @@ def _error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
     return code, status, str(error.get("Message") or code)
 
 
+_TIMEOUT_ERRORS = (
+    TimeoutError,  # aiohttp's ServerTimeoutError too
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+)
+_CREDENTIAL_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+)
+_TRANSPORT_ERRORS = (
+    *_TIMEOUT_ERRORS,
+    aiohttp.ClientError,
+    OSError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.IncompleteReadError,
+)
+_S3_ERRORS = (
+    botocore.exceptions.ClientError,
+    botocore.parsers.ResponseParserError,
+    *_CREDENTIAL_ERRORS,
+)
+# What the bucket's methods classify. Anything else is a programming error (a TypeError from a
+# wrong argument, a KeyError in our own code): retrying it would only hide the bug behind
+# counted `s3_error`s, so it propagates unchanged and the engine records it as `internal`.
+CLASSIFIED = (BackfillError, *_S3_ERRORS, *_TRANSPORT_ERRORS)
+
+
+def _classify_client_error(exc: botocore.exceptions.ClientError) -> BackfillError:
+    """An answer from the S3 server: 5xx and throttling retryable, credentials and a missing
+    bucket fatal, other 4xx permanent."""
+    code, status, message = _error_parts(exc)
+    if code in _THROTTLE_CODES or status == 503:
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if status >= 500:
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if code in _CREDENTIAL_CODES or status in (401, 403):
+        return FatalError(f"S3 rejected the credentials ({status} {code})", code=f"s3_{code}")
+    if code in ("NoSuchBucket",):
+        return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
+    if code in ("RequestTimeout", "RequestTimeTooSkewed"):
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if code == "ConditionalRequestConflict":
+        # 409: another conditional write of the same key was under way (two workers on one
+        # bucket). S3 asks for a retry, which then gets 412 if the other one won.
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    return PermanentError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+
+
 def classify(exc: BaseException) -> BackfillError:
-    """Map a botocore/aiohttp failure to a classified error."""
+    """Map a transport or S3 failure (see CLASSIFIED) to a classified error.
+
+    Anything else is a bug, not a failure of S3: it gets a non-retryable, non-fatal `internal`
+    error, so no caller retries it. The bucket's own methods never pass it here (they let it
+    propagate unchanged, traceback intact); this answer is for other callers.
+    """
     if isinstance(exc, BackfillError):
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):
-        code, status, message = _error_parts(exc)
-        if code in _THROTTLE_CODES or status == 503:
-            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
-        if status >= 500:
-            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
-        if code in _CREDENTIAL_CODES or status in (401, 403):
-            return FatalError(f"S3 rejected the credentials ({status} {code})", code=f"s3_{code}")
-        if code in ("NoSuchBucket",):
-            return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
-        if code in ("RequestTimeout", "RequestTimeTooSkewed"):
-            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
-        if code == "ConditionalRequestConflict":
-            # 409: another conditional write of the same key was under way (two workers on one
-            # bucket). S3 asks for a retry, which then gets 412 if the other one won.
-            return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
-        return PermanentError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
-    if isinstance(
-        exc,
-        (
-            botocore.exceptions.ReadTimeoutError,
-            botocore.exceptions.ConnectTimeoutError,
-            TimeoutError,
-        ),
-    ):
-        return RetryableError("S3 call timed out", code="s3_timeout")
-    if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return FatalError("no S3 credentials found", code="s3_credentials")
-    if isinstance(
-        exc,
-        (
-            botocore.exceptions.EndpointConnectionError,
-            botocore.exceptions.ConnectionClosedError,
-            botocore.exceptions.HTTPClientError,
-            ConnectionError,
-            OSError,
-        ),
-    ):
+        return _classify_client_error(exc)
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        return RetryableError(f"S3 answer unreadable: {exc}", code="s3_error")
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        # the code a bound on the whole call gives too (Bucket._call), whichever fires first
+        return RetryableError("S3 call timed out", code="timeout")
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        return FatalError(f"no usable S3 credentials: {exc}", code="s3_credentials")
+    if isinstance(exc, _TRANSPORT_ERRORS):
         return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
-    return RetryableError(f"S3: {exc.__class__.__name__}: {exc}", code="s3_error")
+    return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
 
 
 class _OneSendSession(AIOHTTPSession):  # type: ignore[misc]
@@ -132,6 +164,7 @@ class Bucket:
     ) -> None:
         self.name = name
         self.endpoint_url = endpoint_url
+        self.timeout = timeout
         self._config = AioConfig(
             http_session_cls=_OneSendSession,
             region_name=region or "us-east-1",
@@ -161,6 +194,22 @@ class Bucket:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
+    async def _call(self, operation: str, **params: Any) -> Any:
+        """One S3 call, bounded as a whole by the timeout, as a fetch from the origin is.
+
+        The socket timeouts only bound each wait for a byte, so a server that trickles its
+        answer could hold the call for hours. None of these calls streams a body to us (a
+        listing page is read whole), so the bound is on the whole call. Cancelling aiohttp
+        mid-answer closes that connection instead of returning it to the pool.
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await getattr(self._client, operation)(**params)
+        except TimeoutError:
+            raise RetryableError(
+                f"S3 {operation}: no complete answer within {self.timeout:g} s", code="timeout"
+            ) from None
+
     async def preflight(self, *, attempts: int = 3, backoff: float = 0.5) -> None:
         """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2.
 
@@ -184,7 +233,9 @@ class Bucket:
         """One HeadBucket; ConfigError for what retrying cannot fix, RetryableError (its code
         the field named on exit) for what it can."""
         try:
-            await self._client.head_bucket(Bucket=self.name)
+            await self._call("head_bucket", Bucket=self.name)
+        except RetryableError as exc:  # the whole call timed out
+            raise RetryableError(exc.message, code="--endpoint-url") from None
         except botocore.exceptions.NoCredentialsError:
             raise ConfigError(
                 "AWS_ACCESS_KEY_ID",
@@ -228,13 +279,13 @@ class Bucket:
 
     async def exists(self, key: str) -> bool:
         try:
-            await self._client.head_object(Bucket=self.name, Key=key)
+            await self._call("head_object", Bucket=self.name, Key=key)
         except botocore.exceptions.ClientError as exc:
             code, status, _ = _error_parts(exc)
             if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise classify(exc) from None
-        except Exception as exc:
+        except CLASSIFIED as exc:
             raise classify(exc) from None
         return True
 
@@ -249,7 +300,7 @@ class Bucket:
         if if_none_match and self.conditional_writes:
             params["IfNoneMatch"] = "*"
         try:
-            await self._client.put_object(**params)
+            await self._call("put_object", **params)
         except botocore.exceptions.ClientError as exc:
             code, status, _ = _error_parts(exc)
             if status == 412 or code == "PreconditionFailed":
@@ -259,7 +310,7 @@ class Bucket:
                 self.conditional_writes = False
                 return await self.put(key, body, content_type, if_none_match=False)
             raise classify(exc) from None
-        except Exception as exc:
+        except CLASSIFIED as exc:
             raise classify(exc) from None
         return True
 
@@ -272,8 +323,8 @@ class Bucket:
             params["StartAfter"] = start_after
         while True:
             try:
-                page = await self._client.list_objects_v2(**params)
-            except Exception as exc:
+                page = await self._call("list_objects_v2", **params)
+            except CLASSIFIED as exc:
                 raise classify(exc) from None
             keys = [item["Key"] for item in page.get("Contents", ())]
             if stop_after is not None and keys and keys[-1] > stop_after:
