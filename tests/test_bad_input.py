@@ -111,6 +111,14 @@ CASES = [
     ),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
     case(
+        "origin-refused",
+        "--origin",
+        lambda ctx: {"--origin": f"http://127.0.0.1:{closed_port()}/{{sku}}_{{angle}}"},
+    ),
+    case(
+        "origin-unresolvable", "--origin", {"--origin": "http://no-such-host.invalid/{sku}_{angle}"}
+    ),
+    case(
         "wrong-secret",
         "AWS_ACCESS_KEY_ID",
         env=lambda ctx: {"AWS_SECRET_ACCESS_KEY": ctx.target.secret_key + "-wrong"},
@@ -199,6 +207,39 @@ async def test_wrong_credentials_caught_before_any_work_on_a_big_catalog(
     assert sum(proxy.requests.values()) == 1  # the single HeadBucket of the preflight
     assert proxy.count("head_bucket") == 1
     assert runs_in_state(tmp_path / "s.sqlite3") == 0
+
+
+@pytest.mark.parametrize(
+    "origin_url",
+    [
+        pytest.param(lambda: f"http://127.0.0.1:{closed_port()}/{{sku}}_{{angle}}", id="refused"),
+        pytest.param(lambda: "http://no-such-host.invalid/{sku}_{angle}", id="unresolvable"),
+    ],
+)
+async def test_absent_origin_stops_before_a_run(
+    tmp_path: Path, catalog_db, rclone_s3: S3Target, s3_proxy, origin_url
+) -> None:
+    """The operator's 50-SKU run against a closed port: not 23 s of 450 connection errors
+    ending "completed" with the job's position moved on, but exit 2 at once, one line naming
+    --origin, no run in the state and no request for an object."""
+    proxy = await s3_proxy(rclone_s3)
+    state = tmp_path / "s.sqlite3"
+    common = ("--state", str(state))
+    result = await tool(
+        "run", "--no-ui", "--path-style", *common, "--skus-db", str(catalog_db(50)),
+        "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin_url(), "--bucket", rclone_s3.bucket,
+        "--endpoint-url", proxy.endpoint_url, "--backoff", "0.01", "--timeout", "5",
+        env=tool_env(rclone_s3),
+    )  # fmt: skip
+    assert result.rc == 2, str(result)
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and "--origin" in lines[0] and "Traceback" not in result.err, lines
+    assert result.out == "" and result.seconds < 20, str(result)
+    assert proxy.puts == {} and proxy.count("put_object") == 0
+    assert proxy.count("list") == 0 and proxy.count("head_object") == 0
+    assert runs_in_state(state) == 0 and rclone_s3.keys() == []
+    status = await tool("status", *common, env=tool_env(rclone_s3))
+    assert status.rc != 0 and "no run" in status.err, str(status)
 
 
 # -- configuration layering (in-process dry runs) -------------------------------------------

@@ -6,13 +6,15 @@ the real origin server (no mocked HTTP client).
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 from helpers import KEY, Result, bucket_bytes, check_identity, expected, run_args, tool, tool_env
 
-from tui_backfill.outcomes import NotFoundError, RetryableError
+from tui_backfill.outcomes import ConfigError, NotFoundError, OriginUnreachable, RetryableError
 from tui_backfill.seams.origins import Fetched, open_origin, sniff_image
 from tui_backfill.servers.origin import (
     HTML_ERROR_PAGE,
@@ -237,3 +239,150 @@ async def test_file_origin_classifies(tmp_path: Path) -> None:
             assert bad.value.code == "bad_content"
     finally:
         await fetcher.close()
+
+
+# -- an absent origin (unreachable) is not a faulty one -------------------------------------
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, noted, closed."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def absent_hosts() -> list[object]:
+    """A refused connection and a name that fails at resolution (the reserved .invalid TLD)."""
+    return [
+        pytest.param(lambda: f"127.0.0.1:{closed_port()}", id="refused"),
+        pytest.param(lambda: "no-such-host.invalid", id="unresolvable"),
+    ]
+
+
+@pytest.mark.parametrize("netloc", absent_hosts())
+async def test_http_origin_absent_is_unreachable(netloc) -> None:
+    fetcher = open_origin(f"http://{netloc()}/{{sku}}_{{angle}}", concurrency=2, timeout=2)
+    try:
+        with pytest.raises(OriginUnreachable) as err:
+            await fetcher.fetch("100000", 1)
+        assert err.value.code == "connection" and err.value.retryable and err.value.unreachable
+        assert not err.value.fatal
+    finally:
+        await fetcher.close()
+
+
+@pytest.mark.parametrize(("faults", "code"), HTTP_FAULTS)
+async def test_http_origin_faults_are_not_unreachable(
+    origin: OriginServer, faults: OriginFaults, code: str
+) -> None:
+    """A reset, a 503, a timeout or a truncated body come from an origin that is there."""
+    origin.faults = faults
+    fetcher = open_origin(origin.url_template, concurrency=2, timeout=0.3)
+    try:
+        with pytest.raises(RetryableError) as err:
+            await fetcher.fetch("100001", 2)
+        assert err.value.code == code and not err.value.unreachable
+    finally:
+        await fetcher.close()
+
+
+@pytest.mark.parametrize("netloc", absent_hosts())
+async def test_ftp_origin_absent_is_unreachable(netloc) -> None:
+    env = {"ORIGIN_USERNAME": "u", "ORIGIN_PASSWORD": "p"}
+    fetcher = open_origin(f"ftp://{netloc()}/{{sku}}_{{angle}}", concurrency=1, timeout=2, env=env)
+    try:
+        with pytest.raises(OriginUnreachable) as err:
+            await fetcher.fetch("100000", 1)
+        assert err.value.code == "connection" and err.value.retryable and err.value.unreachable
+    finally:
+        await fetcher.close()
+
+
+async def test_ftp_origin_broken_answer_is_not_unreachable() -> None:
+    """A server that accepts the connection and hangs up without a greeting is faulty, not
+    absent."""
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    fetcher = open_origin(f"ftp://u:p@127.0.0.1:{port}/{{sku}}_{{angle}}", concurrency=1, timeout=2)
+    try:
+        with pytest.raises(RetryableError) as err:
+            await fetcher.fetch("100000", 1)
+        assert err.value.code == "connection" and not err.value.unreachable
+    finally:
+        await fetcher.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_file_origin_missing_base_directory_is_unreachable(tmp_path: Path) -> None:
+    """A missing file is noRemote; a missing base directory (an unmounted share) is absence."""
+    (tmp_path / "images").mkdir()
+    present = open_origin(
+        f"{(tmp_path / 'images').as_uri()}/{{sku}}_{{angle}}.jpg", concurrency=1, timeout=1
+    )
+    gone = open_origin(
+        f"{(tmp_path / 'gone').as_uri()}/{{sku}}_{{angle}}.jpg", concurrency=1, timeout=1
+    )
+    with pytest.raises(NotFoundError):
+        await present.fetch("100000", 1)
+    with pytest.raises(OriginUnreachable) as err:
+        await gone.fetch("100000", 1)
+    assert err.value.code == "connection" and err.value.unreachable
+
+
+# -- preflight: reach the origin, fetch nothing ---------------------------------------------
+async def test_http_preflight_connects_without_a_request(origin: OriginServer) -> None:
+    origin.faults = OriginFaults(error_rate=1.0, stall_rate=1.0, stall_seconds=5.0)
+    fetcher = open_origin(origin.url_template, concurrency=1, timeout=1)
+    try:
+        await fetcher.preflight()  # a 5xx or slow origin is there: not a preflight failure
+    finally:
+        await fetcher.close()
+    assert origin.gets == 0 and origin.heads == 0 and sum(origin.requests.values()) == 0
+
+
+@pytest.mark.parametrize("netloc", absent_hosts())
+async def test_http_preflight_absent_origin_names_origin(netloc) -> None:
+    host = netloc()
+    fetcher = open_origin(
+        f"http://user:s3cret-pw@{host}/{{sku}}_{{angle}}", concurrency=1, timeout=2
+    )
+    try:
+        with pytest.raises(ConfigError) as err:
+            await fetcher.preflight()
+    finally:
+        await fetcher.close()
+    message = str(err.value)
+    assert err.value.field == "--origin" and "\n" not in message
+    assert host.split(":")[0] in message and "***" in message and "s3cret-pw" not in message
+
+
+async def test_ftp_preflight(ftp_server) -> None:
+    """It logs in to a live server; an absent one fails with the password hidden; a wrong
+    password is left to the run (which stops at once with exit 3)."""
+    ftp: FtpOrigin = await ftp_server({})
+    good = open_origin(ftp.url_template, concurrency=1, timeout=2)
+    wrong = open_origin(ftp.url_template.replace(ftp.password, "nope"), concurrency=1, timeout=2)
+    absent_url = ftp.url_template.replace(f":{ftp.port}/", f":{closed_port()}/")
+    absent = open_origin(absent_url, concurrency=1, timeout=2)
+    try:
+        await good.preflight()
+        await wrong.preflight()
+        with pytest.raises(ConfigError) as err:
+            await absent.preflight()
+    finally:
+        for fetcher in (good, wrong, absent):
+            await fetcher.close()
+    assert err.value.field == "--origin" and "connection refused" in str(err.value)
+    assert ftp.password not in str(err.value) and "***" in str(err.value)
+
+
+async def test_file_preflight(tmp_path: Path) -> None:
+    there = open_origin(f"{tmp_path.as_uri()}/{{sku}}_{{angle}}.jpg", concurrency=1, timeout=1)
+    await there.preflight()
+    gone = open_origin(f"{tmp_path.as_uri()}/nope/{{sku}}_{{angle}}.jpg", concurrency=1, timeout=1)
+    with pytest.raises(ConfigError) as err:
+        await gone.preflight()
+    assert err.value.field == "--origin" and f"{tmp_path}/nope: no such directory" in str(err.value)

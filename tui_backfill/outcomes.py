@@ -30,11 +30,18 @@ class RunState(enum.StrEnum):
 
 
 class BackfillError(Exception):
-    """A classified failure. `code` lands in `errorsByCode`."""
+    """A classified failure. `code` lands in `errorsByCode`.
+
+    `unreachable` is True only on OriginUnreachable: the origin is absent (nothing listens,
+    the host does not resolve), which the engine may treat as a reason to stop a run rather
+    than fail item after item. It is an attribute so the engine can read it like `retryable`
+    and `fatal`, without importing the subclass.
+    """
 
     code: str = "error"
     retryable: bool = False
     fatal: bool = False
+    unreachable: bool = False
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -50,6 +57,20 @@ class RetryableError(BackfillError):
     """5xx, 429, resets, timeouts, truncated bodies, bad content, S3 throttling."""
 
     retryable = True
+
+
+class OriginUnreachable(RetryableError):
+    """The origin is absent, not faulty: a refused connection, a host that does not resolve,
+    no route to it, or a file:// origin whose base directory is missing.
+
+    Still retryable and still code `connection` (errorsByCode is a contract), so a run treats it
+    like any connection error; `unreachable` marks it so that twenty in a row can stop the run
+    (exit 3) instead of marking every item failed. Resets, timeouts, 5xx and truncated bodies
+    are the origin's faults while it is there, and never carry the mark.
+    """
+
+    code = "connection"
+    unreachable = True
 
 
 class NotFoundError(BackfillError):

@@ -32,7 +32,7 @@ from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
-from tui_backfill.seams.origins import open_origin
+from tui_backfill.seams.origins import open_origin, preflight_origin
 from tui_backfill.seams.sources import check_source, sku_batches
 from tui_backfill.seams.templates import key_template
 from tui_backfill.state.sqlite import JobLock, StateStore
@@ -190,6 +190,8 @@ async def _prepare_locked(
     )
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
+    if not request.dry_run:  # before a run exists: an absent origin leaves nothing behind
+        await preflight_origin(origin_url or "", timeout=settings.timeout, env=env)
     if continuing:
         assert unfinished is not None
         run = unfinished

@@ -14,7 +14,15 @@ from collections.abc import Mapping
 import aioftp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
-from tui_backfill.seams.origins import Bandwidth, Fetched, sniff_image
+from tui_backfill.seams.origins import (
+    Bandwidth,
+    Fetched,
+    connect_each,
+    connection_error,
+    preflight_failed,
+    sniff_image,
+    unreachable_reason,
+)
 from tui_backfill.seams.templates import Template
 
 
@@ -51,9 +59,18 @@ class FtpOrigin:
         self._idle: asyncio.LifoQueue[aioftp.Client] = asyncio.LifoQueue()
         self._slots = asyncio.Semaphore(concurrency)
 
-    async def _connect(self) -> aioftp.Client:
+    async def _open(self, address: str) -> aioftp.Client:
+        """A client with its control connection open to one address of the host."""
         client = aioftp.Client(socket_timeout=self._timeout, connection_timeout=self._timeout)
-        await client.connect(self._host, self._port)
+        try:
+            await client.connect(address, self._port)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    async def _login(self, client: aioftp.Client) -> None:
+        """Log in; a rejected login (530) is fatal for the run, never one error per item."""
         try:
             await client.login(self._user, self._password)
         except aioftp.StatusCodeError as exc:
@@ -64,7 +81,45 @@ class FtpOrigin:
                     code="ftp_login",
                 ) from None
             raise
+
+    async def _connect(self) -> aioftp.Client:
+        """A logged-in client. Only here, on the control connection, does a refusal mean the
+        origin is absent (OriginUnreachable); a refused data connection is a server's fault."""
+        try:
+            client = await connect_each(self._host, self._port, self._open)
+        except TimeoutError:
+            raise
+        except OSError as exc:
+            raise connection_error(exc, f"connection: {exc.__class__.__name__}") from None
+        await self._login(client)
         return client
+
+    async def preflight(self) -> None:
+        """Connect and log in once, then quit, before any run exists.
+
+        Only an absent server fails (ConfigError naming --origin, credentials never shown). A
+        rejected login is left to the run, which stops at its first fetch (exit 3) and can be
+        resumed once fixed; slow answers and other faults are left to the run's retries.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                client = await connect_each(self._host, self._port, self._open)
+        except TimeoutError:
+            return
+        except OSError as exc:
+            reason = unreachable_reason(exc)
+            if reason is None:
+                return
+            where = f"{self._host}:{self._port}: {reason}"
+            raise preflight_failed(self._template.text, where) from None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._login(client)
+                await client.quit()
+        except (FatalError, TimeoutError, OSError, aioftp.AIOFTPException):
+            return
+        finally:
+            self._discard(client)
 
     async def fetch(self, sku: str, angle: int) -> Fetched:
         path = urllib.parse.unquote(

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ssl
+import urllib.parse
 
 import aiohttp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
-from tui_backfill.seams.origins import Bandwidth, Fetched, sniff_image
+from tui_backfill.seams.origins import (
+    Bandwidth,
+    Fetched,
+    connect_each,
+    connection_error,
+    preflight_failed,
+    sniff_image,
+    unreachable_reason,
+)
 from tui_backfill.seams.templates import Template
 
 _CHUNK = 64 * 1024
@@ -77,6 +88,9 @@ class HttpOrigin:
             ) from None
         except aiohttp.ClientPayloadError as exc:
             raise RetryableError(f"truncated body: {exc}", code="truncated") from None
+        except aiohttp.ClientConnectorError as exc:  # no connection was made at all
+            message = f"connection: {exc.__class__.__name__}: {exc}"
+            raise connection_error(exc.os_error, message) from None
         except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, ConnectionError) as exc:
             raise RetryableError(
                 f"connection: {exc.__class__.__name__}: {exc}", code="connection"
@@ -86,6 +100,45 @@ class HttpOrigin:
         except aiohttp.ClientError as exc:
             raise RetryableError(f"{exc.__class__.__name__}: {exc}", code="connection") from None
         return Fetched(body, sniff_image(body))
+
+    async def preflight(self) -> None:
+        """Resolve the host and open one TCP connection (TLS too for https), then close it.
+
+        No request is sent, so no object is fetched and nothing is counted at the origin. Only
+        an absent origin (refused, not found, no route) or a certificate the client would reject
+        on every fetch fails here; a slow handshake is left to the run's own timeouts.
+        """
+        parts = urllib.parse.urlsplit(self._template.text)
+        host = parts.hostname
+        if not host or "{" in host:
+            return  # the host depends on the SKU: nothing to reach before there is one
+        try:
+            port = parts.port or (443 if parts.scheme == "https" else 80)
+        except ValueError:
+            raise preflight_failed(self._template.text, "the port must be 1-65535") from None
+        context = ssl.create_default_context() if parts.scheme == "https" else None
+
+        async def connect(address: str) -> asyncio.StreamWriter:
+            _, writer = await asyncio.open_connection(
+                address, port, ssl=context, server_hostname=host if context else None
+            )
+            return writer
+
+        try:
+            async with asyncio.timeout(self._timeout):
+                writer = await connect_each(host, port, connect)
+        except TimeoutError:
+            return
+        except ssl.SSLCertVerificationError as exc:
+            raise preflight_failed(self._template.text, f"TLS: {exc.verify_message}") from None
+        except OSError as exc:
+            reason = unreachable_reason(exc)
+            if reason is None:
+                return
+            raise preflight_failed(self._template.text, f"{host}:{port}: {reason}") from None
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
 
     async def close(self) -> None:
         if self._session is not None:
