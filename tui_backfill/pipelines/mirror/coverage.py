@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import aiosqlite
 
@@ -41,6 +42,24 @@ async def _settings_for(resolved: Resolved) -> Settings:
     return settings
 
 
+@contextlib.asynccontextmanager
+async def _temporary_directory(prefix: str) -> AsyncIterator[str]:
+    """A temporary directory made and removed in a thread: `serve` computes coverage on its
+    event loop, which file work must not hold up."""
+    directory = await asyncio.to_thread(tempfile.TemporaryDirectory, prefix=prefix)
+    try:
+        yield directory.name
+    finally:
+        await asyncio.to_thread(directory.cleanup)
+
+
+async def _open_for_writing(stack: contextlib.AsyncExitStack, path: str) -> TextIO:
+    """`path` opened (and later closed, flushing) in a thread, for the same reason."""
+    handle = await asyncio.to_thread(open, path, "w", encoding="utf-8")
+    stack.push_async_callback(asyncio.to_thread, handle.close)
+    return handle
+
+
 async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) -> dict[str, Any]:
     settings = await _settings_for(resolved)
     await asyncio.to_thread(check_source, settings)
@@ -48,7 +67,7 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
     template = key_template(settings.key_template)
     from tui_backfill.seams.bucket import Bucket
 
-    with tempfile.TemporaryDirectory(prefix="tui-backfill-coverage-") as tmp:
+    async with _temporary_directory("tui-backfill-coverage-") as tmp:
         db = await aiosqlite.connect(str(Path(tmp) / "coverage.sqlite3"))
         try:
             await db.execute("PRAGMA journal_mode = OFF")
@@ -73,10 +92,8 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                     )
             await db.commit()
             expected = present = catalog = unusable = 0
-            with contextlib.ExitStack() as stack:
-                gap = (
-                    stack.enter_context(open(gap_file, "w", encoding="utf-8")) if gap_file else None
-                )
+            async with contextlib.AsyncExitStack() as stack:
+                gap = await _open_for_writing(stack, gap_file) if gap_file else None
                 after = ""
                 while True:
                     async with db.execute(
@@ -106,7 +123,8 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                     expected += len(keys)
                     present += len(found)
                     if gap is not None:
-                        gap.writelines(f"{key}\n" for key in keys if key not in found)
+                        lines = [f"{key}\n" for key in keys if key not in found]
+                        await asyncio.to_thread(gap.writelines, lines)
         finally:
             await db.close()
     missing = expected - present
