@@ -451,3 +451,45 @@ async def test_run_serve_on_a_busy_port_exits_2_and_leaves_no_run(make_job: Any)
     assert one_line(result.err).startswith("tui-backfill: error: --serve:")
     assert not job.state.exists() or (await job.cli("status", *job.job_flags())).rc == 2
     assert job.origin.gets == 0
+
+
+async def test_concurrent_first_gap_pages_share_one_listing_and_leave_no_files(
+    make_job: Any, tmp_path: Any
+) -> None:
+    """Concurrent first pages each listed the bucket into their own temporary directory, and
+    each removed the one before it, under page reads still using it (or leaked it)."""
+    job = await make_job(60)
+    temp = tmp_path / "serve-tmp"  # where the server's temporary directories go
+    temp.mkdir()
+    original = job.env
+    job.env = lambda: {**original(), "TMPDIR": str(temp)}  # type: ignore[method-assign]
+    proc = await job.start("serve", *job.run_flags(limit=60), "--port", "0")
+    try:
+        url = await served_url(proc)
+        async with aiohttp.ClientSession() as session:
+            api = Api(url, proc, session)
+            code, alone = await api.call("GET", "/api/rsr-image-gap", params={"limit": "7"})
+            assert code == 200 and alone["nextAfter"], alone
+            one_pass = job.proxy.count("list")  # what one computation lists
+            assert one_pass >= 1
+            job.proxy.reset_counters()
+            first = {"limit": "7"}
+            further = {"limit": "7", "after": alone["nextAfter"]}  # read the cache meanwhile
+            answers = await asyncio.gather(
+                *(api.call("GET", "/api/rsr-image-gap", params=first) for _ in range(6)),
+                *(api.call("GET", "/api/rsr-image-gap", params=further) for _ in range(4)),
+            )
+            for code, page in answers:
+                assert code == 200, page
+                assert set(page) == set(alone) and page["missing"] == alone["missing"], page
+            assert all(page == answers[0][1] for _, page in answers[:6]), answers
+            assert all(page == answers[6][1] for _, page in answers[6:]), answers
+            assert answers[0][1]["keys"] == alone["keys"]
+            assert answers[6][1]["keys"][0] > alone["nextAfter"]
+            assert job.proxy.count("list") == one_pass, "one listing pass for the first pages"
+    finally:
+        proc.signal(signal.SIGTERM)
+        result = await proc.wait(30)
+    assert result.rc == 0, str(result)
+    assert "Traceback" not in result.err, result.err
+    assert not list(temp.glob("tui-backfill-gap-*")), list(temp.iterdir())

@@ -381,3 +381,53 @@ def test_bad_toml_exit_2(dry, tmp_path: Path, text: str, named: str) -> None:
 def test_missing_toml_file_exit_2(dry, tmp_path: Path) -> None:
     rc, _, err = dry("--config", str(tmp_path / "nope.toml"))
     assert rc == 2 and len(err.splitlines()) == 1 and "--config" in err, err
+
+
+# -- a job the config file does not know -----------------------------------------------------
+async def test_job_not_in_the_config_file_exit_2_nothing_done(
+    tmp_path: Path, catalog_db, origin: OriginServer, rclone_s3: S3Target, s3_proxy
+) -> None:
+    """A mistyped --job (or TUI_BACKFILL_JOB) used to run silently with the top-level settings
+    only, ignoring the [jobs.NAME] it meant; `status` read another job's (empty) state."""
+    proxy = await s3_proxy(rclone_s3)
+    ctx = Ctx(tmp_path, catalog_db(40), origin, proxy, rclone_s3)
+    shared = tmp_path / "shared.toml"  # top-level settings shared by every job, and two jobs
+    shared.write_text(
+        f'bucket = "{rclone_s3.bucket}"\nendpoint_url = "{proxy.endpoint_url}"\n'
+        'path_style = true\n\n[jobs.images]\nangles = "1-2"\n\n[jobs.thumbs]\nangles = "1"\n'
+    )
+    sections_only = tmp_path / "sections.toml"
+    sections_only.write_text('[jobs.images]\nangles = "1-2"\n\n[jobs.thumbs]\nangles = "1"\n')
+    source = [
+        "--state", str(ctx.state), "--skus-db", str(ctx.catalog),
+        "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
+        "--limit-skus", "5", "--timeout", "1", "--backoff", "0.01",
+    ]  # fmt: skip
+    env = tool_env(rclone_s3)
+    cases = [
+        (["run", "--no-ui", "--config", str(shared), "--job", "imagse", *source], {}, "--job"),
+        (["status", "--config", str(shared), "--job", "imagse", "--state", str(ctx.state)], {}, "--job"),
+        (["run", "--no-ui", "--config", str(shared), *source], {"TUI_BACKFILL_JOB": "thumb"}, "TUI_BACKFILL_JOB"),
+        (["run", "--no-ui", "--config", str(sections_only), "--job", "typo", *source,
+          "--bucket", rclone_s3.bucket, "--endpoint-url", proxy.endpoint_url], {}, "--job"),
+        (["status", "--config", str(sections_only), "--job", "typo", "--state", str(ctx.state)], {}, "--job"),
+    ]  # fmt: skip
+    for argv, extra, field in cases:
+        result = await tool(*argv, env={**env, **extra})
+        assert result.rc == 2, (argv, str(result))
+        job = extra.get("TUI_BACKFILL_JOB") or argv[argv.index("--job") + 1]
+        path = argv[argv.index("--config") + 1]
+        assert result.err.splitlines() == [
+            f"tui-backfill: error: {field}: {job!r} is not a job of {path}; known: images, thumbs"
+        ], (argv, result.err)
+        assert result.out == ""
+    assert origin.gets == 0 and sum(proxy.requests.values()) == 0
+    assert runs_in_state(ctx.state) == 0
+
+    # the jobs it names, and any job of a file with shared settings that is no near miss
+    for job in ("images", "nightly"):
+        result = await tool(
+            "run", "--no-ui", "--dry-run", "--config", str(shared), "--job", job, *source, env=env
+        )
+        assert result.rc == 0, str(result)
+        assert result.snap["anglesPlanned"] == ("1-2" if job == "images" else "1-3")

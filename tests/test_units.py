@@ -9,12 +9,13 @@ from helpers import BRIEF_KEYS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tui_backfill.config import redact_url, resolve, strip_password
+from tui_backfill.config import resolve
 from tui_backfill.core.snapshot import RateMeter, eta_seconds
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint, WatermarkTracker
 from tui_backfill.seams.templates import key_template, origin_template
+from tui_backfill.seams.urls import redact_url, restore_secrets, secret_query_params, strip_password
 
 
 @pytest.mark.parametrize(
@@ -249,3 +250,39 @@ async def test_slots_serve_waiters_in_order_and_follow_the_limit() -> None:
     slots.set_limit(3)  # a larger limit lets more in at once
     await asyncio.gather(*(slots.acquire() for _ in range(3)))
     assert slots.used == 3
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        ("https://h/{sku}_{angle}?token=T1", "https://h/{sku}_{angle}?token=***"),
+        ("https://h/{sku}?X-Amz-Signature=a&X-Amz-Credential=b", "https://h/{sku}?X-Amz-Signature=***&X-Amz-Credential=***"),
+        ("https://h/{sku}?apiKey=k&Auth_Token=t&client-secret=s", "https://h/{sku}?apiKey=***&Auth_Token=***&client-secret=***"),
+        ("https://h/{sku}?sig=s&pass=p&width=40", "https://h/{sku}?sig=***&pass=***&width=40"),
+        ("https://h/get?key={sku}_{angle}&size=hr", "https://h/get?key={sku}_{angle}&size=hr"),
+        ("https://h/{sku}?token=&a", "https://h/{sku}?token=&a"),
+        ("ftp://u:pw@h/{sku}?password=x", "ftp://u:***@h/{sku}?password=***"),
+    ],
+)  # fmt: skip
+def test_secret_query_values_are_redacted_and_never_stored(given: str, shown: str) -> None:
+    """A token in the origin's query showed in status, the API and the stored settings."""
+    assert redact_url(given) == shown
+    stored = strip_password(given)
+    assert stored == shown.replace("u:***@", "u@")
+    assert strip_password(stored) == stored  # a URL given again compares equal once stripped
+    assert restore_secrets(stored, given) == given
+    if secret_query_params(stored):
+        with pytest.raises(ConfigError, match=r"^TUI_BACKFILL_ORIGIN: .*never stored"):
+            restore_secrets(stored, None)
+        with pytest.raises(ConfigError):
+            restore_secrets(stored, given.replace("=", "=other", 1) + "&x=1")
+    else:
+        assert restore_secrets(stored, None) == stored
+
+
+def test_origin_without_fields_gets_the_seed_naming_before_its_query() -> None:
+    template = origin_template("https://h/img/?token=abc")
+    assert template.render_url("A B", 2) == "https://h/img/A%20B_2?token=abc"
+    assert origin_template("https://h/get?key={sku}_{angle}").render_url("x", 1) == (
+        "https://h/get?key=x_1"
+    )

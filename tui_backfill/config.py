@@ -8,6 +8,7 @@ are validated here, before any work, and a bad one raises ConfigError naming whe
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
 import tomllib
@@ -23,6 +24,10 @@ from tui_backfill.seams.templates import (
     DEFAULT_KEY_TEMPLATE,
     key_template,
     origin_template,
+)
+from tui_backfill.seams.urls import (
+    redact_url,
+    strip_password,
 )
 
 ENV_PREFIX = "TUI_BACKFILL_"
@@ -152,26 +157,11 @@ def parse_size(text: str, field: str = "--max-bandwidth") -> int:
     return value
 
 
-def strip_password(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = urllib.parse.quote(parts.username or "", safe="")
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}@{netloc}" if user else netloc))
-
-
-def redact_url(url: str | None) -> str:
-    """For display: the URL with any password shown as ***."""
-    if not url:
-        return ""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[1]
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
-
-
+# Query parameters whose values are secrets: compared case-insensitively with `-` and `_`
+# ignored (`X-Amz-Signature`, `api_key`, `apiKey`), plus any name ending in one of
+# SECRET_QUERY_SUFFIXES (`auth_token`, `client_secret`, `X-Goog-Signature`). Their values are
+# shown as *** and never stored; a value holding a template field (`key={sku}`) is the item's
+# name, not a secret, and stays.
 def _coerce(option: Option, value: Any, field: str) -> Any:
     if value is None:
         return None
@@ -201,8 +191,12 @@ def _coerce(option: Option, value: Any, field: str) -> Any:
     return value
 
 
-def load_toml(path: str, job: str) -> dict[str, Any]:
-    """Top-level keys, overlaid by `[jobs.<job>]`."""
+def load_toml(path: str, job: str, job_field: str | None = None) -> dict[str, Any]:
+    """Top-level keys, overlaid by `[jobs.<job>]`.
+
+    `job_field` names where the job came from (`--job`, `TUI_BACKFILL_JOB`), or None for the
+    default job; a job the file does not know is refused there (see `check_job_known`).
+    """
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -211,13 +205,43 @@ def load_toml(path: str, job: str) -> dict[str, Any]:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError("--config", f"{path}: {exc}") from None
     merged = {k: v for k, v in data.items() if k != "jobs"}
-    jobs = data.get("jobs", {})
-    if isinstance(jobs, dict) and isinstance(jobs.get(job), dict):
-        merged.update(jobs[job])
+    jobs = _job_sections(path, data.get("jobs", {}))
+    check_job_known(path, job, job_field, jobs, shared=bool(merged))
+    merged.update(jobs.get(job, {}))
     for name in merged:
         if name not in BY_NAME:
             raise ConfigError(f"{path}: {name}", f"unknown setting; known: {', '.join(BY_NAME)}")
     return merged
+
+
+def _job_sections(path: str, jobs: Any) -> dict[str, dict[str, Any]]:
+    """`[jobs.NAME]` tables; anything else under `jobs` is a mistake, not silently skipped."""
+    if not isinstance(jobs, dict):
+        raise ConfigError(f"{path}: jobs", "must hold tables: [jobs.NAME]")
+    for name, section in jobs.items():
+        if not isinstance(section, dict):
+            raise ConfigError(f"{path}: jobs.{name}", "must be a table: [jobs.NAME]")
+    return jobs
+
+
+def check_job_known(
+    path: str, job: str, job_field: str | None, jobs: Mapping[str, Any], *, shared: bool
+) -> None:
+    """A job the file has no `[jobs.NAME]` for must not silently run with the wrong settings.
+
+    A file of job sections only gives nothing to any other job, so any other name is refused
+    (the implicit default job too). A file that also has top-level settings shares them with
+    every job, so another name is accepted (a job with only the shared settings) unless it is
+    close to a section's name (`imagse` for `images`): that is a typo, refused like the rest.
+    A file without job sections accepts any job.
+    """
+    if not jobs or job in jobs:
+        return
+    if shared and (job_field is None or not difflib.get_close_matches(job, jobs, n=1)):
+        return
+    raise ConfigError(
+        job_field or "--job", f"{job!r} is not a job of {path}; known: {', '.join(sorted(jobs))}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,8 +257,8 @@ def resolve(
 ) -> Resolved:
     """Layer flags > environment > TOML > defaults. `flags` holds only the flags given."""
     env = os.environ if env is None else env
-    job = flags.get("job") or env.get(BY_NAME["job"].env) or "default"
-    toml = load_toml(config, job) if config else {}
+    job, job_field = _job_of(flags, env)
+    toml = load_toml(config, job, job_field) if config else {}
     values: dict[str, Any] = {}
     explicit: dict[str, str] = {}
     for option in OPTIONS:
@@ -258,6 +282,16 @@ def resolve(
     settings = Settings(**values)
     validate(settings, explicit)
     return Resolved(settings, explicit)
+
+
+def _job_of(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str | None]:
+    """The job name, and the field it was given in (None: the default)."""
+    option = BY_NAME["job"]
+    if flags.get("job"):
+        return str(flags["job"]), option.flag
+    if env.get(option.env):
+        return env[option.env], option.env
+    return str(option.default), None
 
 
 def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> None:
@@ -344,7 +378,7 @@ def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = No
             where.get("origin", "--origin"),
             f"scheme {scheme or '(none)'!r} is not supported; accepted: {', '.join(s + '://' for s in ORIGIN_SCHEMES)}",
         )
-    origin_template(settings.origin)
+    _check_origin_template(settings.origin)
     if not settings.bucket:
         raise ConfigError("--bucket", "required: the destination bucket name")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", settings.bucket):
@@ -358,3 +392,13 @@ def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = No
                 where.get("endpoint_url", "--endpoint-url"),
                 f"{settings.endpoint_url!r}: expected http(s)://host[:port]",
             )
+
+
+def _check_origin_template(origin: str) -> None:
+    """The template's errors quote it: quoted redacted, so no secret reaches the screen."""
+    try:
+        origin_template(origin)
+    except ConfigError as exc:
+        message = str(exc).split(": ", 1)[-1]
+        shown = message.replace(repr(origin), repr(redact_url(origin)))
+        raise ConfigError(exc.field, shown.replace(origin, redact_url(origin))) from None

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import re
-import sqlite3
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from typing import Any
 from tui_backfill.config import Resolved, validate
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.pipelines.mirror.snapshot import failed_item_json
+from tui_backfill.seams.keysets import key_file_page, load_key_file
 from tui_backfill.state.sqlite import JobLock, open_state
 
 PAUSE_WAIT_SECONDS = 120.0
@@ -155,36 +155,16 @@ def parse_run_params(data: Mapping[str, Any]) -> RunParams:
 
 @dataclass
 class _GapCache:
+    """One computed gap. Its temporary directory is removed once it is retired (replaced, or
+    the server closing) and no page read uses it: a read never finds its file gone."""
+
     made: float  # time.monotonic()
     directory: tempfile.TemporaryDirectory[str]
     db_path: str
     report: dict[str, Any]
-
-
-def _load_gap(gap_file: str, db_path: str) -> None:
-    """The gap file (SKU order) into a table in key order, for stable cursor paging."""
-    conn = sqlite3.connect(db_path)
-    try:
-        conn.execute("PRAGMA journal_mode = OFF")
-        conn.execute("CREATE TABLE gap (key TEXT PRIMARY KEY) WITHOUT ROWID")
-        with open(gap_file, encoding="utf-8") as f:
-            conn.executemany(
-                "INSERT OR IGNORE INTO gap VALUES (?)", ((line.rstrip("\n"),) for line in f)
-            )
-        conn.commit()
-    finally:
-        conn.close()
-
-
-def _gap_page(db_path: str, after: str | None, limit: int) -> list[str]:
-    conn = sqlite3.connect(db_path)
-    try:
-        rows = conn.execute(
-            "SELECT key FROM gap WHERE key > ? ORDER BY key LIMIT ?", (after or "", limit)
-        ).fetchall()
-    finally:
-        conn.close()
-    return [row[0] for row in rows]
+    readers: int = 0  # page reads under way
+    retired: bool = False
+    removed: bool = False
 
 
 # -- the service ------------------------------------------------------------------------------
@@ -204,6 +184,7 @@ class JobService:
         self._starting = asyncio.Lock()  # held while a run (or a dry run) is being started
         self._closing = False
         self._gap: _GapCache | None = None
+        self._gap_lock = asyncio.Lock()  # one gap computation at a time (single flight)
         self.adopted = False
 
     @property
@@ -406,16 +387,11 @@ class JobService:
     async def gap(self, *, after: str | None, limit: int) -> dict[str, Any]:
         """A page of the missing keys in key order, after `after`. The first page computes the
         gap (one bucket listing); the pages that continue it read that result for a minute."""
-        cache = self._gap
-        if after is None or cache is None or time.monotonic() - cache.made > GAP_CACHE_SECONDS:
-            report, directory = await self._coverage(with_gap=True)
-            assert directory is not None
-            db_path = str(Path(directory.name) / "gap.sqlite3")
-            await asyncio.to_thread(_load_gap, str(Path(directory.name) / "gap.txt"), db_path)
-            if self._gap is not None:
-                self._gap.directory.cleanup()
-            cache = self._gap = _GapCache(time.monotonic(), directory, db_path, report)
-        keys = await asyncio.to_thread(_gap_page, cache.db_path, after, limit + 1)
+        cache = await self._acquire_gap(after)
+        try:
+            keys = await asyncio.to_thread(key_file_page, cache.db_path, after, limit + 1)
+        finally:
+            await self._release_gap(cache)
         more = len(keys) > limit
         keys = keys[:limit]
         report = cache.report
@@ -427,22 +403,85 @@ class JobService:
             "nextAfter": keys[-1] if more else None,
         }
 
+    def _gap_usable(self, after: str | None) -> _GapCache | None:
+        """The current gap when a continued page may read it (fresh enough), else None."""
+        cache = self._gap
+        if after is None or cache is None or cache.removed:
+            return None
+        return cache if time.monotonic() - cache.made <= GAP_CACHE_SECONDS else None
+
+    async def _acquire_gap(self, after: str | None) -> _GapCache:
+        """The gap to read a page from, counted as in use until `_release_gap`.
+
+        Single flight: first pages asked while a computation runs wait for it and share its
+        result instead of listing the bucket again (N concurrent first pages cost one
+        listing, and no two computations race to replace and remove each other's files)."""
+        asked = time.monotonic()
+        cache = self._gap_usable(after)
+        if cache is None:
+            async with self._gap_lock:
+                cache = self._gap
+                # computed while this request waited for the lock: share it
+                shared = cache is not None and not cache.removed and cache.made >= asked
+                if not shared:
+                    cache = self._gap_usable(after) or await self._replace_gap()
+        assert cache is not None
+        cache.readers += 1  # no await since the check: it cannot be retired in between
+        return cache
+
+    async def _release_gap(self, cache: _GapCache) -> None:
+        cache.readers -= 1
+        await self._remove_if_unused(cache)
+
+    async def _replace_gap(self) -> _GapCache:
+        """Compute the gap (the caller holds the lock) and retire the one it replaces."""
+        if self._closing:
+            raise ApiError(409, "the server is shutting down; it computes no gap")
+        report, directory = await self._coverage(with_gap=True)
+        assert directory is not None
+        db_path = str(Path(directory.name) / "gap.sqlite3")
+        try:
+            await asyncio.to_thread(load_key_file, str(Path(directory.name) / "gap.txt"), db_path)
+        except BaseException:
+            await asyncio.to_thread(directory.cleanup)
+            raise
+        old, cache = self._gap, _GapCache(time.monotonic(), directory, db_path, report)
+        self._gap = cache
+        cache.retired = self._closing  # closed meanwhile: removed after this read
+        if old is not None:
+            await self._retire(old)
+        return cache
+
+    async def _retire(self, cache: _GapCache) -> None:
+        cache.retired = True
+        await self._remove_if_unused(cache)
+
+    @staticmethod
+    async def _remove_if_unused(cache: _GapCache) -> None:
+        """Remove a retired gap's files once no page read uses them (in a thread: file work
+        stays off the event loop)."""
+        if cache.retired and cache.readers == 0 and not cache.removed:
+            cache.removed = True
+            await asyncio.to_thread(cache.directory.cleanup)
+
     async def _coverage(
         self, *, with_gap: bool
     ) -> tuple[dict[str, Any], tempfile.TemporaryDirectory[str] | None]:
         from tui_backfill.pipelines.mirror.coverage import coverage_report
 
-        directory = tempfile.TemporaryDirectory(prefix="tui-backfill-gap-") if with_gap else None
+        directory = None
+        if with_gap:
+            directory = await asyncio.to_thread(
+                tempfile.TemporaryDirectory, prefix="tui-backfill-gap-"
+            )
         gap_file = str(Path(directory.name) / "gap.txt") if directory is not None else None
         try:
             report = await coverage_report(self.base, gap_file=gap_file)
-        except (ConfigError, BackfillError) as exc:
+        except BaseException as exc:
             if directory is not None:
-                directory.cleanup()
-            raise ApiError(502, f"coverage: {exc}") from None
-        except BaseException:
-            if directory is not None:
-                directory.cleanup()
+                await asyncio.to_thread(directory.cleanup)
+            if isinstance(exc, (ConfigError, BackfillError)):
+                raise ApiError(502, f"coverage: {exc}") from None
             raise
         return report, directory
 
@@ -460,8 +499,8 @@ class JobService:
         if self._task is not None and not self._task.done():
             self._engine.stop()
             await self._wait_finished(PAUSE_WAIT_SECONDS)
-        if self._gap is not None:
-            self._gap.directory.cleanup()
+        if self._gap is not None:  # removed now, or by the last page read still using it
+            await self._retire(self._gap)
             self._gap = None
 
     # -- helpers -----------------------------------------------------------------------------

@@ -15,16 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tui_backfill.config import (
-    BY_NAME,
-    OPTIONS,
-    Resolved,
-    Settings,
-    redact_url,
-    strip_password,
-    validate,
-    validate_for_run,
-)
+from tui_backfill.config import BY_NAME, OPTIONS, Resolved, Settings, validate, validate_for_run
 from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord
 from tui_backfill.core.store import StateUnavailable
@@ -35,6 +26,12 @@ from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.origins import open_origin, preflight_origin
 from tui_backfill.seams.sources import check_source, sku_batches
 from tui_backfill.seams.templates import key_template
+from tui_backfill.seams.urls import (
+    redact_url,
+    restore_secrets,
+    secret_query_params,
+    strip_password,
+)
 from tui_backfill.state.sqlite import JobLock, StateStore
 
 
@@ -90,6 +87,8 @@ def _origin_with_secret(
     if explicit_origin and strip_password(explicit_origin) == stored.get("origin"):
         return explicit_origin
     assert settings.origin is not None
+    if secret_query_params(settings.origin):  # never stored: from the URL given again
+        return restore_secrets(settings.origin, explicit_origin)
     if not stored.get("origin_password"):
         return settings.origin
     password = env.get("ORIGIN_PASSWORD")

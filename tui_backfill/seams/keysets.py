@@ -5,6 +5,8 @@ listing here; the API's gap pages read the missing keys back in key order.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -25,8 +27,10 @@ class ScratchKeys:
         self._db: aiosqlite.Connection | None = None
 
     async def __aenter__(self) -> ScratchKeys:
-        if self._directory is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix="tui-backfill-keys-")
+        if self._directory is None:  # file work in threads: `serve` runs this on its loop
+            self._tmp = await asyncio.to_thread(
+                tempfile.TemporaryDirectory, prefix="tui-backfill-keys-"
+            )
             self._directory = self._tmp.name
         self._db = await aiosqlite.connect(str(Path(self._directory) / "keys.sqlite3"))
         await self._db.execute("PRAGMA journal_mode = OFF")
@@ -40,7 +44,7 @@ class ScratchKeys:
         if self._db is not None:
             await self._db.close()
         if self._tmp is not None:
-            self._tmp.cleanup()
+            await asyncio.to_thread(self._tmp.cleanup)
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -71,3 +75,31 @@ class ScratchKeys:
             async with self.db.execute(sql, chunk) as cur:
                 found.update(row[0] for row in await cur.fetchall())
         return found
+
+
+def load_key_file(key_file: str, db_path: str) -> None:
+    """A file of keys, one a line (in any order), into a table in key order, for stable
+    cursor paging (the API's gap pages). Blocking: run it in a thread."""
+    conn = sqlite3.connect(db_path)
+    try:
+        conn.execute("PRAGMA journal_mode = OFF")
+        conn.execute("CREATE TABLE keys (key TEXT PRIMARY KEY) WITHOUT ROWID")
+        with open(key_file, encoding="utf-8") as f:
+            conn.executemany(
+                "INSERT OR IGNORE INTO keys VALUES (?)", ((line.rstrip("\n"),) for line in f)
+            )
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def key_file_page(db_path: str, after: str | None, limit: int) -> list[str]:
+    """Keys loaded by `load_key_file` after `after`, at most `limit`. Blocking."""
+    conn = sqlite3.connect(db_path)
+    try:
+        rows = conn.execute(
+            "SELECT key FROM keys WHERE key > ? ORDER BY key LIMIT ?", (after or "", limit)
+        ).fetchall()
+    finally:
+        conn.close()
+    return [row[0] for row in rows]

@@ -95,7 +95,9 @@ def key_template(text: str) -> Template:
 
 
 def origin_template(text: str) -> Template:
-    """An origin URL; a URL without fields gets the seed's naming `/{sku}_{angle}` appended."""
+    """An origin URL; a URL without fields gets the seed's naming `/{sku}_{angle}` appended
+    to its path (before any query, which may carry a token)."""
     if "{" not in text:
-        text = text.rstrip("/") + "/{sku}_{angle}"
+        base, mark, query = text.partition("?")
+        text = base.rstrip("/") + "/{sku}_{angle}" + mark + query
     return parse_template(text, "--origin", ("sku",))

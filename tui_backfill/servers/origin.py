@@ -15,7 +15,9 @@ Faults (:class:`OriginFaults`) are mutable at run time (``server.faults``): dete
 missing objects (hash of sku/angle, so every process agrees), latency, slow answers, random
 500/503, connection resets, stalls, truncated bodies, HTML error pages with status 200, and
 ``fail_first_n`` (the first N GETs of each path answer 503). Counters: ``requests`` (by
-(method, path)), ``gets``, ``heads``, ``injected`` (by fault kind). ``GET /__stats`` returns them
+(method, path)), ``gets``, ``heads``, ``injected`` (by fault kind), ``query_strings`` (the raw
+query string of each image request: the query is ignored for serving, so a test checks here
+that a token or a ``{sku}`` field in an origin URL's query arrived as meant). ``GET /__stats`` returns them
 as JSON and ``POST /__faults`` updates faults from JSON (both uncounted), for out-of-process use:
 
     python -m tui_backfill.servers.origin --port 0 --missing-fraction 0.03
@@ -217,6 +219,7 @@ class OriginServer:
         self.by_method: collections.Counter[str] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
         self.statuses: collections.Counter[int] = collections.Counter()
+        self.query_strings: collections.Counter[str] = collections.Counter()
         self._get_counts: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
         self._sleepers: set[asyncio.Future[None]] = set()
@@ -238,7 +241,13 @@ class OriginServer:
         return self.by_method["HEAD"]
 
     def reset_counters(self) -> None:
-        for counter in (self.requests, self.by_method, self.injected, self.statuses):
+        for counter in (
+            self.requests,
+            self.by_method,
+            self.injected,
+            self.statuses,
+            self.query_strings,
+        ):
             counter.clear()
         self._get_counts.clear()
         self.index_gets = 0
@@ -364,6 +373,7 @@ class OriginServer:
         path = request.path
         self.requests[(method, path)] += 1
         self.by_method[method] += 1
+        self.query_strings[request.query_string] += 1
         faults = self.faults
         parsed = parse_name(path.rsplit("/", 1)[-1])
         if parsed is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from tui_backfill.config import Resolved, Settings, validate_for_run
 from tui_backfill.pipelines.mirror.angles import parse_angles
@@ -39,6 +39,14 @@ async def _settings_for(resolved: Resolved) -> Settings:
     return settings
 
 
+async def _open_for_writing(stack: contextlib.AsyncExitStack, path: str) -> TextIO:
+    """`path` opened (and later closed, flushing) in a thread: `serve` computes coverage on
+    its event loop, which file work must not hold up."""
+    handle = await asyncio.to_thread(open, path, "w", encoding="utf-8")
+    stack.push_async_callback(asyncio.to_thread, handle.close)
+    return handle
+
+
 async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) -> dict[str, Any]:
     settings = await _settings_for(resolved)
     await asyncio.to_thread(check_source, settings)
@@ -64,8 +72,8 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                 await scratch.add("present", keys)
         await scratch.commit()
         expected = present = catalog = unusable = 0
-        with contextlib.ExitStack() as stack:
-            gap = stack.enter_context(open(gap_file, "w", encoding="utf-8")) if gap_file else None
+        async with contextlib.AsyncExitStack() as stack:
+            gap = await _open_for_writing(stack, gap_file) if gap_file else None
             after = ""
             while skus := await scratch.page("skus", after, PAGE):
                 after = skus[-1]
@@ -84,7 +92,8 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                 expected += len(keys)
                 present += len(found)
                 if gap is not None:
-                    gap.writelines(f"{key}\n" for key in keys if key not in found)
+                    lines = [f"{key}\n" for key in keys if key not in found]
+                    await asyncio.to_thread(gap.writelines, lines)
     missing = expected - present
     return {
         "job": settings.job,

@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
-from tui_backfill.config import redact_url
 from tui_backfill.outcomes import ConfigError, OriginUnreachable, RetryableError
 from tui_backfill.seams.templates import Template, origin_template
+from tui_backfill.seams.urls import redact_url
 
 _MAGIC: tuple[tuple[bytes, int, str], ...] = (
     (b"\xff\xd8\xff", 0, "image/jpeg"),
