@@ -8,6 +8,7 @@ import dataclasses
 from typing import Any
 
 from tui_backfill.core.snapshot import snapshot_from_json
+from tui_backfill.outcomes import RunState
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore
 
@@ -35,6 +36,20 @@ def _as_committed(run: RunRecord, published: dict[str, Any]) -> dict[str, Any]:
     return {**published, **view.to_json()}
 
 
+def _interrupted(run: RunRecord, snapshot: dict[str, Any], *, live: bool) -> bool:
+    """The run's process died without pausing (crash, SIGKILL): no process holds it, yet the
+    state says it was under way. The dead process cannot say so itself, so the reader does;
+    the run stays resumable (`prepare` goes by the `running` status column, not this word).
+    The status column decides first: a resume killed before its first publish still shows
+    the earlier pause's snapshot, but that run is interrupted, as `runs` says."""
+    if live:
+        return False
+    return run.status in ("running", "preparing") or snapshot.get("state") in (
+        RunState.RUNNING,
+        RunState.PAUSING,
+    )
+
+
 async def job_status(
     store: StateStore, state_path: str, job: str, *, include_dry: bool = True
 ) -> dict[str, Any] | None:
@@ -51,8 +66,8 @@ async def job_status(
     if not live and run.status == "running":
         snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
     snapshot["live"] = live
-    if not live and snapshot.get("state") in ("running", "pausing"):
-        snapshot["state"] = "paused"  # its process is gone: interrupted, resumable
+    if _interrupted(run, snapshot, live=live):
+        snapshot["state"] = RunState.INTERRUPTED.value
     snapshot["runStatus"] = run.status
     if run.exit_code is not None:
         snapshot["exitCode"] = run.exit_code
