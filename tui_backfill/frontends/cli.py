@@ -308,6 +308,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
     import os
 
     from tui_backfill.frontends.headless import progress_line
+    from tui_backfill.frontends.status import final_json
     from tui_backfill.pipelines.prepare import prepare_run
 
     server = None
@@ -370,7 +371,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 await server.stop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-        output = result.snapshot.to_json()
+        output = await final_json(prepared.store, result.snapshot)
         if request.dry_run:
             output["plan"] = {
                 "skus": result.snapshot.planned_skus,

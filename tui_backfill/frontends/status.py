@@ -5,9 +5,10 @@ checkpoint it committed (what a resume continues from), not the last published v
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
 from typing import Any
 
-from tui_backfill.core.snapshot import snapshot_from_json
+from tui_backfill.core.snapshot import StatusSnapshot, snapshot_from_json
 from tui_backfill.outcomes import RunState
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore
@@ -68,9 +69,28 @@ async def job_status(
     snapshot["live"] = live
     if _interrupted(run, snapshot, live=live):
         snapshot["state"] = RunState.INTERRUPTED.value
-    snapshot["runStatus"] = run.status
+    return with_run_keys(snapshot, run)
+
+
+def with_run_keys(snapshot: dict[str, Any], run: RunRecord) -> dict[str, Any]:
+    """`snapshot` with the keys of the run around it, from its stored record: `runStatus`,
+    `exitCode` (once it has one), `maxConcurrency`, `host` (the machine whose process last
+    ran it). One function, so `status --json` and the headless final JSON cannot differ."""
+    keys: dict[str, Any] = {"runStatus": run.status}
     if run.exit_code is not None:
-        snapshot["exitCode"] = run.exit_code
-    snapshot["maxConcurrency"] = run.settings.get("max_concurrency")
-    snapshot["host"] = run.host  # the machine whose process last ran it
-    return snapshot
+        keys["exitCode"] = run.exit_code
+    keys["maxConcurrency"] = run.settings.get("max_concurrency")
+    keys["host"] = run.host
+    return {**snapshot, **keys}
+
+
+async def final_json(store: StateStore, snapshot: StatusSnapshot) -> dict[str, Any]:
+    """The final snapshot of a run this process has just ended, as `status --json` shows it:
+    the run keys are read back from the record its last commit wrote. A state that cannot be
+    read now (the run already said why: exit 3) leaves them out rather than hide the snapshot."""
+    output = snapshot.to_json()
+    try:
+        run = await store.run(snapshot.run_id)
+    except sqlite3.Error:
+        return output
+    return output if run is None else with_run_keys(output, run)
