@@ -11,7 +11,7 @@ from typing import Any
 from tui_backfill.core.snapshot import StatusSnapshot, snapshot_from_json
 from tui_backfill.outcomes import RunState
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.state.sqlite import JobLock, RunRecord, StateStore
+from tui_backfill.state.sqlite import FailedItem, JobLock, RunRecord, StateStore
 
 
 def _as_committed(run: RunRecord, published: dict[str, Any]) -> dict[str, Any]:
@@ -94,3 +94,10 @@ async def final_json(store: StateStore, snapshot: StatusSnapshot) -> dict[str, A
     except sqlite3.Error:
         return output
     return output if run is None else with_run_keys(output, run)
+
+
+def failed_items_json(items: list[FailedItem]) -> list[dict[str, Any]]:
+    """Failed items as JSON, field names as stored (`sku`, `angle`, `key`, `code`, `message`,
+    `attempts`, `run_id`), the fields `GET .../failed` answers (tests/test_failed.py compares
+    `failed --json` with the service's answer)."""
+    return [dataclasses.asdict(item) for item in items]
