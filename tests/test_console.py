@@ -387,6 +387,20 @@ async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
         assert "completed" in text.splitlines()[2] and "ETA" not in text, text
 
 
+async def test_an_interrupted_run_says_so_in_the_header_and_the_eta_line() -> None:
+    """A run whose process died (kill -9) is not paused: the header names it and the ETA line
+    says why nothing moves, in the console's wording for a stopped run."""
+    dead = dataclasses.replace(fixed_snapshot("interrupted"), live=False, eta_seconds=None)
+    app = BackfillApp(FixedController(dead), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert "INTERRUPTED" in text.splitlines()[0], text
+        assert "ETA -- (interrupted)" in text, text
+        assert "PAUSED" not in text and "(no process)" not in text
+        assert app.check_action("resume", ()) is False  # no process here to resume in place
+
+
 def test_failed_items_snapshot(snap_compare: Any) -> None:
     app = BackfillApp(
         FixedController(fixed_snapshot("paused")), clock=lambda: FIXED_NOW, poll=False

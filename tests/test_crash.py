@@ -12,6 +12,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 from helpers import (
     Backfill,
     Running,
@@ -19,8 +20,12 @@ from helpers import (
     assert_valid_checkpoint,
     finished_items,
     key_of,
+    served_url,
     wait_for,
 )
+from prometheus_client.parser import text_string_to_metric_families
+
+from tui_backfill.frontends.api import BASE
 
 if TYPE_CHECKING:
     pass
@@ -29,12 +34,14 @@ ANGLES = (1, 2, 3)
 MakeJob = Callable[..., Awaitable[Backfill]]
 
 
-async def _interrupted_status(job: Backfill, skus: list[str]) -> dict[str, Any]:
-    """`status --json` of the interrupted run: not live, resumable, a valid checkpoint whose
-    finished items are all in the bucket."""
+async def _interrupted_status(
+    job: Backfill, skus: list[str], *, state: str = "interrupted"
+) -> dict[str, Any]:
+    """`status --json` of the stopped run (`interrupted` after a kill, `paused` after a graceful
+    stop): not live, resumable, a valid checkpoint whose finished items are all in the bucket."""
     status = await job.status()
     assert status["live"] is False
-    assert status["state"] == "paused", status["state"]
+    assert status["state"] == state, status["state"]
     assert status["runStatus"] in ("running", "paused")
     assert_valid_checkpoint(status, skus, ANGLES)
     keys = await job.bucket_keys()
@@ -148,7 +155,7 @@ async def test_sigterm_exits_75_with_the_checkpoint_persisted(make_job: MakeJob)
     assert 0 < stopped["scannedSkus"] < n
     assert_valid_checkpoint(stopped, skus, ANGLES)
 
-    status = await _interrupted_status(job, skus)
+    status = await _interrupted_status(job, skus, state="paused")
     assert status["runStatus"] == "paused" and status["exitCode"] == 75
     # persisted on the way out, not only every 50 SKUs: the same position and counters
     assert status["checkpoint"] == stopped["checkpoint"]
@@ -169,3 +176,62 @@ async def test_sigterm_exits_75_with_the_checkpoint_persisted(make_job: MakeJob)
     await job.assert_bucket_exactly(skus, ANGLES)
     job.assert_no_key_put_twice()
     assert all(job.gets_of(*item) == gets_at_stop[item] for item in done)
+
+
+async def _served_views(job: Backfill) -> tuple[dict[str, Any], dict[str, float]]:
+    """GET .../status and the run-state gauge of /metrics from a `serve` process of the job."""
+    serve = await job.start("serve", *job.run_flags(limit=1), "--port", "0")
+    try:
+        url = await served_url(serve)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{url}{BASE}/status") as answer:
+                assert answer.status == 200, await answer.text()
+                served = await answer.json()
+            async with session.get(f"{url}/metrics") as answer:
+                text = await answer.text()
+    finally:
+        serve.signal(signal.SIGTERM)
+        await serve.wait(30)
+    gauge = {
+        sample.labels["state"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "tui_backfill_run_state"
+    }
+    return served, gauge
+
+
+async def test_after_a_kill_every_front_end_says_interrupted(make_job: MakeJob) -> None:
+    """kill -9 is a crash, not a pause: `status` (JSON and text), `runs`, the API's status and
+    /metrics all say `interrupted`; `resume` then finishes the run."""
+    n = 60
+    job = await make_job(n + 5, checkpoint_every=10)
+    job.origin.faults.latency = 0.05
+    running = await job.start_run(limit=n)
+    await wait_for(lambda: len(job.proxy.puts) >= 20, within=30, what="20 objects written")
+    running.kill()
+    assert (await running.wait(10)).rc == -signal.SIGKILL
+
+    status = await _interrupted_status(job, job.skus()[:n])
+    assert status["runStatus"] == "running"
+    text = await job.cli("status", *job.job_flags(), within=30)
+    assert text.rc == 0 and "state interrupted" in text.out.splitlines()[0], str(text)
+    runs = await job.cli("runs", "--json", *job.job_flags(), within=30)
+    assert runs.rc == 0, str(runs)
+    entry = runs.json()["runs"][0]
+    assert (entry["status"], entry["outcome"], entry["live"]) == (
+        "interrupted",
+        "interrupted",
+        False,
+    )
+
+    served, gauge = await _served_views(job)
+    assert served["state"] == "interrupted" and served["live"] is False
+    assert gauge["interrupted"] == 1 and gauge["paused"] == 0 and gauge["running"] == 0
+
+    job.origin.faults.latency = 0
+    resumed = await job.resume()
+    assert resumed.rc == 0, str(resumed)
+    final = resumed.json()
+    assert final["runId"] == status["runId"] and final["scannedSkus"] == n
+    assert (await job.status())["state"] == "completed"

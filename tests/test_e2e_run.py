@@ -210,6 +210,43 @@ async def test_the_final_snapshot_names_the_final_save(make_job: MakeJob) -> Non
     assert stored["checkpointSavedAt"] == final["checkpointSavedAt"] != ""
 
 
+RUN_KEYS = ("runStatus", "exitCode", "maxConcurrency", "host")
+
+
+def _assert_same_view(final: dict[str, Any], stored: dict[str, Any]) -> None:
+    """The headless final JSON and `status --json` right after it: one snapshot, the same keys,
+    and the same run-level values."""
+    assert set(final) == set(stored), (
+        sorted(set(stored) - set(final)),
+        sorted(set(final) - set(stored)),
+    )
+    for key in RUN_KEYS:
+        assert final[key] == stored[key], (key, final[key], stored[key])
+    assert final["live"] is False and stored["live"] is False
+
+
+async def test_the_headless_output_has_the_keys_status_has(make_job: MakeJob) -> None:
+    """A completed run and a paused one: the final JSON carries what `status --json` adds."""
+    job = await make_job(80)
+    done = await job.run(limit=20, extra=("--max-concurrency", "5"))
+    assert done.rc == 0, str(done)
+    final = done.json()
+    _assert_same_view(final, await job.status())
+    assert (final["runStatus"], final["exitCode"], final["maxConcurrency"]) == ("completed", 0, 5)
+    assert final["host"]
+
+    job.origin.faults.latency = 0.1  # the pause comes long before the end
+    base = len(job.proxy.puts)
+    running = await job.start_run(limit=50)
+    await wait_for(lambda: len(job.proxy.puts) >= base + 10, within=30, what="10 more objects")
+    assert (await job.cli("pause", *job.job_flags(), within=30)).rc == 0
+    paused = await running.wait(30)
+    assert paused.rc == 75, str(paused)
+    stopped = paused.json()
+    _assert_same_view(stopped, await job.status())
+    assert (stopped["state"], stopped["runStatus"], stopped["exitCode"]) == ("paused", "paused", 75)
+
+
 # -- pause and resume --------------------------------------------------------------------------
 
 

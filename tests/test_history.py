@@ -145,9 +145,9 @@ def test_outcome_words(status: str, exit_code: int | None, live: bool, outcome: 
     assert run_outcome(status, exit_code, live=live) == outcome
 
 
-def test_a_running_row_whose_process_died_shows_as_paused_interrupted() -> None:
+def test_a_running_row_whose_process_died_shows_as_interrupted() -> None:
     dead = history_entry(_record(status="running", ended_at=None, exit_code=None), live=False)
-    assert (dead["status"], dead["outcome"], dead["live"]) == ("paused", "interrupted", False)
+    assert (dead["status"], dead["outcome"], dead["live"]) == ("interrupted", "interrupted", False)
     assert dead["endedAt"] is None and dead["durationSeconds"] is None
 
 
@@ -217,7 +217,7 @@ async def test_run_history_newest_first_limited_and_live(tmp_path: Path) -> None
         entries = await run_history(store, "job")
         assert [e["runId"] for e in entries] == [third, second, first]
         assert [e["outcome"] for e in entries] == ["interrupted", "completed", "completed"]
-        assert entries[0]["status"] == "paused"  # no process holds the job
+        assert entries[0]["status"] == "interrupted"  # no process holds the job
         assert [e["plannedItems"] for e in entries] == [2, 6, 4]
         assert entries[1]["counters"]["uploaded"] == 5
         assert entries[1]["coverage"] == {"before": 0.0, "after": 83.33}  # 5 / 6

@@ -148,6 +148,16 @@ def test_sparse_snapshot_of_a_run_without_progress() -> None:
     assert not [name for name, _ in parsed if name == "tui_backfill_max_concurrency"]
 
 
+def test_interrupted_is_one_of_the_run_states() -> None:
+    """Every run has a series for `interrupted` (0 unless its process died), so an alert on it
+    has something to watch before the first crash."""
+    parsed = samples(render(None, job="demo"))
+    assert value(parsed, "tui_backfill_run_state", state="interrupted") == 0
+    parsed = samples(render(make_snapshot(state="interrupted"), job="demo"))
+    assert value(parsed, "tui_backfill_run_state", state="interrupted") == 1
+    assert all(value(parsed, "tui_backfill_run_state", state=s) == 0 for s in STATES)
+
+
 def test_unknown_state_is_shown_not_dropped() -> None:
     parsed = samples(render(make_snapshot(state="abandoned"), job="demo"))
     assert value(parsed, "tui_backfill_run_state", state="abandoned") == 1

@@ -25,6 +25,9 @@ class RunState(enum.StrEnum):
     RUNNING = "running"
     PAUSING = "pausing"
     PAUSED = "paused"
+    # Its process died without pausing (crash, SIGKILL, power loss); resumable like paused.
+    # No engine ever reports it of itself: the readers of the state (`job_status`) say it.
+    INTERRUPTED = "interrupted"
     COMPLETED = "completed"
     FAILED = "failed"
 

@@ -1,4 +1,4 @@
-"""The command line: run, status, runs, pause, resume, attach, coverage, serve, demo.
+"""The command line: run, status, runs, failed, pause, resume, attach, coverage, serve, demo.
 
 Startup stays light: `status`, `runs`, `pause` and `--help` import neither botocore nor
 textual. Every problem found before work starts is one line on stderr and exit 2.
@@ -13,11 +13,15 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from tui_backfill import __version__
 from tui_backfill.config import OPTIONS, Resolved, resolve
 from tui_backfill.outcomes import ConfigError
+
+if TYPE_CHECKING:  # imported lazily at run time: startup stays light
+    from tui_backfill.core.records import FailedItem
+    from tui_backfill.state.sqlite import StateStore
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
 
@@ -84,6 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--limit", type=int, default=20, metavar="N", help="the newest N runs (default 20)"
     )
+
+    failed = commands.add_parser(
+        "failed", help="the job's failed items (retried first by its next run); forget them"
+    )
+    _add_job_state(failed)
+    failed.add_argument("--json", action="store_true", help='{"job": ..., "items": [...]}')
+    forget = failed.add_mutually_exclusive_group()
+    forget.add_argument(
+        "--forget", metavar="KEY", help="drop the failed item with this destination key"
+    )
+    forget.add_argument("--forget-all", action="store_true", help="drop every failed item")
 
     pause = commands.add_parser(
         "pause", help="gracefully stop a running job (it exits 75, resumable)"
@@ -158,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_cmd_status(args))
         if args.command == "runs":
             return asyncio.run(_cmd_runs(args))
+        if args.command == "failed":
+            return asyncio.run(_cmd_failed(args))
         if args.command == "pause":
             return asyncio.run(_cmd_pause(args))
         if args.command == "coverage":
@@ -308,6 +325,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
     import os
 
     from tui_backfill.frontends.headless import progress_line
+    from tui_backfill.frontends.status import final_json
     from tui_backfill.pipelines.prepare import prepare_run
 
     server = None
@@ -370,7 +388,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 await server.stop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-        output = result.snapshot.to_json()
+        output = await final_json(prepared.store, result.snapshot)
         if request.dry_run:
             output["plan"] = {
                 "skus": result.snapshot.planned_skus,
@@ -479,6 +497,68 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
         print(json.dumps({"job": job, "runs": entries}, indent=2))
     else:
         print(history_text(entries))
+    return EXIT_OK
+
+
+# -- failed items ---------------------------------------------------------------------------
+
+
+async def _cmd_failed(args: argparse.Namespace) -> int:
+    """List the job's failed items, or forget some: a failed item is retried first by every
+    later run until it succeeds, which a `bad_sku` never does; the operator decides."""
+    from tui_backfill.state.sqlite import open_state
+
+    state, job = _job_state(args)
+    async with open_state(state, check=True) as store:
+        if args.forget is not None or args.forget_all:
+            return await _forget_failed(store, state, job, args)
+        items = await store.failed_items(job)
+        if not items and await store.latest_run(job) is None:
+            raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+    _print_failed(job, items, as_json=args.json)
+    return EXIT_OK
+
+
+def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
+    from tui_backfill.frontends.status import failed_items_json
+    from tui_backfill.pipelines.mirror.keys import visible
+
+    if as_json:
+        print(json.dumps({"job": job, "items": failed_items_json(items)}, indent=2))
+        return
+    if not items:
+        print(f"job {job!r} has no failed items")
+        return
+    print("key\tcode\tattempts\trun\tmessage")
+    for item in items:
+        fields = (visible(item.key), item.code, item.attempts, item.run_id, visible(item.message))
+        print("\t".join(str(field) for field in fields))
+
+
+async def _forget_failed(store: StateStore, state: str, job: str, args: argparse.Namespace) -> int:
+    """Forget under the job lock: a run starting meanwhile would read the items as carryover
+    and write them back; the lock makes that exit 2 instead (and refuses while one runs)."""
+    from tui_backfill.state.sqlite import JobLock
+
+    lock = JobLock(state, job)
+    lock.acquire(job)  # JobBusy (exit 2, naming the pid) while a process runs the job
+    try:
+        if args.forget_all:
+            count = await store.forget_all_failed(job)
+        else:
+            count = await store.forget_failed(job, args.forget)
+            if count == 0:
+                raise ConfigError(
+                    "--forget",
+                    f"no failed item of job {job!r} has the key {args.forget!r}; "
+                    "`tui-backfill failed` lists their keys",
+                )
+    finally:
+        lock.release()
+    if args.json:
+        print(json.dumps({"job": job, "forgotten": count}))
+    else:
+        print(f"forgot {count} failed item(s) of job {job!r}")
     return EXIT_OK
 
 

@@ -99,7 +99,7 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
     planned_items = run.planned_skus * _angles_per_sku(angles)
     status = run.status
     if status == "running" and not live:
-        status = "paused"  # its process is gone: interrupted, resumable (as `status` shows it)
+        status = INTERRUPTED  # its process is gone: resumable, as `status` shows it
     present = counters.uploaded + counters.skipped_exists
     return {
         "runId": run.id,

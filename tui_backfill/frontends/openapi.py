@@ -10,6 +10,7 @@ from typing import Any
 
 from tui_backfill import __version__
 from tui_backfill.frontends.service import MAX_ANGLES_TEXT, MAX_LIMIT_SKUS, RUN_FIELDS
+from tui_backfill.outcomes import RunState
 
 BASE = "/api/rsr-image-backfill"
 
@@ -261,7 +262,12 @@ def document(*, max_concurrency: int) -> dict[str, Any]:
                         "etaSkusRemaining": {"type": "integer"},
                         "plannedItems": {"type": "integer"},
                         "failedItems": {"type": "integer"},
-                        "state": {"type": "string"},
+                        "state": {
+                            "type": "string",
+                            "enum": [state.value for state in RunState],
+                            "description": "interrupted: its process died without pausing "
+                            "(crash, SIGKILL); resumable like paused",
+                        },
                         "runId": {"type": "integer"},
                     },
                 },

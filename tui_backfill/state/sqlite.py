@@ -661,6 +661,23 @@ class StateStore:
         except sqlite3.Error as exc:
             raise _state_fatal(self.path, exc) from None
 
+    @_classified
+    async def forget_failed(self, job: str, key: str) -> int:
+        """Drop the job's failed items whose destination key is `key`, so no later run retries
+        them as carryover (an operator's decision: say a `bad_sku` that can never succeed).
+        Returns how many went; 0 when none has that key."""
+        return await self._delete_failed("job = ? AND key = ?", (job, key))
+
+    @_classified
+    async def forget_all_failed(self, job: str) -> int:
+        """Drop every failed item of the job (see `forget_failed`); returns how many went."""
+        return await self._delete_failed("job = ?", (job,))
+
+    async def _delete_failed(self, where: str, params: Sequence[Any]) -> int:
+        async with self.transaction() as db:
+            cur = await db.execute(f"DELETE FROM failed_items WHERE {where}", params)
+            return max(cur.rowcount, 0)
+
     # -- commands -------------------------------------------------------------------------
 
     @_classified

@@ -15,6 +15,7 @@ STATE_STYLE = {
     "running": "bold green",
     "pausing": "bold yellow",
     "paused": "bold yellow",
+    "interrupted": "bold magenta",
     "completed": "bold cyan",
     "failed": "bold red",
 }
@@ -46,7 +47,7 @@ def eta_text(snap: StatusSnapshot, now: dt.datetime) -> str:
     """The ETA while the run moves; what it is instead when it does not."""
     if snap.state in ("completed", "failed"):
         return snap.state
-    if snap.state in ("pausing", "paused"):
+    if snap.state in ("pausing", "paused", "interrupted"):
         return f"ETA -- ({snap.state})"
     if not snap.live:  # seen from another process that is gone: nothing moves
         return "ETA -- (no process)"
