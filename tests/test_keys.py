@@ -383,7 +383,7 @@ async def test_run_writes_good_skus_and_fails_bad_ones_without_a_request(
     assert after["errorsByCode"] == snap["errorsByCode"]
     async with open_state(str(state)) as store:
         failed = await store.failed_items("default")
-    by_item = {(f.sku, f.angle): f for f in failed}
+    by_item = {(f.group, f.member): f for f in failed}
     assert set(by_item) == {(s, a) for s in [*BAD_SKU, LONG] for a in (1, 2)}
     for sku in BAD_SKU:
         item = by_item[(sku, 1)]
