@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tui_backfill.core.checkpoint import Checkpoint
 
-from tui_backfill.core.snapshot import Counters
 from tui_backfill.frontends.openapi import document
 from tui_backfill.frontends.status import job_status
+from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
+from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.state.sqlite import JobLock, StateStore
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tui_backfill import __version__
 from tui_backfill.config import OPTIONS, Resolved, resolve
+from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.outcomes import ConfigError
 
 if TYPE_CHECKING:  # imported lazily at run time: startup stays light
@@ -242,6 +243,7 @@ async def run_console(request: Any) -> int:
     from tui_backfill.pipelines.prepare import prepare_run
 
     prepared = await prepare_run(request)
+    log_to_file(prepared.settings.state)
     try:
         app = BackfillApp(LocalController(prepared))
         code = await app.run_async()
@@ -322,6 +324,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 async def run_headless(request: Any, serve: int | None = None) -> int:
     """Prepare and run a job without the console; final snapshot as JSON on stdout. With
     `serve`, the HTTP control API on 127.0.0.1:serve for as long as the run goes on."""
+    log_to_stderr()
     import os
 
     from tui_backfill.frontends.headless import progress_line
@@ -431,6 +434,7 @@ async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> 
     from tui_backfill.frontends.api import ApiServer
     from tui_backfill.frontends.service import JobService
 
+    log_to_stderr()
     service = JobService(resolved)
     server = await ApiServer(service, host=host, port=port, token=token).start()
     job = resolved.settings.job
@@ -521,7 +525,7 @@ async def _cmd_failed(args: argparse.Namespace) -> int:
 
 def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
     from tui_backfill.frontends.status import failed_items_json
-    from tui_backfill.pipelines.mirror.keys import visible
+    from tui_backfill.seams.keys import visible
 
     if as_json:
         print(json.dumps({"job": job, "items": failed_items_json(items)}, indent=2))
