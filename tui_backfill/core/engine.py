@@ -293,6 +293,7 @@ class Engine(Generic[S]):
             status = RunStatus.COMPLETED
             exit_code = 1 if self.counters.failed_items or self.counters.carryover_failed else 0
         message = self._fatal.message if self._fatal else None
+        self._log_unlogged_failures()
         with contextlib.suppress(Exception):
             await self._persist_concurrency()
         try:
@@ -593,12 +594,8 @@ class Engine(Generic[S]):
         """Failed items as they fail, at most FAILED_LOG_BURST per window, then a count."""
         now = self._clock()
         if now - self._failed_window >= FAILED_LOG_WINDOW:
-            if self._failed_unlogged:
-                log.warning(
-                    "%d more failed items not logged (`tui-backfill failed` lists them all)",
-                    self._failed_unlogged,
-                )
-            self._failed_window, self._failed_logged, self._failed_unlogged = now, 0, 0
+            self._log_unlogged_failures()
+            self._failed_window, self._failed_logged = now, 0
         if self._failed_logged < FAILED_LOG_BURST:
             self._failed_logged += 1
             log.warning(
@@ -610,6 +607,14 @@ class Engine(Generic[S]):
             )
         else:
             self._failed_unlogged += 1
+
+    def _log_unlogged_failures(self) -> None:
+        if self._failed_unlogged:
+            log.warning(
+                "%d more failed items not logged one by one (`tui-backfill failed` lists them)",
+                self._failed_unlogged,
+            )
+            self._failed_unlogged = 0
 
     async def _record(self, item: Item, result: Result) -> None:
         """Account one finished item; commit a checkpoint when enough groups are behind it."""
