@@ -23,6 +23,7 @@ demo-headless: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check tui_backfill tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 test-slow: $(STAMP)
@@ -39,6 +40,7 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) state/*.sqlite3* state/demo

@@ -4,9 +4,14 @@ light commands (`status`, `runs`, `pause`, `--help`) import neither botocore nor
 from __future__ import annotations
 
 import json
+import os
 import pkgutil
+import shutil
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 import tui_backfill
 
@@ -38,3 +43,41 @@ def test_light_commands_do_not_import_botocore_or_textual() -> None:
     )
     imported = _imported_after(code)
     assert not imported & {"botocore", "aiobotocore", "textual", "rich"}
+
+
+REPO = Path(__file__).resolve().parents[1]
+LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
+
+
+def _lint_imports_with(tmp_path: Path, module: str, line: str) -> subprocess.CompletedProcess[str]:
+    """The layer contracts over a copy of the package in which `module` gained `line`."""
+    shutil.copytree(REPO / "tui_backfill", tmp_path / "tui_backfill")
+    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
+    if module:
+        path = tmp_path / (module.replace(".", "/") + ".py")
+        path.write_text(path.read_text() + f"\n{line}\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    return subprocess.run(
+        [str(LINT_IMPORTS), "--no-cache"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "contract"),
+    [
+        ("", "", None),
+        ("tui_backfill.core.engine", "import tui_backfill.pipelines.mirror.pipeline", "core"),
+        ("tui_backfill.core.pipeline", "import tui_backfill.frontends.headless", "core"),
+        ("tui_backfill.frontends.status", "import sqlite3", "sqlite3"),
+        ("tui_backfill.core.counters", "import aiosqlite", "sqlite3"),
+    ],
+)
+def test_the_layer_contracts_catch_a_wrong_import(
+    tmp_path: Path, module: str, line: str, contract: str | None
+) -> None:
+    result = _lint_imports_with(tmp_path, module, line)
+    if contract is None:
+        assert result.returncode == 0, result.stdout  # the package as it is keeps them all
+    else:
+        assert result.returncode != 0
+        assert "BROKEN" in result.stdout and contract in result.stdout
