@@ -20,12 +20,23 @@ def _attach(handler: logging.Handler, layout: str) -> None:
         old.close()
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-    log.propagate = False
+
+
+class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Whatever `sys.stderr` is when a record is written (it may be replaced meanwhile)."""
+
+    @property
+    def stream(self) -> object:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: object) -> None:
+        pass
 
 
 def log_to_stderr() -> None:
     """Headless runs and `serve`: warnings and errors on stderr beside the progress lines."""
-    _attach(logging.StreamHandler(sys.stderr), PREFIX + "%(message)s")
+    _attach(_Stderr(), PREFIX + "%(message)s")
 
 
 def log_to_file(state_path: str) -> Path:
