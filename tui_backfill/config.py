@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines import PIPELINES
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.seams.templates import (
     DEFAULT_KEY_TEMPLATE,
@@ -60,6 +61,12 @@ class Option:
 OPTIONS: tuple[Option, ...] = (
     Option("job", str, "default", "job name (state is kept per job)", stored=False),
     Option("state", str, DEFAULT_STATE, "SQLite state file", stored=False),
+    Option(
+        "pipeline",
+        str,
+        "mirror",
+        "what the job does: mirror (the image backfill); fixed once it ran",
+    ),
     Option("limit_skus", int, 2000, "SKUs scanned by one run"),
     Option("angles", str, "1-3", "angle spec: 1-3, 1,2,3, 1-2,4"),
     Option("concurrency", int, 3, "parallel origin fetches (the politeness cap)", pacing=True),
@@ -108,6 +115,7 @@ class Settings:
 
     job: str = "default"
     state: str = DEFAULT_STATE
+    pipeline: str = "mirror"
     limit_skus: int = 2000
     angles: str = "1-3"
     concurrency: int = 3
@@ -303,6 +311,11 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
 
     if not JOB_NAME.match(settings.job):
         raise ConfigError(field("job"), f"{settings.job!r}: use letters, digits, . _ - (max 64)")
+    if settings.pipeline not in PIPELINES:
+        raise ConfigError(
+            field("pipeline"),
+            f"{settings.pipeline!r} is not a pipeline here; accepted: {', '.join(PIPELINES)}",
+        )
     parse_angles(settings.angles, field("angles"))
     if settings.max_concurrency < 1:
         raise ConfigError(field("max_concurrency"), "must be at least 1")

@@ -65,7 +65,7 @@ def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
         option = BY_NAME[name]
         if option.pacing or not option.stored:
             continue
-        stored = run.settings.get(name)
+        stored = run.settings.get(name, option.default)  # absent: stored before it existed
         if given.get(name) != stored:
             shown_stored = redact_url(stored) if name == "origin" else stored
             shown_given = redact_url(given.get(name)) if name == "origin" else given.get(name)
@@ -74,6 +74,18 @@ def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
                 f"{shown_given!r} differs from the unfinished run {run.id} ({shown_stored!r}); "
                 "run with the same settings to continue it, or add --fresh to abandon it",
             )
+
+
+async def _check_pipeline(store: StateStore, resolved: Resolved) -> None:
+    """A job's pipeline is fixed once it has run: naming a job of another one is exit 2."""
+    settings = resolved.settings
+    latest = await store.latest_run(settings.job)
+    if latest is not None and latest.pipeline != settings.pipeline:
+        raise ConfigError(
+            resolved.explicit.get("pipeline", "--job"),
+            f"job {settings.job!r} is a {latest.pipeline} job (fixed once it has run), not "
+            f"{settings.pipeline}; give another --job for a {settings.pipeline} job",
+        )
 
 
 def _origin_with_secret(
@@ -156,6 +168,7 @@ async def _prepare_locked(
     resolved = request.resolved
     settings = resolved.settings
     job = settings.job
+    await _check_pipeline(store, resolved)
     unfinished = None if request.dry_run else await store.unfinished_run(job)
     if request.resume_only and unfinished is None:
         raise RunConflict(

@@ -101,7 +101,14 @@ _RUN_COLUMNS = (
 
 def _run(row: Sequence[Any]) -> RunRecord:
     settings = json.loads(row[4])
-    codec = codec_for(str(settings.get("pipeline") or DEFAULT_PIPELINE))
+    pipeline = str(settings.get("pipeline") or DEFAULT_PIPELINE)
+    try:
+        codec = codec_for(pipeline)
+    except KeyError:
+        raise NewerState(
+            f"run {row[0]} of job {row[1]!r} is of the pipeline {pipeline!r}, which this "
+            "tui-backfill does not know (written by a newer version?)"
+        ) from None
     return RunRecord(
         id=row[0],
         job=row[1],

@@ -1,0 +1,91 @@
+"""A job's pipeline is part of the job: set by `pipeline` (flag, environment or TOML, also
+under [jobs.NAME]), stored with its runs, fixed once the job has run."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import tool, tool_env
+from keys_pipeline import NAME as KEYS_PIPELINE
+from keys_pipeline import new_run
+
+from tui_backfill.config import resolve
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.prepare import RunRequest, prepare_run
+from tui_backfill.state.sqlite import StateStore
+
+
+async def test_a_job_of_another_pipeline_is_exit_2_before_any_work(
+    tmp_path: Path, rclone_s3: Any
+) -> None:
+    state = tmp_path / "state.sqlite3"
+    store = await StateStore.open(str(state))
+    try:
+        await new_run(store, "keys", ["a", "b"])  # a job of the test pipeline
+    finally:
+        await store.close()
+    resolved = resolve(
+        {
+            "state": str(state), "job": "keys", "skus_file": str(tmp_path / "none.txt"),
+            "origin": "http://127.0.0.1:9/{sku}_{angle}", "bucket": rclone_s3.bucket,
+        },
+        env={},
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=f"job 'keys' is a {KEYS_PIPELINE} job") as caught:
+        await prepare_run(RunRequest(resolved), env={})
+    assert caught.value.field == "--job"
+    conn = sqlite3.connect(state)
+    try:  # nothing was started, abandoned or added
+        assert conn.execute("SELECT count(*), min(status) FROM runs").fetchone() == (1, "running")
+    finally:
+        conn.close()
+
+
+async def test_a_run_stores_its_pipeline_and_a_toml_job_names_it(
+    tmp_path: Path, rclone_s3: Any, origin: Any
+) -> None:
+    skus = tmp_path / "skus.txt"
+    skus.write_text("100001\n100002\n")
+    config = tmp_path / "jobs.toml"
+    config.write_text(
+        f'[jobs.images]\npipeline = "mirror"\nskus_file = "{skus}"\n'
+        f'origin = "{origin.url_template}"\nbucket = "{rclone_s3.bucket}"\n'
+        f'endpoint_url = "{rclone_s3.endpoint_url}"\npath_style = true\n'
+    )
+    state = tmp_path / "state.sqlite3"
+    env = tool_env(rclone_s3)
+    result = await tool(
+        "run", "--no-ui", "--config", str(config), "--job", "images", "--state", str(state), env=env
+    )
+    assert result.rc == 0, result
+    conn = sqlite3.connect(state)
+    try:
+        (settings,) = conn.execute("SELECT settings FROM runs WHERE job = 'images'").fetchone()
+    finally:
+        conn.close()
+    assert '"pipeline": "mirror"' in settings
+
+
+async def test_a_run_of_a_pipeline_this_version_does_not_know_is_exit_2(
+    tmp_path: Path, rclone_s3: Any
+) -> None:
+    state = tmp_path / "state.sqlite3"
+    store = await StateStore.open(str(state))
+    try:
+        await new_run(store, "future", ["a"])
+    finally:
+        await store.close()
+    conn = sqlite3.connect(state)
+    try:
+        conn.execute("""UPDATE runs SET settings = '{"pipeline": "teleport"}'""")
+        conn.commit()
+    finally:
+        conn.close()
+    result = await tool("status", "--job", "future", "--state", str(state), env=tool_env(rclone_s3))
+    assert result.rc == 2, result
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and "--state" in lines[0] and "'teleport'" in lines[0], result.err
+    assert "Traceback" not in result.err
