@@ -198,11 +198,15 @@ def failed_rows(state: Path) -> set[tuple[str, int]]:
         conn.close()
 
 
-async def interrupted_status(job: Backfill, skus: list[str], state: str) -> dict[str, Any]:
+async def interrupted_status(job: Backfill, skus: list[str], signum: int) -> dict[str, Any]:
     """The interrupted run: not live, resumable, a valid checkpoint whose finished items are
     all in the bucket, bar those recorded as failed (with the checkpoint, in one transaction).
-    `state`: interrupted after a SIGKILL (a crash is not a pause), paused after a SIGTERM."""
+    A crash is not a pause: a run killed while it ran is interrupted; one killed before its
+    process took it (in the preflight of a resume) is as it was, paused after a SIGTERM."""
     status = await job.status()
+    if signum == signal.SIGTERM:
+        assert status["runStatus"] == "paused", status
+    state = "interrupted" if status["runStatus"] == "running" else "paused"
     assert status["live"] is False and status["state"] == state, status
     assert_valid_checkpoint(status, skus, ANGLES)
     keys = await job.bucket_keys()
@@ -268,9 +272,7 @@ async def run_chaos(rig: Rig, plan: Plan) -> dict[str, Any]:
         else:
             assert result.rc == 75, str(result)
             assert "SIGTERM" in result.err and result.json()["state"] == "paused"
-        await interrupted_status(
-            job, skus, "interrupted" if moment.signum == signal.SIGKILL else "paused"
-        )
+        await interrupted_status(job, skus, moment.signum)
         if random.Random(plan.seed + processes).random() < 0.5:
             running = await job.start("resume", "--no-ui", *job.job_flags())
         else:
