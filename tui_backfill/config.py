@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import os
 import re
 import tomllib
@@ -35,7 +36,13 @@ ENV_PREFIX = "TUI_BACKFILL_"
 DEFAULT_STATE = "state/tui-backfill.sqlite3"
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 ORIGIN_SCHEMES = ("http", "https", "ftp", "file")
-EXISTS_CHECKS = ("list", "head")
+
+
+class ExistsCheck(enum.StrEnum):
+    """How the image job knows an object exists before fetching it."""
+
+    LIST = "list"  # a listing of the page's key range: one request per 1,000 keys
+    HEAD = "head"  # a HEAD per item
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +98,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "exists_check",
-        str,
+        ExistsCheck,
         "list",
         "how existence is known: list (1 request per 1,000 keys) or head",
     ),
@@ -134,7 +141,7 @@ class Settings:
     checkpoint_every: int = 200
     max_attempts: int = 3
     backoff: float = 0.5
-    exists_check: str = "list"
+    exists_check: ExistsCheck = ExistsCheck.LIST
     upload_concurrency: int = 8
     max_bandwidth: str | None = None
     progress_interval: float = 5.0
@@ -196,6 +203,12 @@ def _coerce(option: Option, value: Any, field: str) -> Any:
             raise ConfigError(field, f"{value!r} is not a number of seconds") from None
     if not isinstance(value, str):
         raise ConfigError(field, f"{value!r} must be a string")
+    if issubclass(option.kind, enum.Enum):
+        try:
+            return option.kind(value)
+        except ValueError:
+            accepted = ", ".join(str(member.value) for member in option.kind)
+            raise ConfigError(field, f"{value!r}; accepted: {accepted}") from None
     return value
 
 
@@ -344,8 +357,11 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
         raise ConfigError(field("backoff"), "must not be negative")
     if settings.upload_concurrency < 1:
         raise ConfigError(field("upload_concurrency"), "must be at least 1")
-    if settings.exists_check not in EXISTS_CHECKS:
-        raise ConfigError(field("exists_check"), f"{settings.exists_check!r}; accepted: list, head")
+    if settings.exists_check not in tuple(ExistsCheck):
+        raise ConfigError(
+            field("exists_check"),
+            f"{settings.exists_check!r}; accepted: {', '.join(ExistsCheck)}",
+        )
     if settings.progress_interval <= 0:
         raise ConfigError(field("progress_interval"), "must be above zero")
     if settings.max_bandwidth is not None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tui_backfill import __version__
 from tui_backfill.config import OPTIONS, Resolved, resolve
+from tui_backfill.core.records import Command
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.outcomes import ConfigError
 
@@ -308,7 +309,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     holder = JobLock(resolved.settings.state, resolved.settings.job).holder()
     if holder is not None:
         # A live process holds the run (paused in place by a console): release it.
-        asyncio.run(_send(resolved.settings.state, resolved.settings.job, "resume"))
+        asyncio.run(_send(resolved.settings.state, resolved.settings.job, Command.RESUME))
         print(
             f"resume sent to job {resolved.settings.job!r} running in process {holder}",
             file=sys.stderr,
@@ -566,7 +567,7 @@ async def _forget_failed(store: StateStore, state: str, job: str, args: argparse
     return EXIT_OK
 
 
-async def _send(state: str, job: str, command: str, arg: str | None = None) -> None:
+async def _send(state: str, job: str, command: Command, arg: str | None = None) -> None:
     from tui_backfill.state.sqlite import open_state
 
     async with open_state(state) as store:
@@ -581,7 +582,7 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
     holder = lock.holder()
     if holder is None:
         raise ConfigError("--job", f"job {job!r} is not running (nothing to pause)")
-    await _send(state, job, "stop")
+    await _send(state, job, Command.STOP)
     print(f"pause sent to job {job!r} (process {holder})", file=sys.stderr)
     if args.no_wait:
         return EXIT_OK

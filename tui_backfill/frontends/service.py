@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_backfill.config import Resolved, validate
+from tui_backfill.core.records import Command
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.pipelines.mirror.snapshot import failed_item_json
 from tui_backfill.seams.keysets import key_file_page, load_key_file
@@ -290,7 +291,7 @@ class JobService:
             raise ApiError(409, f"job {self.job!r} is not running in this process")
         holder = await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
         if holder is not None:
-            await self._send("resume")
+            await self._send(Command.RESUME)
             return 202, {"message": f"resume sent to job {self.job!r} running in process {holder}"}
         from tui_backfill.pipelines.prepare import RunRequest
 
@@ -315,7 +316,7 @@ class JobService:
         holder = await asyncio.to_thread(lock.holder)
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to pause)")
-        await self._send("stop")
+        await self._send(Command.STOP)
         deadline = time.monotonic() + PAUSE_WAIT_SECONDS
         while await asyncio.to_thread(lock.holder) is not None:
             if time.monotonic() > deadline:
@@ -332,7 +333,7 @@ class JobService:
         holder = await self._holder_elsewhere()
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to hold)")
-        await self._send("hold")
+        await self._send(Command.HOLD)
         return 202, {"message": f"hold sent to job {self.job!r} running in process {holder}"}
 
     async def set_concurrency(self, value: int) -> tuple[int, dict[str, Any]]:
@@ -347,7 +348,7 @@ class JobService:
         holder = await self._holder_elsewhere()
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running")
-        await self._send("concurrency", str(value))
+        await self._send(Command.CONCURRENCY, str(value))
         return 202, {"message": f"concurrency {value} sent to job {self.job!r} (process {holder})"}
 
     # -- reading -----------------------------------------------------------------------------
@@ -607,6 +608,6 @@ class JobService:
             return None
         return await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
 
-    async def _send(self, command: str, arg: str | None = None) -> None:
+    async def _send(self, command: Command, arg: str | None = None) -> None:
         async with open_state(self.state_path) as store:
             await store.send_command(self.job, command, arg)

@@ -15,9 +15,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tui_backfill.config import BY_NAME, OPTIONS, Resolved, Settings, validate, validate_for_run
+from tui_backfill.config import (
+    BY_NAME,
+    OPTIONS,
+    ExistsCheck,
+    Resolved,
+    Settings,
+    validate,
+    validate_for_run,
+)
 from tui_backfill.core.engine import Engine, RunPlan
-from tui_backfill.core.records import RunRecord
+from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import StateUnavailable
 from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.pipelines.mirror.angles import parse_angles
@@ -207,7 +215,7 @@ async def _prepare_locked(
     if continuing:
         assert unfinished is not None
         run = unfinished
-        await store.set_run_status(run.id, "running", pid=os.getpid())
+        await store.set_run_status(run.id, RunStatus.RUNNING, pid=os.getpid())
     else:
         if unfinished is not None:
             await store.abandon_run(unfinished.id)
@@ -237,7 +245,7 @@ async def _prepare_locked(
             angles_spec=settings.angles,
             key_template=key_template(settings.key_template),
             only_missing=settings.only_missing,
-            exists_check=settings.exists_check,
+            exists_check=ExistsCheck(settings.exists_check),
             origin_label=redact_url(origin_url),
         ),
         store=store,

@@ -25,7 +25,7 @@ from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 import aiosqlite
 
 from tui_backfill.core.counters import CounterSet
-from tui_backfill.core.records import DEFAULT_PIPELINE, FailedItem, RunRecord, codec_for
+from tui_backfill.core.records import DEFAULT_PIPELINE, Command, FailedItem, RunRecord, codec_for
 from tui_backfill.core.snapshot import utc_now_iso
 from tui_backfill.core.store import StateBusy, StateUnavailable
 from tui_backfill.outcomes import ConfigError, JobBusy
@@ -688,7 +688,7 @@ class StateStore:
     # -- commands -------------------------------------------------------------------------
 
     @_classified
-    async def send_command(self, job: str, command: str, arg: str | None = None) -> None:
+    async def send_command(self, job: str, command: Command, arg: str | None = None) -> None:
         await self._write(
             "INSERT INTO commands (job, command, arg, created_at) VALUES (?, ?, ?, ?)",
             (job, command, arg, utc_now_iso()),

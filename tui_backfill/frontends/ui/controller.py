@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Protocol
 
-from tui_backfill.core.records import FailedItem
+from tui_backfill.core.records import Command, FailedItem
 from tui_backfill.frontends.status import job_status
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.snapshot import (
@@ -94,13 +94,13 @@ class AttachedController:
         return snapshot_from_json(data)
 
     async def pause(self) -> None:
-        await self._store.send_command(self.job, "hold")
+        await self._store.send_command(self.job, Command.HOLD)
 
     async def resume(self) -> None:
-        await self._store.send_command(self.job, "resume")
+        await self._store.send_command(self.job, Command.RESUME)
 
     async def set_concurrency(self, value: int) -> None:
-        await self._store.send_command(self.job, "concurrency", str(value))
+        await self._store.send_command(self.job, Command.CONCURRENCY, str(value))
 
     async def failed_items(self) -> list[FailedItem]:
         return await self._store.failed_items(self.job)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from tui_backfill.config import ExistsCheck
 from tui_backfill.core.pipeline import (
     Group,
     Item,
@@ -70,7 +71,7 @@ class MirrorPlan:
     angles_spec: str
     key_template: Template
     only_missing: bool
-    exists_check: str  # "list" or "head"
+    exists_check: ExistsCheck
     origin_label: str = ""
 
 
@@ -124,7 +125,7 @@ class _SkuPages:
         """The keys of this page's SKUs that are in the bucket, from a listing of their key
         range; None when a HEAD per item must tell instead."""
         plan = self._pipeline.plan
-        if not plan.only_missing or plan.exists_check != "list":
+        if not plan.only_missing or plan.exists_check is not ExistsCheck.LIST:
             return None
         template = plan.key_template
         if not template.sku_first:
@@ -188,7 +189,7 @@ class MirrorPipeline:
         if bad is not None:
             return bad
         if plan.only_missing and (
-            item.payload or plan.exists_check == "head" or not plan.key_template.sku_first
+            item.payload or plan.exists_check is ExistsCheck.HEAD or not plan.key_template.sku_first
         ):
             try:
                 exists, _ = await stages.stage(lambda: self.bucket.exists(item.key), Slot.IO)
