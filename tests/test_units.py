@@ -286,3 +286,11 @@ def test_origin_without_fields_gets_the_seed_naming_before_its_query() -> None:
     assert origin_template("https://h/get?key={sku}_{angle}").render_url("x", 1) == (
         "https://h/get?key=x_1"
     )
+
+
+def test_the_angle_spec_is_parsed_once_with_the_settings() -> None:
+    settings = resolve({"angles": "4,1-2"}, env={}).settings
+    assert settings.angles == "4,1-2" and settings.angle_list == (1, 2, 4)
+    assert settings.replace(angles="3").angle_list == (3,)
+    with pytest.raises(ConfigError, match="TUI_BACKFILL_ANGLES"):  # named where it came from
+        resolve({}, env={"TUI_BACKFILL_ANGLES": "3-1"})

@@ -150,6 +150,17 @@ class Settings:
     def bandwidth_bytes(self) -> int | None:
         return None if self.max_bandwidth is None else parse_size(self.max_bandwidth)
 
+    # The angle spec parsed once, when the settings are made (() while it is invalid: the
+    # validation names the field it came from).
+    angle_list: tuple[int, ...] = dataclasses.field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        try:
+            parsed = parse_angles(self.angles)
+        except ConfigError:
+            parsed = ()
+        object.__setattr__(self, "angle_list", parsed)
+
     def stored(self) -> dict[str, Any]:
         """The settings saved with a run: no secrets (the origin's password is removed)."""
         data = {o.name: getattr(self, o.name) for o in OPTIONS if o.stored}

@@ -28,7 +28,6 @@ from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import StateUnavailable
 from tui_backfill.outcomes import ConfigError, RunConflict
-from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.origins import open_origin, preflight_origin
@@ -237,7 +236,7 @@ async def _prepare_locked(
             env=env,
         )
         stack.push_async_callback(origin.close)
-    angles = parse_angles(settings.angles)
+    angles = settings.angle_list
     pipeline = MirrorPipeline(
         MirrorPlan(
             run_id=run.id,

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from tui_backfill.config import Resolved, Settings, validate_for_run
-from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.seams.keys import sku_problem
 from tui_backfill.seams.keysets import ScratchKeys
 from tui_backfill.seams.sources import check_source, sku_batches
@@ -50,7 +49,7 @@ async def _open_for_writing(stack: contextlib.AsyncExitStack, path: str) -> Text
 async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) -> dict[str, Any]:
     settings = await _settings_for(resolved)
     await asyncio.to_thread(check_source, settings)
-    angles = parse_angles(settings.angles)
+    angles = settings.angle_list
     template = key_template(settings.key_template)
     from tui_backfill.seams.bucket import Bucket
 
