@@ -163,6 +163,10 @@ class Snapshot(Protocol):
 
     def to_json(self) -> dict[str, Any]: ...
 
+    def counter_rows(self) -> list[list[tuple[str, str]]]:
+        """The console's counters: rows of (label, value) cells, labelled by the pipeline."""
+        ...
+
 
 class Pipeline(Protocol[S_co]):
     """One kind of job on the engine; `S_co` is its status snapshot."""

@@ -137,38 +137,22 @@ def _cells(pairs: list[tuple[str, str]], widths: tuple[int, ...]) -> Text:
 
 
 class CountersPanel(_Panel):
-    """Every key of the status snapshot, readable at a glance."""
+    """The pipeline's counters (for the image job every key of the brief), at a glance."""
 
     def show(self, snap: StatusSnapshot) -> None:
-        c = snap.counters
         if not self.changed(
-            (c, snap.concurrency, snap.in_flight, snap.last_update_at[:19], self.text_width)
+            (
+                snap.counters,
+                snap.concurrency,
+                snap.in_flight,
+                snap.last_update_at[:19],
+                self.text_width,
+            )
         ):
             return
         third = max((self.text_width - 4) // 3, 22)
         widths = (third, third, third)
-        rows = [
-            [
-                ("scannedSkus", f"{c.scanned_skus:,}"),
-                ("uploaded", f"{c.uploaded:,}"),
-                ("errorsTotal", f"{c.errors_total:,}"),
-            ],
-            [
-                ("plannedItems", f"{snap.planned_items:,}"),
-                ("skippedExists", f"{c.skipped_exists:,}"),
-                ("failedItems", f"{c.failed_items:,}"),
-            ],
-            [
-                ("attemptedDownloads", f"{c.attempted_downloads:,}"),
-                ("noRemote", f"{c.no_remote:,}"),
-                ("concurrency", f"{snap.concurrency}"),
-            ],
-            [
-                ("anglesPlanned", snap.angles_planned),
-                ("etaSkusRemaining", f"{snap.eta_skus_remaining:,}"),
-                ("inFlight", f"{snap.in_flight}"),
-            ],
-        ]
+        rows = snap.counter_rows()  # the pipeline's counters, with its labels
         lines = [_cells(row, widths) for row in rows]
         lines.append(
             Text(f"startedAt {snap.started_at}  lastUpdateAt {snap.last_update_at}", style="dim")

@@ -71,6 +71,32 @@ class StatusSnapshot:
     def eta_skus_remaining(self) -> int:
         return max(self.planned_skus - self.counters.scanned_skus, 0)
 
+    def counter_rows(self) -> list[list[tuple[str, str]]]:
+        """The console's counters panel: rows of three (label, value) cells, the brief's keys."""
+        c = self.counters
+        return [
+            [
+                ("scannedSkus", f"{c.scanned_skus:,}"),
+                ("uploaded", f"{c.uploaded:,}"),
+                ("errorsTotal", f"{c.errors_total:,}"),
+            ],
+            [
+                ("plannedItems", f"{self.planned_items:,}"),
+                ("skippedExists", f"{c.skipped_exists:,}"),
+                ("failedItems", f"{c.failed_items:,}"),
+            ],
+            [
+                ("attemptedDownloads", f"{c.attempted_downloads:,}"),
+                ("noRemote", f"{c.no_remote:,}"),
+                ("concurrency", f"{self.concurrency}"),
+            ],
+            [
+                ("anglesPlanned", self.angles_planned),
+                ("etaSkusRemaining", f"{self.eta_skus_remaining:,}"),
+                ("inFlight", f"{self.in_flight}"),
+            ],
+        ]
+
     def to_json(self) -> dict[str, Any]:
         c = self.counters
         # Items of the plan not in the bucket now: not done yet, noRemote or failed.
