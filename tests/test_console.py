@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from tui_backfill.config import resolve
 from tui_backfill.core.records import FailedItem
 from tui_backfill.frontends.ui.app import BackfillApp
 from tui_backfill.frontends.ui.controller import AttachedController, HttpController, LocalController
 from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import Counters, StatusSnapshot
 from tui_backfill.pipelines.prepare import RunRequest, prepare_run

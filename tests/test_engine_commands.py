@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tui_backfill.config import resolve
 from tui_backfill.outcomes import RunState
+from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.prepare import RunRequest, prepare_run
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginServer, expected_body

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING
 
 from helpers import KEY, one_line, run_args, tool, tool_env
 
-from tui_backfill.config import resolve
 from tui_backfill.core.records import FailedItem
 from tui_backfill.frontends.service import JobService
+from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.servers.origin import OriginServer

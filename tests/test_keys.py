@@ -19,8 +19,8 @@ from helpers import KEY, bucket_bytes, expected, run_args, tool, tool_env
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from tui_backfill.config import Settings
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import Settings
 from tui_backfill.pipelines.mirror.angles import MAX_ANGLE, parse_angles
 from tui_backfill.seams.keys import printable, sku_problem, visible
 from tui_backfill.seams.origins import open_origin

@@ -12,8 +12,8 @@ from helpers import tool, tool_env
 from keys_pipeline import NAME as KEYS_PIPELINE
 from keys_pipeline import new_run
 
-from tui_backfill.config import resolve
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.prepare import RunRequest, prepare_run
 from tui_backfill.state.sqlite import StateStore
 

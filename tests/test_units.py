@@ -9,9 +9,9 @@ from helpers import BRIEF_KEYS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tui_backfill.config import resolve
 from tui_backfill.core.snapshot import RateMeter, eta_seconds
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint, WatermarkTracker
 from tui_backfill.seams.templates import key_template, origin_template

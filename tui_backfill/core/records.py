@@ -8,7 +8,6 @@ with it. The registry lives here, below the store, so the store never imports a 
 from __future__ import annotations
 
 import enum
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -57,10 +56,9 @@ def register_codec(pipeline: str, codec: RunCodec) -> None:
 
 
 def codec_for(pipeline: str) -> RunCodec:
-    """The codec of a pipeline; the pipelines package registers them all when imported (by
-    name, so that the store, below the pipelines, can read any run without importing one)."""
-    if pipeline not in _CODECS:
-        importlib.import_module("tui_backfill.pipelines")
+    """The codec of a pipeline. The pipelines package registers them all when it is imported
+    (every front end and the run preparation import it), so that the store, below the
+    pipelines, reads any run without importing one. KeyError for a pipeline not registered."""
     try:
         return _CODECS[pipeline]
     except KeyError:

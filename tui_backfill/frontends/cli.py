@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tui_backfill import __version__
-from tui_backfill.config import OPTIONS, Resolved, resolve
 from tui_backfill.core.records import Command
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import OPTIONS, Resolved, resolve
 
 if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
@@ -418,8 +418,8 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     import os
 
-    from tui_backfill.config import validate_for_run
     from tui_backfill.frontends.api import check_bind
+    from tui_backfill.pipelines.config import validate_for_run
     from tui_backfill.seams.sources import check_source
 
     port = _port(args.port, "--port")

@@ -15,7 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tui_backfill.config import resolve
+from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.prepare import RunRequest
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
 from tui_backfill.servers.origin import OriginFaults, OriginServer

@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tui_backfill.config import Resolved, validate
 from tui_backfill.core.records import Command
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
+from tui_backfill.pipelines.config import Resolved, validate
 from tui_backfill.pipelines.mirror.snapshot import failed_item_json
 from tui_backfill.seams.keysets import key_file_page, load_key_file
 from tui_backfill.state.sqlite import JobLock, open_state

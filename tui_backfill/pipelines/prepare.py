@@ -15,7 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tui_backfill.config import (
+from tui_backfill.core.engine import Engine, RunPlan
+from tui_backfill.core.records import RunRecord, RunStatus
+from tui_backfill.core.store import StateUnavailable
+from tui_backfill.outcomes import ConfigError, RunConflict
+from tui_backfill.pipelines.config import (
     BY_NAME,
     OPTIONS,
     ExistsCheck,
@@ -24,10 +28,6 @@ from tui_backfill.config import (
     validate,
     validate_for_run,
 )
-from tui_backfill.core.engine import Engine, RunPlan
-from tui_backfill.core.records import RunRecord, RunStatus
-from tui_backfill.core.store import StateUnavailable
-from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.origins import open_origin, preflight_origin

@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, TextIO
 
-from tui_backfill.config import Resolved, Settings, validate_for_run
+from tui_backfill.pipelines.config import Resolved, Settings, validate_for_run
 from tui_backfill.seams.keys import sku_problem
 from tui_backfill.seams.keysets import ScratchKeys
 from tui_backfill.seams.sources import check_source, sku_batches

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from tui_backfill.config import ExistsCheck
 from tui_backfill.core.pipeline import (
     Group,
     Item,
@@ -27,6 +26,7 @@ from tui_backfill.core.records import FailedItem
 from tui_backfill.core.store import RunStore
 from tui_backfill.core.watermark import Position
 from tui_backfill.outcomes import BackfillError, NotFoundError
+from tui_backfill.pipelines.config import ExistsCheck
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.keys import printable, sku_problem
