@@ -22,14 +22,14 @@ class RateMeter:
         self._window = window
         self._samples: deque[tuple[float, float, float, float]] = deque()
 
-    def add(self, now: float, items: float, skus: float, nbytes: float) -> None:
+    def add(self, now: float, items: float, groups: float, nbytes: float) -> None:
         """Record cumulative totals at time `now` (monotonic seconds)."""
-        self._samples.append((now, items, skus, nbytes))
+        self._samples.append((now, items, groups, nbytes))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
             self._samples.popleft()
 
     def rates(self) -> tuple[float, float, float]:
-        """Items/s, SKUs/s and bytes/s over the window (zeros until two samples exist)."""
+        """Items/s, groups/s (SKUs/s for the image job) and bytes/s over the window (zeros until two samples exist)."""
         if len(self._samples) < 2:
             return 0.0, 0.0, 0.0
         t0, i0, s0, b0 = self._samples[0]
@@ -40,10 +40,10 @@ class RateMeter:
         return (i1 - i0) / span, (s1 - s0) / span, (b1 - b0) / span
 
 
-def eta_seconds(remaining_skus: int, skus_per_second: float) -> float | None:
+def eta_seconds(remaining_groups: int, groups_per_second: float) -> float | None:
     """Seconds left at the current rate; None while the rate is unknown."""
-    if remaining_skus <= 0:
+    if remaining_groups <= 0:
         return 0.0
-    if skus_per_second <= 0:
+    if groups_per_second <= 0:
         return None
-    return remaining_skus / skus_per_second
+    return remaining_groups / groups_per_second
