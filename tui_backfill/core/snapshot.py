@@ -22,9 +22,10 @@ class RateMeter:
         self._window = window
         self._samples: deque[tuple[float, float, float, float]] = deque()
 
-    def add(self, now: float, items: float, groups: float, nbytes: float) -> None:
-        """Record cumulative totals at time `now` (monotonic seconds)."""
-        self._samples.append((now, items, groups, nbytes))
+    def add(self, now: float, items: float, skus: float, nbytes: float) -> None:
+        """Record cumulative totals at time `now` (monotonic seconds); `skus`: groups scanned
+        (the keyword keeps the name the image job gave it)."""
+        self._samples.append((now, items, skus, nbytes))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
             self._samples.popleft()
 
