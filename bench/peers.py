@@ -434,6 +434,9 @@ class Bench:
             Origin(faults, object_size=OBJECT_SIZE, index=self.names()) as origin,
         ):
             self.s3, self.origin = s3, origin
+            for sku in self.skus:  # the bodies (and their palette: PIL) made now, not during the first run
+                for angle in range(1, ANGLES + 1):
+                    origin.body_for(sku, angle)
             if self.use_proxy:
                 async with CounterProcess(s3.endpoint_url) as proxy:
                     self.proxy, self.endpoint_url = proxy, proxy.endpoint_url
