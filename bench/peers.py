@@ -29,13 +29,18 @@ sampled during the work only), peak RSS, origin and S3 requests per object, how 
 origin slots were, and how busy each process was during the work (CPU seconds per second,
 sampled from /proc: the client, rclone serve s3, the proxy, the origin = this process, and the
 rest of the machine), so a result says which process was the bottleneck; with the ratios
-tui-backfill/minimal and tui-backfill/rclone and the limit C / L. Prints Markdown tables and
-appends them, with the machine, to bench/RESULTS.md (LEGEND explains the columns). Not part of
-the tests. The proxy adds a few ms to every S3 request (the minimal loop holds its slot through
-two of them); `--no-proxy` measures without it, and without S3 counts.
+tui-backfill/minimal and tui-backfill/rclone and the limit C / L. With a baseline, also the pair
+ratios new/old per case: each repetition's tui-backfill over its tui-backfill@NAME, for objects/s
+and client CPU per object, as the median over the repetitions with min–max, and whether each
+median is within ±5 %. Prints Markdown tables and appends them, with the machine, to
+bench/RESULTS.md (LEGEND explains the columns). Not part of the tests. The proxy adds a few ms
+to every S3 request (the minimal loop holds its slot through two of them); `--no-proxy`
+measures without it, and without S3 counts.
 
     .venv/bin/python bench/peers.py --latency 0.05 --concurrency 3 --objects 1200 --reps 3
     .venv/bin/python bench/peers.py --suite   # L=50 ms C=3, L=50 ms C=6, L=0 C=32
+    git worktree add --detach ../old-8f705c8 8f705c8   # then, this tree's against that commit's:
+    .venv/bin/python bench/peers.py --suite --reps 5 --baseline-tree ../old-8f705c8
 """
 
 from __future__ import annotations
@@ -114,6 +119,14 @@ Each section is one run of the benchmark: compare tools only within a section.
 - **CPU busy %**: CPU seconds per second during the work, sampled every 0.2 s from `/proc`:
   the client, `rclone serve s3`, the counting proxy, the origin (the benchmark's own process)
   and the rest (every other process on the machine, and the kernel); 100 % is one core.
+- **tui-backfill@NAME** (`--baseline-tree PATH`): tui-backfill from another source tree (e.g. a
+  worktree of an older commit, NAME its short commit), with the same command line, this venv's
+  interpreter and `PYTHONPATH=PATH`; run back to back with tui-backfill (this tree's), in
+  alternating order. `--only-tui`: only these two, no ratio to the other tools.
+- **pair ratios new/old**: per repetition, this tree's tui-backfill's figure over
+  tui-backfill@NAME's of the same repetition; the median over the repetitions (min–max). obj/s:
+  higher is better; client CPU ms/obj (process with startup, and during the work only): lower is
+  better. "within ±5 %" when the median is 0.95–1.05×, else "better" or "WORSE".
 """
 
 
@@ -633,6 +646,48 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
     return "\n".join([*main, "", *diagnosis, "", *ratios])
 
 
+@dataclass
+class Pairs:
+    """This tree's tui-backfill over the baseline's, one ratio per repetition (its two runs)."""
+
+    rate: list[float]  # objects/s, new / old
+    cpu: list[float]  # client CPU ms per object (process, with startup), new / old
+    work_cpu: list[float]  # the same during the work only (sampled)
+
+    @classmethod
+    def of(cls, new: list[Run], old: list[Run]) -> Pairs:
+        pairs = list(zip(new, old, strict=True))  # both lists in repetition order
+        return cls(rate=[n.rate / o.rate for n, o in pairs],
+                   cpu=[(n.cpu / n.handled) / (o.cpu / o.handled) for n, o in pairs],
+                   work_cpu=[(n.work_cpu / n.handled) / (o.work_cpu / o.handled) for n, o in pairs])
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.3f}× ({min(ratios):.3f}–{max(ratios):.3f})"
+
+
+def _verdict(what: str, ratios: list[float], higher_is_better: bool) -> str:
+    median = statistics.median(ratios)
+    if abs(median - 1) <= 0.05:
+        return f"{what} new/old {median:.3f}×: within ±5 %"
+    better = (median > 1) == higher_is_better
+    return f"{what} new/old {median:.3f}×: outside ±5 % ({'better' if better else 'WORSE'})"
+
+
+def pair_table(pairs: list[tuple[Case, Pairs]]) -> str:
+    """The pair ratios new/old per case (medians over the repetitions, min–max), then one line per
+    case saying whether each median is within ±5 %."""
+    rows = ["| case | pairs | obj/s new/old: median (min–max) | client CPU ms/obj new/old: process, median (min–max)"
+            " | client CPU ms/obj new/old: work, median (min–max) |",
+            "|---|---:|---:|---:|---:|"]
+    lines = []
+    for case, p in pairs:
+        rows.append(f"| {case.label} | {len(p.rate)} | {_spread(p.rate)} | {_spread(p.cpu)} | {_spread(p.work_cpu)} |")
+        lines.append(f"- {case.label}: {_verdict('obj/s', p.rate, True)}; {_verdict('CPU/obj (process)', p.cpu, False)}"
+                     f" (work only: {statistics.median(p.work_cpu):.3f}×).")
+    return "\n".join([*rows, "", *lines])
+
+
 def machine(baseline: Baseline | None = None) -> str:
     model = "unknown"
     with open("/proc/cpuinfo", encoding="utf-8") as f:
@@ -659,7 +714,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-proxy", action="store_true", help="talk to rclone serve s3 directly (no S3 request counts)")
     p.add_argument("--baseline-tree", type=Path, default=None,
                    help="another source tree (e.g. a worktree of an older commit) whose tui-backfill runs too, interleaved,"
-                        " with this venv's interpreter and dependencies")
+                        " with this venv's interpreter and dependencies; reports the pair ratios new (this tree) / old (it)")
     p.add_argument("--baseline-label", default=None, help="its name: tui-backfill@NAME (default its short commit)")
     p.add_argument("--only-tui", action="store_true", help="run only the tui-backfills (no minimal loop, rclone, GET-only)")
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="Markdown file the table is appended to")
@@ -674,8 +729,8 @@ def contenders(args: argparse.Namespace) -> Baseline | None:
         tree = args.baseline_tree.resolve()
         if tree == REPO:
             raise SystemExit(f"--baseline-tree {tree} is this tree")
-        label = args.baseline_label or subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"],
-                                                      capture_output=True, text=True, check=True).stdout.strip()
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        label = args.baseline_label or head.strip() or tree.name  # a tree outside git: its directory's name
         baseline = Baseline(tree, label)
     new_package = tui_package([sys.executable], dict(os.environ))
     print(f"{TUI} runs {new_package}", flush=True)
@@ -699,13 +754,20 @@ async def main(args: argparse.Namespace) -> None:
     about = machine(baseline)
     print(about, flush=True)
     results: list[tuple[Case, dict[str, Summary]]] = []
+    pairs: list[tuple[Case, Pairs]] = []
     for c in cases:
         with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
             print(f"{c.name}: {c.objects // ANGLES * ANGLES} objects of {OBJECT_SIZE // 1024} KiB, "
                   f"{100 * c.missing:.0f} % 404, {args.reps} repetitions", flush=True)
             runs = await Bench(c, args.reps, Path(tmp), not args.no_proxy, baseline, args.only_tui).run()
         results.append((c, {tool: summarize(r) for tool, r in runs.items()}))
+        if baseline is not None:
+            pairs.append((c, Pairs.of(runs[TUI], runs[baseline.tool])))
     text = table(results)
+    if baseline is not None:
+        text += (f"\n\nPair ratios new/old, new = {TUI} (this tree), old = {baseline.tool}: per repetition, its two"
+                 f" runs (back to back, in alternating order); acceptance asks the medians to stay within ±5 %"
+                 f" (obj/s at L = 50 ms, CPU/obj at L = 0).\n\n{pair_table(pairs)}")
     print(text)
     command = shlex.join([".venv/bin/python", "bench/peers.py", *sys.argv[1:]])
     through = "through the counting proxy" if not args.no_proxy else "straight to rclone serve s3 (not counted)"
