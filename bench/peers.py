@@ -13,7 +13,14 @@ rotating order, the same N objects (N/3 SKUs x angles 1-3) into fresh buckets wi
   those;
 - the GET-only ceiling (`bench/get_loop.py`): aiohttp GETs alone, C at a time, nothing
   written: what any client can reach against this origin (L plus the per-request cost of the
-  loopback and of aiohttp at both ends).
+  loopback and of aiohttp at both ends);
+- with `--baseline-tree PATH`, a second tui-backfill, `tui-backfill@NAME` (`--baseline-label`,
+  default the tree's short commit): the same `run --no-ui` command line, run by this venv's
+  interpreter with `-P` and `PYTHONPATH=PATH`, so with that tree's own code (e.g. a worktree of
+  an older commit; it must take the same flags and dependencies). The two tui-backfills are one
+  unit of the rotation, run back to back, this tree's first in even repetitions. Before the
+  runs, the package each one imports is checked and printed, and both are compiled to bytecode.
+  `--only-tui` leaves the other tools out.
 
 Reports medians over the repetitions of: objects/s (objects written + 404s handled, per second
 of work: the run's own startedAt..lastUpdateAt, the loop's own timer, rclone's elapsed time),
@@ -22,13 +29,18 @@ sampled during the work only), peak RSS, origin and S3 requests per object, how 
 origin slots were, and how busy each process was during the work (CPU seconds per second,
 sampled from /proc: the client, rclone serve s3, the proxy, the origin = this process, and the
 rest of the machine), so a result says which process was the bottleneck; with the ratios
-tui-backfill/minimal and tui-backfill/rclone and the limit C / L. Prints Markdown tables and
-appends them, with the machine, to bench/RESULTS.md (LEGEND explains the columns). Not part of
-the tests. The proxy adds a few ms to every S3 request (the minimal loop holds its slot through
-two of them); `--no-proxy` measures without it, and without S3 counts.
+tui-backfill/minimal and tui-backfill/rclone and the limit C / L. With a baseline, also the pair
+ratios new/old per case: each repetition's tui-backfill over its tui-backfill@NAME, for objects/s
+and client CPU per object, as the median over the repetitions with min–max, and whether each
+median is within ±5 %. Prints Markdown tables and appends them, with the machine, to
+bench/RESULTS.md (LEGEND explains the columns). Not part of the tests. The proxy adds a few ms
+to every S3 request (the minimal loop holds its slot through two of them); `--no-proxy`
+measures without it, and without S3 counts.
 
     .venv/bin/python bench/peers.py --latency 0.05 --concurrency 3 --objects 1200 --reps 3
     .venv/bin/python bench/peers.py --suite   # L=50 ms C=3, L=50 ms C=6, L=0 C=32
+    git worktree add --detach ../old-8f705c8 8f705c8   # then, this tree's against that commit's:
+    .venv/bin/python bench/peers.py --suite --reps 5 --baseline-tree ../old-8f705c8
 """
 
 from __future__ import annotations
@@ -61,7 +73,8 @@ from tui_backfill.servers.rclone_s3 import RcloneS3, find_rclone
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-TOOLS = ("tui-backfill", "minimal", "rclone", "get-only")
+TUI = "tui-backfill"
+TOOLS = (TUI, "minimal", "rclone", "get-only")
 ANGLES = 3
 OBJECT_SIZE = 64 * 1024
 SUITE = ((0.05, 3, 1200), (0.05, 6, 1200), (0.0, 32, 3000))  # latency, concurrency, objects
@@ -106,6 +119,14 @@ Each section is one run of the benchmark: compare tools only within a section.
 - **CPU busy %**: CPU seconds per second during the work, sampled every 0.2 s from `/proc`:
   the client, `rclone serve s3`, the counting proxy, the origin (the benchmark's own process)
   and the rest (every other process on the machine, and the kernel); 100 % is one core.
+- **tui-backfill@NAME** (`--baseline-tree PATH`): tui-backfill from another source tree (e.g. a
+  worktree of an older commit, NAME its short commit), with the same command line, this venv's
+  interpreter and `PYTHONPATH=PATH`; run back to back with tui-backfill (this tree's), in
+  alternating order. `--only-tui`: only these two, no ratio to the other tools.
+- **pair ratios new/old**: per repetition, this tree's tui-backfill's figure over
+  tui-backfill@NAME's of the same repetition; the median over the repetitions (min–max). obj/s:
+  higher is better; client CPU ms/obj (process with startup, and during the work only): lower is
+  better. "within ±5 %" when the median is 0.95–1.05×, else "better" or "WORSE".
 """
 
 
@@ -169,6 +190,29 @@ class Case:
     @property
     def limit(self) -> float | None:
         return self.concurrency / self.latency if self.latency > 0 else None
+
+
+@dataclass
+class Baseline:
+    """A second tui-backfill from another source tree (e.g. a worktree of an older commit), run by
+    this interpreter (its venv's dependencies) with the tree first on PYTHONPATH and `-P`: without
+    it, `-m` puts the working directory (often this tree) first on sys.path. This venv's editable
+    install of this tree is a meta-path finder consulted only after sys.path."""
+
+    tree: Path
+    label: str
+
+    @property
+    def tool(self) -> str:
+        return f"{TUI}@{self.label}"
+
+    @property
+    def interpreter(self) -> list[str]:
+        return [sys.executable, "-P"]
+
+    def env(self, base: dict[str, str]) -> dict[str, str]:
+        path = [str(self.tree), *filter(None, [base.get("PYTHONPATH")])]
+        return {**base, "PYTHONPATH": os.pathsep.join(path)}
 
 
 @dataclass
@@ -289,10 +333,36 @@ def snapshot_seconds(snap: dict[str, Any]) -> float:
     return epoch(snap["lastUpdateAt"]) - epoch(snap["startedAt"])
 
 
+def tui_package(interpreter: list[str], env: dict[str, str]) -> Path:
+    """The `tui_backfill` package directory that this interpreter command and environment import
+    (as the run's `-m tui_backfill` would, from the same working directory), compiled to bytecode
+    first, so that no contender's first run pays for compiling it."""
+    code = "import tui_backfill; print(tui_backfill.__file__)"
+    out = subprocess.run([*interpreter, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    package = Path(out.strip()).resolve().parent
+    subprocess.run([*interpreter, "-m", "compileall", "-q", str(package)], env=env, check=True, stdout=subprocess.DEVNULL)
+    return package
+
+
+def git_describe(tree: Path) -> str:
+    """`abc1234`, or `abc1234 with uncommitted changes in tui_backfill/`."""
+    head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(tree), "status", "--porcelain", "--", "tui_backfill"],
+                           capture_output=True, text=True).stdout.strip()
+    return f"{head}{' with uncommitted changes in tui_backfill/' if dirty else ''}"
+
+
 # -- the benchmark -------------------------------------------------------------------------
 class Bench:
-    def __init__(self, case: Case, reps: int, tmp: Path, use_proxy: bool) -> None:
+    def __init__(self, case: Case, reps: int, tmp: Path, use_proxy: bool,
+                 baseline: Baseline | None = None, only_tui: bool = False) -> None:
         self.case = case
+        self.baseline = baseline
+        # the rotation's units: the two tui-backfills are one unit, run back to back (in
+        # alternating order), so each repetition's pair sees the same moment of the machine
+        tui = (TUI, baseline.tool) if baseline is not None else (TUI,)
+        self.units: list[tuple[str, ...]] = [tui, *([] if only_tui else [(t,) for t in TOOLS if t != TUI])]
+        self.tools = [t for unit in self.units for t in unit]
         self.reps = reps
         self.tmp = tmp
         self.use_proxy = use_proxy
@@ -305,7 +375,10 @@ class Bench:
         self.endpoint_url = ""
 
     def bucket(self, rep: int, tool: str) -> str:
-        return f"r{rep}-{tool}"
+        return f"r{rep}-{'tui-baseline' if self.is_baseline(tool) else tool}"  # a label may not suit a bucket name
+
+    def is_baseline(self, tool: str) -> bool:
+        return self.baseline is not None and tool == self.baseline.tool
 
     def prepare(self) -> None:
         skus = self.case.objects // ANGLES
@@ -326,10 +399,13 @@ class Bench:
         c, s3, origin = self.case, self.s3, self.origin
         assert s3 is not None and origin is not None
         env = self.base_env()
-        if tool == "tui-backfill":
+        if tool.startswith(TUI):
             argv = run_argv(state=self.tmp / f"{bucket}.sqlite3", skus_file=self.skus_file, origin=origin.index_template,
                             bucket=bucket, endpoint_url=self.endpoint_url, skus=len(self.skus), concurrency=c.concurrency,
                             upload_concurrency=c.upload_concurrency, extra=["--angles", f"1-{ANGLES}"])
+            if self.is_baseline(tool):  # the same command line (8f705c8's `run` takes all of it), its tree's code
+                assert self.baseline is not None and argv[:3] == [sys.executable, "-m", "tui_backfill"], argv
+                argv, env = [*self.baseline.interpreter, *argv[1:]], self.baseline.env(env)
         elif tool == "get-only":
             argv = [sys.executable, str(BENCH / "get_loop.py"), "--skus-file", str(self.skus_file), "--angles", str(ANGLES),
                     "--concurrency", str(c.concurrency), "--origin", origin.index_template]
@@ -386,7 +462,7 @@ class Bench:
             raise RuntimeError(f"{tool} exited {rc}: {stderr[-2000:]}")
         total = self.case.objects // ANGLES * ANGLES
         written = sum(1 for p in (s3.data_dir / bucket).rglob("*") if p.is_file())
-        if tool == "tui-backfill":
+        if tool.startswith(TUI):
             snap = json.loads(stdout)
             assert snap["state"] == "completed" and snap["failedItems"] == 0, snap
             assert (snap["uploaded"], snap["noRemote"]) == (written, self.expected_missing), snap
@@ -426,7 +502,7 @@ class Bench:
 
     async def run(self) -> dict[str, list[Run]]:
         self.prepare()
-        buckets = [self.bucket(r, t) for r in range(self.reps) for t in TOOLS]
+        buckets = [self.bucket(r, t) for r in range(self.reps) for t in self.tools]
         faults = OriginFaults(latency=self.case.latency, missing_fraction=self.case.missing)
         # every bucket exists before rclone starts: it caches its directory list
         async with (
@@ -434,6 +510,9 @@ class Bench:
             Origin(faults, object_size=OBJECT_SIZE, index=self.names()) as origin,
         ):
             self.s3, self.origin = s3, origin
+            for sku in self.skus:  # the bodies (and their palette: PIL) made now, not during the first run
+                for angle in range(1, ANGLES + 1):
+                    origin.body_for(sku, angle)
             if self.use_proxy:
                 async with CounterProcess(s3.endpoint_url) as proxy:
                     self.proxy, self.endpoint_url = proxy, proxy.endpoint_url
@@ -442,13 +521,14 @@ class Bench:
             return await self._reps()
 
     async def _reps(self) -> dict[str, list[Run]]:
-        runs: dict[str, list[Run]] = {t: [] for t in TOOLS}
+        runs: dict[str, list[Run]] = {t: [] for t in self.tools}
         for rep in range(self.reps):
-            order = TOOLS[rep % len(TOOLS):] + TOOLS[:rep % len(TOOLS)]
+            units = self.units[rep % len(self.units):] + self.units[:rep % len(self.units)]
+            order = [t for unit in units for t in (unit if rep % 2 == 0 else unit[::-1])]
             for tool in order:
                 run = await self.one(rep, tool)
                 runs[tool].append(run)
-                print(f"  {self.case.name}, rep {rep + 1}/{self.reps}, {tool:12}: {run.rate:7.1f} obj/s"
+                print(f"  {self.case.name}, rep {rep + 1}/{self.reps}, {tool:20}: {run.rate:7.1f} obj/s"
                       f" ({run.handled} in {run.work:.2f} s; process {run.wall:.2f} s; origin span {run.origin_span:.2f} s,"
                       f" slots {100 * run.slots_busy:.0f} % busy),"
                       f" {run.cpu * 1000 / run.handled:.2f} ms CPU/obj ({run.work_cpu * 1000 / run.handled:.2f} during the work),"
@@ -556,6 +636,8 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
               " | CPU/obj tui-backfill / minimal: process (work) | CPU/obj tui-backfill / rclone: process (work) |",
               "|---|---:|---:|---:|---:|---:|---:|"]
     for case, s in results:
+        if not {"minimal", "rclone", "get-only"} <= s.keys():  # --only-tui
+            return "\n".join([*main, "", *diagnosis])
         tui, mini, rcl, ceiling = s["tui-backfill"], s["minimal"], s["rclone"], s["get-only"]
         limit = f"{case.limit:.0f} obj/s" if case.limit else "CPU"
         ratios.append(f"| {case.label} | {limit} | {100 * tui.rate / ceiling.rate:.0f} % | {tui.rate / mini.rate:.2f}× | {tui.rate / rcl.rate:.2f}×"
@@ -564,7 +646,49 @@ def table(results: list[tuple[Case, dict[str, Summary]]]) -> str:
     return "\n".join([*main, "", *diagnosis, "", *ratios])
 
 
-def machine() -> str:
+@dataclass
+class Pairs:
+    """This tree's tui-backfill over the baseline's, one ratio per repetition (its two runs)."""
+
+    rate: list[float]  # objects/s, new / old
+    cpu: list[float]  # client CPU ms per object (process, with startup), new / old
+    work_cpu: list[float]  # the same during the work only (sampled)
+
+    @classmethod
+    def of(cls, new: list[Run], old: list[Run]) -> Pairs:
+        pairs = list(zip(new, old, strict=True))  # both lists in repetition order
+        return cls(rate=[n.rate / o.rate for n, o in pairs],
+                   cpu=[(n.cpu / n.handled) / (o.cpu / o.handled) for n, o in pairs],
+                   work_cpu=[(n.work_cpu / n.handled) / (o.work_cpu / o.handled) for n, o in pairs])
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{statistics.median(ratios):.3f}× ({min(ratios):.3f}–{max(ratios):.3f})"
+
+
+def _verdict(what: str, ratios: list[float], higher_is_better: bool) -> str:
+    median = statistics.median(ratios)
+    if abs(median - 1) <= 0.05:
+        return f"{what} new/old {median:.3f}×: within ±5 %"
+    better = (median > 1) == higher_is_better
+    return f"{what} new/old {median:.3f}×: outside ±5 % ({'better' if better else 'WORSE'})"
+
+
+def pair_table(pairs: list[tuple[Case, Pairs]]) -> str:
+    """The pair ratios new/old per case (medians over the repetitions, min–max), then one line per
+    case saying whether each median is within ±5 %."""
+    rows = ["| case | pairs | obj/s new/old: median (min–max) | client CPU ms/obj new/old: process, median (min–max)"
+            " | client CPU ms/obj new/old: work, median (min–max) |",
+            "|---|---:|---:|---:|---:|"]
+    lines = []
+    for case, p in pairs:
+        rows.append(f"| {case.label} | {len(p.rate)} | {_spread(p.rate)} | {_spread(p.cpu)} | {_spread(p.work_cpu)} |")
+        lines.append(f"- {case.label}: {_verdict('obj/s', p.rate, True)}; {_verdict('CPU/obj (process)', p.cpu, False)}"
+                     f" (work only: {statistics.median(p.work_cpu):.3f}×).")
+    return "\n".join([*rows, "", *lines])
+
+
+def machine(baseline: Baseline | None = None) -> str:
     model = "unknown"
     with open("/proc/cpuinfo", encoding="utf-8") as f:
         for line in f:
@@ -572,13 +696,10 @@ def machine() -> str:
                 model = line.split(":", 1)[1].strip()
                 break
     rclone = subprocess.run([find_rclone(), "version"], capture_output=True, text=True).stdout.split("\n", 1)[0]
-    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "tui_backfill"],
-                           capture_output=True, text=True).stdout.strip()
+    other = f"; {baseline.tool} at {git_describe(baseline.tree)} from {baseline.tree}" if baseline is not None else ""
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     return (f"{dt.datetime.now(dt.UTC):%Y-%m-%d %H:%M} UTC; {os.cpu_count()} CPUs ({model}); Python {platform.python_version()};"
-            f" {rclone}; tui-backfill at {head}{' with uncommitted changes in tui_backfill/' if dirty else ''};"
-            f" load average at start {load}")
+            f" {rclone}; tui-backfill at {git_describe(REPO)}{other}; load average at start {load}")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -591,8 +712,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--upload-concurrency", type=int, default=None, help="tui-backfill's --upload-concurrency (default max(8, C))")
     p.add_argument("--suite", action="store_true", help="the issue's cases: L=50 ms C=3, L=50 ms C=6, L=0 C=32")
     p.add_argument("--no-proxy", action="store_true", help="talk to rclone serve s3 directly (no S3 request counts)")
+    p.add_argument("--baseline-tree", type=Path, default=None,
+                   help="another source tree (e.g. a worktree of an older commit) whose tui-backfill runs too, interleaved,"
+                        " with this venv's interpreter and dependencies; reports the pair ratios new (this tree) / old (it)")
+    p.add_argument("--baseline-label", default=None, help="its name: tui-backfill@NAME (default its short commit)")
+    p.add_argument("--only-tui", action="store_true", help="run only the tui-backfills (no minimal loop, rclone, GET-only)")
     p.add_argument("--results", type=Path, default=BENCH / "RESULTS.md", help="Markdown file the table is appended to")
     return p.parse_args(argv)
+
+
+def contenders(args: argparse.Namespace) -> Baseline | None:
+    """The baseline, if any; checks (and says) which code each tui-backfill will run: this tree's,
+    and the baseline's from its own tree."""
+    baseline = None
+    if args.baseline_tree is not None:
+        tree = args.baseline_tree.resolve()
+        if tree == REPO:
+            raise SystemExit(f"--baseline-tree {tree} is this tree")
+        head = subprocess.run(["git", "-C", str(tree), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout
+        label = args.baseline_label or head.strip() or tree.name  # a tree outside git: its directory's name
+        baseline = Baseline(tree, label)
+    new_package = tui_package([sys.executable], dict(os.environ))
+    print(f"{TUI} runs {new_package}", flush=True)
+    if new_package != REPO / "tui_backfill":
+        raise SystemExit(f"{TUI} would import {new_package}, not {REPO / 'tui_backfill'}: run from this tree, with its venv")
+    if baseline is not None:
+        old_package = tui_package(baseline.interpreter, baseline.env(dict(os.environ)))
+        print(f"{baseline.tool} runs {old_package}", flush=True)
+        if old_package != baseline.tree / "tui_backfill":
+            raise SystemExit(f"{baseline.tool} would import {old_package}, not {baseline.tree / 'tui_backfill'}")
+    return baseline
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -601,16 +750,24 @@ async def main(args: argparse.Namespace) -> None:
                     args.upload_concurrency or max(8, concurrency))
 
     cases = [case(*c) for c in SUITE] if args.suite else [case(args.latency, args.concurrency, 1200)]
-    about = machine()
+    baseline = contenders(args)
+    about = machine(baseline)
     print(about, flush=True)
     results: list[tuple[Case, dict[str, Summary]]] = []
+    pairs: list[tuple[Case, Pairs]] = []
     for c in cases:
         with tempfile.TemporaryDirectory(prefix="bench-peers-") as tmp:
             print(f"{c.name}: {c.objects // ANGLES * ANGLES} objects of {OBJECT_SIZE // 1024} KiB, "
                   f"{100 * c.missing:.0f} % 404, {args.reps} repetitions", flush=True)
-            runs = await Bench(c, args.reps, Path(tmp), not args.no_proxy).run()
+            runs = await Bench(c, args.reps, Path(tmp), not args.no_proxy, baseline, args.only_tui).run()
         results.append((c, {tool: summarize(r) for tool, r in runs.items()}))
+        if baseline is not None:
+            pairs.append((c, Pairs.of(runs[TUI], runs[baseline.tool])))
     text = table(results)
+    if baseline is not None:
+        text += (f"\n\nPair ratios new/old, new = {TUI} (this tree), old = {baseline.tool}: per repetition, its two"
+                 f" runs (back to back, in alternating order); acceptance asks the medians to stay within ±5 %"
+                 f" (obj/s at L = 50 ms, CPU/obj at L = 0).\n\n{pair_table(pairs)}")
     print(text)
     command = shlex.join([".venv/bin/python", "bench/peers.py", *sys.argv[1:]])
     through = "through the counting proxy" if not args.no_proxy else "straight to rclone serve s3 (not counted)"
