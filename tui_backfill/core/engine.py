@@ -47,6 +47,7 @@ PUBLISH_EVERY = 0.5  # seconds between snapshots written to the state for other 
 COMMAND_POLL = 0.5
 SAMPLE_EVERY = 0.5
 UNREACHABLE_IN_A_ROW = 20  # refused connections / DNS failures with no success between: stop
+PARK_SECONDS = 5.0  # how long items that met an unreachable origin wait for the breaker's verdict
 FAILED_LOG_BURST = 20  # failed items logged one by one per FAILED_LOG_WINDOW, then summed up
 FAILED_LOG_WINDOW = 10.0
 
@@ -118,6 +119,7 @@ class Engine(Generic[S]):
         self._resumed = asyncio.Event()
         self._redo: list[Item] = []  # items interrupted by a hold, dispatched again on resume
         self._parked: list[tuple[Item, Result]] = []  # failed while the origin was unreachable
+        self._parked_since = 0.0
         self._unreachable_in_a_row = 0
         self._state = RunState.RUNNING
         self._fatal: FatalError | None = None
@@ -132,8 +134,9 @@ class Engine(Generic[S]):
         self._saved_at = plan.checkpoint_saved_at
         self._saved_group: str | None = plan.position.last
         self._ended_at: str | None = None  # when this process's part of the run ended
-        self._stored_concurrency = plan.concurrency
+        self._stored_concurrency: int | None = None  # written with the first commit
         self._beat_errors: set[str] = set()  # heartbeat failures already logged
+        self._tracebacks: set[type[BaseException]] = set()  # internal errors already logged
         self._failed_logged = 0
         self._failed_unlogged = 0
         self._failed_window = 0.0
@@ -261,8 +264,14 @@ class Engine(Generic[S]):
                 await self._drain()
                 await self._record_parked()
             except FatalError as exc:
-                if self._fatal is None:
-                    self._fatal = exc
+                self._fatal = exc
+                await self._abandon_in_flight()
+            except Exception as exc:  # a bug outside any item (say, in a source's page)
+                log.exception("the run stops: unexpected error (the checkpoint is kept)")
+                self._fatal = FatalError(
+                    f"internal error: {exc.__class__.__name__}: {exc}", code="internal"
+                )
+                self.stop()
                 await self._abandon_in_flight()
             except asyncio.CancelledError:
                 # Cancelled from outside (a second signal): still leave a resumable checkpoint.
@@ -294,8 +303,6 @@ class Engine(Generic[S]):
             exit_code = 1 if self.counters.failed_items or self.counters.carryover_failed else 0
         message = self._fatal.message if self._fatal else None
         self._log_unlogged_failures()
-        with contextlib.suppress(Exception):
-            await self._persist_concurrency()
         try:
             await self._commit(status=status, exit_code=exit_code, message=message)
         except FatalError:
@@ -304,51 +311,54 @@ class Engine(Generic[S]):
 
     async def _heartbeat(self) -> None:
         """Sample rates, publish the snapshot for other processes, poll the command channel.
-        It outlives any error of its own: a dead heartbeat would leave commands unread."""
+        Each step outlives its own errors: a dead heartbeat, or one whose first step keeps
+        failing, would leave commands unread and a hold never completed."""
         next_poll = 0.0
         while True:
-            try:
-                next_poll = await self._beat(next_poll)
-            except FatalError as exc:
-                if self._fatal is None:
-                    self._fatal = exc
-                self.stop()
-            except BackfillError as exc:  # e.g. the state locked for a while by another process
-                self._count_error(exc)
-            except Exception as exc:
-                name = exc.__class__.__name__
-                if name not in self._beat_errors:  # once per kind: it may recur every beat
-                    self._beat_errors.add(name)
-                    log.exception("heartbeat: %s (the run goes on)", name)
-                self._count_error(BackfillError(f"heartbeat: {name}: {exc}", code="internal"))
+            now = self._clock()
+            await self._beat_step("sample", self._sample, now)
+            if now - self._last_published >= PUBLISH_EVERY and self._ended_at is None:
+                self._last_published = now
+                await self._beat_step("publish", self._publish)
+            if self._poll_commands and now >= next_poll:
+                next_poll = now + COMMAND_POLL
+                await self._beat_step("commands", self._read_commands)
+            if self._parked and now - self._parked_since >= PARK_SECONDS:
+                await self._beat_step("parked", self._record_parked)
+            if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
+                self._state = RunState.PAUSED
+                await self._beat_step("hold", self._commit)
             await asyncio.sleep(SAMPLE_EVERY / 2)
 
-    async def _beat(self, next_poll: float) -> float:
-        now = self._clock()
-        self._rates.add(
-            now,
-            self._items_done,
-            self._scanned(committed=False),
-            getattr(self.counters, self.counters.BYTES) if self.counters.BYTES else 0,
-        )
-        if now - self._last_published >= PUBLISH_EVERY and self._ended_at is None:
-            self._last_published = now
-            await self._store.publish_snapshot(self.plan.run_id, self.snapshot().to_json())
-        if self._poll_commands and now >= next_poll:
-            next_poll = now + COMMAND_POLL
-            for command, arg in await self._store.take_commands(self.plan.job):
-                await self._apply_command(command, arg)
-        await self._persist_concurrency()
-        if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
-            self._state = RunState.PAUSED
-            await self._commit()
-        return next_poll
+    async def _beat_step(
+        self, name: str, step: Callable[..., Awaitable[None]], *args: float
+    ) -> None:
+        try:
+            await step(*args)
+        except FatalError as exc:
+            if self._fatal is None:
+                self._fatal = exc
+            self.stop()
+        except BackfillError as exc:  # e.g. the state locked for a while by another process
+            self._count_error(exc)
+        except Exception as exc:
+            kind = f"{name}: {exc.__class__.__name__}"
+            if kind not in self._beat_errors:  # once per kind: it may recur at every beat
+                self._beat_errors.add(kind)
+                log.exception("heartbeat %s (the run goes on)", kind)
+                self._count_error(BackfillError(f"heartbeat {kind}: {exc}", code="internal"))
 
-    async def _persist_concurrency(self) -> None:
-        limit = self._fetch_slots.limit
-        if limit != self._stored_concurrency and not self.plan.dry_run:
-            await self._store.update_settings(self.plan.run_id, {"concurrency": limit})
-            self._stored_concurrency = limit
+    async def _sample(self, now: float) -> None:
+        counters = self.counters
+        nbytes = getattr(counters, counters.BYTES) if counters.BYTES else 0
+        self._rates.add(now, self._items_done, self._scanned(committed=False), nbytes)
+
+    async def _publish(self) -> None:
+        await self._store.publish_snapshot(self.plan.run_id, self.snapshot().to_json())
+
+    async def _read_commands(self) -> None:
+        for command, arg in await self._store.take_commands(self.plan.job):
+            await self._apply_command(command, arg)
 
     async def _wait_if_held(self) -> bool:
         """Block while held; True when the run must stop dispatching for good."""
@@ -368,9 +378,13 @@ class Engine(Generic[S]):
         self._item_slots.release()
 
     async def _drain(self) -> None:
+        """Wait for in-flight items; a hold near the end still waits for resume or stop."""
         while True:
-            while self._tasks:
+            if self._tasks:
                 await asyncio.gather(*list(self._tasks), return_exceptions=True)
+                if self._fatal is not None:
+                    raise self._fatal
+                continue
             if await self._wait_if_held():
                 return
             if not self._redo:
@@ -451,28 +465,32 @@ class Engine(Generic[S]):
             log.warning("first %s error: %s", exc.code, exc.message)
         self._last_errors[exc.code] = exc.message
 
-    async def _in_slot(self, call: Callable[[], Awaitable[T]], slot: Slot | None) -> T:
-        if slot is Slot.ORIGIN:
-            async with self._fetch_slots.hold():
-                if self._stop is not Stop.NONE:
-                    raise Interrupted  # stopped while queued for a slot: no new origin request
-                value = await call()
-            # The slot went to the next queued item, whose task is now ready; yield so it sends
-            # its request before this task spends a millisecond or two preparing the next stage.
-            await asyncio.sleep(0)
-            return value
-        if slot is Slot.IO:
-            async with self._io_slots.hold():
-                return await call()
-        return await call()
-
     async def _attempt(self, call: Callable[[], Awaitable[T]], slot: Slot | None) -> T:
-        """One attempt: failures are counted by code; a fatal one stops the run."""
+        """One attempt under its slot: failures are counted by code; a fatal one stops the
+        run; an origin's answer (a 404 too) ends a run of unreachable errors."""
         try:
-            value = await self._in_slot(call, slot)
+            if slot is Slot.ORIGIN:
+                async with self._fetch_slots.hold():
+                    if self._stop is not Stop.NONE:
+                        raise Interrupted  # stopped while queued for a slot: no new request
+                    value = await call()
+                # The slot went to the next queued item, whose task is now ready; yield so it
+                # sends its request before this task spends a millisecond or two on the next
+                # stage.
+                await asyncio.sleep(0)
+                self._unreachable_in_a_row = 0
+                if self._parked:
+                    await self._record_parked()
+                return value
+            if slot is Slot.IO:
+                async with self._io_slots.hold():
+                    return await call()
+            return await call()
         except NotFoundError:
             if slot is Slot.ORIGIN:
-                await self._origin_answered()
+                self._unreachable_in_a_row = 0
+                if self._parked:
+                    await self._record_parked()
             raise
         except BackfillError as exc:
             self._count_error(exc)
@@ -481,19 +499,14 @@ class Engine(Generic[S]):
                     exc if isinstance(exc, FatalError) else FatalError(exc.message, exc.code)
                 )
                 self.stop()
-            elif slot is Slot.ORIGIN:
-                self._origin_failed(exc)
+            elif slot is Slot.ORIGIN and exc.unreachable:
+                self._origin_unreachable(exc)
             raise
-        if slot is Slot.ORIGIN:
-            await self._origin_answered()
-        return value
 
-    def _origin_failed(self, exc: BackfillError) -> None:
+    def _origin_unreachable(self, exc: BackfillError) -> None:
         """A refused connection or an unresolvable host is the origin's absence, not a fault
         of it: enough of them in a row, with no answer between, stop the run (exit 3) with the
         checkpoint kept and those items unfinished, instead of failing every item."""
-        if not getattr(exc, "unreachable", False):
-            return
         self._unreachable_in_a_row += 1
         if self._unreachable_in_a_row >= UNREACHABLE_IN_A_ROW and self._fatal is None:
             self._fatal = FatalError(
@@ -505,13 +518,15 @@ class Engine(Generic[S]):
             self.stop()
             raise self._fatal
 
-    async def _origin_answered(self) -> None:
-        self._unreachable_in_a_row = 0
-        await self._record_parked()
+    def _park(self, item: Item, result: Result) -> None:
+        if not self._parked:
+            self._parked_since = self._clock()
+        self._parked.append((item, result))
 
     async def _record_parked(self) -> None:
-        """Items whose attempts all met an unreachable origin wait here until the origin is
-        known to be there (an answer, or the run's end): then they are failed items."""
+        """Items whose attempts all met an unreachable origin wait here for the verdict: the
+        breaker trips (they stay unfinished), or the origin answers, the run ends or
+        PARK_SECONDS pass (they are failed items; the watermark waits no longer)."""
         if not self._parked or self._fatal is not None:
             return
         parked, self._parked = self._parked, []
@@ -519,29 +534,20 @@ class Engine(Generic[S]):
             await self._record(item, result)
 
     async def stage(
-        self, call: Callable[[], Awaitable[T]], slot: Slot | None = None
+        self,
+        call: Callable[[], Awaitable[T]],
+        slot: Slot | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> tuple[T, int]:
         """One stage of an item under the retry policy; returns (result, attempts).
 
         The first attempt runs straight: nearly every stage succeeds at once, and tenacity's
         machinery costs about 75 µs a stage (5 % of an object's CPU at zero latency). A
         retryable failure hands the stage to tenacity, which starts by waiting out that first
-        failure, so the schedule of attempts and waits is the policy's own.
+        failure, so the schedule of attempts and waits is the policy's own. Waits are cut
+        short by a pause or stop unless `sleep` says otherwise.
         """
-        return await self._stage(call, slot, self._interruptible_sleep)
-
-    async def stage_outside_items(
-        self, call: Callable[[], Awaitable[T]], slot: Slot | None = None
-    ) -> tuple[T, int]:
-        """A stage outside any item (say, a page's listing): plain sleeps between attempts."""
-        return await self._stage(call, slot, asyncio.sleep)
-
-    async def _stage(
-        self,
-        call: Callable[[], Awaitable[T]],
-        slot: Slot | None,
-        sleep: Callable[[float], Awaitable[None]],
-    ) -> tuple[T, int]:
         try:
             return await self._attempt(call, slot), 1
         except BackfillError as exc:
@@ -552,7 +558,9 @@ class Engine(Generic[S]):
             first_failure: list[BackfillError] = [exc]
         attempts = 1
         policy = retrying(
-            max_attempts=self.plan.max_attempts, backoff=self.plan.backoff, sleep=sleep
+            max_attempts=self.plan.max_attempts,
+            backoff=self.plan.backoff,
+            sleep=sleep or self._interruptible_sleep,
         )
         try:
             async for attempt in policy:
@@ -567,6 +575,12 @@ class Engine(Generic[S]):
             raise StageFailed(exc, attempts) from None
         raise AssertionError("unreachable: tenacity reraises")
 
+    async def stage_outside_items(
+        self, call: Callable[[], Awaitable[T]], slot: Slot | None = None
+    ) -> tuple[T, int]:
+        """A stage outside any item (say, a page's listing): plain sleeps between attempts."""
+        return await self.stage(call, slot, sleep=asyncio.sleep)
+
     # -- one item ---------------------------------------------------------------------------
 
     async def _run_item(self, item: Item) -> None:
@@ -579,11 +593,13 @@ class Engine(Generic[S]):
         except (asyncio.CancelledError, FatalError):
             return  # unfinished: the checkpoint does not cover it, a resume redoes it
         except Exception as exc:
-            log.exception("item %r: unexpected error (recorded as a failed item)", item.key)
+            if type(exc) not in self._tracebacks:  # the traceback once per kind of error
+                self._tracebacks.add(type(exc))
+                log.exception("item %r: unexpected error (a failed item 'internal')", item.key)
             result = _internal(exc)
-        if result.error is not None and getattr(result.error, "unreachable", False):
+        if result.error is not None and result.error.unreachable:
             if self._fatal is None:
-                self._parked.append((item, result))
+                self._park(item, result)
             return
         with contextlib.suppress(FatalError):
             # A checkpoint this item triggered could not be written (state full, locked):
@@ -676,6 +692,11 @@ class Engine(Generic[S]):
                     checkpoint_saved_group=position.last,
                 )
                 snapshot = self.pipeline.snapshot(progress).to_json()
+            # A concurrency changed live goes with the run's settings, so a resume keeps it.
+            concurrency = self._fetch_slots.limit
+            settings = (
+                None if concurrency == self._stored_concurrency else {"concurrency": concurrency}
+            )
             try:
                 await self._store.commit_checkpoint(
                     self.plan.run_id,
@@ -688,6 +709,7 @@ class Engine(Generic[S]):
                     exit_code=exit_code,
                     message=message,
                     snapshot=snapshot,
+                    settings=settings,
                 )
             except FatalError as exc:
                 # The state cannot be written (full, read-only, locked): keep what was pending
@@ -699,3 +721,4 @@ class Engine(Generic[S]):
                 self.stop()
                 raise
             self._saved_at, self._saved_group = saved_at, position.last
+            self._stored_concurrency = concurrency

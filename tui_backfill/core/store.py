@@ -47,7 +47,11 @@ class RunStore(Protocol):
         exit_code: int | None = None,
         message: str | None = None,
         snapshot: dict[str, Any] | None = None,
-    ) -> None: ...
+        settings: dict[str, Any] | None = None,
+    ) -> None:
+        """Counters, checkpoint, failed items (and resolved ones), the run's status, its final
+        snapshot and changes to its stored settings, in one transaction."""
+        ...
 
     async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None: ...
 

@@ -62,6 +62,9 @@ def settings_from_stored(
             values[name] = getattr(base, name)
     values["job"] = base.job
     values["state"] = base.state
+    cap = values.get("max_concurrency", base.max_concurrency)
+    if "concurrency" not in explicit and values.get("concurrency", 0) > cap:
+        values["concurrency"] = cap  # kept from a live change, under a cap lowered now
     return Settings(**values)
 
 

@@ -214,6 +214,27 @@ def _state_fatal(path: str, exc: BaseException) -> StateUnavailable:
     return StateUnavailable(f"state {state_problem(path, exc)}")
 
 
+def _state_error(path: str, exc: sqlite3.Error) -> StateBusy | StateUnavailable:
+    """A lock held for now is StateBusy (try again later); anything else is fatal."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
+        return StateBusy(f"state {state_problem(path, exc)}")
+    return _state_fatal(path, exc)
+
+
+def _json_set(changes: dict[str, Any]) -> str:
+    """`json_set(settings, '$.name', json(?), ...)`: keys of the stored settings changed in
+    place, in one statement (no read-modify-write beside another connection's writes)."""
+    return "json_set(settings" + ", ?, json(?)" * len(changes) + ")"
+
+
+def _json_set_params(changes: dict[str, Any]) -> list[str]:
+    params: list[str] = []
+    for name, value in sorted(changes.items()):
+        params += [f"$.{name}", json.dumps(value)]
+    return params
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -552,8 +573,10 @@ class StateStore:
         exit_code: int | None = None,
         message: str | None = None,
         snapshot: dict[str, Any] | None = None,
+        settings: dict[str, Any] | None = None,
     ) -> None:
-        """Counters, checkpoint and failed items in one transaction (callers shield it)."""
+        """Counters, checkpoint and failed items in one transaction (callers shield it), with
+        `settings` changed in the run's stored settings."""
         try:
             async with self.transaction() as db:
                 await db.executemany(
@@ -588,6 +611,9 @@ class StateStore:
                 if snapshot is not None:
                     sets.append("snapshot = ?")
                     params.append(json.dumps(snapshot))
+                if settings:
+                    sets.append(f"settings = {_json_set(settings)}")
+                    params.extend(_json_set_params(settings))
                 if status is not None:
                     sets.append("status = ?")
                     params.append(status)
@@ -630,16 +656,12 @@ class StateStore:
         """Change stored settings of a run (the demo's servers get new ports each time; a
         concurrency changed live is kept for the resume)."""
         try:
-            async with self._db.execute("SELECT settings FROM runs WHERE id = ?", (run_id,)) as cur:
-                row = await cur.fetchone()
-            if row is not None:
-                settings = {**json.loads(row[0]), **changes}
-                await self._write(
-                    "UPDATE runs SET settings = ? WHERE id = ?",
-                    (json.dumps(settings, sort_keys=True), run_id),
-                )
+            await self._write(
+                f"UPDATE runs SET settings = {_json_set(changes)} WHERE id = ?",
+                (*_json_set_params(changes), run_id),
+            )
         except sqlite3.Error as exc:
-            raise StateBusy(f"state {state_problem(self.path, exc)}") from None
+            raise _state_error(self.path, exc) from None
 
     @_classified
     async def abandon_run(self, run_id: int) -> None:
@@ -709,7 +731,7 @@ class StateStore:
                     (utc_now_iso(), *(row[0] for row in rows)),
                 )
         except sqlite3.Error as exc:
-            raise StateBusy(f"state {state_problem(self.path, exc)}") from None
+            raise _state_error(self.path, exc) from None
         return [(row[1], row[2]) for row in rows]
 
     @_classified
