@@ -154,7 +154,7 @@ async def run(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     _no_query(request)
-    return _json(200, await request.app[SERVICE].status())
+    return _json(200, (await request.app[SERVICE].status()).to_json())
 
 
 def _command(name: str) -> Handler:
@@ -214,7 +214,7 @@ async def metrics(request: web.Request) -> web.Response:
 
     _no_query(request)
     service = request.app[SERVICE]
-    body = render(await service.snapshot_or_none(), job=service.job)
+    body = render(await service.status_or_none(), job=service.job)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
