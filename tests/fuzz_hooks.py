@@ -11,11 +11,11 @@ import schemathesis
 from schemathesis import Case
 from schemathesis.hooks import HookContext
 
-RUN_PATH = "/api/rsr-image-backfill/run"
+RUN_PATHS = ("/api/rsr-image-backfill/run", "/api/jobs/{job}/run")
 
 
 @schemathesis.hook
 def map_case(context: HookContext, case: Case) -> Case:
-    if case.path == RUN_PATH and isinstance(case.body, dict) and isinstance(case.query, dict):
+    if case.path in RUN_PATHS and isinstance(case.body, dict) and isinstance(case.query, dict):
         case.query = {name: value for name, value in case.query.items() if name not in case.body}
     return case

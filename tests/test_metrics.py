@@ -8,7 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 
-from tui_backfill.frontends.metrics import CONTENT_TYPE, render
+from tui_backfill.frontends.metrics import CONTENT_TYPE
+from tui_backfill.frontends.metrics import render as render_status
+from tui_backfill.frontends.status import JobStatus
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import Counters, StatusSnapshot
 
@@ -50,6 +52,11 @@ def make_snapshot(
         fetches_in_flight=3,
     )
     return {**snap.to_json(), "maxConcurrency": 32, "runStatus": "running"}
+
+
+def render(snap: dict[str, Any] | None, *, job: str) -> bytes:
+    """The tests spell a status as its `/status` JSON; `/metrics` renders the typed JobStatus."""
+    return render_status(None if snap is None else JobStatus.from_json(snap), job=job)
 
 
 def samples(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

@@ -294,3 +294,8 @@ def test_the_angle_spec_is_parsed_once_with_the_settings() -> None:
     assert settings.replace(angles="3").angle_list == (3,)
     with pytest.raises(ConfigError, match="TUI_BACKFILL_ANGLES"):  # named where it came from
         resolve({}, env={"TUI_BACKFILL_ANGLES": "3-1"})
+
+
+def test_a_job_name_with_a_trailing_line_break_is_refused() -> None:
+    with pytest.raises(ConfigError, match="--job"):
+        resolve({"job": "nightly\n"}, env={})

@@ -1,6 +1,15 @@
 """The HTTP control API (aiohttp): the brief's endpoints, run history, metrics, OpenAPI.
 
 A thin front end over `JobService`: parse and check the request, call the service, answer JSON.
+
+The seed's routes (`/api/rsr-image-backfill/...`) serve the job `serve` was started with. The
+generic routes `/api/jobs/{job}/status|run|pause|resume|hold|concurrency|runs|failed` serve
+every job of the same state file: for the served job they are the seed's handlers; another
+job is read through the state (`status`, `runs`, `failed`: 404 naming it when it has no runs)
+and driven through its command channel while a process runs it (`pause`, `resume`, `hold`,
+`concurrency`: 409 when none does), but never started here (`run`: 409, naming the job this
+server starts runs of, and `serve --job NAME` for the other one). A `{job}` that is not a job
+name is 400 naming `job`.
 Every error is JSON (`{"error": ..., "field": ...}`), never an HTML page or a traceback. Bound to
 127.0.0.1 by default; on any other address `TUI_BACKFILL_API_TOKEN` is required, and whenever a
 token is set every request must carry it as `Authorization: Bearer <token>`.
@@ -19,11 +28,15 @@ from typing import Any
 
 from aiohttp import web
 
+from tui_backfill.core.records import Command
 from tui_backfill.frontends.service import ApiError, JobService, parse_run_request
+from tui_backfill.frontends.state_job import StateJob
 from tui_backfill.outcomes import ConfigError, FatalError
+from tui_backfill.pipelines.config import JOB_NAME
 
 TOKEN_ENV = "TUI_BACKFILL_API_TOKEN"
 BASE = "/api/rsr-image-backfill"
+JOBS = "/api/jobs/{job}"  # the generic routes of every job of the state file
 MAX_BODY = 64 * 1024
 GAP_PAGE_DEFAULT, GAP_PAGE_MAX = 1000, 10_000
 RUNS_DEFAULT, RUNS_MAX = 20, 1000  # as `runs --limit`
@@ -154,7 +167,7 @@ async def run(request: web.Request) -> web.Response:
 
 async def status(request: web.Request) -> web.Response:
     _no_query(request)
-    return _json(200, await request.app[SERVICE].status())
+    return _json(200, (await request.app[SERVICE].status()).to_json())
 
 
 def _command(name: str) -> Handler:
@@ -172,7 +185,7 @@ def _command(name: str) -> Handler:
 pause, resume, hold = _command("pause"), _command("resume"), _command("hold")
 
 
-async def concurrency(request: web.Request) -> web.Response:
+async def _concurrency_value(request: web.Request) -> int:
     _no_query(request)
     body = await _body(request)
     for name in body:
@@ -181,6 +194,11 @@ async def concurrency(request: web.Request) -> web.Response:
     value = body.get("concurrency")
     if isinstance(value, bool) or not isinstance(value, int):
         raise ApiError(400, "required: an integer", "concurrency")
+    return value
+
+
+async def concurrency(request: web.Request) -> web.Response:
+    value = await _concurrency_value(request)
     code, answer = await request.app[SERVICE].set_concurrency(value)
     return _json(code, answer)
 
@@ -214,7 +232,7 @@ async def metrics(request: web.Request) -> web.Response:
 
     _no_query(request)
     service = request.app[SERVICE]
-    body = render(await service.snapshot_or_none(), job=service.job)
+    body = render(await service.status_or_none(), job=service.job)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
 
@@ -228,6 +246,103 @@ async def _body_must_be_empty(request: web.Request) -> None:
     body = await _body(request)
     if body:
         raise ApiError(400, "this endpoint takes no parameters", next(iter(body)))
+
+
+# -- the generic routes: /api/jobs/{job}/... ----------------------------------------------------
+
+
+def _other_job(request: web.Request) -> StateJob | None:
+    """The job the route names when it is not the served one (None: the served job, which the
+    seed's handlers answer for). A name that is no job name is 400 naming `job`."""
+    name = request.match_info["job"]
+    if not JOB_NAME.fullmatch(name):  # fullmatch: JOB_NAME's `$` would let "a\n" through
+        raise ApiError(
+            400,
+            f"{name!r} is not a job name; use letters, digits, . _ - (max 64, the first a "
+            "letter or digit)",
+            "job",
+        )
+    service = request.app[SERVICE]
+    if name == service.job:
+        return None
+    return StateJob(service.state_path, name, served=service.job)
+
+
+async def job_status(request: web.Request) -> web.Response:
+    other = _other_job(request)
+    if other is None:
+        return await status(request)
+    _no_query(request)
+    return _json(200, (await other.status()).to_json())
+
+
+async def job_run(request: web.Request) -> web.Response:
+    other = _other_job(request)
+    if other is None:
+        return await run(request)
+    served = request.app[SERVICE].job
+    raise ApiError(
+        409,
+        f"this server starts runs of job {served!r} only; start "
+        f"`tui-backfill serve --job {other.job}` (or `tui-backfill run --job {other.job}`) "
+        f"for {other.job!r}",
+    )
+
+
+def _job_command(name: str, seed: Handler) -> Handler:
+    """POST /api/jobs/{job}/pause|resume|hold: the seed's handler for the served job; for
+    another, the command sent to the process running it."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        other = _other_job(request)
+        if other is None:
+            return await seed(request)
+        _no_query(request)
+        await _body_must_be_empty(request)
+        code, answer = await (other.pause() if name == "pause" else other.command(Command(name)))
+        return _json(code, answer)
+
+    return handler
+
+
+job_pause = _job_command("pause", pause)
+job_resume = _job_command("resume", resume)
+job_hold = _job_command("hold", hold)
+
+
+async def job_concurrency(request: web.Request) -> web.Response:
+    other = _other_job(request)
+    if other is None:
+        return await concurrency(request)
+    value = await _concurrency_value(request)
+    maximum = (await other.status()).max_concurrency or request.app[SERVICE].max_concurrency
+    if not 1 <= value <= maximum:
+        raise ApiError(400, f"{value} is out of range; accepted 1 to {maximum}", "concurrency")
+    code, answer = await other.command(Command.CONCURRENCY, str(value))
+    return _json(code, answer)
+
+
+async def job_failed(request: web.Request) -> web.Response:
+    other = _other_job(request)
+    if other is None:
+        return await failed(request)
+    _no_query(request)
+    items = await other.failed_items()
+    if items is None:
+        raise other.no_runs()
+    return _json(200, {"items": items})
+
+
+async def job_runs(request: web.Request) -> web.Response:
+    other = _other_job(request)
+    if other is None:
+        return await runs(request)
+    _no_query(request, ("limit",))
+    limit = _int_query(request, "limit", RUNS_DEFAULT, 1, RUNS_MAX)
+    entries = await other.runs(limit)
+    if not entries:
+        raise other.no_runs()
+    return _json(200, {"job": other.job, "runs": entries})
 
 
 def build_app(service: JobService, *, token: str = "") -> web.Application:
@@ -246,6 +361,14 @@ def build_app(service: JobService, *, token: str = "") -> web.Application:
     app.router.add_get(f"{BASE}/runs", runs)
     app.router.add_get("/api/rsr-image-stats", stats)
     app.router.add_get("/api/rsr-image-gap", gap)
+    app.router.add_post(f"{JOBS}/run", job_run)
+    app.router.add_get(f"{JOBS}/status", job_status)
+    app.router.add_post(f"{JOBS}/pause", job_pause)
+    app.router.add_post(f"{JOBS}/resume", job_resume)
+    app.router.add_post(f"{JOBS}/hold", job_hold)
+    app.router.add_post(f"{JOBS}/concurrency", job_concurrency)
+    app.router.add_get(f"{JOBS}/failed", job_failed)
+    app.router.add_get(f"{JOBS}/runs", job_runs)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app

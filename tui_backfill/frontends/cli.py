@@ -23,6 +23,7 @@ from tui_backfill.pipelines.config import OPTIONS, Resolved, resolve
 
 if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
+    from tui_backfill.frontends.status import JobStatus
     from tui_backfill.state.sqlite import StateStore
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
@@ -329,7 +330,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
     import os
 
     from tui_backfill.frontends.headless import progress_line
-    from tui_backfill.frontends.status import final_json
+    from tui_backfill.frontends.status import final_status
     from tui_backfill.pipelines.prepare import prepare_run
 
     server = None
@@ -392,7 +393,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 await server.stop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-        output = await final_json(prepared.store, result.snapshot)
+        output = (await final_status(prepared.store, result.snapshot)).to_json()
         if request.dry_run:
             output["plan"] = {
                 "skus": result.snapshot.planned_skus,
@@ -466,24 +467,24 @@ def _job_state(args: argparse.Namespace) -> tuple[str, str]:
     return settings.state, settings.job
 
 
-async def status_snapshot(state: str, job: str) -> dict[str, Any]:
-    """The latest snapshot of the job's latest run, marked live or not."""
+async def status_snapshot(state: str, job: str) -> JobStatus:
+    """The status of the job's latest run, marked live or not."""
     from tui_backfill.frontends.status import job_status
     from tui_backfill.state.sqlite import open_state
 
     async with open_state(state, check=True) as store:
-        snapshot = await job_status(store, state, job)
-    if snapshot is None:
+        status = await job_status(store, state, job)
+    if status is None:
         raise ConfigError("--job", f"job {job!r} has no runs in {state}")
-    return snapshot
+    return status
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
     from tui_backfill.frontends.headless import status_text
 
     state, job = _job_state(args)
-    snapshot = await status_snapshot(state, job)
-    print(json.dumps(snapshot, indent=2) if args.json else status_text(snapshot))
+    status = await status_snapshot(state, job)
+    print(json.dumps(status.to_json(), indent=2) if args.json else status_text(status))
     return EXIT_OK
 
 
@@ -592,8 +593,10 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
     if lock.holder() is not None:
         print(f"job {job!r} is still finishing in-flight items", file=sys.stderr)
         return EXIT_PAUSED
-    snapshot = await status_snapshot(state, job)
-    print(f"paused at checkpoint {json.dumps(snapshot.get('checkpoint'))}", file=sys.stderr)
+    status = await status_snapshot(state, job)
+    print(
+        f"paused at checkpoint {json.dumps(status.snapshot.checkpoint.to_json())}", file=sys.stderr
+    )
     return EXIT_OK
 
 

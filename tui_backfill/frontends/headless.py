@@ -1,12 +1,14 @@
 """Headless output: the progress line on stderr and the human form of `status`.
 
-Both render a status snapshot (object or JSON); neither knows anything of the engine.
+Both render a typed status (the engine's snapshot, a job's `JobStatus`); neither knows
+anything of the engine.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tui_backfill.frontends.status import JobStatus
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.keys import visible
 
@@ -42,23 +44,27 @@ def progress_line(snapshot: StatusSnapshot | dict[str, Any]) -> str:
     )
 
 
-def status_text(s: dict[str, Any]) -> str:
-    ckpt = s.get("checkpoint") or {}
+def status_text(status: JobStatus) -> str:
+    """The human form of `status`: the same object `status --json` prints."""
+    s = status.snapshot
+    c = s.counters
+    eta = None if s.eta_seconds is None else round(s.eta_seconds, 1)  # as the JSON has it
     lines = [
-        f"job {s.get('job')}  run {s.get('runId')}  state {s.get('state')}{' (live)' if s.get('live') else ''}"
-        + ("  dry run" if s.get("dryRun") else "")
-        + (f"  on {s['host']}" if s.get("host") else ""),
-        f"started {s.get('startedAt')}  updated {s.get('lastUpdateAt')}",
-        f"bucket {s.get('bucket')} at {s.get('endpoint') or 'AWS'}  origin {s.get('origin')}",
-        f"angles {s.get('anglesPlanned')}  concurrency {s.get('concurrency')}",
-        f"SKUs {s.get('scannedSkus', 0):,}/{s.get('plannedSkus', 0):,}  remaining {s.get('etaSkusRemaining', 0):,}"
-        f"  ETA {_duration(s.get('etaSeconds'))}",
-        f"items planned {s.get('plannedItems', 0):,}  attempted {s.get('attemptedDownloads', 0):,}"
-        f"  uploaded {s.get('uploaded', 0):,}  skippedExists {s.get('skippedExists', 0):,}"
-        f"  noRemote {s.get('noRemote', 0):,}  failed {s.get('failedItems', 0):,}",
-        f"errors {_errors(s.get('errorsByCode') or {})}",
-        f"checkpoint lastSku {visible(str(ckpt.get('lastSku')))}  in progress {len(ckpt.get('completedAngles') or {})} SKUs",
+        f"job {s.job}  run {s.run_id}  state {s.state}{' (live)' if s.live else ''}"
+        + ("  dry run" if s.dry_run else "")
+        + (f"  on {status.host}" if status.host else ""),
+        f"started {s.started_at}  updated {s.last_update_at}",
+        f"bucket {s.bucket} at {s.endpoint or 'AWS'}  origin {s.origin}",
+        f"angles {s.angles_planned}  concurrency {s.concurrency}",
+        f"SKUs {c.scanned_skus:,}/{s.planned_skus:,}  remaining {s.eta_skus_remaining:,}"
+        f"  ETA {_duration(eta)}",
+        f"items planned {s.planned_items:,}  attempted {c.attempted_downloads:,}"
+        f"  uploaded {c.uploaded:,}  skippedExists {c.skipped_exists:,}"
+        f"  noRemote {c.no_remote:,}  failed {c.failed_items:,}",
+        f"errors {_errors(c.errors_by_code)}",
+        f"checkpoint lastSku {visible(str(s.checkpoint.last_sku))}"
+        f"  in progress {len(s.checkpoint.completed_angles)} SKUs",
     ]
-    if s.get("message"):
-        lines.append(f"message {s['message']}")
+    if s.message:
+        lines.append(f"message {s.message}")
     return "\n".join(lines)

@@ -26,9 +26,10 @@ import datetime as dt
 from typing import Any
 
 from tui_backfill.core.records import RunRecord
+from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.snapshot import Counters, snapshot_from_json
+from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.state.sqlite import JobLock, StateStore
 
 # Outcome words (`outcome`), with the exit code that goes with each.
@@ -94,7 +95,7 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
     counters: Counters = run.counters
     published = run.snapshot or {}
     if live and published:
-        counters = snapshot_from_json(published).counters
+        counters = JobStatus.of_run(run, live=True).snapshot.counters
     angles = str(run.settings.get("angles") or published.get("anglesPlanned") or "")
     planned_items = run.planned_skus * _angles_per_sku(angles)
     status = run.status

@@ -1,6 +1,6 @@
 """Prometheus exposition of the status snapshot, for the HTTP API's `GET /metrics`.
 
-Rendered from the same snapshot `/status` returns, so the two cannot disagree. The counters are
+Rendered from the same `JobStatus` `/status` answers, so the two cannot disagree. The counters are
 the run's: they restart from zero when a new run starts (`tui_backfill_run_id` changes), which
 Prometheus' `rate()` treats as an ordinary counter reset. A private registry per call keeps
 the process/platform collectors and any global state out of it.
@@ -9,7 +9,6 @@ the process/platform collectors and any global state out of it.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -20,67 +19,79 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 
+from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import RunState
 
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 PREFIX = "tui_backfill_"
 
-# Snapshot key -> `outcome` label of tui_backfill_items_total.
-OUTCOMES = {
-    "uploaded": "uploaded",
-    "skippedExists": "skipped_exists",
-    "noRemote": "no_remote",
-    "failedItems": "failed",
-}
-# Snapshot key -> (metric name, help) of the plain counters and gauges.
-COUNTERS = {
-    "scannedSkus": ("scanned_skus", "SKUs read from the source in this run."),
-    "attemptedDownloads": ("attempted_downloads", "Items for which a download was attempted."),
-    "bytesUploaded": ("bytes_uploaded", "Bytes written to the bucket in this run."),
-}
-GAUGES = {
-    "fetchesInFlight": (
-        "in_flight_fetches",
-        "Origin fetches in flight now (at most the concurrency).",
-    ),
-    "inFlight": (
-        "in_flight_items",
-        "Items being worked on now (existence check, fetch or upload).",
-    ),
-    "concurrency": ("concurrency", "Parallel fetches in force."),
-    "maxConcurrency": ("max_concurrency", "Upper bound the concurrency may be raised to."),
-    "plannedItems": ("planned_items", "Items planned in this run (SKUs x angles)."),
-    "plannedSkus": ("planned_skus", "SKUs planned in this run."),
-    "runId": ("run_id", "Id of the run the other metrics describe."),
-}
+
+def _outcomes(status: JobStatus) -> dict[str, int]:
+    """`outcome` label of tui_backfill_items_total -> its count."""
+    c = status.snapshot.counters
+    return {
+        "uploaded": c.uploaded,
+        "skipped_exists": c.skipped_exists,
+        "no_remote": c.no_remote,
+        "failed": c.failed_items,
+    }
 
 
-def _number(value: Any) -> float:
-    """A snapshot value as a sample value; missing or null counts as 0."""
-    if isinstance(value, bool):
-        return float(value)
-    return float(value) if isinstance(value, int | float) else 0.0
+def _counters(status: JobStatus) -> list[tuple[str, str, int]]:
+    """(metric name, help, value) of the plain counters."""
+    c = status.snapshot.counters
+    return [
+        ("scanned_skus", "SKUs read from the source in this run.", c.scanned_skus),
+        ("attempted_downloads", "Items for which a download was attempted.", c.attempted_downloads),
+        ("bytes_uploaded", "Bytes written to the bucket in this run.", c.bytes_uploaded),
+    ]
+
+
+def _gauges(status: JobStatus) -> list[tuple[str, str, int | None]]:
+    """(metric name, help, value) of the gauges; a value of None is left out."""
+    s = status.snapshot
+    return [
+        (
+            "in_flight_fetches",
+            "Origin fetches in flight now (at most the concurrency).",
+            s.fetches_in_flight,
+        ),
+        (
+            "in_flight_items",
+            "Items being worked on now (existence check, fetch or upload).",
+            s.in_flight,
+        ),
+        ("concurrency", "Parallel fetches in force.", s.concurrency),
+        (
+            "max_concurrency",
+            "Upper bound the concurrency may be raised to.",
+            status.max_concurrency,
+        ),
+        ("planned_items", "Items planned in this run (SKUs x angles).", s.planned_items),
+        ("planned_skus", "SKUs planned in this run.", s.planned_skus),
+        ("run_id", "Id of the run the other metrics describe.", s.run_id),
+    ]
 
 
 class SnapshotCollector:
-    """Yields the metric families of one snapshot (None: the job has no runs)."""
+    """Yields the metric families of one job's status (None: the job has no runs)."""
 
-    def __init__(self, snapshot: dict[str, Any] | None, job: str) -> None:
-        self.snapshot = snapshot
+    def __init__(self, status: JobStatus | None, job: str) -> None:
+        self.status = status
         self.job = job
 
     def collect(self) -> Iterator[Metric]:
-        snap = self.snapshot
+        status = self.status
         job = [self.job]
         present = GaugeMetricFamily(
             PREFIX + "run_present",
             "1 when the job has a run (the other metrics describe it), 0 when it has none.",
             labels=["job"],
         )
-        present.add_metric(job, 0.0 if snap is None else 1.0)
+        present.add_metric(job, 0.0 if status is None else 1.0)
         yield present
 
-        current = None if snap is None else str(snap.get("state") or "")
+        current = None if status is None else status.state
         states = [s.value for s in RunState]
         if current and current not in states:
             states.append(current)  # an unknown state is still shown, not dropped
@@ -92,58 +103,59 @@ class SnapshotCollector:
         for value in states:
             state.add_metric([*job, value], 1.0 if value == current else 0.0)
         yield state
-        if snap is None:
+        if status is None:
             return
 
         items = CounterMetricFamily(
             PREFIX + "items", "Items of this run by outcome.", labels=["job", "outcome"]
         )
-        for key, outcome in OUTCOMES.items():
-            items.add_metric([*job, outcome], _number(snap.get(key)))
+        for outcome, count in _outcomes(status).items():
+            items.add_metric([*job, outcome], float(count))
         yield items
 
         errors = CounterMetricFamily(
             PREFIX + "errors", "Failed attempts of this run by error code.", labels=["job", "code"]
         )
-        for code, count in (snap.get("errorsByCode") or {}).items():
-            errors.add_metric([*job, str(code)], _number(count))
+        by_code = status.snapshot.counters.errors_by_code
+        for code, count in sorted(by_code.items(), key=lambda kv: -kv[1]):
+            errors.add_metric([*job, str(code)], float(count))
         yield errors
 
-        for key, (name, doc) in COUNTERS.items():
+        for name, doc, total in _counters(status):
             counter = CounterMetricFamily(PREFIX + name, doc, labels=["job"])
-            counter.add_metric(job, _number(snap.get(key)))
+            counter.add_metric(job, float(total))
             yield counter
-        for key, (name, doc) in GAUGES.items():
-            if key in snap and snap[key] is not None:
+        for name, doc, maybe in _gauges(status):
+            if maybe is not None:
                 gauge = GaugeMetricFamily(PREFIX + name, doc, labels=["job"])
-                gauge.add_metric(job, _number(snap[key]))
+                gauge.add_metric(job, float(maybe))
                 yield gauge
 
         live = GaugeMetricFamily(
             PREFIX + "live", "1 while a process is running the run.", labels=["job"]
         )
-        live.add_metric(job, _number(bool(snap.get("live"))))
+        live.add_metric(job, float(status.live))
         yield live
 
-        checkpoint = snap.get("checkpoint") or {}
+        checkpoint = status.snapshot.checkpoint
         info = InfoMetricFamily(
             PREFIX + "checkpoint",
             "The checkpoint: every SKU up to last_sku (empty: none yet) is finished.",
             labels=["job"],
         )
-        info.add_metric(job, {"last_sku": str(checkpoint.get("lastSku") or "")})
+        info.add_metric(job, {"last_sku": str(checkpoint.last_sku or "")})
         yield info
         pending = GaugeMetricFamily(
             PREFIX + "checkpoint_pending_skus",
             "SKUs past the checkpoint with some of their angles finished.",
             labels=["job"],
         )
-        pending.add_metric(job, float(len(checkpoint.get("completedAngles") or {})))
+        pending.add_metric(job, float(len(checkpoint.completed_angles)))
         yield pending
 
 
-def render(snapshot: dict[str, Any] | None, *, job: str) -> bytes:
-    """The Prometheus text exposition of `snapshot` (the `/status` JSON) for `job`."""
+def render(status: JobStatus | None, *, job: str) -> bytes:
+    """The Prometheus text exposition of the job's status (the one `/status` answers)."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(SnapshotCollector(snapshot, job))
+    registry.register(SnapshotCollector(status, job))
     return generate_latest(registry)

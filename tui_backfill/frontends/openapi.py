@@ -6,13 +6,26 @@ the two cannot drift on what POST .../run accepts; a schema-driven fuzz test run
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from tui_backfill import __version__
 from tui_backfill.frontends.service import MAX_ANGLES_TEXT, MAX_LIMIT_SKUS, RUN_FIELDS
 from tui_backfill.outcomes import RunState
+from tui_backfill.pipelines.config import JOB_NAME
 
 BASE = "/api/rsr-image-backfill"
+JOBS = "/api/jobs/{job}"
+# The routes of the served job that exist for every job of the state file as JOBS/<name>.
+GENERIC = ("run", "status", "pause", "resume", "hold", "concurrency", "failed", "runs")
+_JOB_PARAMETER = {
+    "name": "job",
+    "in": "path",
+    "required": True,
+    "description": "a job of the server's state file; another than the served job is read "
+    "through the state and driven through its command channel, never started here (run: 409)",
+    "schema": {"type": "string", "pattern": JOB_NAME.pattern, "maxLength": 64},
+}
 
 _RUN_PROPERTIES: dict[str, dict[str, Any]] = {
     "limitSkus": {
@@ -79,6 +92,17 @@ def _no_body_post(summary: str, answer: str, *errors: int) -> dict[str, Any]:
     }
 
 
+def _for_every_job(path_item: dict[str, Any]) -> dict[str, Any]:
+    """A seed route's operations as the generic route's: the `job` path parameter, and 404
+    (a job with no runs) among the answers."""
+    item = copy.deepcopy(path_item)
+    for operation in item.values():
+        operation["parameters"] = [_JOB_PARAMETER, *operation.get("parameters", [])]
+        operation["summary"] = f"{operation['summary']} (of the job named in the path)"
+        operation["responses"].update(_errors(400, 404, 409))
+    return item
+
+
 def document(*, max_concurrency: int) -> dict[str, Any]:
     """The document of a server whose --max-concurrency is `max_concurrency`."""
     properties = {
@@ -90,12 +114,14 @@ def document(*, max_concurrency: int) -> dict[str, Any]:
         {"name": name, "in": "query", "required": False, "schema": schema}
         for name, schema in properties.items()
     ]
-    return {
+    doc: dict[str, Any] = {
         "openapi": "3.0.3",
         "info": {
             "title": "tui-backfill control API",
             "version": __version__,
-            "description": "Start, watch, pause and resume the image backfill job of one state file.",
+            "description": "Start, watch, pause and resume the image backfill job of one state "
+            "file (the seed's routes and /api/jobs/{job}/...), and watch and drive the other "
+            "jobs of that state file (/api/jobs/{job}/...).",
         },
         "paths": {
             f"{BASE}/run": {
@@ -276,3 +302,7 @@ def document(*, max_concurrency: int) -> dict[str, Any]:
         },
         "security": [{}, {"bearer": []}],
     }
+    paths = doc["paths"]
+    for route in GENERIC:
+        paths[f"{JOBS}/{route}"] = _for_every_job(paths[f"{BASE}/{route}"])
+    return doc

@@ -25,28 +25,16 @@ from pathlib import Path
 from typing import Any
 
 from tui_backfill.core.records import Command
+from tui_backfill.frontends.errors import ApiError
+from tui_backfill.frontends.state_job import PAUSE_WAIT_SECONDS, StateJob
+from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.pipelines.config import Resolved, validate
-from tui_backfill.pipelines.mirror.snapshot import failed_item_json
 from tui_backfill.seams.keysets import key_file_page, load_key_file
-from tui_backfill.state.sqlite import JobLock, open_state
+from tui_backfill.state.sqlite import JobLock
 
-PAUSE_WAIT_SECONDS = 120.0
+__all__ = ["PAUSE_WAIT_SECONDS", "ApiError", "JobService", "RunParams", "parse_run_request"]
 GAP_CACHE_SECONDS = 60.0
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.field = field
-
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        return body
 
 
 # -- the parameters of POST .../run -----------------------------------------------------------
@@ -286,13 +274,11 @@ class JobService:
             if self._stopping:
                 raise ApiError(409, f"job {self.job!r} is pausing; resume it once it has paused")
             self._engine.resume()
-            return 200, self._live_snapshot()
+            return 200, self._live_status().to_json()
         if self.adopted:
             raise ApiError(409, f"job {self.job!r} is not running in this process")
-        holder = await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
-        if holder is not None:
-            await self._send(Command.RESUME)
-            return 202, {"message": f"resume sent to job {self.job!r} running in process {holder}"}
+        if await self.elsewhere.holder() is not None:
+            return await self.elsewhere.command(Command.RESUME)
         from tui_backfill.pipelines.prepare import RunRequest
 
         self._refuse_when_closing()
@@ -308,33 +294,26 @@ class JobService:
         if self.live:
             self._engine.stop()
             if not await self._wait_finished(PAUSE_WAIT_SECONDS):
-                return 202, {"message": "still finishing in-flight items", **self._live_snapshot()}
+                return 202, {
+                    "message": "still finishing in-flight items",
+                    **self._live_status().to_json(),
+                }
             return 200, self._engine.snapshot().to_json()
         if self.adopted:
             raise ApiError(409, f"job {self.job!r} is not running in this process")
-        lock = JobLock(self.state_path, self.job)
-        holder = await asyncio.to_thread(lock.holder)
-        if holder is None:
+        if await self.elsewhere.holder() is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to pause)")
-        await self._send(Command.STOP)
-        deadline = time.monotonic() + PAUSE_WAIT_SECONDS
-        while await asyncio.to_thread(lock.holder) is not None:
-            if time.monotonic() > deadline:
-                return 202, {"message": f"job {self.job!r} is still finishing in-flight items"}
-            await asyncio.sleep(0.1)
-        return 200, await self.status()
+        return await self.elsewhere.pause()
 
     async def hold(self) -> tuple[int, dict[str, Any]]:
         """POST .../hold: the console's `p` — paused in place until resume."""
         self._not_starting()
         if self.live:
             self._engine.hold()
-            return 200, self._live_snapshot()
-        holder = await self._holder_elsewhere()
-        if holder is None:
+            return 200, self._live_status().to_json()
+        if await self._holder_elsewhere() is None:
             raise ApiError(409, f"job {self.job!r} is not running (nothing to hold)")
-        await self._send(Command.HOLD)
-        return 202, {"message": f"hold sent to job {self.job!r} running in process {holder}"}
+        return await self.elsewhere.command(Command.HOLD)
 
     async def set_concurrency(self, value: int) -> tuple[int, dict[str, Any]]:
         self._not_starting()
@@ -344,40 +323,36 @@ class JobService:
             )
         if self.live:
             self._engine.set_concurrency(value)
-            return 200, self._live_snapshot()
+            return 200, self._live_status().to_json()
         holder = await self._holder_elsewhere()
         if holder is None:
             raise ApiError(409, f"job {self.job!r} is not running")
-        await self._send(Command.CONCURRENCY, str(value))
+        await self.elsewhere.send(Command.CONCURRENCY, str(value))
         return 202, {"message": f"concurrency {value} sent to job {self.job!r} (process {holder})"}
 
     # -- reading -----------------------------------------------------------------------------
-    async def status(self) -> dict[str, Any]:
-        snapshot = await self.snapshot_or_none()
-        if snapshot is None:
-            raise ApiError(404, f"job {self.job!r} has no runs in {self.state_path}")
-        return snapshot
+    @property
+    def elsewhere(self) -> StateJob:
+        """This job as another process sees it (a run of it in another process)."""
+        return StateJob(self.state_path, self.job)
 
-    async def snapshot_or_none(self) -> dict[str, Any] | None:
+    async def status(self) -> JobStatus:
+        status = await self.status_or_none()
+        if status is None:
+            raise self.elsewhere.no_runs()
+        return status
+
+    async def status_or_none(self) -> JobStatus | None:
         """The status, or None when the job has no runs (for /metrics)."""
         if self.live:
-            return self._live_snapshot()
-        return await self._read_status()
+            return self._live_status()
+        return await self.elsewhere.status_or_none()
 
     async def failed_items(self) -> list[dict[str, Any]]:
-        if not Path(self.state_path).exists():
-            return []
-        async with open_state(self.state_path) as store:
-            items = await store.failed_items(self.job)
-        return [failed_item_json(item) for item in items]
+        return await self.elsewhere.failed_items() or []
 
     async def runs(self, limit: int) -> list[dict[str, Any]]:
-        from tui_backfill.frontends.history import run_history
-
-        if not Path(self.state_path).exists():
-            return []
-        async with open_state(self.state_path) as store:
-            return await run_history(store, self.job, limit=limit)
+        return await self.elsewhere.runs(limit)
 
     async def coverage(self) -> dict[str, Any]:
         """The seed's stats: expected objects of the whole catalog, present, missing."""
@@ -588,26 +563,11 @@ class JobService:
             await asyncio.wait_for(self._finished.wait(), seconds)
         return self._finished.is_set()
 
-    def _live_snapshot(self) -> dict[str, Any]:
-        snapshot: dict[str, Any] = self._engine.snapshot().to_json()
-        snapshot["runStatus"] = "running"
-        snapshot["maxConcurrency"] = self.max_concurrency
-        return snapshot
-
-    async def _read_status(self) -> dict[str, Any] | None:
-        from tui_backfill.frontends.status import job_status
-
-        if not Path(self.state_path).exists():
-            return None
-        async with open_state(self.state_path) as store:
-            return await job_status(store, self.state_path, self.job)
+    def _live_status(self) -> JobStatus:
+        return JobStatus.of_engine(self._engine.snapshot(), max_concurrency=self.max_concurrency)
 
     async def _holder_elsewhere(self) -> int | None:
         """The pid of another process running the job (never, for `run --serve`'s own API)."""
         if self.adopted:
             return None
-        return await asyncio.to_thread(JobLock(self.state_path, self.job).holder)
-
-    async def _send(self, command: Command, arg: str | None = None) -> None:
-        async with open_state(self.state_path) as store:
-            await store.send_command(self.job, command, arg)
+        return await self.elsewhere.holder()

@@ -333,7 +333,7 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
     def field(name: str) -> str:
         return where.get(name, BY_NAME[name].flag)
 
-    if not JOB_NAME.match(settings.job):
+    if not JOB_NAME.fullmatch(settings.job):  # `$` alone would let "a\n" through
         raise ConfigError(field("job"), f"{settings.job!r}: use letters, digits, . _ - (max 64)")
     if settings.pipeline not in PIPELINES:
         raise ConfigError(

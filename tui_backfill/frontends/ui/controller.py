@@ -12,13 +12,9 @@ import dataclasses
 from typing import Any, Protocol
 
 from tui_backfill.core.records import Command, FailedItem
-from tui_backfill.frontends.status import job_status
+from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.mirror.snapshot import (
-    StatusSnapshot,
-    failed_item_from_json,
-    snapshot_from_json,
-)
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot, failed_item_from_json
 from tui_backfill.pipelines.prepare import PreparedRun
 from tui_backfill.state.sqlite import StateStore
 
@@ -87,11 +83,11 @@ class AttachedController:
         self.max_concurrency = 6
 
     async def snapshot(self) -> StatusSnapshot | None:
-        data = await job_status(self._store, self._state_path, self.job, include_dry=False)
-        if data is None or "anglesPlanned" not in data:
+        status = await job_status(self._store, self._state_path, self.job, include_dry=False)
+        if status is None:
             return None
-        self.max_concurrency = int(data.get("maxConcurrency") or self.max_concurrency)
-        return snapshot_from_json(data)
+        self.max_concurrency = status.max_concurrency or self.max_concurrency
+        return status.snapshot
 
     async def pause(self) -> None:
         await self._store.send_command(self.job, Command.HOLD)
@@ -164,9 +160,10 @@ class HttpController:
             return dataclasses.replace(self._last, live=False, in_flight=0, fetches_in_flight=0)
         if "anglesPlanned" not in data:
             return None
-        self.job = str(data.get("job") or self.job)
-        self.max_concurrency = int(data.get("maxConcurrency") or self.max_concurrency)
-        self._last = snapshot_from_json(data)
+        status = JobStatus.from_json(data)
+        self.job = status.job or self.job
+        self.max_concurrency = status.max_concurrency or self.max_concurrency
+        self._last = status.snapshot
         return self._last
 
     async def pause(self) -> None:
