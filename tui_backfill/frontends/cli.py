@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from tui_backfill import __version__
 from tui_backfill.core.records import Command
-from tui_backfill.frontends.logs import log_to_file, log_to_stderr
+from tui_backfill.frontends.logs import log_to_stderr
+from tui_backfill.frontends.running import (
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_USAGE,
+    has_terminal,
+    run_console,
+    run_headless,
+    wants_console,
+)
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import OPTIONS, Resolved, resolve
 
@@ -25,8 +34,6 @@ if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
     from tui_backfill.frontends.status import JobStatus
     from tui_backfill.state.sqlite import StateStore
-
-EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
 
 
 class _Parser(argparse.ArgumentParser):
@@ -197,20 +204,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- run / resume ---------------------------------------------------------------------------
 
 
-def has_terminal() -> bool:
-    return sys.stdout.isatty() and sys.stdin.isatty()
-
-
-def wants_console(no_ui: bool) -> bool:
-    """The console when stdout is a terminal; otherwise headless, with a one-line note."""
-    if no_ui:
-        return False
-    if not has_terminal():
-        print("tui-backfill: no terminal, running headless (as with --no-ui)", file=sys.stderr)
-        return False
-    return True
-
-
 def _cmd_run(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.prepare import RunRequest
 
@@ -236,28 +229,6 @@ def _serve_port(args: argparse.Namespace) -> int | None:
     if getattr(args, "dry_run", False):
         raise ConfigError("--serve", "a dry run is not served; drop --serve or --dry-run")
     return _port(args.serve, "--serve")
-
-
-async def run_console(request: Any) -> int:
-    """Prepare the run (errors stay one line, before any screen), then the console over it."""
-    from tui_backfill.frontends.ui.app import BackfillApp
-    from tui_backfill.frontends.ui.controller import LocalController
-    from tui_backfill.pipelines.prepare import prepare_run
-
-    prepared = await prepare_run(request)
-    log_to_file(prepared.settings.state)
-    try:
-        app = BackfillApp(LocalController(prepared))
-        code = await app.run_async()
-        if code is None:
-            code = app.exit_code if app.exit_code is not None else EXIT_PAUSED
-        if app.snapshot is not None:
-            from tui_backfill.frontends.headless import progress_line
-
-            print(progress_line(app.snapshot), file=sys.stderr)
-        return int(code)
-    finally:
-        await prepared.close()
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
@@ -321,96 +292,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     if serve is None and wants_console(args.no_ui):
         return asyncio.run(run_console(request))
     return asyncio.run(run_headless(request, serve=serve))
-
-
-async def run_headless(request: Any, serve: int | None = None) -> int:
-    """Prepare and run a job without the console; final snapshot as JSON on stdout. With
-    `serve`, the HTTP control API on 127.0.0.1:serve for as long as the run goes on."""
-    log_to_stderr()
-    import os
-
-    from tui_backfill.frontends.headless import progress_line
-    from tui_backfill.frontends.status import final_status
-    from tui_backfill.pipelines.prepare import prepare_run
-
-    server = None
-    if serve is not None:
-        # Listen first: a port in use is exit 2 before any run is created or continued.
-        from tui_backfill.frontends.api import ApiServer, check_bind
-        from tui_backfill.frontends.service import JobService
-
-        token = check_bind("127.0.0.1", os.environ)
-        service = JobService(request.resolved)
-        service.expect_adoption()
-        server = await ApiServer(
-            service, host="127.0.0.1", port=serve, token=token, field="--serve"
-        ).start()
-    try:
-        prepared = await prepare_run(request)
-    except BaseException:
-        if server is not None:
-            await server.stop()
-        raise
-    engine = prepared.engine
-    if server is not None:
-        server.service.adopt(engine)
-        print(f"tui-backfill: control API on {server.url}", file=sys.stderr, flush=True)
-    loop = asyncio.get_running_loop()
-    main_task = asyncio.current_task()
-    interrupts = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts == 1:
-            print(
-                f"tui-backfill: {signal.Signals(signum).name}: stopping after in-flight items",
-                file=sys.stderr,
-            )
-            engine.stop()
-        elif main_task is not None:
-            main_task.cancel()  # second signal: abandon in-flight items now (checkpoint still saved)
-
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, on_signal, signum)
-
-    async def report() -> None:
-        while True:
-            await asyncio.sleep(prepared.settings.progress_interval)
-            print(progress_line(engine.snapshot()), file=sys.stderr, flush=True)
-
-    reporter = asyncio.create_task(report())
-    try:
-        try:
-            result = await engine.run()
-        except asyncio.CancelledError:
-            return EXIT_PAUSED
-        finally:
-            reporter.cancel()
-            if server is not None:
-                server.service.finished()
-                await asyncio.sleep(0)  # a waiting POST .../pause answers before the server stops
-                await server.stop()
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                loop.remove_signal_handler(signum)
-        output = (await final_status(prepared.store, result.snapshot)).to_json()
-        if request.dry_run:
-            output["plan"] = {
-                "skus": result.snapshot.planned_skus,
-                "items": result.snapshot.planned_items,
-                "existing": result.snapshot.counters.found_at_start,
-                "missing": result.snapshot.counters.would_fetch,
-            }
-        print(progress_line(result.snapshot), file=sys.stderr)
-        if result.exit_code == EXIT_FATAL and result.snapshot.message:
-            # what stopped the run, one line (the checkpoint that last landed is kept)
-            print(f"tui-backfill: error: {result.snapshot.message}", file=sys.stderr)
-        print(json.dumps(output, indent=2))
-        return result.exit_code
-    finally:
-        if request.dry_run:  # a dry run leaves no run behind, however it ended
-            await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))
-        await prepared.close()
 
 
 # -- serve ----------------------------------------------------------------------------------

@@ -47,7 +47,7 @@ def _wipe() -> None:
 
 
 async def _demo(no_ui: bool, limit_skus: int | None) -> int:
-    from tui_backfill.frontends.cli import run_console, run_headless, wants_console
+    from tui_backfill.frontends.running import run_console, run_headless, wants_console
 
     catalog = DEMO_DIR / "catalog.sqlite3"
     if not catalog.exists():
