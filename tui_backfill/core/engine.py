@@ -19,7 +19,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
+from tui_backfill.core.breaker import OriginBreaker
 from tui_backfill.core.counters import CounterSet
+from tui_backfill.core.failure_log import FailureLog
 from tui_backfill.core.pipeline import (
     Interrupted,
     Item,
@@ -46,10 +48,6 @@ PAGE_GROUPS = 500
 PUBLISH_EVERY = 0.5  # seconds between snapshots written to the state for other processes
 COMMAND_POLL = 0.5
 SAMPLE_EVERY = 0.5
-UNREACHABLE_IN_A_ROW = 20  # refused connections / DNS failures with no success between: stop
-PARK_SECONDS = 5.0  # how long items that met an unreachable origin wait for the breaker's verdict
-FAILED_LOG_BURST = 20  # failed items logged one by one per FAILED_LOG_WINDOW, then summed up
-FAILED_LOG_WINDOW = 10.0
 
 
 class Stop(enum.Enum):
@@ -118,9 +116,7 @@ class Engine(Generic[S]):
         self._interrupt = asyncio.Event()  # set while stopping or holding: cuts backoff waits
         self._resumed = asyncio.Event()
         self._redo: list[Item] = []  # items interrupted by a hold, dispatched again on resume
-        self._parked: list[tuple[Item, Result]] = []  # failed while the origin was unreachable
-        self._parked_since = 0.0
-        self._unreachable_in_a_row = 0
+        self._breaker = OriginBreaker()
         self._state = RunState.RUNNING
         self._fatal: FatalError | None = None
         self._pending_failed: list[FailedItem] = []
@@ -137,9 +133,7 @@ class Engine(Generic[S]):
         self._stored_concurrency: int | None = None  # written with the first commit
         self._beat_errors: set[str] = set()  # heartbeat failures already logged
         self._tracebacks: set[type[BaseException]] = set()  # internal errors already logged
-        self._failed_logged = 0
-        self._failed_unlogged = 0
-        self._failed_window = 0.0
+        self._failure_log = FailureLog(log)
 
     def _items_bound(self, concurrency: int) -> int:
         """Items in flight: enough to keep every fetch slot and every upload slot busy."""
@@ -302,7 +296,7 @@ class Engine(Generic[S]):
             status = RunStatus.COMPLETED
             exit_code = 1 if self.counters.failed_items or self.counters.carryover_failed else 0
         message = self._fatal.message if self._fatal else None
-        self._log_unlogged_failures()
+        self._failure_log.flush()
         try:
             await self._commit(status=status, exit_code=exit_code, message=message)
         except FatalError:
@@ -323,7 +317,7 @@ class Engine(Generic[S]):
             if self._poll_commands and now >= next_poll:
                 next_poll = now + COMMAND_POLL
                 await self._beat_step("commands", self._read_commands)
-            if self._parked and now - self._parked_since >= PARK_SECONDS:
+            if self._breaker.overdue(now):
                 await self._beat_step("parked", self._record_parked)
             if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
                 self._state = RunState.PAUSED
@@ -478,8 +472,8 @@ class Engine(Generic[S]):
                 # sends its request before this task spends a millisecond or two on the next
                 # stage.
                 await asyncio.sleep(0)
-                self._unreachable_in_a_row = 0
-                if self._parked:
+                self._breaker.answered()
+                if self._breaker.parked:
                     await self._record_parked()
                 return value
             if slot is Slot.IO:
@@ -488,8 +482,8 @@ class Engine(Generic[S]):
             return await call()
         except NotFoundError:
             if slot is Slot.ORIGIN:
-                self._unreachable_in_a_row = 0
-                if self._parked:
+                self._breaker.answered()
+                if self._breaker.parked:
                     await self._record_parked()
             raise
         except BackfillError as exc:
@@ -504,33 +498,19 @@ class Engine(Generic[S]):
             raise
 
     def _origin_unreachable(self, exc: BackfillError) -> None:
-        """A refused connection or an unresolvable host is the origin's absence, not a fault
-        of it: enough of them in a row, with no answer between, stop the run (exit 3) with the
-        checkpoint kept and those items unfinished, instead of failing every item."""
-        self._unreachable_in_a_row += 1
-        if self._unreachable_in_a_row >= UNREACHABLE_IN_A_ROW and self._fatal is None:
-            self._fatal = FatalError(
-                f"origin unreachable: {self._unreachable_in_a_row} connection failures in a "
-                f"row ({exc.message}); the checkpoint is kept, resume once it is back",
-                code="origin_unreachable",
-            )
-            self._parked.clear()  # unfinished: a resume redoes them
+        """The origin is gone, not failing: enough in a row stop the run (core/breaker.py)."""
+        fatal = self._breaker.unreachable(exc)
+        if fatal is not None and self._fatal is None:
+            self._fatal = fatal
             self.stop()
-            raise self._fatal
-
-    def _park(self, item: Item, result: Result) -> None:
-        if not self._parked:
-            self._parked_since = self._clock()
-        self._parked.append((item, result))
+            raise fatal
 
     async def _record_parked(self) -> None:
-        """Items whose attempts all met an unreachable origin wait here for the verdict: the
-        breaker trips (they stay unfinished), or the origin answers, the run ends or
-        PARK_SECONDS pass (they are failed items; the watermark waits no longer)."""
-        if not self._parked or self._fatal is not None:
+        """Parked items are failed items after all (the origin answered, the run ends, or
+        they waited long enough); a tripped breaker left none (they stay unfinished)."""
+        if self._fatal is not None:
             return
-        parked, self._parked = self._parked, []
-        for item, result in parked:
+        for item, result in self._breaker.release():
             await self._record(item, result)
 
     async def stage(
@@ -599,38 +579,12 @@ class Engine(Generic[S]):
             result = _internal(exc)
         if result.error is not None and result.error.unreachable:
             if self._fatal is None:
-                self._park(item, result)
+                self._breaker.park(item, result, self._clock())
             return
         with contextlib.suppress(FatalError):
             # A checkpoint this item triggered could not be written (state full, locked):
             # _commit has kept it pending and stopped the run, whose final commit tries again.
             await self._record(item, result)
-
-    def _log_failed(self, item: Item, error: BackfillError, attempts: int) -> None:
-        """Failed items as they fail, at most FAILED_LOG_BURST per window, then a count."""
-        now = self._clock()
-        if now - self._failed_window >= FAILED_LOG_WINDOW:
-            self._log_unlogged_failures()
-            self._failed_window, self._failed_logged = now, 0
-        if self._failed_logged < FAILED_LOG_BURST:
-            self._failed_logged += 1
-            log.warning(
-                "failed item %r after %d attempt(s): %s: %s",
-                item.key,
-                attempts,
-                error.code,
-                error.message,
-            )
-        else:
-            self._failed_unlogged += 1
-
-    def _log_unlogged_failures(self) -> None:
-        if self._failed_unlogged:
-            log.warning(
-                "%d more failed items not logged one by one (`tui-backfill failed` lists them)",
-                self._failed_unlogged,
-            )
-            self._failed_unlogged = 0
 
     async def _record(self, item: Item, result: Result) -> None:
         """Account one finished item; commit a checkpoint when enough groups are behind it."""
@@ -642,7 +596,10 @@ class Engine(Generic[S]):
         if result.error is not None:
             if result.count_error:
                 self._count_error(result.error)
-            self._log_failed(item, result.error, result.attempts)
+            error = result.error
+            self._failure_log.failed(
+                item.key, result.attempts, error.code, error.message, self._clock()
+            )
             failed = FailedItem(
                 item.group,
                 item.member,
