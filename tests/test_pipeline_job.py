@@ -3,6 +3,7 @@ under [jobs.NAME]), stored with its runs, fixed once the job has run."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,7 @@ async def test_a_run_stores_its_pipeline_and_a_toml_job_names_it(
         (settings,) = conn.execute("SELECT settings FROM runs WHERE job = 'images'").fetchone()
     finally:
         conn.close()
-    assert '"pipeline": "mirror"' in settings
+    assert json.loads(settings)["pipeline"] == "mirror"
 
 
 async def test_a_run_of_a_pipeline_this_version_does_not_know_is_exit_2(
