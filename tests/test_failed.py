@@ -16,7 +16,8 @@ from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.servers.origin import OriginServer
-from tui_backfill.state.sqlite import JobLock, StateStore
+from tui_backfill.state.lock import JobLock
+from tui_backfill.state.sqlite import StateStore
 
 if TYPE_CHECKING:
     from conftest import S3Target

@@ -19,7 +19,8 @@ from tui_backfill.frontends.history import history_entry, history_text, run_hist
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.servers.origin import expected_body
-from tui_backfill.state.sqlite import JobLock, StateStore
+from tui_backfill.state.lock import JobLock
+from tui_backfill.state.sqlite import StateStore
 
 MakeJob = Callable[..., Awaitable[Backfill]]
 

@@ -15,7 +15,8 @@ from tui_backfill.frontends.openapi import document
 from tui_backfill.frontends.status import JobStatus, final_status, job_status
 from tui_backfill.pipelines.mirror.checkpoint import Checkpoint
 from tui_backfill.pipelines.mirror.snapshot import Counters, snapshot_from_json
-from tui_backfill.state.sqlite import JobLock, StateStore
+from tui_backfill.state.lock import JobLock
+from tui_backfill.state.sqlite import StateStore
 
 
 async def _status_json(store: StateStore, state: str, job: str) -> dict[str, Any] | None:

@@ -15,7 +15,8 @@ import pytest
 
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginServer, expected_body
-from tui_backfill.state.sqlite import JobLock, open_state
+from tui_backfill.state.lock import JobLock
+from tui_backfill.state.sqlite import open_state
 
 pytestmark = pytest.mark.skipif(
     shutil.which("tmux") is None, reason="tmux is not installed (.ci/run installs it)"

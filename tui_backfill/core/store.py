@@ -9,11 +9,11 @@ next beat).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from tui_backfill.core.counters import CounterSet
-from tui_backfill.core.records import FailedItem, RunRecord
+from tui_backfill.core.records import Command, FailedItem, RunRecord
 from tui_backfill.outcomes import BackfillError, FatalError
 
 
@@ -64,3 +64,48 @@ class RunStore(Protocol):
     async def update_settings(self, run_id: int, changes: dict[str, Any]) -> None: ...
 
     async def run(self, run_id: int) -> RunRecord | None: ...
+
+
+class JobStore(RunStore, Protocol):
+    """The whole store, as the run preparation and the front ends use it."""
+
+    @property
+    def path(self) -> str:
+        """Where the state is (a file, later a database URL with its secret removed)."""
+        ...
+
+    async def close(self) -> None: ...
+
+    async def latest_run(self, job: str, *, include_dry: bool = True) -> RunRecord | None: ...
+
+    async def unfinished_run(self, job: str) -> RunRecord | None: ...
+
+    async def last_completed_run(self, job: str) -> RunRecord | None: ...
+
+    async def runs(self, job: str, *, limit: int) -> list[RunRecord]:
+        """The job's runs, newest first."""
+        ...
+
+    async def create_run(
+        self, job: str, settings: dict[str, Any], *, dry_run: bool, range_after: str | None
+    ) -> int: ...
+
+    async def snapshot_skus(
+        self, run_id: int, batches: AsyncIterator[list[str]], range_after: str | None, limit: int
+    ) -> tuple[str | None, int, int]:
+        """The run's ordered source, read once: (range_after, planned, source size)."""
+        ...
+
+    async def set_run_status(self, run_id: int, status: str, *, pid: int | None = None) -> None: ...
+
+    async def abandon_run(self, run_id: int) -> None: ...
+
+    async def delete_run(self, run_id: int) -> None: ...
+
+    async def forget_failed(self, job: str, key: str) -> int: ...
+
+    async def forget_all_failed(self, job: str) -> int: ...
+
+    async def send_command(self, job: str, command: Command, arg: str | None = None) -> None: ...
+
+    async def clear_commands(self, job: str) -> None: ...

@@ -32,8 +32,8 @@ from tui_backfill.pipelines.config import OPTIONS, Resolved, resolve
 
 if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
+    from tui_backfill.core.store import JobStore
     from tui_backfill.frontends.status import JobStatus
-    from tui_backfill.state.sqlite import StateStore
 
 
 class _Parser(argparse.ArgumentParser):
@@ -275,7 +275,7 @@ async def attach_console(state: str, job: str) -> int:
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.prepare import RunRequest
-    from tui_backfill.state.sqlite import JobLock
+    from tui_backfill.state.lock import JobLock
 
     resolved = _resolve(args)
     holder = JobLock(resolved.settings.state, resolved.settings.job).holder()
@@ -422,10 +422,10 @@ def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
         print("\t".join(str(field) for field in fields))
 
 
-async def _forget_failed(store: StateStore, state: str, job: str, args: argparse.Namespace) -> int:
+async def _forget_failed(store: JobStore, state: str, job: str, args: argparse.Namespace) -> int:
     """Forget under the job lock: a run starting meanwhile would read the items as carryover
     and write them back; the lock makes that exit 2 instead (and refuses while one runs)."""
-    from tui_backfill.state.sqlite import JobLock
+    from tui_backfill.state.lock import JobLock
 
     lock = JobLock(state, job)
     lock.acquire(job)  # JobBusy (exit 2, naming the pid) while a process runs the job
@@ -457,7 +457,7 @@ async def _send(state: str, job: str, command: Command, arg: str | None = None) 
 
 
 async def _cmd_pause(args: argparse.Namespace) -> int:
-    from tui_backfill.state.sqlite import JobLock
+    from tui_backfill.state.lock import JobLock
 
     state, job = _job_state(args)
     lock = JobLock(state, job)

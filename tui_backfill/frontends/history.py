@@ -26,11 +26,12 @@ import datetime as dt
 from typing import Any
 
 from tui_backfill.core.records import RunRecord
+from tui_backfill.core.store import JobStore
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.pipelines.mirror.snapshot import Counters
-from tui_backfill.state.sqlite import JobLock, StateStore
+from tui_backfill.state.lock import JobLock
 
 # Outcome words (`outcome`), with the exit code that goes with each.
 COMPLETED = "completed"  # exit 0
@@ -147,7 +148,7 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
 
 
 async def run_history(
-    store: StateStore, job: str, *, limit: int = 50, state_path: str | None = None
+    store: JobStore, job: str, *, limit: int = 50, state_path: str | None = None
 ) -> list[dict[str, Any]]:
     """The job's runs, newest first, at most `limit` (see the module's docstring).
 

@@ -31,7 +31,7 @@ from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.pipelines.config import Resolved, validate
 from tui_backfill.seams.keysets import key_file_page, load_key_file
-from tui_backfill.state.sqlite import JobLock
+from tui_backfill.state.lock import JobLock
 
 __all__ = ["PAUSE_WAIT_SECONDS", "ApiError", "JobService", "RunParams", "parse_run_request"]
 GAP_CACHE_SECONDS = 60.0

@@ -17,7 +17,8 @@ from tui_backfill.core.records import Command
 from tui_backfill.frontends.errors import ApiError
 from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.pipelines.mirror.snapshot import failed_item_json
-from tui_backfill.state.sqlite import JobLock, open_state
+from tui_backfill.state.lock import JobLock
+from tui_backfill.state.sqlite import open_state
 
 PAUSE_WAIT_SECONDS = 120.0
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tui_backfill.core.records import FailedItem, RunRecord, RunStatus
-from tui_backfill.core.store import StateUnavailable
+from tui_backfill.core.store import JobStore, StateUnavailable
 from tui_backfill.outcomes import RunState
 from tui_backfill.pipelines.mirror.angles import parse_angles
 from tui_backfill.pipelines.mirror.snapshot import (
@@ -25,7 +25,7 @@ from tui_backfill.pipelines.mirror.snapshot import (
     failed_item_json,
     snapshot_from_json,
 )
-from tui_backfill.state.sqlite import JobLock, StateStore
+from tui_backfill.state.lock import JobLock
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +172,7 @@ def run_is_live(state_path: str, run: RunRecord) -> bool:
 
 
 async def job_status(
-    store: StateStore, state_path: str, job: str, *, include_dry: bool = True
+    store: JobStore, state_path: str, job: str, *, include_dry: bool = True
 ) -> JobStatus | None:
     """The status of the job's latest run, or None when it has no runs."""
     run = await store.latest_run(job, include_dry=include_dry)
@@ -181,7 +181,7 @@ async def job_status(
     return JobStatus.of_run(run, live=run_is_live(state_path, run))
 
 
-async def final_status(store: StateStore, snapshot: StatusSnapshot) -> JobStatus:
+async def final_status(store: JobStore, snapshot: StatusSnapshot) -> JobStatus:
     """The final status of a run this process has just ended, as `status --json` shows it:
     the run keys are read back from the record its last commit wrote. A state that cannot be
     read now (the run already said why: exit 3) leaves them out rather than hide the snapshot."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord, RunStatus
-from tui_backfill.core.store import StateUnavailable
+from tui_backfill.core.store import JobStore, StateUnavailable
 from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.pipelines.config import (
     BY_NAME,
@@ -39,7 +39,8 @@ from tui_backfill.seams.urls import (
     secret_query_params,
     strip_password,
 )
-from tui_backfill.state.sqlite import JobLock, StateStore
+from tui_backfill.state.lock import JobLock
+from tui_backfill.state.sqlite import StateStore
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,7 +87,7 @@ def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
             )
 
 
-async def _check_pipeline(store: StateStore, resolved: Resolved) -> None:
+async def _check_pipeline(store: JobStore, resolved: Resolved) -> None:
     """A job's pipeline is fixed once it has run: naming a job of another one is exit 2."""
     settings = resolved.settings
     latest = await store.latest_run(settings.job)
@@ -141,7 +142,7 @@ class PreparedRun:
 
     engine: Engine[StatusSnapshot]
     settings: Settings
-    store: StateStore
+    store: JobStore
     created: bool
     _stack: contextlib.AsyncExitStack
 
@@ -173,7 +174,7 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
 
 
 async def _prepare_locked(
-    request: RunRequest, store: StateStore, stack: contextlib.AsyncExitStack, env: Mapping[str, str]
+    request: RunRequest, store: JobStore, stack: contextlib.AsyncExitStack, env: Mapping[str, str]
 ) -> PreparedRun:
     resolved = request.resolved
     settings = resolved.settings
@@ -283,7 +284,7 @@ def _saved_at(run: RunRecord) -> str:
 
 
 async def _create_run(
-    store: StateStore, settings: Settings, request: RunRequest, *, origin_has_password: bool
+    store: JobStore, settings: Settings, request: RunRequest, *, origin_has_password: bool
 ) -> RunRecord:
     job = settings.job
     range_after = None

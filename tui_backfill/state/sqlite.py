@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
-import fcntl
 import functools
 import json
 import os
 import socket
 import sqlite3
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -27,11 +24,19 @@ import aiosqlite
 from tui_backfill.core.counters import CounterSet
 from tui_backfill.core.records import DEFAULT_PIPELINE, Command, FailedItem, RunRecord, codec_for
 from tui_backfill.core.snapshot import utc_now_iso
-from tui_backfill.core.store import StateBusy, StateUnavailable
-from tui_backfill.outcomes import ConfigError, JobBusy
+from tui_backfill.core.store import StateUnavailable
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.state.problems import (
+    BUSY_TIMEOUT_SECONDS,
+    NewerState,
+    NotAState,
+    read_only_without_wal,
+    state_error,
+    state_error_now,
+    state_fatal,
+)
 
 SCHEMA_VERSION = 2
-BUSY_TIMEOUT_SECONDS = 10  # how long a write waits for another connection's write lock
 
 # Each migration takes the schema from the version before it to its own, in one transaction.
 # Never edit a released one (tests/test_state_stress.py keeps a copy of version 1): add the next.
@@ -131,97 +136,6 @@ def _run(row: Sequence[Any]) -> RunRecord:
     )
 
 
-# SQLite's primary result codes (sqlite3.Error.sqlite_errorcode & 0xFF).
-_SQLITE_PERM, _SQLITE_BUSY, _SQLITE_LOCKED, _SQLITE_READONLY = 3, 5, 6, 8
-_SQLITE_IOERR, _SQLITE_CORRUPT, _SQLITE_FULL, _SQLITE_CANTOPEN, _SQLITE_NOTADB = 10, 11, 13, 14, 26
-
-
-class NotAState(sqlite3.DatabaseError):
-    """The file is not a tui-backfill state (or fails SQLite's structural check)."""
-
-
-class NewerState(sqlite3.DatabaseError):
-    """The state was written by a newer tui-backfill (a schema version we do not know)."""
-
-
-def _unwritable(path: str) -> str | None:
-    """Why the state (or its directory, where SQLite keeps -wal/-shm) cannot be written, or
-    None. Called on errors only; root ignores permission bits but not a read-only mount or an
-    immutable file, so this asks the kernel instead of reading modes."""
-    denied = (errno.EROFS, errno.EACCES, errno.EPERM)
-    target = Path(path)
-    try:
-        if target.exists():
-            os.close(os.open(target, os.O_RDWR))
-    except OSError as exc:
-        return f"the file cannot be written: {exc.strerror}" if exc.errno in denied else None
-    probe = target.parent / f".{target.name}.{os.getpid()}.probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError as exc:
-        if exc.errno in denied:
-            return f"its directory {target.parent} cannot be written: {exc.strerror}"
-        return None
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return None
-
-
-def _read_only_without_wal(path: str, exc: BaseException) -> bool:
-    """SQLite could not open the state because its directory is read-only, and the state has
-    no -wal file (so the database file alone is the whole state)."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if not isinstance(code, int) or code & 0xFF not in (_SQLITE_CANTOPEN, _SQLITE_READONLY):
-        return False
-    return not Path(f"{path}-wal").exists() and _unwritable(path) is not None
-
-
-def state_problem(path: str, exc: BaseException) -> str:
-    """One line naming the state file and what is wrong with it (for exit 2 and exit 3)."""
-    if isinstance(exc, NewerState | NotAState):
-        return f"{path}: {exc}"
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-        primary = _SQLITE_FULL
-    if primary in (_SQLITE_NOTADB, _SQLITE_CORRUPT):
-        return (
-            f"{path}: not a valid state database ({exc}); restore it from a copy, or move it "
-            "aside to start over (objects already in the bucket count as skippedExists)"
-        )
-    if primary == _SQLITE_FULL:
-        return f"{path}: the disk is full ({exc}); free space, then `tui-backfill resume`"
-    if primary in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return (
-            f"{path}: locked by another process for more than {BUSY_TIMEOUT_SECONDS} s ({exc}); "
-            "end the program holding it (and keep the state on local disk, not a network share)"
-        )
-    if primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN) or isinstance(
-        exc, OSError
-    ):
-        reason = _unwritable(path)
-        if reason is not None:
-            return f"{path}: read-only ({reason}; {exc})"
-    return f"{path}: {exc}"
-
-
-def state_error(path: str, exc: BaseException) -> ConfigError:
-    """A problem of the state found before any work: exit 2 naming --state."""
-    return ConfigError("--state", state_problem(path, exc))
-
-
-def _state_fatal(path: str, exc: BaseException) -> StateUnavailable:
-    return StateUnavailable(f"state {state_problem(path, exc)}")
-
-
-def _state_error(path: str, exc: sqlite3.Error) -> StateBusy | StateUnavailable:
-    """A lock held for now is StateBusy (try again later); anything else is fatal."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    if isinstance(code, int) and code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED):
-        return StateBusy(f"state {state_problem(path, exc)}")
-    return _state_fatal(path, exc)
-
-
 def _json_set(changes: dict[str, Any]) -> str:
     """`json_set(settings, '$.name', json(?), ...)`: keys of the stored settings changed in
     place, in one statement (no read-modify-write beside another connection's writes)."""
@@ -240,8 +154,8 @@ R = TypeVar("R")
 
 
 def _classified(
-    method: Callable[Concatenate[StateStore, P], Awaitable[R]],
-) -> Callable[Concatenate[StateStore, P], Awaitable[R]]:
+    method: Callable[Concatenate[StateStore, P], Coroutine[Any, Any, R]],
+) -> Callable[Concatenate[StateStore, P], Coroutine[Any, Any, R]]:
     """The store's own error for SQLite's: callers never see `sqlite3.Error`."""
 
     @functools.wraps(method)
@@ -249,9 +163,9 @@ def _classified(
         try:
             return await method(store, *args, **kwargs)
         except sqlite3.Error as exc:
-            raise _state_fatal(store.path, exc) from None
+            raise state_fatal(store.path, exc) from None
 
-    return classified  # type: ignore[return-value]
+    return classified  # type: ignore[return-value]  # functools.wraps hides the signature
 
 
 class StateStore:
@@ -296,7 +210,7 @@ class StateStore:
         except (sqlite3.Error, OSError) as exc:
             with contextlib.suppress(sqlite3.Error):
                 await db.close()
-            if not create and _read_only_without_wal(path, exc):
+            if not create and read_only_without_wal(path, exc):
                 return await cls._open_immutable(path, check=bool(check))
             raise state_error(path, exc) from None
         except BaseException:
@@ -558,7 +472,7 @@ class StateStore:
             ) as cur:
                 return [row[0] for row in await cur.fetchall()]
         except sqlite3.Error as exc:
-            raise _state_fatal(self.path, exc) from None
+            raise state_fatal(self.path, exc) from None
 
     async def commit_checkpoint(
         self,
@@ -630,7 +544,7 @@ class StateStore:
                     f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*params, run_id)
                 )
         except sqlite3.Error as exc:
-            raise _state_fatal(self.path, exc) from None
+            raise state_fatal(self.path, exc) from None
 
     async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None:
         """The live snapshot of a running run; never over the final one its last commit wrote
@@ -641,7 +555,7 @@ class StateStore:
                 (json.dumps(snapshot), run_id),
             )
         except sqlite3.Error as exc:
-            raise _state_fatal(self.path, exc) from None
+            raise state_fatal(self.path, exc) from None
 
     @_classified
     async def set_run_status(self, run_id: int, status: str, *, pid: int | None = None) -> None:
@@ -661,7 +575,7 @@ class StateStore:
                 (*_json_set_params(changes), run_id),
             )
         except sqlite3.Error as exc:
-            raise _state_error(self.path, exc) from None
+            raise state_error_now(self.path, exc) from None
 
     @_classified
     async def abandon_run(self, run_id: int) -> None:
@@ -688,7 +602,7 @@ class StateStore:
             ) as cur:
                 return [FailedItem(*row) for row in await cur.fetchall()]
         except sqlite3.Error as exc:
-            raise _state_fatal(self.path, exc) from None
+            raise state_fatal(self.path, exc) from None
 
     @_classified
     async def forget_failed(self, job: str, key: str) -> int:
@@ -731,7 +645,7 @@ class StateStore:
                     (utc_now_iso(), *(row[0] for row in rows)),
                 )
         except sqlite3.Error as exc:
-            raise _state_error(self.path, exc) from None
+            raise state_error_now(self.path, exc) from None
         return [(row[1], row[2]) for row in rows]
 
     @_classified
@@ -759,58 +673,3 @@ async def open_state(path: str, *, check: bool = False) -> AsyncIterator[StateSt
         raise ConfigError("--state", exc.message.removeprefix("state ")) from None
     finally:
         await store.close()
-
-
-class JobLock:
-    """One process per job: an OS lock on `<state>.<job>.lock`, released even by SIGKILL."""
-
-    def __init__(self, state_path: str, job: str) -> None:
-        self.path = f"{state_path}.{job}.lock"
-        self._fd: int | None = None
-
-    def holder(self) -> int | None:
-        """The pid of the live process holding the lock, or None."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            return None
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except BlockingIOError:
-                content = os.read(fd, 64).decode(errors="replace").strip()
-                return int(content) if content.isdigit() else -1
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            return None
-        finally:
-            os.close(fd)
-
-    def acquire(self, job: str) -> None:
-        try:
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise ConfigError(
-                "--state", f"{self.path}: cannot take the job lock: {exc.strerror}"
-            ) from None
-        # A `status` reading the lock holds it shared for an instant: try for a short while.
-        for attempt in range(20):
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if attempt < 19:
-                    time.sleep(0.05)
-        else:
-            content = os.read(fd, 64).decode(errors="replace").strip()
-            os.close(fd)
-            raise JobBusy("--job", f"job {job!r} is already running in process {content or '?'}")
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
-        self._fd = fd
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None

@@ -12,11 +12,11 @@ import dataclasses
 from typing import Any, Protocol
 
 from tui_backfill.core.records import Command, FailedItem
+from tui_backfill.core.store import JobStore
 from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot, failed_item_from_json
 from tui_backfill.pipelines.prepare import PreparedRun
-from tui_backfill.state.sqlite import StateStore
 
 API = "/api/rsr-image-backfill"
 
@@ -76,7 +76,7 @@ class AttachedController:
 
     attached = True
 
-    def __init__(self, store: StateStore, state_path: str, job: str) -> None:
+    def __init__(self, store: JobStore, state_path: str, job: str) -> None:
         self._store = store
         self._state_path = state_path
         self.job = job
