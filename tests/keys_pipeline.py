@@ -71,6 +71,8 @@ class KeysPipeline:
     delay: float = 0.0
     page_size: int = 7
     seen: list[str] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)  # seen, not landed yet
+    landed: list[str] = field(default_factory=list)  # landed by before_commit
     hook: Callable[[Item], Any] | None = None  # runs inside the stage, before it records
     name: str = NAME
     members: tuple[int, ...] = (0,)
@@ -87,12 +89,18 @@ class KeysPipeline:
                 await self.hook(item)
             await asyncio.sleep(self.delay)
             self.seen.append(item.key)
+            self.pending.append(item.key)
 
         await stages.stage(visit, Slot.ORIGIN)
         return Result("seen", ("seen",))
 
     def checkpoint_json(self, position: Position) -> dict[str, Any]:
         return position_json(position)
+
+    async def before_commit(self) -> None:
+        """Keys seen since the last commit land now (the way the hash index batches upserts)."""
+        self.landed.extend(self.pending)
+        self.pending.clear()
 
     def snapshot(self, progress: Progress) -> KeySnapshot:
         return KeySnapshot(

@@ -251,3 +251,39 @@ async def test_a_live_concurrency_change_is_kept_for_the_resume(store: StateStor
     assert (await run).exit_code == 75
     stored = await store.run(run_id)
     assert stored is not None and stored.settings["concurrency"] == 5
+
+
+class CheckingStore:
+    """The real store; each checkpoint commit checks that every key behind the position it
+    writes has landed (the guarantee the hash index needs for its upserts)."""
+
+    def __init__(self, store: StateStore, pipeline: KeysPipeline) -> None:
+        self._store = store
+        self._pipeline = pipeline
+        self.commits = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def commit_checkpoint(
+        self, run_id: int, counters: Any, checkpoint: Any, **kw: Any
+    ) -> None:
+        landed = set(self._pipeline.landed)
+        last = checkpoint["lastKey"]
+        behind = [k for k in self._pipeline.keys if last is not None and k <= last]
+        assert set(behind) <= landed, sorted(set(behind) - landed)[:5]
+        assert set(checkpoint["doneAfter"]) <= landed
+        self.commits += 1
+        await self._store.commit_checkpoint(run_id, counters, checkpoint, **kw)
+
+
+async def test_a_pipeline_lands_its_own_writes_before_each_checkpoint(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    pipeline = KeysPipeline(KEYS, delay=0.002)
+    checking = CheckingStore(store, pipeline)
+    result = await engine_for(checking, record, pipeline, checkpoint_every=3).run()  # type: ignore[arg-type]
+    assert result.exit_code == 0
+    assert checking.commits >= len(KEYS) // 3  # a commit every 3 keys, and the final one
+    assert sorted(pipeline.landed) == KEYS and not pipeline.pending

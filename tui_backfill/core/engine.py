@@ -655,6 +655,7 @@ class Engine(Generic[S]):
                 None if concurrency == self._stored_concurrency else {"concurrency": concurrency}
             )
             try:
+                await self.pipeline.before_commit()  # its own writes land before the position
                 await self._store.commit_checkpoint(
                     self.plan.run_id,
                     counters,

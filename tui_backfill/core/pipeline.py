@@ -188,4 +188,10 @@ class Pipeline(Protocol[S_co]):
 
     def checkpoint_json(self, position: Position) -> dict[str, Any]: ...
 
+    async def before_commit(self) -> None:
+        """Called under the commit lock before each checkpoint commit: a pipeline that
+        batches writes of its own (the hash index's upserts) lands them here, so a checkpoint
+        never passes an item whose write has not landed."""
+        ...
+
     def snapshot(self, progress: Progress) -> S_co: ...

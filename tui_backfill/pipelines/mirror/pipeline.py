@@ -180,6 +180,9 @@ class MirrorPipeline:
     def checkpoint_json(self, position: Position) -> dict[str, Any]:
         return Checkpoint.at(position).to_json()
 
+    async def before_commit(self) -> None:
+        """Nothing to land: each item's PUT is done when the item is."""
+
     async def process(self, item: Item, stages: Stages) -> Result:
         """Existence, fetch, put. Returns how the item ended; raises when it did not end."""
         plan = self.plan
