@@ -55,3 +55,14 @@ def test_failed_items_are_logged_in_bursts_then_counted(caplog: pytest.LogCaptur
         "2 more failed items not logged one by one (`tui-backfill failed` lists them)",
         "failed item 'k4' after 3 attempt(s): http_503: HTTP 503",
     ]
+
+
+def test_a_message_that_starts_with_its_code_says_it_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    failures = FailureLog(logging.getLogger("test.once"))
+    with caplog.at_level(logging.WARNING, logger="test.once"):
+        failures.failed("k", 3, "connection", "connection: ServerDisconnectedError", 0.0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "failed item 'k' after 3 attempt(s): connection: ServerDisconnectedError"
+    ]

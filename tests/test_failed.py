@@ -4,11 +4,12 @@ a real run that leaves `bad_sku` failed items; the store's methods on their own.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from helpers import KEY, one_line, run_args, tool, tool_env
+from helpers import CLI, KEY, one_line, run_args, tool, tool_env
 
 from tui_backfill.core.records import FailedItem
 from tui_backfill.frontends.service import JobService
@@ -118,3 +119,33 @@ async def test_the_store_forgets_one_job_s_items_only(tmp_path: Path) -> None:
         assert [f.key for f in await store.failed_items("b")] == ["k/x", "k/y"]
     finally:
         await store.close()
+
+
+async def test_failed_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    """`failed | head`: the reader stops early (a broken pipe); no traceback, exit 0."""
+    state = tmp_path / "state.sqlite3"
+    store = await StateStore.open(str(state))
+    try:
+        run_id = await store.create_run("default", {}, dry_run=False, range_after=None)
+        items = [
+            FailedItem(
+                f"{i:06d}", 1, f"rsr/highres/{i:06d}_1_HR.jpg", "timeout", "x" * 80, 3, run_id
+            )
+            for i in range(3000)  # some 400 KB of text: far more than a pipe holds
+        ]
+        await store.commit_checkpoint(run_id, Counters(), Checkpoint(), job="default", failed=items)
+    finally:
+        await store.close()
+    for extra in ([], ["--json"]):
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "failed", "--state", str(state), *extra,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=dict(os.environ),
+        )  # fmt: skip
+        assert proc.stdout is not None and proc.stderr is not None
+        first = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert first.strip()
+        proc.stdout.feed_eof()  # read no more, and close our end: the writer meets a broken pipe
+        proc._transport.get_pipe_transport(1).close()  # type: ignore[attr-defined]
+        err = await asyncio.wait_for(proc.stderr.read(), 30)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0, err.decode()
+        assert b"Traceback" not in err and b"BrokenPipe" not in err, err.decode()

@@ -30,9 +30,9 @@ class FailureLog:
             self._window_start, self._logged = now, 0
         if self._logged < self._burst:
             self._logged += 1
-            self._log.warning(
-                "failed item %r after %d attempt(s): %s: %s", key, attempts, code, message
-            )
+            # a message that starts with its code ("connection: ...") says it once
+            said = message if message.startswith(f"{code}:") else f"{code}: {message}"
+            self._log.warning("failed item %r after %d attempt(s): %s", key, attempts, said)
         else:
             self._unlogged += 1
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -198,6 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_PAUSED
+    except BrokenPipeError:
+        # `failed | head`: the reader has all it wanted; no traceback, and no second error
+        # when Python flushes stdout at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     raise AssertionError(args.command)
 
 
@@ -474,9 +480,14 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
     if lock.holder() is not None:
         print(f"job {job!r} is still finishing in-flight items", file=sys.stderr)
         return EXIT_PAUSED
-    status = await status_snapshot(state, job)
+    from tui_backfill.seams.keys import visible
+
+    checkpoint = (await status_snapshot(state, job)).snapshot.checkpoint
+    partly = len(checkpoint.completed_angles)
     print(
-        f"paused at checkpoint {json.dumps(status.snapshot.checkpoint.to_json())}", file=sys.stderr
+        f"paused at checkpoint lastSku {visible(str(checkpoint.last_sku))}"
+        + (f", {partly:,} SKUs after it partly done" if partly else ""),
+        file=sys.stderr,
     )
     return EXIT_OK
 

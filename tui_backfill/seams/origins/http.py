@@ -86,8 +86,12 @@ class HttpOrigin:
             raise RetryableError(
                 f"no complete answer within {self._timeout:g} s", code="timeout"
             ) from None
-        except aiohttp.ClientPayloadError as exc:
-            raise RetryableError(f"truncated body: {exc}", code="truncated") from None
+        except aiohttp.ClientPayloadError:
+            # aiohttp's own text ("<ContentLengthError: 400, ...>") reads like an HTTP 400
+            raise RetryableError(
+                "truncated body: the connection closed before the whole body arrived",
+                code="truncated",
+            ) from None
         except aiohttp.ClientConnectorError as exc:  # no connection was made at all
             message = f"connection: {exc.__class__.__name__}: {exc}"
             raise connection_error(exc.os_error, message) from None
