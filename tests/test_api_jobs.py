@@ -157,3 +157,29 @@ async def test_unknown_job_is_404_and_a_bad_name_400(make_api: MakeApi) -> None:
         for path in ("default/status", "nosuch/status", "-dash/status"):
             code, body = await bare.call("GET", f"{JOBS}/{path}")
             assert code == 401, (path, body)
+
+
+async def test_what_a_web_page_could_send_is_refused(make_api: MakeApi) -> None:
+    """A cross-site Origin (a form POST needs no preflight) and, on loopback, a foreign Host
+    (DNS rebinding) are 403 on every route; the served job is not touched."""
+    job, api = await make_api(20, limit=20)
+    port = api.url.rsplit(":", 1)[1]
+    for method, path in [
+        ("POST", f"{BASE}/pause"),
+        ("POST", f"{JOBS}/{job.job}/hold"),
+        ("GET", f"{BASE}/status"),
+        ("GET", "/api/rsr-image-gap"),
+    ]:
+        code, body = await api.call(method, path, headers={"Origin": "http://evil.example"})
+        assert code == 403 and "cross-site" in body["error"], (path, code, body)
+        code, body = await api.call(method, path, headers={"Origin": "null"})
+        assert code == 403, (path, code, body)
+        code, body = await api.call(method, path, headers={"Host": f"evil.example:{port}"})
+        assert code == 403 and "Host" in body["error"], (path, code, body)
+    # the server's own origin, and localhost, are fine
+    code, _ = await api.call(
+        "GET", f"{BASE}/status", headers={"Origin": api.url, "Host": api.url.split("//")[1]}
+    )
+    assert code in (200, 404)
+    code, _ = await api.call("GET", f"{BASE}/status", headers={"Host": f"localhost:{port}"})
+    assert code in (200, 404)

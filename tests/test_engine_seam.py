@@ -287,3 +287,55 @@ async def test_a_pipeline_lands_its_own_writes_before_each_checkpoint(store: Sta
     assert result.exit_code == 0
     assert checking.commits >= len(KEYS) // 3  # a commit every 3 keys, and the final one
     assert sorted(pipeline.landed) == KEYS and not pipeline.pending
+
+
+async def test_a_failed_before_commit_stops_the_run_and_loses_nothing(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    pipeline = KeysPipeline(KEYS, delay=0.002)
+    landed_before = pipeline.before_commit
+    failures = [RuntimeError("the index is locked")]
+
+    async def flaky() -> None:
+        if failures and len(pipeline.seen) > 10:
+            raise failures.pop()
+        await landed_before()
+
+    pipeline.before_commit = flaky  # type: ignore[method-assign]
+    first = await engine_for(store, record, pipeline, checkpoint_every=3).run()
+    assert first.exit_code == 3 and first.state is RunState.FAILED
+    stored = await store.run(run_id)
+    assert stored is not None and stored.status == "paused"
+    # Nothing passed the checkpoint without having landed; a resume finishes the rest.
+    last = stored.checkpoint.last
+    assert last is not None and {k for k in KEYS if k <= last} <= set(pipeline.landed)
+    again = KeysPipeline(KEYS)
+    done = await engine_for(store, stored, again).run()
+    assert done.exit_code == 0
+    assert set(pipeline.landed) | set(again.landed) == set(KEYS)
+
+
+async def test_a_concurrency_change_while_held_is_kept_at_once(store: StateStore) -> None:
+    run_id = await new_run(store, "keys", KEYS)
+    record = await store.run(run_id)
+    assert record is not None
+    pipeline = KeysPipeline(KEYS, delay=0.05)
+    engine = engine_for(store, record, pipeline)
+    run = asyncio.create_task(engine.run())
+    try:
+        while len(pipeline.seen) < 2:
+            await asyncio.sleep(0.01)
+        engine.hold()
+        for _ in range(200):
+            if engine.state is RunState.PAUSED:
+                break
+            await asyncio.sleep(0.02)
+        engine.set_concurrency(4)
+        await asyncio.sleep(1.0)  # a few heartbeats; no checkpoint is due while held
+        stored = await store.run(run_id)
+        assert stored is not None and stored.settings["concurrency"] == 4  # a kill now keeps it
+        engine.stop()
+        assert (await asyncio.wait_for(run, 30)).exit_code == 75
+    finally:
+        run.cancel()

@@ -299,3 +299,9 @@ def test_the_angle_spec_is_parsed_once_with_the_settings() -> None:
 def test_a_job_name_with_a_trailing_line_break_is_refused() -> None:
     with pytest.raises(ConfigError, match="--job"):
         resolve({"job": "nightly\n"}, env={})
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_of_seconds_must_be_finite(value: str) -> None:
+    with pytest.raises(ConfigError, match=r"--backoff.*finite"):
+        resolve({"backoff": value}, env={})

@@ -131,6 +131,7 @@ class Engine(Generic[S]):
         self._saved_group: str | None = plan.position.last
         self._ended_at: str | None = None  # when this process's part of the run ended
         self._stored_concurrency: int | None = None  # written with the first commit
+        self._concurrency_changed = False
         self._beat_errors: set[str] = set()  # heartbeat failures already logged
         self._tracebacks: set[type[BaseException]] = set()  # internal errors already logged
         self._failure_log = FailureLog(log)
@@ -150,8 +151,8 @@ class Engine(Generic[S]):
             self._state = RunState.PAUSING
 
     def hold(self) -> None:
-        """Pause in place until `resume`."""
-        if self._stop is Stop.NONE:
+        """Pause in place until `resume` (not once the run has ended in this process)."""
+        if self._stop is Stop.NONE and self._ended_at is None:
             self._stop = Stop.HOLD
             self._interrupt.set()
             self._resumed.clear()
@@ -170,6 +171,7 @@ class Engine(Generic[S]):
         value = max(1, min(value, self.plan.max_concurrency))
         self._fetch_slots.set_limit(value)
         self._item_slots.set_limit(self._items_bound(value))
+        self._concurrency_changed = True  # the heartbeat commits it (also while held)
         return value
 
     @property
@@ -319,6 +321,9 @@ class Engine(Generic[S]):
                 await self._beat_step("commands", self._read_commands)
             if self._breaker.overdue(now):
                 await self._beat_step("parked", self._record_parked)
+            if self._concurrency_changed and self._ended_at is None and not self.plan.dry_run:
+                self._concurrency_changed = False  # kept for a resume at once, not at the
+                await self._beat_step("concurrency", self._commit)  # next checkpoint
             if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
                 self._state = RunState.PAUSED
                 await self._beat_step("hold", self._commit)
@@ -669,14 +674,22 @@ class Engine(Generic[S]):
                     snapshot=snapshot,
                     settings=settings,
                 )
-            except FatalError as exc:
-                # The state cannot be written (full, read-only, locked): keep what was pending
-                # and stop the run; it is resumable from the last checkpoint that did land.
+            except Exception as exc:
+                # The state cannot be written (full, read-only, locked), or the pipeline's own
+                # writes did not land: keep what was pending and stop the run; it is resumable
+                # from the last checkpoint that did land.
                 self._pending_failed[:0] = failed
                 self._pending_resolved[:0] = resolved
+                if isinstance(exc, FatalError):
+                    fatal = exc
+                else:  # a pipeline's before_commit failed: its writes may not have landed
+                    log.exception("a commit failed: the run stops at the last checkpoint")
+                    fatal = FatalError(
+                        f"internal error: {exc.__class__.__name__}: {exc}", code="internal"
+                    )
                 if self._fatal is None:
-                    self._fatal = exc
+                    self._fatal = fatal
                 self.stop()
-                raise
+                raise fatal from None
             self._saved_at, self._saved_group = saved_at, position.last
             self._stored_concurrency = concurrency

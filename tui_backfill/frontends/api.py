@@ -23,6 +23,7 @@ import json
 import logging
 import re
 import sys
+import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -98,6 +99,37 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             f"tui-backfill: API error on {request.method} {request.path}: {name}", file=sys.stderr
         )
         return _json(500, {"error": f"internal error: {exc.__class__.__name__}"})
+
+
+LOOPBACK_NAMES = ("localhost",)
+
+
+def _same_site(bound: str) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Refuse what a web page in a browser could send: a request carrying a cross-site
+    `Origin` (a form POST needs no preflight), and, when bound to loopback, one whose `Host` is
+    not a loopback name (DNS rebinding: evil.example resolving to 127.0.0.1). Off loopback the
+    bearer token, which no page can add without a preflight, is the guard."""
+    loopback = is_loopback(bound)
+
+    @web.middleware
+    async def same_site(request: web.Request, handler: Handler) -> web.StreamResponse:
+        host = request.headers.get("Host", "")
+        origin = request.headers.get("Origin")
+        if origin is not None:
+            parts = urllib.parse.urlsplit(origin)
+            if origin == "null" or parts.netloc.lower() != host.lower():
+                return _json(
+                    403, {"error": "cross-site request refused (its Origin is not this server)"}
+                )
+        if loopback:
+            name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+            if not (is_loopback(name) or name in LOOPBACK_NAMES):
+                return _json(
+                    403, {"error": "request refused: its Host is not this loopback server"}
+                )
+        return await handler(request)
+
+    return same_site
 
 
 def _auth(token: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -345,8 +377,8 @@ async def job_runs(request: web.Request) -> web.Response:
     return _json(200, {"job": other.job, "runs": entries})
 
 
-def build_app(service: JobService, *, token: str = "") -> web.Application:
-    middlewares: list[Any] = [_errors]
+def build_app(service: JobService, *, token: str = "", host: str = "127.0.0.1") -> web.Application:
+    middlewares: list[Any] = [_errors, _same_site(host)]
     if token:
         middlewares.append(_auth(token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
@@ -403,7 +435,7 @@ class ApiServer:
         self.port = port
         self._field = field
         self._runner = web.AppRunner(
-            build_app(service, token=token), access_log=None, shutdown_timeout=5
+            build_app(service, token=token, host=host), access_log=None, shutdown_timeout=5
         )
         self.url = ""
 

@@ -24,6 +24,7 @@ from tui_backfill.frontends.running import (
     EXIT_PAUSED,
     EXIT_USAGE,
     has_terminal,
+    quiet_stdout,
     run_console,
     run_headless,
     wants_console,
@@ -35,6 +36,9 @@ if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
     from tui_backfill.core.store import JobStore
     from tui_backfill.frontends.status import JobStatus
+
+
+LISTINGS = ("status", "runs", "failed", "coverage")  # commands that only print
 
 
 class _Parser(argparse.ArgumentParser):
@@ -200,10 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return EXIT_PAUSED
     except BrokenPipeError:
-        # `failed | head`: the reader has all it wanted; no traceback, and no second error
-        # when Python flushes stdout at exit
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_OK
+        # `failed | head`: the listing's reader has all it wanted (a run's own exit code is
+        # kept by running.py, which catches it around its final output)
+        quiet_stdout()
+        if args.command in LISTINGS:
+            return EXIT_OK
+        raise
     raise AssertionError(args.command)
 
 
@@ -249,7 +255,6 @@ def _cmd_attach(args: argparse.Namespace) -> int:
 
 
 async def attach_url(url: str) -> int:
-    import os
 
     from tui_backfill.frontends.api import TOKEN_ENV
     from tui_backfill.frontends.ui.app import BackfillApp
@@ -304,7 +309,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import os
 
     from tui_backfill.frontends.api import check_bind
     from tui_backfill.pipelines.config import validate_for_run

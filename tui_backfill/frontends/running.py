@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 from typing import Any
@@ -14,6 +15,12 @@ from typing import Any
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
+
+
+def quiet_stdout() -> None:
+    """The reader of stdout went away (`| head`): what is left to print goes nowhere, and
+    Python's flush at exit raises no second BrokenPipeError."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def has_terminal() -> bool:
@@ -130,11 +137,14 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 "existing": result.snapshot.counters.found_at_start,
                 "missing": result.snapshot.counters.would_fetch,
             }
-        print(progress_line(result.snapshot), file=sys.stderr)
-        if result.exit_code == EXIT_FATAL and result.snapshot.message:
-            # what stopped the run, one line (the checkpoint that last landed is kept)
-            print(f"tui-backfill: error: {result.snapshot.message}", file=sys.stderr)
-        print(json.dumps(output, indent=2))
+        try:
+            print(progress_line(result.snapshot), file=sys.stderr)
+            if result.exit_code == EXIT_FATAL and result.snapshot.message:
+                # what stopped the run, one line (the checkpoint that last landed is kept)
+                print(f"tui-backfill: error: {result.snapshot.message}", file=sys.stderr)
+            print(json.dumps(output, indent=2), flush=True)
+        except BrokenPipeError:  # `run ... | head`: the run's own exit code still tells
+            quiet_stdout()
         return result.exit_code
     finally:
         if request.dry_run:  # a dry run leaves no run behind, however it ended

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import math
 import os
 import re
 import tomllib
@@ -209,9 +210,12 @@ def _coerce(option: Option, value: Any, field: str) -> Any:
             raise ConfigError(field, f"{value!r} is not a whole number") from None
     if option.kind is float:
         try:
-            return float(str(value).strip())
+            number = float(str(value).strip())
         except ValueError:
             raise ConfigError(field, f"{value!r} is not a number of seconds") from None
+        if not math.isfinite(number):  # NaN or infinity: no wait, and not storable as JSON
+            raise ConfigError(field, f"{value!r} is not a finite number of seconds")
+        return number
     if not isinstance(value, str):
         raise ConfigError(field, f"{value!r} must be a string")
     if issubclass(option.kind, enum.Enum):
