@@ -99,11 +99,6 @@ class StateJob:
         what = name.value if arg is None else f"{name.value} {arg}"
         return 202, {"message": f"{what} sent to job {self.job!r} running in process {holder}"}
 
-    async def max_concurrency(self) -> int | None:
-        """The upper bound its latest run's settings allow (None: no run, or none stored)."""
-        status = await self.status_or_none()
-        return None if status is None else status.max_concurrency
-
     async def _not_running(self, what: str) -> ApiError:
         if await self.status_or_none() is None:
             return self.no_runs()
