@@ -114,7 +114,7 @@ class S3Objects:
     """GETs of one bucket's objects through an aiobotocore S3 client the caller owns."""
 
     def __init__(self, client: Any, bucket: str, *, timeout: float) -> None:
-        self._client = client
+        self.client = client
         self.bucket = bucket
         self.timeout = timeout
 
@@ -125,7 +125,7 @@ class S3Objects:
         """
         try:
             async with asyncio.timeout(self.timeout):
-                answer = await self._client.get_object(Bucket=self.bucket, Key=key)
+                answer = await self.client.get_object(Bucket=self.bucket, Key=key)
         except TimeoutError:
             raise RetryableError(
                 f"S3 GET {key}: no answer within {self.timeout:g} s", code="timeout"
@@ -135,6 +135,11 @@ class S3Objects:
             if code in _NOT_FOUND or (status == 404 and code != "NoSuchBucket"):
                 raise NotFoundError(f"S3 {status} {code}: {key}", code="noRemote") from None
             raise classify(exc) from None
+        except _TRUNCATED:  # an answer read whole by botocore (an error's XML) cut short
+            raise RetryableError(
+                f"S3 GET {key}: truncated answer, the connection closed mid-body",
+                code="truncated",
+            ) from None
         except CLASSIFIED as exc:
             raise classify(exc) from exc
         body = answer["Body"]
