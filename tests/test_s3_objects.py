@@ -118,7 +118,7 @@ async def test_missing_key_is_no_remote_and_missing_bucket_fatal(
     with pytest.raises(NotFoundError) as missing:
         await objects.get("no/such.jpg")
     assert missing.value.code == "noRemote"
-    gone = S3Objects(objects._client, "no-such-bucket", timeout=TIMEOUT)
+    gone = S3Objects(objects.client, "no-such-bucket", timeout=TIMEOUT)
     with pytest.raises(FatalError) as fatal:
         await gone.get("a.jpg")
     assert fatal.value.code == "s3_NoSuchBucket"
