@@ -27,6 +27,7 @@ from tui_backfill.seams.templates import (
     DEFAULT_KEY_TEMPLATE,
     key_template,
     origin_template,
+    s3_origin,
 )
 from tui_backfill.seams.urls import (
     redact_url,
@@ -36,7 +37,9 @@ from tui_backfill.seams.urls import (
 ENV_PREFIX = "TUI_BACKFILL_"
 DEFAULT_STATE = "state/tui-backfill.sqlite3"
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-ORIGIN_SCHEMES = ("http", "https", "ftp", "file")
+ORIGIN_SCHEMES = ("http", "https", "ftp", "file", "s3")
+# Options that only an s3:// origin reads.
+S3_ORIGIN_OPTIONS = ("origin_endpoint_url", "origin_region", "origin_path_style", "origin_profile")
 
 
 class ExistsCheck(enum.StrEnum):
@@ -84,6 +87,21 @@ OPTIONS: tuple[Option, ...] = (
     Option("skus_db", str, None, "catalog database (SQLite file, opened read-only)"),
     Option("skus_query", str, None, "SQL returning one column of active SKUs"),
     Option("origin", str, None, "origin URL template with {sku} and {angle}"),
+    Option(
+        "origin_endpoint_url",
+        str,
+        None,
+        "S3 endpoint of an s3:// origin (else AWS S3; AWS_ENDPOINT_URL is the destination's)",
+    ),
+    Option("origin_region", str, None, "region of an s3:// origin (else us-east-1)"),
+    Option("origin_path_style", bool, False, "path-style addressing for an s3:// origin"),
+    Option(
+        "origin_profile",
+        str,
+        None,
+        "AWS profile with an s3:// origin's credentials (else ORIGIN_AWS_ACCESS_KEY_ID and "
+        "ORIGIN_AWS_SECRET_ACCESS_KEY from the environment, else anonymous)",
+    ),
     Option("bucket", str, None, "destination bucket"),
     Option("endpoint_url", str, None, "S3 endpoint URL (else AWS_ENDPOINT_URL, else AWS)"),
     Option("region", str, None, "S3 region (else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)"),
@@ -133,6 +151,10 @@ class Settings:
     skus_db: str | None = None
     skus_query: str | None = None
     origin: str | None = None
+    origin_endpoint_url: str | None = None
+    origin_region: str | None = None
+    origin_path_style: bool = False
+    origin_profile: str | None = None
     bucket: str | None = None
     endpoint_url: str | None = None
     region: str | None = None
@@ -423,19 +445,32 @@ def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = No
             f"scheme {scheme or '(none)'!r} is not supported; accepted: {', '.join(s + '://' for s in ORIGIN_SCHEMES)}",
         )
     _check_origin_template(settings.origin)
+    if scheme == "s3":
+        s3_origin(origin_template(settings.origin).text)
+        _check_endpoint(
+            settings.origin_endpoint_url, where.get("origin_endpoint_url", "--origin-endpoint-url")
+        )
+    else:
+        for name in S3_ORIGIN_OPTIONS:
+            if getattr(settings, name) not in (None, False):
+                raise ConfigError(
+                    where.get(name, BY_NAME[name].flag),
+                    f"only for an s3:// origin; --origin is {scheme}://",
+                )
     if not settings.bucket:
         raise ConfigError("--bucket", "required: the destination bucket name")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", settings.bucket):
         raise ConfigError(
             where.get("bucket", "--bucket"), f"{settings.bucket!r} is not a valid bucket name"
         )
-    if settings.endpoint_url:
-        parts = urllib.parse.urlsplit(settings.endpoint_url)
+    _check_endpoint(settings.endpoint_url, where.get("endpoint_url", "--endpoint-url"))
+
+
+def _check_endpoint(url: str | None, field: str) -> None:
+    if url:
+        parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                where.get("endpoint_url", "--endpoint-url"),
-                f"{settings.endpoint_url!r}: expected http(s)://host[:port]",
-            )
+            raise ConfigError(field, f"{url!r}: expected http(s)://host[:port]")
 
 
 def _check_origin_template(origin: str) -> None:

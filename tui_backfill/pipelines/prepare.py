@@ -30,7 +30,7 @@ from tui_backfill.pipelines.config import (
 )
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
-from tui_backfill.seams.origins import open_origin, preflight_origin
+from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
 from tui_backfill.seams.sources import check_source, sku_batches
 from tui_backfill.seams.templates import key_template
 from tui_backfill.seams.urls import (
@@ -128,6 +128,31 @@ def _origin_with_secret(
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{parts.username}:{secret}@{host}"))
 
 
+def _s3_access(settings: Settings) -> S3Access:
+    return S3Access(
+        endpoint_url=settings.origin_endpoint_url,
+        region=settings.origin_region,
+        path_style=settings.origin_path_style,
+        profile=settings.origin_profile,
+    )
+
+
+def _origin_uses_keys(origin: str, env: Mapping[str, str]) -> bool:
+    """Whether an s3:// origin is read with ORIGIN_AWS_* keys (never stored: a resume must
+    find them in the environment again)."""
+    return origin.startswith("s3://") and bool(env.get("ORIGIN_AWS_ACCESS_KEY_ID"))
+
+
+def _check_origin_keys(stored: Mapping[str, Any], env: Mapping[str, str]) -> None:
+    """A run that read its s3:// origin with a key pair does not go on anonymously."""
+    if stored.get("origin_keys") and not env.get("ORIGIN_AWS_ACCESS_KEY_ID"):
+        raise ConfigError(
+            "ORIGIN_AWS_ACCESS_KEY_ID",
+            "required to continue this run: its origin's key pair is never stored; set "
+            "ORIGIN_AWS_ACCESS_KEY_ID and ORIGIN_AWS_SECRET_ACCESS_KEY in the environment",
+        )
+
+
 def _origin_needs_password(origin: str, env: Mapping[str, str]) -> bool:
     """Whether the run used a password that a resume must read again from the environment."""
     parts = urllib.parse.urlsplit(origin)
@@ -198,6 +223,7 @@ async def _prepare_locked(
         origin_url = _origin_with_secret(
             settings, unfinished.settings, resolved.settings.origin, env
         )
+        _check_origin_keys(unfinished.settings, env)
     else:
         validate_for_run(settings, resolved.explicit)
         await asyncio.to_thread(check_source, settings)  # runs the catalog query once
@@ -214,7 +240,9 @@ async def _prepare_locked(
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
     if not request.dry_run:  # before a run exists: an absent origin leaves nothing behind
-        await preflight_origin(origin_url or "", timeout=settings.timeout, env=env)
+        await preflight_origin(
+            origin_url or "", timeout=settings.timeout, env=env, s3=_s3_access(settings)
+        )
     if continuing:
         assert unfinished is not None
         run = unfinished
@@ -227,6 +255,7 @@ async def _prepare_locked(
             settings,
             request,
             origin_has_password=_origin_needs_password(origin_url or "", env),
+            origin_keys=_origin_uses_keys(origin_url or "", env),
         )
     await store.clear_commands(job)
     origin = None
@@ -238,6 +267,7 @@ async def _prepare_locked(
             timeout=settings.timeout,
             bandwidth=settings.bandwidth_bytes,
             env=env,
+            s3=_s3_access(settings),
         )
         stack.push_async_callback(origin.close)
     angles = settings.angle_list
@@ -284,7 +314,12 @@ def _saved_at(run: RunRecord) -> str:
 
 
 async def _create_run(
-    store: JobStore, settings: Settings, request: RunRequest, *, origin_has_password: bool
+    store: JobStore,
+    settings: Settings,
+    request: RunRequest,
+    *,
+    origin_has_password: bool,
+    origin_keys: bool,
 ) -> RunRecord:
     job = settings.job
     range_after = None
@@ -293,6 +328,7 @@ async def _create_run(
         range_after = previous.range_last if previous else None
     stored = settings.stored()
     stored["origin_password"] = origin_has_password
+    stored["origin_keys"] = origin_keys
     run_id = await store.create_run(job, stored, dry_run=request.dry_run, range_after=range_after)
     try:
         await store.snapshot_skus(run_id, sku_batches(settings), range_after, settings.limit_skus)

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
 import aiohttp
@@ -33,6 +33,9 @@ from tui_backfill.outcomes import (
     PermanentError,
     RetryableError,
 )
+
+if TYPE_CHECKING:
+    from tui_backfill.seams.s3_objects import S3Objects
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -149,6 +152,31 @@ class _OneSendSession(AIOHTTPSession):  # type: ignore[misc]
         return session
 
 
+def client_config(
+    *, region: str | None, path_style: bool, timeout: float, pool_size: int, **extra: Any
+) -> AioConfig:
+    """The client settings of every S3 client here (the destination bucket, an s3:// origin):
+    one send per call (the engine owns retries), socket timeouts from `timeout`, no checksum
+    headers that some servers reject. `extra` adds AioConfig settings (e.g. unsigned requests).
+    """
+    return AioConfig(
+        http_session_cls=_OneSendSession,
+        region_name=region or "us-east-1",
+        connect_timeout=min(timeout, 10.0),
+        read_timeout=timeout,
+        max_pool_connections=pool_size,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path" if path_style else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # A fixed User-Agent: botocore otherwise rebuilds its composite one twice per
+        # request (~0.3 ms of CPU each PUT). Our own parameters need no model validation.
+        user_agent=f"tui-backfill/{__version__}",
+        parameter_validation=False,
+        **extra,
+    )
+
+
 class Bucket:
     """One bucket on one endpoint. Use as an async context manager."""
 
@@ -165,20 +193,8 @@ class Bucket:
         self.name = name
         self.endpoint_url = endpoint_url
         self.timeout = timeout
-        self._config = AioConfig(
-            http_session_cls=_OneSendSession,
-            region_name=region or "us-east-1",
-            connect_timeout=min(timeout, 10.0),
-            read_timeout=timeout,
-            max_pool_connections=pool_size,
-            retries={"total_max_attempts": 1, "mode": "standard"},
-            s3={"addressing_style": "path" if path_style else "auto"},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-            # A fixed User-Agent: botocore otherwise rebuilds its composite one twice per
-            # request (~0.3 ms of CPU each PUT). Our own parameters need no model validation.
-            user_agent=f"tui-backfill/{__version__}",
-            parameter_validation=False,
+        self._config = client_config(
+            region=region, path_style=path_style, timeout=timeout, pool_size=pool_size
         )
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
@@ -193,6 +209,13 @@ class Bucket:
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
+
+    def objects(self) -> S3Objects:
+        """GETs of this bucket's objects, streamed (tui_backfill.seams.s3_objects), on this
+        bucket's client and timeout."""
+        from tui_backfill.seams.s3_objects import S3Objects
+
+        return S3Objects(self._client, self.name, timeout=self.timeout)
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 call, bounded as a whole by the timeout, as a fetch from the origin is.

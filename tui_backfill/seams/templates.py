@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 import urllib.parse
 from dataclasses import dataclass
@@ -101,3 +102,39 @@ def origin_template(text: str) -> Template:
         base, mark, query = text.partition("?")
         text = base.rstrip("/") + "/{sku}_{angle}" + mark + query
     return parse_template(text, "--origin", ("sku",))
+
+
+S3_ORIGIN_BUCKET = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]{1,254}")
+
+
+def s3_origin(text: str) -> tuple[str, Template]:
+    """The bucket and the key template of an `s3://BUCKET/KEY_TEMPLATE` origin.
+
+    The key is the text after the bucket, rendered as it is (no percent-encoding: S3 keys are
+    UTF-8 text). Without fields the seed's naming `{sku}_{angle}` is appended. Credentials
+    never go in the URL (they would be shown and stored): the message says where they go.
+    """
+    field = "--origin"
+    rest = text.removeprefix("s3://")
+    bucket, _, key = rest.partition("/")
+    if "@" in bucket or ":" in bucket:
+        raise ConfigError(
+            field,
+            "s3:// origins take no credentials or port in the URL; use "
+            "ORIGIN_AWS_ACCESS_KEY_ID / ORIGIN_AWS_SECRET_ACCESS_KEY or --origin-profile, "
+            "and --origin-endpoint-url",
+        )
+    if not bucket:
+        raise ConfigError(
+            field, f"{text!r} names no bucket; write s3://BUCKET/{{sku}}_{{angle}}.jpg"
+        )
+    if "{" in bucket or not S3_ORIGIN_BUCKET.fullmatch(bucket):
+        raise ConfigError(field, f"{bucket!r} is not a valid bucket name in {text!r}")
+    if "?" in key or "#" in key:
+        raise ConfigError(field, f"{text!r}: an s3:// key template takes no '?' or '#'")
+    if "{" not in key:
+        key = key.rstrip("/") + "/{sku}_{angle}" if key.strip("/") else "{sku}_{angle}"
+    template = parse_template(key, field, ("sku",))
+    if key.startswith("/"):
+        raise ConfigError(field, f"{text!r}: the key after the bucket must not start with '/'")
+    return bucket, template

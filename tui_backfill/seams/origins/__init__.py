@@ -54,6 +54,17 @@ def sniff_image(body: bytes) -> str:
     raise RetryableError(f"body is {what} ({len(body)} bytes)", code="bad_content")
 
 
+@dataclass(frozen=True, slots=True)
+class S3Access:
+    """How to reach an `s3://` origin's service (its credentials come from the environment,
+    see tui_backfill.seams.origins.s3)."""
+
+    endpoint_url: str | None = None
+    region: str | None = None
+    path_style: bool = False
+    profile: str | None = None
+
+
 class Origin(Protocol):
     async def fetch(self, sku: str, angle: int) -> Fetched: ...
 
@@ -121,11 +132,15 @@ async def connect_each(host: str, port: int, connect: Callable[[str], Awaitable[
 
 
 async def preflight_origin(
-    url: str, *, timeout: float, env: Mapping[str, str] | None = None
+    url: str,
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    s3: S3Access | None = None,
 ) -> None:
     """Preflight the origin of a URL template on a throwaway origin, closed again at once, so
     the caller can check before it creates a run and opens the run's own origin."""
-    origin = open_origin(url, concurrency=1, timeout=timeout, env=env)
+    origin = open_origin(url, concurrency=1, timeout=timeout, env=env, s3=s3)
     try:
         await origin.preflight()
     finally:
@@ -158,6 +173,7 @@ def open_origin(
     timeout: float,
     bandwidth: int | None = None,
     env: Mapping[str, str] | None = None,
+    s3: S3Access | None = None,
 ) -> Origin:
     """Build the origin for a URL template (validated by config beforehand)."""
     env = os.environ if env is None else env
@@ -178,4 +194,15 @@ def open_origin(
         from tui_backfill.seams.origins.local import FileOrigin
 
         return FileOrigin(template, timeout=timeout)
+    if scheme == "s3":
+        from tui_backfill.seams.origins.s3 import S3Origin
+
+        return S3Origin(
+            template,
+            access=s3 or S3Access(),
+            concurrency=concurrency,
+            timeout=timeout,
+            bandwidth=limiter,
+            env=env,
+        )
     raise ConfigError("--origin", f"scheme {scheme!r} is not supported")
