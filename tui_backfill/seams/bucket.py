@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import socket
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -58,11 +59,33 @@ _THROTTLE_CODES = {
 _REJECTS_CONDITIONAL = {"NotImplemented", "501"}
 
 
-def _error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
+def error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
+    """An S3 error answer's code, HTTP status and message."""
     error = exc.response.get("Error", {})
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
     code = str(error.get("Code") or status or "unknown")
     return code, status, str(error.get("Message") or code)
+
+
+class Refusal(enum.StrEnum):
+    """What a refused HeadBucket (a preflight: the destination's or an s3:// origin's) says."""
+
+    MISSING = "missing"  # no such bucket
+    CREDENTIALS = "credentials"  # the key pair (or its absence) was refused
+    BUSY = "busy"  # 5xx, 429, throttling: not a reason to refuse the run
+    OTHER = "other"
+
+
+def head_bucket_refusal(exc: botocore.exceptions.ClientError) -> tuple[Refusal, int, str]:
+    """(what it means, HTTP status, S3 code) of a HeadBucket's error answer."""
+    code, status, _ = error_parts(exc)
+    if status == 404 or code in ("NoSuchBucket", "404"):
+        return Refusal.MISSING, status, code
+    if status in (401, 403) or code in _CREDENTIAL_CODES:
+        return Refusal.CREDENTIALS, status, code
+    if status >= 500 or status == 429 or code in _THROTTLE_CODES:
+        return Refusal.BUSY, status, code
+    return Refusal.OTHER, status, code
 
 
 _TIMEOUT_ERRORS = (
@@ -97,7 +120,7 @@ CLASSIFIED = (BackfillError, *_S3_ERRORS, *_TRANSPORT_ERRORS)
 def _classify_client_error(exc: botocore.exceptions.ClientError) -> BackfillError:
     """An answer from the S3 server: 5xx and throttling retryable, credentials and a missing
     bucket fatal, other 4xx permanent."""
-    code, status, message = _error_parts(exc)
+    code, status, message = error_parts(exc)
     if code in _THROTTLE_CODES or status == 503:
         return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
     if status >= 500:
@@ -265,17 +288,17 @@ class Bucket:
                 "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
             ) from None
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = _error_parts(exc)
-            if status == 404 or code in ("NoSuchBucket", "404"):
+            refusal, status, code = head_bucket_refusal(exc)
+            if refusal is Refusal.MISSING:
                 raise ConfigError(
                     "--bucket", f"bucket {self.name!r} does not exist at {where}"
                 ) from None
-            if status in (401, 403) or code in _CREDENTIAL_CODES:
+            if refusal is Refusal.CREDENTIALS:
                 raise ConfigError(
                     "AWS_ACCESS_KEY_ID",
                     f"credentials rejected by {where} ({status} {code}); check the key pair",
                 ) from None
-            if status >= 500 or status == 429 or code in _THROTTLE_CODES:
+            if refusal is Refusal.BUSY:
                 raise RetryableError(f"{status} {code}", code="--bucket") from None
             raise ConfigError(
                 "--bucket", f"HeadBucket on {where} failed: {status} {code}"
@@ -304,7 +327,7 @@ class Bucket:
         try:
             await self._call("head_object", Bucket=self.name, Key=key)
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = _error_parts(exc)
+            code, status, _ = error_parts(exc)
             if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
                 return False
             raise classify(exc) from None
@@ -325,7 +348,7 @@ class Bucket:
         try:
             await self._call("put_object", **params)
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = _error_parts(exc)
+            code, status, _ = error_parts(exc)
             if status == 412 or code == "PreconditionFailed":
                 return False
             if "IfNoneMatch" in params and (code in _REJECTS_CONDITIONAL or status == 501):

@@ -30,7 +30,7 @@ import botocore.exceptions
 import botocore.response
 
 from tui_backfill.outcomes import NotFoundError, RetryableError
-from tui_backfill.seams.bucket import CLASSIFIED, _error_parts, classify
+from tui_backfill.seams.bucket import CLASSIFIED, classify, error_parts
 
 CHUNK = 256 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -131,7 +131,7 @@ class S3Objects:
                 f"S3 GET {key}: no answer within {self.timeout:g} s", code="timeout"
             ) from None
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = _error_parts(exc)
+            code, status, _ = error_parts(exc)
             if code in _NOT_FOUND or (status == 404 and code != "NoSuchBucket"):
                 raise NotFoundError(f"S3 {status} {code}: {key}", code="noRemote") from None
             raise classify(exc) from None

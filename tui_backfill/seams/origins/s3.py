@@ -30,12 +30,7 @@ import botocore
 import botocore.exceptions
 
 from tui_backfill.outcomes import BackfillError, ConfigError, FatalError, RetryableError
-from tui_backfill.seams.bucket import (
-    _CREDENTIAL_CODES,
-    _THROTTLE_CODES,
-    _error_parts,
-    client_config,
-)
+from tui_backfill.seams.bucket import Refusal, client_config, head_bucket_refusal
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
@@ -205,15 +200,15 @@ class S3Origin:
                 self._credentials_field, f"profile {self._access.profile!r} holds no credentials"
             ) from None
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = _error_parts(exc)
-            if status == 404 or code in ("NoSuchBucket", "404"):
+            refusal, status, code = head_bucket_refusal(exc)
+            if refusal is Refusal.MISSING:
                 raise ConfigError(
                     "--origin", f"bucket {self.bucket!r} does not exist at {self._where}"
                 ) from None
             anonymous = self._keys is None and not self._access.profile
-            if status in (401, 403) or code in _CREDENTIAL_CODES or (anonymous and status == 400):
+            if refusal is Refusal.CREDENTIALS or (anonymous and status == 400):
                 raise ConfigError(self._credentials_field, self._rejected(status, code)) from None
-            if status >= 500 or status == 429 or code in _THROTTLE_CODES:
+            if refusal is Refusal.BUSY:
                 return
             raise ConfigError(
                 "--origin", f"HeadBucket {self.bucket!r} at {self._where}: {status} {code}"
