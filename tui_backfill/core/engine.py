@@ -131,10 +131,15 @@ class Engine(Generic[S]):
         self._saved_group: str | None = plan.position.last
         self._ended_at: str | None = None  # when this process's part of the run ended
         self._stored_concurrency: int | None = None  # written with the first commit
-        self._concurrency_changed = False
         self._beat_errors: set[str] = set()  # heartbeat failures already logged
         self._tracebacks: set[type[BaseException]] = set()  # internal errors already logged
         self._failure_log = FailureLog(log)
+
+    def _concurrency_unsaved(self) -> bool:
+        """Changed live since the settings last stored it (before the first commit: since the
+        run's own setting)."""
+        saved = self._stored_concurrency
+        return self._fetch_slots.limit != (self.plan.concurrency if saved is None else saved)
 
     def _items_bound(self, concurrency: int) -> int:
         """Items in flight: enough to keep every fetch slot and every upload slot busy."""
@@ -171,7 +176,6 @@ class Engine(Generic[S]):
         value = max(1, min(value, self.plan.max_concurrency))
         self._fetch_slots.set_limit(value)
         self._item_slots.set_limit(self._items_bound(value))
-        self._concurrency_changed = True  # the heartbeat commits it (also while held)
         return value
 
     @property
@@ -321,9 +325,9 @@ class Engine(Generic[S]):
                 await self._beat_step("commands", self._read_commands)
             if self._breaker.overdue(now):
                 await self._beat_step("parked", self._record_parked)
-            if self._concurrency_changed and self._ended_at is None and not self.plan.dry_run:
-                self._concurrency_changed = False  # kept for a resume at once, not at the
-                await self._beat_step("concurrency", self._commit)  # next checkpoint
+            if self._concurrency_unsaved() and self._ended_at is None and not self.plan.dry_run:
+                # kept for a resume at once (also while held), not at the next checkpoint
+                await self._beat_step("concurrency", self._commit)
             if self._state is RunState.PAUSING and not self._tasks and self._stop is Stop.HOLD:
                 self._state = RunState.PAUSED
                 await self._beat_step("hold", self._commit)
