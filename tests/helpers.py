@@ -12,6 +12,8 @@ import json
 import os
 import re
 import signal
+import socket
+import sqlite3
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -534,3 +536,23 @@ def check_identity(snap: dict[str, Any], angles: int) -> None:
         snap["uploaded"] + snap["skippedExists"] + snap["noRemote"] + snap["failedItems"]
     )
     assert snap["errorsTotal"] == sum(snap["errorsByCode"].values())
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, noted, closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def runs_in_state(state: Path) -> int:
+    """How many runs a state file holds (0 without a file or a `runs` table), read-only."""
+    if not state.exists():
+        return 0
+    conn = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
+    try:
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
+            return 0
+        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+    finally:
+        conn.close()

@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from helpers import tool, tool_env
+from helpers import closed_port, runs_in_state, tool, tool_env
 
 from tui_backfill.frontends import cli
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY
@@ -27,24 +25,6 @@ from tui_backfill.servers.proxy import ReverseProxy
 
 if TYPE_CHECKING:
     from conftest import S3Target
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def runs_in_state(state: Path) -> int:
-    if not state.exists():
-        return 0
-    conn = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
-            return 0
-        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
-    finally:
-        conn.close()
 
 
 @dataclass

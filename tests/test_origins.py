@@ -7,12 +7,21 @@ the real origin server (no mocked HTTP client).
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from helpers import KEY, Result, bucket_bytes, check_identity, expected, run_args, tool, tool_env
+from helpers import (
+    KEY,
+    Result,
+    bucket_bytes,
+    check_identity,
+    closed_port,
+    expected,
+    run_args,
+    tool,
+    tool_env,
+)
 
 from tui_backfill.outcomes import ConfigError, NotFoundError, OriginUnreachable, RetryableError
 from tui_backfill.seams.origins import Fetched, open_origin, sniff_image
@@ -242,11 +251,6 @@ async def test_file_origin_classifies(tmp_path: Path) -> None:
 
 
 # -- an absent origin (unreachable) is not a faulty one -------------------------------------
-def closed_port() -> int:
-    """A loopback port nothing listens on: bound, noted, closed."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def absent_hosts() -> list[object]:

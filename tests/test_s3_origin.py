@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,18 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from conftest import S3Target
-from helpers import Result, bucket_bytes, check_identity, expected, finish, run_args, spawn, tool
+from helpers import (
+    Result,
+    bucket_bytes,
+    check_identity,
+    closed_port,
+    expected,
+    finish,
+    run_args,
+    runs_in_state,
+    spawn,
+    tool,
+)
 from helpers import tool_env as base_env
 
 from tui_backfill.servers.origin import expected_body
@@ -170,26 +180,6 @@ async def test_truncated_and_stalled_bodies_are_retried_never_written_short(
         "timeout": proxy.injected["stall"],
     }
     assert bucket_bytes(rclone_s3) == expected(present)  # every object whole, none short
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def runs_in_state(state: Path) -> int:
-    import sqlite3
-
-    if not state.exists():
-        return 0
-    conn = sqlite3.connect(f"{state.as_uri()}?mode=ro", uri=True)
-    try:
-        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'runs'").fetchone():
-            return 0
-        return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
-    finally:
-        conn.close()
 
 
 BAD = [
