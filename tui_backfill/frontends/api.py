@@ -383,24 +383,22 @@ def build_app(service: JobService, *, token: str = "", host: str = "127.0.0.1") 
         middlewares.append(_auth(token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SERVICE] = service
-    app.router.add_post(f"{BASE}/run", run)
-    app.router.add_get(f"{BASE}/status", status)
-    app.router.add_post(f"{BASE}/pause", pause)
-    app.router.add_post(f"{BASE}/resume", resume)
-    app.router.add_post(f"{BASE}/hold", hold)
-    app.router.add_post(f"{BASE}/concurrency", concurrency)
-    app.router.add_get(f"{BASE}/failed", failed)
-    app.router.add_get(f"{BASE}/runs", runs)
+    # Each route of the image job's seed API, and its generic twin for any job of the state.
+    for method, name, seed, generic in (
+        ("POST", "run", run, job_run),
+        ("GET", "status", status, job_status),
+        ("POST", "pause", pause, job_pause),
+        ("POST", "resume", resume, job_resume),
+        ("POST", "hold", hold, job_hold),
+        ("POST", "concurrency", concurrency, job_concurrency),
+        ("GET", "failed", failed, job_failed),
+        ("GET", "runs", runs, job_runs),
+    ):
+        add = app.router.add_get if method == "GET" else app.router.add_post  # GET: HEAD too
+        add(f"{BASE}/{name}", seed)
+        add(f"{JOBS}/{name}", generic)
     app.router.add_get("/api/rsr-image-stats", stats)
     app.router.add_get("/api/rsr-image-gap", gap)
-    app.router.add_post(f"{JOBS}/run", job_run)
-    app.router.add_get(f"{JOBS}/status", job_status)
-    app.router.add_post(f"{JOBS}/pause", job_pause)
-    app.router.add_post(f"{JOBS}/resume", job_resume)
-    app.router.add_post(f"{JOBS}/hold", job_hold)
-    app.router.add_post(f"{JOBS}/concurrency", job_concurrency)
-    app.router.add_get(f"{JOBS}/failed", job_failed)
-    app.router.add_get(f"{JOBS}/runs", job_runs)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app
