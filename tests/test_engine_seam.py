@@ -17,11 +17,19 @@ import pytest
 from keys_pipeline import KeysPipeline, engine_for, new_run
 
 from tui_backfill.core.pipeline import Item
+from tui_backfill.core.records import RunRecord
 from tui_backfill.outcomes import RunState
 from tui_backfill.state.sqlite import StateStore
 
 KEYS = [f"k{i:03d}" for i in range(60)]
 TESTS = Path(__file__).resolve().parent
+
+
+async def keys_run(store: StateStore) -> RunRecord:
+    """A new run of the job `keys` over KEYS, as the store has it."""
+    record = await store.run(await new_run(store, "keys", KEYS))
+    assert record is not None
+    return record
 
 
 @pytest.fixture
@@ -32,9 +40,8 @@ async def store(tmp_path: Path) -> Any:
 
 
 async def test_a_pipeline_from_the_tests_runs_to_completion(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
+    run_id = record.id
     pipeline = KeysPipeline(KEYS)
     result = await engine_for(store, record, pipeline).run()
     assert result.exit_code == 0 and result.state is RunState.COMPLETED
@@ -47,9 +54,8 @@ async def test_a_pipeline_from_the_tests_runs_to_completion(store: StateStore) -
 
 
 async def test_pause_then_resume_sees_every_key_once(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
+    run_id = record.id
     first = KeysPipeline(KEYS, delay=0.01)
     engine = engine_for(store, record, first)
     run = asyncio.create_task(engine.run())
@@ -110,9 +116,7 @@ async def test_kill_then_resume_loses_nothing(store: StateStore, tmp_path: Path)
 async def test_an_unexpected_exception_is_a_failed_item_and_the_run_goes_on(
     store: StateStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
 
     async def broken(item: Item) -> None:
         if item.key == "k007":
@@ -152,9 +156,7 @@ class FlakyStore:
 async def test_the_heartbeat_survives_an_unexpected_error_and_still_reads_commands(
     store: StateStore,
 ) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
     flaky = FlakyStore(store, failures=2)
     pipeline = KeysPipeline(KEYS, delay=0.02)
     engine = engine_for(flaky, record, pipeline)  # type: ignore[arg-type]
@@ -178,9 +180,7 @@ async def test_the_heartbeat_survives_an_unexpected_error_and_still_reads_comman
 
 
 async def test_raising_concurrency_raises_the_items_in_flight(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
     gate = asyncio.Event()
     running = 0
     peak = 0
@@ -221,9 +221,7 @@ async def test_raising_concurrency_raises_the_items_in_flight(store: StateStore)
 async def test_a_task_cancelled_before_its_first_step_hands_its_slot_back(
     store: StateStore,
 ) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
     engine = engine_for(store, record, KeysPipeline(KEYS), concurrency=1, io=1)  # 3 item slots
     for key in ("a", "b", "c"):
         await engine._dispatch(Item(key, 0, key))
@@ -237,9 +235,8 @@ async def test_a_task_cancelled_before_its_first_step_hands_its_slot_back(
 
 
 async def test_a_live_concurrency_change_is_kept_for_the_resume(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
+    run_id = record.id
     pipeline = KeysPipeline(KEYS, delay=0.1)
     engine = engine_for(store, record, pipeline)
     run = asyncio.create_task(engine.run())
@@ -278,9 +275,7 @@ class CheckingStore:
 
 
 async def test_a_pipeline_lands_its_own_writes_before_each_checkpoint(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
     pipeline = KeysPipeline(KEYS, delay=0.002)
     checking = CheckingStore(store, pipeline)
     result = await engine_for(checking, record, pipeline, checkpoint_every=3).run()  # type: ignore[arg-type]
@@ -290,9 +285,8 @@ async def test_a_pipeline_lands_its_own_writes_before_each_checkpoint(store: Sta
 
 
 async def test_a_failed_before_commit_stops_the_run_and_loses_nothing(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
+    run_id = record.id
     pipeline = KeysPipeline(KEYS, delay=0.002)
     landed_before = pipeline.before_commit
     failures = [RuntimeError("the index is locked")]
@@ -317,9 +311,8 @@ async def test_a_failed_before_commit_stops_the_run_and_loses_nothing(store: Sta
 
 
 async def test_a_concurrency_change_while_held_is_kept_at_once(store: StateStore) -> None:
-    run_id = await new_run(store, "keys", KEYS)
-    record = await store.run(run_id)
-    assert record is not None
+    record = await keys_run(store)
+    run_id = record.id
     pipeline = KeysPipeline(KEYS, delay=0.05)
     engine = engine_for(store, record, pipeline)
     run = asyncio.create_task(engine.run())
