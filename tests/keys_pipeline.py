@@ -102,6 +102,9 @@ class KeysPipeline:
         self.landed.extend(self.pending)
         self.pending.clear()
 
+    def problems(self, counters: Any) -> int:
+        return 0
+
     def snapshot(self, progress: Progress) -> KeySnapshot:
         return KeySnapshot(
             progress.state.value,

@@ -90,7 +90,7 @@ CASES = [
         lambda ctx: {"--endpoint-url": f"http://127.0.0.1:{closed_port()}"},
     ),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
-    case("pipeline-unknown", "--pipeline", {"--pipeline": "hash-index"}, hint="mirror"),
+    case("pipeline-unknown", "--pipeline", {"--pipeline": "variants"}, hint="hash-index"),
     case(
         "origin-refused",
         "--origin",

@@ -300,7 +300,9 @@ class Engine(Generic[S]):
         else:
             self._state = RunState.COMPLETED
             status = RunStatus.COMPLETED
-            exit_code = 1 if self.counters.failed_items or self.counters.carryover_failed else 0
+            c = self.counters
+            problems = c.failed_items or c.carryover_failed or self.pipeline.problems(c)
+            exit_code = 1 if problems else 0
         message = self._fatal.message if self._fatal else None
         self._failure_log.flush()
         try:

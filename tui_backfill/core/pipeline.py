@@ -194,4 +194,9 @@ class Pipeline(Protocol[S_co]):
         never passes an item whose write has not landed."""
         ...
 
+    def problems(self, counters: Any) -> int:
+        """Findings beyond failed items that make a completed run exit 1 (a verify run's
+        mismatches); 0 for none."""
+        ...
+
     def snapshot(self, progress: Progress) -> S_co: ...

@@ -93,6 +93,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
 
+    hash_index = commands.add_parser(
+        "hash-index",
+        help="fill the content_hash of an index table from the objects of a bucket",
+        description="List the bucket in key order, hash each object (SHA-256) and upsert "
+        "content_hash into the index table; resumable, idempotent (the skip rule), verifiable. "
+        "Job default: hash-index.",
+    )
+    _add_job_state(hash_index)
+    _add_run_options(hash_index)
+    hash_index.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
+    )
+
     status = commands.add_parser("status", help="show the job's status snapshot")
     _add_job_state(status)
     status.add_argument("--json", action="store_true", help="the snapshot as JSON")
@@ -166,17 +179,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
-    return {option.name: getattr(args, option.name, None) for option in OPTIONS}
+    flags = {option.name: getattr(args, option.name, None) for option in OPTIONS}
+    if args.command == "hash-index":
+        flags["pipeline"] = "hash-index"
+        if not flags.get("job") and not os.environ.get("TUI_BACKFILL_JOB"):
+            flags["job"] = "hash-index"
+    return flags
 
 
 def _resolve(args: argparse.Namespace) -> Resolved:
-    return resolve(_flags(args), config=getattr(args, "config", None))
+    resolved = resolve(_flags(args), config=getattr(args, "config", None))
+    if args.command == "hash-index":
+        resolved.explicit["pipeline"] = "--job"  # given by the command: a clash is the job's
+    return resolved
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "run":
+        if args.command in ("run", "hash-index"):
             return _cmd_run(args)
         if args.command == "resume":
             return _cmd_resume(args)
@@ -484,9 +505,18 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
     if lock.holder() is not None:
         print(f"job {job!r} is still finishing in-flight items", file=sys.stderr)
         return EXIT_PAUSED
+    from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
     from tui_backfill.seams.keys import visible
 
     checkpoint = (await status_snapshot(state, job)).snapshot.checkpoint
+    if isinstance(checkpoint, KeyCheckpoint):
+        after = len(checkpoint.done_after)
+        print(
+            f"paused at checkpoint lastKey {visible(str(checkpoint.last_key))}"
+            + (f", {after:,} keys after it done" if after else ""),
+            file=sys.stderr,
+        )
+        return EXIT_OK
     partly = len(checkpoint.completed_angles)
     print(
         f"paused at checkpoint lastSku {visible(str(checkpoint.last_sku))}"

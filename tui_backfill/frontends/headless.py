@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tui_backfill.frontends.status import JobStatus
-from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
+from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.snapshots import AnySnapshot
 from tui_backfill.seams.keys import visible
 
 
@@ -32,8 +33,10 @@ def _errors(errors: dict[str, int]) -> str:
     return f"{total} ({parts})"
 
 
-def progress_line(snapshot: StatusSnapshot | dict[str, Any]) -> str:
-    s = snapshot.to_json() if isinstance(snapshot, StatusSnapshot) else snapshot
+def progress_line(snapshot: AnySnapshot | dict[str, Any]) -> str:
+    s = snapshot if isinstance(snapshot, dict) else snapshot.to_json()
+    if s.get("pipeline") == HashSnapshot.pipeline:
+        return _hash_progress_line(s)
     ckpt = visible((s.get("checkpoint") or {}).get("lastSku") or "-")
     return (
         f"[{s.get('job')}] {s.get('state')} {s.get('scannedSkus', 0):,}/{s.get('plannedSkus', 0):,} SKUs"
@@ -44,9 +47,59 @@ def progress_line(snapshot: StatusSnapshot | dict[str, Any]) -> str:
     )
 
 
+def _hash_progress_line(s: dict[str, Any]) -> str:
+    ckpt = visible((s.get("checkpoint") or {}).get("lastKey") or "-")
+    if s.get("mode", "hash") != "hash":
+        done = f"verified {s.get('verified', 0):,} mismatched {s.get('mismatched', 0):,}"
+    elif s.get("dryRun"):
+        done = f"would update {s.get('wouldUpdate', 0):,}"
+    else:
+        done = f"updated {s.get('updated', 0):,}"
+    return (
+        f"[{s.get('job')}] {s.get('state')} {s.get('scannedObjects', 0):,} objects"
+        f" | {done} skipped {s.get('skipped', 0):,} orphans {s.get('orphans', 0):,}"
+        f" failed {s.get('failedItems', 0):,} | err {_errors(s.get('errorsByCode') or {})}"
+        f" | {s.get('itemsPerSecond', 0):.1f} obj/s {_rate(s.get('bytesPerSecond') or 0)}"
+        f" | checkpoint {ckpt}"
+    )
+
+
+def _rate(bytes_per_second: float) -> str:
+    return f"{bytes_per_second / 1024**2:.1f} MiB/s"
+
+
+def _hash_status_text(status: JobStatus, s: HashSnapshot) -> str:
+    c = s.counters
+    mode = s.mode + (f" since {s.since}" if s.since else "")
+    lines = [
+        f"job {s.job}  run {s.run_id}  state {s.state}{' (live)' if s.live else ''}"
+        + ("  dry run" if s.dry_run else "")
+        + (f"  on {status.host}" if status.host else ""),
+        f"started {s.started_at}  updated {s.last_update_at}",
+        f"bucket {s.bucket} at {s.endpoint or 'AWS'}  prefix {s.prefix or '(all)'}",
+        f"index {s.index}  mode {mode}  concurrency {s.concurrency}",
+        f"objects {c.scanned_objects:,}  updated {c.updated:,}  skipped {c.skipped:,}"
+        f"  orphans {c.orphans:,}  failed {c.failed_items:,}",
+    ]
+    if s.verify:
+        lines.append(f"verified {c.verified:,}  mismatched {c.mismatched:,}")
+    if s.dry_run:
+        lines.append(f"would update {c.would_update:,}")
+    lines += [
+        f"hashed {c.bytes_hashed:,} bytes  errors {_errors(c.errors_by_code)}",
+        f"checkpoint lastKey {visible(str(s.checkpoint.last_key))}"
+        f"  done after it {len(s.checkpoint.done_after)}",
+    ]
+    if s.message:
+        lines.append(f"message {s.message}")
+    return "\n".join(lines)
+
+
 def status_text(status: JobStatus) -> str:
     """The human form of `status`: the same object `status --json` prints."""
     s = status.snapshot
+    if isinstance(s, HashSnapshot):
+        return _hash_status_text(status, s)
     c = s.counters
     eta = None if s.eta_seconds is None else round(s.eta_seconds, 1)  # as the JSON has it
     lines = [

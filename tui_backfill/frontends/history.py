@@ -29,8 +29,8 @@ from tui_backfill.core.records import RunRecord
 from tui_backfill.core.store import JobStore
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.hash_index.snapshot import HashCounters
 from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.snapshot import Counters
 from tui_backfill.state.lock import JobLock
 
 # Outcome words (`outcome`), with the exit code that goes with each.
@@ -93,10 +93,12 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
     Counters are the ones committed with the run's checkpoint; for the live run, the ones of
     its latest published snapshot (fresher by up to a checkpoint interval).
     """
-    counters: Counters = run.counters
+    counters = run.counters
     published = run.snapshot or {}
     if live and published:
         counters = JobStatus.of_run(run, live=True).snapshot.counters
+    if isinstance(counters, HashCounters):
+        return _hash_entry(run, counters, published, live=live)
     angles = str(run.settings.get("angles") or published.get("anglesPlanned") or "")
     planned_items = run.planned_skus * _angles_per_sku(angles)
     status = run.status
@@ -147,6 +149,58 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
     }
 
 
+def _run_keys(run: RunRecord, published: dict[str, Any], *, live: bool) -> dict[str, Any]:
+    status = run.status
+    if status == "running" and not live:
+        status = INTERRUPTED  # its process is gone: resumable, as `status` shows it
+    return {
+        "runId": run.id,
+        "job": run.job,
+        "pipeline": run.pipeline,
+        "status": status,
+        "outcome": run_outcome(run.status, run.exit_code, live=live),
+        "live": live,
+        "host": run.host,
+        "dryRun": run.dry_run,
+        "exitCode": run.exit_code,
+        "startedAt": run.started_at,
+        "endedAt": run.ended_at,
+        "durationSeconds": _duration(run.started_at, run.ended_at),
+        "lastUpdateAt": published.get("lastUpdateAt"),
+        "message": run.message,
+    }
+
+
+def _hash_entry(
+    run: RunRecord, counters: HashCounters, published: dict[str, Any], *, live: bool
+) -> dict[str, Any]:
+    """A hash-index run: its listing range, its counters (no coverage of a slice: the
+    index's coverage is `coverage --job`)."""
+    return {
+        **_run_keys(run, published, live=live),
+        "range": {"after": run.range_after},
+        "lastKey": run.checkpoint.last_key,
+        "counters": {
+            "scannedObjects": counters.scanned_objects,
+            "updated": counters.updated,
+            "skipped": counters.skipped,
+            "orphans": counters.orphans,
+            "verified": counters.verified,
+            "mismatched": counters.mismatched,
+            "failedItems": counters.failed_items,
+            "bytesHashed": counters.bytes_hashed,
+            "errorsTotal": counters.errors_total,
+            "errorsByCode": dict(sorted(counters.errors_by_code.items(), key=lambda kv: -kv[1])),
+        },
+        "carryover": {
+            "planned": counters.carryover_planned,
+            "done": counters.carryover_done,
+            "failed": counters.carryover_failed,
+        },
+        "coverage": None,
+    }
+
+
 async def run_history(
     store: JobStore, job: str, *, limit: int = 50, state_path: str | None = None
 ) -> list[dict[str, Any]]:
@@ -187,11 +241,17 @@ def history_text(entries: list[dict[str, Any]]) -> str:
     ]
     for e in entries:
         c = e["counters"]
-        counts = f"{c['uploaded']}/{c['skippedExists']}/{c['noRemote']}/{c['failedItems']}"
         cov = e["coverage"]
+        if cov is None:  # a hash-index run
+            counts = f"updated {c['updated']} skipped {c['skipped']} failed {c['failedItems']}"
+            tail = f"orphans {c['orphans']}"
+            if c["verified"] or c["mismatched"]:
+                tail += f", verified {c['verified']} mismatched {c['mismatched']}"
+        else:
+            counts = f"{c['uploaded']}/{c['skippedExists']}/{c['noRemote']}/{c['failedItems']}"
+            tail = f"{_pct(cov['before'])} → {_pct(cov['after'])}"
         lines.append(
             f"{e['runId']:>5}  {e['outcome']:<23}  {e['startedAt']:<24}  "
-            f"{_seconds(e['durationSeconds']):>8}  {counts:<32}  "
-            f"{_pct(cov['before'])} → {_pct(cov['after'])}"
+            f"{_seconds(e['durationSeconds']):>8}  {counts:<32}  {tail}"
         )
     return "\n".join(lines)

@@ -21,6 +21,9 @@ from prometheus_client.metrics_core import (
 
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import RunState
+from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
+from tui_backfill.pipelines.hash_index.snapshot import HashCounters
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 
 CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 PREFIX = "tui_backfill_"
@@ -29,6 +32,14 @@ PREFIX = "tui_backfill_"
 def _outcomes(status: JobStatus) -> dict[str, int]:
     """`outcome` label of tui_backfill_items_total -> its count."""
     c = status.snapshot.counters
+    if isinstance(c, HashCounters):
+        return {
+            "updated": c.updated,
+            "skipped": c.skipped,
+            "verified": c.verified,
+            "mismatched": c.mismatched,
+            "failed": c.failed_items,
+        }
     return {
         "uploaded": c.uploaded,
         "skipped_exists": c.skipped_exists,
@@ -40,6 +51,12 @@ def _outcomes(status: JobStatus) -> dict[str, int]:
 def _counters(status: JobStatus) -> list[tuple[str, str, int]]:
     """(metric name, help, value) of the plain counters."""
     c = status.snapshot.counters
+    if isinstance(c, HashCounters):
+        return [
+            ("scanned_objects", "Objects of the listing scanned in this run.", c.scanned_objects),
+            ("bytes_hashed", "Bytes downloaded and hashed in this run.", c.bytes_hashed),
+            ("orphans", "Index rows with no object, found in this run.", c.orphans),
+        ]
     return [
         ("scanned_skus", "SKUs read from the source in this run.", c.scanned_skus),
         ("attempted_downloads", "Items for which a download was attempted.", c.attempted_downloads),
@@ -50,10 +67,10 @@ def _counters(status: JobStatus) -> list[tuple[str, str, int]]:
 def _gauges(status: JobStatus) -> list[tuple[str, str, int | None]]:
     """(metric name, help, value) of the gauges; a value of None is left out."""
     s = status.snapshot
-    return [
+    gauges: list[tuple[str, str, int | None]] = [
         (
             "in_flight_fetches",
-            "Origin fetches in flight now (at most the concurrency).",
+            "Origin fetches (object GETs for the hash index) in flight now (at most the concurrency).",
             s.fetches_in_flight,
         ),
         (
@@ -67,10 +84,48 @@ def _gauges(status: JobStatus) -> list[tuple[str, str, int | None]]:
             "Upper bound the concurrency may be raised to.",
             status.max_concurrency,
         ),
-        ("planned_items", "Items planned in this run (SKUs x angles).", s.planned_items),
-        ("planned_skus", "SKUs planned in this run.", s.planned_skus),
-        ("run_id", "Id of the run the other metrics describe.", s.run_id),
     ]
+    if isinstance(s, StatusSnapshot):
+        gauges += [
+            ("planned_items", "Items planned in this run (SKUs x angles).", s.planned_items),
+            ("planned_skus", "SKUs planned in this run.", s.planned_skus),
+        ]
+    gauges.append(("run_id", "Id of the run the other metrics describe.", s.run_id))
+    return gauges
+
+
+def _checkpoint(status: JobStatus, job: list[str]) -> Iterator[Metric]:
+    checkpoint = status.snapshot.checkpoint
+    if isinstance(checkpoint, KeyCheckpoint):
+        info = InfoMetricFamily(
+            PREFIX + "checkpoint",
+            "The checkpoint: every key up to last_key (empty: none yet) is finished.",
+            labels=["job"],
+        )
+        info.add_metric(job, {"last_key": str(checkpoint.last_key or "")})
+        yield info
+        pending = GaugeMetricFamily(
+            PREFIX + "checkpoint_pending_keys",
+            "Keys past the checkpoint already finished.",
+            labels=["job"],
+        )
+        pending.add_metric(job, float(len(checkpoint.done_after)))
+        yield pending
+        return
+    info = InfoMetricFamily(
+        PREFIX + "checkpoint",
+        "The checkpoint: every SKU up to last_sku (empty: none yet) is finished.",
+        labels=["job"],
+    )
+    info.add_metric(job, {"last_sku": str(checkpoint.last_sku or "")})
+    yield info
+    pending = GaugeMetricFamily(
+        PREFIX + "checkpoint_pending_skus",
+        "SKUs past the checkpoint with some of their angles finished.",
+        labels=["job"],
+    )
+    pending.add_metric(job, float(len(checkpoint.completed_angles)))
+    yield pending
 
 
 class SnapshotCollector:
@@ -137,21 +192,7 @@ class SnapshotCollector:
         live.add_metric(job, float(status.live))
         yield live
 
-        checkpoint = status.snapshot.checkpoint
-        info = InfoMetricFamily(
-            PREFIX + "checkpoint",
-            "The checkpoint: every SKU up to last_sku (empty: none yet) is finished.",
-            labels=["job"],
-        )
-        info.add_metric(job, {"last_sku": str(checkpoint.last_sku or "")})
-        yield info
-        pending = GaugeMetricFamily(
-            PREFIX + "checkpoint_pending_skus",
-            "SKUs past the checkpoint with some of their angles finished.",
-            labels=["job"],
-        )
-        pending.add_metric(job, float(len(checkpoint.completed_angles)))
-        yield pending
+        yield from _checkpoint(status, job)
 
 
 def render(status: JobStatus | None, *, job: str) -> bytes:

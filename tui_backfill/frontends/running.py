@@ -130,12 +130,20 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         output = (await final_status(prepared.store, result.snapshot)).to_json()
-        if request.dry_run:
+        if request.dry_run and hasattr(result.snapshot, "planned_skus"):
             output["plan"] = {
                 "skus": result.snapshot.planned_skus,
                 "items": result.snapshot.planned_items,
                 "existing": result.snapshot.counters.found_at_start,
                 "missing": result.snapshot.counters.would_fetch,
+            }
+        elif request.dry_run:  # the hash index: how many rows a run would write
+            counters = result.snapshot.counters
+            output["plan"] = {
+                "objects": counters.scanned_objects,
+                "wouldUpdate": counters.would_update,
+                "skipped": counters.skipped,
+                "orphans": counters.orphans,
             }
         try:
             print(progress_line(result.snapshot), file=sys.stderr)

@@ -19,11 +19,12 @@ from typing import Any
 from tui_backfill.core.records import FailedItem, RunRecord, RunStatus
 from tui_backfill.core.store import JobStore, StateUnavailable
 from tui_backfill.outcomes import RunState
-from tui_backfill.pipelines.mirror.angles import parse_angles
-from tui_backfill.pipelines.mirror.snapshot import (
-    StatusSnapshot,
-    failed_item_json,
+from tui_backfill.pipelines.mirror.snapshot import failed_item_json
+from tui_backfill.pipelines.snapshots import (
+    AnySnapshot,
+    committed_snapshot,
     snapshot_from_json,
+    starting_snapshot,
 )
 from tui_backfill.state.lock import JobLock
 
@@ -38,7 +39,7 @@ class JobStatus:
     be read (a final snapshot whose state became unreadable); the run keys are then left out.
     """
 
-    snapshot: StatusSnapshot
+    snapshot: AnySnapshot
     run_status: str | None
     exit_code: int | None = None
     max_concurrency: int | None = None
@@ -93,19 +94,11 @@ class JobStatus:
         """A stored run as `status` shows it (pure: a function of the record and `live`, which
         says a process holds the job's lock and this is the run it works on)."""
         if run.snapshot:
-            snapshot = snapshot_from_json(run.snapshot)
+            snapshot = snapshot_from_json(run.snapshot, run.pipeline)
             if not live and run.status == RunStatus.RUNNING:
-                snapshot = _as_committed(run, snapshot)  # its process died (crash, kill)
+                snapshot = committed_snapshot(run, snapshot)  # its process died (crash, kill)
         else:  # nothing published yet (the run is starting): the committed view
-            snapshot = _as_committed(
-                run,
-                dataclasses.replace(
-                    snapshot_from_json({}),
-                    state=RunState.RUNNING.value,
-                    started_at=run.started_at,
-                    last_update_at=run.started_at,
-                ),
-            )
+            snapshot = committed_snapshot(run, starting_snapshot(run))
         state = RunState.INTERRUPTED.value if _interrupted(run, snapshot, live=live) else None
         snapshot = dataclasses.replace(snapshot, live=live, state=state or snapshot.state)
         return cls(
@@ -117,7 +110,7 @@ class JobStatus:
         )
 
     @classmethod
-    def of_engine(cls, snapshot: StatusSnapshot, *, max_concurrency: int) -> JobStatus:
+    def of_engine(cls, snapshot: AnySnapshot, *, max_concurrency: int) -> JobStatus:
         """The run an engine of this process is doing now (its own fresh snapshot): running
         here, on this machine; no exit code yet."""
         return cls(
@@ -128,29 +121,7 @@ class JobStatus:
         )
 
 
-def _as_committed(run: RunRecord, published: StatusSnapshot) -> StatusSnapshot:
-    angles = str(run.settings.get("angles") or published.angles_planned or "")
-    return dataclasses.replace(
-        published,
-        job=run.job,
-        run_id=run.id,
-        started_at=run.started_at,
-        angles_planned=angles,
-        angles_per_sku=len(parse_angles(angles)) if angles else 0,
-        planned_skus=run.planned_skus,
-        counters=run.counters,
-        checkpoint=run.checkpoint,
-        checkpoint_saved_sku=run.checkpoint.last_sku,
-        in_flight=0,
-        fetches_in_flight=0,
-        items_per_second=0.0,
-        skus_per_second=0.0,
-        bytes_per_second=0.0,
-        eta_seconds=None,
-    )
-
-
-def _interrupted(run: RunRecord, snapshot: StatusSnapshot, *, live: bool) -> bool:
+def _interrupted(run: RunRecord, snapshot: AnySnapshot, *, live: bool) -> bool:
     """The run's process died without pausing (crash, SIGKILL): no process holds it, yet the
     state says it was under way. The dead process cannot say so itself, so the reader does;
     the run stays resumable (`prepare` goes by the `running` status column, not this word).
@@ -181,7 +152,7 @@ async def job_status(
     return JobStatus.of_run(run, live=run_is_live(state_path, run))
 
 
-async def final_status(store: JobStore, snapshot: StatusSnapshot) -> JobStatus:
+async def final_status(store: JobStore, snapshot: AnySnapshot) -> JobStatus:
     """The final status of a run this process has just ended, as `status --json` shows it:
     the run keys are read back from the record its last commit wrote. A state that cannot be
     read now (the run already said why: exit 3) leaves them out rather than hide the snapshot."""

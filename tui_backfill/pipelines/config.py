@@ -76,7 +76,7 @@ OPTIONS: tuple[Option, ...] = (
         "pipeline",
         str,
         "mirror",
-        "what the job does: mirror (the image backfill); fixed once it ran",
+        "what the job does: mirror (the image backfill) or hash-index; fixed once it ran",
     ),
     Option("limit_skus", int, 2000, "SKUs scanned by one run"),
     Option("angles", str, "1-3", "angle spec: 1-3, 1,2,3, 1-2,4"),
@@ -123,6 +123,17 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("upload_concurrency", int, 8, "parallel S3 uploads and existence checks", pacing=True),
     Option("max_bandwidth", str, None, "cap on origin download bytes/s, e.g. 5M", pacing=True),
+    # The content-hash index (pipeline hash-index).
+    Option("prefix", str, "", "hash index: the key prefix it lists (default: the whole bucket)"),
+    Option("index_db", str, None, "hash index: the SQLite file of the index table"),
+    Option("index_table", str, "files", "hash index: the index table (a plain SQL identifier)"),
+    Option("uploader_id", str, "backfill", "hash index: uploader_id of the rows it inserts"),
+    Option("emit_sql", str, None, "hash index: also write the upserts as SQL to this file (D1)"),
+    Option("since", str, None, "hash index: only objects modified at or after this ISO-8601 time"),
+    Option("verify", bool, False, "hash index: re-hash every hashed object and compare"),
+    Option("repair", bool, False, "hash index, with --verify: write the actual hashes"),
+    Option("mismatch_file", str, None, "hash index, with --verify: CSV of key,stored,actual"),
+    Option("limit_objects", int, None, "hash index: objects scanned by one run (default: all)"),
     Option(
         "progress_interval",
         float,
@@ -133,6 +144,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
+# Defaults of a pipeline that differ from the image job's: the politeness cap of 6 is for a
+# third-party origin, and the hash index reads one's own bucket.
+PIPELINE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "hash-index": {"concurrency": 8, "max_concurrency": 64, "checkpoint_every": 100},
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +183,16 @@ class Settings:
     exists_check: ExistsCheck = ExistsCheck.LIST
     upload_concurrency: int = 8
     max_bandwidth: str | None = None
+    prefix: str = ""
+    index_db: str | None = None
+    index_table: str = "files"
+    uploader_id: str = "backfill"
+    emit_sql: str | None = None
+    since: str | None = None
+    verify: bool = False
+    repair: bool = False
+    mismatch_file: str | None = None
+    limit_objects: int | None = None
     progress_interval: float = 5.0
 
     @property
@@ -337,6 +363,8 @@ def resolve(
         region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
         if region:
             values["region"] = region
+    for name, value in PIPELINE_DEFAULTS.get(values.get("pipeline", "mirror"), {}).items():
+        values.setdefault(name, value)
     settings = Settings(**values)
     validate(settings, explicit)
     return Resolved(settings, explicit)
@@ -407,8 +435,14 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
 
 
 def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = None) -> None:
-    """What a run needs beyond `validate`: a source, an origin and a bucket."""
+    """What a run needs beyond `validate`: a source, an origin and a bucket (for the hash
+    index: a bucket and an index)."""
     where = dict(explicit or {})
+    if settings.pipeline == "hash-index":
+        from tui_backfill.pipelines.hash_index.settings import validate_hash_run
+
+        validate_hash_run(settings, where)
+        return
     if settings.skus_file and settings.skus_db:
         raise ConfigError("--skus-file", "give either --skus-file or --skus-db, not both")
     if not settings.skus_file and not settings.skus_db:
@@ -447,7 +481,7 @@ def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = No
     _check_origin_template(settings.origin)
     if scheme == "s3":
         s3_origin(origin_template(settings.origin).text)
-        _check_endpoint(
+        check_endpoint(
             settings.origin_endpoint_url, where.get("origin_endpoint_url", "--origin-endpoint-url")
         )
     else:
@@ -457,16 +491,20 @@ def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = No
                     where.get(name, BY_NAME[name].flag),
                     f"only for an s3:// origin; --origin is {scheme}://",
                 )
+    check_bucket(settings, where)
+
+
+def check_bucket(settings: Settings, where: Mapping[str, str]) -> None:
     if not settings.bucket:
-        raise ConfigError("--bucket", "required: the destination bucket name")
+        raise ConfigError("--bucket", "required: the bucket name")
     if not re.fullmatch(r"[a-z0-9][a-z0-9.\-_]{1,254}", settings.bucket):
         raise ConfigError(
             where.get("bucket", "--bucket"), f"{settings.bucket!r} is not a valid bucket name"
         )
-    _check_endpoint(settings.endpoint_url, where.get("endpoint_url", "--endpoint-url"))
+    check_endpoint(settings.endpoint_url, where.get("endpoint_url", "--endpoint-url"))
 
 
-def _check_endpoint(url: str | None, field: str) -> None:
+def check_endpoint(url: str | None, field: str) -> None:
     if url:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.netloc:

@@ -29,7 +29,6 @@ from tui_backfill.pipelines.config import (
     validate_for_run,
 )
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
-from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
 from tui_backfill.seams.sources import check_source, sku_batches
 from tui_backfill.seams.templates import key_template
@@ -165,7 +164,7 @@ def _origin_needs_password(origin: str, env: Mapping[str, str]) -> bool:
 class PreparedRun:
     """A run ready to go: the engine and what must be closed after it."""
 
-    engine: Engine[StatusSnapshot]
+    engine: Engine[Any]  # its snapshot is the pipeline's (tui_backfill.pipelines.snapshots)
     settings: Settings
     store: JobStore
     created: bool
@@ -212,6 +211,10 @@ async def _prepare_locked(
             f"nothing to resume: job {job!r} has no paused or interrupted run in {settings.state}",
         )
     continuing = unfinished is not None and not request.fresh
+    if settings.pipeline == "hash-index":
+        from tui_backfill.pipelines.hash_index.prepare import prepare_hash_index
+
+        return await prepare_hash_index(request, store, stack, unfinished if continuing else None)
     origin_url = settings.origin
     if continuing:
         assert unfinished is not None

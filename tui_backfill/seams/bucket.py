@@ -16,6 +16,8 @@ import contextlib
 import enum
 import socket
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
@@ -200,6 +202,27 @@ def client_config(
     )
 
 
+def unquote_etag(etag: str) -> str:
+    """An ETag as the index keeps it: without the quotes S3 puts around it."""
+    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One object of a listing: what the hash index's skip rule compares."""
+
+    key: str
+    size: int
+    etag: str  # unquoted
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPage:
+    objects: list[Listed]
+    truncated: bool  # more objects follow the last one
+
+
 class Bucket:
     """One bucket on one endpoint. Use as an async context manager."""
 
@@ -359,6 +382,27 @@ class Bucket:
         except CLASSIFIED as exc:
             raise classify(exc) from None
         return True
+
+    async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
+        """One ListObjectsV2 page (up to 1,000 objects in ascending key order) under `prefix`
+        after `start_after`: the hash index resumes a listing from a key watermark this way."""
+        params: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": 1000}
+        if start_after:
+            params["StartAfter"] = start_after
+        try:
+            page = await self._call("list_objects_v2", **params)
+        except CLASSIFIED as exc:
+            raise classify(exc) from None
+        objects = [
+            Listed(
+                key=entry["Key"],
+                size=int(entry.get("Size") or 0),
+                etag=unquote_etag(str(entry.get("ETag") or "")),
+                last_modified=entry.get("LastModified"),
+            )
+            for entry in page.get("Contents", ())
+        ]
+        return ListedPage(objects, truncated=bool(page.get("IsTruncated")))
 
     async def list_keys(
         self, prefix: str, *, start_after: str | None = None, stop_after: str | None = None

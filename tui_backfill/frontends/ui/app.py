@@ -33,7 +33,7 @@ from tui_backfill.frontends.ui.widgets import (
     HeaderBar,
     ProgressPanel,
 )
-from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
+from tui_backfill.pipelines.snapshots import AnySnapshot
 
 # Once a second, like top: each redraw of the panels costs Textual most of the console's ~12 ms
 # of CPU per second (bench/console_tick.py); at 2 Hz that was 4-5 % of a busy run's CPU
@@ -74,8 +74,8 @@ class BackfillApp(App[int]):
         self.controller = controller
         self._clock = clock or (lambda: dt.datetime.now().astimezone())
         self._poll = poll
-        self._previous: StatusSnapshot | None = None
-        self.snapshot: StatusSnapshot | None = None
+        self._previous: AnySnapshot | None = None
+        self.snapshot: AnySnapshot | None = None
         self.exit_code: int | None = None
         self._engine_done = asyncio.Event()
         self._quitting = False
@@ -156,7 +156,7 @@ class BackfillApp(App[int]):
             return
         self.apply_snapshot(snap)
 
-    def apply_snapshot(self, snap: StatusSnapshot) -> None:
+    def apply_snapshot(self, snap: AnySnapshot) -> None:
         self.snapshot = snap
         self.run_state = snap.state
         self.live = snap.live and not (

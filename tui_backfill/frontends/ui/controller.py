@@ -15,8 +15,9 @@ from tui_backfill.core.records import Command, FailedItem
 from tui_backfill.core.store import JobStore
 from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot, failed_item_from_json
+from tui_backfill.pipelines.mirror.snapshot import failed_item_from_json
 from tui_backfill.pipelines.prepare import PreparedRun
+from tui_backfill.pipelines.snapshots import AnySnapshot
 
 API = "/api/rsr-image-backfill"
 
@@ -30,7 +31,7 @@ class Controller(Protocol):
     job: str
     max_concurrency: int
 
-    async def snapshot(self) -> StatusSnapshot | None: ...
+    async def snapshot(self) -> AnySnapshot | None: ...
 
     async def pause(self) -> None: ...
 
@@ -52,8 +53,9 @@ class LocalController:
         self.job = prepared.engine.plan.job
         self.max_concurrency = prepared.engine.plan.max_concurrency
 
-    async def snapshot(self) -> StatusSnapshot | None:
-        return self.engine.snapshot()
+    async def snapshot(self) -> AnySnapshot | None:
+        snapshot: AnySnapshot = self.engine.snapshot()
+        return snapshot
 
     async def pause(self) -> None:
         self.engine.hold()
@@ -82,7 +84,7 @@ class AttachedController:
         self.job = job
         self.max_concurrency = 6
 
-    async def snapshot(self) -> StatusSnapshot | None:
+    async def snapshot(self) -> AnySnapshot | None:
         status = await job_status(self._store, self._state_path, self.job, include_dry=False)
         if status is None:
             return None
@@ -117,7 +119,7 @@ class HttpController:
         self._session = aiohttp.ClientSession(
             headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
         )
-        self._last: StatusSnapshot | None = None
+        self._last: AnySnapshot | None = None
 
     async def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
         import aiohttp
@@ -149,7 +151,7 @@ class HttpController:
                 "--url", f"cannot reach {self.url}: {exc.__class__.__name__}"
             ) from None
 
-    async def snapshot(self) -> StatusSnapshot | None:
+    async def snapshot(self) -> AnySnapshot | None:
 
         try:
             data = await self._call("GET", "/status")

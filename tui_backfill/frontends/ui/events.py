@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
+from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.snapshots import AnySnapshot
 
 
-def notable_events(previous: StatusSnapshot | None, current: StatusSnapshot) -> list[str]:
+def notable_events(previous: AnySnapshot | None, current: AnySnapshot) -> list[str]:
     if previous is None:
+        if isinstance(current, HashSnapshot):
+            where = f"s3://{current.bucket}/{current.prefix}"
+            return [
+                f"run {current.run_id} of job {current.job}: {current.state}, {current.mode} {where}"
+            ]
         return [
             f"run {current.run_id} of job {current.job}: {current.state}, {current.planned_skus:,} SKUs planned"
         ]
@@ -25,7 +31,8 @@ def notable_events(previous: StatusSnapshot | None, current: StatusSnapshot) -> 
     if failed > 0:
         events.append(f"{failed} item(s) failed after all attempts (f lists them)")
     if current.checkpoint_saved_at and current.checkpoint_saved_at != previous.checkpoint_saved_at:
-        events.append(f"checkpoint saved at SKU {current.checkpoint_saved_sku}")
+        unit = "key" if isinstance(current, HashSnapshot) else "SKU"
+        events.append(f"checkpoint saved at {unit} {current.checkpoint_saved_sku}")
     if current.message and current.message != previous.message:
         events.append(f"error: {current.message}")
     return events

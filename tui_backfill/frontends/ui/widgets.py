@@ -8,7 +8,9 @@ from collections import deque
 from rich.text import Text
 from textual.widgets import Static
 
-from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
+from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
+from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.snapshots import AnySnapshot
 from tui_backfill.seams.keys import visible
 
 STATE_STYLE = {
@@ -43,7 +45,7 @@ def eta_clock(seconds: float | None, now: dt.datetime) -> str:
     return (now + dt.timedelta(seconds=seconds)).strftime("%H:%M")
 
 
-def eta_text(snap: StatusSnapshot, now: dt.datetime) -> str:
+def eta_text(snap: AnySnapshot, now: dt.datetime) -> str:
     """The ETA while the run moves; what it is instead when it does not."""
     if snap.state in ("completed", "failed"):
         return snap.state
@@ -74,7 +76,7 @@ class _Panel(Static):
 class HeaderBar(_Panel):
     """Job, state, bucket and endpoint (never a secret)."""
 
-    def show(self, snap: StatusSnapshot, *, attached: bool) -> None:
+    def show(self, snap: AnySnapshot, *, attached: bool) -> None:
         if not self.changed(
             (snap.job, snap.state, attached, snap.dry_run, snap.bucket, snap.endpoint)
         ):
@@ -93,14 +95,23 @@ class HeaderBar(_Panel):
         self.update(text, layout=False)
 
 
-class ProgressPanel(_Panel):
-    """SKUs scanned / planned as a bar, with rates and the ETA (two lines)."""
+def progress_figures(snap: AnySnapshot) -> tuple[str, int, int, float]:
+    """(unit, scanned, planned (0: not known ahead), scanned per second) of a snapshot: SKUs
+    of the image job, objects of the hash index (whose listing length is not known ahead)."""
+    if isinstance(snap, HashSnapshot):
+        return "objects", snap.counters.scanned_objects, 0, snap.items_per_second
+    return "SKUs", snap.counters.scanned_skus, snap.planned_skus, snap.skus_per_second
 
-    def show(self, snap: StatusSnapshot, now: dt.datetime) -> None:
+
+class ProgressPanel(_Panel):
+    """Scanned / planned as a bar, with rates and the ETA (two lines)."""
+
+    def show(self, snap: AnySnapshot, now: dt.datetime) -> None:
+        unit, scanned, planned, per_second = progress_figures(snap)
         key = (
-            snap.counters.scanned_skus,
-            snap.planned_skus,
-            snap.skus_per_second,
+            scanned,
+            planned,
+            per_second,
             snap.items_per_second,
             snap.bytes_per_second,
             snap.eta_seconds,
@@ -112,14 +123,18 @@ class ProgressPanel(_Panel):
         if not self.changed(key):
             return
         width = max(self.text_width - 6, 10)
-        done = snap.counters.scanned_skus / snap.planned_skus if snap.planned_skus else 0.0
+        done = scanned / planned if planned else 0.0
         filled = int(done * width)
         bar = Text.assemble(
-            ("━" * filled, "bold green"), ("━" * (width - filled), "grey30"), f" {100 * done:3.0f}%"
+            ("━" * filled, "bold green"),
+            ("━" * (width - filled), "grey30"),
+            f" {100 * done:3.0f}%" if planned else "    ",
         )
+        counted = f"{scanned:,}/{planned:,}" if planned else f"{scanned:,}"
         rates = Text.assemble(
-            (f"SKUs {snap.counters.scanned_skus:,}/{snap.planned_skus:,} ", "bold"),
-            f"· {snap.skus_per_second:.1f} SKU/s · {snap.items_per_second:.1f} obj/s"
+            (f"{unit} {counted} ", "bold"),
+            (f"· {per_second:.1f} SKU/s " if unit == "SKUs" else "")
+            + f"· {snap.items_per_second:.1f} obj/s"
             f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
             (eta_text(snap, now), "bold"),
         )
@@ -139,7 +154,7 @@ def _cells(pairs: list[tuple[str, str]], widths: tuple[int, ...]) -> Text:
 class CountersPanel(_Panel):
     """The pipeline's counters (for the image job every key of the brief), at a glance."""
 
-    def show(self, snap: StatusSnapshot) -> None:
+    def show(self, snap: AnySnapshot) -> None:
         if not self.changed(
             (
                 snap.counters,
@@ -163,7 +178,7 @@ class CountersPanel(_Panel):
 class ErrorsPanel(_Panel):
     """Errors by code, sorted by count, with the latest message of each code."""
 
-    def show(self, snap: StatusSnapshot) -> None:
+    def show(self, snap: AnySnapshot) -> None:
         errors = snap.counters.errors_by_code
         if not self.changed((tuple(errors.items()), tuple(snap.last_errors.items()))):
             return
@@ -215,9 +230,17 @@ class EventLog(Static):
 class CheckpointPanel(_Panel):
     """The checkpoint: lastSku, in-flight SKUs and their completed angles."""
 
-    def show(self, snap: StatusSnapshot) -> None:
+    def show(self, snap: AnySnapshot) -> None:
         cp = snap.checkpoint
         if not self.changed((cp, snap.checkpoint_saved_at)):
+            return
+        if isinstance(cp, KeyCheckpoint):
+            lines = [Text.assemble(("lastKey ", "dim"), (visible(cp.last_key or "-"), "bold"))]
+            if cp.done_after:
+                lines.append(Text(f"+{len(cp.done_after)} done after it", style="dim"))
+            saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
+            lines.append(Text(f"saved {saved}", style="dim"))
+            self.update(Text("\n").join(lines), layout=False)
             return
         lines = [Text.assemble(("lastSku ", "dim"), (visible(cp.last_sku or "-"), "bold"))]
         for sku, angles in list(cp.completed_angles.items())[:4]:

@@ -183,6 +183,10 @@ class MirrorPipeline:
     async def before_commit(self) -> None:
         """Nothing to land: each item's PUT is done when the item is."""
 
+    def problems(self, counters: Any) -> int:
+        """None beyond failed items."""
+        return 0
+
     async def process(self, item: Item, stages: Stages) -> Result:
         """Existence, fetch, put. Returns how the item ended; raises when it did not end."""
         plan = self.plan

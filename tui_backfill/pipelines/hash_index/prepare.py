@@ -1,0 +1,152 @@
+"""Preparing a hash-index run: settings against the state, the bucket's preflight, the index
+table opened (created when missing, never in a dry run), the run created or continued.
+
+Called by tui_backfill.pipelines.prepare under the job lock, after the pipeline check. Every
+problem is a ConfigError (exit 2) found before anything is read from the bucket or written
+to the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+from tui_backfill.core.engine import Engine, RunPlan
+from tui_backfill.core.records import RunRecord, RunStatus
+from tui_backfill.core.store import JobStore
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import Settings, validate, validate_for_run
+from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
+from tui_backfill.pipelines.hash_index.pipeline import HashIndexPipeline, HashPlan
+from tui_backfill.pipelines.hash_index.settings import check_modes, parse_since
+from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.prepare import (
+    PreparedRun,
+    RunRequest,
+    _check_same_settings,
+    settings_from_stored,
+)
+from tui_backfill.seams.index_table import IndexTable
+
+
+async def prepare_hash_index(
+    request: RunRequest,
+    store: JobStore,
+    stack: contextlib.AsyncExitStack,
+    unfinished: RunRecord | None,
+) -> PreparedRun:
+    """`unfinished`: the run to continue (None: a new run)."""
+    resolved = request.resolved
+    settings = resolved.settings
+    if unfinished is not None:
+        if not request.resume_only:
+            _check_same_settings(unfinished, resolved)
+        settings = settings_from_stored(unfinished.settings, settings, resolved.explicit)
+        validate(settings)
+        validate_for_run(settings)
+    else:
+        validate_for_run(settings, resolved.explicit)
+    check_modes(settings, resolved.explicit, dry_run=request.dry_run)
+    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: only runs import it
+
+    bucket = Bucket(
+        settings.bucket or "",
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        path_style=settings.path_style,
+        timeout=settings.timeout,
+        pool_size=settings.max_concurrency + settings.upload_concurrency + 2,
+    )
+    await stack.enter_async_context(bucket)
+    await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
+    assert settings.index_db is not None
+    if settings.emit_sql and unfinished is None:
+        _start_emit_file(settings.emit_sql, resolved.explicit.get("emit_sql", "--emit-sql"))
+    index = await IndexTable.open(
+        settings.index_db,
+        settings.index_table,
+        uploader_id=settings.uploader_id,
+        create=not request.dry_run,
+        emit_sql=settings.emit_sql,
+        field_db=resolved.explicit.get("index_db", "--index-db"),
+        field_table=resolved.explicit.get("index_table", "--index-table"),
+    )
+    stack.push_async_callback(index.close)
+    if unfinished is not None:
+        run = unfinished
+        await store.set_run_status(run.id, RunStatus.RUNNING, pid=os.getpid())
+    else:
+        run = await _create_run(store, settings, request)
+    await store.clear_commands(settings.job)
+    checkpoint: KeyCheckpoint = run.checkpoint
+    counted = getattr(run.counters, "scanned_objects", 0)
+    plan = HashPlan(
+        run_id=run.id,
+        prefix=settings.prefix,
+        start_after=run.range_after,
+        verify=settings.verify,
+        repair=settings.repair,
+        since=None if settings.since is None else parse_since(settings.since),
+        since_text=settings.since,
+        limit_objects=settings.limit_objects,
+        objects_before=max(counted - len(checkpoint.done_after), 0),
+        mismatch_file=settings.mismatch_file,
+        mismatches=checkpoint.mismatches,
+        index_label=f"{settings.index_db}:{settings.index_table}",
+    )
+    pipeline = HashIndexPipeline(plan, bucket=bucket, index=index)
+    stack.push_async_callback(pipeline.close)
+    engine: Engine[HashSnapshot] = Engine(
+        RunPlan(
+            job=settings.job,
+            run_id=run.id,
+            planned_groups=0,  # a listing's length is not known before it is read
+            dry_run=request.dry_run,
+            concurrency=settings.concurrency,
+            max_concurrency=settings.max_concurrency,
+            io_concurrency=settings.upload_concurrency,
+            max_attempts=settings.max_attempts,
+            backoff=settings.backoff,
+            checkpoint_every=settings.checkpoint_every,
+            started_at=run.started_at,
+            counters=run.counters,
+            position=checkpoint.position,
+            checkpoint_saved_at=_saved_at(run),
+        ),
+        pipeline=pipeline,
+        store=store,
+    )
+    return PreparedRun(engine, settings, store, unfinished is None, stack)
+
+
+def _start_emit_file(path: str, field: str) -> None:
+    """A new run's SQL file starts empty (a continued run appends to it)."""
+    try:
+        with open(path, "w", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise ConfigError(field, f"{path}: cannot write it ({exc.strerror})") from None
+
+
+def _saved_at(run: RunRecord) -> str:
+    published = run.snapshot or {}
+    if published.get("checkpointSavedKey") != run.checkpoint.last_key:
+        return ""
+    return str(published.get("checkpointSavedAt") or "")
+
+
+async def _create_run(store: JobStore, settings: Settings, request: RunRequest) -> RunRecord:
+    """A new run starts after where the job's previous completed run stopped when that one
+    was bounded by --limit-objects (wrapping to the start once a run reached the end)."""
+    range_after = None
+    if not request.from_start:
+        previous = await store.last_completed_run(settings.job)
+        if previous is not None and not previous.checkpoint.listing_done:
+            range_after = previous.checkpoint.last_key
+    run_id = await store.create_run(
+        settings.job, settings.stored(), dry_run=request.dry_run, range_after=range_after
+    )
+    await store.set_run_status(run_id, RunStatus.RUNNING, pid=os.getpid())
+    run = await store.run(run_id)
+    assert run is not None
+    return run
