@@ -532,9 +532,32 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
 async def _cmd_coverage(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.mirror.coverage import coverage_report, coverage_text
 
-    report = await coverage_report(_resolve(args), gap_file=args.gap_file)
+    resolved = _resolve(args)
+    run = await _latest_hash_run(resolved.settings.state, resolved.settings.job)
+    if run is not None:
+        from tui_backfill.pipelines.hash_index.coverage import hash_coverage, hash_coverage_text
+
+        if args.gap_file:
+            raise ConfigError("--gap-file", "only for an image job; a hash-index job has none")
+        report = await hash_coverage(run)
+        print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report))
+        return EXIT_OK
+    report = await coverage_report(resolved, gap_file=args.gap_file)
     print(json.dumps(report, indent=2) if args.json else coverage_text(report))
     return EXIT_OK
+
+
+async def _latest_hash_run(state: str, job: str) -> Any:
+    """The job's latest run when the job is a hash-index one (None otherwise)."""
+    from pathlib import Path
+
+    if not Path(state).exists():
+        return None
+    from tui_backfill.state.sqlite import open_state
+
+    async with open_state(state, check=True) as store:
+        run = await store.latest_run(job, include_dry=False)
+    return run if run is not None and run.pipeline == "hash-index" else None
 
 
 if __name__ == "__main__":

@@ -235,9 +235,11 @@ def _pct(value: float | None) -> str:
 
 def history_text(entries: list[dict[str, Any]]) -> str:
     """A compact table: a header, then one line per run."""
+    hash_index = bool(entries) and entries[0]["coverage"] is None
+    figures = "counters" if hash_index else "uploaded/skipped/noRemote/failed"
+    tail = "orphans, verify" if hash_index else "coverage before→after"
     lines = [
-        f"{'run':>5}  {'outcome':<23}  {'started':<24}  {'duration':>8}  "
-        "uploaded/skipped/noRemote/failed  coverage before→after"
+        f"{'run':>5}  {'outcome':<23}  {'started':<24}  {'duration':>8}  {figures:<32}  {tail}"
     ]
     for e in entries:
         c = e["counters"]

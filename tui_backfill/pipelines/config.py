@@ -370,6 +370,22 @@ def resolve(
     return Resolved(settings, explicit)
 
 
+def with_pipeline(resolved: Resolved, pipeline: str) -> Resolved:
+    """The settings for a job whose pipeline the state knows (its runs), when none was given:
+    `resume --job J` or `run --job J` of a hash-index job. Defaults become the pipeline's."""
+    settings = resolved.settings
+    if settings.pipeline == pipeline:
+        return resolved
+    values = {"pipeline": pipeline}
+    for name, value in PIPELINE_DEFAULTS.get(pipeline, {}).items():
+        if name not in resolved.explicit:
+            values[name] = value
+    for name, value in PIPELINE_DEFAULTS.get(settings.pipeline, {}).items():
+        if name not in resolved.explicit and name not in values:
+            values[name] = BY_NAME[name].default
+    return Resolved(settings.replace(**values), resolved.explicit)
+
+
 def _job_of(flags: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, str | None]:
     """The job name, and the field it was given in (None: the default)."""
     option = BY_NAME["job"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import urllib.parse
 from collections.abc import Mapping
@@ -27,6 +28,7 @@ from tui_backfill.pipelines.config import (
     Settings,
     validate,
     validate_for_run,
+    with_pipeline,
 )
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
@@ -86,16 +88,20 @@ def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
             )
 
 
-async def _check_pipeline(store: JobStore, resolved: Resolved) -> None:
-    """A job's pipeline is fixed once it has run: naming a job of another one is exit 2."""
+async def _check_pipeline(store: JobStore, resolved: Resolved) -> Resolved:
+    """A job's pipeline is fixed once it has run: naming a job of another one is exit 2.
+    Not naming any (`resume --job J`, `run --job J`) takes the one of the job's runs."""
     settings = resolved.settings
     latest = await store.latest_run(settings.job)
+    if latest is not None and "pipeline" not in resolved.explicit:
+        return with_pipeline(resolved, latest.pipeline)
     if latest is not None and latest.pipeline != settings.pipeline:
         raise ConfigError(
             resolved.explicit.get("pipeline", "--job"),
             f"job {settings.job!r} is a {latest.pipeline} job (fixed once it has run), not "
             f"{settings.pipeline}; give another --job for a {settings.pipeline} job",
         )
+    return resolved
 
 
 def _origin_with_secret(
@@ -200,10 +206,10 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
 async def _prepare_locked(
     request: RunRequest, store: JobStore, stack: contextlib.AsyncExitStack, env: Mapping[str, str]
 ) -> PreparedRun:
-    resolved = request.resolved
+    resolved = await _check_pipeline(store, request.resolved)
+    request = dataclasses.replace(request, resolved=resolved)
     settings = resolved.settings
     job = settings.job
-    await _check_pipeline(store, resolved)
     unfinished = None if request.dry_run else await store.unfinished_run(job)
     if request.resume_only and unfinished is None:
         raise RunConflict(

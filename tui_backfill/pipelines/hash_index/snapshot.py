@@ -72,29 +72,37 @@ class HashSnapshot:
         return self.mode != "hash"
 
     def counter_rows(self) -> list[list[tuple[str, str]]]:
+        """The console's counters panel: rows of three (label, value) cells."""
         c = self.counters
-        third = (
-            [("verified", f"{c.verified:,}"), ("mismatched", f"{c.mismatched:,}")]
-            if self.verify
-            else [("wouldUpdate", f"{c.would_update:,}")]
-            if self.dry_run
-            else [("bytesHashed", _bytes(c.bytes_hashed))]
-        )
+        if self.verify:
+            done, found, third = (
+                ("verified", f"{c.verified:,}"),
+                ("mismatched", f"{c.mismatched:,}"),
+                ("orphans", f"{c.orphans:,}"),
+            )
+        else:
+            done = (
+                ("wouldUpdate", f"{c.would_update:,}")
+                if self.dry_run
+                else ("updated", f"{c.updated:,}")
+            )
+            found, third = ("orphans", f"{c.orphans:,}"), ("skippedOlder", f"{c.skipped_older:,}")
         return [
             [
                 ("scannedObjects", f"{c.scanned_objects:,}"),
-                ("updated", f"{c.updated:,}"),
+                done,
                 ("errorsTotal", f"{c.errors_total:,}"),
             ],
+            [("skipped", f"{c.skipped:,}"), found, ("failedItems", f"{c.failed_items:,}")],
             [
-                ("skipped", f"{c.skipped:,}"),
-                ("orphans", f"{c.orphans:,}"),
-                ("failedItems", f"{c.failed_items:,}"),
+                ("bytesHashed", _bytes(c.bytes_hashed)),
+                third,
+                ("concurrency", f"{self.concurrency}"),
             ],
-            [*third, ("concurrency", f"{self.concurrency}")],
             [
-                ("mode", self.mode + (f" since {self.since}" if self.since else "")),
+                ("mode", self.mode + (f" ≥{self.since}" if self.since else "")),
                 ("inFlight", f"{self.in_flight}"),
+                ("GETs", f"{self.fetches_in_flight}"),
             ],
         ]
 
