@@ -380,7 +380,7 @@ def with_pipeline(resolved: Resolved, pipeline: str) -> Resolved:
     for name, value in PIPELINE_DEFAULTS.get(pipeline, {}).items():
         if name not in resolved.explicit:
             values[name] = value
-    for name, value in PIPELINE_DEFAULTS.get(settings.pipeline, {}).items():
+    for name in PIPELINE_DEFAULTS.get(settings.pipeline, {}):
         if name not in resolved.explicit and name not in values:
             values[name] = BY_NAME[name].default
     return Resolved(settings.replace(**values), resolved.explicit)
