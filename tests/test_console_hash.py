@@ -1,0 +1,136 @@
+"""The console over a hash-index run, used as a person uses it: Pilot keys against a real
+engine (rclone serve s3 behind a slowing proxy, a real index file), a snapshot at 80x24 of a
+verify run with mismatches, and every counter in full at any width."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_console import FIXED_NOW, FixedController, screen_text, wait_for
+
+from tui_backfill.frontends.ui.app import BackfillApp
+from tui_backfill.frontends.ui.controller import LocalController
+from tui_backfill.frontends.ui.screens import QuitScreen
+from tui_backfill.pipelines.config import resolve
+from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint, Mismatch
+from tui_backfill.pipelines.hash_index.snapshot import HashCounters, HashSnapshot
+from tui_backfill.pipelines.prepare import RunRequest, prepare_run
+from tui_backfill.servers.proxy import ProxyFaults
+
+
+def fixed_hash_snapshot() -> HashSnapshot:
+    counters = HashCounters(
+        scanned_objects=18_240, verified=18_112, mismatched=3, skipped=119, orphans=66,
+        failed_items=6, bytes_hashed=9_876_543_210, errors_by_code={"truncated": 4, "http_503": 11},
+    )  # fmt: skip
+    mismatches = tuple(
+        Mismatch(f"assets/lot-{n}/photo.jpg", "a" * 64, "b" * 64) for n in (17, 204, 9911)
+    )
+    return HashSnapshot(
+        job="hash-index", run_id=4, state="running", dry_run=False,
+        started_at="2026-11-26T11:40:00.000Z", last_update_at="2026-11-26T12:00:00.000Z",
+        concurrency=8, counters=counters, mode="verify",
+        checkpoint=KeyCheckpoint("assets/lot-9911/photo.jpg", ("assets/lot-9913/a.jpg",),
+                                 mismatches=mismatches),
+        in_flight=19, fetches_in_flight=8, items_per_second=61.5, bytes_per_second=42_000_000.0,
+        last_errors={"truncated": "S3 GET assets/x: truncated body, 1,024 of 65,536 bytes",
+                     "http_503": "S3 503 SlowDown"},
+        bucket="media-prod", prefix="assets/", endpoint="https://acct.r2.cloudflarestorage.com",
+        index="index.sqlite3:files", checkpoint_saved_at="2026-11-26T11:59:58.000Z",
+        checkpoint_saved_sku="assets/lot-9900/photo.jpg",
+    )  # fmt: skip
+
+
+def test_hash_console_snapshot(snap_compare: Any) -> None:
+    app = BackfillApp(FixedController(fixed_hash_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    assert snap_compare(app, terminal_size=(80, 24))
+
+
+@pytest.mark.parametrize("width", [80, 100, 157])
+async def test_hash_counters_fit_every_width(width: int) -> None:
+    app = BackfillApp(FixedController(fixed_hash_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(width, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        rows = [line for line in text.splitlines() if "scannedObjects" in line or "mode" in line]
+        assert len(rows) == 2 and not any("\u2026" in row for row in rows), rows
+        assert "18,240" in rows[0] and "18,112" in rows[0] and rows[0].rstrip().endswith(" 15")
+        assert "mismatched" in text and "orphans" in text and "lastKey assets/lot-9911" in text
+        assert "objects 18,240" in text  # the progress line counts objects, not SKUs
+
+
+@pytest.fixture
+def bucket_objects(rclone_s3: Any) -> dict[str, bytes]:
+    """300 objects of 32 KiB under assets/, written where rclone serves them."""
+    objects = {f"assets/obj{n:04d}.bin": os.urandom(32 * 1024) for n in range(300)}
+    for key, body in objects.items():
+        path = rclone_s3.data_dir / rclone_s3.bucket / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(body)
+    return objects
+
+
+async def test_keys_drive_a_real_hash_index_run(
+    rclone_s3: Any,
+    s3_proxy: Any,
+    bucket_objects: dict[str, bytes],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in rclone_s3.env().items():
+        monkeypatch.setenv(name, value)
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(latency=0.02))  # long enough to press keys
+    index = tmp_path / "index.sqlite3"
+    flags = {
+        "pipeline": "hash-index", "job": "hash-index", "state": str(tmp_path / "state.sqlite3"),
+        "bucket": rclone_s3.bucket, "endpoint_url": proxy.endpoint_url, "path_style": True,
+        "prefix": "assets/", "index_db": str(index), "concurrency": 2, "timeout": 5.0,
+    }  # fmt: skip
+    prepared = await prepare_run(RunRequest(resolve(flags, env={})))
+    engine = prepared.engine
+    app = BackfillApp(LocalController(prepared))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: engine.counters.updated > 0)
+            text = screen_text(app)
+            assert "RUNNING" in text and "scannedObjects" in text and "p Pause" in text
+
+            await pilot.press("p")
+            await wait_for(pilot, lambda: app.run_state == "paused")
+            updated = engine.counters.updated
+            await pilot.pause(0.5)
+            assert engine.counters.updated == updated  # nothing moves while paused
+            # a held run's checkpoint is saved with its upserts landed: the index has them all
+            with sqlite3.connect(index) as db:
+                (hashed,) = db.execute(
+                    "SELECT count(*) FROM files WHERE content_hash IS NOT NULL"
+                ).fetchone()
+            assert hashed == updated
+            assert "PAUSED" in screen_text(app)
+
+            await pilot.press("r")
+            await wait_for(pilot, lambda: app.run_state == "completed", timeout=60)
+            assert "COMPLETED" in screen_text(app)
+            await pilot.press("q")
+            await wait_for(
+                pilot,
+                lambda: app.return_value is not None or isinstance(app.screen, QuitScreen),
+                timeout=20,
+            )
+            if isinstance(app.screen, QuitScreen):
+                await pilot.press("y")
+                await wait_for(pilot, lambda: app.return_value is not None, timeout=20)
+        assert app.return_value == 0
+    finally:
+        await prepared.close()
+    with sqlite3.connect(index) as db:
+        stored = dict(db.execute("SELECT key, content_hash FROM files"))
+    assert stored == {key: hashlib.sha256(body).hexdigest() for key, body in bucket_objects.items()}
+    final = dataclasses.asdict(engine.counters)
+    assert final["scanned_objects"] == 300 and final["updated"] == 300
