@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email.utils
 import enum
 import socket
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ import aiobotocore.session
 import aiohttp
 import botocore.exceptions
 import botocore.parsers
+import botocore.utils
 from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 
@@ -163,6 +165,33 @@ def classify(exc: BaseException) -> BackfillError:
     return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
 
 
+def parse_timestamp(value: Any) -> datetime:
+    """botocore's timestamps (`LastModified` of a listing or a GET), read without dateutil.
+
+    botocore parses every timestamp with dateutil, about 0.1 ms of CPU each, two per GET;
+    S3 sends RFC 1123 in headers and ISO 8601 in XML, which the standard library reads
+    several times faster. Anything else goes to botocore's own parser.
+    """
+    if isinstance(value, str):
+        try:
+            if value[:1].isdigit():
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return email.utils.parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError):
+            pass
+    parsed: datetime = botocore.utils.parse_timestamp(value)
+    return parsed
+
+
+def s3_session(profile: str | None = None) -> Any:
+    """An aiobotocore session for S3 clients here, with the quick timestamp parser."""
+    session = aiobotocore.session.AioSession(profile=profile)
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=parse_timestamp
+    )
+    return session
+
+
 class _OneSendSession(AIOHTTPSession):  # type: ignore[misc]
     """aiobotocore's HTTP session without aiohttp's silent re-send.
 
@@ -247,7 +276,7 @@ class Bucket:
         self.conditional_writes = True  # until the server rejects If-None-Match
 
     async def __aenter__(self) -> Bucket:
-        session = aiobotocore.session.get_session()
+        session = s3_session()
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
         )

@@ -24,13 +24,12 @@ import socket
 from collections.abc import Mapping
 from typing import Any
 
-import aiobotocore.session
 import aiohttp
 import botocore
 import botocore.exceptions
 
 from tui_backfill.outcomes import BackfillError, ConfigError, FatalError, RetryableError
-from tui_backfill.seams.bucket import Refusal, client_config, head_bucket_refusal
+from tui_backfill.seams.bucket import Refusal, client_config, head_bucket_refusal, s3_session
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
@@ -124,7 +123,7 @@ class S3Origin:
     async def _client(self) -> S3Objects:
         async with self._opening:
             if self._objects is None:
-                session = aiobotocore.session.AioSession(profile=self._access.profile)
+                session = s3_session(self._access.profile)
                 params: dict[str, Any] = {}
                 if self._keys is not None:
                     key_id, secret, token = self._keys
