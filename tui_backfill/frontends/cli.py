@@ -30,7 +30,7 @@ from tui_backfill.frontends.running import (
     wants_console,
 )
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.config import OPTIONS, Resolved, resolve
+from tui_backfill.pipelines.config import BY_NAME, OPTIONS, Resolved, resolve
 
 if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
@@ -139,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     resume.add_argument("--no-ui", action="store_true")
     for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
         resume.add_argument("--" + name.replace("_", "-"), default=None)
+    resume.add_argument(
+        "--notify-url", default=None, metavar="URL", help=BY_NAME["notify_url"].help
+    )
     resume.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )

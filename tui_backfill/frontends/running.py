@@ -6,6 +6,7 @@ line and the demo both start runs through here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -45,6 +46,7 @@ async def run_console(request: Any) -> int:
 
     prepared = await prepare_run(request)
     log_to_file(prepared.settings.state)
+    notice: dict[str, Any] | None = None
     try:
         app = BackfillApp(LocalController(prepared))
         code = await app.run_async()
@@ -54,9 +56,13 @@ async def run_console(request: Any) -> int:
             from tui_backfill.frontends.headless import progress_line
 
             print(progress_line(app.snapshot), file=sys.stderr)
+        with contextlib.suppress(Exception):  # a notice never changes the exit code
+            notice = await _run_end_notice(prepared, int(code))
         return int(code)
     finally:
         await prepared.close()
+        if notice is not None:  # after the job's lock is let go: a resume need not wait
+            await notify_run_end(prepared.settings.notify_url, notice)
 
 
 async def run_headless(request: Any, serve: int | None = None) -> int:
@@ -116,6 +122,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
             print(progress_line(engine.snapshot()), file=sys.stderr, flush=True)
 
     reporter = asyncio.create_task(report())
+    notice: dict[str, Any] | None = None  # what --notify-url gets once the run has ended
     try:
         try:
             result = await engine.run()
@@ -145,6 +152,8 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 "skipped": counters.skipped,
                 "orphans": counters.orphans,
             }
+        if prepared.settings.notify_url:
+            notice = notice_of(prepared, result.exit_code, output)
         try:
             print(progress_line(result.snapshot), file=sys.stderr)
             if result.exit_code == EXIT_FATAL and result.snapshot.message:
@@ -158,3 +167,65 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
         if request.dry_run:  # a dry run leaves no run behind, however it ended
             await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))
         await prepared.close()
+        if notice is not None:  # after the job's lock is let go: a resume need not wait
+            await notify_run_end(prepared.settings.notify_url, notice)
+
+
+# -- --notify-url ----------------------------------------------------------------------------
+
+ENDED_STATES = ("completed", "failed", "paused")
+
+
+def notice_of(prepared: Any, exit_code: int, status: dict[str, Any]) -> dict[str, Any]:
+    """The body `--notify-url` gets: `status` is the final status JSON (stdout's)."""
+    from tui_backfill.seams.notify import run_ended
+
+    plan = prepared.engine.plan
+    return run_ended(
+        job=plan.job, run_id=plan.run_id, exit_code=exit_code, dry_run=plan.dry_run, snapshot=status
+    )
+
+
+async def _run_end_notice(prepared: Any, exit_code: int) -> dict[str, Any] | None:
+    """The console's run, once its engine has ended (completed, failed, paused); None while it
+    has not (the app left early) or without a notify URL."""
+    if not prepared.settings.notify_url:
+        return None
+    snapshot = prepared.engine.snapshot()
+    if snapshot.state not in ENDED_STATES:
+        return None
+    from tui_backfill.frontends.status import final_status
+
+    status = (await final_status(prepared.store, snapshot)).to_json()
+    return notice_of(prepared, exit_code, status)
+
+
+async def notify_run_end(url: str | None, body: dict[str, Any], *, signals: bool = True) -> None:
+    """POST a run's end to `url` (bounded: seams.notify.BUDGET); a failure is one line on
+    stderr without the URL, and nothing here changes the exit code. With `signals`, SIGINT,
+    SIGTERM or SIGHUP during the delivery abandon it (the process then exits at once)."""
+    if not url:
+        return
+    from tui_backfill.seams.notify import post_json
+
+    loop = asyncio.get_running_loop()
+    task = asyncio.create_task(post_json(url, body))
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signals else ()
+    for signum in handled:
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        delivery = await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # this caller itself is cancelled, not only the delivery
+        print("tui-backfill: notify: not delivered: interrupted by a signal", file=sys.stderr)
+        return
+    except Exception as exc:  # never the exit code's business; the text may quote the URL
+        print(f"tui-backfill: notify: not delivered: {exc.__class__.__name__}", file=sys.stderr)
+        return
+    finally:
+        for signum in handled:
+            loop.remove_signal_handler(signum)
+    if not delivery.delivered:
+        print(f"tui-backfill: notify: {delivery.describe()}", file=sys.stderr, flush=True)

@@ -175,6 +175,7 @@ class JobService:
         self._gap: _GapCache | None = None
         self._gap_lock = asyncio.Lock()  # one gap computation at a time (single flight)
         self.adopted = False
+        self._notices: set[asyncio.Task[None]] = set()  # --notify-url deliveries under way
 
     @property
     def job(self) -> str:
@@ -475,6 +476,8 @@ class JobService:
         if self._task is not None and not self._task.done():
             self._engine.stop()
             await self._wait_finished(PAUSE_WAIT_SECONDS)
+        if self._notices:  # each is bounded by its own budget (seams.notify.BUDGET)
+            await asyncio.wait(set(self._notices))
         if self._gap is not None:  # removed now, or by the last page read still using it
             await self._retire(self._gap)
             self._gap = None
@@ -516,6 +519,7 @@ class JobService:
 
     async def _run_owned(self, prepared: Any) -> None:
         run_id = prepared.engine.plan.run_id
+        notice: dict[str, Any] | None = None
         try:
             result = await prepared.engine.run()
             print(
@@ -524,6 +528,8 @@ class JobService:
                 file=sys.stderr,
                 flush=True,
             )
+            with contextlib.suppress(Exception):  # the notice is no reason to say it stopped
+                notice = await self._run_notice(prepared, result)
         except Exception as exc:  # the engine persisted what it could; say why it stopped
             print(
                 f"tui-backfill: run {run_id} of job {self.job!r} stopped: {exc.__class__.__name__}: {exc}",
@@ -534,6 +540,27 @@ class JobService:
             with contextlib.suppress(Exception):
                 await asyncio.shield(prepared.close())
             self._finished.set()
+        if notice is not None:
+            self._notify(prepared.settings.notify_url, notice)
+
+    async def _run_notice(self, prepared: Any, result: Any) -> dict[str, Any] | None:
+        """What --notify-url gets for a run this service ran (None without a URL)."""
+        if not prepared.settings.notify_url:
+            return None
+        from tui_backfill.frontends.running import notice_of
+        from tui_backfill.frontends.status import final_status
+
+        status = (await final_status(prepared.store, result.snapshot)).to_json()
+        return notice_of(prepared, result.exit_code, status)
+
+    def _notify(self, url: str, notice: dict[str, Any]) -> None:
+        """Deliver in the background (a new run may start meanwhile); `close` waits for it,
+        bounded by the delivery's own budget."""
+        from tui_backfill.frontends.running import notify_run_end
+
+        task = asyncio.create_task(notify_run_end(url, notice, signals=False))
+        self._notices.add(task)
+        task.add_done_callback(self._notices.discard)
 
     async def _dry_run(self, prepared: Any) -> dict[str, Any]:
         engine = prepared.engine
@@ -548,7 +575,7 @@ class JobService:
             raise ApiError(
                 409, f"the dry run ended {snap.state} before it finished (paused from elsewhere?)"
             )
-        return {
+        answer = {
             **snap.to_json(),
             "plan": {
                 "skus": snap.planned_skus,
@@ -557,6 +584,13 @@ class JobService:
                 "missing": snap.counters.would_fetch,
             },
         }
+        if prepared.settings.notify_url:
+            from tui_backfill.frontends.running import notice_of
+
+            self._notify(
+                prepared.settings.notify_url, notice_of(prepared, result.exit_code, answer)
+            )
+        return answer
 
     async def _wait_finished(self, seconds: float) -> bool:
         with contextlib.suppress(TimeoutError):

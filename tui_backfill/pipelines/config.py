@@ -23,6 +23,7 @@ from typing import Any
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines import PIPELINES
 from tui_backfill.pipelines.mirror.angles import parse_angles
+from tui_backfill.seams.notify import check_notify_url
 from tui_backfill.seams.templates import (
     DEFAULT_KEY_TEMPLATE,
     key_template,
@@ -142,6 +143,13 @@ OPTIONS: tuple[Option, ...] = (
         pacing=True,
         stored=False,
     ),
+    Option(
+        "notify_url",
+        str,
+        None,
+        "POST the final status as JSON here when a run ends (a secret: never stored or shown)",
+        stored=False,  # the run keeps only `notify` (notify_label): a resume needs it again
+    ),
 )
 BY_NAME = {option.name: option for option in OPTIONS}
 # Defaults of a pipeline that differ from the image job's: the politeness cap of 6 is for a
@@ -194,6 +202,7 @@ class Settings:
     mismatch_file: str | None = None
     limit_objects: int | None = None
     progress_interval: float = 5.0
+    notify_url: str | None = dataclasses.field(default=None, repr=False)  # a secret
 
     @property
     def bandwidth_bytes(self) -> int | None:
@@ -448,6 +457,7 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
     if settings.max_bandwidth is not None:
         parse_size(settings.max_bandwidth, field("max_bandwidth"))
     key_template(settings.key_template)
+    check_notify_url(settings.notify_url, field("notify_url"))
 
 
 def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = None) -> None:

@@ -31,6 +31,7 @@ from tui_backfill.pipelines.config import (
     with_pipeline,
 )
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
+from tui_backfill.seams.notify import notify_label
 from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
 from tui_backfill.seams.sources import check_source, sku_batches
 from tui_backfill.seams.templates import key_template
@@ -166,6 +167,17 @@ def _origin_needs_password(origin: str, env: Mapping[str, str]) -> bool:
     return parts.scheme == "ftp" and bool(env.get("ORIGIN_PASSWORD"))
 
 
+def _check_notify_given(stored: Mapping[str, Any], explicit: Mapping[str, str]) -> None:
+    """A run that notified its end goes on notifying: its URL is never stored, so a resume
+    must give it again (an empty value turns the notification off)."""
+    if stored.get("notify") and "notify_url" not in explicit:
+        raise ConfigError(
+            BY_NAME["notify_url"].env,
+            f"required to continue this run: its notify URL ({stored['notify']}) is never "
+            "stored; set it (or --notify-url) again, or to an empty value for no notification",
+        )
+
+
 @dataclass
 class PreparedRun:
     """A run ready to go: the engine and what must be closed after it."""
@@ -233,6 +245,7 @@ async def _prepare_locked(
             settings, unfinished.settings, resolved.settings.origin, env
         )
         _check_origin_keys(unfinished.settings, env)
+        _check_notify_given(unfinished.settings, resolved.explicit)
     else:
         validate_for_run(settings, resolved.explicit)
         await asyncio.to_thread(check_source, settings)  # runs the catalog query once
@@ -338,6 +351,7 @@ async def _create_run(
     stored = settings.stored()
     stored["origin_password"] = origin_has_password
     stored["origin_keys"] = origin_keys
+    stored["notify"] = notify_label(settings.notify_url)  # the URL itself is a secret
     run_id = await store.create_run(job, stored, dry_run=request.dry_run, range_after=range_after)
     try:
         await store.snapshot_skus(run_id, sku_batches(settings), range_after, settings.limit_skus)

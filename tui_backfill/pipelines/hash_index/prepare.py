@@ -23,10 +23,12 @@ from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
 from tui_backfill.pipelines.prepare import (
     PreparedRun,
     RunRequest,
+    _check_notify_given,
     _check_same_settings,
     settings_from_stored,
 )
 from tui_backfill.seams.index_table import IndexTable
+from tui_backfill.seams.notify import notify_label
 
 
 async def prepare_hash_index(
@@ -41,6 +43,7 @@ async def prepare_hash_index(
     if unfinished is not None:
         if not request.resume_only:
             _check_same_settings(unfinished, resolved)
+        _check_notify_given(unfinished.settings, resolved.explicit)
         settings = settings_from_stored(unfinished.settings, settings, resolved.explicit)
         validate(settings)
         validate_for_run(settings)
@@ -143,8 +146,10 @@ async def _create_run(store: JobStore, settings: Settings, request: RunRequest) 
         previous = await store.last_completed_run(settings.job)
         if previous is not None and not previous.checkpoint.listing_done:
             range_after = previous.checkpoint.last_key
+    stored = settings.stored()
+    stored["notify"] = notify_label(settings.notify_url)  # the URL itself is a secret
     run_id = await store.create_run(
-        settings.job, settings.stored(), dry_run=request.dry_run, range_after=range_after
+        settings.job, stored, dry_run=request.dry_run, range_after=range_after
     )
     await store.set_run_status(run_id, RunStatus.RUNNING, pid=os.getpid())
     run = await store.run(run_id)
