@@ -295,6 +295,7 @@ class IndexTable:
         self._executor = executor
         self._conn: sqlite3.Connection | None = None
         self._emit: BinaryIO | None = None
+        self._emit_fresh = False  # open(): truncate emit_sql once the checks have passed
         self._closed = False
 
     # ---- opening
@@ -311,10 +312,14 @@ class IndexTable:
         field_db: str = "--index-db",
         field_table: str = "--index-table",
         field_emit: str = "--emit-sql",
+        emit_fresh: bool = False,
     ) -> IndexTable:
+        """`emit_fresh`: a new run's `emit_sql` starts empty (truncated once every check has
+        passed); otherwise it is appended to (a continued run)."""
         check_table_name(table, field_table)
         executor = ThreadPoolExecutor(1, thread_name_prefix="index-table")
         index = cls(path, table, uploader_id=uploader_id, create=create, executor=executor)
+        index._emit_fresh = emit_fresh
         try:
             await index._run(index._open_sync, emit_sql, field_db, field_table, field_emit)
         except BaseException:
@@ -468,6 +473,8 @@ class IndexTable:
 
     def _open_emit(self, path: str, field_emit: str) -> None:
         try:
+            if self._emit_fresh:
+                open(path, "wb").close()
             handle = open(path, "a+b")  # kept open until close()
         except OSError as exc:
             raise ConfigError(

@@ -14,7 +14,6 @@ import os
 from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore
-from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import Settings, validate, validate_for_run
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
 from tui_backfill.pipelines.hash_index.pipeline import HashIndexPipeline, HashPlan
@@ -63,8 +62,6 @@ async def prepare_hash_index(
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
     assert settings.index_db is not None
-    if settings.emit_sql and unfinished is None:
-        _start_emit_file(settings.emit_sql, resolved.explicit.get("emit_sql", "--emit-sql"))
     index = await IndexTable.open(
         settings.index_db,
         settings.index_table,
@@ -73,6 +70,8 @@ async def prepare_hash_index(
         emit_sql=settings.emit_sql,
         field_db=resolved.explicit.get("index_db", "--index-db"),
         field_table=resolved.explicit.get("index_table", "--index-table"),
+        field_emit=resolved.explicit.get("emit_sql", "--emit-sql"),
+        emit_fresh=unfinished is None,  # a new run's file starts empty; a resume appends
     )
     stack.push_async_callback(index.close)
     if unfinished is not None:
@@ -120,15 +119,6 @@ async def prepare_hash_index(
         store=store,
     )
     return PreparedRun(engine, settings, store, unfinished is None, stack)
-
-
-def _start_emit_file(path: str, field: str) -> None:
-    """A new run's SQL file starts empty (a continued run appends to it)."""
-    try:
-        with open(path, "w", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise ConfigError(field, f"{path}: cannot write it ({exc.strerror})") from None
 
 
 def _saved_at(run: RunRecord) -> str:
