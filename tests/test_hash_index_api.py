@@ -215,6 +215,30 @@ async def test_what_a_web_page_could_send_is_refused_and_the_token_required(
     assert len(index_rows(index_db)) == 15
 
 
+async def test_objects_that_keep_failing_are_reported_and_left_out(
+    make_api: MakeApi, tmp_path: Path
+) -> None:
+    index_db = tmp_path / "index.sqlite3"
+    job, api = await make_api(1, index_db=index_db)
+    objects = await fill_bucket(job, 12)
+    job.proxy.faults.kinds = {"get_object"}
+    job.proxy.faults.error_rate = 1.0  # every GET answers 500 or 503
+    answer = await batch(api, limit=10)
+    assert (answer["total"], answer["updated"], answer["skipped"]) == (10, 0, 0), answer
+    keys = sorted(objects, key=lambda k: k.encode())
+    assert [e["key"] for e in answer["errors"]] == keys[:10]
+    for error in answer["errors"]:
+        assert error["code"] and error["message"], error
+    assert job.proxy.count("get_object") == 10 * 3  # --max-attempts 3 each
+    assert answer["hasMore"] and answer["cursor"] == keys[9]  # the cursor passes them
+    assert index_rows(index_db) == []
+
+    job.proxy.faults.error_rate = 0.0
+    answers = await loop_batches(api, limit=1000)
+    assert [(a["total"], a["updated"], a["errors"]) for a in answers] == [(12, 12, [])]
+    assert len(index_rows(index_db)) == 12
+
+
 # -- the generic routes of a hash-index job -------------------------------------------------------
 
 
