@@ -266,7 +266,8 @@ async def make_job(
 async def make_api(make_job: Any) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """``await make_api(active_skus, limit=..., token=..., extra=...)``: a job
     (tests/helpers.Backfill) and a client (tests/helpers.Api) of its `serve` process, stopped
-    with SIGTERM at teardown."""
+    with SIGTERM at teardown. ``index_db=PATH``: the job is a hash-index job named
+    ``hash-index`` over the test bucket with that index file (``--limit`` does not apply)."""
     import aiohttp
     from helpers import Api, Backfill, Running, served_url
 
@@ -274,13 +275,23 @@ async def make_api(make_job: Any) -> AsyncIterator[Callable[..., Awaitable[Any]]
     procs: list[Running] = []
 
     async def make(
-        active: int, *, limit: int = 2000, token: str = "", extra: tuple[str, ...] = ()
+        active: int,
+        *,
+        limit: int = 2000,
+        token: str = "",
+        extra: tuple[str, ...] = (),
+        index_db: Path | None = None,
     ) -> tuple[Backfill, Api]:
         job = await make_job(active)
         if token:
             original = job.env
             job.env = lambda: {**original(), "TUI_BACKFILL_API_TOKEN": token}  # type: ignore[method-assign]
-        proc = await job.start("serve", *job.run_flags(limit=limit), "--port", "0", *extra)
+        if index_db is None:
+            flags = job.run_flags(limit=limit)
+        else:
+            job.job = "hash-index"
+            flags = job.hash_flags(index_db)
+        proc = await job.start("serve", *flags, "--port", "0", *extra)
         procs.append(proc)
         url = await served_url(proc)
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -180,6 +180,18 @@ class Backfill:
             *extra,
         ]  # fmt: skip
 
+    def hash_flags(self, index_db: Path, *, extra: Sequence[str] = ()) -> list[str]:
+        """Flags of a hash-index job of this state over the bucket (`serve`, `hash-index`)."""
+        return [
+            *self.job_flags(),
+            "--pipeline", "hash-index",
+            "--bucket", self.bucket,
+            "--index-db", str(index_db),
+            "--checkpoint-every", str(self.checkpoint_every),
+            *FAST,
+            *extra,
+        ]  # fmt: skip
+
     # -- processes ----------------------------------------------------------------------
 
     async def start(self, *args: str) -> Running:

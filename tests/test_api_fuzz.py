@@ -1,7 +1,9 @@
 """A schema-driven fuzz run of the HTTP control API: schemathesis (`st run`) against the OpenAPI
 document a real `serve` process serves (rclone behind the counting proxy, the origin, a small
-catalog). No 5xx, every response as the document says (status code, content type, schema),
-schema-invalid requests refused, every operation exercised, and the server still answers after.
+catalog), of an image job and of a hash-index job (whose document has the seed's batch
+interface instead of the image routes). No 5xx, every response as the document says (status
+code, content type, schema), schema-invalid requests refused, every operation exercised, and
+the server still answers after.
 """
 
 from __future__ import annotations
@@ -14,9 +16,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from helpers import MakeApi
 
-from tui_backfill.frontends.api import BASE
+from tui_backfill.frontends.api import ASSET_INDEX, BASE
 
 SKUS = 10  # a run the fuzzer starts finishes within a second (409s while it goes on)
 MAX_EXAMPLES = 25  # per operation: ~440 requests, the whole test in ~20 s on 2 cores
@@ -43,11 +46,18 @@ def _interactions(events: Path) -> dict[str, list[dict[str, Any]]]:
     return by_operation
 
 
+@pytest.mark.parametrize("pipeline", ["mirror", "hash-index"])
 async def test_schemathesis_finds_no_5xx_and_the_api_matches_its_document(
-    make_api: MakeApi, tmp_path: Path
+    make_api: MakeApi, tmp_path: Path, pipeline: str
 ) -> None:
     assert ST.exists(), f"no {ST}: schemathesis is a dev dependency (pip install -e '.[dev]')"
-    _, api = await make_api(SKUS, limit=SKUS)
+    if pipeline == "mirror":
+        _, api = await make_api(SKUS, limit=SKUS)
+    else:
+        job, api = await make_api(1, index_db=tmp_path / "index.sqlite3")
+        client = job.direct.client()
+        for i in range(SKUS):  # batches and runs the fuzzer starts hash these
+            client.put_object(Bucket=job.bucket, Key=f"assets/{i:03d}.bin", Body=b"x" * i)
     code, document = await api.call("GET", "/api/openapi.json")
     assert code == 200, document
     operations = {
@@ -103,10 +113,13 @@ async def test_schemathesis_finds_no_5xx_and_the_api_matches_its_document(
         if r.get("response")
     )
     assert not [key for key in statuses if key[1] >= 500], statuses
+    assert api.proc.alive, served
+    assert "API error" not in served and "Traceback" not in served, served
+    if pipeline == "hash-index":
+        batches = f"GET {ASSET_INDEX}"
+        assert statuses[(batches, 200)], f"no generated request got a batch: {statuses}"
+        return
     run = f"POST {BASE}/run"
     assert statuses[(run, 202)], f"no generated request started a run: {statuses}"
-
-    assert api.proc.alive, served
     code, status = await api.call("GET", f"{BASE}/status")
     assert code == 200 and status["runId"] >= 1, (code, status)
-    assert "API error" not in served and "Traceback" not in served, served

@@ -10,6 +10,11 @@ and driven through its command channel while a process runs it (`pause`, `resume
 `concurrency`: 409 when none does), but never started here (`run`: 409, naming the job this
 server starts runs of, and `serve --job NAME` for the other one). A `{job}` that is not a job
 name is 400 naming `job`.
+The seed's image routes (`/api/rsr-image-backfill/...`, `/api/rsr-image-stats`, `-gap`) serve
+an image job; for a hash-index job they are 409 naming its generic routes. A hash-index job also
+has the seed's batch interface, `GET /api/backfill-asset-index?limit=&cursor=&dry_run=` (one
+batch of the index; 409 for an image job): since it changes data on a GET, it also refuses a
+Host that is not the bound address (a wildcard bind leaves that to the token).
 Every error is JSON (`{"error": ..., "field": ...}`), never an HTML page or a traceback. Bound to
 127.0.0.1 by default; on any other address `TUI_BACKFILL_API_TOKEN` is required, and whenever a
 token is set every request must carry it as `Authorization: Bearer <token>`.
@@ -45,6 +50,11 @@ _DIGITS = re.compile(r"[0-9]{1,9}")  # not str.isdigit(): it takes "²", which i
 
 SERVICE: web.AppKey[JobService] = web.AppKey("service", JobService)
 TOKEN: web.AppKey[str] = web.AppKey("token", str)
+BOUND: web.AppKey[str] = web.AppKey("bound", str)  # the address the server listens on
+ASSET_INDEX = "/api/backfill-asset-index"  # the hash index's batch interface (the seed's)
+ASSET_INDEX_FIELDS = ("limit", "cursor", "dry_run")
+MAX_CURSOR_BYTES = 1024  # an S3 key's maximum length
+WILDCARDS = ("0.0.0.0", "::", "")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -271,13 +281,106 @@ async def metrics(request: web.Request) -> web.Response:
 async def openapi(request: web.Request) -> web.Response:
     from tui_backfill.frontends.openapi import document
 
-    return _json(200, document(max_concurrency=request.app[SERVICE].max_concurrency))
+    service = request.app[SERVICE]
+    return _json(200, document(max_concurrency=service.max_concurrency, pipeline=service.pipeline))
 
 
 async def _body_must_be_empty(request: web.Request) -> None:
     body = await _body(request)
     if body:
         raise ApiError(400, "this endpoint takes no parameters", next(iter(body)))
+
+
+def _image_job_only(handler: Handler) -> Handler:
+    """The seed's image routes serve an image job (pipeline mirror); for a job of another
+    pipeline they are 409 naming the routes that serve it."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        service = request.app[SERVICE]
+        if service.pipeline != "mirror":
+            job = service.job
+            routes = f"/api/jobs/{job}/status, /run, /pause, /resume, ..."
+            if service.pipeline == "hash-index":
+                routes += f" and GET {ASSET_INDEX}"
+            raise ApiError(
+                409,
+                f"{request.path} is the image backfill's route; job {job!r} is a "
+                f"{service.pipeline} job: use {routes}",
+            )
+        return await handler(request)
+
+    return guarded
+
+
+def _bound_host_only(request: web.Request) -> None:
+    """A GET that changes data answers only a request whose Host names the address the
+    server is bound to (a loopback name for a loopback bind). A wildcard bind has no one
+    address: there the token, required off loopback, is the guard."""
+    bound = request.app[BOUND]
+    if bound in WILDCARDS:
+        return
+    host = request.headers.get("Host", "")
+    try:
+        name = urllib.parse.urlsplit(f"//{host}").hostname or ""
+    except ValueError:
+        name = ""
+    if is_loopback(bound):
+        accepted = is_loopback(name) or name in LOOPBACK_NAMES
+    else:
+        accepted = name == bound.lower().strip("[]") or _same_address(name, bound)
+    if not accepted:
+        raise ApiError(403, "request refused: its Host is not the address this server is bound to")
+
+
+def _same_address(name: str, bound: str) -> bool:
+    try:
+        return ipaddress.ip_address(name) == ipaddress.ip_address(bound.strip("[]"))
+    except ValueError:
+        return False
+
+
+def _bool_query(request: web.Request, name: str, default: bool) -> bool:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if text.strip().lower() in ("true", "1", "yes"):
+        return True
+    if text.strip().lower() in ("false", "0", "no"):
+        return False
+    raise ApiError(400, f"{text!r} is not a boolean; accepted true or false", name)
+
+
+def _cursor_query(request: web.Request) -> str | None:
+    """The last key of the previous batch (absent or empty: from the start)."""
+    cursor = request.query.get("cursor") or None
+    if cursor is None:
+        return None
+    try:
+        size = len(cursor.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ApiError(
+            400, "not UTF-8 text; give the cursor of the previous answer", "cursor"
+        ) from None
+    if size > MAX_CURSOR_BYTES:
+        raise ApiError(400, f"longer than {MAX_CURSOR_BYTES} bytes (an S3 key's maximum)", "cursor")
+    return cursor
+
+
+async def asset_index(request: web.Request) -> web.Response:
+    """GET /api/backfill-asset-index?limit=50&cursor=C&dry_run=true: one batch of the hash
+    index, answered in the seed's shape (errors too carry `"success": false`)."""
+    try:
+        _bound_host_only(request)
+        _no_query(request, ASSET_INDEX_FIELDS)
+        from tui_backfill.pipelines.hash_index.batch import LIMIT_DEFAULT, LIMIT_MAX
+
+        limit = _int_query(request, "limit", LIMIT_DEFAULT, 1, LIMIT_MAX)
+        cursor = _cursor_query(request)
+        dry_run = _bool_query(request, "dry_run", False)
+        answer = await request.app[SERVICE].index_batch(cursor=cursor, limit=limit, dry_run=dry_run)
+    except ApiError as exc:
+        return _json(exc.status, {"success": False, **exc.to_json()})
+    return _json(200, answer)
 
 
 # -- the generic routes: /api/jobs/{job}/... ----------------------------------------------------
@@ -383,6 +486,7 @@ def build_app(service: JobService, *, token: str = "", host: str = "127.0.0.1") 
         middlewares.append(_auth(token))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY)
     app[SERVICE] = service
+    app[BOUND] = host
     # Each route of the image job's seed API, and its generic twin for any job of the state.
     for method, name, seed, generic in (
         ("POST", "run", run, job_run),
@@ -395,10 +499,11 @@ def build_app(service: JobService, *, token: str = "", host: str = "127.0.0.1") 
         ("GET", "runs", runs, job_runs),
     ):
         add = app.router.add_get if method == "GET" else app.router.add_post  # GET: HEAD too
-        add(f"{BASE}/{name}", seed)
+        add(f"{BASE}/{name}", _image_job_only(seed))
         add(f"{JOBS}/{name}", generic)
-    app.router.add_get("/api/rsr-image-stats", stats)
-    app.router.add_get("/api/rsr-image-gap", gap)
+    app.router.add_get("/api/rsr-image-stats", _image_job_only(stats))
+    app.router.add_get("/api/rsr-image-gap", _image_job_only(gap))
+    app.router.add_get(ASSET_INDEX, asset_index)
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app

@@ -341,8 +341,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     port = _port(args.port, "--port")
     token = check_bind(args.host, os.environ)
     resolved = _resolve(args)
-    validate_for_run(resolved.settings, resolved.explicit)
-    check_source(resolved.settings)
+    validate_for_run(resolved.settings, resolved.explicit)  # by the job's pipeline
+    if resolved.settings.pipeline == "mirror":  # the image job's catalog (the hash index lists)
+        check_source(resolved.settings)
     return asyncio.run(serve_api(resolved, host=args.host, port=port, token=token))
 
 

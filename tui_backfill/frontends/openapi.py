@@ -10,12 +10,20 @@ import copy
 from typing import Any
 
 from tui_backfill import __version__
-from tui_backfill.frontends.service import MAX_ANGLES_TEXT, MAX_LIMIT_SKUS, RUN_FIELDS
+from tui_backfill.frontends.service import (
+    MAX_ANGLES_TEXT,
+    MAX_LIMIT_OBJECTS,
+    MAX_LIMIT_SKUS,
+    RUN_FIELDS,
+    run_fields,
+)
 from tui_backfill.outcomes import RunState
 from tui_backfill.pipelines.config import JOB_NAME
 
 BASE = "/api/rsr-image-backfill"
 JOBS = "/api/jobs/{job}"
+ASSET_INDEX = "/api/backfill-asset-index"
+IMAGE_ROUTES = ("/api/rsr-image-stats", "/api/rsr-image-gap")  # and BASE/...
 # The routes of the served job that exist for every job of the state file as JOBS/<name>.
 GENERIC = ("run", "status", "pause", "resume", "hold", "concurrency", "failed", "runs")
 _JOB_PARAMETER = {
@@ -49,6 +57,14 @@ _RUN_PROPERTIES: dict[str, dict[str, Any]] = {
         "(the document's maximum; default 3)",
     },
     "onlyMissing": {"type": "boolean", "description": "skip objects that exist (default true)"},
+    "limitObjects": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": MAX_LIMIT_OBJECTS,
+        "example": 10000,
+        "description": "hash index: objects scanned by the run (default: the server's "
+        "--limit-objects, else all)",
+    },
     "dryRun": {"type": "boolean", "description": "plan and check existence only; answers the plan"},
     "fresh": {
         "type": "boolean",
@@ -103,11 +119,109 @@ def _for_every_job(path_item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def document(*, max_concurrency: int) -> dict[str, Any]:
-    """The document of a server whose --max-concurrency is `max_concurrency`."""
+_BATCH = {
+    "type": "object",
+    "required": [
+        "success",
+        "total",
+        "updated",
+        "skipped",
+        "cursor",
+        "hasMore",
+        "errors",
+        "dry_run",
+    ],
+    "properties": {
+        "success": {"type": "boolean"},
+        "total": {"type": "integer", "minimum": 0, "description": "objects in the batch"},
+        "updated": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "index rows written (a dry run: rows that would be)",
+        },
+        "skipped": {"type": "integer", "minimum": 0},
+        "cursor": {
+            "type": "string",
+            "nullable": True,
+            "description": "give it as `cursor` for the next batch; null after the last",
+        },
+        "hasMore": {"type": "boolean"},
+        "errors": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["key", "code", "message"],
+                "properties": {
+                    "key": {"type": "string"},
+                    "code": {"type": "string"},
+                    "message": {"type": "string"},
+                },
+            },
+        },
+        "dry_run": {"type": "boolean"},
+    },
+}
+
+
+def _asset_index() -> dict[str, Any]:
+    from tui_backfill.pipelines.hash_index.batch import LIMIT_DEFAULT, LIMIT_MAX
+
+    return {
+        "get": {
+            "summary": "One batch of the content-hash index (the seed's batch interface)",
+            "description": "Lists up to `limit` objects under the job's prefix after `cursor`, "
+            "hashes those the skip rule does not skip, upserts their rows (not in a dry run, "
+            "which writes and creates nothing). Loop on `cursor` until `hasMore` is false. "
+            "Answers only a request whose Host is the address the server is bound to and that "
+            "has no cross-site Origin (403); 409 while a run of the job goes on.",
+            "parameters": [
+                {
+                    "name": "limit",
+                    "in": "query",
+                    "required": False,
+                    "schema": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "maximum": LIMIT_MAX,
+                        "default": LIMIT_DEFAULT,
+                    },
+                },
+                {
+                    "name": "cursor",
+                    "in": "query",
+                    "required": False,
+                    "description": "the previous answer's cursor (absent: from the start)",
+                    "schema": {"type": "string"},
+                },
+                {
+                    "name": "dry_run",
+                    "in": "query",
+                    "required": False,
+                    "schema": {"type": "boolean", "default": False},
+                },
+            ],
+            "responses": {
+                "200": _json(_BATCH, "the batch"),
+                "403": _json(_ERROR, "a foreign Host or a cross-site Origin"),
+                **_errors(400, 409, 502),
+            },
+        }
+    }
+
+
+def document(*, max_concurrency: int, pipeline: str = "mirror") -> dict[str, Any]:
+    """The document of a server whose job is of `pipeline` and whose --max-concurrency is
+    `max_concurrency`: an image job's has the seed's image routes, a hash-index job's the
+    batch interface instead (the other's routes answer 409 there); both the generic routes,
+    whose POST .../run takes the fields of the job's pipeline."""
+    accepted = run_fields(pipeline)
     properties = {
-        **_RUN_PROPERTIES,
-        "concurrency": {**_RUN_PROPERTIES["concurrency"], "maximum": max_concurrency},
+        name: schema
+        for name, schema in {
+            **_RUN_PROPERTIES,
+            "concurrency": {**_RUN_PROPERTIES["concurrency"], "maximum": max_concurrency},
+        }.items()
+        if name in accepted
     }
     run_schema = {"type": "object", "additionalProperties": False, "properties": properties}
     query_params = [
@@ -295,6 +409,12 @@ def document(*, max_concurrency: int) -> dict[str, Any]:
                             "(crash, SIGKILL); resumable like paused",
                         },
                         "runId": {"type": "integer"},
+                        # a hash-index job's (DESIGN.md, "Content-hash index")
+                        "scannedObjects": {"type": "integer"},
+                        "updated": {"type": "integer"},
+                        "skipped": {"type": "integer"},
+                        "bytesHashed": {"type": "integer"},
+                        "orphans": {"type": "integer"},
                     },
                 },
             },
@@ -305,4 +425,15 @@ def document(*, max_concurrency: int) -> dict[str, Any]:
     paths = doc["paths"]
     for route in GENERIC:
         paths[f"{JOBS}/{route}"] = _for_every_job(paths[f"{BASE}/{route}"])
+    if pipeline == "hash-index":
+        for route in GENERIC:
+            del paths[f"{BASE}/{route}"]
+        for path in IMAGE_ROUTES:
+            del paths[path]
+        paths[ASSET_INDEX] = _asset_index()
+        doc["info"]["description"] = (
+            "Start, watch, pause and resume the content-hash index job of one state file "
+            "(/api/jobs/{job}/...), one batch at a time through the seed's batch interface ("
+            f"{ASSET_INDEX}), and watch and drive the other jobs of that state file."
+        )
     return doc

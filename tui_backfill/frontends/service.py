@@ -30,6 +30,7 @@ from tui_backfill.frontends.state_job import PAUSE_WAIT_SECONDS, StateJob
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.pipelines.config import Resolved, validate
+from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
 from tui_backfill.seams.keysets import key_file_page, load_key_file
 from tui_backfill.state.lock import JobLock
 
@@ -45,11 +46,20 @@ RUN_FIELDS: dict[str, tuple[str | None, type]] = {
     "angles": ("angles", str),
     "concurrency": ("concurrency", int),
     "onlyMissing": ("only_missing", bool),
+    "limitObjects": ("limit_objects", int),
     "dryRun": (None, bool),
     "fresh": (None, bool),
     "fromStart": (None, bool),
 }
+# Fields that mean something to one pipeline only: given for a job of another, they are 400.
+PIPELINE_OF_FIELD: dict[str, str] = {
+    "limitSkus": "mirror",
+    "angles": "mirror",
+    "onlyMissing": "mirror",
+    "limitObjects": "hash-index",
+}
 MAX_LIMIT_SKUS = 100_000_000
+MAX_LIMIT_OBJECTS = 100_000_000_000
 MAX_ANGLES_TEXT = 200
 _INT_TEXT = re.compile(r"-?[0-9]{1,12}")
 
@@ -92,6 +102,24 @@ def _typed(name: str, kind: type, value: Any, *, from_query: bool) -> Any:
     return value
 
 
+def run_fields(pipeline: str) -> tuple[str, ...]:
+    """The fields POST .../run accepts for a job of this pipeline."""
+    return tuple(name for name in RUN_FIELDS if PIPELINE_OF_FIELD.get(name, pipeline) == pipeline)
+
+
+def check_fields_for(params: RunParams, pipeline: str, job: str) -> None:
+    """A field of another pipeline's runs is 400 naming it (`limitSkus` for a hash-index job)."""
+    for name in params.fields.values():
+        owner = PIPELINE_OF_FIELD.get(name, pipeline)
+        if owner != pipeline:
+            raise ApiError(
+                400,
+                f"only for a {owner} job; job {job!r} is a {pipeline} job, whose runs take: "
+                f"{', '.join(run_fields(pipeline))}",
+                name,
+            )
+
+
 def _check_known(name: str) -> None:
     if name not in RUN_FIELDS:
         raise ApiError(400, f"unknown field; accepted: {', '.join(RUN_FIELDS)}", name)
@@ -119,6 +147,11 @@ def parse_run_params(data: Mapping[str, Any]) -> RunParams:
     if limit is not None and not 1 <= limit <= MAX_LIMIT_SKUS:
         raise ApiError(
             400, f"{limit} is out of range; accepted 1 to {MAX_LIMIT_SKUS:,}", "limitSkus"
+        )
+    objects = params.get("limitObjects")
+    if objects is not None and not 1 <= objects <= MAX_LIMIT_OBJECTS:
+        raise ApiError(
+            400, f"{objects} is out of range; accepted 1 to {MAX_LIMIT_OBJECTS:,}", "limitObjects"
         )
     angles = params.get("angles")
     if angles is not None and len(angles) > MAX_ANGLES_TEXT:
@@ -174,12 +207,17 @@ class JobService:
         self._closing = False
         self._gap: _GapCache | None = None
         self._gap_lock = asyncio.Lock()  # one gap computation at a time (single flight)
+        self._batching = asyncio.Lock()  # held while a batch of the hash index is processed
         self.adopted = False
         self._notices: set[asyncio.Task[None]] = set()  # --notify-url deliveries under way
 
     @property
     def job(self) -> str:
         return self.base.settings.job
+
+    @property
+    def pipeline(self) -> str:
+        return self.base.settings.pipeline
 
     @property
     def state_path(self) -> str:
@@ -209,6 +247,14 @@ class JobService:
     def live(self) -> bool:
         return self._engine is not None and not self._finished.is_set()
 
+    def _not_batching(self) -> None:
+        if self._batching.locked():
+            raise ApiError(
+                409,
+                f"a batch of job {self.job!r} is being processed here "
+                "(GET /api/backfill-asset-index); try again once it has answered",
+            )
+
     def _not_starting(self) -> None:
         """While a run or a dry run is being started here, other commands wait their turn."""
         if self._starting.locked():
@@ -232,12 +278,14 @@ class JobService:
 
     async def start(self, params: RunParams) -> tuple[int, dict[str, Any]]:
         """POST .../run: (202, the new run) or, for a dry run, (200, the plan)."""
+        check_fields_for(params, self.pipeline, self.job)
         if self.adopted:
             raise ApiError(
                 409, f"this process serves its own run of job {self.job!r}; it cannot start another"
             )
         self._refuse_when_closing()
         self._not_starting()
+        self._not_batching()
         await self._settle()
         async with self._starting:
             if self.live:
@@ -270,6 +318,7 @@ class JobService:
     async def resume(self) -> tuple[int, dict[str, Any]]:
         """POST .../resume: release a held run, or continue a paused/interrupted one here."""
         self._not_starting()
+        self._not_batching()  # the lock it holds is no run to command
         await self._settle()
         if self.live:
             if self._stopping:
@@ -292,6 +341,7 @@ class JobService:
     async def pause(self) -> tuple[int, dict[str, Any]]:
         """POST .../pause: the graceful stop; answers once the checkpoint is persisted."""
         self._not_starting()
+        self._not_batching()  # the lock it holds is no run to command
         if self.live:
             self._engine.stop()
             if not await self._wait_finished(PAUSE_WAIT_SECONDS):
@@ -309,6 +359,7 @@ class JobService:
     async def hold(self) -> tuple[int, dict[str, Any]]:
         """POST .../hold: the console's `p` — paused in place until resume."""
         self._not_starting()
+        self._not_batching()  # the lock it holds is no run to command
         if self.live:
             self._engine.hold()
             return 200, self._live_status().to_json()
@@ -318,6 +369,7 @@ class JobService:
 
     async def set_concurrency(self, value: int) -> tuple[int, dict[str, Any]]:
         self._not_starting()
+        self._not_batching()  # the lock it holds is no run to command
         if not 1 <= value <= self.max_concurrency:
             raise ApiError(
                 400, f"{value} is out of range; accepted 1 to {self.max_concurrency}", "concurrency"
@@ -462,6 +514,63 @@ class JobService:
             raise
         return report, directory
 
+    # -- the hash index's batch interface ------------------------------------------------------
+    async def index_batch(self, *, cursor: str | None, limit: int, dry_run: bool) -> dict[str, Any]:
+        """GET /api/backfill-asset-index: one batch of the hash index (the seed's answer).
+
+        Never beside a run of the job (this process's, or another's: 409), nor beside another
+        batch here. A batch that writes holds the job lock meanwhile, so no run starts under
+        it; a dry run writes nothing and only checks that no process holds the job."""
+        if self.pipeline != "hash-index":
+            raise ApiError(
+                409,
+                f"job {self.job!r} is a {self.pipeline} job; the batch interface fills a "
+                "content-hash index: serve a hash-index job (--pipeline hash-index)",
+            )
+        if self.base.settings.verify:
+            raise ApiError(
+                409,
+                f"job {self.job!r} is set to --verify; the batch interface fills the index "
+                f"(verify with POST /api/jobs/{self.job}/run)",
+            )
+        self._refuse_when_closing()
+        self._not_starting()
+        self._not_batching()
+        await self._settle()
+        if self.live:
+            raise ApiError(
+                409,
+                f"job {self.job!r} is running in this process (run {self._engine.plan.run_id}); "
+                "the batch interface waits for it to end",
+            )
+        async with self._batching:
+            lock = JobLock(self.state_path, self.job)
+            if dry_run:
+                holder = await asyncio.to_thread(lock.holder)
+                if holder is not None:
+                    raise ApiError(409, f"job {self.job!r} is running in process {holder}")
+            else:
+                try:
+                    await asyncio.to_thread(lock.acquire, self.job)
+                except JobBusy as exc:
+                    raise ApiError(409, str(exc).split(": ", 1)[-1]) from None
+            try:
+                return await self._batch(cursor=cursor, limit=limit, dry_run=dry_run)
+            finally:
+                if not dry_run:
+                    lock.release()
+
+    async def _batch(self, *, cursor: str | None, limit: int, dry_run: bool) -> dict[str, Any]:
+        from tui_backfill.pipelines.hash_index.batch import run_batch
+
+        try:
+            result = await run_batch(self.base.settings, after=cursor, limit=limit, dry_run=dry_run)
+        except ConfigError as exc:  # the index file or table cannot be opened
+            raise ApiError(502, f"index: {exc}") from None
+        except BackfillError as exc:  # the listing, the bucket, or the index write failed
+            raise ApiError(502, f"batch failed ({exc.code}): {exc.message}") from None
+        return result.to_json()
+
     # -- lifecycle ---------------------------------------------------------------------------
     def _refuse_when_closing(self) -> None:
         if self._closing:
@@ -575,15 +684,22 @@ class JobService:
             raise ApiError(
                 409, f"the dry run ended {snap.state} before it finished (paused from elsewhere?)"
             )
-        answer = {
-            **snap.to_json(),
-            "plan": {
+        counters = snap.counters
+        if isinstance(snap, HashSnapshot):  # as `hash-index --dry-run` prints it
+            plan = {
+                "objects": counters.scanned_objects,
+                "wouldUpdate": counters.would_update,
+                "skipped": counters.skipped,
+                "orphans": counters.orphans,
+            }
+        else:
+            plan = {
                 "skus": snap.planned_skus,
                 "items": snap.planned_items,
-                "existing": snap.counters.found_at_start,
-                "missing": snap.counters.would_fetch,
-            },
-        }
+                "existing": counters.found_at_start,
+                "missing": counters.would_fetch,
+            }
+        answer = {**snap.to_json(), "plan": plan}
         if prepared.settings.notify_url:
             from tui_backfill.frontends.running import notice_of
 

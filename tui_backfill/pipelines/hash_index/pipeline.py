@@ -110,6 +110,26 @@ class Hashed:
     etag: str
     last_modified: datetime | None
 
+    def upsert(self, key: str) -> Upsert:
+        """The index row this hash makes for `key`."""
+        return Upsert(key, self.sha256, self.size, self.etag, _iso(self.last_modified))
+
+
+async def hash_object(objects: S3Objects, key: str) -> Hashed:
+    """One GET, its body streamed through SHA-256 (never whole in memory); a body shorter
+    than its Content-Length is `truncated` and never hashed (retried by the caller)."""
+    digest = hashlib.sha256()
+    async with objects.open(key) as body:
+        async for chunk in body.chunks():
+            if len(chunk) >= THREAD_MIN:
+                await asyncio.to_thread(digest.update, chunk)
+            else:
+                digest.update(chunk)
+        info = body.info
+        return Hashed(
+            digest.hexdigest(), body.received, unquote_etag(info.etag), info.last_modified
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Work:
@@ -127,6 +147,15 @@ def unchanged(row: IndexRow | None, listed: Listed, columns: frozenset[str]) -> 
     if "size" in columns and row.size != listed.size:
         return False
     return not ("etag" in columns and row.etag != listed.etag)
+
+
+def already_indexed(row: IndexRow | None, hashed: Hashed, columns: frozenset[str]) -> bool:
+    """The row holds this hash already, and the size and ETag where the table keeps them."""
+    if row is None or row.content_hash != hashed.sha256:
+        return False
+    if "size" in columns and row.size != hashed.size:
+        return False
+    return not ("etag" in columns and row.etag != hashed.etag)
 
 
 def _iso(moment: datetime | None) -> str | None:
@@ -275,33 +304,15 @@ class HashIndexPipeline:
             if self.plan.repair:
                 await self._upsert(item.key, hashed)
             return Result("mismatched", MISMATCHED, nbytes=nbytes, attempts=attempts)
-        if row is not None and row.content_hash == hashed.sha256 and self._same_meta(row, hashed):
+        if already_indexed(row, hashed, self.index.columns):
             return Result(
                 "skipped", SKIPPED, nbytes=nbytes, attempts=attempts
             )  # hashed, and it was right already
         await self._upsert(item.key, hashed)
         return Result("updated", UPDATED, nbytes=nbytes, attempts=attempts)
 
-    def _same_meta(self, row: IndexRow, hashed: Hashed) -> bool:
-        columns = self.index.columns
-        if "size" in columns and row.size != hashed.size:
-            return False
-        return not ("etag" in columns and row.etag != hashed.etag)
-
     async def _hash(self, key: str) -> Hashed:
-        """One GET, its body streamed through SHA-256 (never whole in memory); a body shorter
-        than its Content-Length is `truncated` and never hashed (retried)."""
-        digest = hashlib.sha256()
-        async with self.objects.open(key) as body:
-            async for chunk in body.chunks():
-                if len(chunk) >= THREAD_MIN:
-                    await asyncio.to_thread(digest.update, chunk)
-                else:
-                    digest.update(chunk)
-            info = body.info
-            return Hashed(
-                digest.hexdigest(), body.received, unquote_etag(info.etag), info.last_modified
-            )
+        return await hash_object(self.objects, key)
 
     # -- the index writes -------------------------------------------------------------------
 
@@ -309,9 +320,7 @@ class HashIndexPipeline:
         """Queue the row; the batch lands at 100 rows, after a second, or before a checkpoint."""
         if not self._pending:
             self._pending_since = time.monotonic()
-        self._pending.append(
-            Upsert(key, hashed.sha256, hashed.size, hashed.etag, _iso(hashed.last_modified))
-        )
+        self._pending.append(hashed.upsert(key))
         if len(self._pending) >= BATCH_ROWS:
             with contextlib.suppress(Exception):  # kept pending; the checkpoint tries again
                 await self._flush()
