@@ -4,10 +4,14 @@ verify run with mismatches, and every counter in full at any width."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
+import json
 import os
+import re
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +19,9 @@ import pytest
 from test_console import FIXED_NOW, FixedController, screen_text, wait_for
 
 from tui_backfill.frontends.ui.app import BackfillApp
-from tui_backfill.frontends.ui.controller import LocalController
+from tui_backfill.frontends.ui.controller import HttpController, LocalController
 from tui_backfill.frontends.ui.screens import QuitScreen
+from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint, Mismatch
 from tui_backfill.pipelines.hash_index.snapshot import HashCounters, HashSnapshot
@@ -134,3 +139,59 @@ async def test_keys_drive_a_real_hash_index_run(
     assert stored == {key: hashlib.sha256(body).hexdigest() for key, body in bucket_objects.items()}
     final = dataclasses.asdict(engine.counters)
     assert final["scanned_objects"] == 300 and final["updated"] == 300
+
+
+async def test_attach_by_url_to_a_served_hash_index_run(
+    rclone_s3: Any, s3_proxy: Any, bucket_objects: dict[str, bytes], tmp_path: Path
+) -> None:
+    """`attach --url URL --job hash-index`: the console over `hash-index --serve PORT`,
+    through the generic routes of the HTTP API (the image job's seed routes answer 409)."""
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(latency=0.02))
+    index = tmp_path / "index.sqlite3"
+    args = [
+        "hash-index", "--no-ui", "--serve", "0", "--state", str(tmp_path / "state.sqlite3"),
+        "--bucket", rclone_s3.bucket, "--endpoint-url", proxy.endpoint_url, "--path-style",
+        "--prefix", "assets/", "--index-db", str(index), "--concurrency", "2",
+    ]  # fmt: skip
+    err_path = tmp_path / "run.err"
+    with open(err_path, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tui_backfill", *args, env={**os.environ, **rclone_s3.env()},
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        url = None
+        for _ in range(300):
+            found = re.search(r"control API on (http://127\.0\.0\.1:\d+)", err_path.read_text())
+            if found:
+                url = found.group(1)
+                break
+            await asyncio.sleep(0.05)
+        assert url, err_path.read_text()
+        seed_only = HttpController(url)
+        try:
+            with pytest.raises(ConfigError, match="--job"):
+                await seed_only.check()
+        finally:
+            await seed_only.close()
+        controller = HttpController(url, job="hash-index")
+        try:
+            await controller.check()
+            app = BackfillApp(controller)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await wait_for(pilot, lambda: "scannedObjects" in screen_text(app))
+                assert "ATTACHED" in screen_text(app) or "RUNNING" in screen_text(app)
+                await pilot.press("p")
+                await wait_for(pilot, lambda: app.run_state == "paused")
+                await pilot.press("r")
+                await wait_for(pilot, lambda: app.run_state in ("running", "completed"))
+        finally:
+            await controller.close()
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, err_path.read_text()
+    final = json.loads(out)
+    assert final["state"] == "completed" and final["updated"] == 300

@@ -273,12 +273,12 @@ def _cmd_attach(args: argparse.Namespace) -> int:
             "attach", "needs a terminal (use `status` or `status --json` without one)"
         )
     if args.url:
-        return asyncio.run(attach_url(args.url))
+        return asyncio.run(attach_url(args.url, job=args.job))
     state, job = _job_state(args)
     return asyncio.run(attach_console(state, job))
 
 
-async def attach_url(url: str) -> int:
+async def attach_url(url: str, job: str | None = None) -> int:
 
     from tui_backfill.frontends.api import TOKEN_ENV
     from tui_backfill.frontends.ui.app import BackfillApp
@@ -286,7 +286,7 @@ async def attach_url(url: str) -> int:
 
     if not url.startswith(("http://", "https://")):
         raise ConfigError("--url", f"{url!r}: expected http(s)://host:port")
-    controller = HttpController(url, token=os.environ.get(TOKEN_ENV, ""))
+    controller = HttpController(url, token=os.environ.get(TOKEN_ENV, ""), job=job)
     try:
         await controller.check()
         await BackfillApp(controller).run_async()

@@ -9,6 +9,7 @@ talks to a serving process's control API (`attach --url`).
 from __future__ import annotations
 
 import dataclasses
+import urllib.parse
 from typing import Any, Protocol
 
 from tui_backfill.core.records import Command, FailedItem
@@ -109,11 +110,16 @@ class HttpController:
 
     attached = True
 
-    def __init__(self, url: str, *, token: str = "", timeout: float = 5.0) -> None:
+    def __init__(
+        self, url: str, *, token: str = "", timeout: float = 5.0, job: str | None = None
+    ) -> None:
+        """`job`: attach through the generic routes of that job (any pipeline); else the
+        image job's seed routes."""
         import aiohttp
 
         self.url = url.rstrip("/")
-        self.job = ""
+        self.job = job or ""
+        self._api = f"/api/jobs/{urllib.parse.quote(job, safe='')}" if job else API
         self.max_concurrency = 6
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._session = aiohttp.ClientSession(
@@ -125,7 +131,7 @@ class HttpController:
         import aiohttp
 
         try:
-            async with self._session.request(method, f"{self.url}{API}{path}", json=body) as answer:
+            async with self._session.request(method, f"{self.url}{self._api}{path}", json=body) as answer:
                 data = await answer.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise CommandFailed(
@@ -141,9 +147,14 @@ class HttpController:
         import aiohttp
 
         try:
-            async with self._session.get(f"{self.url}{API}/status") as answer:
+            async with self._session.get(f"{self.url}{self._api}/status") as answer:
                 if answer.status == 401:
                     raise ConfigError("TUI_BACKFILL_API_TOKEN", "the server wants a bearer token")
+                if answer.status == 409 and self._api == API:  # not an image job
+                    raise ConfigError(
+                        "--job",
+                        f"{self.url} serves a job of another pipeline; attach with --job NAME",
+                    )
                 if answer.status not in (200, 404):
                     raise ConfigError("--url", f"{self.url} answered {answer.status} to /status")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -160,7 +171,7 @@ class HttpController:
             if self._last is None:
                 return None
             return dataclasses.replace(self._last, live=False, in_flight=0, fetches_in_flight=0)
-        if "anglesPlanned" not in data:
+        if "anglesPlanned" not in data and "scannedObjects" not in data:
             return None
         status = JobStatus.from_json(data)
         self.job = status.job or self.job
