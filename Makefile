@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-headless test test-slow chaos lint typecheck clean
+.PHONY: setup demo demo-headless demo-hash test test-slow chaos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 demo-headless: $(STAMP)
 	$(BIN)/tui-backfill demo --no-ui
+
+# The content-hash index on embedded servers: 3,000 objects, an index with gaps (state/demo-hash).
+demo-hash: $(STAMP)
+	$(BIN)/tui-backfill demo hash-index
 
 test: $(STAMP)
 	$(BIN)/ruff check tui_backfill tests
@@ -43,4 +47,4 @@ typecheck: $(STAMP)
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) state/*.sqlite3* state/demo
+	rm -rf $(VENV) state/*.sqlite3* state/*.log state/demo state/demo-hash

@@ -1,4 +1,5 @@
-"""The command line: run, status, runs, failed, pause, resume, attach, coverage, serve, demo.
+"""The command line: run, hash-index, status, runs, failed, pause, resume, attach, coverage,
+serve, demo.
 
 Startup stays light: `status`, `runs`, `pause` and `--help` import neither botocore nor
 textual. Every problem found before work starts is one line on stderr and exit 2.
@@ -171,14 +172,85 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--gap-file", help="write the missing keys, one per line")
 
     demo = commands.add_parser(
-        "demo", help="self-contained demo: local S3 server, origin and catalog"
+        "demo",
+        help="self-contained demo: local S3 server, origin and catalog (or: demo hash-index)",
+        description="A job on embedded servers, nothing to configure. `demo` (or `demo images`): "
+        "the image backfill (state/demo.sqlite3, job demo). `demo hash-index`: the content-hash "
+        "index over a local bucket of 3,000 objects and an index with gaps "
+        "(state/demo-hash.sqlite3, job demo-hash). Run it again to continue.",
     )
-    demo.add_argument("--no-ui", action="store_true")
-    demo.add_argument("--limit-skus", type=int, default=None)
+    demo.add_argument(
+        "which",
+        nargs="?",
+        choices=DEMOS,
+        default="images",
+        help="which demo (default: images)",
+    )
+    demo.add_argument("--no-ui", action="store_true", help="headless")
     demo.add_argument(
         "--fresh", action="store_true", help="start the demo over (wipe its bucket and state)"
     )
+    demo.add_argument("--limit-skus", type=int, default=None, help="images: SKUs of this run")
+    demo.add_argument(
+        "--dry-run", action="store_true", help="hash-index: plan only; no download, no write"
+    )
+    demo.add_argument(
+        "--verify", action="store_true", help="hash-index: re-hash every hashed object, compare"
+    )
+    demo.add_argument(
+        "--repair", action="store_true", help="hash-index, with --verify: fix mismatched hashes"
+    )
+    demo.add_argument(
+        "--mismatch-file", metavar="F", help="hash-index, with --verify: CSV of mismatches"
+    )
+    demo.add_argument(
+        "--since", metavar="ISO-8601", help="hash-index: only objects modified at or after"
+    )
+    demo.add_argument(
+        "--limit-objects", type=int, metavar="N", help="hash-index: objects of this run"
+    )
+    demo.add_argument("--emit-sql", metavar="F", help="hash-index: also write the upserts as SQL")
     return parser
+
+
+DEMOS = ("images", "hash-index")
+DEMO_HASH_ONLY = (
+    "dry_run",
+    "verify",
+    "repair",
+    "mismatch_file",
+    "since",
+    "limit_objects",
+    "emit_sql",
+)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.which == "hash-index":
+        if args.limit_skus is not None:
+            raise ConfigError(
+                "--limit-skus", "only for the image demo; hash-index: --limit-objects"
+            )
+        from tui_backfill.frontends.demo_hash import run_demo_hash
+
+        return run_demo_hash(
+            no_ui=args.no_ui,
+            fresh=args.fresh,
+            dry_run=args.dry_run,
+            verify=args.verify,
+            repair=args.repair,
+            mismatch_file=args.mismatch_file,
+            since=args.since,
+            limit_objects=args.limit_objects,
+            emit_sql=args.emit_sql,
+        )
+    for name in DEMO_HASH_ONLY:
+        if getattr(args, name) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(flag, "only for `demo hash-index`, not the image demo")
+    from tui_backfill.frontends.demo import run_demo
+
+    return int(run_demo(no_ui=args.no_ui, limit_skus=args.limit_skus, fresh=args.fresh))
 
 
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
@@ -219,9 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "coverage":
             return asyncio.run(_cmd_coverage(args))
         if args.command == "demo":
-            from tui_backfill.frontends.demo import run_demo
-
-            return int(run_demo(no_ui=args.no_ui, limit_skus=args.limit_skus, fresh=args.fresh))
+            return _cmd_demo(args)
     except ConfigError as exc:
         print(f"tui-backfill: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

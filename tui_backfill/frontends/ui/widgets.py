@@ -142,9 +142,10 @@ class ProgressPanel(_Panel):
 
 
 def _cells(pairs: list[tuple[str, str]], widths: tuple[int, ...]) -> Text:
-    """Label-value cells, each right-aligned in its width, two spaces between cells."""
+    """Label-value cells, each right-aligned in its width, two spaces between cells; a row may
+    have fewer cells than there are columns (the hash index's shorter rows)."""
     line = Text(no_wrap=True, overflow="ellipsis")
-    for i, ((label, value), width) in enumerate(zip(pairs, widths, strict=True)):
+    for i, ((label, value), width) in enumerate(zip(pairs, widths[: len(pairs)], strict=True)):
         line.append("  " if i else "")
         line.append(label.ljust(width - len(value)), style="dim")
         line.append(value)
