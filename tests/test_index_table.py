@@ -606,19 +606,3 @@ async def test_coverage_is_the_seeds_query(tmp_path: Path) -> None:
         coverage = await index.coverage("k/")
         assert coverage == Coverage(2238, 2172, 97.05)
         assert coverage.to_json()["coverage_percent"] == 97.05
-
-
-async def test_emit_fresh_starts_the_file_over_after_the_checks(tmp_path: Path) -> None:
-    """A new run's SQL file starts empty but keeps the CREATE TABLE of a table it creates;
-    a refused open leaves an old file as it was."""
-    emit = tmp_path / "upserts.sql"
-    emit.write_text("-- an earlier run's statements\n")
-    with pytest.raises(ConfigError):
-        await IndexTable.open(
-            str(tmp_path / "x.db"), "bad-name", emit_sql=str(emit), emit_fresh=True
-        )
-    assert emit.read_text() == "-- an earlier run's statements\n"
-    index = await IndexTable.open(str(tmp_path / "x.db"), emit_sql=str(emit), emit_fresh=True)
-    await index.close()
-    lines = emit.read_text().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("CREATE TABLE IF NOT EXISTS"), lines

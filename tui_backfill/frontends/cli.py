@@ -48,35 +48,63 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 
 
-def _add_job_state(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--job", help="job name (default: default)")
+# Options of the image job alone: the hash-index command does not offer them.
+IMAGE_ONLY = frozenset(
+    {
+        "pipeline", "limit_skus", "angles", "only_missing", "skus_file", "skus_db", "skus_query",
+        "origin", "origin_endpoint_url", "origin_region", "origin_path_style", "origin_profile",
+        "key_template", "exists_check", "max_bandwidth",
+    }
+)  # fmt: skip
+# ...and the other way round (`run` keeps them: `run --job J` may run a hash-index job).
+HASH_HELP = {
+    "bucket": "the bucket whose objects are hashed (nothing is ever written to it)",
+    "checkpoint_every": "persist the checkpoint at least every N objects (default 100)",
+    "concurrency": "parallel object GETs (default 8)",
+    "max_concurrency": "highest --concurrency allowed (default 64)",
+    "upload_concurrency": "parallel listings and other S3 calls beside the GETs",
+    "timeout": "seconds to the first byte of an answer, and of each idle gap in a body",
+}
+
+
+def _add_job_state(parser: argparse.ArgumentParser, default_job: str = "default") -> None:
+    parser.add_argument("--job", help=f"job name (default: {default_job})")
     parser.add_argument("--state", help="state file (default: state/tui-backfill.sqlite3)")
     parser.add_argument("--config", help="TOML configuration file")
 
 
-def _add_run_options(parser: argparse.ArgumentParser) -> None:
+def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = False) -> None:
     for option in OPTIONS:
-        if option.name in ("job", "state"):
+        if option.name in ("job", "state") or (hash_index and option.name in IMAGE_ONLY):
             continue
+        text = HASH_HELP.get(option.name, option.help) if hash_index else option.help
+        if hash_index:
+            text = text.removeprefix("hash index: ").removeprefix("hash index, ")
         if option.kind is bool:
             parser.add_argument(
-                option.flag, action=argparse.BooleanOptionalAction, default=None, help=option.help
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            parser.add_argument(
-                option.flag, default=None, metavar=option.name.upper(), help=option.help
-            )
+            parser.add_argument(option.flag, default=None, metavar=option.name.upper(), help=text)
     parser.add_argument(
         "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
     )
     parser.add_argument(
-        "--dry-run", action="store_true", help="plan and check existence; no download, no upload"
+        "--dry-run",
+        action="store_true",
+        help="list and apply the skip rule; no download, nothing written (reports wouldUpdate)"
+        if hash_index
+        else "plan and check existence; no download, no upload",
     )
     parser.add_argument(
         "--fresh", action="store_true", help="abandon an unfinished run and start a new one"
     )
     parser.add_argument(
-        "--from-start", action="store_true", help="start the new run at the first SKU"
+        "--from-start",
+        action="store_true",
+        help="start the new run at the first key (not after a --limit-objects run's end)"
+        if hash_index
+        else "start the new run at the first SKU",
     )
 
 
@@ -101,8 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
         "content_hash into the index table; resumable, idempotent (the skip rule), verifiable. "
         "Job default: hash-index.",
     )
-    _add_job_state(hash_index)
-    _add_run_options(hash_index)
+    _add_job_state(hash_index, default_job="hash-index")
+    _add_run_options(hash_index, hash_index=True)
     hash_index.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )

@@ -231,6 +231,11 @@ def client_config(
     )
 
 
+def _answer(status: int, code: str) -> str:
+    """`403 AccessDenied`, or `403` alone when a HEAD's answer had no body to name a code."""
+    return str(status) if code == str(status) else f"{status} {code}"
+
+
 def unquote_etag(etag: str) -> str:
     """An ETag as the index keeps it: without the quotes S3 puts around it."""
     return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
@@ -348,12 +353,12 @@ class Bucket:
             if refusal is Refusal.CREDENTIALS:
                 raise ConfigError(
                     "AWS_ACCESS_KEY_ID",
-                    f"credentials rejected by {where} ({status} {code}); check the key pair",
+                    f"credentials rejected by {where} ({_answer(status, code)}); check the key pair",
                 ) from None
             if refusal is Refusal.BUSY:
                 raise RetryableError(f"{status} {code}", code="--bucket") from None
             raise ConfigError(
-                "--bucket", f"HeadBucket on {where} failed: {status} {code}"
+                "--bucket", f"HeadBucket on {where} failed: {_answer(status, code)}"
             ) from None
         except (
             botocore.exceptions.EndpointConnectionError,

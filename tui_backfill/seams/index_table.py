@@ -16,7 +16,8 @@ before anything is written, as a ConfigError naming the option.
 - `emit_sql`: every upsert is also appended, as plain SQL with literals, one statement a line,
   to that file (fsynced before `upsert` returns, before its transaction commits), to apply to a
   remote D1 (`wrangler d1 execute DB --file F`) or a copy (`sqlite3 copy.db < F`). The file is
-  appended to, never truncated here: the caller truncates it when a new run starts. A torn last
+  appended to by every run, never truncated (upserts applied twice give the same table, a lost
+  statement would not: the operator empties it once it is applied). A torn last
   line (a crash mid-write, whose transaction therefore never committed) is cut at `open`.
 - Key order is SQLite's BINARY collation, which for UTF-8 text is the byte order of S3 keys;
   prefixes are key ranges, never LIKE (case-insensitive, with wildcards).
@@ -295,7 +296,6 @@ class IndexTable:
         self._executor = executor
         self._conn: sqlite3.Connection | None = None
         self._emit: BinaryIO | None = None
-        self._emit_fresh = False  # open(): truncate emit_sql once the checks have passed
         self._closed = False
 
     # ---- opening
@@ -312,14 +312,10 @@ class IndexTable:
         field_db: str = "--index-db",
         field_table: str = "--index-table",
         field_emit: str = "--emit-sql",
-        emit_fresh: bool = False,
     ) -> IndexTable:
-        """`emit_fresh`: a new run's `emit_sql` starts empty (truncated once every check has
-        passed); otherwise it is appended to (a continued run)."""
         check_table_name(table, field_table)
         executor = ThreadPoolExecutor(1, thread_name_prefix="index-table")
         index = cls(path, table, uploader_id=uploader_id, create=create, executor=executor)
-        index._emit_fresh = emit_fresh
         try:
             await index._run(index._open_sync, emit_sql, field_db, field_table, field_emit)
         except BaseException:
@@ -473,8 +469,6 @@ class IndexTable:
 
     def _open_emit(self, path: str, field_emit: str) -> None:
         try:
-            if self._emit_fresh:
-                open(path, "wb").close()
             handle = open(path, "a+b")  # kept open until close()
         except OSError as exc:
             raise ConfigError(

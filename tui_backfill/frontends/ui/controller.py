@@ -131,7 +131,9 @@ class HttpController:
         import aiohttp
 
         try:
-            async with self._session.request(method, f"{self.url}{self._api}{path}", json=body) as answer:
+            async with self._session.request(
+                method, f"{self.url}{self._api}{path}", json=body
+            ) as answer:
                 data = await answer.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise CommandFailed(

@@ -64,6 +64,7 @@ SKIPPED_OLDER = ("scanned_objects", "skipped", "skipped_older")
 WOULD_UPDATE = ("scanned_objects", "would_update")
 VERIFIED = ("scanned_objects", "verified")
 MISMATCHED = ("scanned_objects", "mismatched")
+REPAIRED = ("scanned_objects", "mismatched", "updated")  # --repair wrote the actual hash
 FAILED = ("scanned_objects",)
 ORPHAN = ("orphans",)
 
@@ -303,6 +304,7 @@ class HashIndexPipeline:
                 self._mismatches.append(Mismatch(item.key, row.content_hash, hashed.sha256))
             if self.plan.repair:
                 await self._upsert(item.key, hashed)
+                return Result("mismatched", REPAIRED, nbytes=nbytes, attempts=attempts)
             return Result("mismatched", MISMATCHED, nbytes=nbytes, attempts=attempts)
         if already_indexed(row, hashed, self.index.columns):
             return Result(
@@ -341,7 +343,7 @@ class HashIndexPipeline:
                     )
                 if isinstance(exc, BackfillError) and not exc.fatal:
                     # still locked after the busy timeout: the run stops at its checkpoint
-                    raise FatalError(f"index table: {exc.message}", code=exc.code) from None
+                    raise FatalError(exc.message, code=exc.code) from None
                 raise
 
     async def _flush_every_second(self) -> None:

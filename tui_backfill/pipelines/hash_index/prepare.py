@@ -71,7 +71,6 @@ async def prepare_hash_index(
         field_db=resolved.explicit.get("index_db", "--index-db"),
         field_table=resolved.explicit.get("index_table", "--index-table"),
         field_emit=resolved.explicit.get("emit_sql", "--emit-sql"),
-        emit_fresh=unfinished is None,  # a new run's file starts empty; a resume appends
     )
     stack.push_async_callback(index.close)
     if unfinished is not None:

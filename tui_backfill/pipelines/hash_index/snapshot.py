@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from tui_backfill.core.counters import CounterSet
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint, Mismatch
 
-MISMATCHES_SHOWN = 100  # in the snapshot; the checkpoint and --mismatch-file keep them all
+MISMATCHES_SHOWN = 100  # in the snapshot; the checkpoint and --mismatch-file keep up to 10,000
 
 
 @dataclass(slots=True, kw_only=True)
@@ -25,7 +25,7 @@ class HashCounters(CounterSet):
     BYTES: ClassVar[str] = "bytes_hashed"
 
     scanned_objects: int = 0
-    updated: int = 0  # index rows written (a new or changed hash, or size/ETag refreshed)
+    updated: int = 0  # index rows written (a new or changed hash, size/ETag refreshed, repaired)
     skipped: int = 0  # not downloaded: unchanged by the skip rule, or older than --since
     skipped_older: int = 0  # of `skipped`: LastModified before --since
     bytes_hashed: int = 0
