@@ -12,6 +12,7 @@ import os
 import shutil
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -606,3 +607,29 @@ async def test_coverage_is_the_seeds_query(tmp_path: Path) -> None:
         coverage = await index.coverage("k/")
         assert coverage == Coverage(2238, 2172, 97.05)
         assert coverage.to_json()["coverage_percent"] == 97.05
+
+
+async def test_a_hot_journal_is_named_by_a_read_only_open(tmp_path: Path) -> None:
+    """A writer killed mid-transaction leaves a rollback journal that only a writing open can
+    play back: a dry run (read-only) says so, naming the journal, and a writing open recovers
+    the table as it was before that transaction."""
+    path = tmp_path / "index.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE files (key TEXT PRIMARY KEY, content_hash TEXT)")
+        db.executemany("INSERT INTO files VALUES (?, NULL)", [(str(n),) for n in range(2000)])
+        db.commit()
+    dies = (
+        "import os, sqlite3\n"
+        f"db = sqlite3.connect({str(path)!r}); db.execute('PRAGMA cache_size=1')\n"
+        "db.execute('BEGIN'); db.execute(\"UPDATE files SET content_hash = 'x'\")\n"
+        "os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", dies], check=False)
+    assert (tmp_path / "index.db-journal").exists()
+    with pytest.raises(ConfigError, match="index.db-journal"):
+        await IndexTable.open(str(path), create=False)
+    index = await IndexTable.open(str(path))
+    try:
+        assert (await index.coverage()).with_hash == 0  # the dead transaction rolled back
+    finally:
+        await index.close()

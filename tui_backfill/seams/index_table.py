@@ -214,6 +214,13 @@ def _db_problem(path: str, exc: BaseException, *, writing: bool) -> str:
             f"{path}: locked by another connection for more than "
             f"{BUSY_TIMEOUT_SECONDS:g} s ({exc}); end the program holding it"
         )
+    if not writing and primary == _SQLITE_READONLY and os.path.exists(path + "-journal"):
+        # A writer died mid-transaction: its rollback journal must be played back, which a
+        # read-only open (a dry run, coverage) cannot do.
+        return (
+            f"{path}: a writer stopped mid-transaction and left {os.path.basename(path)}-journal; "
+            "a run that writes (not --dry-run) recovers it, or open it once with sqlite3"
+        )
     if writing and primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN):
         reason = _unwritable(path)
         if reason is not None:
