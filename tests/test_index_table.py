@@ -624,9 +624,10 @@ async def test_a_hot_journal_is_named_by_a_read_only_open(tmp_path: Path) -> Non
         "db.execute('BEGIN'); db.execute(\"UPDATE files SET content_hash = 'x'\")\n"
         "os._exit(9)\n"
     )
-    subprocess.run([sys.executable, "-c", dies], check=False)
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", dies)
+    await child.wait()
     assert (tmp_path / "index.db-journal").exists()
-    with pytest.raises(ConfigError, match="index.db-journal"):
+    with pytest.raises(ConfigError, match=r"index\.db-journal"):
         await IndexTable.open(str(path), create=False)
     index = await IndexTable.open(str(path))
     try:
