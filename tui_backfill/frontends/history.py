@@ -101,24 +101,9 @@ def history_entry(run: RunRecord, *, live: bool = False) -> dict[str, Any]:
         return _hash_entry(run, counters, published, live=live)
     angles = str(run.settings.get("angles") or published.get("anglesPlanned") or "")
     planned_items = run.planned_skus * _angles_per_sku(angles)
-    status = run.status
-    if status == "running" and not live:
-        status = INTERRUPTED  # its process is gone: resumable, as `status` shows it
     present = counters.uploaded + counters.skipped_exists
     return {
-        "runId": run.id,
-        "job": run.job,
-        "status": status,
-        "outcome": run_outcome(run.status, run.exit_code, live=live),
-        "live": live,
-        "host": run.host,
-        "dryRun": run.dry_run,
-        "exitCode": run.exit_code,
-        "startedAt": run.started_at,
-        "endedAt": run.ended_at,
-        "durationSeconds": _duration(run.started_at, run.ended_at),
-        "lastUpdateAt": published.get("lastUpdateAt"),
-        "message": run.message,
+        **_run_keys(run, published, live=live),
         "anglesPlanned": angles,
         "range": {"after": run.range_after, "last": run.range_last},
         "catalogSkus": run.catalog_skus,
@@ -156,7 +141,6 @@ def _run_keys(run: RunRecord, published: dict[str, Any], *, live: bool) -> dict[
     return {
         "runId": run.id,
         "job": run.job,
-        "pipeline": run.pipeline,
         "status": status,
         "outcome": run_outcome(run.status, run.exit_code, live=live),
         "live": live,
@@ -178,6 +162,7 @@ def _hash_entry(
     index's coverage is `coverage --job`)."""
     return {
         **_run_keys(run, published, live=live),
+        "pipeline": run.pipeline,
         "range": {"after": run.range_after},
         "lastKey": run.checkpoint.last_key,
         "counters": {

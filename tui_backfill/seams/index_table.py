@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import functools
 import os
 import re
@@ -43,6 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, TypeVar
 
+from tui_backfill.files import unwritable
 from tui_backfill.outcomes import ConfigError, FatalError, RetryableError
 
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -180,28 +180,6 @@ def _primary_code(exc: BaseException) -> int | None:
     return code & 0xFF if isinstance(code, int) else None
 
 
-def _unwritable(path: str) -> str | None:
-    """Why the file (or its directory, where SQLite keeps its journal) cannot be written, or
-    None. Asks the kernel, since root ignores permission bits but not a read-only mount."""
-    denied = (errno.EROFS, errno.EACCES, errno.EPERM)
-    target = Path(path)
-    try:
-        if target.exists():
-            os.close(os.open(target, os.O_RDWR))
-    except OSError as exc:
-        return f"the file cannot be written: {exc.strerror}" if exc.errno in denied else None
-    probe = target.parent / f".{target.name}.{os.getpid()}.probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError as exc:
-        if exc.errno in denied:
-            return f"its directory {target.parent} cannot be written: {exc.strerror}"
-        return None
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return None
-
-
 def _db_problem(path: str, exc: BaseException, *, writing: bool) -> str:
     """One line naming the index file and what is wrong with it."""
     primary = _primary_code(exc)
@@ -222,7 +200,7 @@ def _db_problem(path: str, exc: BaseException, *, writing: bool) -> str:
             "a run that writes (not --dry-run) recovers it, or open it once with sqlite3"
         )
     if writing and primary in (_SQLITE_PERM, _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_CANTOPEN):
-        reason = _unwritable(path)
+        reason = unwritable(path)
         if reason is not None:
             return f"{path}: read-only ({reason}); the index must be a writable SQLite file"
     return f"{path}: {exc}; the index must be a writable SQLite file"

@@ -8,13 +8,12 @@ checkpoint), `StateBusy` (try again at the next beat) and, before any work, Conf
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import os
 import sqlite3
 from pathlib import Path
 
 from tui_backfill.core.store import StateBusy, StateUnavailable
+from tui_backfill.files import unwritable
 from tui_backfill.outcomes import ConfigError
 
 BUSY_TIMEOUT_SECONDS = 10  # how long a write waits for another connection's write lock
@@ -30,29 +29,6 @@ class NotAState(sqlite3.DatabaseError):
 
 class NewerState(sqlite3.DatabaseError):
     """The state was written by a newer tui-backfill (a schema version we do not know)."""
-
-
-def unwritable(path: str) -> str | None:
-    """Why the state (or its directory, where SQLite keeps -wal/-shm) cannot be written, or
-    None. Called on errors only; root ignores permission bits but not a read-only mount or an
-    immutable file, so this asks the kernel instead of reading modes."""
-    denied = (errno.EROFS, errno.EACCES, errno.EPERM)
-    target = Path(path)
-    try:
-        if target.exists():
-            os.close(os.open(target, os.O_RDWR))
-    except OSError as exc:
-        return f"the file cannot be written: {exc.strerror}" if exc.errno in denied else None
-    probe = target.parent / f".{target.name}.{os.getpid()}.probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    except OSError as exc:
-        if exc.errno in denied:
-            return f"its directory {target.parent} cannot be written: {exc.strerror}"
-        return None
-    with contextlib.suppress(OSError):
-        os.unlink(probe)
-    return None
 
 
 def read_only_without_wal(path: str, exc: BaseException) -> bool:
