@@ -55,7 +55,7 @@ log = logging.getLogger("tui_backfill.hash_index")
 
 BATCH_ROWS = 100  # upserts land at least every 100 objects...
 BATCH_SECONDS = 1.0  # ...or every second
-THREAD_MIN = 128 * 1024  # chunks at least this big are hashed in a thread (hashlib frees the GIL)
+HASH_BLOCK = 1024 * 1024  # a large body is hashed in blocks this big, in a thread
 
 # What each way an object ends adds to the counters.
 UPDATED = ("scanned_objects", "updated")
@@ -116,20 +116,47 @@ class Hashed:
         return Upsert(key, self.sha256, self.size, self.etag, _iso(self.last_modified))
 
 
+def _update(digest: Any, pieces: list[bytes]) -> None:
+    for piece in pieces:
+        digest.update(piece)
+
+
 async def hash_object(objects: S3Objects, key: str) -> Hashed:
     """One GET, its body streamed through SHA-256 (never whole in memory); a body shorter
-    than its Content-Length is `truncated` and never hashed (retried by the caller)."""
+    than its Content-Length is `truncated` and never hashed (retried by the caller).
+
+    The body arrives in pieces of 64 KiB or less. A small object is hashed on the loop; a
+    large one in blocks of HASH_BLOCK in a thread (hashlib frees the GIL), each block hashed
+    while the next one arrives, so hashing runs on another core beside the transfers.
+    """
     digest = hashlib.sha256()
-    async with objects.open(key) as body:
-        async for chunk in body.chunks():
-            if len(chunk) >= THREAD_MIN:
-                await asyncio.to_thread(digest.update, chunk)
-            else:
-                digest.update(chunk)
-        info = body.info
-        return Hashed(
-            digest.hexdigest(), body.received, unquote_etag(info.etag), info.last_modified
-        )
+    hashing: asyncio.Future[None] | None = None
+    pieces: list[bytes] = []
+    gathered = 0
+    try:
+        async with objects.open(key) as body:
+            async for chunk in body.chunks():
+                pieces.append(chunk)
+                gathered += len(chunk)
+                if gathered >= HASH_BLOCK:
+                    block, pieces = pieces, []  # hashed piece by piece: no copy joins them
+                    gathered = 0
+                    if hashing is not None:
+                        await hashing  # blocks go into the digest in order
+                    hashing = asyncio.ensure_future(asyncio.to_thread(_update, digest, block))
+            if hashing is not None:
+                await hashing
+                hashing = None
+            for piece in pieces:
+                digest.update(piece)
+            info = body.info
+            return Hashed(
+                digest.hexdigest(), body.received, unquote_etag(info.etag), info.last_modified
+            )
+    finally:
+        if hashing is not None:  # the body failed mid-way: let the block's thread finish
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(hashing)
 
 
 @dataclass(frozen=True, slots=True)
