@@ -51,7 +51,7 @@ class _Parser(argparse.ArgumentParser):
 # Options of the image job alone: the hash-index command does not offer them.
 IMAGE_ONLY = frozenset(
     {
-        "pipeline", "limit_skus", "angles", "only_missing", "skus_file", "skus_db", "skus_query",
+        "limit_skus", "angles", "only_missing", "skus_file", "skus_db", "skus_query",
         "origin", "origin_endpoint_url", "origin_region", "origin_path_style", "origin_profile",
         "key_template", "exists_check", "max_bandwidth",
     }
@@ -78,6 +78,8 @@ def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = Fals
         if option.name in ("job", "state") or (hash_index and option.name in IMAGE_ONLY):
             continue
         text = HASH_HELP.get(option.name, option.help) if hash_index else option.help
+        if hash_index and option.name == "pipeline":
+            text = argparse.SUPPRESS  # accepted (the same flags as `serve`), never another
         if hash_index:
             text = text.removeprefix("hash index: ").removeprefix("hash index, ")
         if option.kind is bool:
@@ -284,6 +286,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _flags(args: argparse.Namespace) -> dict[str, Any]:
     flags = {option.name: getattr(args, option.name, None) for option in OPTIONS}
     if args.command == "hash-index":
+        if flags.get("pipeline") not in (None, "hash-index"):
+            raise ConfigError("--pipeline", "the hash-index command runs pipeline hash-index")
         flags["pipeline"] = "hash-index"
         if not flags.get("job") and not os.environ.get("TUI_BACKFILL_JOB"):
             flags["job"] = "hash-index"
