@@ -5,14 +5,19 @@ after it (wrapping to the start once a run reached the listing's end); `resume -
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import os
+import signal
 import sqlite3
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from helpers import tool, tool_env
+from helpers import finish, spawn, tool, tool_env
+
+from tui_backfill.servers.proxy import ProxyFaults
 
 if TYPE_CHECKING:
     from conftest import S3Target
@@ -104,3 +109,73 @@ async def test_resume_and_run_by_job_name_alone(rclone_s3: S3Target, tmp_path: P
     resumed = await tool("resume", "--no-ui", "--state", str(state), "--job", "hx", env=env)
     assert resumed.rc == 2 and "nothing to resume" in resumed.err
     assert len(stored_hashes(index)) == 100 and len(objects) == 300
+
+
+async def test_fresh_abandons_the_unfinished_run(
+    rclone_s3: S3Target, s3_proxy: Any, tmp_path: Path
+) -> None:
+    """`--fresh` abandons a paused run: the job's next run is a new one, never the stale run
+    continued from its old checkpoint."""
+    put_objects(rclone_s3, 600)
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(latency=0.02))
+    env = tool_env(rclone_s3)
+    state, index = tmp_path / "state.sqlite3", tmp_path / "index.sqlite3"
+    via_proxy = ["--endpoint-url", proxy.endpoint_url, "--concurrency", "2"]
+    proc = await spawn(*hash_args(rclone_s3, state, index), *via_proxy, env=env)
+    for _ in range(400):  # until some objects are hashed
+        if index.exists() and stored_count(index) >= 20:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    paused = await finish(proc)
+    assert paused.rc == 75, paused.err
+    fresh = await tool(*hash_args(rclone_s3, state, index, "--fresh"), env=env)
+    assert fresh.rc == 0, fresh.err
+    assert json.loads(fresh.out)["scannedObjects"] == 600
+    again = await tool(*hash_args(rclone_s3, state, index), env=env)
+    assert again.rc == 0, again.err
+    snap = json.loads(again.out)
+    assert snap["runId"] == 3 and snap["skipped"] == 600  # a new run, not run 1 continued
+    runs = await tool("runs", "--json", "--state", str(state), "--job", "hash-index", env=env)
+    assert [r["status"] for r in json.loads(runs.out)["runs"]] == [
+        "completed",
+        "completed",
+        "abandoned",
+    ]
+
+
+async def test_a_verify_run_fills_the_failed_items_of_a_hash_run(
+    rclone_s3: S3Target, s3_proxy: Any, tmp_path: Path
+) -> None:
+    """Objects whose GETs kept failing are failed items; a later `--verify` run retries them
+    first and, as they have no stored hash to compare, hashes and writes them (they are not
+    dropped as 'nothing to verify')."""
+    objects = put_objects(rclone_s3, 40)
+    failing = await s3_proxy(rclone_s3, ProxyFaults(error_rate=1.0, kinds={"get_object"}))
+    env = tool_env(rclone_s3)
+    state, index = tmp_path / "state.sqlite3", tmp_path / "index.sqlite3"
+    first = await tool(
+        *hash_args(rclone_s3, state, index, "--limit-objects", "5", "--max-attempts", "1"),
+        "--endpoint-url", failing.endpoint_url, env=env,
+    )  # fmt: skip
+    assert first.rc == 1, first.err
+    assert json.loads(first.out)["failedItems"] == 5 and stored_count(index) == 0
+    verify = await tool(*hash_args(rclone_s3, state, index, "--verify"), env=env)
+    assert verify.rc == 0, verify.err
+    keys = sorted(objects)[:5]
+    hashes = stored_hashes(index)
+    assert sorted(hashes) == keys
+    assert all(hashes[k] == hashlib.sha256(objects[k]).hexdigest() for k in keys)
+    failed = await tool("failed", "--json", "--state", str(state), "--job", "hash-index", env=env)
+    assert json.loads(failed.out)["items"] == []
+
+
+def stored_count(index: Path) -> int:
+    with contextlib.closing(sqlite3.connect(index)) as db:
+        try:
+            (count,) = db.execute(
+                "SELECT count(*) FROM files WHERE content_hash IS NOT NULL"
+            ).fetchone()
+        except sqlite3.Error:
+            return 0
+    return int(count)

@@ -503,7 +503,7 @@ def build_app(service: JobService, *, token: str = "", host: str = "127.0.0.1") 
         add(f"{JOBS}/{name}", generic)
     app.router.add_get("/api/rsr-image-stats", _image_job_only(stats))
     app.router.add_get("/api/rsr-image-gap", _image_job_only(gap))
-    app.router.add_get(ASSET_INDEX, asset_index)
+    app.router.add_get(ASSET_INDEX, asset_index, allow_head=False)  # a HEAD runs no batch
     app.router.add_get("/api/openapi.json", openapi)
     app.router.add_get("/metrics", metrics)
     return app

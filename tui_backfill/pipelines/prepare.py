@@ -232,7 +232,7 @@ async def _prepare_locked(
     if settings.pipeline == "hash-index":
         from tui_backfill.pipelines.hash_index.prepare import prepare_hash_index
 
-        return await prepare_hash_index(request, store, stack, unfinished if continuing else None)
+        return await prepare_hash_index(request, store, stack, unfinished, continuing=continuing)
     origin_url = settings.origin
     if continuing:
         assert unfinished is not None
@@ -321,16 +321,18 @@ async def _prepare_locked(
         started_at=run.started_at,
         counters=run.counters,
         position=run.checkpoint.position,
-        checkpoint_saved_at=_saved_at(run),
+        checkpoint_saved_at=checkpoint_saved_at(run),
     )
     engine = Engine(plan, pipeline=pipeline, store=store)
     return PreparedRun(engine, settings, store, not continuing, stack)
 
 
-def _saved_at(run: RunRecord) -> str:
-    """When the checkpoint a continued run starts from was saved, as its last process said."""
+def checkpoint_saved_at(run: RunRecord) -> str:
+    """When the checkpoint a continued run starts from was saved, as its last process said
+    (its snapshot names the position it saved: `checkpointSavedSku`, or `...Key`)."""
     published = run.snapshot or {}
-    if published.get("checkpointSavedSku") != run.checkpoint.last_sku:
+    saved = published.get("checkpointSavedSku", published.get("checkpointSavedKey"))
+    if saved != run.checkpoint.last_sku:
         return ""
     return str(published.get("checkpointSavedAt") or "")
 

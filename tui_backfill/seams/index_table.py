@@ -516,13 +516,16 @@ class IndexTable:
     # ---- reading
 
     async def rows(
-        self, after: str | None, upto: str | None, prefix: str = ""
+        self, after: str | None, upto: str | None, prefix: str = "", limit: int | None = None
     ) -> dict[str, IndexRow]:
-        """Rows with after < key <= upto (None: open ended) and key under `prefix`, by key."""
+        """Rows with after < key <= upto (None: open ended) and key under `prefix`, in key
+        order; the first `limit` of them when given (a caller pages through a large range)."""
         self._check_open()
-        return await self._run(self._rows_sync, after, upto, prefix)
+        return await self._run(self._rows_sync, after, upto, prefix, limit)
 
-    def _rows_sync(self, after: str | None, upto: str | None, prefix: str) -> dict[str, IndexRow]:
+    def _rows_sync(
+        self, after: str | None, upto: str | None, prefix: str, limit: int | None = None
+    ) -> dict[str, IndexRow]:
         if self._conn is None or not self.exists:
             return {}
         where, params = _key_range(after, upto, prefix)
@@ -530,7 +533,7 @@ class IndexTable:
         etag = "etag" if "etag" in self.columns else "NULL"
         sql = (
             f"SELECT key, content_hash, {size}, {etag} FROM {quote_identifier(self.table)}"
-            f"{where} ORDER BY key"
+            f"{where} ORDER BY key" + ("" if limit is None else f" LIMIT {int(limit)}")
         )
         try:
             found = self._conn.execute(sql, params).fetchall()

@@ -29,6 +29,7 @@ from tui_backfill.pipelines.hash_index.pipeline import (
     Listing,
     already_indexed,
     hash_object,
+    older,
     unchanged,
 )
 from tui_backfill.seams.bucket import Listed
@@ -96,11 +97,6 @@ async def _retried(call: Callable[[], Awaitable[_T]], policy: BatchPolicy) -> _T
     raise AssertionError("unreachable: tenacity re-raises the last error")
 
 
-def _older(listed: Listed, since: datetime | None) -> bool:
-    modified = listed.last_modified
-    return since is not None and modified is not None and modified.replace(microsecond=0) < since
-
-
 async def index_batch(
     bucket: Listing,
     index: IndexTable,
@@ -129,7 +125,7 @@ async def index_batch(
 
     async def one(listed: Listed, row: IndexRow | None) -> None:
         nonlocal skipped
-        if _older(listed, policy.since) or unchanged(row, listed, columns):
+        if older(listed, policy.since) or unchanged(row, listed, columns):
             skipped += 1
             return
         async with slots:

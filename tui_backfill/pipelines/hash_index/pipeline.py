@@ -67,6 +67,7 @@ MISMATCHED = ("scanned_objects", "mismatched")
 REPAIRED = ("scanned_objects", "mismatched", "updated")  # --repair wrote the actual hash
 FAILED = ("scanned_objects",)
 ORPHAN = ("orphans",)
+ROWS_PAGE = 5_000  # index rows read at most for one page (a long run of orphans is paged)
 
 
 class Listing(Protocol):
@@ -93,6 +94,7 @@ class HashPlan:
     since_text: str | None = None
     limit_objects: int | None = None
     objects_before: int = 0  # objects this run counted before this process (a resume)
+    done_after: frozenset[str] = frozenset()  # keys past the checkpoint finished before it
     mismatch_file: str | None = None
     mismatches: tuple[Mismatch, ...] = ()  # found before this process (a resume)
     index_label: str = ""
@@ -186,6 +188,12 @@ def already_indexed(row: IndexRow | None, hashed: Hashed, columns: frozenset[str
     return not ("etag" in columns and row.etag != hashed.etag)
 
 
+def older(listed: Listed, since: datetime | None) -> bool:
+    """`--since T`: the object was last modified (to the second) before T."""
+    modified = listed.last_modified
+    return since is not None and modified is not None and modified.replace(microsecond=0) < since
+
+
 def _iso(moment: datetime | None) -> str | None:
     if moment is None:
         return None
@@ -216,18 +224,24 @@ class _Pages:
         listed = await self._list(start)
         objects = listed.objects
         last_page = not listed.truncated
-        if self._budget is not None and len(objects) >= self._budget:
-            if len(objects) > self._budget or listed.truncated:
-                last_page = False
-            objects = objects[: self._budget]
         if self._budget is not None:
-            self._budget -= len(objects)
+            objects, cut = self._within_budget(objects)
+            last_page = last_page and not cut
+        # The rows of the same key range; the last page's range runs to the prefix's end.
+        upto = None if last_page else objects[-1].key if objects else start
+        rows = await pipeline.index.rows(start, upto, plan.prefix, limit=ROWS_PAGE + 1)
+        if len(rows) > ROWS_PAGE:
+            # A long run of rows with no object (orphans): the page ends at the last row
+            # taken, and the listing goes on after it, so memory stays bounded.
+            bound = list(rows)[ROWS_PAGE - 1]
+            rows = {key: row for key, row in rows.items() if key <= bound}
+            objects = [listed for listed in objects if listed.key <= bound]
+            last_page = False
+        if self._budget is not None:
+            self._budget -= sum(1 for listed in objects if listed.key not in plan.done_after)
         if last_page:
             self._ended = True
             pipeline.listing_done = True
-        # The rows of the same key range; the last page's range runs to the prefix's end.
-        upto = None if last_page else objects[-1].key if objects else start
-        rows = await pipeline.index.rows(start, upto, plan.prefix)
         groups = [self._object(listed, rows.get(listed.key)) for listed in objects]
         keys = {listed.key for listed in objects}
         groups += [
@@ -237,6 +251,19 @@ class _Pages:
         ]
         groups.sort(key=lambda group: group.key)
         return groups
+
+    def _within_budget(self, objects: list[Listed]) -> tuple[list[Listed], bool]:
+        """The objects --limit-objects leaves this run (those finished before a resume cost
+        nothing), and whether it cut the page short."""
+        done = self._pipeline.plan.done_after
+        left = self._budget or 0
+        for n, listed in enumerate(objects):
+            if listed.key in done:
+                continue
+            if left <= 0:
+                return objects[:n], True
+            left -= 1
+        return objects, False
 
     async def _list(self, start: str | None) -> ListedPage:
         pipeline = self._pipeline
@@ -259,12 +286,7 @@ class _Pages:
         pipeline = self._pipeline
         plan = pipeline.plan
         item = Item(listed.key, MEMBER, listed.key, payload=Work(listed, row))
-        modified = listed.last_modified
-        if (
-            plan.since is not None
-            and modified is not None
-            and modified.replace(microsecond=0) < plan.since
-        ):
+        if older(listed, plan.since):
             item.preset = Result("skipped", SKIPPED_OLDER)
         elif plan.verify:
             if row is None or not row.content_hash:
@@ -291,7 +313,9 @@ class HashIndexPipeline:
         self._pending: list[Upsert] = []
         self._pending_since = 0.0
         self._flush_lock = asyncio.Lock()
-        self._mismatches: list[Mismatch] = list(plan.mismatches)
+        # a key redone after a crash is listed once
+        self._mismatches: list[Mismatch] = list({m.key: m for m in plan.mismatches}.values())
+        self._mismatch_keys = {m.key for m in self._mismatches}
         self._mismatches_written = -1 if plan.mismatch_file else len(self._mismatches)
         self._flusher: asyncio.Task[None] | None = None
         self._flush_failures = 0
@@ -314,8 +338,9 @@ class HashIndexPipeline:
         if work.listed is None:  # a failed item of an earlier run: its row as it is now
             rows = await self.index.rows(None, item.key, item.key)
             row = rows.get(item.key)
-            if self.plan.verify and (row is None or not row.content_hash):
-                return Result("skipped", SKIPPED)
+        # Verify compares a stored hash; an object without one (a failed item of an earlier
+        # hash run, retried by a verify run) is hashed and written as a hash run would.
+        stored = row.content_hash.lower() if self.plan.verify and row and row.content_hash else ""
         try:
             hashed, attempts = await stages.stage(lambda: self._hash(item.key), Slot.ORIGIN)
         except NotFoundError:  # deleted since the listing: nothing to index
@@ -323,11 +348,12 @@ class HashIndexPipeline:
         except StageFailed as failed:
             return Result("failed", FAILED, attempts=failed.attempts, error=failed.error)
         nbytes = hashed.size
-        if self.plan.verify:
-            assert row is not None and row.content_hash
-            if row.content_hash == hashed.sha256:
+        if stored:
+            if stored == hashed.sha256:
                 return Result("verified", VERIFIED, nbytes=nbytes, attempts=attempts)
-            if len(self._mismatches) < MAX_MISMATCHES_KEPT:
+            assert row is not None and row.content_hash is not None
+            if item.key not in self._mismatch_keys and len(self._mismatches) < MAX_MISMATCHES_KEPT:
+                self._mismatch_keys.add(item.key)
                 self._mismatches.append(Mismatch(item.key, row.content_hash, hashed.sha256))
             if self.plan.repair:
                 await self._upsert(item.key, hashed)
@@ -407,8 +433,9 @@ class HashIndexPipeline:
     # -- what the engine shows --------------------------------------------------------------
 
     def problems(self, counters: Any) -> int:
-        """Mismatches found by a verify run make its exit code 1, as failed items do."""
-        return int(getattr(counters, "mismatched", 0))
+        """Mismatches found by a verify run make its exit code 1, as failed items do (those
+        of retried failed items too, which the run's counters leave out)."""
+        return max(int(getattr(counters, "mismatched", 0)), len(self._mismatches))
 
     def checkpoint(self, position: Position) -> KeyCheckpoint:
         return KeyCheckpoint.at(

@@ -24,6 +24,7 @@ from tui_backfill.pipelines.prepare import (
     RunRequest,
     _check_notify_given,
     _check_same_settings,
+    checkpoint_saved_at,
     settings_from_stored,
 )
 from tui_backfill.seams.index_table import IndexTable
@@ -35,10 +36,14 @@ async def prepare_hash_index(
     store: JobStore,
     stack: contextlib.AsyncExitStack,
     unfinished: RunRecord | None,
+    *,
+    continuing: bool,
 ) -> PreparedRun:
-    """`unfinished`: the run to continue (None: a new run)."""
+    """`unfinished`: the job's unfinished run, continued when `continuing`, else abandoned
+    (`--fresh`) once the checks have passed."""
     resolved = request.resolved
     settings = resolved.settings
+    abandoned, unfinished = (None, unfinished) if continuing else (unfinished, None)
     if unfinished is not None:
         if not request.resume_only:
             _check_same_settings(unfinished, resolved)
@@ -77,6 +82,8 @@ async def prepare_hash_index(
         run = unfinished
         await store.set_run_status(run.id, RunStatus.RUNNING, pid=os.getpid())
     else:
+        if abandoned is not None:
+            await store.abandon_run(abandoned.id)
         run = await _create_run(store, settings, request)
     await store.clear_commands(settings.job)
     checkpoint: KeyCheckpoint = run.checkpoint
@@ -90,7 +97,8 @@ async def prepare_hash_index(
         since=None if settings.since is None else parse_since(settings.since),
         since_text=settings.since,
         limit_objects=settings.limit_objects,
-        objects_before=max(counted - len(checkpoint.done_after), 0),
+        objects_before=counted,
+        done_after=frozenset(checkpoint.done_after),
         mismatch_file=settings.mismatch_file,
         mismatches=checkpoint.mismatches,
         index_label=f"{settings.index_db}:{settings.index_table}",
@@ -112,19 +120,12 @@ async def prepare_hash_index(
             started_at=run.started_at,
             counters=run.counters,
             position=checkpoint.position,
-            checkpoint_saved_at=_saved_at(run),
+            checkpoint_saved_at=checkpoint_saved_at(run),
         ),
         pipeline=pipeline,
         store=store,
     )
     return PreparedRun(engine, settings, store, unfinished is None, stack)
-
-
-def _saved_at(run: RunRecord) -> str:
-    published = run.snapshot or {}
-    if published.get("checkpointSavedKey") != run.checkpoint.last_key:
-        return ""
-    return str(published.get("checkpointSavedAt") or "")
 
 
 async def _create_run(store: JobStore, settings: Settings, request: RunRequest) -> RunRecord:

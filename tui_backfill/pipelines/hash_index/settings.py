@@ -3,12 +3,14 @@ make sense together. Every problem is a ConfigError naming the field (exit 2, be
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tui_backfill.files import unwritable
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.seams.index_table import check_table_name
 
@@ -26,7 +28,7 @@ def parse_since(text: str, field: str = "--since") -> datetime:
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
         value += "T00:00:00"
     try:
-        moment = datetime.fromisoformat(value.replace("z", "Z"))
+        moment = datetime.fromisoformat(value[:-1] + "Z" if value.endswith("z") else value)
     except ValueError:
         raise ConfigError(
             field,
@@ -67,9 +69,26 @@ def validate_hash_run(settings: Settings, where: Mapping[str, str]) -> None:
         raise ConfigError(field("limit_objects"), f"{settings.limit_objects}: accepted 1 or more")
     for name in ("emit_sql", "mismatch_file"):
         path = getattr(settings, name)
-        if path and not Path(path).resolve().parent.is_dir():
-            raise ConfigError(field(name), f"{path}: its directory does not exist")
+        if path:
+            _check_writable(path, field(name))
     check_bucket(settings, where)
+
+
+def _check_writable(path: str, field: str) -> None:
+    """A file the run will write: not a directory, in a directory that exists, writable."""
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(field, f"{path} is a directory; give a file")
+    parent = target.resolve().parent
+    if not parent.is_dir():
+        raise ConfigError(field, f"{path}: its directory does not exist")
+    reason = (
+        unwritable(path)
+        if os.access(target if target.exists() else parent, os.W_OK)
+        else ("permission denied")
+    )
+    if reason is not None:
+        raise ConfigError(field, f"{path}: {reason}; give a writable file")
 
 
 def check_modes(settings: Settings, where: Mapping[str, str], *, dry_run: bool) -> None:
