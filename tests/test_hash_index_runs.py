@@ -179,3 +179,26 @@ def stored_count(index: Path) -> int:
         except sqlite3.Error:
             return 0
     return int(count)
+
+
+async def test_long_runs_of_orphans_are_paged(rclone_s3: S3Target, tmp_path: Path) -> None:
+    """12,000 index rows with no object, before, between and after 3 objects: read 5,000
+    at most a page, every one counted once, the objects hashed, the run completed."""
+    objects = put_objects(rclone_s3, 3)  # assets/o00000 .. o00002
+    index = tmp_path / "index.sqlite3"
+    orphans = [f"assets/a{n:05d}" for n in range(6000)] + [
+        f"assets/o00001-{n:05d}" for n in range(3000)
+    ] + [f"assets/z{n:05d}" for n in range(3000)]  # fmt: skip
+    with contextlib.closing(sqlite3.connect(index)) as db:
+        db.execute(
+            "CREATE TABLE files (key TEXT PRIMARY KEY, content_hash TEXT, size INTEGER, etag TEXT, uploaded_at TEXT, uploader_id TEXT)"
+        )
+        db.executemany("INSERT INTO files (key) VALUES (?)", [(k,) for k in orphans])
+        db.commit()
+    env = tool_env(rclone_s3)
+    result = await tool(*hash_args(rclone_s3, tmp_path / "state.sqlite3", index), env=env)
+    assert result.rc == 0, result.err
+    snap = json.loads(result.out)
+    assert (snap["scannedObjects"], snap["updated"], snap["orphans"]) == (3, 3, 12_000)
+    assert snap["checkpoint"]["lastKey"] == "assets/z02999"
+    assert stored_hashes(index) == {k: hashlib.sha256(v).hexdigest() for k, v in objects.items()}
