@@ -26,9 +26,9 @@ from tui_backfill.outcomes import ConfigError
 
 EVENT = "run.ended"
 ATTEMPTS = 3
-ATTEMPT_TIMEOUT = 4.0  # seconds, one POST from connecting to the answer
+ATTEMPT_TIMEOUT = 2.5  # seconds, one POST from connecting to the answer
 BACKOFF = 0.5  # seconds before the second attempt, doubled before each later one
-BUDGET = 15.0  # seconds for every attempt and wait together
+BUDGET = 6.0  # seconds for every attempt and wait together: the most an exit waits for it
 _RETRIED_STATUSES = frozenset({408, 429})
 
 
