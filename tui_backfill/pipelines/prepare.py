@@ -89,13 +89,16 @@ def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
             )
 
 
-async def _check_pipeline(store: JobStore, resolved: Resolved) -> Resolved:
+async def _check_pipeline(store: JobStore, request: RunRequest) -> Resolved:
     """A job's pipeline is fixed once it has run: naming a job of another one is exit 2.
-    Not naming any (`resume --job J`, `run --job J`) takes the one of the job's runs."""
+    A request that says nothing of what the job does (`resume --job J`, or `run --job J`
+    with no settings of a pipeline) takes the pipeline of the job's runs."""
+    resolved = request.resolved
     settings = resolved.settings
     latest = await store.latest_run(settings.job)
     if latest is not None and "pipeline" not in resolved.explicit:
-        return with_pipeline(resolved, latest.pipeline)
+        if request.resume_only or not _names_settings(resolved):
+            return with_pipeline(resolved, latest.pipeline)
     if latest is not None and latest.pipeline != settings.pipeline:
         raise ConfigError(
             resolved.explicit.get("pipeline", "--job"),
@@ -103,6 +106,11 @@ async def _check_pipeline(store: JobStore, resolved: Resolved) -> Resolved:
             f"{settings.pipeline}; give another --job for a {settings.pipeline} job",
         )
     return resolved
+
+
+def _names_settings(resolved: Resolved) -> bool:
+    """Whether the request gives settings of a run (beyond pacing and where state is)."""
+    return any(BY_NAME[name].stored and not BY_NAME[name].pacing for name in resolved.explicit)
 
 
 def _origin_with_secret(
@@ -218,7 +226,7 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
 async def _prepare_locked(
     request: RunRequest, store: JobStore, stack: contextlib.AsyncExitStack, env: Mapping[str, str]
 ) -> PreparedRun:
-    resolved = await _check_pipeline(store, request.resolved)
+    resolved = await _check_pipeline(store, request)
     request = dataclasses.replace(request, resolved=resolved)
     settings = resolved.settings
     job = settings.job
