@@ -53,7 +53,7 @@ from tui_backfill.seams.s3_objects import S3Objects
 NAME = "hash-index"
 log = logging.getLogger("tui_backfill.hash_index")
 
-BATCH_ROWS = 100  # upserts land at least every 100 objects...
+BATCH_ROWS = 100  # upserts land at least every 100 objects (fewer: see HashPlan.batch_rows)...
 BATCH_SECONDS = 1.0  # ...or every second
 HASH_BLOCK = 1024 * 1024  # a large body is hashed in blocks this big, in a thread
 
@@ -98,6 +98,9 @@ class HashPlan:
     mismatch_file: str | None = None
     mismatches: tuple[Mismatch, ...] = ()  # found before this process (a resume)
     index_label: str = ""
+    # Rows a batch holds before it lands: 100 less the GETs in flight, so that what a kill
+    # loses (rows not landed, plus the objects being fetched) stays within 100 + concurrency.
+    batch_rows: int = BATCH_ROWS
 
     @property
     def mode(self) -> str:
@@ -376,7 +379,7 @@ class HashIndexPipeline:
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(hashed.upsert(key))
-        if len(self._pending) >= BATCH_ROWS:
+        if len(self._pending) >= self.plan.batch_rows:
             with contextlib.suppress(Exception):  # kept pending; the checkpoint tries again
                 await self._flush()
 

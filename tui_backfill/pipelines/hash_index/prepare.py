@@ -16,7 +16,7 @@ from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore
 from tui_backfill.pipelines.config import Settings, validate, validate_for_run
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
-from tui_backfill.pipelines.hash_index.pipeline import HashIndexPipeline, HashPlan
+from tui_backfill.pipelines.hash_index.pipeline import BATCH_ROWS, HashIndexPipeline, HashPlan
 from tui_backfill.pipelines.hash_index.settings import check_modes, parse_since
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
 from tui_backfill.pipelines.prepare import (
@@ -102,6 +102,7 @@ async def prepare_hash_index(
         mismatch_file=settings.mismatch_file,
         mismatches=checkpoint.mismatches,
         index_label=f"{settings.index_db}:{settings.index_table}",
+        batch_rows=max(BATCH_ROWS - settings.concurrency, 10),
     )
     pipeline = HashIndexPipeline(plan, bucket=bucket, index=index)
     stack.push_async_callback(pipeline.close)
