@@ -1,6 +1,6 @@
 """The console over a hash-index run, used as a person uses it: Pilot keys against a real
 engine (rclone serve s3 behind a slowing proxy, a real index file), a snapshot at 80x24 of a
-verify run with mismatches, and every counter in full at any width."""
+verify run with mismatches, every counter in full at any width; and its `/metrics`."""
 
 from __future__ import annotations
 
@@ -195,3 +195,30 @@ async def test_attach_by_url_to_a_served_hash_index_run(
     assert proc.returncode == 0, err_path.read_text()
     final = json.loads(out)
     assert final["state"] == "completed" and final["updated"] == 300
+
+
+def test_metrics_of_a_hash_index_run() -> None:
+    """`/metrics` of a hash-index job: its outcomes, bytes hashed, orphans, the key
+    checkpoint (the image job's SKU figures are not invented for it)."""
+    from test_metrics import samples
+
+    from tui_backfill.frontends.metrics import render
+    from tui_backfill.frontends.status import JobStatus
+
+    status = JobStatus(fixed_hash_snapshot(), run_status="running", max_concurrency=64)
+    parsed = samples(render(status, job="hash-index"))
+    job = ("job", "hash-index")
+
+    def value(name: str, **labels: str) -> float:
+        return parsed[(name, frozenset({job, *labels.items()}))]
+
+    assert value("tui_backfill_items_total", outcome="verified") == 18_112
+    assert value("tui_backfill_items_total", outcome="mismatched") == 3
+    assert value("tui_backfill_items_total", outcome="failed") == 6
+    assert value("tui_backfill_scanned_objects_total") == 18_240
+    assert value("tui_backfill_bytes_hashed_total") == 9_876_543_210
+    assert value("tui_backfill_orphans_total") == 66
+    assert value("tui_backfill_errors_total", code="truncated") == 4
+    assert value("tui_backfill_checkpoint_info", last_key="assets/lot-9911/photo.jpg") == 1
+    assert value("tui_backfill_checkpoint_pending_keys") == 1
+    assert not any(name.startswith("tui_backfill_planned") for name, _ in parsed)
