@@ -375,7 +375,7 @@ class HashIndexPipeline:
     # -- the index writes -------------------------------------------------------------------
 
     async def _upsert(self, key: str, hashed: Hashed) -> None:
-        """Queue the row; the batch lands at 100 rows, after a second, or before a checkpoint."""
+        """Queue the row; the batch lands at `batch_rows`, after a second, or before a checkpoint."""
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(hashed.upsert(key))
