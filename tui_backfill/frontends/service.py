@@ -656,7 +656,7 @@ class JobService:
         """What --notify-url gets for a run this service ran (None without a URL)."""
         if not prepared.settings.notify_url:
             return None
-        from tui_backfill.frontends.running import notice_of
+        from tui_backfill.frontends.notices import notice_of
         from tui_backfill.frontends.status import final_status
 
         status = (await final_status(prepared.store, result.snapshot)).to_json()
@@ -665,7 +665,7 @@ class JobService:
     def _notify(self, url: str, notice: dict[str, Any]) -> None:
         """Deliver in the background (a new run may start meanwhile); `close` waits for it,
         bounded by the delivery's own budget."""
-        from tui_backfill.frontends.running import notify_run_end
+        from tui_backfill.frontends.notices import notify_run_end
 
         task = asyncio.create_task(notify_run_end(url, notice, signals=False))
         self._notices.add(task)
@@ -701,7 +701,7 @@ class JobService:
             }
         answer = {**snap.to_json(), "plan": plan}
         if prepared.settings.notify_url:
-            from tui_backfill.frontends.running import notice_of
+            from tui_backfill.frontends.notices import notice_of
 
             self._notify(
                 prepared.settings.notify_url, notice_of(prepared, result.exit_code, answer)

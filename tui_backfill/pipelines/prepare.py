@@ -13,7 +13,6 @@ import dataclasses
 import os
 import urllib.parse
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from tui_backfill.core.engine import Engine, RunPlan
@@ -30,6 +29,14 @@ from tui_backfill.pipelines.config import (
     validate_for_run,
     with_pipeline,
 )
+from tui_backfill.pipelines.continuing import (
+    PreparedRun,
+    RunRequest,
+    check_notify_given,
+    check_same_settings,
+    checkpoint_saved_at,
+    settings_from_stored,
+)
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.seams.notify import notify_label
 from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
@@ -43,50 +50,6 @@ from tui_backfill.seams.urls import (
 )
 from tui_backfill.state.lock import JobLock
 from tui_backfill.state.sqlite import StateStore
-
-
-@dataclass(frozen=True, slots=True)
-class RunRequest:
-    resolved: Resolved
-    dry_run: bool = False
-    fresh: bool = False
-    from_start: bool = False
-    resume_only: bool = False  # `resume`: continue an unfinished run, never start one
-
-
-def settings_from_stored(
-    stored: Mapping[str, Any], base: Settings, explicit: Mapping[str, str]
-) -> Settings:
-    """The run's stored settings, with the pacing options the user gave now."""
-    values = {name: value for name, value in stored.items() if name in BY_NAME}
-    for name in explicit:
-        option = BY_NAME[name]
-        if option.pacing or not option.stored:
-            values[name] = getattr(base, name)
-    values["job"] = base.job
-    values["state"] = base.state
-    cap = values.get("max_concurrency", base.max_concurrency)
-    if "concurrency" not in explicit and values.get("concurrency", 0) > cap:
-        values["concurrency"] = cap  # kept from a live change, under a cap lowered now
-    return Settings(**values)
-
-
-def _check_same_settings(run: RunRecord, resolved: Resolved) -> None:
-    """Continuing an unfinished run with other settings (bar pacing) needs --fresh."""
-    given = resolved.settings.stored()
-    for name, source in resolved.explicit.items():
-        option = BY_NAME[name]
-        if option.pacing or not option.stored:
-            continue
-        stored = run.settings.get(name, option.default)  # absent: stored before it existed
-        if given.get(name) != stored:
-            shown_stored = redact_url(stored) if name == "origin" else stored
-            shown_given = redact_url(given.get(name)) if name == "origin" else given.get(name)
-            raise RunConflict(
-                source,
-                f"{shown_given!r} differs from the unfinished run {run.id} ({shown_stored!r}); "
-                "run with the same settings to continue it, or add --fresh to abandon it",
-            )
 
 
 async def _check_pipeline(store: JobStore, request: RunRequest) -> Resolved:
@@ -175,31 +138,6 @@ def _origin_needs_password(origin: str, env: Mapping[str, str]) -> bool:
     return parts.scheme == "ftp" and bool(env.get("ORIGIN_PASSWORD"))
 
 
-def _check_notify_given(stored: Mapping[str, Any], explicit: Mapping[str, str]) -> None:
-    """A run that notified its end goes on notifying: its URL is never stored, so a resume
-    must give it again (an empty value turns the notification off)."""
-    if stored.get("notify") and "notify_url" not in explicit:
-        raise ConfigError(
-            BY_NAME["notify_url"].env,
-            f"required to continue this run: its notify URL ({stored['notify']}) is never "
-            "stored; set it (or --notify-url) again, or to an empty value for no notification",
-        )
-
-
-@dataclass
-class PreparedRun:
-    """A run ready to go: the engine and what must be closed after it."""
-
-    engine: Engine[Any]  # its snapshot is the pipeline's (tui_backfill.pipelines.snapshots)
-    settings: Settings
-    store: JobStore
-    created: bool
-    _stack: contextlib.AsyncExitStack
-
-    async def close(self) -> None:
-        await self._stack.aclose()
-
-
 async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None) -> PreparedRun:
     """Validate, lock, preflight and plan; ConfigError for anything wrong before work starts."""
     env = os.environ if env is None else env
@@ -245,7 +183,7 @@ async def _prepare_locked(
     if continuing:
         assert unfinished is not None
         if not request.resume_only:
-            _check_same_settings(unfinished, resolved)
+            check_same_settings(unfinished, resolved)
         settings = settings_from_stored(unfinished.settings, settings, resolved.explicit)
         validate(settings)
         validate_for_run(settings)
@@ -253,7 +191,7 @@ async def _prepare_locked(
             settings, unfinished.settings, resolved.settings.origin, env
         )
         _check_origin_keys(unfinished.settings, env)
-        _check_notify_given(unfinished.settings, resolved.explicit)
+        check_notify_given(unfinished.settings, resolved.explicit)
     else:
         validate_for_run(settings, resolved.explicit)
         await asyncio.to_thread(check_source, settings)  # runs the catalog query once
@@ -333,16 +271,6 @@ async def _prepare_locked(
     )
     engine = Engine(plan, pipeline=pipeline, store=store)
     return PreparedRun(engine, settings, store, not continuing, stack)
-
-
-def checkpoint_saved_at(run: RunRecord) -> str:
-    """When the checkpoint a continued run starts from was saved, as its last process said
-    (its snapshot names the position it saved: `checkpointSavedSku`, or `...Key`)."""
-    published = run.snapshot or {}
-    saved = published.get("checkpointSavedSku", published.get("checkpointSavedKey"))
-    if saved != run.checkpoint.last_sku:
-        return ""
-    return str(published.get("checkpointSavedAt") or "")
 
 
 async def _create_run(

@@ -15,18 +15,18 @@ from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore
 from tui_backfill.pipelines.config import Settings, validate, validate_for_run
+from tui_backfill.pipelines.continuing import (
+    PreparedRun,
+    RunRequest,
+    check_notify_given,
+    check_same_settings,
+    checkpoint_saved_at,
+    settings_from_stored,
+)
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
 from tui_backfill.pipelines.hash_index.pipeline import BATCH_ROWS, HashIndexPipeline, HashPlan
 from tui_backfill.pipelines.hash_index.settings import check_modes, parse_since
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
-from tui_backfill.pipelines.prepare import (
-    PreparedRun,
-    RunRequest,
-    _check_notify_given,
-    _check_same_settings,
-    checkpoint_saved_at,
-    settings_from_stored,
-)
 from tui_backfill.seams.index_table import IndexTable
 from tui_backfill.seams.notify import notify_label
 
@@ -46,8 +46,8 @@ async def prepare_hash_index(
     abandoned, unfinished = (None, unfinished) if continuing else (unfinished, None)
     if unfinished is not None:
         if not request.resume_only:
-            _check_same_settings(unfinished, resolved)
-        _check_notify_given(unfinished.settings, resolved.explicit)
+            check_same_settings(unfinished, resolved)
+        check_notify_given(unfinished.settings, resolved.explicit)
         settings = settings_from_stored(unfinished.settings, settings, resolved.explicit)
         validate(settings)
         validate_for_run(settings)

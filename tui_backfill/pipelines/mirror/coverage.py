@@ -25,7 +25,7 @@ async def _settings_for(resolved: Resolved) -> Settings:
     """Flags/env/TOML, falling back to the job's latest run for what they leave unset."""
     settings = resolved.settings
     if Path(settings.state).exists():
-        from tui_backfill.pipelines.prepare import settings_from_stored
+        from tui_backfill.pipelines.continuing import settings_from_stored
         from tui_backfill.state.sqlite import open_state
 
         async with open_state(settings.state) as store:
