@@ -202,3 +202,25 @@ async def test_long_runs_of_orphans_are_paged(rclone_s3: S3Target, tmp_path: Pat
     assert (snap["scannedObjects"], snap["updated"], snap["orphans"]) == (3, 3, 12_000)
     assert snap["checkpoint"]["lastKey"] == "assets/z02999"
     assert stored_hashes(index) == {k: hashlib.sha256(v).hexdigest() for k, v in objects.items()}
+
+
+async def test_a_mismatch_file_that_is_a_directory_is_exit_2(
+    rclone_s3: S3Target, tmp_path: Path
+) -> None:
+    """Found before any work, not at the first checkpoint (which stopped the run with exit 3
+    and every resume after it)."""
+    put_objects(rclone_s3, 3)
+    state, index = tmp_path / "state.sqlite3", tmp_path / "index.sqlite3"
+    result = await tool(
+        *hash_args(rclone_s3, state, index, "--verify", "--mismatch-file", str(tmp_path)),
+        env=tool_env(rclone_s3),
+    )
+    assert result.rc == 2, result.err
+    assert (
+        result.err.count("\n") == 1
+        and "--mismatch-file" in result.err
+        and "directory" in result.err
+    )
+    assert not index.exists()
+    runs = await tool("runs", "--state", str(state), "--job", "hash-index", env=tool_env(rclone_s3))
+    assert runs.rc == 2 and "has no runs" in runs.err  # nothing started
