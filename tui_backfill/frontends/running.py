@@ -138,21 +138,8 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
         output = (await final_status(prepared.store, result.snapshot)).to_json()
-        if request.dry_run and hasattr(result.snapshot, "planned_skus"):
-            output["plan"] = {
-                "skus": result.snapshot.planned_skus,
-                "items": result.snapshot.planned_items,
-                "existing": result.snapshot.counters.found_at_start,
-                "missing": result.snapshot.counters.would_fetch,
-            }
-        elif request.dry_run:  # the hash index: how many rows a run would write
-            counters = result.snapshot.counters
-            output["plan"] = {
-                "objects": counters.scanned_objects,
-                "wouldUpdate": counters.would_update,
-                "skipped": counters.skipped,
-                "orphans": counters.orphans,
-            }
+        if request.dry_run:
+            output["plan"] = result.snapshot.plan_json()
         if prepared.settings.notify_url:
             notice = notice_of(prepared, result.exit_code, output)
         try:

@@ -30,7 +30,6 @@ from tui_backfill.frontends.state_job import PAUSE_WAIT_SECONDS, StateJob
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import BackfillError, ConfigError, JobBusy, RunConflict, RunState
 from tui_backfill.pipelines.config import Resolved, validate
-from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
 from tui_backfill.seams.keysets import key_file_page, load_key_file
 from tui_backfill.state.lock import JobLock
 
@@ -684,22 +683,7 @@ class JobService:
             raise ApiError(
                 409, f"the dry run ended {snap.state} before it finished (paused from elsewhere?)"
             )
-        counters = snap.counters
-        if isinstance(snap, HashSnapshot):  # as `hash-index --dry-run` prints it
-            plan = {
-                "objects": counters.scanned_objects,
-                "wouldUpdate": counters.would_update,
-                "skipped": counters.skipped,
-                "orphans": counters.orphans,
-            }
-        else:
-            plan = {
-                "skus": snap.planned_skus,
-                "items": snap.planned_items,
-                "existing": counters.found_at_start,
-                "missing": counters.would_fetch,
-            }
-        answer = {**snap.to_json(), "plan": plan}
+        answer = {**snap.to_json(), "plan": snap.plan_json()}  # as `--dry-run` prints it
         if prepared.settings.notify_url:
             from tui_backfill.frontends.notices import notice_of
 

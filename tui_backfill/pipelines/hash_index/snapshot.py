@@ -106,18 +106,15 @@ class HashSnapshot:
             ],
         ]
 
-    def progress_text(self) -> str:
-        """The middle of the headless progress line."""
+    def plan_json(self) -> dict[str, int]:
+        """A dry run's plan: how many rows a run would write."""
         c = self.counters
-        done = (
-            f"verified {c.verified:,} mismatched {c.mismatched:,}"
-            if self.verify
-            else (f"would update {c.would_update:,}" if self.dry_run else f"updated {c.updated:,}")
-        )
-        return (
-            f"{c.scanned_objects:,} objects | {done} skipped {c.skipped:,}"
-            f" orphans {c.orphans:,} failed {c.failed_items:,}"
-        )
+        return {
+            "objects": c.scanned_objects,
+            "wouldUpdate": c.would_update,
+            "skipped": c.skipped,
+            "orphans": c.orphans,
+        }
 
     def to_json(self) -> dict[str, Any]:
         c = self.counters

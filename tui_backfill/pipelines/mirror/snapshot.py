@@ -97,6 +97,16 @@ class StatusSnapshot:
             ],
         ]
 
+    def plan_json(self) -> dict[str, int]:
+        """A dry run's plan: the items planned, and which exist or are missing."""
+        c = self.counters
+        return {
+            "skus": self.planned_skus,
+            "items": self.planned_items,
+            "existing": c.found_at_start,
+            "missing": c.would_fetch,
+        }
+
     def to_json(self) -> dict[str, Any]:
         c = self.counters
         # Items of the plan not in the bucket now: not done yet, noRemote or failed.
