@@ -11,14 +11,17 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tui_backfill.core.engine import Engine
+from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord
 from tui_backfill.core.store import JobStore
 from tui_backfill.outcomes import ConfigError, RunConflict
 from tui_backfill.pipelines.config import BY_NAME, Resolved, Settings
 from tui_backfill.seams.urls import redact_url
+
+if TYPE_CHECKING:
+    from tui_backfill.seams.bucket import Bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,3 +101,38 @@ def checkpoint_saved_at(run: RunRecord) -> str:
     if saved != run.checkpoint.last_sku:
         return ""
     return str(published.get("checkpointSavedAt") or "")
+
+
+def bucket_of(settings: Settings, *, pool_size: int) -> Bucket:
+    """The settings' bucket (not yet entered), with `pool_size` connections."""
+    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: only its users import it
+
+    return Bucket(
+        settings.bucket or "",
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        path_style=settings.path_style,
+        timeout=settings.timeout,
+        pool_size=pool_size,
+    )
+
+
+def run_plan(run: RunRecord, settings: Settings, *, dry_run: bool, planned_groups: int) -> RunPlan:
+    """What the engine is told of a run (any pipeline): its settings, and where its stored
+    counters and checkpoint leave it."""
+    return RunPlan(
+        job=settings.job,
+        run_id=run.id,
+        planned_groups=planned_groups,
+        dry_run=dry_run,
+        concurrency=settings.concurrency,
+        max_concurrency=settings.max_concurrency,
+        io_concurrency=settings.upload_concurrency,
+        max_attempts=settings.max_attempts,
+        backoff=settings.backoff,
+        checkpoint_every=settings.checkpoint_every,
+        started_at=run.started_at,
+        counters=run.counters,
+        position=run.checkpoint.position,
+        checkpoint_saved_at=checkpoint_saved_at(run),
+    )

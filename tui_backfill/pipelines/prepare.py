@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
-from tui_backfill.core.engine import Engine, RunPlan
+from tui_backfill.core.engine import Engine
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore, StateUnavailable
 from tui_backfill.outcomes import ConfigError, RunConflict
@@ -32,9 +32,10 @@ from tui_backfill.pipelines.config import (
 from tui_backfill.pipelines.continuing import (
     PreparedRun,
     RunRequest,
+    bucket_of,
     check_notify_given,
     check_same_settings,
-    checkpoint_saved_at,
+    run_plan,
     settings_from_stored,
 )
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
@@ -195,16 +196,7 @@ async def _prepare_locked(
     else:
         validate_for_run(settings, resolved.explicit)
         await asyncio.to_thread(check_source, settings)  # runs the catalog query once
-    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: only runs import it
-
-    bucket = Bucket(
-        settings.bucket or "",
-        endpoint_url=settings.endpoint_url,
-        region=settings.region,
-        path_style=settings.path_style,
-        timeout=settings.timeout,
-        pool_size=settings.upload_concurrency + 2,
-    )
+    bucket = bucket_of(settings, pool_size=settings.upload_concurrency + 2)
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
     if not request.dry_run:  # before a run exists: an absent origin leaves nothing behind
@@ -253,22 +245,7 @@ async def _prepare_locked(
         bucket=bucket,
         origin=origin,
     )
-    plan = RunPlan(
-        job=job,
-        run_id=run.id,
-        planned_groups=run.planned_skus,
-        dry_run=request.dry_run,
-        concurrency=settings.concurrency,
-        max_concurrency=settings.max_concurrency,
-        io_concurrency=settings.upload_concurrency,
-        max_attempts=settings.max_attempts,
-        backoff=settings.backoff,
-        checkpoint_every=settings.checkpoint_every,
-        started_at=run.started_at,
-        counters=run.counters,
-        position=run.checkpoint.position,
-        checkpoint_saved_at=checkpoint_saved_at(run),
-    )
+    plan = run_plan(run, settings, dry_run=request.dry_run, planned_groups=run.planned_skus)
     engine = Engine(plan, pipeline=pipeline, store=store)
     return PreparedRun(engine, settings, store, not continuing, stack)
 

@@ -171,8 +171,8 @@ async def run_batch(
     """One batch of the job these settings describe: its bucket and prefix, its index (opened
     read-only in a dry run, created when missing otherwise), its concurrency and retry policy.
     The caller holds the job (no run of it goes on meanwhile)."""
+    from tui_backfill.pipelines.continuing import bucket_of
     from tui_backfill.pipelines.hash_index.settings import parse_since
-    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: imported when used
 
     policy = BatchPolicy(
         concurrency=settings.concurrency,
@@ -189,14 +189,7 @@ async def run_batch(
         emit_sql=settings.emit_sql,
     )
     try:
-        async with Bucket(
-            settings.bucket or "",
-            endpoint_url=settings.endpoint_url,
-            region=settings.region,
-            path_style=settings.path_style,
-            timeout=settings.timeout,
-            pool_size=settings.concurrency + 2,
-        ) as bucket:
+        async with bucket_of(settings, pool_size=settings.concurrency + 2) as bucket:
             return await index_batch(
                 bucket,
                 index,

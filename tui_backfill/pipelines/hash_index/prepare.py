@@ -11,16 +11,17 @@ from __future__ import annotations
 import contextlib
 import os
 
-from tui_backfill.core.engine import Engine, RunPlan
+from tui_backfill.core.engine import Engine
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore
 from tui_backfill.pipelines.config import Settings, validate, validate_for_run
 from tui_backfill.pipelines.continuing import (
     PreparedRun,
     RunRequest,
+    bucket_of,
     check_notify_given,
     check_same_settings,
-    checkpoint_saved_at,
+    run_plan,
     settings_from_stored,
 )
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
@@ -54,15 +55,8 @@ async def prepare_hash_index(
     else:
         validate_for_run(settings, resolved.explicit)
     check_modes(settings, resolved.explicit, dry_run=request.dry_run)
-    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: only runs import it
-
-    bucket = Bucket(
-        settings.bucket or "",
-        endpoint_url=settings.endpoint_url,
-        region=settings.region,
-        path_style=settings.path_style,
-        timeout=settings.timeout,
-        pool_size=settings.max_concurrency + settings.upload_concurrency + 2,
+    bucket = bucket_of(
+        settings, pool_size=settings.max_concurrency + settings.upload_concurrency + 2
     )
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
@@ -106,26 +100,9 @@ async def prepare_hash_index(
     )
     pipeline = HashIndexPipeline(plan, bucket=bucket, index=index)
     stack.push_async_callback(pipeline.close)
-    engine: Engine[HashSnapshot] = Engine(
-        RunPlan(
-            job=settings.job,
-            run_id=run.id,
-            planned_groups=0,  # a listing's length is not known before it is read
-            dry_run=request.dry_run,
-            concurrency=settings.concurrency,
-            max_concurrency=settings.max_concurrency,
-            io_concurrency=settings.upload_concurrency,
-            max_attempts=settings.max_attempts,
-            backoff=settings.backoff,
-            checkpoint_every=settings.checkpoint_every,
-            started_at=run.started_at,
-            counters=run.counters,
-            position=checkpoint.position,
-            checkpoint_saved_at=checkpoint_saved_at(run),
-        ),
-        pipeline=pipeline,
-        store=store,
-    )
+    # a listing's length is not known before it is read: no planned groups
+    engine_plan = run_plan(run, settings, dry_run=request.dry_run, planned_groups=0)
+    engine: Engine[HashSnapshot] = Engine(engine_plan, pipeline=pipeline, store=store)
     return PreparedRun(engine, settings, store, unfinished is None, stack)
 
 

@@ -51,20 +51,13 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
     await asyncio.to_thread(check_source, settings)
     angles = settings.angle_list
     template = key_template(settings.key_template)
-    from tui_backfill.seams.bucket import Bucket
+    from tui_backfill.pipelines.continuing import bucket_of
 
     async with ScratchKeys(("skus", "present")) as scratch:
         async for batch in sku_batches(settings):
             await scratch.add("skus", batch)
         requests = 0
-        async with Bucket(
-            settings.bucket or "",
-            endpoint_url=settings.endpoint_url,
-            region=settings.region,
-            path_style=settings.path_style,
-            timeout=settings.timeout,
-            pool_size=2,
-        ) as bucket:
+        async with bucket_of(settings, pool_size=2) as bucket:
             await bucket.preflight()
             async for keys in bucket.list_keys(template.literal_prefix):
                 requests += 1
