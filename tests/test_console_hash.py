@@ -222,3 +222,17 @@ def test_metrics_of_a_hash_index_run() -> None:
     assert value("tui_backfill_checkpoint_info", last_key="assets/lot-9911/photo.jpg") == 1
     assert value("tui_backfill_checkpoint_pending_keys") == 1
     assert not any(name.startswith("tui_backfill_planned") for name, _ in parsed)
+
+
+def test_status_text_of_a_hash_index_run() -> None:
+    """`status` (text) of a hash-index job speaks of objects and keys, not SKUs."""
+    from tui_backfill.frontends.headless import status_text
+    from tui_backfill.frontends.status import JobStatus
+
+    text = status_text(JobStatus(fixed_hash_snapshot(), run_status="running", host="vm"))
+    lines = text.splitlines()
+    assert lines[0] == "job hash-index  run 4  state running (live)  on vm"
+    assert "objects 18,240  updated 0  skipped 119  orphans 66  failed 6" in lines
+    assert "verified 18,112  mismatched 3" in lines
+    assert lines[-1] == "checkpoint lastKey assets/lot-9911/photo.jpg  done after it 1"
+    assert "SKU" not in text

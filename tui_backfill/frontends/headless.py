@@ -68,14 +68,26 @@ def _rate(bytes_per_second: float) -> str:
     return f"{bytes_per_second / 1024**2:.1f} MiB/s"
 
 
-def _hash_status_text(status: JobStatus, s: HashSnapshot) -> str:
-    c = s.counters
-    mode = s.mode + (f" since {s.since}" if s.since else "")
-    lines = [
+def _run_lines(status: JobStatus) -> list[str]:
+    """The first lines of `status`, whatever the pipeline: the run, its state, its times."""
+    s = status.snapshot
+    return [
         f"job {s.job}  run {s.run_id}  state {s.state}{' (live)' if s.live else ''}"
         + ("  dry run" if s.dry_run else "")
         + (f"  on {status.host}" if status.host else ""),
         f"started {s.started_at}  updated {s.last_update_at}",
+    ]
+
+
+def _message_lines(message: str) -> list[str]:
+    return [f"message {message}"] if message else []
+
+
+def _hash_status_text(status: JobStatus, s: HashSnapshot) -> str:
+    c = s.counters
+    mode = s.mode + (f" since {s.since}" if s.since else "")
+    lines = [
+        *_run_lines(status),
         f"bucket {s.bucket} at {s.endpoint or 'AWS'}  prefix {s.prefix or '(all)'}",
         f"index {s.index}  mode {mode}  concurrency {s.concurrency}",
         f"objects {c.scanned_objects:,}  updated {c.updated:,}  skipped {c.skipped:,}"
@@ -90,9 +102,7 @@ def _hash_status_text(status: JobStatus, s: HashSnapshot) -> str:
         f"checkpoint lastKey {visible(str(s.checkpoint.last_key))}"
         f"  done after it {len(s.checkpoint.done_after)}",
     ]
-    if s.message:
-        lines.append(f"message {s.message}")
-    return "\n".join(lines)
+    return "\n".join(lines + _message_lines(s.message))
 
 
 def status_text(status: JobStatus) -> str:
@@ -103,10 +113,7 @@ def status_text(status: JobStatus) -> str:
     c = s.counters
     eta = None if s.eta_seconds is None else round(s.eta_seconds, 1)  # as the JSON has it
     lines = [
-        f"job {s.job}  run {s.run_id}  state {s.state}{' (live)' if s.live else ''}"
-        + ("  dry run" if s.dry_run else "")
-        + (f"  on {status.host}" if status.host else ""),
-        f"started {s.started_at}  updated {s.last_update_at}",
+        *_run_lines(status),
         f"bucket {s.bucket} at {s.endpoint or 'AWS'}  origin {s.origin}",
         f"angles {s.angles_planned}  concurrency {s.concurrency}",
         f"SKUs {c.scanned_skus:,}/{s.planned_skus:,}  remaining {s.eta_skus_remaining:,}"
@@ -118,6 +125,4 @@ def status_text(status: JobStatus) -> str:
         f"checkpoint lastSku {visible(str(s.checkpoint.last_sku))}"
         f"  in progress {len(s.checkpoint.completed_angles)} SKUs",
     ]
-    if s.message:
-        lines.append(f"message {s.message}")
-    return "\n".join(lines)
+    return "\n".join(lines + _message_lines(s.message))

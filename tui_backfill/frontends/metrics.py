@@ -95,36 +95,26 @@ def _gauges(status: JobStatus) -> list[tuple[str, str, int | None]]:
 
 
 def _checkpoint(status: JobStatus, job: list[str]) -> Iterator[Metric]:
+    """The checkpoint's position and what is finished past it, in the pipeline's words."""
     checkpoint = status.snapshot.checkpoint
     if isinstance(checkpoint, KeyCheckpoint):
-        info = InfoMetricFamily(
-            PREFIX + "checkpoint",
-            "The checkpoint: every key up to last_key (empty: none yet) is finished.",
-            labels=["job"],
-        )
-        info.add_metric(job, {"last_key": str(checkpoint.last_key or "")})
-        yield info
-        pending = GaugeMetricFamily(
-            PREFIX + "checkpoint_pending_keys",
-            "Keys past the checkpoint already finished.",
-            labels=["job"],
-        )
-        pending.add_metric(job, float(len(checkpoint.done_after)))
-        yield pending
-        return
+        unit, noun, last, past = "key", "key", checkpoint.last_key, len(checkpoint.done_after)
+        pending_help = "Keys past the checkpoint already finished."
+    else:
+        unit, noun = "sku", "SKU"
+        last, past = checkpoint.last_sku, len(checkpoint.completed_angles)
+        pending_help = "SKUs past the checkpoint with some of their angles finished."
     info = InfoMetricFamily(
         PREFIX + "checkpoint",
-        "The checkpoint: every SKU up to last_sku (empty: none yet) is finished.",
+        f"The checkpoint: every {noun} up to last_{unit} (empty: none yet) is finished.",
         labels=["job"],
     )
-    info.add_metric(job, {"last_sku": str(checkpoint.last_sku or "")})
+    info.add_metric(job, {f"last_{unit}": str(last or "")})
     yield info
     pending = GaugeMetricFamily(
-        PREFIX + "checkpoint_pending_skus",
-        "SKUs past the checkpoint with some of their angles finished.",
-        labels=["job"],
+        PREFIX + f"checkpoint_pending_{unit}s", pending_help, labels=["job"]
     )
-    pending.add_metric(job, float(len(checkpoint.completed_angles)))
+    pending.add_metric(job, float(past))
     yield pending
 
 

@@ -43,38 +43,28 @@ def starting_snapshot(run: RunRecord) -> AnySnapshot:
 
 def committed_snapshot(run: RunRecord, published: AnySnapshot) -> AnySnapshot:
     """The run as its last commit left it (counters and checkpoint), over what it published:
-    what a resume continues from after its process died."""
-    if isinstance(published, HashSnapshot):
-        return dataclasses.replace(
-            published,
-            job=run.job,
-            run_id=run.id,
-            started_at=run.started_at,
-            counters=run.counters,
-            checkpoint=run.checkpoint,
-            checkpoint_saved_sku=run.checkpoint.last_key,
-            in_flight=0,
-            fetches_in_flight=0,
-            items_per_second=0.0,
-            bytes_per_second=0.0,
-            eta_seconds=None,
-        )
-    angles = str(run.settings.get("angles") or published.angles_planned or "")
-    return dataclasses.replace(
+    what a resume continues from after its process died (nothing in flight, no rates)."""
+    committed = dataclasses.replace(
         published,
         job=run.job,
         run_id=run.id,
         started_at=run.started_at,
-        angles_planned=angles,
-        angles_per_sku=len(parse_angles(angles)) if angles else 0,
-        planned_skus=run.planned_skus,
         counters=run.counters,
         checkpoint=run.checkpoint,
         checkpoint_saved_sku=run.checkpoint.last_sku,
         in_flight=0,
         fetches_in_flight=0,
         items_per_second=0.0,
-        skus_per_second=0.0,
         bytes_per_second=0.0,
         eta_seconds=None,
+    )
+    if isinstance(committed, HashSnapshot):
+        return committed
+    angles = str(run.settings.get("angles") or committed.angles_planned or "")
+    return dataclasses.replace(
+        committed,
+        angles_planned=angles,
+        angles_per_sku=len(parse_angles(angles)) if angles else 0,
+        planned_skus=run.planned_skus,
+        skus_per_second=0.0,
     )
