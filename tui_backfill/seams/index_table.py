@@ -35,7 +35,7 @@ import functools
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +204,20 @@ def _db_problem(path: str, exc: BaseException, *, writing: bool) -> str:
         if reason is not None:
             return f"{path}: read-only ({reason}); the index must be a writable SQLite file"
     return f"{path}: {exc}; the index must be a writable SQLite file"
+
+
+@contextlib.contextmanager
+def _immediate(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction (taken at once, BEGIN IMMEDIATE): committed when the block ends,
+    rolled back when it raises."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
 
 
 def _runtime_error(path: str, exc: sqlite3.Error) -> IndexBusy | IndexUnavailable:
@@ -423,15 +437,9 @@ class IndexTable:
             "uploaded_at TEXT, uploader_id TEXT"
         )
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 conn.execute(f"CREATE TABLE {quoted} ({columns})")
                 self._write_emit([f"CREATE TABLE IF NOT EXISTS {quoted} ({columns});"])
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise ConfigError(field_db, _db_problem(self.path, exc, writing=True)) from None
         self.exists = True
@@ -585,17 +593,11 @@ class IndexTable:
         assert self._conn is not None
         conn = self._conn
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            with _immediate(conn):
                 conn.executemany(self._upsert_sql(), [self._params(row) for row in rows])
                 # Emitted before the commit: what the index holds was always emitted (a crash
                 # between the two re-emits the same upserts on the next run, which is harmless).
                 self._write_emit(self.upsert_statements(rows))
-                conn.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-                raise
         except sqlite3.Error as exc:
             raise _runtime_error(self.path, exc) from None
         except OSError as exc:  # the emit file
