@@ -98,7 +98,7 @@ def checkpoint_saved_at(run: RunRecord) -> str:
     (its snapshot names the position it saved: `checkpointSavedSku`, or `...Key`)."""
     published = run.snapshot or {}
     saved = published.get("checkpointSavedSku", published.get("checkpointSavedKey"))
-    if saved != run.checkpoint.last_sku:
+    if saved != run.checkpoint.position.last:
         return ""
     return str(published.get("checkpointSavedAt") or "")
 

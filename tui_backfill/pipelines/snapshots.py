@@ -51,7 +51,7 @@ def committed_snapshot(run: RunRecord, published: AnySnapshot) -> AnySnapshot:
         started_at=run.started_at,
         counters=run.counters,
         checkpoint=run.checkpoint,
-        checkpoint_saved_sku=run.checkpoint.last_sku,
+        checkpoint_saved_sku=run.checkpoint.position.last,
         in_flight=0,
         fetches_in_flight=0,
         items_per_second=0.0,

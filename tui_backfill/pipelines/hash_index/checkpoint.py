@@ -45,11 +45,6 @@ class KeyCheckpoint:
     def position(self) -> Position:
         return Position(self.last_key, {key: (MEMBER,) for key in self.done_after})
 
-    @property
-    def last_sku(self) -> str | None:
-        """The engine-facing name of the position's last group (shared with the image job)."""
-        return self.last_key
-
     @classmethod
     def at(
         cls, position: Position, *, listing_done: bool, mismatches: tuple[Mismatch, ...] = ()
