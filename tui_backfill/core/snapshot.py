@@ -1,4 +1,5 @@
-"""Snapshot arithmetic every pipeline shares: timestamps, rates over a window, the ETA.
+"""Snapshot arithmetic every pipeline shares: timestamps, rates over a window, the ETA, and
+how a byte count reads.
 
 Each pipeline's status snapshot (its keys, its JSON) is the pipeline's own; the engine
 builds it from a `Progress` a few times per second.
@@ -48,3 +49,12 @@ def eta_seconds(remaining_groups: int, groups_per_second: float) -> float | None
     if groups_per_second <= 0:
         return None
     return remaining_groups / groups_per_second
+
+
+def fmt_bytes(amount: float) -> str:
+    """A byte count (or rate) as people read it, in decimal units: `560.0 KB`, `9.9 GB`."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if amount < 1000 or unit == "GB":
+            return f"{amount:.1f} {unit}"
+        amount /= 1000
+    return f"{amount:.1f} GB"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tui_backfill.core.snapshot import fmt_bytes
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
 from tui_backfill.pipelines.snapshots import AnySnapshot
@@ -59,13 +60,9 @@ def _hash_progress_line(s: dict[str, Any]) -> str:
         f"[{s.get('job')}] {s.get('state')} {s.get('scannedObjects', 0):,} objects"
         f" | {done} skipped {s.get('skipped', 0):,} orphans {s.get('orphans', 0):,}"
         f" failed {s.get('failedItems', 0):,} | err {_errors(s.get('errorsByCode') or {})}"
-        f" | {s.get('itemsPerSecond', 0):.1f} obj/s {_rate(s.get('bytesPerSecond') or 0)}"
+        f" | {s.get('itemsPerSecond', 0):.1f} obj/s {fmt_bytes(s.get('bytesPerSecond') or 0)}/s"
         f" | checkpoint {ckpt}"
     )
-
-
-def _rate(bytes_per_second: float) -> str:
-    return f"{bytes_per_second / 1024**2:.1f} MiB/s"
 
 
 def _run_lines(status: JobStatus) -> list[str]:

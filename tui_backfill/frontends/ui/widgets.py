@@ -8,6 +8,7 @@ from collections import deque
 from rich.text import Text
 from textual.widgets import Static
 
+from tui_backfill.core.snapshot import fmt_bytes
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
 from tui_backfill.pipelines.snapshots import AnySnapshot
@@ -29,14 +30,6 @@ def fmt_duration(seconds: float | None) -> str:
     seconds = int(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours:d}:{rest // 60:02d}:{rest % 60:02d}"
-
-
-def fmt_bytes(rate: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if rate < 1000 or unit == "GB":
-            return f"{rate:.1f} {unit}"
-        rate /= 1000
-    return f"{rate:.1f} GB"
 
 
 def eta_clock(seconds: float | None, now: dt.datetime) -> str:

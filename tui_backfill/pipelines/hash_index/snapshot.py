@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from tui_backfill.core.counters import CounterSet
+from tui_backfill.core.snapshot import fmt_bytes
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint, Mismatch
 
 MISMATCHES_SHOWN = 100  # in the snapshot; the checkpoint and --mismatch-file keep up to 10,000
@@ -95,7 +96,7 @@ class HashSnapshot:
             ],
             [("skipped", f"{c.skipped:,}"), found, ("failedItems", f"{c.failed_items:,}")],
             [
-                ("bytesHashed", _bytes(c.bytes_hashed)),
+                ("bytesHashed", fmt_bytes(c.bytes_hashed)),
                 third,
                 ("concurrency", f"{self.concurrency}"),
             ],
@@ -168,14 +169,6 @@ class HashSnapshot:
         if self.dry_run:
             data["wouldUpdate"] = c.would_update
         return data
-
-
-def _bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
-    raise AssertionError
 
 
 def snapshot_from_json(data: dict[str, Any]) -> HashSnapshot:
