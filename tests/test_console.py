@@ -4,13 +4,14 @@ loopback servers, snapshots at 80x24 and 120x40, attach to a headless run in ano
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime as dt
 import io
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,34 @@ def screen_text(app: BackfillApp) -> str:
         app.screen._compositor.render_update(full=True, screen_stack=app._background_screens)
     )
     return console.export_text()
+
+
+@contextlib.asynccontextmanager
+async def served_run(
+    args: list[str], env: dict[str, str], err_path: Path, ready: Callable[[], bool] = lambda: True
+) -> AsyncIterator[tuple[asyncio.subprocess.Process, str]]:
+    """`tui-backfill ARGS` (a headless run with `--serve 0`) in a subprocess, its stderr in
+    `err_path`: (the process, its control API's URL) once it says where it serves and
+    `ready()`; killed on leaving if it still runs."""
+    with open(err_path, "wb") as err:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tui_backfill", *args, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=err,
+        )  # fmt: skip
+    try:
+        url = None
+        for _ in range(300):
+            found = re.search(r"control API on (http://127\.0\.0\.1:\d+)", err_path.read_text())
+            if found and ready():
+                url = found.group(1)
+                break
+            await asyncio.sleep(0.05)
+        assert url, err_path.read_text()
+        yield proc, url
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 async def wait_for(pilot: Any, predicate: Callable[[], bool], timeout: float = 15.0) -> None:
@@ -250,20 +279,10 @@ async def test_attach_by_url_drives_a_served_headless_run(
         "--limit-skus", "150",
     ]  # fmt: skip
     err_path = tmp_path / "run.err"
-    with open(err_path, "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tui_backfill", *args, env=dict(os.environ),
-            stdout=asyncio.subprocess.PIPE, stderr=err,
-        )  # fmt: skip
-    try:
-        url = None
-        for _ in range(300):
-            found = re.search(r"control API on (http://127\.0\.0\.1:\d+)", err_path.read_text())
-            if found and origin.gets > 20:
-                url = found.group(1)
-                break
-            await asyncio.sleep(0.05)
-        assert url, err_path.read_text()
+    async with served_run(args, dict(os.environ), err_path, ready=lambda: origin.gets > 20) as (
+        proc,
+        url,
+    ):
         controller = HttpController(url)
         try:
             app = BackfillApp(controller)
@@ -271,10 +290,6 @@ async def test_attach_by_url_drives_a_served_headless_run(
         finally:
             await controller.close()
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert proc.returncode == 0, err_path.read_text()
     assert b'"state": "completed"' in out
 

@@ -9,14 +9,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import re
 import sqlite3
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_console import FIXED_NOW, FixedController, screen_text, wait_for
+from test_console import FIXED_NOW, FixedController, screen_text, served_run, wait_for
 
 from tui_backfill.frontends.ui.app import BackfillApp
 from tui_backfill.frontends.ui.controller import HttpController, LocalController
@@ -154,20 +152,8 @@ async def test_attach_by_url_to_a_served_hash_index_run(
         "--prefix", "assets/", "--index-db", str(index), "--concurrency", "2",
     ]  # fmt: skip
     err_path = tmp_path / "run.err"
-    with open(err_path, "wb") as err:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tui_backfill", *args, env={**os.environ, **rclone_s3.env()},
-            stdout=asyncio.subprocess.PIPE, stderr=err,
-        )  # fmt: skip
-    try:
-        url = None
-        for _ in range(300):
-            found = re.search(r"control API on (http://127\.0\.0\.1:\d+)", err_path.read_text())
-            if found:
-                url = found.group(1)
-                break
-            await asyncio.sleep(0.05)
-        assert url, err_path.read_text()
+    env = {**os.environ, **rclone_s3.env()}
+    async with served_run(args, env, err_path) as (proc, url):
         seed_only = HttpController(url)
         try:
             with pytest.raises(ConfigError, match="--job"):
@@ -188,10 +174,6 @@ async def test_attach_by_url_to_a_served_hash_index_run(
         finally:
             await controller.close()
         out, _ = await asyncio.wait_for(proc.communicate(), 60)
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
     assert proc.returncode == 0, err_path.read_text()
     final = json.loads(out)
     assert final["state"] == "completed" and final["updated"] == 300
