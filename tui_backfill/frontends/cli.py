@@ -616,19 +616,13 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
 
     checkpoint = (await status_snapshot(state, job)).snapshot.checkpoint
     if isinstance(checkpoint, KeyCheckpoint):
-        after = len(checkpoint.done_after)
-        print(
-            f"paused at checkpoint lastKey {visible(str(checkpoint.last_key))}"
-            + (f", {after:,} keys after it done" if after else ""),
-            file=sys.stderr,
-        )
-        return EXIT_OK
-    partly = len(checkpoint.completed_angles)
-    print(
-        f"paused at checkpoint lastSku {visible(str(checkpoint.last_sku))}"
-        + (f", {partly:,} SKUs after it partly done" if partly else ""),
-        file=sys.stderr,
-    )
+        position, past = f"lastKey {visible(str(checkpoint.last_key))}", len(checkpoint.done_after)
+        beyond = f", {past:,} keys after it done"
+    else:
+        position = f"lastSku {visible(str(checkpoint.last_sku))}"
+        past = len(checkpoint.completed_angles)
+        beyond = f", {past:,} SKUs after it partly done"
+    print(f"paused at checkpoint {position}" + (beyond if past else ""), file=sys.stderr)
     return EXIT_OK
 
 
