@@ -1,5 +1,5 @@
-"""The command line: run, hash-index, status, runs, failed, pause, resume, attach, coverage,
-serve, demo.
+"""The command line: run, hash-index, publish, status, runs, failed, pause, resume, attach,
+coverage, serve, demo.
 
 Startup stays light: `status`, `runs`, `pause` and `--help` import neither botocore nor
 textual. Every problem found before work starts is one line on stderr and exit 2.
@@ -201,6 +201,10 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--json", action="store_true")
     coverage.add_argument("--gap-file", help="write the missing keys, one per line")
 
+    from tui_backfill.frontends.publish import add_publish_parser
+
+    add_publish_parser(commands, _Parser)
+
     demo = commands.add_parser(
         "demo",
         help="self-contained demo: local S3 server, origin and catalog (or: demo hash-index)",
@@ -304,6 +308,10 @@ def _resolve(args: argparse.Namespace) -> Resolved:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "publish" or _publish_job(args):
+            from tui_backfill.frontends.publish import generic_command, main_publish
+
+            return main_publish(args) if args.command == "publish" else generic_command(args)
         if args.command in ("run", "hash-index"):
             return _cmd_run(args)
         if args.command == "resume":
@@ -337,6 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_OK
         raise
     raise AssertionError(args.command)
+
+
+def _publish_job(args: argparse.Namespace) -> bool:
+    """`status|pause|resume|runs --job publish`: the publish job lives in its queue database."""
+    if args.command not in ("status", "pause", "resume", "runs"):
+        return False
+    from tui_backfill.frontends.publish import PUBLISH_JOB
+
+    return (args.job or os.environ.get("TUI_BACKFILL_JOB")) == PUBLISH_JOB
 
 
 # -- run / resume ---------------------------------------------------------------------------

@@ -269,8 +269,10 @@ class Bucket:
         path_style: bool,
         timeout: float,
         pool_size: int,
+        credentials: tuple[str, str] | None = None,
     ) -> None:
         self.name = name
+        self._credentials = credentials  # (key id, secret) ahead of the AWS chain
         self.endpoint_url = endpoint_url
         self.timeout = timeout
         self._config = client_config(
@@ -282,6 +284,8 @@ class Bucket:
 
     async def __aenter__(self) -> Bucket:
         session = s3_session()
+        if self._credentials is not None:
+            session.set_credentials(*self._credentials)
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
         )
@@ -392,7 +396,15 @@ class Bucket:
             raise classify(exc) from None
         return True
 
-    async def put(self, key: str, body: bytes, content_type: str, *, if_none_match: bool) -> bool:
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str,
+        *,
+        if_none_match: bool,
+        cache_control: str | None = None,
+    ) -> bool:
         """Write the object; False when a conditional PUT found it already there (412)."""
         params: dict[str, Any] = {
             "Bucket": self.name,
@@ -400,6 +412,8 @@ class Bucket:
             "Body": body,
             "ContentType": content_type,
         }
+        if cache_control is not None:
+            params["CacheControl"] = cache_control
         if if_none_match and self.conditional_writes:
             params["IfNoneMatch"] = "*"
         try:
@@ -411,7 +425,9 @@ class Bucket:
             if "IfNoneMatch" in params and (code in _REJECTS_CONDITIONAL or status == 501):
                 # The server does not do conditional writes: remember, and write plainly.
                 self.conditional_writes = False
-                return await self.put(key, body, content_type, if_none_match=False)
+                return await self.put(
+                    key, body, content_type, if_none_match=False, cache_control=cache_control
+                )
             raise classify(exc) from None
         except CLASSIFIED as exc:
             raise classify(exc) from None
