@@ -73,6 +73,9 @@ class RetryPolicy:
     jitter: float = 0.2
 
 
+DEFAULT_RETRY_POLICY = RetryPolicy()
+
+
 @dataclass(frozen=True, slots=True)
 class QueueFigures:
     """The seed's key metrics, read from the database (so any machine can show them)."""
@@ -129,10 +132,23 @@ class JobQueue(Protocol):
         job (or that one file); idempotent. The number of jobs created."""
         ...
 
-    async def claim(self, worker: str, limit: int, lease_seconds: float) -> list[ClaimedJob]:
+    async def claim(
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    ) -> list[ClaimedJob]:
         """Up to `limit` claimable jobs (pending and due, or processing with an expired lease:
         that counts as a failed attempt of its holder), leased to `worker` in one short
-        transaction, each with a new `publish_attempts` row."""
+        transaction, each with a new `publish_attempts` row.
+
+        Expired leases among the candidates are reclaimed first, in the same transaction:
+        retry_count + 1, `last_error` 'lease expired (held by W)', the holder's attempt
+        `lease_expired`, then pending after `policy`'s backoff (or failed when retries ran
+        out). A job `failed` with retry_count < max_retries (an operator raised max_retries)
+        is claimable again once due."""
         ...
 
     async def renew(self, worker: str, job_ids: Sequence[int], lease_seconds: float) -> set[int]:
