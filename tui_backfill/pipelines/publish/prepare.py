@@ -13,6 +13,7 @@ import functools
 from collections.abc import AsyncIterator
 from typing import Any
 
+from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.publish.settings import PublishSettings, validate_queue, validate_worker
 from tui_backfill.pipelines.publish.worker import CACHE_CONTROL, MediaStep, PublishWorker
 from tui_backfill.seams.queue import open_queue
@@ -73,7 +74,7 @@ async def prepared_worker(
                 credentials=credentials,
             )
         )
-        await bucket.preflight()
+        await _preflight(bucket, settings)
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=settings.concurrency * 2 + 2),
@@ -103,6 +104,26 @@ async def prepared_worker(
         )
         step = MediaStep(fetch=fetch, variants=variants, exists=bucket.exists, put=put)
         yield PublishWorker(settings, queue, step, worker=worker, burst=burst)
+
+
+# The bucket seam names the image job's fields; a publish worker's come from B2_* (or flags).
+_BUCKET_FIELDS = {
+    "AWS_ACCESS_KEY_ID": "key_id",
+    "--bucket": "bucket",
+    "--endpoint-url": "endpoint_url",
+}
+
+
+async def _preflight(bucket: Any, settings: PublishSettings) -> None:
+    """HeadBucket before the first claim; its refusal named in the worker's own variables."""
+    try:
+        await bucket.preflight()
+    except ConfigError as exc:
+        name = _BUCKET_FIELDS.get(exc.field)
+        if name is None or (name == "key_id" and not settings.key_id):
+            raise
+        message = str(exc).removeprefix(f"{exc.field}: ")
+        raise ConfigError(settings.where(name), message) from None
 
 
 async def _fetch(

@@ -1,0 +1,54 @@
+"""Bad input of `publish worker`: one line naming the variable or flag, exit 2, nothing
+claimed (the queue's jobs stay pending, no attempt is recorded, the bucket stays empty)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import S3Target
+from helpers import closed_port, tool
+from publish_helpers import RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
+
+
+@pytest.fixture
+async def queue_db(tmp_path: Path, rclone_s3: S3Target) -> Path:
+    path = tmp_path / "queue.sqlite3"
+    env = publish_env(rclone_s3, "http://127.0.0.1:9/pub", f"sqlite:///{path}")
+    result = await tool("publish", "init-db", env=env)
+    assert result.rc == 0, result.err
+    insert_files_sqlite(path, [(1, 10, "a.jpg"), (2, 10, "b.jpg")])
+    result = await tool("publish", "enqueue", env=env)
+    assert result.rc == 0 and '"enqueued": 2' in result.out, result.out + result.err
+    return path
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"RAID_PUBLISHER_SECRET": ""}, "RAID_PUBLISHER_SECRET"),
+        ({"CDN_BASE_URL": "cdn.example.test/lots"}, "CDN_BASE_URL"),
+        ({"B2_BUCKET": "no-such-bucket"}, "B2_BUCKET"),
+        ({"B2_APP_KEY": "wrong-secret-key"}, "B2_KEY_ID"),
+        (
+            {"DATABASE_URL": f"postgresql://pub:pw-never-shown@127.0.0.1:{closed_port()}/q"},
+            "DATABASE_URL",
+        ),
+        ({"DATABASE_URL": "sqlite://relative.db"}, "DATABASE_URL"),
+    ],
+)
+async def test_bad_input_is_one_line_exit_2_and_nothing_claimed(
+    queue_db: Path, rclone_s3: S3Target, change: dict[str, str], field: str, tmp_path: Path
+) -> None:
+    env = publish_env(rclone_s3, "http://127.0.0.1:9/pub", f"sqlite:///{queue_db}", **change)
+    result = await tool("publish", "worker", "--no-ui", "--burst", env=env, timeout=60)
+    assert result.rc == 2, (result.rc, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"tui-backfill: error: {field}"), result.err
+    for secret in (RAID_SECRET, rclone_s3.secret_key, "pw-never-shown", "wrong-secret-key"):
+        assert secret not in result.err + result.out
+    assert rows_sqlite(queue_db, "SELECT status, COUNT(*) FROM publish_jobs GROUP BY status") == [
+        ("pending", 2)
+    ]
+    assert rows_sqlite(queue_db, "SELECT COUNT(*) FROM publish_attempts") == [(0,)]
+    assert rclone_s3.keys() == []
