@@ -308,3 +308,25 @@ async def make_api(make_job: Any) -> AsyncIterator[Callable[..., Awaitable[Any]]
             if proc.alive:
                 proc.signal(signal.SIGTERM)
                 await proc.wait(30)
+
+
+# -- PostgreSQL (the publish queue) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Any]:
+    """One PostgreSQL server for the session (tui_backfill.servers.postgres); fails loudly when
+    the binaries are missing (CI installs Debian's `postgresql`)."""
+    from tui_backfill.servers.postgres import PostgresServer
+
+    with PostgresServer() as server:
+        yield server
+
+
+_pg_databases = iter(range(1, 1_000_000))
+
+
+@pytest.fixture
+def pg_url(postgres_server: Any) -> str:
+    """A fresh, empty database on the session's server, owned by the password role: its URL."""
+    return str(postgres_server.create_database(f"t{next(_pg_databases)}"))

@@ -247,6 +247,7 @@ class SqliteQueue:
             " status = CASE WHEN retry_count + 1 < max_retries THEN 'pending' ELSE 'failed' END,"
             " next_attempt_at = CASE WHEN retry_count + 1 < max_retries"
             f"   THEN {later(BACKOFF)} ELSE NULL END,"
+            f" completed_at = CASE WHEN retry_count + 1 < max_retries THEN NULL ELSE {NOW} END,"
             " locked_by = NULL, locked_until = NULL"
             f" WHERE id IN ({marks}) AND status = 'processing'",
             backoff,
