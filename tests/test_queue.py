@@ -291,6 +291,22 @@ async def test_claim_returns_the_file_row(db: Any) -> None:
     assert (row["status"], row["locked_by"]) == ("processing", "w1")
 
 
+async def test_a_duplicate_job_waits_for_its_files_earlier_job(db: Any) -> None:
+    """Jobs inserted by plain SQL for a file already queued: one job of a file at a time, so
+    the duplicate is claimed only after the first one ended (and then sees it published)."""
+    queue, raw = await ready(db, files=2)
+    assert await queue.enqueue() == 2
+    await raw.execute("INSERT INTO publish_jobs (file_id) VALUES (1)")
+    await raw.execute("INSERT INTO publish_jobs (file_id) VALUES (1)")
+    first = await queue.claim("w1", 10, 30.0)
+    assert [j.file_id for j in first] == [1, 2]  # not the duplicates of file 1
+    assert await queue.claim("w2", 10, 30.0) == []
+    await queue.complete("w1", first[0], Published("https://c/t", "https://c/d"))
+    (dup,) = await queue.claim("w2", 10, 30.0)  # the next one only
+    assert (dup.file_id, dup.publish_status) == (1, "published")
+    assert await queue.claim("w3", 10, 30.0) == []
+
+
 async def test_renew_extends_only_held_leases(db: Any) -> None:
     make, _ = db
     queue, _raw = await ready(db, files=2)

@@ -83,6 +83,10 @@ WITH candidates AS (
     SELECT id FROM publish_jobs
     WHERE (status = 'pending' OR (status = 'failed' AND retry_count < max_retries))
       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+      AND NOT EXISTS (  -- one job of a file at a time: a duplicate waits, then skips
+          SELECT 1 FROM publish_jobs o
+          WHERE o.file_id = publish_jobs.file_id AND o.id <> publish_jobs.id
+            AND (o.status = 'processing' OR (o.status = 'pending' AND o.id < publish_jobs.id)))
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE publish_jobs j

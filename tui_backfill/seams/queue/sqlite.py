@@ -57,6 +57,10 @@ BACKOFF = (
 CLAIMABLE = (
     "(status = 'pending' OR (status = 'failed' AND retry_count < max_retries))"
     f" AND (next_attempt_at IS NULL OR next_attempt_at <= {NOW})"
+    # One job of a file at a time: a duplicate waits for the earlier one, then skips.
+    " AND NOT EXISTS (SELECT 1 FROM publish_jobs o WHERE o.file_id = publish_jobs.file_id"
+    " AND o.id <> publish_jobs.id"
+    " AND (o.status = 'processing' OR (o.status = 'pending' AND o.id < publish_jobs.id)))"
 )
 
 
