@@ -1,0 +1,190 @@
+"""The publishing worker end to end on SQLite: two worker processes on one queue file, a real
+RAID-like origin, `rclone serve s3` behind a counting proxy.
+
+Every file ends published (URLs = CDN_BASE_URL/<key>) or its job failed needing attention for
+exactly the files that must fail (corrupt, bomb, 404, always-503); each variant key has one
+successful PUT; a file whose source answers 503 three times ends completed with retry_count 3
+and attempts spaced by the backoff; duplicate jobs complete as skipped with no download; no
+two overlapping attempts of one job both completed; SIGTERM ends both workers with exit 0;
+no secret reaches their output or the queue file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import itertools
+import signal
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+
+from conftest import S3Target
+from helpers import finish, spawn, tool
+from PIL import Image
+from publish_helpers import CDN, RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
+
+from tui_backfill.servers.images import many_images, sample_images
+from tui_backfill.servers.proxy import ReverseProxy
+from tui_backfill.servers.raid import RaidFaults, RaidServer
+
+GOOD = 40
+MUST_FAIL = {
+    "corrupt.jpg": "corrupt",
+    "bomb.png": "too_many_pixels",
+    "missing.jpg": "404",
+    "down.jpg": "http_503",
+}
+
+
+def _ts(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_two_sqlite_workers_publish_everything_once(
+    tmp_path: Path, rclone_s3: S3Target, s3_proxy: object
+) -> None:
+    sources = many_images(GOOD, seed=3)
+    samples = sample_images()
+    images = {**sources, "flaky.jpg": samples["photo.jpg"]}
+    images.update({k: samples[k] for k in ("corrupt.jpg", "bomb.png", "alpha.png")})
+    images["down.jpg"] = samples["small.jpg"]
+    faults = RaidFaults(fail_times={"flaky.jpg": 3}, always_503={"down.jpg"})
+    files = [(i + 1, 500 + i % 7, key) for i, key in enumerate(sources)]
+    special = ["flaky.jpg", "corrupt.jpg", "bomb.png", "missing.jpg", "down.jpg", "alpha.png"]
+    files += [(1000 + i, 77, key) for i, key in enumerate(special)]
+    by_key = {key: fid for fid, _, key in files}
+
+    async with RaidServer(images, token=RAID_SECRET, faults=faults) as raid:
+        proxy: ReverseProxy = await s3_proxy(rclone_s3)  # type: ignore[operator]
+        target = rclone_s3.via(proxy)
+        db = tmp_path / "queue.sqlite3"
+        env = publish_env(target, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="3")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        insert_files_sqlite(db, files)
+        enqueued = await tool("publish", "enqueue", env=env)
+        assert enqueued.rc == 0 and f'"enqueued": {len(files)}' in enqueued.out, enqueued.err
+        again = await tool("publish", "enqueue", env=env)
+        assert '"enqueued": 0' in again.out  # idempotent
+        duplicates = [1, 2, 3, 4, 5]
+        with sqlite3.connect(db) as raw:  # the seed's edge function, twice
+            raw.executemany(
+                "INSERT INTO publish_jobs (file_id) VALUES (?)", [(f,) for f in duplicates]
+            )
+
+        workers = [
+            await spawn("publish", "worker", "--no-ui", "--worker-id", f"w{i}", env=env)
+            for i in (1, 2)
+        ]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            open_jobs = rows_sqlite(
+                db,
+                "SELECT COUNT(*) FROM publish_jobs WHERE status IN ('pending', 'processing')"
+                " OR (status = 'failed' AND retry_count < max_retries)",
+            )[0][0]
+            if open_jobs == 0:
+                break
+            await asyncio.sleep(0.3)
+        assert open_jobs == 0, rows_sqlite(
+            db,
+            "SELECT id, status, retry_count, last_error FROM publish_jobs WHERE status != 'completed'",
+        )
+        for proc in workers:
+            proc.send_signal(signal.SIGTERM)
+        results = [await finish(proc, timeout=30) for proc in workers]
+
+    for result in results:
+        assert result.rc == 0, result.err[-2000:]
+        for secret in (RAID_SECRET, rclone_s3.secret_key):
+            assert secret not in result.out + result.err
+    assert RAID_SECRET.encode() not in db.read_bytes()
+    assert rclone_s3.secret_key.encode() not in db.read_bytes()
+
+    # Every good file published, with its CDN URLs; the ones that must fail need attention.
+    rows = rows_sqlite(
+        db, "SELECT id, lot_id, publish_status, thumb_url, display_url FROM auction_files"
+    )
+    for fid, lot, status, thumb, display in rows:
+        key = next(k for k, f in by_key.items() if f == fid)
+        if key in MUST_FAIL:
+            assert status != "published", key
+            continue
+        assert status == "published", key
+        assert thumb == f"{CDN}/media/{lot}/{fid}/thumb.webp"
+        assert display == f"{CDN}/media/{lot}/{fid}/display.webp"
+    failed = rows_sqlite(
+        db,
+        "SELECT file_id, retry_count, max_retries, last_error FROM publish_jobs WHERE status = 'failed'",
+    )
+    assert {f for f, *_ in failed} == {by_key[k] for k in MUST_FAIL}
+    for file_id, retry_count, max_retries, last_error in failed:
+        key = next(k for k, f in by_key.items() if f == file_id)
+        assert retry_count == max_retries == 5
+        assert MUST_FAIL[key] in last_error, (key, last_error)
+
+    # Each variant key written once; nothing else written.
+    published = [r for r in rows if r[2] == "published"]
+    keys = {
+        f"media/{lot}/{fid}/{v}.webp" for fid, lot, *_ in published for v in ("thumb", "display")
+    }
+    assert set(rclone_s3.keys()) == keys
+    puts = Counter({k.split("/", 1)[1]: n for k, n in proxy.puts.items()})
+    lost = sum(proxy.lost_puts.values()) + sum(proxy.undelivered_puts.values())
+    assert set(puts) == keys
+    assert sum(puts.values()) - len(keys) <= lost, [k for k, n in puts.items() if n > 1]
+
+    # 503 three times, then 200: completed with retry_count 3, attempts spaced by the backoff.
+    flaky = by_key["flaky.jpg"]
+    ((status, retry_count),) = rows_sqlite(
+        db, "SELECT status, retry_count FROM publish_jobs WHERE file_id = ?", flaky
+    )
+    assert (status, retry_count) == ("completed", 3)
+    starts = [
+        _ts(s)
+        for (s,) in rows_sqlite(
+            db,
+            "SELECT a.started_at FROM publish_attempts a JOIN publish_jobs j ON j.id = a.job_id"
+            " WHERE j.file_id = ? ORDER BY a.id",
+            flaky,
+        )
+    ]
+    assert len(starts) == 4
+    for n, (a, b) in enumerate(itertools.pairwise(starts), start=1):
+        assert (b - a).total_seconds() >= 0.2 * 2 ** (n - 1) * 0.8 - 0.05, (n, starts)
+    assert raid.requests["flaky.jpg"] == 4
+
+    # Duplicate jobs: completed as skipped, no download of their own.
+    dup_outcomes = rows_sqlite(
+        db,
+        "SELECT a.outcome FROM publish_attempts a JOIN publish_jobs j ON j.id = a.job_id"
+        " WHERE j.id > ? AND a.outcome IS NOT NULL AND a.outcome != 'released'",
+        len(files),
+    )
+    assert sorted(o for (o,) in dup_outcomes) == ["skipped"] * len(duplicates)
+    for fid in duplicates:
+        assert raid.requests[files[fid - 1][2]] == 1
+
+    # No two overlapping attempts of one job by different workers that both completed.
+    done = rows_sqlite(
+        db,
+        "SELECT job_id, worker, started_at, ended_at FROM publish_attempts"
+        " WHERE outcome IN ('published', 'skipped') ORDER BY job_id",
+    )
+    per_job = Counter(job for job, *_ in done)
+    assert max(per_job.values()) == 1
+
+    # The variants are WebP inside their boxes, with the source's aspect ratio.
+    client = rclone_s3.client()
+    fid, lot = published[0][0], published[0][1]
+    source = Image.open(io.BytesIO(images[files[fid - 1][2]]))
+    for variant, box in (("thumb", 400), ("display", 1600)):
+        body = client.get_object(Bucket=rclone_s3.bucket, Key=f"media/{lot}/{fid}/{variant}.webp")
+        assert body["ContentType"] == "image/webp"
+        assert body["CacheControl"] == "public, max-age=31536000, immutable"
+        image = Image.open(io.BytesIO(body["Body"].read()))
+        assert image.format == "WEBP"
+        assert max(image.size) == min(box, max(source.size))
+        assert abs(image.size[0] / image.size[1] - source.size[0] / source.size[1]) < 0.02
