@@ -1,0 +1,266 @@
+"""Many workers on one PostgreSQL queue, nothing twice.
+
+1,000 `auction_files` over 300 distinct source images, one job each, plus 100 duplicate jobs
+inserted by plain SQL for files already queued; three worker processes; one is SIGKILLed, one
+SIGTERMed and one SIGSTOPped past its lease (then SIGCONTed) mid-way, and a fresh one joins.
+Every file ends published, or its job failed needing attention for exactly the files that must
+fail; each variant key has one successful PUT (apart from a PUT whose answer was lost),
+counted at a proxy; no two overlapping attempts of one job by different workers both
+completed; the duplicates complete as skipped with no download; the seed's monitoring SQL
+gives the expected figures. Also: a job inserted by plain SQL wakes a worker polling every 60 s
+within a second (LISTEN/NOTIFY).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import datetime as dt
+import signal
+import time
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from conftest import S3Target
+from helpers import finish, spawn, tool
+from publish_helpers import RAID_SECRET, publish_env
+
+from tui_backfill.servers.images import photo_jpeg, sample_images
+from tui_backfill.servers.proxy import ReverseProxy
+from tui_backfill.servers.raid import RaidFaults, RaidServer
+
+SOURCES = 300
+FILES = 1000
+MUST_FAIL = {
+    "corrupt.jpg": "corrupt",
+    "bomb.png": "too_many_pixels",
+    "missing.jpg": "404",
+    "down.jpg": "http_503",
+}
+LEASE = 4.0
+
+
+def _images() -> dict[str, bytes]:
+    images = {
+        f"src/{i:03d}.jpg": photo_jpeg(
+            160 + (i % 5) * 40, 120 + (i % 3) * 40, seed=i, quality=70, grain=0
+        )
+        for i in range(SOURCES)
+    }
+    samples = sample_images()
+    images.update(
+        {
+            "corrupt.jpg": samples["corrupt.jpg"],
+            "bomb.png": samples["bomb.png"],
+            "down.jpg": samples["small.jpg"],
+        }
+    )
+    return images
+
+
+async def _count(conn: Any, where: str) -> int:
+    return int(await conn.fetchval(f"SELECT COUNT(*) FROM publish_jobs WHERE {where}"))
+
+
+async def _wait_for(conn: Any, where: str, at_least: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if await _count(conn, where) >= at_least:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"never {at_least} jobs with {where}")
+
+
+async def test_many_workers_on_postgres_nothing_twice(
+    pg_url: str, rclone_s3: S3Target, s3_proxy: Any, tmp_path: Path
+) -> None:
+    images = _images()
+    keys = [f"src/{i % SOURCES:03d}.jpg" for i in range(FILES - len(MUST_FAIL))] + list(MUST_FAIL)
+    files = [(i + 1, 900 + i % 13, key) for i, key in enumerate(keys)]
+    must_fail_ids = {fid for fid, _, key in files if key in MUST_FAIL}
+    faults = RaidFaults(always_503={"down.jpg"})
+    conn = await asyncpg.connect(pg_url)
+    procs: list[Any] = []
+    try:
+        async with RaidServer(images, token=RAID_SECRET, faults=faults) as raid:
+            proxy: ReverseProxy = await s3_proxy(rclone_s3)
+            target = rclone_s3.via(proxy)
+            env = publish_env(
+                target, raid.endpoint, pg_url, CONCURRENCY="2", TUI_BACKFILL_LEASE=str(LEASE)
+            )
+            init = await tool("publish", "init-db", env=env)
+            assert init.rc == 0, init.err
+            await conn.executemany(
+                "INSERT INTO auction_files (id, lot_id, source_key, publish_status) VALUES ($1, $2, $3, 'pending')",
+                files,
+            )
+            enqueued = await tool("publish", "enqueue", env=env)
+            assert f'"enqueued": {FILES}' in enqueued.out, enqueued.err
+            good = [fid for fid, _, _ in files if fid not in must_fail_ids]
+            duplicates = good[::9][:100]
+            assert len(duplicates) == 100
+            await conn.executemany(
+                "INSERT INTO publish_jobs (file_id) VALUES ($1)", [(f,) for f in duplicates]
+            )
+
+            def start(name: str) -> Any:
+                return spawn("publish", "worker", "--no-ui", "--worker-id", name, env=env)
+
+            w1, w2, w3 = [await start(f"w{i}") for i in (1, 2, 3)]
+            procs += [w1, w2, w3]
+            done = "status = 'completed'"
+            await _wait_for(conn, done, 150, 60)
+            w1.kill()  # SIGKILL: its leases run out, any worker reclaims them
+            await _wait_for(conn, done, 300, 60)
+            w2.send_signal(signal.SIGTERM)
+            term = await finish(w2, timeout=30)
+            assert term.rc == 0, term.err[-2000:]
+            await _wait_for(conn, done, 450, 60)
+            w3.send_signal(signal.SIGSTOP)  # frozen past its lease, then thawed
+            w4 = await start("w4")
+            procs.append(w4)
+            await asyncio.sleep(LEASE + 2)
+            w3.send_signal(signal.SIGCONT)
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                open_jobs = await _count(
+                    conn,
+                    "status IN ('pending', 'processing') OR (status = 'failed' AND retry_count < max_retries)",
+                )
+                if open_jobs == 0:
+                    break
+                await asyncio.sleep(0.3)
+            assert open_jobs == 0
+            for proc in (w3, w4):
+                proc.send_signal(signal.SIGTERM)
+            results = [await finish(p, timeout=60) for p in (w3, w4)]
+            await w1.wait()
+            procs.clear()
+            for result in [term, *results]:
+                assert result.rc == 0, result.err[-2000:]
+                assert RAID_SECRET not in result.out + result.err
+                assert rclone_s3.secret_key not in result.out + result.err
+                password = urllib.parse.urlsplit(pg_url).password
+                assert password and password not in result.out + result.err
+            requests = dict(raid.requests)
+
+        # Every file published, or failed needing attention for exactly the files that must.
+        rows = await conn.fetch("SELECT id, lot_id, publish_status FROM auction_files ORDER BY id")
+        assert {r["id"] for r in rows if r["publish_status"] != "published"} == must_fail_ids
+        failed = await conn.fetch(
+            "SELECT file_id, retry_count, max_retries, last_error FROM publish_jobs WHERE status = 'failed'"
+        )
+        assert {r["file_id"] for r in failed} == must_fail_ids
+        key_of = {fid: key for fid, _, key in files}
+        for row in failed:
+            assert row["retry_count"] == row["max_retries"]
+            assert MUST_FAIL[key_of[row["file_id"]]] in row["last_error"], row
+
+        # Each variant key: one successful PUT, apart from answers lost in transit.
+        expected = {
+            f"media/{r['lot_id']}/{r['id']}/{v}.webp"
+            for r in rows
+            if r["publish_status"] == "published"
+            for v in ("thumb", "display")
+        }
+        assert set(rclone_s3.keys()) == expected
+        puts = collections.Counter({k.split("/", 1)[1]: n for k, n in proxy.puts.items()})
+        assert set(puts) == expected
+        twice = {k: n for k, n in puts.items() if n > 1}
+        lost = {k.split("/", 1)[1] for k in (*proxy.lost_puts, *proxy.undelivered_puts)}
+        assert set(twice) <= lost, (twice, lost)
+
+        # The audit: no two overlapping attempts of one job by different workers both completed.
+        attempts = await conn.fetch(
+            "SELECT job_id, worker, started_at, ended_at, outcome FROM publish_attempts ORDER BY job_id, started_at"
+        )
+        by_job: dict[int, list[Any]] = collections.defaultdict(list)
+        for a in attempts:
+            by_job[a["job_id"]].append(a)
+        completed_outcomes = ("published", "skipped")
+        for job_attempts in by_job.values():
+            winners = [a for a in job_attempts if a["outcome"] in completed_outcomes]
+            assert len(winners) <= 1
+        outcomes = collections.Counter(a["outcome"] for a in attempts)
+        assert outcomes["lease_expired"] >= 1, outcomes  # the SIGKILLed or SIGSTOPped worker's
+        # The duplicates: completed as skipped, no download of their own.
+        dup_jobs = await conn.fetch("SELECT id, status FROM publish_jobs WHERE id > $1", FILES)
+        assert {r["status"] for r in dup_jobs} == {"completed"}
+        dup_outcomes = {
+            a["outcome"]
+            for r in dup_jobs
+            for a in by_job[r["id"]]
+            if a["outcome"] not in ("released", "lease_expired")
+        }
+        assert dup_outcomes == {"skipped"}
+        # Downloads: at most one per file plus the retries of attempts that did not complete.
+        unfinished = sum(
+            1
+            for a in attempts
+            if a["outcome"] not in completed_outcomes and a["outcome"] != "released"
+        )
+        good_downloads = sum(n for k, n in requests.items() if k not in MUST_FAIL)
+        assert FILES - len(MUST_FAIL) <= good_downloads <= FILES - len(MUST_FAIL) + unfinished
+
+        # The seed's monitoring SQL, as written.
+        sql = (Path(__file__).parents[1] / "tui_backfill/seams/queue/monitoring.sql").read_text()
+        statements = [
+            s
+            for s in sql.split(";")
+            if s.strip() and not all(line.startswith("--") for line in s.strip().splitlines())
+        ]
+        pending, attention, avg, summary = [await conn.fetch(s) for s in statements]
+        assert pending[0]["pending_jobs"] == 0
+        assert {r["file_id"] for r in attention} == must_fail_ids
+        assert 0 < float(avg[0]["avg_processing_seconds"]) < 30
+        assert {r["publish_status"]: r["files"] for r in summary}["published"] == FILES - len(
+            MUST_FAIL
+        )
+    finally:
+        for proc in procs:
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+                await proc.wait()
+        await conn.close()
+
+
+async def test_a_plain_sql_insert_wakes_a_worker_polling_every_minute(
+    pg_url: str, rclone_s3: S3Target
+) -> None:
+    images = {"one.jpg": photo_jpeg(200, 150, seed=1, grain=0)}
+    conn = await asyncpg.connect(pg_url)
+    async with RaidServer(images, token=RAID_SECRET) as raid:
+        env = publish_env(rclone_s3, raid.endpoint, pg_url, WORKER_POLL_INTERVAL="60000")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        worker = await spawn("publish", "worker", "--no-ui", env=env)
+        try:
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval(
+                "SELECT COUNT(*) FROM publish_workers WHERE state = 'running'"
+            ):
+                assert time.monotonic() < deadline, "the worker never registered"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)  # past its first (empty) claim: now it waits on LISTEN
+            await conn.execute(
+                "INSERT INTO auction_files (id, lot_id, source_key, publish_status) VALUES (1, 5, 'one.jpg', 'pending')"
+            )
+            inserted = dt.datetime.now(dt.UTC)
+            job_id = await conn.fetchval(
+                "INSERT INTO publish_jobs (file_id) VALUES (1) RETURNING id"
+            )
+            started = None
+            while started is None and (dt.datetime.now(dt.UTC) - inserted).total_seconds() < 5:
+                started = await conn.fetchval(
+                    "SELECT started_at FROM publish_jobs WHERE id = $1", job_id
+                )
+                await asyncio.sleep(0.02)
+            assert started is not None
+            assert (started - inserted).total_seconds() < 1.0
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            result = await finish(worker, timeout=30)
+            await conn.close()
+        assert result.rc == 0, result.err[-2000:]
