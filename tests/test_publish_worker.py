@@ -188,3 +188,62 @@ async def test_two_sqlite_workers_publish_everything_once(
         assert image.format == "WEBP"
         assert max(image.size) == min(box, max(source.size))
         assert abs(image.size[0] / image.size[1] - source.size[0] / source.size[1]) < 0.02
+
+
+async def test_sigterm_finishes_in_flight_and_hands_back_the_unstarted(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """Concurrency 1 claims one batch ahead: on SIGTERM the job in flight (its source answers
+    after 1.5 s) finishes, the claimed-but-unstarted one goes back to pending with no attempt
+    counted, and the worker exits 0. Then an always-503 file that failed for good re-opens when
+    its max_retries is raised by plain SQL."""
+    images = {
+        "slow.jpg": many_images(1, seed=9)["raid/9/00000.jpg"],
+        "next.jpg": sample_images()["small.jpg"],
+    }
+    async with RaidServer(images, token=RAID_SECRET, faults=RaidFaults(latency=1.5)) as raid:
+        db = tmp_path / "queue.sqlite3"
+        env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="1")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        insert_files_sqlite(db, [(1, 3, "slow.jpg"), (2, 3, "next.jpg")])
+        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        worker = await spawn("publish", "worker", "--no-ui", env=env)
+        deadline = time.monotonic() + 30
+        while raid.gets == 0:  # the first job's download has begun
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        held = rows_sqlite(db, "SELECT id, status FROM publish_jobs ORDER BY id")
+        assert held == [(1, "processing"), (2, "processing")]  # one in flight, one claimed ahead
+        worker.send_signal(signal.SIGTERM)
+        result = await finish(worker, timeout=30)
+        assert result.rc == 0, result.err[-2000:]
+        jobs = rows_sqlite(
+            db, "SELECT id, status, retry_count, locked_by FROM publish_jobs ORDER BY id"
+        )
+        assert jobs == [(1, "completed", 0, None), (2, "pending", 0, None)]
+        outcomes = rows_sqlite(db, "SELECT job_id, outcome FROM publish_attempts ORDER BY id")
+        assert outcomes == [(1, "published"), (2, "released")]
+        assert raid.requests["next.jpg"] == 0
+
+        # Retries run out on an always-503 source; raising max_retries re-opens the job.
+        raid.faults = RaidFaults(always_503={"next.jpg"})
+        env2 = {**env, "MAX_RETRIES": "2", "TUI_BACKFILL_RETRY_BASE": "0.05"}
+        with sqlite3.connect(db) as raw:
+            raw.execute("UPDATE publish_jobs SET max_retries = 2 WHERE id = 2")
+        burst = await tool("publish", "worker", "--no-ui", "--burst", env=env2, timeout=60)
+        for _ in range(20):  # jobs waiting for their backoff do not hold a burst worker
+            if rows_sqlite(db, "SELECT status FROM publish_jobs WHERE id = 2") == [("failed",)]:
+                break
+            burst = await tool("publish", "worker", "--no-ui", "--burst", env=env2, timeout=60)
+        assert rows_sqlite(
+            db, "SELECT status, retry_count, last_error FROM publish_jobs WHERE id = 2"
+        )[0][:2] == ("failed", 2)
+        assert burst.rc == 1  # the burst that failed it for good
+        with sqlite3.connect(db) as raw:
+            raw.execute("UPDATE publish_jobs SET max_retries = 3 WHERE id = 2")
+        raid.faults = RaidFaults()
+        again = await tool("publish", "worker", "--no-ui", "--burst", env=env2, timeout=60)
+        assert again.rc == 0, again.err[-2000:]
+        assert rows_sqlite(db, "SELECT status, retry_count FROM publish_jobs WHERE id = 2") == [
+            ("completed", 2)
+        ]
