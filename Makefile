@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo demo-headless demo-hash test test-slow chaos lint typecheck clean
+.PHONY: setup demo demo-headless demo-hash demo-publish test test-slow chaos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ demo-headless: $(STAMP)
 # The content-hash index on embedded servers: 3,000 objects, an index with gaps (state/demo-hash).
 demo-hash: $(STAMP)
 	$(BIN)/tui-backfill demo hash-index
+
+# The media publishing worker on embedded servers: a SQLite queue of 300 files (state/demo-publish).
+demo-publish: $(STAMP)
+	$(BIN)/tui-backfill demo publish
 
 test: $(STAMP)
 	$(BIN)/ruff check tui_backfill tests
@@ -47,4 +51,4 @@ typecheck: $(STAMP)
 	$(BIN)/lint-imports
 
 clean:
-	rm -rf $(VENV) state/*.sqlite3* state/*.log state/demo state/demo-hash
+	rm -rf $(VENV) state/*.sqlite3* state/*.log state/demo state/demo-hash state/demo-publish

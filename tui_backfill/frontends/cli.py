@@ -207,11 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo",
-        help="self-contained demo: local S3 server, origin and catalog (or: demo hash-index)",
+        help="self-contained demo: local S3 server, origin and catalog (or: demo hash-index, demo publish)",
         description="A job on embedded servers, nothing to configure. `demo` (or `demo images`): "
         "the image backfill (state/demo.sqlite3, job demo). `demo hash-index`: the content-hash "
         "index over a local bucket of 3,000 objects and an index with gaps "
-        "(state/demo-hash.sqlite3, job demo-hash). Run it again to continue.",
+        "(state/demo-hash.sqlite3, job demo-hash). `demo publish`: the media publishing worker "
+        "on a SQLite queue of 300 files (state/demo-publish). Run it again to continue.",
     )
     demo.add_argument(
         "which",
@@ -247,7 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMOS = ("images", "hash-index")
+DEMOS = ("images", "hash-index", "publish")
 DEMO_HASH_ONLY = (
     "dry_run",
     "verify",
@@ -260,6 +261,13 @@ DEMO_HASH_ONLY = (
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.which == "publish":
+        for name in (*DEMO_HASH_ONLY, "limit_skus"):
+            if getattr(args, name) not in (None, False):
+                raise ConfigError("--" + name.replace("_", "-"), "not an option of `demo publish`")
+        from tui_backfill.frontends.demo_publish import run_demo_publish
+
+        return run_demo_publish(no_ui=args.no_ui, fresh=args.fresh)
     if args.which == "hash-index":
         if args.limit_skus is not None:
             raise ConfigError(

@@ -114,7 +114,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return asyncio.run(_headless(settings, args))
 
 
-async def _headless(settings: PublishSettings, args: argparse.Namespace) -> int:
+async def _headless(settings: PublishSettings, args: Any) -> int:
     from tui_backfill.pipelines.publish.prepare import prepared_worker
 
     async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
@@ -158,7 +158,7 @@ async def _progress(worker: Any) -> None:
         )
 
 
-async def _console(settings: PublishSettings, args: argparse.Namespace) -> int:
+async def _console(settings: PublishSettings, args: Any) -> int:
     from tui_backfill.frontends.logs import log_to_file
     from tui_backfill.frontends.ui.publish import PublishApp
     from tui_backfill.pipelines.publish.prepare import prepared_worker

@@ -205,6 +205,7 @@ class PublishWorker:
             self._cpu.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(Exception):
                 await self.queue.stop_worker(self.id, self._stats())
+                await self._refresh_figures()  # the final snapshot shows the queue as left
         if self._fatal is not None:
             return EXIT_FATAL
         if self.burst and self.counters.failed_permanent:
