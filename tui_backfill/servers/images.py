@@ -57,7 +57,7 @@ __all__ = [
     "sample_images",
 ]
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 P3_PATCH = (200, 60, 50)  # a Display P3 colour inside sRGB's gamut, with distinct numbers
 ORIENTED_SIZE = (160, 100)  # orient/*.jpg as shown upright
 MARK = 40  # side of the corner blocks

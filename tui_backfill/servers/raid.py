@@ -6,7 +6,8 @@
 
 Faults (:class:`RaidFaults`, mutable through ``server.faults``): ``fail_times`` (key -> n: the
 first n GETs of that key answer 503, then 200), ``always_503`` (keys), ``truncate`` (keys: the
-full Content-Length, half the body, then the connection closes), ``stall`` (keys: the head is
+full Content-Length, half the body, then the connection closes), ``chunked`` (keys: the body
+without a Content-Length, in chunks), ``stall`` (keys: the head is
 sent after ``stall_seconds``), ``latency`` (seconds before every answer). Counters:
 ``requests`` (GETs per key, authorised or not), ``gets`` (all GETs of the path),
 ``unauthorized`` (401s), ``statuses``. ``GET /__stats`` returns them as JSON and ``POST
@@ -50,6 +51,7 @@ class RaidFaults:
     always_503: set[str] = field(default_factory=set)
     truncate: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)
+    chunked: set[str] = field(default_factory=set)
     stall_seconds: float = 60.0
     latency: float = 0.0
 
@@ -58,7 +60,7 @@ class RaidFaults:
         for name, value in values.items():
             if name == "fail_times":
                 self.fail_times = {str(k): int(v) for k, v in value.items()}
-            elif name in ("always_503", "truncate", "stall"):
+            elif name in ("always_503", "truncate", "stall", "chunked"):
                 setattr(self, name, {str(k) for k in value})
             elif name in ("stall_seconds", "latency"):
                 setattr(self, name, float(value))
@@ -67,7 +69,7 @@ class RaidFaults:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for name in ("always_503", "truncate", "stall"):
+        for name in ("always_503", "truncate", "stall", "chunked"):
             data[name] = sorted(data[name])
         return data
 
@@ -199,7 +201,21 @@ class RaidServer:
             return self._answer(503, text="busy\n", headers={"Retry-After": "1"})
         if key in faults.truncate:
             return await self._truncated(request, body)
+        if key in faults.chunked:
+            return await self._chunked(request, body)
         return self._answer(200, body=body, content_type="application/octet-stream")
+
+    async def _chunked(self, request: web.Request, body: bytes) -> web.StreamResponse:
+        """The whole body in 64 KiB chunks, without a Content-Length (chunked encoding)."""
+        self.statuses[200] += 1
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/octet-stream"
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, len(body), 64 * 1024):
+            await response.write(body[start : start + 64 * 1024])
+        await response.write_eof()
+        return response
 
     async def _truncated(self, request: web.Request, body: bytes) -> web.StreamResponse:
         """The full Content-Length, half the body, then the connection closes."""

@@ -23,11 +23,13 @@ Failures are `MediaError`s (permanent): `corrupt` (cannot be decoded, truncated,
 `unsupported` (an image format the worker does not decode: HEIC, SVG, PDF, PSD...),
 `too_many_pixels` (over `max_pixels`, or over Pillow's own decompression-bomb limit).
 
-Pillow's own guard (`Image.MAX_IMAGE_PIXELS`, 89.5 MP) is left in place, because its later
-checks (TIFF tiles, GIF frames) still protect the decode; its `DecompressionBombError` (over
-twice that, 179 MP) is classified `too_many_pixels`, and its `DecompressionBombWarning` (between
-89.5 MP and 179 MP, under the default `max_pixels` of 100 MP) is silenced for the process when
-this module is imported: `max_pixels` decides here, the warning would only be noise.
+Pillow's own guard (`Image.MAX_IMAGE_PIXELS`, 89.5 MP: a warning above it, an error above
+twice it) would warn at `Image.open` for images between 89.5 MP and the default `max_pixels` of
+100 MP, and refuse a caller's higher limit. So the header is parsed by the format's plugin
+directly (what `Image.open` does, minus that one check; no global warning filter or limit is
+touched, which threads could not share safely) and `max_pixels` alone decides. Pillow's later
+checks stay (a TIFF tile or GIF frame far bigger than the image): their error, or their warning
+when warnings are errors, is classified `too_many_pixels`.
 """
 
 from __future__ import annotations
@@ -35,11 +37,10 @@ from __future__ import annotations
 import functools
 import io
 import struct
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from PIL import ExifTags, Image, ImageCms, UnidentifiedImageError, features
+from PIL import ExifTags, Image, ImageCms, features
 
 from tui_backfill.seams.media.errors import MediaError, MediaErrorCode
 
@@ -50,7 +51,7 @@ __all__ = [
     "make_variants",
 ]
 
-warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+Image.init()  # register every plugin, so `Image.OPEN` holds the formats below
 
 # Formats decoded here; anything else is `unsupported` (and never handed to another Pillow
 # plugin: EPS, for one, would run Ghostscript on untrusted bytes).
@@ -61,6 +62,8 @@ _FORMATS = ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP"] + (
 # Exceptions Pillow's decoders raise on damaged data (OSError: "image file is truncated",
 # "broken data stream"; SyntaxError: "not a JPEG file"; the rest from plugins' parsers).
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, struct.error)
+
+_BOMB = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 
 # Images Pillow cannot (or must not) open here, by their magic bytes: `unsupported`, not
 # `corrupt`, when no allowed decoder accepts them.
@@ -149,7 +152,7 @@ def make_variants(
     image = _open(data, max_pixels)
     try:
         return _variants(image, specs, quality=quality)
-    except Image.DecompressionBombError as exc:  # a TIFF tile or GIF frame over Pillow's limit
+    except _BOMB as exc:  # a TIFF tile or GIF frame over Pillow's limit
         raise MediaError(f"decompression bomb: {exc}", MediaErrorCode.TOO_MANY_PIXELS) from None
     except _DECODE_ERRORS as exc:
         raise MediaError(f"cannot decode the image: {exc}", MediaErrorCode.CORRUPT) from None
@@ -161,13 +164,13 @@ def make_variants(
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """The image's header, parsed (nothing decoded yet), its pixel count checked."""
     try:
-        image = Image.open(io.BytesIO(data), formats=_FORMATS)
-    except Image.DecompressionBombError as exc:
+        image = _parse_header(data)
+    except _BOMB as exc:  # an MPO's own check
         raise MediaError(f"decompression bomb: {exc}", MediaErrorCode.TOO_MANY_PIXELS) from None
-    except UnidentifiedImageError:
-        raise _unidentified(data) from None
     except _DECODE_ERRORS as exc:
         raise MediaError(f"cannot read the image header: {exc}", MediaErrorCode.CORRUPT) from None
+    if image is None:
+        raise _unidentified(data)
     width, height = image.size
     if width < 1 or height < 1:
         image.close()
@@ -179,6 +182,22 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
             MediaErrorCode.TOO_MANY_PIXELS,
         )
     return image
+
+
+def _parse_header(data: bytes) -> Image.Image | None:
+    """`Image.open(..., formats=_FORMATS)` without its pixel-count check: the first plugin that
+    accepts the bytes parses the header; None when none does."""
+    prefix = data[:16]
+    for name in _FORMATS:
+        factory, accept = Image.OPEN[name]
+        accepted = accept(prefix) if accept is not None else True
+        if isinstance(accepted, str) or not accepted:  # a str says why not
+            continue
+        try:
+            return factory(io.BytesIO(data), "")
+        except (SyntaxError, IndexError, TypeError, struct.error):
+            continue  # as Image.open: not this format after all, try the next
+    return None
 
 
 def _unidentified(data: bytes) -> MediaError:
