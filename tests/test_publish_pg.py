@@ -264,3 +264,80 @@ async def test_a_plain_sql_insert_wakes_a_worker_polling_every_minute(
             result = await finish(worker, timeout=30)
             await conn.close()
         assert result.rc == 0, result.err[-2000:]
+
+
+async def test_the_seed_env_file_works_as_is(
+    pg_url: str, rclone_s3: S3Target, tmp_path: Path
+) -> None:
+    """The seed's example `.env` with only its hosts and secrets pointed at the test servers
+    (the bare-host B2_ENDPOINT becomes the test server's http:// URL): a burst worker publishes
+    into the bucket `IBA-Lot-Media` (capitals: a B2 name)."""
+    assert rclone_s3.data_dir is not None
+    (rclone_s3.data_dir / "IBA-Lot-Media").mkdir()
+    seed = (Path(__file__).parent / "data" / "seed.env").read_text()
+    images = {"lots/7/a.jpg": photo_jpeg(300, 200, seed=2, grain=0)}
+    async with RaidServer(images, token="a-new-raid-secret") as raid:
+        parts = urllib.parse.urlsplit(pg_url)
+        replace = {
+            "postgresql://postgres:your-db-password@db.example.supabase.co:5432/postgres": pg_url,
+            "your-raid-publisher-secret": "a-new-raid-secret",
+            "https://raid.example.com/api/pub": raid.endpoint,
+            "your-b2-key-id": rclone_s3.access_key,
+            "your-b2-application-key": rclone_s3.secret_key,
+            "s3.us-west-004.backblazeb2.com": rclone_s3.endpoint_url,
+        }
+        for old, new in replace.items():
+            assert old in seed
+            seed = seed.replace(old, new)
+        env_file = tmp_path / ".env"
+        env_file.write_text(seed)
+        env = {
+            k: v
+            for k, v in publish_env(rclone_s3, "", "").items()
+            if not k.startswith(
+                (
+                    "B2_",
+                    "RAID_",
+                    "DATABASE_",
+                    "CDN_",
+                    "WORKER_",
+                    "MAX_",
+                    "CONCURRENCY",
+                    "LOG_",
+                    "TUI_BACKFILL_",
+                )
+            )
+        }
+        env["TUI_BACKFILL_PATH_STYLE"] = "true"  # rclone on 127.0.0.1 (B2 takes either)
+        assert (
+            parts.password
+            and (await tool("publish", "init-db", "--env-file", str(env_file), env=env)).rc == 0
+        )
+        conn = await asyncpg.connect(pg_url)
+        try:
+            await conn.execute(
+                "INSERT INTO auction_files (id, lot_id, source_key, publish_status) VALUES (1, 7, 'lots/7/a.jpg', 'pending')"
+            )
+            await conn.execute("INSERT INTO publish_jobs (file_id) VALUES (1)")
+            result = await tool(
+                "publish",
+                "worker",
+                "--no-ui",
+                "--burst",
+                "--env-file",
+                str(env_file),
+                env=env,
+                timeout=60,
+            )
+            assert result.rc == 0, result.err[-2000:]
+            row = await conn.fetchrow(
+                "SELECT publish_status, thumb_url FROM auction_files WHERE id = 1"
+            )
+        finally:
+            await conn.close()
+    assert tuple(row) == ("published", "https://media.example.com/media/7/1/thumb.webp")
+    for secret in ("a-new-raid-secret", rclone_s3.secret_key, parts.password):
+        assert secret not in result.out + result.err
+    client = rclone_s3.client()
+    listed = client.list_objects_v2(Bucket="IBA-Lot-Media")["Contents"]
+    assert sorted(o["Key"] for o in listed) == ["media/7/1/display.webp", "media/7/1/thumb.webp"]
