@@ -1,0 +1,3 @@
+"""tui-backfill: fill an S3-compatible bucket from an origin, resumably and idempotently."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,689 @@
+"""The command line: run, hash-index, publish, status, runs, failed, pause, resume, attach,
+coverage, serve, demo.
+
+Startup stays light: `status`, `runs`, `pause` and `--help` import neither botocore nor
+textual. Every problem found before work starts is one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from tui_backfill import __version__
+from tui_backfill.core.records import Command
+from tui_backfill.frontends.logs import log_to_stderr
+from tui_backfill.frontends.running import (
+    EXIT_OK,
+    EXIT_PAUSED,
+    EXIT_USAGE,
+    has_terminal,
+    quiet_stdout,
+    run_console,
+    run_headless,
+    wants_console,
+)
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import BY_NAME, OPTIONS, Resolved, resolve
+
+if TYPE_CHECKING:  # imported lazily at run time: startup stays light
+    from tui_backfill.core.records import FailedItem
+    from tui_backfill.core.store import JobStore
+    from tui_backfill.frontends.status import JobStatus
+
+
+LISTINGS = ("status", "runs", "failed", "coverage")  # commands that only print
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line, exit 2 (argparse prints the whole usage otherwise).
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+# Options of the image job alone: the hash-index command does not offer them.
+IMAGE_ONLY = frozenset(
+    {
+        "limit_skus", "angles", "only_missing", "skus_file", "skus_db", "skus_query",
+        "origin", "origin_endpoint_url", "origin_region", "origin_path_style", "origin_profile",
+        "key_template", "exists_check", "max_bandwidth",
+    }
+)  # fmt: skip
+# ...and the other way round (`run` keeps them: `run --job J` may run a hash-index job).
+HASH_HELP = {
+    "bucket": "the bucket whose objects are hashed (nothing is ever written to it)",
+    "checkpoint_every": "persist the checkpoint at least every N objects (default 100)",
+    "concurrency": "parallel object GETs (default 8)",
+    "max_concurrency": "highest --concurrency allowed (default 64)",
+    "upload_concurrency": "parallel listings and other S3 calls beside the GETs",
+    "timeout": "seconds to the first byte of an answer, and of each idle gap in a body",
+}
+
+
+def _add_job_state(parser: argparse.ArgumentParser, default_job: str = "default") -> None:
+    parser.add_argument("--job", help=f"job name (default: {default_job})")
+    parser.add_argument("--state", help="state file (default: state/tui-backfill.sqlite3)")
+    parser.add_argument("--config", help="TOML configuration file")
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = False) -> None:
+    for option in OPTIONS:
+        if option.name in ("job", "state") or (hash_index and option.name in IMAGE_ONLY):
+            continue
+        text = HASH_HELP.get(option.name, option.help) if hash_index else option.help
+        if hash_index and option.name == "pipeline":
+            text = argparse.SUPPRESS  # accepted (the same flags as `serve`), never another
+        if hash_index:
+            text = text.removeprefix("hash index: ").removeprefix("hash index, ")
+        if option.kind is bool:
+            parser.add_argument(
+                option.flag, action=argparse.BooleanOptionalAction, default=None, help=text
+            )
+        else:
+            parser.add_argument(option.flag, default=None, metavar=option.name.upper(), help=text)
+    parser.add_argument(
+        "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list and apply the skip rule; no download, nothing written (reports wouldUpdate)"
+        if hash_index
+        else "plan and check existence; no download, no upload",
+    )
+    parser.add_argument(
+        "--fresh", action="store_true", help="abandon an unfinished run and start a new one"
+    )
+    parser.add_argument(
+        "--from-start",
+        action="store_true",
+        help="start the new run at the first key (not after a --limit-objects run's end)"
+        if hash_index
+        else "start the new run at the first SKU",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="tui-backfill", description="Fill an S3-compatible bucket from an origin, resumably."
+    )
+    parser.add_argument("--version", action="version", version=f"tui-backfill {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = commands.add_parser("run", help="run (or continue) the backfill job")
+    _add_job_state(run)
+    _add_run_options(run)
+    run.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
+    )
+
+    hash_index = commands.add_parser(
+        "hash-index",
+        help="fill the content_hash of an index table from the objects of a bucket",
+        description="List the bucket in key order, hash each object (SHA-256) and upsert "
+        "content_hash into the index table; resumable, idempotent (the skip rule), verifiable. "
+        "Job default: hash-index.",
+    )
+    _add_job_state(hash_index, default_job="hash-index")
+    _add_run_options(hash_index, hash_index=True)
+    hash_index.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
+    )
+
+    status = commands.add_parser("status", help="show the job's status snapshot")
+    _add_job_state(status)
+    status.add_argument("--json", action="store_true", help="the snapshot as JSON")
+
+    runs = commands.add_parser("runs", help="past runs of the job: outcome, counters, coverage")
+    _add_job_state(runs)
+    runs.add_argument("--json", action="store_true", help="the run history as JSON")
+    runs.add_argument(
+        "--limit", type=int, default=20, metavar="N", help="the newest N runs (default 20)"
+    )
+
+    failed = commands.add_parser(
+        "failed", help="the job's failed items (retried first by its next run); forget them"
+    )
+    _add_job_state(failed)
+    failed.add_argument("--json", action="store_true", help='{"job": ..., "items": [...]}')
+    forget = failed.add_mutually_exclusive_group()
+    forget.add_argument(
+        "--forget", metavar="KEY", help="drop the failed item with this destination key"
+    )
+    forget.add_argument("--forget-all", action="store_true", help="drop every failed item")
+
+    pause = commands.add_parser(
+        "pause", help="gracefully stop a running job (it exits 75, resumable)"
+    )
+    _add_job_state(pause)
+    pause.add_argument("--no-wait", action="store_true", help="return once the request is sent")
+
+    resume = commands.add_parser("resume", help="continue a paused or interrupted run")
+    _add_job_state(resume)
+    resume.add_argument("--no-ui", action="store_true")
+    for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
+        resume.add_argument("--" + name.replace("_", "-"), default=None)
+    resume.add_argument(
+        "--notify-url", default=None, metavar="URL", help=BY_NAME["notify_url"].help
+    )
+    resume.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
+    )
+
+    attach = commands.add_parser(
+        "attach", help="the console over a run going on in another process"
+    )
+    _add_job_state(attach)
+    attach.add_argument(
+        "--url", help="a serving process's API (run --serve, serve) instead of the state file"
+    )
+
+    serve = commands.add_parser(
+        "serve", help="the HTTP control API: start, watch, pause and resume the job remotely"
+    )
+    _add_job_state(serve)
+    _add_run_options(serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", default="8080", help="port (default 8080; 0: a free one)")
+
+    coverage = commands.add_parser(
+        "coverage", help="how many expected objects exist; write the gap"
+    )
+    _add_job_state(coverage)
+    _add_run_options(coverage)
+    coverage.add_argument("--json", action="store_true")
+    coverage.add_argument("--gap-file", help="write the missing keys, one per line")
+
+    from tui_backfill.frontends.publish import add_publish_parser
+
+    add_publish_parser(commands, _Parser)
+
+    demo = commands.add_parser(
+        "demo",
+        help="self-contained demo: local S3 server, origin and catalog (or: demo hash-index, demo publish)",
+        description="A job on embedded servers, nothing to configure. `demo` (or `demo images`): "
+        "the image backfill (state/demo.sqlite3, job demo). `demo hash-index`: the content-hash "
+        "index over a local bucket of 3,000 objects and an index with gaps "
+        "(state/demo-hash.sqlite3, job demo-hash). `demo publish`: the media publishing worker "
+        "on a SQLite queue of 300 files (state/demo-publish). Run it again to continue.",
+    )
+    demo.add_argument(
+        "which",
+        nargs="?",
+        choices=DEMOS,
+        default="images",
+        help="which demo (default: images)",
+    )
+    demo.add_argument("--no-ui", action="store_true", help="headless")
+    demo.add_argument(
+        "--fresh", action="store_true", help="start the demo over (wipe its bucket and state)"
+    )
+    demo.add_argument("--limit-skus", type=int, default=None, help="images: SKUs of this run")
+    demo.add_argument(
+        "--dry-run", action="store_true", help="hash-index: plan only; no download, no write"
+    )
+    demo.add_argument(
+        "--verify", action="store_true", help="hash-index: re-hash every hashed object, compare"
+    )
+    demo.add_argument(
+        "--repair", action="store_true", help="hash-index, with --verify: fix mismatched hashes"
+    )
+    demo.add_argument(
+        "--mismatch-file", metavar="F", help="hash-index, with --verify: CSV of mismatches"
+    )
+    demo.add_argument(
+        "--since", metavar="ISO-8601", help="hash-index: only objects modified at or after"
+    )
+    demo.add_argument(
+        "--limit-objects", type=int, metavar="N", help="hash-index: objects of this run"
+    )
+    demo.add_argument("--emit-sql", metavar="F", help="hash-index: also write the upserts as SQL")
+    return parser
+
+
+DEMOS = ("images", "hash-index", "publish")
+DEMO_HASH_ONLY = (
+    "dry_run",
+    "verify",
+    "repair",
+    "mismatch_file",
+    "since",
+    "limit_objects",
+    "emit_sql",
+)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.which == "publish":
+        for name in (*DEMO_HASH_ONLY, "limit_skus"):
+            if getattr(args, name) not in (None, False):
+                raise ConfigError("--" + name.replace("_", "-"), "not an option of `demo publish`")
+        from tui_backfill.frontends.demo_publish import run_demo_publish
+
+        return run_demo_publish(no_ui=args.no_ui, fresh=args.fresh)
+    if args.which == "hash-index":
+        if args.limit_skus is not None:
+            raise ConfigError(
+                "--limit-skus", "only for the image demo; hash-index: --limit-objects"
+            )
+        from tui_backfill.frontends.demo_hash import run_demo_hash
+
+        return run_demo_hash(
+            no_ui=args.no_ui,
+            fresh=args.fresh,
+            dry_run=args.dry_run,
+            verify=args.verify,
+            repair=args.repair,
+            mismatch_file=args.mismatch_file,
+            since=args.since,
+            limit_objects=args.limit_objects,
+            emit_sql=args.emit_sql,
+        )
+    for name in DEMO_HASH_ONLY:
+        if getattr(args, name) not in (None, False):
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(flag, "only for `demo hash-index`, not the image demo")
+    from tui_backfill.frontends.demo import run_demo
+
+    return int(run_demo(no_ui=args.no_ui, limit_skus=args.limit_skus, fresh=args.fresh))
+
+
+def _flags(args: argparse.Namespace) -> dict[str, Any]:
+    flags = {option.name: getattr(args, option.name, None) for option in OPTIONS}
+    if args.command == "hash-index":
+        if flags.get("pipeline") not in (None, "hash-index"):
+            raise ConfigError("--pipeline", "the hash-index command runs pipeline hash-index")
+        flags["pipeline"] = "hash-index"
+        if not flags.get("job") and not os.environ.get("TUI_BACKFILL_JOB"):
+            flags["job"] = "hash-index"
+    return flags
+
+
+def _resolve(args: argparse.Namespace) -> Resolved:
+    resolved = resolve(_flags(args), config=getattr(args, "config", None))
+    if args.command == "hash-index":
+        resolved.explicit["pipeline"] = "--job"  # given by the command: a clash is the job's
+    return resolved
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "publish" or _publish_job(args):
+            from tui_backfill.frontends.publish import generic_command, main_publish
+
+            return main_publish(args) if args.command == "publish" else generic_command(args)
+        if args.command in ("run", "hash-index"):
+            return _cmd_run(args)
+        if args.command == "resume":
+            return _cmd_resume(args)
+        if args.command == "attach":
+            return _cmd_attach(args)
+        if args.command == "serve":
+            return _cmd_serve(args)
+        if args.command == "status":
+            return asyncio.run(_cmd_status(args))
+        if args.command == "runs":
+            return asyncio.run(_cmd_runs(args))
+        if args.command == "failed":
+            return asyncio.run(_cmd_failed(args))
+        if args.command == "pause":
+            return asyncio.run(_cmd_pause(args))
+        if args.command == "coverage":
+            return asyncio.run(_cmd_coverage(args))
+        if args.command == "demo":
+            return _cmd_demo(args)
+    except ConfigError as exc:
+        print(f"tui-backfill: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_PAUSED
+    except BrokenPipeError:
+        # `failed | head`: the listing's reader has all it wanted (a run's own exit code is
+        # kept by running.py, which catches it around its final output)
+        quiet_stdout()
+        if args.command in LISTINGS:
+            return EXIT_OK
+        raise
+    raise AssertionError(args.command)
+
+
+def _publish_job(args: argparse.Namespace) -> bool:
+    """`status|pause|resume|runs --job publish`: the publish job lives in its queue database."""
+    if args.command not in ("status", "pause", "resume", "runs"):
+        return False
+    from tui_backfill.frontends.publish import PUBLISH_JOB
+
+    return (args.job or os.environ.get("TUI_BACKFILL_JOB")) == PUBLISH_JOB
+
+
+# -- run / resume ---------------------------------------------------------------------------
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tui_backfill.pipelines.prepare import RunRequest
+
+    request = RunRequest(
+        _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
+    )
+    serve = _serve_port(args)
+    if serve is None and not args.dry_run and wants_console(args.no_ui):
+        return asyncio.run(run_console(request))
+    return asyncio.run(run_headless(request, serve=serve))
+
+
+def _port(text: str, field: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(field, f"{text!r}: accepted a port number from 0 to 65535")
+    return int(text)
+
+
+def _serve_port(args: argparse.Namespace) -> int | None:
+    """`--serve PORT`: the API for this headless run (the token rules of `serve` apply)."""
+    if args.serve is None:
+        return None
+    if getattr(args, "dry_run", False):
+        raise ConfigError("--serve", "a dry run is not served; drop --serve or --dry-run")
+    return _port(args.serve, "--serve")
+
+
+def _cmd_attach(args: argparse.Namespace) -> int:
+    if not has_terminal():
+        raise ConfigError(
+            "attach", "needs a terminal (use `status` or `status --json` without one)"
+        )
+    if args.url:
+        return asyncio.run(attach_url(args.url, job=args.job))
+    state, job = _job_state(args)
+    return asyncio.run(attach_console(state, job))
+
+
+async def attach_url(url: str, job: str | None = None) -> int:
+
+    from tui_backfill.frontends.api import TOKEN_ENV
+    from tui_backfill.frontends.ui.app import BackfillApp
+    from tui_backfill.frontends.ui.controller import HttpController
+
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("--url", f"{url!r}: expected http(s)://host:port")
+    controller = HttpController(url, token=os.environ.get(TOKEN_ENV, ""), job=job)
+    try:
+        await controller.check()
+        await BackfillApp(controller).run_async()
+    finally:
+        await controller.close()
+    return EXIT_OK
+
+
+async def attach_console(state: str, job: str) -> int:
+    from tui_backfill.frontends.ui.app import BackfillApp
+    from tui_backfill.frontends.ui.controller import AttachedController
+    from tui_backfill.state.sqlite import open_state
+
+    async with open_state(state, check=True) as store:
+        if await store.latest_run(job, include_dry=False) is None:
+            raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+        app = BackfillApp(AttachedController(store, state, job))
+        await app.run_async()
+    return EXIT_OK
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from tui_backfill.pipelines.prepare import RunRequest
+    from tui_backfill.state.lock import JobLock
+
+    resolved = _resolve(args)
+    holder = JobLock(resolved.settings.state, resolved.settings.job).holder()
+    if holder is not None:
+        # A live process holds the run (paused in place by a console): release it.
+        asyncio.run(_send(resolved.settings.state, resolved.settings.job, Command.RESUME))
+        print(
+            f"resume sent to job {resolved.settings.job!r} running in process {holder}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    request = RunRequest(resolved, resume_only=True)
+    serve = _serve_port(args)
+    if serve is None and wants_console(args.no_ui):
+        return asyncio.run(run_console(request))
+    return asyncio.run(run_headless(request, serve=serve))
+
+
+# -- serve ----------------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+
+    from tui_backfill.frontends.api import check_bind
+    from tui_backfill.pipelines.config import validate_for_run
+    from tui_backfill.seams.sources import check_source
+
+    port = _port(args.port, "--port")
+    token = check_bind(args.host, os.environ)
+    resolved = _resolve(args)
+    validate_for_run(resolved.settings, resolved.explicit)  # by the job's pipeline
+    if resolved.settings.pipeline == "mirror":  # the image job's catalog (the hash index lists)
+        check_source(resolved.settings)
+    return asyncio.run(serve_api(resolved, host=args.host, port=port, token=token))
+
+
+async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> int:
+    """The control API until SIGINT/SIGTERM; a run it started then pauses at its checkpoint."""
+    from tui_backfill.frontends.api import ApiServer
+    from tui_backfill.frontends.service import JobService
+
+    log_to_stderr()
+    service = JobService(resolved)
+    server = await ApiServer(service, host=host, port=port, token=token).start()
+    job = resolved.settings.job
+    print(
+        f"tui-backfill: serving job {job!r} on {server.url} (OpenAPI at {server.url}/api/openapi.json)",
+        file=sys.stderr,
+        flush=True,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        if service.live:
+            print("tui-backfill: stopping; the run pauses at its checkpoint", file=sys.stderr)
+        await service.close()
+        await server.stop()
+    return EXIT_OK
+
+
+# -- status / pause -------------------------------------------------------------------------
+
+
+def _job_state(args: argparse.Namespace) -> tuple[str, str]:
+    settings = _resolve(args).settings
+    return settings.state, settings.job
+
+
+async def status_snapshot(state: str, job: str) -> JobStatus:
+    """The status of the job's latest run, marked live or not."""
+    from tui_backfill.frontends.status import job_status
+    from tui_backfill.state.sqlite import open_state
+
+    async with open_state(state, check=True) as store:
+        status = await job_status(store, state, job)
+    if status is None:
+        raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+    return status
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    from tui_backfill.frontends.headless import status_text
+
+    state, job = _job_state(args)
+    status = await status_snapshot(state, job)
+    print(json.dumps(status.to_json(), indent=2) if args.json else status_text(status))
+    return EXIT_OK
+
+
+async def _cmd_runs(args: argparse.Namespace) -> int:
+    from tui_backfill.frontends.history import history_text, run_history
+    from tui_backfill.state.sqlite import open_state
+
+    if args.limit < 1:
+        raise ConfigError("--limit", f"{args.limit}: accepted a positive number of runs")
+    state, job = _job_state(args)
+    async with open_state(state, check=True) as store:
+        entries = await run_history(store, job, limit=args.limit, state_path=state)
+    if not entries:
+        raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+    if args.json:
+        print(json.dumps({"job": job, "runs": entries}, indent=2))
+    else:
+        print(history_text(entries))
+    return EXIT_OK
+
+
+# -- failed items ---------------------------------------------------------------------------
+
+
+async def _cmd_failed(args: argparse.Namespace) -> int:
+    """List the job's failed items, or forget some: a failed item is retried first by every
+    later run until it succeeds, which a `bad_sku` never does; the operator decides."""
+    from tui_backfill.state.sqlite import open_state
+
+    state, job = _job_state(args)
+    async with open_state(state, check=True) as store:
+        if args.forget is not None or args.forget_all:
+            return await _forget_failed(store, state, job, args)
+        items = await store.failed_items(job)
+        if not items and await store.latest_run(job) is None:
+            raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+    _print_failed(job, items, as_json=args.json)
+    return EXIT_OK
+
+
+def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
+    from tui_backfill.frontends.status import failed_items_json
+    from tui_backfill.seams.keys import visible
+
+    if as_json:
+        print(json.dumps({"job": job, "items": failed_items_json(items)}, indent=2))
+        return
+    if not items:
+        print(f"job {job!r} has no failed items")
+        return
+    print("key\tcode\tattempts\trun\tmessage")
+    for item in items:
+        fields = (visible(item.key), item.code, item.attempts, item.run_id, visible(item.message))
+        print("\t".join(str(field) for field in fields))
+
+
+async def _forget_failed(store: JobStore, state: str, job: str, args: argparse.Namespace) -> int:
+    """Forget under the job lock: a run starting meanwhile would read the items as carryover
+    and write them back; the lock makes that exit 2 instead (and refuses while one runs)."""
+    from tui_backfill.state.lock import JobLock
+
+    lock = JobLock(state, job)
+    lock.acquire(job)  # JobBusy (exit 2, naming the pid) while a process runs the job
+    try:
+        if args.forget_all:
+            count = await store.forget_all_failed(job)
+        else:
+            count = await store.forget_failed(job, args.forget)
+            if count == 0:
+                raise ConfigError(
+                    "--forget",
+                    f"no failed item of job {job!r} has the key {args.forget!r}; "
+                    "`tui-backfill failed` lists their keys",
+                )
+    finally:
+        lock.release()
+    if args.json:
+        print(json.dumps({"job": job, "forgotten": count}))
+    else:
+        print(f"forgot {count} failed item(s) of job {job!r}")
+    return EXIT_OK
+
+
+async def _send(state: str, job: str, command: Command, arg: str | None = None) -> None:
+    from tui_backfill.state.sqlite import open_state
+
+    async with open_state(state) as store:
+        await store.send_command(job, command, arg)
+
+
+async def _cmd_pause(args: argparse.Namespace) -> int:
+    from tui_backfill.state.lock import JobLock
+
+    state, job = _job_state(args)
+    lock = JobLock(state, job)
+    holder = lock.holder()
+    if holder is None:
+        raise ConfigError("--job", f"job {job!r} is not running (nothing to pause)")
+    await _send(state, job, Command.STOP)
+    print(f"pause sent to job {job!r} (process {holder})", file=sys.stderr)
+    if args.no_wait:
+        return EXIT_OK
+    deadline = time.monotonic() + 120
+    while lock.holder() is not None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    if lock.holder() is not None:
+        print(f"job {job!r} is still finishing in-flight items", file=sys.stderr)
+        return EXIT_PAUSED
+    from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
+    from tui_backfill.seams.keys import visible
+
+    checkpoint = (await status_snapshot(state, job)).snapshot.checkpoint
+    if isinstance(checkpoint, KeyCheckpoint):
+        position, past = f"lastKey {visible(str(checkpoint.last_key))}", len(checkpoint.done_after)
+        beyond = f", {past:,} keys after it done"
+    else:
+        position = f"lastSku {visible(str(checkpoint.last_sku))}"
+        past = len(checkpoint.completed_angles)
+        beyond = f", {past:,} SKUs after it partly done"
+    print(f"paused at checkpoint {position}" + (beyond if past else ""), file=sys.stderr)
+    return EXIT_OK
+
+
+# -- coverage -------------------------------------------------------------------------------
+
+
+async def _cmd_coverage(args: argparse.Namespace) -> int:
+    from tui_backfill.pipelines.mirror.coverage import coverage_report, coverage_text
+
+    resolved = _resolve(args)
+    run = await _latest_hash_run(resolved.settings.state, resolved.settings.job)
+    if run is not None:
+        from tui_backfill.pipelines.hash_index.coverage import hash_coverage, hash_coverage_text
+
+        if args.gap_file:
+            raise ConfigError("--gap-file", "only for an image job; a hash-index job has none")
+        report = await hash_coverage(run)
+        print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report))
+        return EXIT_OK
+    report = await coverage_report(resolved, gap_file=args.gap_file)
+    print(json.dumps(report, indent=2) if args.json else coverage_text(report))
+    return EXIT_OK
+
+
+async def _latest_hash_run(state: str, job: str) -> Any:
+    """The job's latest run when the job is a hash-index one (None otherwise)."""
+    from pathlib import Path
+
+    if not Path(state).exists():
+        return None
+    from tui_backfill.state.sqlite import open_state
+
+    async with open_state(state, check=True) as store:
+        run = await store.latest_run(job, include_dry=False)
+    return run if run is not None and run.pipeline == "hash-index" else None
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

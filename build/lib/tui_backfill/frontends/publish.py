@@ -1,0 +1,313 @@
+"""The publishing worker's commands: `publish worker | enqueue | init-db | status | pause |
+resume | runs`.
+
+A publish job lives in its queue database, not in the state file: `status`, `pause`, `resume`
+and `runs` read and write the database (`publish_workers`, `publish_commands`), so they work
+from any machine that can reach it. `tui-backfill status --job publish` (and pause, resume,
+runs) come here too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from tui_backfill.frontends.running import EXIT_OK, has_terminal
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.publish.settings import OPTS, PublishSettings, resolve_publish
+
+PROGRESS_EVERY = 5.0
+PUBLISH_JOB = "publish"  # the pipeline's default job name: `status --job publish` routes here
+
+
+def add_publish_parser(commands: Any, parser_class: type[argparse.ArgumentParser]) -> None:
+    publish = commands.add_parser(
+        "publish",
+        help="the media publishing worker: WebP variants of a jobs table's files",
+        description="Workers share one job queue (PostgreSQL or SQLite): each claims jobs, "
+        "downloads the source from the private store, makes the thumb and display WebP variants, "
+        "uploads them and records the CDN URLs. Settings: flags, environment (the seed's names "
+        "or TUI_BACKFILL_*), .env, TOML.",
+    )
+    verbs = publish.add_subparsers(dest="verb", required=True, parser_class=parser_class)
+    worker = verbs.add_parser("worker", help="claim and process jobs until stopped")
+    _common(worker)
+    for opt in OPTS:
+        if opt.secret:
+            continue
+        if opt.kind is bool:
+            worker.add_argument(
+                opt.flag, action=argparse.BooleanOptionalAction, default=None, help=opt.help
+            )
+        else:
+            worker.add_argument(opt.flag, default=None, metavar=opt.name.upper(), help=opt.help)
+    worker.add_argument(
+        "--burst", action="store_true", help="exit when nothing is claimable now and none in flight"
+    )
+    worker.add_argument(
+        "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
+    )
+    worker.add_argument("--worker-id", help="this instance's id (default host:pid)")
+
+    enqueue = verbs.add_parser(
+        "enqueue", help="a job for every unpublished file without one (idempotent)"
+    )
+    _common(enqueue)
+    enqueue.add_argument("--file-id", type=int, help="only this auction_files id")
+    enqueue.add_argument("--database-url", help="the queue (else DATABASE_URL)")
+    enqueue.add_argument("--max-retries", help="max_retries of the new jobs (else MAX_RETRIES, 5)")
+
+    init_db = verbs.add_parser(
+        "init-db", help="create the tables, or add the worker's columns and the NOTIFY trigger"
+    )
+    _common(init_db)
+    init_db.add_argument("--database-url", help="the queue (else DATABASE_URL)")
+
+    for verb, text in (
+        ("status", "queue figures and live instances, read from the database"),
+        ("pause", "every instance (or --worker) stops claiming; in-flight jobs finish"),
+        ("resume", "instances claim again"),
+        ("runs", "instance sessions of the job"),
+    ):
+        sub = verbs.add_parser(verb, help=text)
+        _common(sub)
+        sub.add_argument("--database-url", help="the queue (else DATABASE_URL)")
+        if verb in ("status", "runs"):
+            sub.add_argument("--json", action="store_true")
+        if verb in ("pause", "resume"):
+            sub.add_argument("--worker", help="one instance's id (default: all of the job)")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--job", help=f"job name (default: {PUBLISH_JOB})")
+    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument("--env-file", help="a .env file (default: ./.env when present)")
+
+
+def _settings(args: argparse.Namespace) -> PublishSettings:
+    flags = {opt.name: getattr(args, opt.name, None) for opt in OPTS if not opt.secret}
+    return resolve_publish(flags, env_file=args.env_file, config=args.config, job=args.job)
+
+
+def main_publish(args: argparse.Namespace) -> int:
+    if args.verb == "worker":
+        return _cmd_worker(args)
+    return asyncio.run(_QUEUE_COMMANDS[args.verb](args))
+
+
+# -- worker ---------------------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from tui_backfill.frontends.logs import log_to_stderr
+    from tui_backfill.pipelines.publish.settings import validate_worker
+
+    settings = _settings(args)
+    validate_worker(settings)
+    if not args.no_ui and has_terminal():
+        return asyncio.run(_console(settings, args))
+    log_to_stderr()
+    return asyncio.run(_headless(settings, args))
+
+
+async def _headless(settings: PublishSettings, args: Any) -> int:
+    from tui_backfill.pipelines.publish.prepare import prepared_worker
+
+    async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, worker.stop)
+        print(
+            f"tui-backfill: publish worker {worker.id} on {_where(settings)}, "
+            f"concurrency {settings.concurrency}" + (" (burst)" if args.burst else ""),
+            file=sys.stderr,
+            flush=True,
+        )
+        reporter = asyncio.create_task(_progress(worker))
+        try:
+            code = await worker.run()
+        finally:
+            reporter.cancel()
+            await asyncio.gather(reporter, return_exceptions=True)
+        print(json.dumps(worker.snapshot().to_json(), indent=2), flush=True)
+        return code
+
+
+def _where(settings: PublishSettings) -> str:
+    from tui_backfill.pipelines.publish.settings import redact_database_url
+
+    return redact_database_url(settings.database_url)
+
+
+async def _progress(worker: Any) -> None:
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY)
+        snap = worker.snapshot()
+        c, q = snap.counters, snap.queue
+        print(
+            f"tui-backfill: {snap.state}: {c.published:,} published, {c.skipped:,} skipped, "
+            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed; in flight "
+            f"{snap.in_flight}/{snap.concurrency}; queue {q.pending:,} pending, "
+            f"{q.needing_attention:,} need attention; {snap.per_second * 60:,.1f} jobs/min",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+async def _console(settings: PublishSettings, args: Any) -> int:
+    from tui_backfill.frontends.logs import log_to_file
+    from tui_backfill.frontends.ui.publish import PublishApp
+    from tui_backfill.pipelines.publish.prepare import prepared_worker
+
+    log_to_file(f"state/{settings.job}.publish")
+    async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
+        app = PublishApp(worker)
+        run = asyncio.create_task(worker.run())
+        app.worker_task = run
+        await app.run_async()
+        worker.stop()
+        return await run
+
+
+# -- the queue's commands -------------------------------------------------------------------
+
+
+async def _cmd_init_db(args: argparse.Namespace) -> int:
+    from tui_backfill.seams.queue import open_queue
+
+    settings = _settings(args)
+    from tui_backfill.pipelines.publish.settings import validate_queue
+
+    validate_queue(settings)
+    queue = await open_queue(settings.database_url)
+    try:
+        await queue.init_db()
+    finally:
+        await queue.close()
+    print(f"publish tables ready in {_where(settings)}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _cmd_enqueue(args: argparse.Namespace) -> int:
+    from tui_backfill.pipelines.publish.prepare import opened_queue
+
+    settings = _settings(args)
+    async with opened_queue(settings, create=True) as queue:
+        created = await queue.enqueue(file_id=args.file_id, max_retries=settings.max_retries)
+    print(json.dumps({"job": settings.job, "enqueued": created}))
+    return EXIT_OK
+
+
+async def job_snapshot(settings: PublishSettings) -> Any:
+    """The job's status from the database alone (no instance of ours): `status` anywhere."""
+    from tui_backfill.core.snapshot import utc_now_iso
+    from tui_backfill.pipelines.publish.prepare import opened_queue
+    from tui_backfill.pipelines.publish.snapshot import InstanceCounters, PublishSnapshot
+
+    async with opened_queue(settings) as queue:
+        figures = await queue.figures()
+        workers = await queue.workers(settings.job, live_within=settings.lease)
+        attention = await queue.attention(20)
+    live = [w for w in workers if w.stopped_at is None and w.state != "lost"]
+    state = "idle" if not live else ("held" if all(w.state == "held" for w in live) else "running")
+    return PublishSnapshot(
+        job=settings.job,
+        worker=None,
+        state=state,
+        started_at=min((w.started_at for w in live), default=""),
+        last_update_at=utc_now_iso(),
+        concurrency=settings.concurrency,
+        in_flight=figures.processing,
+        counters=InstanceCounters(),
+        per_second=0.0,
+        error_rate=0.0,
+        queue=figures,
+        workers=tuple(workers),
+        attention=tuple(attention),
+    )
+
+
+async def _cmd_status(args: argparse.Namespace) -> int:
+    snap = await job_snapshot(_settings(args))
+    print(json.dumps(snap.to_json(), indent=2) if args.json else snap.status_text())
+    return EXIT_OK
+
+
+async def _cmd_runs(args: argparse.Namespace) -> int:
+    from tui_backfill.pipelines.publish.prepare import opened_queue
+
+    settings = _settings(args)
+    async with opened_queue(settings) as queue:
+        rows = await queue.workers(settings.job, live_within=settings.lease)
+    if not rows:
+        raise ConfigError(
+            "--job", f"job {settings.job!r} has no worker sessions in {_where(settings)}"
+        )
+    if getattr(args, "json", False):
+        from tui_backfill.pipelines.publish.snapshot import _worker_json
+
+        print(json.dumps({"job": settings.job, "runs": [_worker_json(r) for r in rows]}, indent=2))
+        return EXIT_OK
+    print("worker\tstate\tstarted\tstopped\tpublished\tfailed")
+    for row in rows:
+        stats = json.loads(row.stats) if row.stats else {}
+        print(
+            f"{row.id}\t{row.state}\t{row.started_at}\t{row.stopped_at or '-'}\t"
+            f"{stats.get('published', 0)}\t{stats.get('failedPermanent', 0)}"
+        )
+    return EXIT_OK
+
+
+async def _command(args: argparse.Namespace, command: str) -> int:
+    from tui_backfill.pipelines.publish.prepare import opened_queue
+
+    settings = _settings(args)
+    async with opened_queue(settings) as queue:
+        live = [
+            w
+            for w in await queue.workers(settings.job, live_within=settings.lease)
+            if w.stopped_at is None and w.state != "lost"
+        ]
+        if args.worker and args.worker not in {w.id for w in live}:
+            raise ConfigError(
+                "--worker", f"{args.worker!r} is not a live worker of job {settings.job!r}"
+            )
+        if not live:
+            raise ConfigError("--job", f"job {settings.job!r} has no live worker")
+        await queue.post_command(settings.job, command, args.worker)
+    target = args.worker or f"{len(live)} live worker(s) of job {settings.job!r}"
+    print(f"{command} sent to {target}", file=sys.stderr)
+    return EXIT_OK
+
+
+async def _cmd_pause(args: argparse.Namespace) -> int:
+    return await _command(args, "pause")
+
+
+async def _cmd_resume(args: argparse.Namespace) -> int:
+    return await _command(args, "resume")
+
+
+_QUEUE_COMMANDS = {
+    "init-db": _cmd_init_db,
+    "enqueue": _cmd_enqueue,
+    "status": _cmd_status,
+    "runs": _cmd_runs,
+    "pause": _cmd_pause,
+    "resume": _cmd_resume,
+}
+
+
+def generic_command(args: argparse.Namespace) -> int:
+    """`status|pause|resume|runs --job publish`: the same as `publish <verb>`."""
+    args.verb = args.command
+    for name in ("env_file", "database_url", "worker"):
+        if not hasattr(args, name):
+            setattr(args, name, None)
+    if not hasattr(args, "json"):
+        args.json = False
+    return asyncio.run(_QUEUE_COMMANDS[args.verb](args))

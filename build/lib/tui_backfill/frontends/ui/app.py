@@ -1,0 +1,253 @@
+"""The operator console: a full-screen Textual app over a controller (snapshots + commands).
+
+It holds no engine logic. It reads a snapshot at a bounded rate (once a second, and at once
+after a key; a snapshot that changes faster simply replaces the previous one, nothing queues),
+renders it in panels, and turns keys into commands. With a local engine it owns the run: `q`
+pauses and saves before quitting (exit 75), a lost terminal (SIGHUP) does the same. Attached to a run in
+another process, it only reads and sends commands; closing it never stops that run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import signal
+import threading
+from collections.abc import Awaitable, Callable
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.reactive import reactive
+from textual.widgets import Footer, Static
+
+from tui_backfill.frontends.ui.controller import CommandFailed, Controller, LocalController
+from tui_backfill.frontends.ui.events import notable_events
+from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+from tui_backfill.frontends.ui.widgets import (
+    CheckpointPanel,
+    CountersPanel,
+    ErrorsPanel,
+    EventLog,
+    HeaderBar,
+    ProgressPanel,
+)
+from tui_backfill.pipelines.snapshots import AnySnapshot
+
+# Once a second, like top: each redraw of the panels costs Textual most of the console's ~12 ms
+# of CPU per second (bench/console_tick.py); at 2 Hz that was 4-5 % of a busy run's CPU
+# (bench/console_cost.py). Keys refresh at once anyway.
+REFRESH_EVERY = 1.0
+EXIT_PAUSED = 75
+
+
+class BackfillApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "tui-backfill"
+    ENABLE_COMMAND_PALETTE = False
+
+    BINDINGS = [
+        Binding("p", "pause", "Pause", id="pause"),
+        Binding("r", "resume", "Resume", id="resume"),
+        Binding("plus,equals_sign", "faster", "+fetch", key_display="+", id="faster"),
+        Binding("minus", "slower", "-fetch", key_display="-", id="slower"),
+        Binding("f", "failed", "Failed", id="failed"),
+        Binding("question_mark", "help", "Help", key_display="?", id="help"),
+        Binding("q", "quit_console", "Quit", id="quit"),
+        Binding("ctrl+q,ctrl+c", "quit_console", "Quit", show=False, priority=True, id="quit-ctrl"),
+    ]
+
+    run_state: reactive[str] = reactive("running", bindings=True)
+    """The run's state as last seen; decides which keys the footer offers."""
+    live: reactive[bool] = reactive(True, bindings=True)
+    """Whether a process is working on the run (attached consoles may see it end)."""
+
+    def __init__(
+        self,
+        controller: Controller,
+        *,
+        clock: Callable[[], dt.datetime] | None = None,
+        poll: bool = True,
+    ) -> None:
+        super().__init__()
+        self.controller = controller
+        self._clock = clock or (lambda: dt.datetime.now().astimezone())
+        self._poll = poll
+        self._previous: AnySnapshot | None = None
+        self.snapshot: AnySnapshot | None = None
+        self.exit_code: int | None = None
+        self._engine_done = asyncio.Event()
+        self._quitting = False
+        self._terminal_lost = False
+
+    def compose(self) -> ComposeResult:
+        yield HeaderBar(id="header")
+        yield ProgressPanel(id="progress")
+        yield CountersPanel(id="counters")
+        with Horizontal(id="middle"):
+            with Vertical(id="errors-box"):
+                yield Static("errors by code", classes="panel-title")
+                yield ErrorsPanel(id="errors")
+            with Vertical(id="checkpoint-box"):
+                yield Static("checkpoint", classes="panel-title")
+                yield CheckpointPanel(id="checkpoint")
+        yield EventLog(id="log")
+        yield Footer()
+
+    async def on_mount(self) -> None:
+        if isinstance(self.controller, LocalController):
+            self.run_worker(
+                self._run_engine(),
+                group="engine",
+                description="backfill engine",
+                exit_on_error=False,
+            )
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGHUP, signal.SIGTERM):
+                try:
+                    loop.add_signal_handler(signum, self._on_signal, signum)
+                except (NotImplementedError, RuntimeError):
+                    pass
+        await self.refresh_snapshot()
+        if self._poll:
+            self.set_interval(REFRESH_EVERY, self.refresh_snapshot, name="snapshot-poll")
+
+    async def _run_engine(self) -> None:
+        assert isinstance(self.controller, LocalController)
+        try:
+            result = await self.controller.engine.run()
+            self.exit_code = result.exit_code
+        except Exception as exc:  # the engine persisted what it could; show why it stopped
+            self.exit_code = 3
+            self.query_one(EventLog).write(f"{self._clock():%H:%M:%S} engine stopped: {exc}")
+        finally:
+            self._engine_done.set()
+        await self.refresh_snapshot()
+        stopped = self.snapshot is not None and self.snapshot.state == "paused"
+        if self._quitting or stopped:
+            # Stopped by q, a signal or `pause` from another shell: the run is resumable and
+            # this process must let go of the job (a held run never ends the engine).
+            self._leave(self.exit_code)
+
+    def _leave(self, code: int | None) -> None:
+        """Exit the app; after a lost terminal, make sure the process ends all the same."""
+        if self._terminal_lost:
+            # The checkpoint is committed by now. Textual's shutdown can block writing to a
+            # terminal that is gone (seen: its writer queue never drains), so bound it.
+            watchdog = threading.Timer(5.0, os._exit, args=(EXIT_PAUSED if code is None else code,))
+            watchdog.daemon = True
+            watchdog.start()
+        self.exit(code)
+
+    def _on_signal(self, signum: int | None = None) -> None:
+        """A lost terminal or a TERM: pause, persist, exit 75 (the run stays resumable)."""
+        self._quitting = True
+        if signum == signal.SIGHUP:
+            self._terminal_lost = True
+        assert isinstance(self.controller, LocalController)
+        self.controller.stop()
+        if self._engine_done.is_set():
+            self._leave(self.exit_code if self.exit_code is not None else EXIT_PAUSED)
+
+    async def refresh_snapshot(self) -> None:
+        snap = await self.controller.snapshot()
+        if snap is None:
+            return
+        self.apply_snapshot(snap)
+
+    def apply_snapshot(self, snap: AnySnapshot) -> None:
+        self.snapshot = snap
+        self.run_state = snap.state
+        self.live = snap.live and not (
+            isinstance(self.controller, LocalController) and self._engine_done.is_set()
+        )
+        now = self._clock()
+        self.query_one(HeaderBar).show(snap, attached=self.controller.attached)
+        self.query_one(ProgressPanel).show(snap, now)
+        self.query_one(CountersPanel).show(snap)
+        self.query_one(ErrorsPanel).show(snap)
+        self.query_one(CheckpointPanel).show(snap)
+        stamp = now.strftime("%H:%M:%S")
+        self.query_one(EventLog).write(
+            *(f"{stamp} {event}" for event in notable_events(self._previous, snap))
+        )
+        self._previous = snap
+
+    # -- keys -------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "pause":
+            return self.live and self.run_state == "running"
+        if action == "resume":
+            return self.live and self.run_state in ("pausing", "paused")
+        if action in ("faster", "slower"):
+            return self.live and self.run_state in ("running", "pausing", "paused")
+        return True
+
+    async def _command(self, call: Awaitable[object]) -> bool:
+        """A command to the run; one that cannot reach it is a notice, not a crash."""
+        try:
+            await call
+        except CommandFailed as exc:
+            self.notify(str(exc), severity="error")
+            return False
+        return True
+
+    async def action_pause(self) -> None:
+        if not await self._command(self.controller.pause()):
+            return
+        self.query_one(EventLog).write(
+            f"{self._clock():%H:%M:%S} pause requested: finishing in-flight items"
+        )
+        await self.refresh_snapshot()
+
+    async def action_resume(self) -> None:
+        await self._command(self.controller.resume())
+        await self.refresh_snapshot()
+
+    async def _change_concurrency(self, delta: int) -> None:
+        current = self.snapshot.concurrency if self.snapshot else 1
+        target = max(1, min(current + delta, self.controller.max_concurrency))
+        if target == current:
+            self.notify(
+                f"concurrency stays {current} (range 1 to {self.controller.max_concurrency})"
+            )
+            return
+        await self._command(self.controller.set_concurrency(target))
+        await self.refresh_snapshot()
+
+    async def action_faster(self) -> None:
+        await self._change_concurrency(+1)
+
+    async def action_slower(self) -> None:
+        await self._change_concurrency(-1)
+
+    async def action_failed(self) -> None:
+        try:
+            items = await self.controller.failed_items()
+        except CommandFailed as exc:
+            self.notify(str(exc), severity="error")
+            return
+        await self.push_screen(FailedItemsScreen(items))
+
+    async def action_help(self) -> None:
+        await self.push_screen(HelpScreen())
+
+    async def action_quit_console(self) -> None:
+        local = isinstance(self.controller, LocalController)
+        if not local:
+            self.exit(0)  # detach: the run goes on in its own process
+            return
+        if self._engine_done.is_set():
+            self.exit(self.exit_code)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self._on_signal()
+                self.query_one(EventLog).write(
+                    f"{self._clock():%H:%M:%S} quitting: pausing and saving the checkpoint"
+                )
+
+        await self.push_screen(QuitScreen(state=self.run_state), answered)

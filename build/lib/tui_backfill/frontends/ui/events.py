@@ -1,0 +1,38 @@
+"""Notable events for the console's log, derived from two successive snapshots (pure)."""
+
+from __future__ import annotations
+
+from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.snapshots import AnySnapshot
+
+
+def notable_events(previous: AnySnapshot | None, current: AnySnapshot) -> list[str]:
+    if previous is None:
+        if isinstance(current, HashSnapshot):
+            where = f"s3://{current.bucket}/{current.prefix}"
+            return [
+                f"run {current.run_id} of job {current.job}: {current.state}, {current.mode} {where}"
+            ]
+        return [
+            f"run {current.run_id} of job {current.job}: {current.state}, {current.planned_skus:,} SKUs planned"
+        ]
+    events: list[str] = []
+    if current.state != previous.state:
+        events.append(f"state {previous.state} -> {current.state}")
+    if current.concurrency != previous.concurrency:
+        events.append(f"concurrency {previous.concurrency} -> {current.concurrency}")
+    before = previous.counters.errors_by_code
+    for code, count in sorted(current.counters.errors_by_code.items()):
+        added = count - before.get(code, 0)
+        if added > 0:
+            message = current.last_errors.get(code, "")
+            events.append(f"retry: {code} x{added}" + (f" ({message})" if message else ""))
+    failed = current.counters.failed_items - previous.counters.failed_items
+    if failed > 0:
+        events.append(f"{failed} item(s) failed after all attempts (f lists them)")
+    if current.checkpoint_saved_at and current.checkpoint_saved_at != previous.checkpoint_saved_at:
+        unit = "key" if isinstance(current, HashSnapshot) else "SKU"
+        events.append(f"checkpoint saved at {unit} {current.checkpoint_saved_sku}")
+    if current.message and current.message != previous.message:
+        events.append(f"error: {current.message}")
+    return events

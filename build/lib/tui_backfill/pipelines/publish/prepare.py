@@ -1,0 +1,133 @@
+"""A publish worker made ready: settings checked, the queue opened (and its schema checked, or
+on SQLite created), the bucket's preflight passed, the media step wired to the real seams.
+
+Everything that can be wrong before the first claim is found here, as a ConfigError (exit 2):
+a missing secret, a malformed CDN_BASE_URL, an unreachable DATABASE_URL, a seed database
+lacking the worker's columns, a missing bucket, rejected credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+from typing import Any
+
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.publish.settings import PublishSettings, validate_queue, validate_worker
+from tui_backfill.pipelines.publish.worker import CACHE_CONTROL, MediaStep, PublishWorker
+from tui_backfill.seams.queue import open_queue
+from tui_backfill.seams.queue.base import JobQueue
+
+
+@contextlib.asynccontextmanager
+async def opened_queue(
+    settings: PublishSettings, *, create: bool = False
+) -> AsyncIterator[JobQueue]:
+    """The job's queue. `create`: make the tables on SQLite (a worker's first start); on
+    PostgreSQL only `init-db` changes the schema, and a missing column is exit 2."""
+    validate_queue(settings)
+    queue = await open_queue(settings.database_url)
+    try:
+        if create and settings.database_url.startswith("sqlite:"):
+            await queue.init_db()
+        else:
+            await queue.check_schema()
+        yield queue
+    finally:
+        await queue.close()
+
+
+def _variant_specs(settings: PublishSettings) -> list[Any]:
+    from tui_backfill.seams.media.variants import VariantSpec
+
+    return [
+        VariantSpec("thumb", *settings.box("thumb_size")),
+        VariantSpec("display", *settings.box("display_size")),
+    ]
+
+
+@contextlib.asynccontextmanager
+async def prepared_worker(
+    settings: PublishSettings, *, burst: bool = False, worker: str | None = None
+) -> AsyncIterator[PublishWorker]:
+    import aiohttp
+
+    from tui_backfill.seams.bucket import Bucket
+    from tui_backfill.seams.media.source import download_source
+    from tui_backfill.seams.media.variants import make_variants
+
+    validate_worker(settings)
+    credentials = (
+        (settings.key_id, settings.app_key) if settings.key_id and settings.app_key else None
+    )
+    async with contextlib.AsyncExitStack() as stack:
+        queue = await stack.enter_async_context(opened_queue(settings, create=True))
+        bucket = await stack.enter_async_context(
+            Bucket(
+                settings.bucket,
+                endpoint_url=settings.endpoint_url,
+                region=settings.region,
+                path_style=settings.path_style,
+                timeout=settings.timeout,
+                pool_size=settings.concurrency * 2 + 2,
+                credentials=credentials,
+            )
+        )
+        await _preflight(bucket, settings)
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=settings.concurrency * 2 + 2),
+                auto_decompress=False,
+            )
+        )
+
+        async def put(key: str, body: bytes) -> None:
+            await bucket.put(
+                key, body, "image/webp", if_none_match=True, cache_control=CACHE_CONTROL
+            )
+
+        fetch = functools.partial(
+            _fetch,
+            download_source,
+            http,
+            settings.raid_endpoint,
+            settings.raid_secret,
+            settings.max_source_bytes,
+            settings.timeout,
+        )
+        variants = functools.partial(
+            make_variants,
+            specs=_variant_specs(settings),
+            quality=settings.webp_quality,
+            max_pixels=settings.max_pixels,
+        )
+        step = MediaStep(fetch=fetch, variants=variants, exists=bucket.exists, put=put)
+        yield PublishWorker(settings, queue, step, worker=worker, burst=burst)
+
+
+# The bucket seam names the image job's fields; a publish worker's come from B2_* (or flags).
+_BUCKET_FIELDS = {
+    "AWS_ACCESS_KEY_ID": "key_id",
+    "--bucket": "bucket",
+    "--endpoint-url": "endpoint_url",
+}
+
+
+async def _preflight(bucket: Any, settings: PublishSettings) -> None:
+    """HeadBucket before the first claim; its refusal named in the worker's own variables."""
+    try:
+        await bucket.preflight()
+    except ConfigError as exc:
+        name = _BUCKET_FIELDS.get(exc.field)
+        if name is None or (name == "key_id" and not settings.key_id):
+            raise
+        message = str(exc).removeprefix(f"{exc.field}: ")
+        raise ConfigError(settings.where(name), message) from None
+
+
+async def _fetch(
+    download: Any, http: Any, endpoint: str, secret: str, max_bytes: int, timeout: float, key: str
+) -> bytes:
+    body: bytes = await download(http, endpoint, key, secret, max_bytes=max_bytes, timeout=timeout)
+    return body

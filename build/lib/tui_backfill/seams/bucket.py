@@ -1,0 +1,478 @@
+"""The destination bucket through aiobotocore: preflight, existence, listing, conditional PUT.
+
+One client per run, reused connections, botocore's own retries off (the engine owns retries).
+Every call is bounded as a whole by the bucket's timeout, not only by socket timeouts: a server
+that trickles its answer a byte at a time would otherwise hold a call indefinitely.
+Failures are classified into the engine's codes: `s3_SlowDown` and other 5xx/throttling are
+retryable, rejected credentials and a missing bucket are fatal, other 4xx are permanent. Only
+transport and S3 failures are classified: any other exception is a bug in our code and leaves
+the bucket's methods unchanged, never as a retryable error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import enum
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import aiobotocore.session
+import aiohttp
+import botocore.exceptions
+import botocore.parsers
+import botocore.utils
+from aiobotocore.config import AioConfig
+from aiobotocore.httpsession import AIOHTTPSession
+
+from tui_backfill import __version__
+from tui_backfill.core.retry import retrying
+from tui_backfill.outcomes import (
+    BackfillError,
+    ConfigError,
+    FatalError,
+    PermanentError,
+    RetryableError,
+)
+
+if TYPE_CHECKING:
+    from tui_backfill.seams.s3_objects import S3Objects
+
+_CREDENTIAL_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "ExpiredToken",
+    "InvalidToken",
+    "TokenRefreshRequired",
+    "403",
+    "401",
+}
+_THROTTLE_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "429",
+}
+_REJECTS_CONDITIONAL = {"NotImplemented", "501"}
+
+
+def error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
+    """An S3 error answer's code, HTTP status and message."""
+    error = exc.response.get("Error", {})
+    status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    code = str(error.get("Code") or status or "unknown")
+    return code, status, str(error.get("Message") or code)
+
+
+class Refusal(enum.StrEnum):
+    """What a refused HeadBucket (a preflight: the destination's or an s3:// origin's) says."""
+
+    MISSING = "missing"  # no such bucket
+    CREDENTIALS = "credentials"  # the key pair (or its absence) was refused
+    BUSY = "busy"  # 5xx, 429, throttling: not a reason to refuse the run
+    OTHER = "other"
+
+
+def head_bucket_refusal(exc: botocore.exceptions.ClientError) -> tuple[Refusal, int, str]:
+    """(what it means, HTTP status, S3 code) of a HeadBucket's error answer."""
+    code, status, _ = error_parts(exc)
+    if status == 404 or code in ("NoSuchBucket", "404"):
+        return Refusal.MISSING, status, code
+    if status in (401, 403) or code in _CREDENTIAL_CODES:
+        return Refusal.CREDENTIALS, status, code
+    if status >= 500 or status == 429 or code in _THROTTLE_CODES:
+        return Refusal.BUSY, status, code
+    return Refusal.OTHER, status, code
+
+
+_TIMEOUT_ERRORS = (
+    TimeoutError,  # aiohttp's ServerTimeoutError too
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+)
+_CREDENTIAL_ERRORS = (
+    botocore.exceptions.NoCredentialsError,
+    botocore.exceptions.PartialCredentialsError,
+    botocore.exceptions.CredentialRetrievalError,
+)
+_TRANSPORT_ERRORS = (
+    *_TIMEOUT_ERRORS,
+    aiohttp.ClientError,
+    OSError,
+    botocore.exceptions.HTTPClientError,
+    botocore.exceptions.ConnectionError,
+    botocore.exceptions.IncompleteReadError,
+)
+_S3_ERRORS = (
+    botocore.exceptions.ClientError,
+    botocore.parsers.ResponseParserError,
+    *_CREDENTIAL_ERRORS,
+)
+# What the bucket's methods classify. Anything else is a programming error (a TypeError from a
+# wrong argument, a KeyError in our own code): retrying it would only hide the bug behind
+# counted `s3_error`s, so it propagates unchanged and the engine records it as `internal`.
+CLASSIFIED = (BackfillError, *_S3_ERRORS, *_TRANSPORT_ERRORS)
+
+
+def _classify_client_error(exc: botocore.exceptions.ClientError) -> BackfillError:
+    """An answer from the S3 server: 5xx and throttling retryable, credentials and a missing
+    bucket fatal, other 4xx permanent."""
+    code, status, message = error_parts(exc)
+    if code in _THROTTLE_CODES or status == 503:
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if status >= 500:
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if code in _CREDENTIAL_CODES or status in (401, 403):
+        return FatalError(f"S3 rejected the credentials ({status} {code})", code=f"s3_{code}")
+    if code in ("NoSuchBucket",):
+        return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
+    if code in ("RequestTimeout", "RequestTimeTooSkewed"):
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    if code == "ConditionalRequestConflict":
+        # 409: another conditional write of the same key was under way (two workers on one
+        # bucket). S3 asks for a retry, which then gets 412 if the other one won.
+        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+    return PermanentError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+
+
+def classify(exc: BaseException) -> BackfillError:
+    """Map a transport or S3 failure (see CLASSIFIED) to a classified error.
+
+    Anything else is a bug, not a failure of S3: it gets a non-retryable, non-fatal `internal`
+    error, so no caller retries it. The bucket's own methods never pass it here (they let it
+    propagate unchanged, traceback intact); this answer is for other callers.
+    """
+    if isinstance(exc, BackfillError):
+        return exc
+    if isinstance(exc, botocore.exceptions.ClientError):
+        return _classify_client_error(exc)
+    if isinstance(exc, botocore.parsers.ResponseParserError):
+        return RetryableError(f"S3 answer unreadable: {exc}", code="s3_error")
+    if isinstance(exc, _TIMEOUT_ERRORS):
+        # the code a bound on the whole call gives too (Bucket._call), whichever fires first
+        return RetryableError("S3 call timed out", code="timeout")
+    if isinstance(exc, _CREDENTIAL_ERRORS):
+        return FatalError(f"no usable S3 credentials: {exc}", code="s3_credentials")
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
+    return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
+
+
+def parse_timestamp(value: Any) -> datetime:
+    """botocore's timestamps (`LastModified` of a listing or a GET), read without dateutil.
+
+    botocore parses every timestamp with dateutil, about 0.1 ms of CPU each, two per GET;
+    S3 sends RFC 1123 in headers and ISO 8601 in XML, which the standard library reads
+    several times faster. Anything else goes to botocore's own parser.
+    """
+    if isinstance(value, str):
+        try:
+            if value[:1].isdigit():
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return email.utils.parsedate_to_datetime(value)
+        except (ValueError, TypeError, IndexError):
+            pass
+    parsed: datetime = botocore.utils.parse_timestamp(value)
+    return parsed
+
+
+def s3_session(profile: str | None = None) -> Any:
+    """An aiobotocore session for S3 clients here, with the quick timestamp parser."""
+    session = aiobotocore.session.AioSession(profile=profile)
+    session.get_component("response_parser_factory").set_parser_defaults(
+        timestamp_parser=parse_timestamp
+    )
+    return session
+
+
+class _OneSendSession(AIOHTTPSession):  # type: ignore[misc]
+    """aiobotocore's HTTP session without aiohttp's silent re-send.
+
+    aiohttp sends an idempotent request (PUT included) once more, unseen, when a reused
+    keep-alive connection drops before the answer. That is a retry the engine neither counts
+    nor bounds, and after a PUT whose answer was lost it writes the object a second time.
+    """
+
+    async def _get_session(self, proxy_url: str | None) -> aiohttp.ClientSession:
+        session: aiohttp.ClientSession = await super()._get_session(proxy_url)
+        session._retry_connection = False
+        return session
+
+
+def client_config(
+    *, region: str | None, path_style: bool, timeout: float, pool_size: int, **extra: Any
+) -> AioConfig:
+    """The client settings of every S3 client here (the destination bucket, an s3:// origin):
+    one send per call (the engine owns retries), socket timeouts from `timeout`, no checksum
+    headers that some servers reject. `extra` adds AioConfig settings (e.g. unsigned requests).
+    """
+    return AioConfig(
+        http_session_cls=_OneSendSession,
+        region_name=region or "us-east-1",
+        connect_timeout=min(timeout, 10.0),
+        read_timeout=timeout,
+        max_pool_connections=pool_size,
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        s3={"addressing_style": "path" if path_style else "auto"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        # A fixed User-Agent: botocore otherwise rebuilds its composite one twice per
+        # request (~0.3 ms of CPU each PUT). Our own parameters need no model validation.
+        user_agent=f"tui-backfill/{__version__}",
+        parameter_validation=False,
+        **extra,
+    )
+
+
+def _answer(status: int, code: str) -> str:
+    """`403 AccessDenied`, or `403` alone when a HEAD's answer had no body to name a code."""
+    return str(status) if code == str(status) else f"{status} {code}"
+
+
+def unquote_etag(etag: str) -> str:
+    """An ETag as the index keeps it: without the quotes S3 puts around it."""
+    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """One object of a listing: what the hash index's skip rule compares."""
+
+    key: str
+    size: int
+    etag: str  # unquoted
+    last_modified: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class ListedPage:
+    objects: list[Listed]
+    truncated: bool  # more objects follow the last one
+
+
+class Bucket:
+    """One bucket on one endpoint. Use as an async context manager."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        endpoint_url: str | None,
+        region: str | None,
+        path_style: bool,
+        timeout: float,
+        pool_size: int,
+        credentials: tuple[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self._credentials = credentials  # (key id, secret) ahead of the AWS chain
+        self.endpoint_url = endpoint_url
+        self.timeout = timeout
+        self._config = client_config(
+            region=region, path_style=path_style, timeout=timeout, pool_size=pool_size
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._client: Any = None
+        self.conditional_writes = True  # until the server rejects If-None-Match
+
+    async def __aenter__(self) -> Bucket:
+        session = s3_session()
+        if self._credentials is not None:
+            session.set_credentials(*self._credentials)
+        self._client = await self._stack.enter_async_context(
+            session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._stack.aclose()
+
+    def objects(self) -> S3Objects:
+        """GETs of this bucket's objects, streamed (tui_backfill.seams.s3_objects), on this
+        bucket's client and timeout."""
+        from tui_backfill.seams.s3_objects import S3Objects
+
+        return S3Objects(self._client, self.name, timeout=self.timeout)
+
+    async def _call(self, operation: str, **params: Any) -> Any:
+        """One S3 call, bounded as a whole by the timeout, as a fetch from the origin is.
+
+        The socket timeouts only bound each wait for a byte, so a server that trickles its
+        answer could hold the call for hours. None of these calls streams a body to us (a
+        listing page is read whole), so the bound is on the whole call. Cancelling aiohttp
+        mid-answer closes that connection instead of returning it to the pool.
+        """
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await getattr(self._client, operation)(**params)
+        except TimeoutError:
+            raise RetryableError(
+                f"S3 {operation}: no complete answer within {self.timeout:g} s", code="timeout"
+            ) from None
+
+    async def preflight(self, *, attempts: int = 3, backoff: float = 0.5) -> None:
+        """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2.
+
+        A transient failure (5xx, throttling, a reset, a timeout) is retried under the retry
+        policy, up to ``attempts``: one 503 from a busy server is no configuration error. A
+        refused connection or an unknown host is not retried: the URL is wrong or the server
+        down.
+        """
+        where = self.endpoint_url or "AWS S3"
+        policy = retrying(max_attempts=attempts, backoff=backoff, sleep=asyncio.sleep)
+        try:
+            async for attempt in policy:
+                with attempt:
+                    await self._head_bucket(where)
+        except RetryableError as exc:
+            raise ConfigError(
+                exc.code, f"HeadBucket on {where} failed {attempts} times, last: {exc.message}"
+            ) from None
+
+    async def _head_bucket(self, where: str) -> None:
+        """One HeadBucket; ConfigError for what retrying cannot fix, RetryableError (its code
+        the field named on exit) for what it can."""
+        try:
+            await self._call("head_bucket", Bucket=self.name)
+        except RetryableError as exc:  # the whole call timed out
+            raise RetryableError(exc.message, code="--endpoint-url") from None
+        except botocore.exceptions.NoCredentialsError:
+            raise ConfigError(
+                "AWS_ACCESS_KEY_ID",
+                "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
+            ) from None
+        except botocore.exceptions.ClientError as exc:
+            refusal, status, code = head_bucket_refusal(exc)
+            if refusal is Refusal.MISSING:
+                raise ConfigError(
+                    "--bucket", f"bucket {self.name!r} does not exist at {where}"
+                ) from None
+            if refusal is Refusal.CREDENTIALS:
+                raise ConfigError(
+                    "AWS_ACCESS_KEY_ID",
+                    f"credentials rejected by {where} ({_answer(status, code)}); check the key pair",
+                ) from None
+            if refusal is Refusal.BUSY:
+                raise RetryableError(f"{status} {code}", code="--bucket") from None
+            raise ConfigError(
+                "--bucket", f"HeadBucket on {where} failed: {_answer(status, code)}"
+            ) from None
+        except (
+            botocore.exceptions.EndpointConnectionError,
+            botocore.exceptions.ConnectTimeoutError,
+            botocore.exceptions.ReadTimeoutError,
+            botocore.exceptions.HTTPClientError,
+            OSError,
+        ) as exc:
+            cause = getattr(exc, "kwargs", {}).get("error")
+            refused = isinstance(exc, botocore.exceptions.EndpointConnectionError) and (
+                cause is None or isinstance(cause, (aiohttp.ClientConnectorError, socket.gaierror))
+            )
+            # botocore's timeouts are OSErrors too (requests' exceptions are)
+            botocore_error = isinstance(exc, botocore.exceptions.BotoCoreError)
+            plain_os_error = isinstance(exc, OSError) and not botocore_error
+            if refused or plain_os_error:
+                raise ConfigError(
+                    "--endpoint-url", f"cannot reach {where}: {exc.__class__.__name__}"
+                ) from None
+            raise RetryableError(exc.__class__.__name__, code="--endpoint-url") from None
+
+    async def exists(self, key: str) -> bool:
+        try:
+            await self._call("head_object", Bucket=self.name, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            code, status, _ = error_parts(exc)
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise classify(exc) from None
+        except CLASSIFIED as exc:
+            raise classify(exc) from None
+        return True
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str,
+        *,
+        if_none_match: bool,
+        cache_control: str | None = None,
+    ) -> bool:
+        """Write the object; False when a conditional PUT found it already there (412)."""
+        params: dict[str, Any] = {
+            "Bucket": self.name,
+            "Key": key,
+            "Body": body,
+            "ContentType": content_type,
+        }
+        if cache_control is not None:
+            params["CacheControl"] = cache_control
+        if if_none_match and self.conditional_writes:
+            params["IfNoneMatch"] = "*"
+        try:
+            await self._call("put_object", **params)
+        except botocore.exceptions.ClientError as exc:
+            code, status, _ = error_parts(exc)
+            if status == 412 or code == "PreconditionFailed":
+                return False
+            if "IfNoneMatch" in params and (code in _REJECTS_CONDITIONAL or status == 501):
+                # The server does not do conditional writes: remember, and write plainly.
+                self.conditional_writes = False
+                return await self.put(
+                    key, body, content_type, if_none_match=False, cache_control=cache_control
+                )
+            raise classify(exc) from None
+        except CLASSIFIED as exc:
+            raise classify(exc) from None
+        return True
+
+    async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
+        """One ListObjectsV2 page (up to 1,000 objects in ascending key order) under `prefix`
+        after `start_after`: the hash index resumes a listing from a key watermark this way."""
+        params: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": 1000}
+        if start_after:
+            params["StartAfter"] = start_after
+        try:
+            page = await self._call("list_objects_v2", **params)
+        except CLASSIFIED as exc:
+            raise classify(exc) from None
+        objects = [
+            Listed(
+                key=entry["Key"],
+                size=int(entry.get("Size") or 0),
+                etag=unquote_etag(str(entry.get("ETag") or "")),
+                last_modified=entry.get("LastModified"),
+            )
+            for entry in page.get("Contents", ())
+        ]
+        return ListedPage(objects, truncated=bool(page.get("IsTruncated")))
+
+    async def list_keys(
+        self, prefix: str, *, start_after: str | None = None, stop_after: str | None = None
+    ) -> AsyncIterator[list[str]]:
+        """Pages of keys under `prefix` after `start_after`, stopping past `stop_after`."""
+        params: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": 1000}
+        if start_after:
+            params["StartAfter"] = start_after
+        while True:
+            try:
+                page = await self._call("list_objects_v2", **params)
+            except CLASSIFIED as exc:
+                raise classify(exc) from None
+            keys = [item["Key"] for item in page.get("Contents", ())]
+            if stop_after is not None and keys and keys[-1] > stop_after:
+                yield [k for k in keys if k <= stop_after]
+                return
+            yield keys
+            token = page.get("NextContinuationToken")
+            if not page.get("IsTruncated") or not token:
+                return
+            params.pop("StartAfter", None)
+            params["ContinuationToken"] = token

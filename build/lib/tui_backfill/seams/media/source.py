@@ -1,0 +1,174 @@
+"""The publishing worker's download: one source image from the RAID publishing endpoint.
+
+``GET <endpoint>?key=<source_key>`` with ``Authorization: Bearer <secret>`` (the endpoint may
+carry its own query string; `key` is added to it, URL-encoded). The body is streamed into
+memory with a cap, and every failure is classified so the worker never parses text:
+
+- Content-Length over `max_bytes`: MediaError `too_large` (permanent), before reading a byte of
+  the body; a body without Content-Length that grows past the cap: the same, reading stops;
+- fewer bytes than the Content-Length said (or the connection closed mid-body): RetryableError
+  `truncated`;
+- 404 / 410: NotFoundError (`noRemote`; the worker fails the job permanently);
+- 401 / 403: FatalError `auth` (the secret is wrong for every job alike);
+- 429 and 5xx: RetryableError `http_<status>`; other 4xx: PermanentError `http_<status>`;
+- no answer's head within `timeout`, or no data for `timeout` between chunks: RetryableError
+  `timeout` (a large body that keeps flowing is never cut off; a caller wanting a bound on the
+  whole puts its own around the call);
+- connection refused, reset, DNS: RetryableError `connection` (OriginUnreachable when nothing
+  is there to answer, as the origins classify it).
+
+The secret is sent only in the header: it is never in a URL, and every message is scrubbed of
+it before it leaves, whatever the transport library wrote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import urllib.parse
+
+import aiohttp
+from yarl import URL
+
+from tui_backfill.outcomes import (
+    BackfillError,
+    FatalError,
+    NotFoundError,
+    PermanentError,
+    RetryableError,
+)
+from tui_backfill.seams.media.errors import MediaError, MediaErrorCode
+from tui_backfill.seams.origins import connection_error
+
+__all__ = ["CHUNK", "DEFAULT_MAX_SOURCE_BYTES", "download_source", "source_url"]
+
+CHUNK = 256 * 1024
+DEFAULT_MAX_SOURCE_BYTES = 200 * 1024 * 1024
+
+
+def source_url(endpoint: str, key: str) -> str:
+    """`endpoint` with ``key=<key>`` added to its query (kept, whatever it holds), encoded."""
+    parts = urllib.parse.urlsplit(endpoint)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(name, value) for name, value in query if name != "key"] + [("key", key)]
+    encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="")
+    return urllib.parse.urlunsplit(parts._replace(query=encoded))
+
+
+async def download_source(
+    session: aiohttp.ClientSession,
+    endpoint: str,
+    key: str,
+    secret: str,
+    *,
+    max_bytes: int,
+    timeout: float,
+) -> bytes:
+    """The bytes of source image `key` (see the module docstring for every failure)."""
+    try:
+        return await _download(session, source_url(endpoint, key), key, secret, max_bytes, timeout)
+    except BackfillError as exc:
+        if secret and secret in str(exc):
+            exc.args = (str(exc).replace(secret, "***"),)
+        raise
+
+
+async def _download(
+    session: aiohttp.ClientSession,
+    url: str,
+    key: str,
+    secret: str,
+    max_bytes: int,
+    timeout: float,
+) -> bytes:
+    what = f"source {key!r}"
+    headers = {"Authorization": f"Bearer {secret}"}
+    try:
+        async with asyncio.timeout(timeout):
+            response = await session.get(URL(url, encoded=True), headers=headers)
+    except TimeoutError:
+        raise RetryableError(f"{what}: no answer within {timeout:g} s", code="timeout") from None
+    except aiohttp.ClientConnectorError as exc:  # no connection was made at all
+        raise connection_error(exc.os_error, f"{what}: connection: {_describe(exc)}") from None
+    except (aiohttp.ClientError, ConnectionError) as exc:
+        raise RetryableError(f"{what}: connection: {_describe(exc)}", code="connection") from None
+
+    try:
+        _check_status(response.status, response.reason, what)
+        expected = response.content_length
+        if expected is not None and expected > max_bytes:
+            raise MediaError(
+                f"{what}: {expected:,} bytes, over the limit of {max_bytes:,}",
+                MediaErrorCode.TOO_LARGE,
+            )
+        body = await _read_body(response, what, expected, max_bytes, timeout)
+    except BaseException:
+        response.close()  # drop the connection: the rest of the body is not wanted
+        raise
+    response.release()
+    return body
+
+
+def _check_status(status: int, reason: str | None, what: str) -> None:
+    if 200 <= status < 300:
+        return
+    text = f"HTTP {status} {reason or ''}".strip()
+    if status in (404, 410):
+        raise NotFoundError(f"{what}: {text}", code="noRemote")
+    if status in (401, 403):
+        raise FatalError(
+            f"the RAID endpoint rejected the publisher secret ({text}); "
+            "check RAID_PUBLISHER_SECRET",
+            code="auth",
+        )
+    if status == 429 or status >= 500:
+        raise RetryableError(f"{what}: {text}", code=f"http_{status}")
+    raise PermanentError(f"{what}: {text}", code=f"http_{status}")
+
+
+async def _read_body(
+    response: aiohttp.ClientResponse,
+    what: str,
+    expected: int | None,
+    max_bytes: int,
+    timeout: float,
+) -> bytes:
+    buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the body
+    received = 0
+    while True:
+        try:
+            async with asyncio.timeout(timeout):
+                chunk = await response.content.read(CHUNK)
+        except TimeoutError:
+            raise RetryableError(
+                f"{what}: no data for {timeout:g} s after {received:,} bytes", code="timeout"
+            ) from None
+        except aiohttp.ClientPayloadError:
+            raise _truncated(what, received, expected) from None
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise RetryableError(
+                f"{what}: connection lost after {received:,} bytes: {_describe(exc)}",
+                code="connection",
+            ) from None
+        if not chunk:
+            break
+        received += len(chunk)
+        if received > max_bytes:
+            raise MediaError(
+                f"{what}: more than {max_bytes:,} bytes (the limit)", MediaErrorCode.TOO_LARGE
+            )
+        buffer.write(chunk)
+    if expected is not None and received != expected:
+        raise _truncated(what, received, expected)
+    return buffer.getvalue()
+
+
+def _truncated(what: str, received: int, expected: int | None) -> RetryableError:
+    total = "?" if expected is None else f"{expected:,}"
+    return RetryableError(
+        f"{what}: truncated body, {received:,} of {total} bytes", code="truncated"
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{exc.__class__.__name__}: {exc}"

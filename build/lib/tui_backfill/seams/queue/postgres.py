@@ -1,0 +1,503 @@
+"""The publish queue on PostgreSQL (asyncpg): many workers on many machines.
+
+A small pool (1 to 4 connections). A claim is one short transaction: expired leases among the
+candidates are reclaimed (a failed attempt of their holder), then due jobs are leased with
+`UPDATE ... WHERE id IN (SELECT ... FOR UPDATE SKIP LOCKED LIMIT n) RETURNING`, each with a
+`publish_attempts` row. Completion and failure check `locked_by` and `status` in the UPDATE's
+WHERE, so a worker whose lease was taken cannot finish the job. `wait_for_work` LISTENs on
+channel `publish_jobs` on a dedicated connection (the trigger `init_db` installs NOTIFYs on
+insert and whenever a job becomes pending and due). Times are the server's `now()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+
+from tui_backfill.outcomes import ConfigError
+from tui_backfill.seams.queue.base import (
+    DEFAULT_RETRY_POLICY,
+    AttemptOutcome,
+    AttentionJob,
+    ClaimedJob,
+    Published,
+    QueueFigures,
+    RetryPolicy,
+    WorkerRow,
+)
+from tui_backfill.seams.queue.schema import (
+    INDEXES,
+    PG_NOTIFY,
+    PG_TABLES,
+    REQUIRED,
+    WORKER_COLUMNS_PG,
+    missing_schema_error,
+)
+
+__all__ = ["CHANNEL", "PostgresQueue"]
+
+CHANNEL = "publish_jobs"
+CONNECT_TIMEOUT = 10.0
+# Serialises init_db (CREATE TABLE IF NOT EXISTS races) and enqueue (idempotence) between
+# processes: pg_advisory_xact_lock keys.
+_INIT_LOCK = 0x7075626C  # "publ"
+_ENQUEUE_LOCK = 0x70756265
+
+# min(cap, base × 2^retry_count) × uniform(1 − jitter, 1 + jitter), retry_count before this one.
+BACKOFF = (
+    "make_interval(secs => LEAST($cap::float8, $base::float8 * power(2::float8,"
+    " LEAST(j.retry_count, 40))) * (1 - $jitter::float8 + 2 * $jitter::float8 * random()))"
+)
+
+RECLAIM = f"""
+WITH expired AS (
+    SELECT id FROM publish_jobs
+    WHERE status = 'processing' AND locked_until < now()
+    ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED
+), closed AS (
+    UPDATE publish_attempts a
+    SET outcome = 'lease_expired', ended_at = now(),
+        error = 'lease expired (held by ' || a.worker || ')'
+    FROM expired WHERE a.job_id = expired.id AND a.ended_at IS NULL
+)
+UPDATE publish_jobs j
+SET retry_count = j.retry_count + 1,
+    last_error = 'lease expired (held by ' || COALESCE(j.locked_by, '?') || ')',
+    status = CASE WHEN j.retry_count + 1 < j.max_retries THEN 'pending' ELSE 'failed' END,
+    next_attempt_at = CASE WHEN j.retry_count + 1 < j.max_retries
+        THEN now() + {BACKOFF.replace("$cap", "$2").replace("$base", "$3").replace("$jitter", "$4")}
+        ELSE NULL END,
+    completed_at = CASE WHEN j.retry_count + 1 < j.max_retries THEN NULL ELSE now() END,
+    locked_by = NULL, locked_until = NULL
+FROM expired WHERE j.id = expired.id
+"""
+
+CLAIM = """
+WITH candidates AS (
+    SELECT id FROM publish_jobs
+    WHERE (status = 'pending' OR (status = 'failed' AND retry_count < max_retries))
+      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+      AND NOT EXISTS (  -- one job of a file at a time: a duplicate waits, then skips
+          SELECT 1 FROM publish_jobs o
+          WHERE o.file_id = publish_jobs.file_id AND o.id <> publish_jobs.id
+            AND (o.status = 'processing' OR (o.status = 'pending' AND o.id < publish_jobs.id)))
+    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE publish_jobs j
+    SET status = 'processing', locked_by = $1,
+        locked_until = now() + make_interval(secs => $3::float8),
+        started_at = now(), completed_at = NULL
+    FROM candidates WHERE j.id = candidates.id
+    RETURNING j.id, j.file_id, j.retry_count, j.max_retries
+), opened AS (
+    INSERT INTO publish_attempts (job_id, worker, started_at)
+    SELECT id, $1, now() FROM leased
+    RETURNING id, job_id
+)
+SELECT l.id, l.file_id, f.lot_id, f.source_key, l.retry_count, l.max_retries,
+       o.id AS attempt_id, f.publish_status, f.deleted_at IS NOT NULL AS deleted
+FROM leased l
+JOIN opened o ON o.job_id = l.id
+JOIN auction_files f ON f.id = l.file_id
+ORDER BY l.id
+"""
+
+
+def iso(value: dt.datetime | None) -> str:
+    """A timestamptz as the SQLite queue writes times: `YYYY-MM-DDTHH:MM:SS.fffZ`."""
+    if value is None:
+        return ""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def _where(url: str) -> tuple[str, str, str]:
+    """(host:port, user, password) of a postgresql:// URL, for messages and redaction."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "localhost"
+        port = parts.port or 5432
+        user = unquote(parts.username or "")
+        password = unquote(parts.password or "")
+    except ValueError:
+        return "(unparsable host)", "", ""
+    return f"{host}:{port}", user, password
+
+
+class PostgresQueue:
+    """A pool of 1 to 4 connections, plus one LISTEN connection once `wait_for_work` runs."""
+
+    def __init__(self, url: str, pool: Any) -> None:
+        self._url = url
+        self._pool = pool
+        self._listener: Any = None
+        self._wake = asyncio.Event()
+
+    @classmethod
+    async def open(cls, url: str) -> PostgresQueue:
+        where, user, password = _where(url)
+        try:
+            pool = await asyncpg.create_pool(
+                url, min_size=1, max_size=4, timeout=CONNECT_TIMEOUT, command_timeout=60
+            )
+        except (
+            OSError,
+            TimeoutError,
+            ValueError,
+            asyncpg.PostgresError,
+            asyncpg.InterfaceError,
+        ) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            if password:
+                reason = reason.replace(password, "***")
+            who = f" as {user}" if user else ""
+            raise ConfigError(
+                "DATABASE_URL", f"cannot connect to PostgreSQL at {where}{who}: {reason[:300]}"
+            ) from None
+        return cls(url, pool)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+        await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Any]:
+        async with self._pool.acquire() as conn, conn.transaction():
+            yield conn
+
+    # -- schema -------------------------------------------------------------------------------
+
+    async def check_schema(self) -> None:
+        rows = await self._pool.fetch(
+            "SELECT table_name, column_name FROM information_schema.columns"
+            " WHERE table_schema = current_schema() AND table_name = ANY($1::text[])",
+            list(REQUIRED),
+        )
+        present: dict[str, set[str]] = {}
+        for row in rows:
+            present.setdefault(str(row[0]), set()).add(str(row[1]))
+        error = missing_schema_error(present)
+        if error is not None:
+            raise error
+
+    async def init_db(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _INIT_LOCK)
+            for ddl in PG_TABLES.values():
+                await conn.execute(ddl)
+            for table, columns in WORKER_COLUMNS_PG.items():
+                for column, decl in columns.items():
+                    await conn.execute(
+                        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}"
+                    )
+            for ddl in INDEXES:
+                await conn.execute(ddl)
+            for ddl in PG_NOTIFY:
+                await conn.execute(ddl)
+
+    # -- jobs ---------------------------------------------------------------------------------
+
+    async def enqueue(self, *, file_id: int | None = None, max_retries: int = 5) -> int:
+        sql = (
+            "INSERT INTO publish_jobs (file_id, max_retries)"
+            " SELECT f.id, $1 FROM auction_files f"
+            " WHERE COALESCE(f.publish_status, '') <> 'published' AND f.deleted_at IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM publish_jobs j WHERE j.file_id = f.id"
+            " AND j.status IN ('pending', 'processing'))"
+        )
+        args: list[Any] = [max_retries]
+        if file_id is not None:
+            sql += " AND f.id = $2"
+            args.append(file_id)
+        sql += " ORDER BY f.id"
+        async with self._tx() as conn:
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _ENQUEUE_LOCK)
+            status = await conn.execute(sql, *args)
+        return int(str(status).rsplit(" ", 1)[-1])
+
+    async def claim(
+        self,
+        worker: str,
+        limit: int,
+        lease_seconds: float,
+        *,
+        policy: RetryPolicy = DEFAULT_RETRY_POLICY,
+    ) -> list[ClaimedJob]:
+        if limit <= 0:
+            return []
+        async with self._tx() as conn:
+            await conn.execute(
+                RECLAIM, limit, float(policy.cap), float(policy.base), float(policy.jitter)
+            )
+            rows = await conn.fetch(CLAIM, worker, limit, float(lease_seconds))
+        return [
+            ClaimedJob(
+                id=int(r["id"]),
+                file_id=int(r["file_id"]),
+                lot_id=None if r["lot_id"] is None else int(r["lot_id"]),
+                source_key=str(r["source_key"]),
+                retry_count=int(r["retry_count"]),
+                max_retries=int(r["max_retries"]),
+                attempt_id=int(r["attempt_id"]),
+                publish_status=None if r["publish_status"] is None else str(r["publish_status"]),
+                deleted=bool(r["deleted"]),
+            )
+            for r in rows
+        ]
+
+    async def renew(self, worker: str, job_ids: Sequence[int], lease_seconds: float) -> set[int]:
+        if not job_ids:
+            return set()
+        rows = await self._pool.fetch(
+            "UPDATE publish_jobs SET locked_until = now() + make_interval(secs => $3::float8)"
+            " WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND status = 'processing'"
+            " RETURNING id",
+            [int(i) for i in job_ids],
+            worker,
+            float(lease_seconds),
+        )
+        return {int(r[0]) for r in rows}
+
+    @staticmethod
+    async def _refuse(conn: Any, job: ClaimedJob, why: str) -> None:
+        await conn.execute(
+            "UPDATE publish_attempts SET outcome = 'refused', ended_at = COALESCE(ended_at, now()),"
+            " error = COALESCE(error, $2) WHERE id = $1",
+            job.attempt_id,
+            why,
+        )
+
+    async def complete(self, worker: str, job: ClaimedJob, published: Published | None) -> bool:
+        async with self._tx() as conn:
+            file_id = await conn.fetchval(
+                "UPDATE publish_jobs SET status = 'completed', completed_at = now(),"
+                " locked_by = NULL, locked_until = NULL, next_attempt_at = NULL"
+                " WHERE id = $1 AND locked_by = $2 AND status = 'processing' RETURNING file_id",
+                job.id,
+                worker,
+            )
+            if file_id is None:
+                await self._refuse(conn, job, "lease lost before completion")
+                return False
+            if published is not None:
+                await conn.execute(
+                    "UPDATE auction_files SET thumb_url = $1, display_url = $2,"
+                    " publish_status = 'published', published_at = now() WHERE id = $3",
+                    published.thumb_url,
+                    published.display_url,
+                    file_id,
+                )
+            outcome = AttemptOutcome.SKIPPED if published is None else AttemptOutcome.PUBLISHED
+            await conn.execute(
+                "UPDATE publish_attempts SET outcome = $1, ended_at = now() WHERE id = $2",
+                str(outcome),
+                job.attempt_id,
+            )
+        return True
+
+    async def fail(
+        self, worker: str, job: ClaimedJob, error: str, *, permanent: bool, policy: RetryPolicy
+    ) -> bool:
+        if permanent:
+            sql = (
+                "UPDATE publish_jobs j SET status = 'failed', retry_count = max_retries,"
+                " last_error = $3, next_attempt_at = NULL,"
+                " locked_by = NULL, locked_until = NULL, completed_at = now()"
+            )
+        else:
+            backoff = BACKOFF.replace("$cap", "$4").replace("$base", "$5").replace("$jitter", "$6")
+            sql = (
+                "UPDATE publish_jobs j SET retry_count = j.retry_count + 1, last_error = $3,"
+                " status = CASE WHEN j.retry_count + 1 < j.max_retries"
+                "   THEN 'pending' ELSE 'failed' END,"
+                " next_attempt_at = CASE WHEN j.retry_count + 1 < j.max_retries"
+                f"   THEN now() + {backoff} ELSE NULL END,"
+                " completed_at = CASE WHEN j.retry_count + 1 < j.max_retries"
+                "   THEN NULL ELSE now() END,"
+                " locked_by = NULL, locked_until = NULL"
+            )
+        sql += " WHERE j.id = $1 AND j.locked_by = $2 AND j.status = 'processing' RETURNING j.id"
+        args: list[Any] = [job.id, worker, error]
+        if not permanent:
+            args += [float(policy.cap), float(policy.base), float(policy.jitter)]
+        async with self._tx() as conn:
+            if await conn.fetchval(sql, *args) is None:
+                await self._refuse(conn, job, f"lease lost before failing: {error}")
+                return False
+            outcome = AttemptOutcome.PERMANENT if permanent else AttemptOutcome.FAILED
+            await conn.execute(
+                "UPDATE publish_attempts SET outcome = $1, ended_at = now(), error = $2"
+                " WHERE id = $3",
+                str(outcome),
+                error,
+                job.attempt_id,
+            )
+        return True
+
+    async def release(self, worker: str, jobs: Sequence[ClaimedJob]) -> None:
+        if not jobs:
+            return
+        attempt_of = {job.id: job.attempt_id for job in jobs}
+        async with self._tx() as conn:
+            rows = await conn.fetch(
+                "UPDATE publish_jobs SET status = 'pending', locked_by = NULL,"
+                " locked_until = NULL, started_at = NULL"
+                " WHERE id = ANY($1::bigint[]) AND locked_by = $2 AND status = 'processing'"
+                " RETURNING id",
+                list(attempt_of),
+                worker,
+            )
+            released = [attempt_of[int(r[0])] for r in rows]
+            if released:
+                await conn.execute(
+                    "UPDATE publish_attempts SET outcome = 'released', ended_at = now()"
+                    " WHERE id = ANY($1::bigint[])",
+                    released,
+                )
+
+    # -- wake-ups -----------------------------------------------------------------------------
+
+    def _notified(self, *_: Any) -> None:
+        self._wake.set()
+
+    def _listener_lost(self, *_: Any) -> None:
+        self._listener = None
+        self._wake.set()  # claim once now: notifications may have been missed
+
+    async def _listen(self, timeout: float) -> bool:
+        if self._listener is not None and not self._listener.is_closed():
+            return True
+        try:
+            conn = await asyncpg.connect(self._url, timeout=max(1.0, min(timeout, CONNECT_TIMEOUT)))
+            await conn.add_listener(CHANNEL, self._notified)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        conn.add_termination_listener(self._listener_lost)
+        self._listener = conn
+        return True
+
+    async def wait_for_work(self, timeout: float) -> None:
+        started = asyncio.get_running_loop().time()
+        await self._listen(timeout)
+        remaining = max(0.0, timeout - (asyncio.get_running_loop().time() - started))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), remaining)
+        self._wake.clear()
+
+    # -- figures ------------------------------------------------------------------------------
+
+    async def figures(self) -> QueueFigures:
+        row = await self._pool.fetchrow(
+            "SELECT"
+            " count(*) FILTER (WHERE status = 'pending'),"
+            " count(*) FILTER (WHERE status = 'pending' AND next_attempt_at > now()),"
+            " count(*) FILTER (WHERE status = 'processing'),"
+            " count(*) FILTER (WHERE status = 'completed'),"
+            " count(*) FILTER (WHERE status = 'failed'),"
+            " count(*) FILTER (WHERE status = 'failed' AND retry_count >= max_retries),"
+            " avg(EXTRACT(EPOCH FROM completed_at - started_at))"
+            "   FILTER (WHERE status = 'completed')::float8"
+            " FROM publish_jobs"
+        )
+        summary = await self._pool.fetch(
+            "SELECT COALESCE(publish_status, 'null'), count(*) FROM auction_files"
+            " GROUP BY 1 ORDER BY 1"
+        )
+        return QueueFigures(
+            pending=int(row[0]),
+            waiting_backoff=int(row[1]),
+            processing=int(row[2]),
+            completed=int(row[3]),
+            failed=int(row[4]),
+            needing_attention=int(row[5]),
+            avg_processing_seconds=None if row[6] is None else float(row[6]),
+            publish_status={str(r[0]): int(r[1]) for r in summary},
+        )
+
+    async def attention(self, limit: int = 20) -> list[AttentionJob]:
+        rows = await self._pool.fetch(
+            "SELECT id, file_id, retry_count, COALESCE(last_error, '') FROM publish_jobs"
+            " WHERE status = 'failed' AND retry_count >= max_retries ORDER BY id LIMIT $1",
+            limit,
+        )
+        return [AttentionJob(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]
+
+    # -- instances and commands ---------------------------------------------------------------
+
+    async def register_worker(self, worker: str, job: str) -> None:
+        await self._pool.execute(
+            "INSERT INTO publish_workers (id, job, started_at, heartbeat_at, state, stats)"
+            " VALUES ($1, $2, now(), now(), 'running', '{}')"
+            " ON CONFLICT (id) DO UPDATE SET job = EXCLUDED.job,"
+            " started_at = EXCLUDED.started_at, heartbeat_at = EXCLUDED.heartbeat_at,"
+            " stopped_at = NULL, state = 'running', stats = '{}'",
+            worker,
+            job,
+        )
+
+    async def heartbeat(self, worker: str, state: str, stats: str) -> None:
+        await self._pool.execute(
+            "UPDATE publish_workers SET heartbeat_at = now(), state = $2, stats = $3 WHERE id = $1",
+            worker,
+            state,
+            stats,
+        )
+
+    async def stop_worker(self, worker: str, stats: str) -> None:
+        await self._pool.execute(
+            "UPDATE publish_workers SET heartbeat_at = now(), stopped_at = now(),"
+            " state = 'stopped', stats = $2 WHERE id = $1",
+            worker,
+            stats,
+        )
+
+    async def workers(self, job: str, *, live_within: float) -> list[WorkerRow]:
+        rows = await self._pool.fetch(
+            "SELECT id, job, started_at, heartbeat_at, stopped_at,"
+            " CASE WHEN stopped_at IS NULL"
+            "   AND heartbeat_at < now() - make_interval(secs => $2::float8)"
+            "   THEN 'lost' ELSE state END, stats"
+            " FROM publish_workers WHERE job = $1 ORDER BY started_at DESC, id DESC",
+            job,
+            float(live_within),
+        )
+        return [
+            WorkerRow(
+                id=str(r[0]),
+                job=str(r[1]),
+                started_at=iso(r[2]),
+                heartbeat_at=iso(r[3]),
+                stopped_at=None if r[4] is None else iso(r[4]),
+                state=str(r[5]),
+                stats=str(r[6]),
+            )
+            for r in rows
+        ]
+
+    async def post_command(self, job: str, command: str, worker: str | None = None) -> None:
+        await self._pool.execute(
+            "INSERT INTO publish_commands (job, worker, command) VALUES ($1, $2, $3)",
+            job,
+            worker,
+            command,
+        )
+
+    async def take_commands(self, worker: str, job: str, after: int) -> tuple[int, list[str]]:
+        rows = await self._pool.fetch(
+            "SELECT id, command FROM publish_commands WHERE job = $1 AND id > $2"
+            " AND (worker IS NULL OR worker = $3) ORDER BY id",
+            job,
+            after,
+            worker,
+        )
+        if not rows:
+            return after, []
+        return int(rows[-1][0]), [str(r[1]) for r in rows]

@@ -1,0 +1,1 @@
+"""The state store: runs, checkpoints, counters, failed items, commands (SQLite today)."""
