@@ -11,7 +11,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tui_backfill.core.snapshot import fmt_bytes
 from tui_backfill.seams.queue.base import AttentionJob, QueueFigures, WorkerRow
 
 
