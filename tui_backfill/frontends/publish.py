@@ -166,6 +166,9 @@ async def _console(settings: PublishSettings, args: Any) -> int:
     log_to_file(f"state/{settings.job}.publish")
     async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
         app = PublishApp(worker)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGHUP):  # as `q`: finish in flight, hand back
+            loop.add_signal_handler(signum, worker.stop)
         run = asyncio.create_task(worker.run())
         app.worker_task = run
         await app.run_async()

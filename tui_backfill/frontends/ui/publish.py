@@ -1,46 +1,55 @@
 """The console of a publish worker: the queue as the database says, this instance's work,
 the live instances and the jobs needing attention. `p` stops claiming (in-flight jobs finish),
 `r` claims again, `q` stops the worker the way SIGTERM does (finish in flight, hand back the
-rest) and leaves.
+rest) and leaves with its exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
 from tui_backfill.pipelines.publish.snapshot import PublishSnapshot
+from tui_backfill.seams.queue.base import WorkerRow
 
 REFRESH_EVERY = 1.0
+STATE_WORDS = {
+    "running": "RUNNING",
+    "held": "HELD: no new claims",
+    "stopping": "STOPPING: finishing in-flight jobs",
+    "stopped": "STOPPED",
+}
 
 
-def _cells(rows: list[list[tuple[str, str]]], width: int = 26) -> str:
-    lines = []
-    for row in rows:
-        lines.append("".join(f"{label:>15} {value:<10}"[:width] for label, value in row).rstrip())
-    return "\n".join(lines)
+def _cells(rows: list[list[tuple[str, str]]]) -> str:
+    """Three label/value columns of 24 cells: 76 columns, inside a box at 80."""
+    return "\n".join("  ".join(f"{k:<14}{v:>10}" for k, v in row).rstrip() for row in rows)
+
+
+def _worker_line(row: WorkerRow, me: str | None) -> str:
+    try:
+        stats = json.loads(row.stats) if row.stats else {}
+    except ValueError:
+        stats = {}
+    mark = "*" if row.id == me else " "
+    return (
+        f"{mark}{row.id:<22} {row.state:<7} {stats.get('inFlight', 0):>2} in flight "
+        f"{stats.get('perMinute', 0.0):>6.1f}/min {stats.get('published', 0):>7,} published"
+    )
 
 
 class PublishApp(App[int]):
-    CSS = """
-    Screen { layout: vertical; }
-    #header { height: 1; background: $primary-background; }
-    #counters { height: 6; border: round $primary; padding: 0 1; }
-    #middle { height: 1fr; }
-    #workers-box, #attention-box { width: 1fr; border: round $primary; padding: 0 1; }
-    .panel-title { text-style: bold; }
-    #message { height: 1; }
-    """
+    CSS_PATH = "publish.tcss"
     TITLE = "tui-backfill publish"
     ENABLE_COMMAND_PALETTE = False
     BINDINGS = [
-        Binding("p", "pause", "Pause", id="pause"),
+        Binding("p", "pause", "Pause (stop claiming)", id="pause"),
         Binding("r", "resume", "Resume", id="resume"),
         Binding("q", "quit_worker", "Quit", id="quit"),
         Binding("ctrl+q,ctrl+c", "quit_worker", "Quit", show=False, priority=True, id="quit-ctrl"),
@@ -57,14 +66,9 @@ class PublishApp(App[int]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
-        yield Static(id="counters")
-        with Horizontal(id="middle"):
-            with Vertical(id="workers-box"):
-                yield Static("live workers", classes="panel-title")
-                yield Static(id="workers")
-            with Vertical(id="attention-box"):
-                yield Static("needing attention", classes="panel-title")
-                yield Static(id="attention")
+        yield Static(id="counters", classes="box")
+        yield Static(id="workers", classes="box")
+        yield Static(id="attention", classes="box")
         yield Static(id="message")
         yield Footer()
 
@@ -77,21 +81,27 @@ class PublishApp(App[int]):
         snap: PublishSnapshot = self.worker.snapshot()
         self.snapshot = snap
         self.worker_state = snap.state
+        state = STATE_WORDS.get(snap.state, snap.state.upper())
         self.query_one("#header", Static).update(
-            f" job {snap.job} · worker {snap.worker} · {snap.state.upper()}"
+            f"publish job [b]{snap.job}[/b] · this worker {snap.worker} · [b]{state}[/b]"
         )
-        self.query_one("#counters", Static).update(_cells(snap.counter_rows()))
-        workers = [f"{w.id[:24]:<24} {w.state}" for w in snap.workers if w.stopped_at is None] or [
-            "(none)"
+        counters = self.query_one("#counters", Static)
+        counters.border_title = "queue (all workers)"
+        counters.update(_cells(snap.counter_rows()) + "\n" + snap.instance_line())
+        live = snap.live_workers
+        workers = self.query_one("#workers", Static)
+        workers.border_title = f"live workers ({len(live)}; * this one)"
+        workers.update("\n".join(_worker_line(w, snap.worker) for w in live) or "none")
+        attention = self.query_one("#attention", Static)
+        attention.border_title = f"needing attention ({snap.queue.needing_attention:,})"
+        lines = [
+            f"job {a.id} file {a.file_id}: {a.last_error.splitlines()[0] if a.last_error else '?'}"
+            for a in snap.attention
         ]
-        self.query_one("#workers", Static).update("\n".join(workers[:8]))
-        attention = [f"{a.id:>6} f{a.file_id:<6} {a.last_error[:24]}" for a in snap.attention] or [
-            "(none)"
-        ]
-        self.query_one("#attention", Static).update("\n".join(attention[:8]))
+        attention.update("\n".join(lines) or "none: no job failed for good")
         self.query_one("#message", Static).update(snap.message)
         if self.worker_task is not None and self.worker_task.done():
-            self.exit(self.worker_task.result() if not self.worker_task.cancelled() else 0)
+            self._leave()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "pause":
@@ -108,13 +118,22 @@ class PublishApp(App[int]):
         self.worker.resume()
         self.refresh_snapshot()
 
-    async def action_quit_worker(self) -> None:
+    def action_quit_worker(self) -> None:
+        """Stop the worker (as SIGTERM does); leave once it has handed back its claims. The
+        screen keeps refreshing meanwhile."""
         self.worker.stop()
+        self.refresh_snapshot()
         self.query_one("#message", Static).update(
-            "stopping: in-flight jobs finish, the rest go back to the queue"
+            "stopping: in-flight jobs finish, unstarted claims go back to the queue"
         )
-        if self.worker_task is not None:
-            await asyncio.shield(self.worker_task)
-            self.exit(self.worker_task.result())
-        else:
+        if self.worker_task is None:
             self.exit(0)
+        elif not self.worker_task.done():
+            self.worker_task.add_done_callback(lambda _task: self._leave())
+
+    def _leave(self) -> None:
+        task = self.worker_task
+        if task is None or not task.done():
+            return
+        code = 0 if task.cancelled() or task.exception() is not None else task.result()
+        self.exit(code)

@@ -11,7 +11,6 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tui_backfill.core.snapshot import fmt_bytes
 from tui_backfill.seams.queue.base import AttentionJob, QueueFigures, WorkerRow
 
 
@@ -164,15 +163,24 @@ class PublishSnapshot:
         }
 
     def counter_rows(self) -> list[list[tuple[str, str]]]:
-        q, c = self.queue, self.counters
+        """The console's figures in the operator's words: the queue as the database says (all
+        instances), with this instance's in-flight jobs, rate and error rate."""
+        q = self.queue
         avg = "-" if q.avg_processing_seconds is None else f"{q.avg_processing_seconds:.2f} s"
         return [
-            [("queue depth", f"{q.pending:,}"), ("waiting backoff", f"{q.waiting_backoff:,}"), ("processing", f"{q.processing:,}")],
-            [("completed", f"{q.completed:,}"), ("failed", f"{q.failed:,}"), ("need attention", f"{q.needing_attention:,}")],
-            [("in flight", f"{self.in_flight}/{self.concurrency}"), ("jobs/min", f"{self.per_second * 60:,.1f}"), ("error rate", f"{self.error_rate:.1%}")],
-            [("published", f"{c.published:,}"), ("skipped", f"{c.skipped:,}"), ("avg time", avg)],
-            [("retrying", f"{c.failed_attempts:,}"), ("downloaded", fmt_bytes(c.bytes_downloaded)), ("live workers", f"{len(self.live_workers)}")],
+            [("queue depth", f"{q.pending:,}"), ("in flight", f"{self.in_flight}/{self.concurrency}"), ("jobs/min", f"{self.per_second * 60:,.1f}")],
+            [("waiting retry", f"{q.waiting_backoff:,}"), ("processing", f"{q.processing:,}"), ("error rate", f"{self.error_rate:.1%}")],
+            [("completed", f"{q.completed:,}"), ("failed", f"{q.failed:,}"), ("avg processing", avg)],
+            [("need attention", f"{q.needing_attention:,}"), ("live workers", f"{len(self.live_workers)}")],
         ]  # fmt: skip
+
+    def instance_line(self) -> str:
+        """What this instance did in its session, one line."""
+        c = self.counters
+        return (
+            f"this worker: {c.published:,} published, {c.skipped:,} skipped, "
+            f"{c.failed_attempts:,} to retry, {c.failed_permanent:,} failed for good"
+        )
 
     def status_text(self) -> str:
         """`status` for a publish job: the queue, then the instances, then what needs a person."""
