@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import sqlite3
 import sys
 from pathlib import Path
 
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.servers.images import many_images, sample_images
+from tui_backfill.servers.publish_files import insert_files
 from tui_backfill.servers.raid import RaidServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
@@ -47,15 +47,9 @@ def _catalog() -> dict[str, bytes]:
 
 
 def _fill_queue(keys: list[str]) -> int:
-    """The seed's tables with one file per source (and one whose source is missing); its jobs."""
+    """The seed's files, one per source (and one whose source is missing)."""
     files = [(i + 1, 1000 + i // 12, key) for i, key in enumerate([*keys, "missing/none.jpg"])]
-    with sqlite3.connect(DEMO_QUEUE) as db:
-        db.executemany(
-            "INSERT OR IGNORE INTO auction_files (id, lot_id, source_key, publish_status)"
-            " VALUES (?, ?, ?, 'pending')",
-            files,
-        )
-    return len(files)
+    return insert_files(DEMO_QUEUE, files)
 
 
 async def _demo(no_ui: bool) -> int:
