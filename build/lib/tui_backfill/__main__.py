@@ -1,5 +1,0 @@
-"""`python -m tui_backfill` is the same as the `tui-backfill` console script."""
-
-from tui_backfill.frontends.cli import main
-
-raise SystemExit(main())

@@ -1,1 +1,0 @@
-"""The content-hash index: list a bucket, hash each object's bytes, upsert the index table."""

@@ -1,1 +1,0 @@
-"""The state store: runs, checkpoints, counters, failed items, commands (SQLite today)."""
