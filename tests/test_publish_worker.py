@@ -15,6 +15,7 @@ import asyncio
 import datetime as dt
 import io
 import itertools
+import json
 import signal
 import sqlite3
 import time
@@ -247,3 +248,59 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_unstarted(
         assert rows_sqlite(db, "SELECT status, retry_count FROM publish_jobs WHERE id = 2") == [
             ("completed", 2)
         ]
+
+
+async def test_one_instance_serves_metrics_and_status(tmp_path: Path, rclone_s3: S3Target) -> None:
+    """`publish worker --serve 0`: Prometheus metrics of the queue and of this instance, its
+    snapshot, and pause/resume of this instance — and no secret in any of them."""
+    import aiohttp
+
+    images = many_images(4, seed=11)
+    async with RaidServer(images, token=RAID_SECRET) as raid:
+        db = tmp_path / "queue.sqlite3"
+        env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        insert_files_sqlite(db, [(i + 1, 8, key) for i, key in enumerate(images)])
+        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        worker = await spawn(
+            "publish", "worker", "--no-ui", "--serve", "0", "--worker-id", "m1", env=env
+        )
+        try:
+            assert worker.stderr is not None
+            url = ""
+            deadline = time.monotonic() + 30
+            while not url and time.monotonic() < deadline:
+                line = (await asyncio.wait_for(worker.stderr.readline(), 30)).decode()
+                if "metrics and status on " in line:
+                    url = line.rsplit(" ", 1)[1].strip()
+            assert url.startswith("http://127.0.0.1:")
+            async with aiohttp.ClientSession() as http:
+                for _ in range(100):  # every job published, and the figures re-read (2 s)
+                    async with http.get(url + "/api/publish/status") as answer:
+                        status = await answer.json()
+                    if status["published"] == 4 and status["queue"]["completed"] == 4:
+                        break
+                    await asyncio.sleep(0.2)
+                assert (status["published"], status["queue"]["completed"], status["worker"]) == (
+                    4,
+                    4,
+                    "m1",
+                )
+                async with http.get(url + "/metrics") as answer:
+                    metrics = await answer.text()
+                async with http.post(url + "/api/publish/pause") as answer:
+                    assert (await answer.json())["state"] == "held"
+                async with http.post(url + "/api/publish/resume") as answer:
+                    assert (await answer.json())["state"] == "running"
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            result = await finish(worker, timeout=30)
+    assert result.rc == 0, result.err[-2000:]
+    assert 'tui_backfill_publish_queue_jobs{job="publish",status="completed"} 4.0' in metrics
+    assert (
+        'tui_backfill_publish_instance_jobs_total{job="publish",outcome="published",worker="m1"} 4.0'
+        in metrics
+    )
+    assert 'tui_backfill_publish_files{job="publish",publish_status="published"} 4.0' in metrics
+    for secret in (RAID_SECRET, rclone_s3.secret_key):
+        assert secret not in metrics + json.dumps(status)

@@ -52,6 +52,11 @@ def add_publish_parser(commands: Any, parser_class: type[argparse.ArgumentParser
         "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
     )
     worker.add_argument("--worker-id", help="this instance's id (default host:pid)")
+    worker.add_argument(
+        "--serve",
+        metavar="PORT",
+        help="serve /metrics and /api/publish/{status,pause,resume} on 127.0.0.1:PORT (0: free)",
+    )
 
     enqueue = verbs.add_parser(
         "enqueue", help="a job for every unpublished file without one (idempotent)"
@@ -108,6 +113,8 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     validate_worker(settings)
+    if args.serve is not None:
+        _port(args.serve)
     if not args.no_ui and has_terminal():
         return asyncio.run(_console(settings, args))
     log_to_stderr()
@@ -127,14 +134,28 @@ async def _headless(settings: PublishSettings, args: Any) -> int:
             file=sys.stderr,
             flush=True,
         )
+        runner = None
+        if getattr(args, "serve", None) is not None:
+            from tui_backfill.frontends.publish_api import serve_worker
+
+            runner, url = await serve_worker(worker, _port(args.serve))
+            print(f"tui-backfill: metrics and status on {url}", file=sys.stderr, flush=True)
         reporter = asyncio.create_task(_progress(worker))
         try:
             code = await worker.run()
         finally:
             reporter.cancel()
             await asyncio.gather(reporter, return_exceptions=True)
+            if runner is not None:
+                await runner.cleanup()
         print(json.dumps(worker.snapshot().to_json(), indent=2), flush=True)
         return code
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError("--serve", f"{text!r}: accepted a port number from 0 to 65535")
+    return int(text)
 
 
 def _where(settings: PublishSettings) -> str:
