@@ -341,3 +341,41 @@ async def test_the_seed_env_file_works_as_is(
     client = rclone_s3.client()
     listed = client.list_objects_v2(Bucket="IBA-Lot-Media")["Contents"]
     assert sorted(o["Key"] for o in listed) == ["media/7/1/display.webp", "media/7/1/thumb.webp"]
+
+
+async def test_a_seed_database_without_the_workers_columns(
+    pg_url: str, rclone_s3: S3Target
+) -> None:
+    """A worker on the seed's database before `init-db`: exit 2 naming the missing columns and
+    `init-db`, nothing changed; `publish init-db` adds them and the worker then publishes."""
+    conn = await asyncpg.connect(pg_url)
+    try:
+        await conn.execute(
+            "CREATE TABLE auction_files (id BIGINT PRIMARY KEY, lot_id BIGINT, source_key TEXT NOT NULL,"
+            " publish_status TEXT DEFAULT 'pending');"
+            "CREATE TABLE publish_jobs (id BIGSERIAL PRIMARY KEY, file_id BIGINT NOT NULL REFERENCES auction_files(id),"
+            " status TEXT NOT NULL DEFAULT 'pending', retry_count INT NOT NULL DEFAULT 0,"
+            " max_retries INT NOT NULL DEFAULT 5, last_error TEXT, created_at TIMESTAMPTZ DEFAULT now(),"
+            " started_at TIMESTAMPTZ, completed_at TIMESTAMPTZ);"
+            "INSERT INTO auction_files VALUES (1, 4, 'one.jpg', 'pending');"
+            "INSERT INTO publish_jobs (file_id) VALUES (1);"
+        )
+        images = {"one.jpg": photo_jpeg(200, 100, seed=4, grain=0)}
+        async with RaidServer(images, token=RAID_SECRET) as raid:
+            env = publish_env(rclone_s3, raid.endpoint, pg_url)
+            refused = await tool("publish", "worker", "--no-ui", "--burst", env=env)
+            assert refused.rc == 2, refused.err
+            line = refused.err.strip()
+            assert "\n" not in line and line.startswith("tui-backfill: error: DATABASE_URL:")
+            for name in ("locked_by", "locked_until", "next_attempt_at", "thumb_url", "init-db"):
+                assert name in line
+            assert await conn.fetchval("SELECT status FROM publish_jobs") == "pending"
+            assert (await tool("publish", "init-db", env=env)).rc == 0
+            worker = await tool("publish", "worker", "--no-ui", "--burst", env=env)
+            assert worker.rc == 0, worker.err[-2000:]
+        assert (
+            await conn.fetchval("SELECT publish_status FROM auction_files WHERE id = 1")
+            == "published"
+        )
+    finally:
+        await conn.close()
