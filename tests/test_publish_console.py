@@ -99,7 +99,9 @@ async def test_keys_drive_a_real_worker(
     db = tmp_path / "queue.sqlite3"
     await queue_with_files(db, files_of(images))
     raid.faults.latency = 0.25  # slow enough to press keys while jobs are in flight
-    env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2")
+    env = publish_env(
+        rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2", TUI_BACKFILL_LEASE="3"
+    )
     settings = resolve_publish({}, env=env)
     async with prepared_worker(settings, worker="console-test:1") as worker:
         app = PublishApp(worker)
@@ -156,7 +158,7 @@ async def drive(pilot: Any, worker: PublishWorker, db: Path, s3: S3Target) -> in
     await until(pilot, lambda: "r Resume" in screen_text(app), "the footer offers Resume")
     text = screen_text(app)
     assert "HELD" in text and "p Pause" not in text
-    await pilot.pause(1.0)
+    await pilot.pause(0.6)
     assert worker.counters.claimed == claimed, "claims went on while held"
     assert rows_sqlite(db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'") == [
         (0,)
@@ -301,7 +303,6 @@ async def test_publish_worker_in_tmux(
     try:
         text = await tmux.wait_screen("RUNNING", "queue depth", "jobs/min", "p Pause", "tmux:1")
         assert "avg processing" in text and "live workers" in text
-        await tmux.wait_screen("job 1 file 1: corrupt")
         await tmux.keys("p")
         text = await tmux.wait_screen("HELD", "r Resume")
         await tmux.keys("q")
