@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
+import shutil
+import signal
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -99,7 +102,9 @@ async def test_keys_drive_a_real_worker(
     db = tmp_path / "queue.sqlite3"
     await queue_with_files(db, files_of(images))
     raid.faults.latency = 0.25  # slow enough to press keys while jobs are in flight
-    env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2")
+    env = publish_env(
+        rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2", TUI_BACKFILL_LEASE="3"
+    )
     settings = resolve_publish({}, env=env)
     async with prepared_worker(settings, worker="console-test:1") as worker:
         app = PublishApp(worker)
@@ -156,7 +161,7 @@ async def drive(pilot: Any, worker: PublishWorker, db: Path, s3: S3Target) -> in
     await until(pilot, lambda: "r Resume" in screen_text(app), "the footer offers Resume")
     text = screen_text(app)
     assert "HELD" in text and "p Pause" not in text
-    await pilot.pause(1.0)
+    await pilot.pause(0.6)
     assert worker.counters.claimed == claimed, "claims went on while held"
     assert rows_sqlite(db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'") == [
         (0,)
@@ -283,29 +288,32 @@ async def test_keys_reach_the_worker_and_q_leaves() -> None:
 # -- a real terminal ------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="tmux smoke test on Linux")
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+@pytest.mark.parametrize("leave", ["q", "SIGTERM"])
 async def test_publish_worker_in_tmux(
-    tmp_path: Path, rclone_s3: S3Target, raid: RaidServer, images: dict[str, bytes]
+    tmp_path: Path, rclone_s3: S3Target, raid: RaidServer, images: dict[str, bytes], leave: str
 ) -> None:
-    import shutil
-
-    if shutil.which("tmux") is None:
-        pytest.skip("tmux is not installed")
+    """`publish worker` at 80x24: the figures, `p` holds, then `q` (or SIGTERM, as a service
+    manager sends it) stops it with exit 0 and nothing left processing."""
     db = tmp_path / "queue.sqlite3"
     await queue_with_files(db, files_of(images))
     raid.faults.latency = 0.3
     env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2")
     tmux = Tmux(tmp_path)
-    argv = [sys.executable, "-m", "tui_backfill", "publish", "worker", "--worker-id", "tmux:1"]
-    await tmux.start(argv, env)
+    await tmux.start([sys.executable, "-m", "tui_backfill", "publish", "worker"], env)
     try:
-        text = await tmux.wait_screen("RUNNING", "queue depth", "jobs/min", "p Pause", "tmux:1")
-        assert "avg processing" in text and "live workers" in text
-        await tmux.wait_screen("job 1 file 1: corrupt")
+        text = await tmux.wait_screen(
+            "RUNNING", "queue depth", "jobs/min", "p Pause", "live workers (1"
+        )
+        assert "avg processing" in text and "need attention" in text
         await tmux.keys("p")
-        text = await tmux.wait_screen("HELD", "r Resume")
-        await tmux.keys("q")
-        assert await tmux.exit_line(timeout=20) == "EXIT=0"
+        await tmux.wait_screen("HELD", "r Resume")
+        if leave == "q":
+            await tmux.keys("q")
+        else:
+            ((worker,),) = rows_sqlite(db, "SELECT id FROM publish_workers")
+            os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGTERM)  # the id is host:pid
+        assert await tmux.exit_line(timeout=20) == "EXIT=0", await tmux.screen()
         screen = await tmux.screen()
         for secret in (RAID_SECRET, rclone_s3.secret_key):
             assert secret not in screen

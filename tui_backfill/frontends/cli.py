@@ -164,10 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_job_state(pause)
     pause.add_argument("--no-wait", action="store_true", help="return once the request is sent")
+    pause.add_argument("--worker", help="a publish job: one instance's id (default: all)")
 
     resume = commands.add_parser("resume", help="continue a paused or interrupted run")
     _add_job_state(resume)
     resume.add_argument("--no-ui", action="store_true")
+    resume.add_argument("--worker", help="a publish job: one instance's id (default: all)")
     for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
         resume.add_argument("--" + name.replace("_", "-"), default=None)
     resume.add_argument(
@@ -320,6 +322,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from tui_backfill.frontends.publish import generic_command, main_publish
 
             return main_publish(args) if args.command == "publish" else generic_command(args)
+        if getattr(args, "worker", None):
+            raise ConfigError("--worker", "only for a publish job's instances (--job publish)")
         if args.command in ("run", "hash-index"):
             return _cmd_run(args)
         if args.command == "resume":

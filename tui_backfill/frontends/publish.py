@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -238,6 +239,18 @@ async def job_snapshot(settings: PublishSettings) -> Any:
         attention = await queue.attention(20)
     live = [w for w in workers if w.stopped_at is None and w.state != "lost"]
     state = "idle" if not live else ("held" if all(w.state == "held" for w in live) else "running")
+    # The live instances' heartbeat stats, summed: their sessions' counters and recent rate.
+    counters, per_minute = InstanceCounters(), 0.0
+    for row in live:
+        stats = _stats_of(row)
+        one = InstanceCounters.from_json(stats)
+        for f in dataclasses.fields(one):
+            if f.name != "errors_by_code":
+                setattr(counters, f.name, getattr(counters, f.name) + getattr(one, f.name))
+        for code, n in one.errors_by_code.items():
+            counters.errors_by_code[code] = counters.errors_by_code.get(code, 0) + n
+        per_minute += float(stats.get("perMinute", 0.0))
+    failed = counters.failed_attempts + counters.failed_permanent
     return PublishSnapshot(
         job=settings.job,
         worker=None,
@@ -246,13 +259,21 @@ async def job_snapshot(settings: PublishSettings) -> Any:
         last_update_at=utc_now_iso(),
         concurrency=settings.concurrency,
         in_flight=figures.processing,
-        counters=InstanceCounters(),
-        per_second=0.0,
-        error_rate=0.0,
+        counters=counters,
+        per_second=per_minute / 60,
+        error_rate=failed / counters.finished if counters.finished else 0.0,
         queue=figures,
         workers=tuple(workers),
         attention=tuple(attention),
     )
+
+
+def _stats_of(row: Any) -> dict[str, Any]:
+    try:
+        stats = json.loads(row.stats) if row.stats else {}
+    except ValueError:
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
@@ -278,7 +299,7 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
         return EXIT_OK
     print("worker\tstate\tstarted\tstopped\tpublished\tfailed")
     for row in rows:
-        stats = json.loads(row.stats) if row.stats else {}
+        stats = _stats_of(row)
         print(
             f"{row.id}\t{row.state}\t{row.started_at}\t{row.stopped_at or '-'}\t"
             f"{stats.get('published', 0)}\t{stats.get('failedPermanent', 0)}"

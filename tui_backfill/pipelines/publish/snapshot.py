@@ -186,7 +186,8 @@ class PublishSnapshot:
         """`status` for a publish job: the queue, then the instances, then what needs a person."""
         q = self.queue
         lines = [
-            f"job {self.job} (publish): {self.state}, {len(self.live_workers)} live worker(s)",
+            f"job {self.job} (publish): {self.state}, {len(self.live_workers)} live worker(s), "
+            f"{self.per_second * 60:,.1f} jobs/min, error rate {self.error_rate:.1%}",
             f"queue: {q.pending:,} pending ({q.waiting_backoff:,} waiting for backoff), "
             f"{q.processing:,} processing, {q.completed:,} completed, {q.failed:,} failed "
             f"({q.needing_attention:,} need attention)",
@@ -197,7 +198,12 @@ class PublishSnapshot:
             summary = ", ".join(f"{k} {v:,}" for k, v in sorted(q.publish_status.items()))
             lines.append(f"files: {summary}")
         for row in self.workers[:10]:
-            lines.append(f"  worker {row.id}: {row.state}, heartbeat {row.heartbeat_at}")
+            stats = _worker_json(row)["stats"]
+            lines.append(
+                f"  worker {row.id}: {row.state}, heartbeat {row.heartbeat_at}, "
+                f"{stats.get('inFlight', 0)} in flight, {stats.get('published', 0):,} published, "
+                f"{stats.get('failedPermanent', 0):,} failed"
+            )
         for job in self.attention[:10]:
             error = job.last_error.splitlines()[0][:60] if job.last_error else ""
             lines.append(f"  needs attention: job {job.id} file {job.file_id}: {error}")
