@@ -304,3 +304,28 @@ async def test_one_instance_serves_metrics_and_status(tmp_path: Path, rclone_s3:
     assert 'tui_backfill_publish_files{job="publish",publish_status="published"} 4.0' in metrics
     for secret in (RAID_SECRET, rclone_s3.secret_key):
         assert secret not in metrics + json.dumps(status)
+
+
+async def test_an_old_pause_does_not_hold_a_worker_started_later(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """Commands address the instances live when they were sent: a job-wide `pause` left in the
+    command table from an earlier session does not hold a new worker."""
+    from tui_backfill.seams.queue import open_queue
+
+    images = many_images(3, seed=12)
+    slow = RaidFaults(latency=0.8)  # the worker reads commands while its jobs are in flight
+    async with RaidServer(images, token=RAID_SECRET, faults=slow) as raid:
+        db = tmp_path / "queue.sqlite3"
+        env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="1")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        insert_files_sqlite(db, [(i + 1, 2, key) for i, key in enumerate(images)])
+        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        queue = await open_queue(f"sqlite:///{db}")
+        try:
+            await queue.post_command("publish", "pause")
+        finally:
+            await queue.close()
+        result = await tool("publish", "worker", "--no-ui", "--burst", env=env, timeout=30)
+    assert result.rc == 0, result.err[-2000:]
+    assert json.loads(result.out)["published"] == 3

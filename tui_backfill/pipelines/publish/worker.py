@@ -192,6 +192,9 @@ class PublishWorker:
     async def run(self) -> int:
         """Until stopped (or, with `burst`, until nothing is claimable and nothing in flight).
         The exit code: 0, 1 (burst: this instance failed jobs for good), 3 (fatal)."""
+        # Commands address the instances live when they were sent: skip the job's older ones
+        # (an old `pause` must not hold a worker started today).
+        self._command_cursor, _ = await self.queue.take_commands(self.id, self.settings.job, 0)
         await self.queue.register_worker(self.id, self.settings.job)
         await self._refresh_figures()
         heartbeat = asyncio.create_task(self._heartbeat(), name="publish-heartbeat")
