@@ -6,8 +6,8 @@ never SKUs, angles or keys. A pipeline declares its counters, its item source, h
 is processed (its stages), how a position is spelled in its checkpoint, and its snapshot.
 
 Two kinds of item source: an ordered one (pages of groups in ascending key order, resumed from
-a watermark position) and a claimed one (a queue with leases, shared by many processes: the
-publishing worker's jobs table; its engine loop comes with that pipeline).
+a watermark position; this protocol and core/engine.py) and a claimed one (a queue with leases,
+shared by many processes: the publishing worker's jobs table; core/claimed.py).
 """
 
 from __future__ import annotations
@@ -105,26 +105,6 @@ class OrderedSource(Protocol):
     async def page(self, after: str | None) -> Sequence[Group]:
         """The next groups after `after` (None: from the start) in ascending order; empty at
         the end. The next page is read while this one is dispatched."""
-        ...
-
-
-class ClaimedSource(Protocol):
-    """A queue with leases shared by many processes (implemented with the publishing worker)."""
-
-    async def claim(self, limit: int) -> list[Item]:
-        """Take up to `limit` claimable items, leased to this process."""
-        ...
-
-    async def renew(self) -> None:
-        """Extend the leases of the items this process holds (called by the heartbeat)."""
-        ...
-
-    async def complete(self, item: Item, result: Result) -> bool:
-        """Record how the item ended; False when its lease was lost to another worker."""
-        ...
-
-    async def release(self, items: Sequence[Item]) -> None:
-        """Hand unfinished claims back (no attempt counted)."""
         ...
 
 

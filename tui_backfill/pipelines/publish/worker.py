@@ -1,20 +1,16 @@
-"""One instance of a publish job: claim jobs from the queue, run the media step, record.
+"""One instance of a publish job: the media step on the engine's claimed-source loop.
 
-The claimed-source loop: the queue is the coordination between instances (on one machine or
-many), so there is no one-process lock and no checkpoint — a job is leased in one short
-transaction, its lease is renewed by the heartbeat, and its completion is refused if the lease
-went to another worker meanwhile. A claim takes up to one batch beyond the free slots, so the
-claim's round trip hides behind the work; claimed jobs waiting for a slot are unstarted and are
-handed back (no attempt counted) on pause and on SIGTERM.
+The loop (core/claimed.py) claims jobs, renews their leases and hands each to `_attempt` with
+a lease guard; this module says what a job is: skip it when its file is published or
+soft-deleted, else download the source, make the variants off the event loop (a thread pool
+bounded by the cores), PUT them, and record the CDN URLs with the job's completion. A job seen
+again after a failure or a reclaim first asks the bucket which variants exist, so a worker
+killed between its PUTs and its completion costs no second PUT of what it wrote; the guard
+before each PUT keeps a worker thawed after its lease ran out from writing at all.
 
-Side effects are lease-guarded: before each PUT the worker checks its lease is still valid by
-its own clock (renewed at `lease / 3`), so a worker frozen past its lease (SIGSTOP, a swapped
-VM) and thawed later writes nothing the new holder also writes. A job seen again after a
-failure or a reclaim first asks the bucket which variants exist, so a worker killed between
-its PUTs and its completion costs no second PUT of what it wrote.
-
-Two-stage shutdown (arq's): stop claiming and hand back the unstarted, wait up to
-`shutdown_timeout` for in-flight jobs, then cancel what is left and hand it back.
+Beside the loop, a heartbeat writes this instance's row (state and counters, read by `status`
+on any machine), reads the commands addressed to the job or to this instance, and re-reads the
+queue's figures for the snapshot.
 """
 
 from __future__ import annotations
@@ -25,11 +21,11 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
+from tui_backfill.core.claimed import ClaimedEngine, ClaimPlan, LeaseLost
 from tui_backfill.core.snapshot import RateMeter, utc_now_iso
 from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError
 from tui_backfill.pipelines.publish.settings import PublishSettings
@@ -60,16 +56,23 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-class LeaseLost(Exception):
-    """The job's lease expired by this worker's clock (or renew said it is gone)."""
+class _QueueSource:
+    """The jobs table as the engine's claimed source, for this worker."""
 
+    def __init__(self, queue: JobQueue, worker: str, lease: float, policy: RetryPolicy) -> None:
+        self.queue, self.worker, self.lease, self.policy = queue, worker, lease, policy
 
-@dataclass(slots=True)
-class _Held:
-    job: ClaimedJob
-    deadline: float  # monotonic: the lease is ours until then (as renewed)
-    started: bool = False
-    task: asyncio.Task[None] | None = None
+    async def claim(self, limit: int) -> list[ClaimedJob]:
+        return await self.queue.claim(self.worker, limit, self.lease, policy=self.policy)
+
+    async def renew(self, ids: Sequence[int]) -> set[int]:
+        return await self.queue.renew(self.worker, ids, self.lease)
+
+    async def release(self, items: Sequence[ClaimedJob]) -> None:
+        await self.queue.release(self.worker, items)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        await self.queue.wait_for_work(timeout)
 
 
 class MediaStep:
@@ -113,12 +116,20 @@ class PublishWorker:
         )
         self._policy = RetryPolicy(base=settings.retry_base, cap=settings.retry_cap)
         self.counters = InstanceCounters()
-        self._held: dict[int, _Held] = {}
-        self._slots = asyncio.Semaphore(settings.concurrency)
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._holding = False
+        self.engine: ClaimedEngine[ClaimedJob] = ClaimedEngine(
+            _QueueSource(queue, self.id, settings.lease, self._policy),
+            self._run_job,
+            ClaimPlan(
+                concurrency=settings.concurrency,
+                lease=settings.lease,
+                poll=settings.poll_interval,
+                shutdown_timeout=settings.shutdown_timeout,
+                burst=burst,
+            ),
+            clock=clock,
+        )
         self._fatal: BackfillError | None = None
+        self._released_fatal = 0
         self._started_at = utc_now_iso()
         self._rates = RateMeter(window=30.0)
         self._failed_recent = RateMeter(window=30.0)
@@ -132,33 +143,34 @@ class PublishWorker:
 
     def stop(self) -> None:
         """SIGTERM: stop claiming, finish in-flight within the shutdown timeout, exit 0."""
-        self._stopping = True
-        self._wake.set()
+        self.engine.stop()
 
     def hold(self) -> None:
         """`p`: stop claiming, hand back the unstarted claims, let in-flight jobs finish."""
-        if not self._holding:
-            self._holding = True
+        if self.engine.hold():
             self.message = "held: no new claims; in-flight jobs finish"
-            self._wake.set()
 
     def resume(self) -> None:
-        if self._holding:
-            self._holding = False
+        if self.engine.resume():
             self.message = ""
-            self._wake.set()
 
     @property
     def state(self) -> str:
-        if self._stopping:
+        if self.engine.stopping:
             return "stopping"
-        return "held" if self._holding else "running"
+        return "held" if self.engine.holding else "running"
 
     @property
     def in_flight(self) -> int:
-        return sum(1 for held in self._held.values() if held.started)
+        return self.engine.in_flight
 
     # -- the snapshot --------------------------------------------------------------------------
+
+    def _sync(self) -> InstanceCounters:
+        """The counters, with the loop's own (claims, hand-backs) brought in."""
+        self.counters.claimed = self.engine.claimed
+        self.counters.released = self.engine.released + self._released_fatal
+        return self.counters
 
     def snapshot(self) -> PublishSnapshot:
         per_second = self._rates.rates()[0]
@@ -172,7 +184,7 @@ class PublishWorker:
             last_update_at=utc_now_iso(),
             concurrency=self.settings.concurrency,
             in_flight=self.in_flight,
-            counters=self.counters.copy(),
+            counters=self._sync().copy(),
             per_second=per_second,
             error_rate=min(error_rate, 1.0),
             queue=self._figures,
@@ -199,8 +211,7 @@ class PublishWorker:
         await self._refresh_figures()
         heartbeat = asyncio.create_task(self._heartbeat(), name="publish-heartbeat")
         try:
-            await self._claim_loop()
-            await self._drain()
+            await self.engine.run()
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -215,96 +226,22 @@ class PublishWorker:
             return EXIT_FAILED
         return EXIT_OK
 
-    async def _claim_loop(self) -> None:
-        batch = self.settings.concurrency
-        while not self._stopping and self._fatal is None:
-            if self._holding:
-                await self._release_unstarted()
-                await self._wait(None)
-                continue
-            want = self.settings.concurrency + batch - len(self._held)
-            claimed: list[ClaimedJob] = []
-            if want > 0:
-                claimed = await self.queue.claim(
-                    self.id, want, self.settings.lease, policy=self._policy
-                )
-                deadline = self._clock() + self.settings.lease
-                for job in claimed:
-                    held = _Held(job, deadline)
-                    self._held[job.id] = held
-                    held.task = asyncio.create_task(self._run_job(held), name=f"job-{job.id}")
-                self.counters.claimed += len(claimed)
-            if self.burst and not claimed and not self._held:
-                return
-            if len(claimed) < want:
-                await self._wait(self.settings.poll_interval)  # nothing more now: wait for work
-            elif len(self._held) >= self.settings.concurrency + batch:
-                await self._wait(None)  # full: wait for a slot to free
-
-    async def _wait(self, poll: float | None) -> None:
-        """Until woken (a job finished, a command, a stop) or, with `poll`, until the queue
-        may have work (NOTIFY) or `poll` seconds passed."""
-        self._wake.clear()
-        waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
-        if poll is not None:
-            waits.append(asyncio.create_task(self.queue.wait_for_work(poll)))
-        try:
-            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in waits:
-                task.cancel()
-            await asyncio.gather(*waits, return_exceptions=True)
-
-    async def _drain(self) -> None:
-        """Stage two of a stop: hand back the unstarted, wait for in-flight jobs (bounded),
-        cancel the rest and hand them back too."""
-        await self._release_unstarted()
-        tasks = [h.task for h in self._held.values() if h.task is not None]
-        if tasks:
-            timeout = self.settings.shutdown_timeout
-            if not self._stopping:  # burst or fatal: nothing asks us to hurry
-                timeout = max(timeout, self.settings.lease)
-            _, pending = await asyncio.wait(tasks, timeout=timeout)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
-        left = [h.job for h in self._held.values()]
-        if left:
-            await self.queue.release(self.id, left)
-            self.counters.released += len(left)
-            self._held.clear()
-
-    async def _release_unstarted(self) -> None:
-        unstarted = [h for h in self._held.values() if not h.started]
-        if not unstarted:
-            return
-        for held in unstarted:
-            if held.task is not None:
-                held.task.cancel()
-        await asyncio.gather(*(h.task for h in unstarted if h.task), return_exceptions=True)
-        await self.queue.release(self.id, [h.job for h in unstarted])
-        for held in unstarted:
-            self._held.pop(held.job.id, None)
-        self.counters.released += len(unstarted)
-        self._wake.set()
-
     # -- the heartbeat -------------------------------------------------------------------------
 
     def _stats(self) -> str:
-        return instance_stats(self.counters, in_flight=self.in_flight, rate=self._rates.rates()[0])
+        return instance_stats(self._sync(), in_flight=self.in_flight, rate=self._rates.rates()[0])
 
     async def _heartbeat(self) -> None:
-        """Renew leases every lease/3; write the instance row; read commands and figures."""
-        renew_every = self.settings.lease / 3
-        last_renew = last_figures = last_commands = self._clock()
+        """Write the instance row every lease/3; read commands and figures."""
+        beat_every = self.settings.lease / 3
+        last_beat = last_figures = last_commands = self._clock()
         while True:
-            await asyncio.sleep(min(0.5, renew_every))
+            await asyncio.sleep(min(0.5, beat_every))
             now = self._clock()
             self._sample()
             try:
-                if now - last_renew >= renew_every:
-                    last_renew = now
-                    await self._renew()
+                if now - last_beat >= beat_every:
+                    last_beat = now
                     await self.queue.heartbeat(self.id, self.state, self._stats())
                 if now - last_commands >= COMMANDS_EVERY:
                     last_commands = now
@@ -314,23 +251,8 @@ class PublishWorker:
                     await self._refresh_figures()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database blinked: leases run out if it stays away
+            except Exception as exc:  # the database blinked: shown, retried at the next beat
                 log.warning("heartbeat: %s: %s", exc.__class__.__name__, exc)
-
-    async def _renew(self) -> None:
-        ids = [job_id for job_id in self._held]
-        if not ids:
-            return
-        started = self._clock()
-        still = await self.queue.renew(self.id, ids, self.settings.lease)
-        for job_id in ids:
-            held = self._held.get(job_id)
-            if held is None:
-                continue
-            if job_id in still:
-                held.deadline = started + self.settings.lease
-            else:
-                held.deadline = 0.0  # taken by another worker: no more side effects
 
     async def _take_commands(self) -> None:
         self._command_cursor, commands = await self.queue.take_commands(
@@ -353,35 +275,21 @@ class PublishWorker:
 
     # -- one job -------------------------------------------------------------------------------
 
-    def _guard(self, held: _Held) -> None:
-        if self._clock() >= held.deadline - 1.0:
-            raise LeaseLost
+    async def _run_job(self, job: ClaimedJob, guard: Callable[[], None]) -> None:
+        begun = self._clock()
+        try:
+            await self._attempt(job, guard)
+        except LeaseLost:
+            self.counters.refused += 1
+            log.warning(
+                "job %s: lease lost before its side effects; left to its new holder", job.id
+            )
+        finally:
+            self.counters.processing_seconds += self._clock() - begun
 
-    async def _run_job(self, held: _Held) -> None:
-        job = held.job
-        async with self._slots:
-            if self._stopping or self._holding:
-                return  # handed back by the drain / the hold (still unstarted)
-            held.started = True
-            begun = self._clock()
-            try:
-                await self._attempt(held)
-            except LeaseLost:
-                self.counters.refused += 1
-                log.warning(
-                    "job %s: lease lost before its side effects; left to its new holder", job.id
-                )
-            except asyncio.CancelledError:
-                raise
-            finally:
-                self.counters.processing_seconds += self._clock() - begun
-                self._held.pop(job.id, None)
-                self._wake.set()
-
-    async def _attempt(self, held: _Held) -> None:
-        job = held.job
+    async def _attempt(self, job: ClaimedJob, guard: Callable[[], None]) -> None:
         if job.deleted or job.publish_status == "published":
-            await self._complete(held, None)
+            await self._complete(job, guard, None)
             return
         try:
             body = await self.step.fetch(job.source_key)
@@ -396,10 +304,10 @@ class PublishWorker:
                     variant.name, lot_id=job.lot_id, file_id=job.file_id
                 )
                 urls[variant.name] = self.settings.cdn_url(key)
-                self._guard(held)
+                guard()
                 if job.retry_count > 0 and await self.step.exists(key):
                     continue  # written by an earlier attempt of this job
-                self._guard(held)
+                guard()
                 await self.step.put(key, variant.data)
             published = Published(thumb_url=urls["thumb"], display_url=urls["display"])
         except LeaseLost:
@@ -411,54 +319,51 @@ class PublishWorker:
             self.counters.count_error(exc.code)
             log.error("fatal: %s; stopping", exc.message)
             await self.queue.release(self.id, [job])
-            self.counters.released += 1
-            self._stopping = True
-            self._wake.set()
+            self._released_fatal += 1
+            self.engine.stop()
             return
         except NotFoundError as exc:
-            await self._fail(held, exc, permanent=True)
+            await self._fail(job, exc, permanent=True)
             return
         except BackfillError as exc:
-            await self._fail(held, exc, permanent=bool(getattr(exc, "permanent", False)))
+            await self._fail(job, exc, permanent=bool(getattr(exc, "permanent", False)))
             return
         except Exception as exc:  # a defect: recorded as a failed attempt, never lost
             error = BackfillError(
                 f"internal error: {exc.__class__.__name__}: {exc}", code="internal"
             )
-            await self._fail(held, error, permanent=False)
+            await self._fail(job, error, permanent=False)
             return
-        await self._complete(held, published)
+        await self._complete(job, guard, published)
 
-    async def _complete(self, held: _Held, published: Published | None) -> None:
-        self._guard(held)
-        if await self.queue.complete(self.id, held.job, published):
+    async def _complete(
+        self, job: ClaimedJob, guard: Callable[[], None], published: Published | None
+    ) -> None:
+        guard()
+        if await self.queue.complete(self.id, job, published):
             if published is None:
                 self.counters.skipped += 1
             else:
                 self.counters.published += 1
         else:
             self.counters.refused += 1
-            log.warning(
-                "job %s: completion refused (the lease went to another worker)", held.job.id
-            )
+            log.warning("job %s: completion refused (the lease went to another worker)", job.id)
 
-    async def _fail(self, held: _Held, error: BackfillError, *, permanent: bool) -> None:
+    async def _fail(self, job: ClaimedJob, error: BackfillError, *, permanent: bool) -> None:
         self.counters.count_error(error.code)
         text = f"{error.code}: {error.message}"
-        final = permanent or held.job.retry_count + 1 >= held.job.max_retries
-        if not await self.queue.fail(
-            self.id, held.job, text, permanent=permanent, policy=self._policy
-        ):
+        final = permanent or job.retry_count + 1 >= job.max_retries
+        if not await self.queue.fail(self.id, job, text, permanent=permanent, policy=self._policy):
             self.counters.refused += 1
             return
         if final:
             self.counters.failed_permanent += 1
-            log.warning("job %s (file %s) failed for good: %s", held.job.id, held.job.file_id, text)
+            log.warning("job %s (file %s) failed for good: %s", job.id, job.file_id, text)
         else:
             self.counters.failed_attempts += 1
             log.info(
                 "job %s (file %s) attempt failed, retried after backoff: %s",
-                held.job.id,
-                held.job.file_id,
+                job.id,
+                job.file_id,
                 text,
             )
