@@ -1,0 +1,138 @@
+"""The engine's claimed-source loop on an in-memory queue (a unit of the core: the real
+queues have their own contract suite, the worker its end-to-end tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import pytest
+
+from tui_backfill.core.claimed import ClaimedEngine, ClaimPlan, LeaseLost
+
+
+@dataclass(frozen=True)
+class Job:
+    id: int
+
+
+class MemoryQueue:
+    def __init__(self, n: int) -> None:
+        self.pending = [Job(i) for i in range(1, n + 1)]
+        self.released: list[int] = []
+        self.claims: list[int] = []
+        self.renewals = 0
+        self.taken: set[int] = set()  # ids another worker took over
+
+    async def claim(self, limit: int) -> list[Job]:
+        batch, self.pending = self.pending[:limit], self.pending[limit:]
+        self.claims.append(len(batch))
+        return batch
+
+    async def renew(self, ids: Sequence[int]) -> set[int]:
+        self.renewals += 1
+        return set(ids) - self.taken
+
+    async def release(self, items: Sequence[Job]) -> None:
+        self.released += [j.id for j in items]
+        self.pending = sorted([*items, *self.pending], key=lambda j: j.id)
+
+    async def wait_for_work(self, timeout: float) -> None:
+        await asyncio.sleep(min(timeout, 0.01))
+
+
+def plan(**changes: object) -> ClaimPlan:
+    base = {"concurrency": 2, "lease": 30.0, "poll": 0.01, "shutdown_timeout": 5.0, "burst": True}
+    return ClaimPlan(**{**base, **changes})  # type: ignore[arg-type]
+
+
+async def test_burst_processes_everything_once_within_the_bound() -> None:
+    queue = MemoryQueue(25)
+    done: list[int] = []
+    running = 0
+    most = 0
+
+    async def process(job: Job, guard: Callable[[], None]) -> None:
+        nonlocal running, most
+        running += 1
+        most = max(most, running)
+        await asyncio.sleep(0.001)
+        guard()
+        done.append(job.id)
+        running -= 1
+
+    engine = ClaimedEngine(queue, process, plan())
+    await asyncio.wait_for(engine.run(), 10)
+    assert sorted(done) == list(range(1, 26))
+    assert most == 2  # the concurrency bound, though 4 are claimed (one batch ahead)
+    assert max(queue.claims) == 4 and engine.claimed == 25 and queue.released == []
+
+
+async def test_hold_hands_back_the_unstarted_and_stop_drains() -> None:
+    queue = MemoryQueue(10)
+    gate = asyncio.Event()
+    started: list[int] = []
+
+    async def process(job: Job, guard: Callable[[], None]) -> None:
+        started.append(job.id)
+        await gate.wait()
+
+    engine = ClaimedEngine(queue, process, plan(burst=False))
+    runner = asyncio.create_task(engine.run())
+    while len(started) < 2:
+        await asyncio.sleep(0.001)
+    assert engine.hold()
+    await asyncio.sleep(0.05)
+    assert sorted(queue.released) == [3, 4]  # claimed ahead, never started: back, uncounted
+    assert engine.in_flight == 2
+    gate.set()
+    await asyncio.sleep(0.02)
+    assert engine.claimed == 4  # no claim while held
+    engine.stop()
+    await asyncio.wait_for(runner, 5)
+    assert started == [1, 2]
+
+
+async def test_the_guard_refuses_after_the_lease_ran_out_by_the_clock() -> None:
+    now = [0.0]
+    queue = MemoryQueue(1)
+    outcome: list[str] = []
+    release = asyncio.Event()
+
+    async def process(job: Job, guard: Callable[[], None]) -> None:
+        guard()  # fine at the start
+        await release.wait()  # frozen past the lease (a SIGSTOP)
+        try:
+            guard()
+        except LeaseLost:
+            outcome.append("lost")
+
+    engine = ClaimedEngine(queue, process, plan(lease=10.0), clock=lambda: now[0])
+    runner = asyncio.create_task(engine.run())
+    await asyncio.sleep(0.01)
+    now[0] = 9.5  # within GUARD_MARGIN of the lease's end
+    release.set()
+    await asyncio.wait_for(runner, 5)
+    assert outcome == ["lost"]
+
+
+@pytest.mark.parametrize("taken", [True, False])
+async def test_a_renewal_that_finds_the_lease_taken_stops_side_effects(taken: bool) -> None:
+    queue = MemoryQueue(1)
+    if taken:
+        queue.taken = {1}
+    outcome: list[str] = []
+
+    async def process(job: Job, guard: Callable[[], None]) -> None:
+        while queue.renewals == 0:
+            await asyncio.sleep(0.005)
+        try:
+            guard()
+            outcome.append("ok")
+        except LeaseLost:
+            outcome.append("lost")
+
+    engine = ClaimedEngine(queue, process, plan(lease=3.3))  # renewed every 1.1 s
+    await asyncio.wait_for(engine.run(), 5)
+    assert outcome == (["lost"] if taken else ["ok"])
