@@ -22,6 +22,8 @@ the RAID-like origin and `rclone serve s3`, all on 127.0.0.1 of this machine.
    claim) and n = 2 x CONCURRENCY (the worker's first and largest claim). Per job: the
    wall time of all three / jobs, and a worker's own time in queue calls / its jobs.
 4. **Throughput of 1, 2 and 3 worker processes** (each CONCURRENCY = cores) on the camera set.
+   Both sets also run one worker at CONCURRENCY = 2 x cores (its media pool stays at cores
+   threads): what the I/O between a slot's CPU steps costs at the default.
 
 Before each series the script waits (up to 10 minutes, polling) while `pgrep -fa
 "bench/|pytest"` shows another benchmark or test run. Repetitions are interleaved (the order of
@@ -88,9 +90,12 @@ NO_WAIT = False
 QUIET: list[str] = []  # what wait_quiet found before each series, for the report
 
 
-def wait_quiet(name: str, limit: float = 600.0) -> str:
+WAIT_LIMIT = 600.0
+
+
+def wait_quiet(name: str) -> str:
     """Wait while another benchmark or test run is going (not this script's own processes)."""
-    found = _wait_quiet(limit)
+    found = _wait_quiet(WAIT_LIMIT)
     QUIET.append(f"{name}: {found}")
     return found
 
@@ -103,7 +108,11 @@ def _wait_quiet(limit: float) -> str:
         out = subprocess.run(
             ["pgrep", "-fa", "bench/|pytest"], capture_output=True, text=True
         ).stdout
-        busy = [line for line in out.splitlines() if "publish_worker.py" not in line]
+        busy = [
+            line
+            for line in out.splitlines()
+            if "publish_worker.py" not in line and "/bench-publish-" not in line  # ours
+        ]
         waited = time.monotonic() - started
         if not busy:
             return f"quiet after {waited:.0f} s" if waited > 1 else "quiet"
@@ -152,7 +161,7 @@ def vm(pid: int, name: str) -> float:
 def image_sets(quick: bool) -> dict[str, dict[str, bytes]]:
     from tui_backfill.servers.images import cached, large_photo, many_images, photo_jpeg
 
-    n_small, n_camera = (40, 16) if quick else (200, 60)
+    n_small, n_camera = (40, 16) if quick else (200, 40)
     small = {f"small/{k.rsplit('/', 1)[1]}": v for k, v in many_images(n_small, seed=11).items()}
     camera = {
         f"camera/{i:04d}.jpg": cached(
@@ -388,7 +397,9 @@ class Run:
         return self.jobs / self.work
 
 
-def run_workers(servers: Servers, set_name: str, keys: list[str], procs: int, lot: int) -> Run:
+def run_workers(
+    servers: Servers, set_name: str, keys: list[str], procs: int, lot: int, concurrency: int = CORES
+) -> Run:
     reset_queue(servers, keys, lot)
     logs = servers.root / "logs"
     logs.mkdir(exist_ok=True)
@@ -401,7 +412,11 @@ def run_workers(servers: Servers, set_name: str, keys: list[str], procs: int, lo
         argv = [sys.executable, "-m", "tui_backfill", "publish", "worker", "--no-ui", "--burst"]
         children.append(
             subprocess.Popen(
-                argv, env=servers.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=err
+                argv,
+                env=servers.env(CONCURRENCY=str(concurrency)),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=err,
             )
         )
     with concurrent.futures.ThreadPoolExecutor(procs) as pool:
@@ -422,6 +437,8 @@ def run_workers(servers: Servers, set_name: str, keys: list[str], procs: int, lo
     cpu.update({k: after[k] - before[k] for k in ("rclone", "raid", "postgres")})
     cpu["other"] = max(0.0, after["machine"] - before["machine"] - sum(cpu.values()))
     name = "worker" if procs == 1 else f"worker x{procs}"
+    if concurrency != CORES:
+        name += f" C={concurrency}"
     return Run(name, set_name, len(keys), wall, result["work"], cpu)
 
 
@@ -456,9 +473,11 @@ def series_cpu(
     servers: Servers, sets: dict[str, dict[str, bytes]], reps: int, lot: list[int]
 ) -> list[Run]:
     runs: list[Run] = []
-    plans = {
-        "small": ["minimal", 1],
-        "camera": ["minimal", 1, 2, 3],
+    # (processes, CONCURRENCY each); "minimal" the loop. CONCURRENCY = 2 x cores shows what
+    # the worker's I/O between its CPU steps costs at the default (= cores).
+    plans: dict[str, list[Any]] = {
+        "small": ["minimal", (1, CORES), (1, 2 * CORES)],
+        "camera": ["minimal", (1, CORES), (2, CORES), (3, CORES), (1, 2 * CORES)],
     }
     for set_name, plan in plans.items():
         print(f"series cpu/{set_name}: {wait_quiet(set_name)}", file=sys.stderr, flush=True)
@@ -470,7 +489,7 @@ def series_cpu(
                 if who == "minimal":
                     run = run_minimal(servers, set_name)
                 else:
-                    run = run_workers(servers, set_name, keys, int(who), lot[0])
+                    run = run_workers(servers, set_name, keys, who[0], lot[0], who[1])
                 runs.append(run)
                 cpu = ", ".join(f"{k} {v:.1f}" for k, v in run.cpu.items())
                 print(f"  {set_name} rep {rep + 1} {run.contender}: {run.rate:.2f} jobs/s"
@@ -791,6 +810,7 @@ def main() -> int:
     p.add_argument(
         "--no-wait", action="store_true", help="do not wait for other benchmarks or tests"
     )
+    p.add_argument("--wait-limit", type=float, default=600.0, help="longest wait for quiet, s")
     p.add_argument("--json", type=Path, default=None, help="also write the raw runs here")
     p.add_argument("--serve-raid", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--minimal", nargs=2, help=argparse.SUPPRESS)
@@ -807,8 +827,8 @@ def main() -> int:
         claim_loop(url, int(batch), worker, float(start_at))
         return 0
 
-    global NO_WAIT
-    NO_WAIT = args.no_wait
+    global NO_WAIT, WAIT_LIMIT
+    NO_WAIT, WAIT_LIMIT = args.no_wait, args.wait_limit
     reps = args.reps or (1 if args.quick else 3)
     series = set(args.series.split(","))
     mem_jobs, claim_jobs = (4, 300) if args.quick else (8, 3000)
@@ -843,6 +863,13 @@ def main() -> int:
     return 0
 
 
+def _exit_on_signal(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # the servers (PostgreSQL, rclone, RAID) stopped on the way
+
+
 if __name__ == "__main__":
     threading.current_thread().name = "bench"
+    # started in the background SIGINT may be ignored: both signals stop it cleanly
+    signal.signal(signal.SIGINT, _exit_on_signal)
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     sys.exit(main())
