@@ -30,7 +30,7 @@ from tui_backfill.seams.queue.base import AttentionJob, QueueFigures, WorkerRow
 from tui_backfill.servers.images import many_images, sample_images
 from tui_backfill.servers.raid import RaidServer
 
-GOOD = 24
+GOOD = 40  # enough left after `p` for `r` to be seen claiming (4 are claimed ahead)
 
 
 def screen_text(app: Any) -> str:
