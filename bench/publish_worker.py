@@ -18,8 +18,8 @@ the RAID-like origin and `rclone serve s3`, all on 127.0.0.1 of this machine.
    The marginal cost of the second slot (peak at 2 minus peak at 1) is shown too.
 3. **Claim overhead on PostgreSQL** (goal: < 5 ms a job). 3 processes, each a loop of
    `claim(n)` then `complete()` of each claimed job (a Published, as the worker records it),
-   no media work, over 3,000 jobs, for n = 1 (the worker's steady state: one slot freed, one
-   claim) and n = 2 x CONCURRENCY (the worker's first and largest claim). Per job: the
+   no media work, over 3,000 jobs, for n = 1 (one claim a job: the worker before claims were
+   batched) and n = 4 (the worker's refill once running: `ClaimPlan.ahead`, at least 4). Per job: the
    wall time of all three / jobs, and a worker's own time in queue calls / its jobs.
 4. **Throughput of 1, 2 and 3 worker processes** (each CONCURRENCY = cores) on the camera set.
    Both sets also run one worker at CONCURRENCY = 2 x cores (its media pool stays at cores
@@ -633,7 +633,7 @@ def claim_run(servers: Servers, batch: int, jobs: int, procs: int = 3) -> dict[s
 def series_claim(servers: Servers, reps: int, jobs: int) -> list[dict[str, Any]]:
     print(f"series claim: {wait_quiet('claim')}", file=sys.stderr, flush=True)
     out = []
-    batches = (1, 2 * CORES)
+    batches = (1, 4)
     for rep in range(reps):
         for batch in batches if rep % 2 == 0 else batches[::-1]:
             r = claim_run(servers, batch, jobs)
@@ -756,12 +756,10 @@ def report(args: argparse.Namespace, header: str, sets: dict[str, dict[str, byte
                          f" | {med([r['complete_p50'] for r in rs]):.2f} / {med([r['complete_p95'] for r in rs]):.2f}"
                          f" | {span([r['pg_cpu_ms_per_job'] for r in rs])} |")  # fmt: skip
         lines.append("")
-        worst = max(
-            med([r["own_ms_per_job"] for r in claims if r["batch"] == b])
-            for b in {r["batch"] for r in claims}
-        )
-        goals.append(f"Goal 3: claim + complete under 5 ms a job with 3 workers on PostgreSQL: **{'met' if worst < 5 else 'NOT met'}** "
-                     f"(at most {worst:.2f} ms in a worker).")  # fmt: skip
+        # The worker refills in claims of 4 once running (ClaimPlan.ahead); n = 1 is for contrast.
+        refill = med([r["own_ms_per_job"] for r in claims if r["batch"] == 4] or [float("inf")])
+        goals.append(f"Goal 3: claim + complete under 5 ms a job with 3 workers on PostgreSQL, at the worker's claims of 4: **{'met' if refill < 5 else 'NOT met'}** "
+                     f"({refill:.2f} ms in a worker).")  # fmt: skip
     lines += goals
     return "\n".join(lines) + "\n"
 
