@@ -473,8 +473,9 @@ def series_cpu(
     servers: Servers, sets: dict[str, dict[str, bytes]], reps: int, lot: list[int]
 ) -> list[Run]:
     runs: list[Run] = []
-    # (processes, CONCURRENCY each); "minimal" the loop. CONCURRENCY = 2 x cores shows what
-    # the worker's I/O between its CPU steps costs at the default (= cores).
+    # (processes, CONCURRENCY each); "minimal" the loop. CONCURRENCY = 2 x cores is the
+    # worker's default (its media pool stays at cores threads); = cores shows what the I/O
+    # between a slot's CPU steps costs when each slot has a core.
     plans: dict[str, list[Any]] = {
         "small": ["minimal", (1, CORES), (1, 2 * CORES)],
         "camera": ["minimal", (1, CORES), (2, CORES), (3, CORES), (1, 2 * CORES)],
