@@ -1,4 +1,4 @@
-"""`tui-backfill demo publish --no-ui` from an empty directory: every good photo published as
+"""`tui-backfill demo publish --no-ui --files 60` from an empty directory: every good photo published as
 two WebP variants, the three broken files needing attention (exit 1); run again: only the
 three unpublished files get new jobs, nothing is published twice."""
 
@@ -29,16 +29,16 @@ def demo(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_demo_publish_headless(tmp_path: Path) -> None:
-    first = demo(tmp_path)
+    first = demo(tmp_path, "--files", "60")
     assert first.returncode == 1, first.stderr[-3000:]  # three jobs failed for good
     snap = json.loads(first.stdout)
     assert (snap["published"], snap["queue"]["needingAttention"], snap["queue"]["pending"]) == (
-        300,
+        60,
         3,
         0,
     )
     bucket = tmp_path / "state/demo-publish/s3/IBA-Lot-Media/media"
-    assert len([p for p in bucket.rglob("*.webp")]) == 600
+    assert len([p for p in bucket.rglob("*.webp")]) == 120
     db = tmp_path / "state/demo-publish/queue.sqlite3"
     with sqlite3.connect(db) as conn:
         errors = sorted(
@@ -46,7 +46,7 @@ def test_demo_publish_headless(tmp_path: Path) -> None:
             for (e,) in conn.execute("SELECT last_error FROM publish_jobs WHERE status = 'failed'")
         )
     assert errors == ["corrupt", "noRemote", "too_many_pixels"]
-    second = demo(tmp_path)
+    second = demo(tmp_path, "--files", "60")
     snap = json.loads(second.stdout)
     # `enqueue` gives the three unpublished files new jobs (the seed's rule); nothing else runs
     assert (snap["published"], snap["claimed"], snap["failedPermanent"]) == (0, 3, 3)

@@ -247,6 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit-objects", type=int, metavar="N", help="hash-index: objects of this run"
     )
     demo.add_argument("--emit-sql", metavar="F", help="hash-index: also write the upserts as SQL")
+    demo.add_argument(
+        "--files", type=int, metavar="N", help="publish: photos in the demo's store (default 300)"
+    )
     return parser
 
 
@@ -267,9 +270,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         for name in (*DEMO_HASH_ONLY, "limit_skus"):
             if getattr(args, name) not in (None, False):
                 raise ConfigError("--" + name.replace("_", "-"), "not an option of `demo publish`")
-        from tui_backfill.frontends.demo_publish import run_demo_publish
+        from tui_backfill.frontends.demo_publish import DEMO_FILES, run_demo_publish
 
-        return run_demo_publish(no_ui=args.no_ui, fresh=args.fresh)
+        files = DEMO_FILES if args.files is None else args.files
+        if not 1 <= files <= 10_000:
+            raise ConfigError("--files", f"{files}: accepted 1 to 10000")
+        return run_demo_publish(no_ui=args.no_ui, fresh=args.fresh, files=files)
+    if args.files is not None:
+        raise ConfigError("--files", "only for `demo publish`")
     if args.which == "hash-index":
         if args.limit_skus is not None:
             raise ConfigError(

@@ -2,7 +2,7 @@
 configure.
 
 It starts `rclone serve s3` (`state/demo-publish/s3`, bucket `IBA-Lot-Media`) and a RAID-like
-private store on 127.0.0.1 serving 300 generated photos plus a corrupt file, a decompression
+private store on 127.0.0.1 serving 300 generated photos (`--files N`) plus a corrupt file, a decompression
 bomb and a source that answers 404; it fills a SQLite queue (`state/demo-publish/queue.sqlite3`:
 the seed's `auction_files`, `publish_jobs`, `publish_attempts`) with a job for each file, and
 runs one worker (job `demo-publish`) under the console, or headless with `--no-ui` (then with
@@ -37,8 +37,8 @@ def _say(text: str) -> None:
     print(f"demo: {text}", file=sys.stderr, flush=True)
 
 
-def _catalog() -> dict[str, bytes]:
-    images = many_images(DEMO_FILES, seed=1)
+def _catalog(files: int) -> dict[str, bytes]:
+    images = many_images(files, seed=1)
     samples = sample_images()
     images.update(
         {"broken/corrupt.jpg": samples["corrupt.jpg"], "broken/bomb.png": samples["bomb.png"]}
@@ -52,13 +52,13 @@ def _fill_queue(keys: list[str]) -> int:
     return insert_files(DEMO_QUEUE, files)
 
 
-async def _demo(no_ui: bool) -> int:
+async def _demo(no_ui: bool, files: int) -> int:
     from tui_backfill.frontends.publish import _console, _headless
     from tui_backfill.pipelines.publish.settings import resolve_publish
     from tui_backfill.seams.queue import open_queue
 
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    images = _catalog()
+    images = _catalog(files)
     async with RaidServer(images, token=DEMO_TOKEN) as raid:
         with RcloneS3(DEMO_S3, buckets=(DEMO_BUCKET,)) as s3:
             env = {
@@ -107,7 +107,7 @@ class _Args:
         self.worker_id = None
 
 
-def run_demo_publish(*, no_ui: bool = False, fresh: bool = False) -> int:
+def run_demo_publish(*, no_ui: bool = False, fresh: bool = False, files: int = DEMO_FILES) -> int:
     if fresh:
         shutil.rmtree(DEMO_DIR, ignore_errors=True)
     if not no_ui:
@@ -115,4 +115,4 @@ def run_demo_publish(*, no_ui: bool = False, fresh: bool = False) -> int:
 
         if not has_terminal():
             raise ConfigError("--no-ui", "the console needs a terminal; add --no-ui")
-    return asyncio.run(_demo(no_ui))
+    return asyncio.run(_demo(no_ui, files))
