@@ -37,6 +37,7 @@ MUST_FAIL = {
     "bomb.png": "too_many_pixels",
     "missing.jpg": "404",
     "down.jpg": "http_503",
+    "": "http_400",  # a row with an empty source_key: the store answers 400, failed at once
 }
 
 
@@ -54,7 +55,7 @@ async def test_two_sqlite_workers_publish_everything_once(
     images["down.jpg"] = samples["small.jpg"]
     faults = RaidFaults(fail_times={"flaky.jpg": 3}, always_503={"down.jpg"})
     files = [(i + 1, 500 + i % 7, key) for i, key in enumerate(sources)]
-    special = ["flaky.jpg", "corrupt.jpg", "bomb.png", "missing.jpg", "down.jpg", "alpha.png"]
+    special = ["flaky.jpg", "corrupt.jpg", "bomb.png", "missing.jpg", "down.jpg", "alpha.png", ""]
     files += [(1000 + i, 77, key) for i, key in enumerate(special)]
     by_key = {key: fid for fid, _, key in files}
 
@@ -156,6 +157,7 @@ async def test_two_sqlite_workers_publish_everything_once(
     for n, (a, b) in enumerate(itertools.pairwise(starts), start=1):
         assert (b - a).total_seconds() >= 0.2 * 2 ** (n - 1) * 0.8 - 0.05, (n, starts)
     assert raid.requests["flaky.jpg"] == 4
+    assert raid.requests[""] == 1  # a 400 is not retried: one attempt, failed for good
 
     # Duplicate jobs: completed as skipped, no download of their own.
     dup_outcomes = rows_sqlite(

@@ -326,7 +326,9 @@ class PublishWorker:
             await self._fail(job, exc, permanent=True)
             return
         except BackfillError as exc:
-            await self._fail(job, exc, permanent=bool(getattr(exc, "permanent", False)))
+            # Retried after its backoff only when another attempt can help (5xx, resets,
+            # timeouts, truncation, throttling); a 400 or a bad image fails at once.
+            await self._fail(job, exc, permanent=not exc.retryable)
             return
         except Exception as exc:  # a defect: recorded as a failed attempt, never lost
             error = BackfillError(
