@@ -24,6 +24,7 @@ class MemoryQueue:
         self.claims: list[int] = []
         self.renewals = 0
         self.taken: set[int] = set()  # ids another worker took over
+        self.cut: list[int] = []  # handed back after starting (cut off at the shutdown bound)
 
     async def claim(self, limit: int) -> list[Job]:
         batch, self.pending = self.pending[:limit], self.pending[limit:]
@@ -34,8 +35,9 @@ class MemoryQueue:
         self.renewals += 1
         return set(ids) - self.taken
 
-    async def release(self, items: Sequence[Job]) -> None:
+    async def release(self, items: Sequence[Job], *, started: bool = False) -> None:
         self.released += [j.id for j in items]
+        self.cut += [j.id for j in items] if started else []
         self.pending = sorted([*items, *self.pending], key=lambda j: j.id)
 
     async def wait_for_work(self, timeout: float) -> None:
@@ -138,3 +140,54 @@ async def test_a_renewal_that_finds_the_lease_taken_stops_side_effects(taken: bo
     engine = ClaimedEngine(queue, process, plan(lease=3.3))  # renewed every 1.1 s
     await asyncio.wait_for(engine.run(), 5)
     assert outcome == (["lost"] if taken else ["ok"])
+
+
+async def test_stop_hands_back_what_outlives_the_shutdown_bound_marked_as_cut() -> None:
+    """Stage two of a stop: in-flight items still running at the bound are cancelled and
+    handed back (no attempt counted), marked as started: their side effects may exist."""
+    queue = MemoryQueue(2)
+    forever = asyncio.Event()
+
+    async def process(job: Job, guard: Callable[[], None]) -> None:
+        await forever.wait()
+
+    engine = ClaimedEngine(queue, process, plan(burst=False, shutdown_timeout=0.2))
+    runner = asyncio.create_task(engine.run())
+    while engine.in_flight < 2:
+        await asyncio.sleep(0.01)
+    engine.stop()
+    await asyncio.wait_for(runner, 5)
+    assert sorted(queue.cut) == [1, 2] and engine.released == 2
+
+
+async def test_a_failing_claim_or_item_does_not_stop_the_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A database that blinks during a claim, or an item whose recording fails: logged, and
+    the loop goes on (the item's lease runs out; any process reclaims it)."""
+    queue = MemoryQueue(10)
+    claims = 0
+    real_claim = queue.claim
+
+    async def claim(limit: int) -> list[Job]:
+        nonlocal claims
+        claims += 1
+        if claims == 2:
+            raise ConnectionResetError("the database blinked")
+        return await real_claim(limit)
+
+    queue.claim = claim  # type: ignore[method-assign]
+    done: list[int] = []
+
+    async def process(job: Job, guard: Callable[[], None]) -> None:
+        await asyncio.sleep(0.01)
+        if job.id == 3:
+            raise ConnectionResetError("lost at completion")
+        done.append(job.id)
+
+    engine = ClaimedEngine(queue, process, plan(concurrency=2, prefetch=2))
+    await asyncio.wait_for(engine.run(), 5)
+    assert sorted(done) == [1, 2, 4, 5, 6, 7, 8, 9, 10]
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("claim: ConnectionResetError" in m for m in messages)
+    assert any("item 3: ConnectionResetError" in m and "left to its lease" in m for m in messages)

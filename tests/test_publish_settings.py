@@ -52,6 +52,8 @@ def test_secrets_are_never_shown() -> None:
     for secret in ("hunter2-db", "your-raid-publisher-secret", "your-b2-application-key"):
         assert secret not in shown
     assert redact_database_url(env["DATABASE_URL"]) == "postgresql://pub:***@127.0.0.1:5432/q"
+    as_parameter = "postgresql://pub@127.0.0.1:5432/q?password=hunter2-db&sslmode=require"
+    assert "hunter2-db" not in redact_database_url(as_parameter)
 
 
 @pytest.mark.parametrize(
@@ -70,6 +72,9 @@ def test_secrets_are_never_shown() -> None:
             "TUI_BACKFILL_VARIANT_KEY_TEMPLATE",
         ),
         ({"TUI_BACKFILL_THUMB_SIZE": "400"}, "TUI_BACKFILL_THUMB_SIZE"),
+        ({"TUI_BACKFILL_LEASE": "1"}, "TUI_BACKFILL_LEASE"),
+        ({"TUI_BACKFILL_LEASE": "inf"}, "TUI_BACKFILL_LEASE"),
+        ({"TUI_BACKFILL_RETRY_BASE": "nan"}, "TUI_BACKFILL_RETRY_BASE"),
     ],
 )
 def test_bad_values_name_their_variable(env: dict[str, str], field: str) -> None:

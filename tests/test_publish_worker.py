@@ -331,3 +331,41 @@ async def test_an_old_pause_does_not_hold_a_worker_started_later(
         result = await tool("publish", "worker", "--no-ui", "--burst", env=env, timeout=30)
     assert result.rc == 0, result.err[-2000:]
     assert json.loads(result.out)["published"] == 3
+
+
+async def test_a_job_cut_off_at_the_shutdown_bound_goes_back_marked(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """SIGTERM with a job whose source takes longer than --shutdown-timeout: the job is cut off
+    and handed back (pending, no attempt counted, attempt `interrupted`), exit 0; the next
+    claim of it says so, and its worker asks the bucket before writing (one HEAD a variant)."""
+    from tui_backfill.seams.queue import open_queue
+
+    images = {"slow.jpg": sample_images()["small.jpg"]}
+    async with RaidServer(images, token=RAID_SECRET, faults=RaidFaults(latency=8)) as raid:
+        db = tmp_path / "queue.sqlite3"
+        env = publish_env(
+            rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="1",
+            TUI_BACKFILL_SHUTDOWN_TIMEOUT="1", TUI_BACKFILL_TIMEOUT="30",
+        )  # fmt: skip
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        insert_files_sqlite(db, [(1, 3, "slow.jpg")])
+        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        worker = await spawn("publish", "worker", "--no-ui", env=env)
+        deadline = time.monotonic() + 30
+        while raid.gets == 0:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.05)
+        worker.send_signal(signal.SIGTERM)
+        result = await finish(worker, timeout=30)
+    assert result.rc == 0, result.err[-2000:]
+    assert rows_sqlite(db, "SELECT status, retry_count, locked_by FROM publish_jobs") == [
+        ("pending", 0, None)
+    ]
+    assert rows_sqlite(db, "SELECT outcome FROM publish_attempts") == [("interrupted",)]
+    queue = await open_queue(f"sqlite:///{db}")
+    try:
+        (job,) = await queue.claim("w2", 1, 30.0)
+    finally:
+        await queue.close()
+    assert (job.retry_count, job.interrupted) == (0, True)

@@ -307,6 +307,19 @@ async def test_a_duplicate_job_waits_for_its_files_earlier_job(db: Any) -> None:
     assert await queue.claim("w3", 10, 30.0) == []
 
 
+async def test_a_reopened_job_and_a_newer_one_of_its_file_never_run_together(db: Any) -> None:
+    """A job failed for good, a new job enqueued for the still unpublished file, then the old
+    one re-opened by raising max_retries: one claim takes only one of them."""
+    queue, raw = await ready(db, files=1)
+    assert await queue.enqueue(max_retries=1) == 1
+    job = await claim_one(queue, "w1")
+    await queue.fail("w1", job, "http_503: down", permanent=False, policy=NOW_POLICY)
+    assert await queue.enqueue(max_retries=5) == 1
+    await raw.execute("UPDATE publish_jobs SET max_retries = 5 WHERE id = 1")
+    got = await queue.claim("w1", 4, 30.0, policy=NOW_POLICY)
+    assert [j.id for j in got] == [1]
+
+
 async def test_renew_extends_only_held_leases(db: Any) -> None:
     make, _ = db
     queue, _raw = await ready(db, files=2)

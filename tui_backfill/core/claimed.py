@@ -11,7 +11,9 @@ swapped VM) and thawed later must write nothing the new holder also writes.
 Commands: `hold` stops claiming and hands back the claimed-but-unstarted items (no attempt
 counted), in-flight ones finish; `resume` claims again; `stop` (SIGTERM) is arq's two-stage
 shutdown: stop claiming and hand back the unstarted, wait up to the shutdown timeout for the
-in-flight, then cancel what is left and hand it back. `burst`: return when a claim finds
+in-flight, then cancel what is left and hand it back marked as cut off (its side effects may
+have happened). A failing claim or hand-back is logged and the loop goes on: the leases of what
+it could not hand back run out, and any process reclaims them. `burst`: return when a claim finds
 nothing and nothing is in flight.
 
 It knows items only as things with an `id`; what a claim, a renewal or a hand-back means in a
@@ -51,8 +53,8 @@ class ClaimedSource(Protocol[J]):
         """Extend the leases of these items; the ids still held."""
         ...
 
-    async def release(self, items: Sequence[J]) -> None:
-        """Hand unstarted items back (no attempt counted)."""
+    async def release(self, items: Sequence[J], *, started: bool = False) -> None:
+        """Hand items back (no attempt counted); `started`: they were cut off mid-way."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:
@@ -165,8 +167,13 @@ class ClaimedEngine(Generic[J]):
                 # Refill in batches: one claim (one transaction) per `ahead` items, not per item.
                 await self._wait(None)
                 continue
-            claimed = await self.source.claim(want)
-            deadline = self._clock() + self.plan.lease
+            deadline = self._clock() + self.plan.lease  # the lease starts within the claim
+            try:
+                claimed = await self.source.claim(want)
+            except Exception as exc:  # the database blinked: the loop and its items go on
+                log.warning("claim: %s: %s", exc.__class__.__name__, exc)
+                await self._wait(self.plan.poll)
+                continue
             for item in claimed:
                 held = _Held(item, deadline)
                 self._held[item.id] = held
@@ -201,14 +208,24 @@ class ClaimedEngine(Generic[J]):
             if not self.stopping:  # burst: nothing asks us to hurry
                 timeout = max(timeout, self.plan.lease)
             _, pending = await asyncio.wait(tasks, timeout=timeout)
+            cut = [h.item for h in self._held.values() if h.task in pending]
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            if cut:  # cut off mid-way: handed back, marked so the next attempt looks first
+                await self._hand_back(cut, started=True)
         left = [h.item for h in self._held.values()]
         if left:
-            await self.source.release(left)
-            self.released += len(left)
-            self._held.clear()
+            await self._hand_back(left, started=False)
+        self._held.clear()
+
+    async def _hand_back(self, items: list[J], *, started: bool) -> None:
+        try:
+            await self.source.release(items, started=started)
+        except Exception as exc:  # their leases run out: any process reclaims them
+            log.warning("hand-back of %d item(s): %s: %s", len(items), exc.__class__.__name__, exc)
+            return
+        self.released += len(items)
 
     async def _release_unstarted(self) -> None:
         unstarted = [h for h in self._held.values() if not h.started]
@@ -218,10 +235,9 @@ class ClaimedEngine(Generic[J]):
             if held.task is not None:
                 held.task.cancel()
         await asyncio.gather(*(h.task for h in unstarted if h.task), return_exceptions=True)
-        await self.source.release([h.item for h in unstarted])
         for held in unstarted:
             self._held.pop(held.item.id, None)
-        self.released += len(unstarted)
+        await self._hand_back([h.item for h in unstarted], started=False)
         self._wake.set()
 
     async def _renew_leases(self) -> None:
@@ -262,6 +278,10 @@ class ClaimedEngine(Generic[J]):
 
             try:
                 await self._process(held.item, guard)
+            except Exception as exc:  # a defect or a lost database: said, never silent
+                log.error(
+                    "item %s: %s: %s; left to its lease", held.item.id, exc.__class__.__name__, exc
+                )
             finally:
                 self._held.pop(held.item.id, None)
                 self._wake.set()

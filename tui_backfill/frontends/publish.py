@@ -119,7 +119,18 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     if not args.no_ui and has_terminal():
         return asyncio.run(_console(settings, args))
     log_to_stderr()
+    _log_level(settings)
     return asyncio.run(_headless(settings, args))
+
+
+def _log_level(settings: PublishSettings) -> None:
+    """LOG_LEVEL (the seed's: debug, info, warn, error) for the tool's own log lines."""
+    import logging
+
+    from tui_backfill.frontends.logs import LOGGER
+
+    level = settings.log_level.upper()
+    logging.getLogger(LOGGER).setLevel("WARNING" if level == "WARN" else level)
 
 
 async def _headless(settings: PublishSettings, args: Any) -> int:
@@ -186,6 +197,7 @@ async def _console(settings: PublishSettings, args: Any) -> int:
     from tui_backfill.pipelines.publish.prepare import prepared_worker
 
     log_to_file(f"state/{settings.job}.publish")
+    _log_level(settings)
     async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
         app = PublishApp(worker)
         loop = asyncio.get_running_loop()

@@ -15,6 +15,7 @@ flag it came from (exit 2).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import string
@@ -149,13 +150,11 @@ class PublishSettings:
 
 
 def redact_database_url(url: str) -> str:
-    """`postgresql://user:***@host:port/db` — the password never shown."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")[2]
-    user = parts.username or ""
-    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    """`postgresql://user:***@host:port/db`: the password never shown, in the user part or
+    as a `password=` parameter (the queue seam's rule)."""
+    from tui_backfill.seams.queue import redact_url
+
+    return redact_url(url)
 
 
 def read_env_file(path: str | None, env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
@@ -311,8 +310,11 @@ def validate_worker(settings: PublishSettings) -> None:
         "max_pixels": settings.max_pixels,
     }
     for name, value in positive.items():
-        if not value > 0:
+        if not (value > 0 and math.isfinite(value)):
             raise ConfigError(settings.where(name), f"{value!r}: accepted a positive number")
+    if not 3 <= settings.lease <= 86_400:
+        # renewed at a third of it, and trusted up to a second before its end
+        raise ConfigError(settings.where("lease"), f"{settings.lease!r}: accepted 3 to 86400 s")
     if not 1 <= settings.max_retries <= 100:
         raise ConfigError(settings.where("max_retries"), f"{settings.max_retries}: accepted 1-100")
     if not 1 <= settings.concurrency <= 256:

@@ -68,8 +68,8 @@ class _QueueSource:
     async def renew(self, ids: Sequence[int]) -> set[int]:
         return await self.queue.renew(self.worker, ids, self.lease)
 
-    async def release(self, items: Sequence[ClaimedJob]) -> None:
-        await self.queue.release(self.worker, items)
+    async def release(self, items: Sequence[ClaimedJob], *, started: bool = False) -> None:
+        await self.queue.release(self.worker, items, started=started)
 
     async def wait_for_work(self, timeout: float) -> None:
         await self.queue.wait_for_work(timeout)
@@ -305,7 +305,7 @@ class PublishWorker:
                 )
                 urls[variant.name] = self.settings.cdn_url(key)
                 guard()
-                if job.retry_count > 0 and await self.step.exists(key):
+                if (job.retry_count > 0 or job.interrupted) and await self.step.exists(key):
                     continue  # written by an earlier attempt of this job
                 guard()
                 await self.step.put(key, variant.data)

@@ -39,6 +39,8 @@ class AttemptOutcome(enum.StrEnum):
     LEASE_EXPIRED = "lease_expired"  # reclaimed from a worker that stopped renewing
     REFUSED = "refused"  # its worker had lost the lease: the completion was refused
     RELEASED = "released"  # handed back unstarted (SIGTERM): no attempt counted
+    INTERRUPTED = "interrupted"  # cut off mid-way at the shutdown bound, handed back: no attempt
+    # counted, but its variants may exist (the next attempt asks the bucket first)
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +56,7 @@ class ClaimedJob:
     attempt_id: int  # its `publish_attempts` row
     publish_status: str | None = None
     deleted: bool = False  # `auction_files.deleted_at` is set
+    interrupted: bool = False  # an earlier attempt was cut off mid-way and handed back
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,8 +172,11 @@ class JobQueue(Protocol):
         retry_count = max_retries). False when the lease was lost."""
         ...
 
-    async def release(self, worker: str, jobs: Sequence[ClaimedJob]) -> None:
-        """Hand unstarted claims back: pending, no attempt counted, attempt `released`."""
+    async def release(
+        self, worker: str, jobs: Sequence[ClaimedJob], *, started: bool = False
+    ) -> None:
+        """Hand claims back: pending, no attempt counted; the attempt `released` (unstarted)
+        or, with `started`, `interrupted` (cut off mid-way: a later claim says so)."""
         ...
 
     async def wait_for_work(self, timeout: float) -> None:

@@ -86,7 +86,8 @@ WITH candidates AS (
       AND NOT EXISTS (  -- one job of a file at a time: a duplicate waits, then skips
           SELECT 1 FROM publish_jobs o
           WHERE o.file_id = publish_jobs.file_id AND o.id <> publish_jobs.id
-            AND (o.status = 'processing' OR (o.status = 'pending' AND o.id < publish_jobs.id)))
+            AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'
+                 OR (o.status = 'failed' AND o.retry_count < o.max_retries)))))
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE publish_jobs j
@@ -101,7 +102,9 @@ WITH candidates AS (
     RETURNING id, job_id
 )
 SELECT l.id, l.file_id, f.lot_id, f.source_key, l.retry_count, l.max_retries,
-       o.id AS attempt_id, f.publish_status, f.deleted_at IS NOT NULL AS deleted
+       o.id AS attempt_id, f.publish_status, f.deleted_at IS NOT NULL AS deleted,
+       EXISTS (SELECT 1 FROM publish_attempts a
+               WHERE a.job_id = l.id AND a.outcome = 'interrupted') AS interrupted
 FROM leased l
 JOIN opened o ON o.job_id = l.id
 JOIN auction_files f ON f.id = l.file_id
@@ -249,6 +252,7 @@ class PostgresQueue:
                 attempt_id=int(r["attempt_id"]),
                 publish_status=None if r["publish_status"] is None else str(r["publish_status"]),
                 deleted=bool(r["deleted"]),
+                interrupted=bool(r["interrupted"]),
             )
             for r in rows
         ]
@@ -342,9 +346,12 @@ class PostgresQueue:
             )
         return True
 
-    async def release(self, worker: str, jobs: Sequence[ClaimedJob]) -> None:
+    async def release(
+        self, worker: str, jobs: Sequence[ClaimedJob], *, started: bool = False
+    ) -> None:
         if not jobs:
             return
+        outcome = "interrupted" if started else "released"
         attempt_of = {job.id: job.attempt_id for job in jobs}
         async with self._tx() as conn:
             rows = await conn.fetch(
@@ -358,9 +365,10 @@ class PostgresQueue:
             released = [attempt_of[int(r[0])] for r in rows]
             if released:
                 await conn.execute(
-                    "UPDATE publish_attempts SET outcome = 'released', ended_at = now()"
+                    "UPDATE publish_attempts SET outcome = $2, ended_at = now()"
                     " WHERE id = ANY($1::bigint[])",
                     released,
+                    outcome,
                 )
 
     # -- wake-ups -----------------------------------------------------------------------------

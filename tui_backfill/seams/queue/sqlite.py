@@ -60,7 +60,8 @@ CLAIMABLE = (
     # One job of a file at a time: a duplicate waits for the earlier one, then skips.
     " AND NOT EXISTS (SELECT 1 FROM publish_jobs o WHERE o.file_id = publish_jobs.file_id"
     " AND o.id <> publish_jobs.id"
-    " AND (o.status = 'processing' OR (o.status = 'pending' AND o.id < publish_jobs.id)))"
+    " AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'"
+    " OR (o.status = 'failed' AND o.retry_count < o.max_retries)))))"
 )
 
 
@@ -101,7 +102,16 @@ class SqliteQueue:
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
         async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
+            # Shielded: cancelled while waiting for the write lock, the BEGIN still runs in
+            # aiosqlite's thread; roll it back then, or the connection stays in a transaction.
+            begin = asyncio.ensure_future(self._db.execute("BEGIN IMMEDIATE"))
+            try:
+                await asyncio.shield(begin)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await begin
+                    await self._rollback()
+                raise
             try:
                 yield self._db
                 await asyncio.shield(self._db.execute("COMMIT"))
@@ -215,7 +225,9 @@ class SqliteQueue:
                 (row,) = await self._rows(
                     db,
                     "SELECT j.id, j.file_id, f.lot_id, f.source_key, j.retry_count,"
-                    " j.max_retries, f.publish_status, f.deleted_at IS NOT NULL"
+                    " j.max_retries, f.publish_status, f.deleted_at IS NOT NULL,"
+                    " EXISTS (SELECT 1 FROM publish_attempts a WHERE a.job_id = j.id"
+                    " AND a.outcome = 'interrupted')"
                     " FROM publish_jobs j JOIN auction_files f ON f.id = j.file_id"
                     " WHERE j.id = ?",
                     (job_id,),
@@ -231,6 +243,7 @@ class SqliteQueue:
                         attempt_id=attempt_id,
                         publish_status=None if row[6] is None else str(row[6]),
                         deleted=bool(row[7]),
+                        interrupted=bool(row[8]),
                     )
                 )
             return claimed
@@ -342,9 +355,12 @@ class SqliteQueue:
             )
         return True
 
-    async def release(self, worker: str, jobs: Sequence[ClaimedJob]) -> None:
+    async def release(
+        self, worker: str, jobs: Sequence[ClaimedJob], *, started: bool = False
+    ) -> None:
         if not jobs:
             return
+        outcome = "interrupted" if started else "released"
         async with self._tx() as db:
             for job in jobs:
                 rows = await self._rows(
@@ -356,9 +372,8 @@ class SqliteQueue:
                 )
                 if rows:
                     await db.execute(
-                        f"UPDATE publish_attempts SET outcome = 'released', ended_at = {NOW}"
-                        " WHERE id = ?",
-                        (job.attempt_id,),
+                        f"UPDATE publish_attempts SET outcome = ?, ended_at = {NOW} WHERE id = ?",
+                        (outcome, job.attempt_id),
                     )
 
     async def wait_for_work(self, timeout: float) -> None:
