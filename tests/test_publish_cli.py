@@ -52,3 +52,21 @@ async def test_bad_input_is_one_line_exit_2_and_nothing_claimed(
     ]
     assert rows_sqlite(queue_db, "SELECT COUNT(*) FROM publish_attempts") == [(0,)]
     assert rclone_s3.keys() == []
+
+
+@pytest.mark.parametrize(
+    ("args", "field"),
+    [
+        (("--file-id", "100000000000000000000"), "--file-id"),
+        (("--file-id", "0"), "--file-id"),
+        (("--max-retries", "-3"), "--max-retries"),
+    ],
+)
+async def test_enqueue_bad_input(
+    queue_db: Path, rclone_s3: S3Target, args: tuple[str, ...], field: str
+) -> None:
+    env = publish_env(rclone_s3, "http://127.0.0.1:9/pub", f"sqlite:///{queue_db}")
+    result = await tool("publish", "enqueue", *args, env=env)
+    assert result.rc == 2, (result.rc, result.err)
+    assert result.err.strip().startswith(f"tui-backfill: error: {field}:"), result.err
+    assert rows_sqlite(queue_db, "SELECT COUNT(*) FROM publish_jobs") == [(2,)]

@@ -575,6 +575,35 @@ async def test_unsupported_urls_are_config_errors(url: str) -> None:
     assert "hunter2" not in message and "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://pub:hunter2@127.0.0.1:99999/db",  # port beyond 65535
+        "postgresql://pub:hun/ter2@127.0.0.1/db",  # an unencoded / in the password
+        "postgresql://pub:hun?ter2@127.0.0.1/db",
+    ],
+)
+async def test_malformed_postgres_urls_are_one_line_without_the_password(url: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        await open_queue(url)
+    message = str(err.value)
+    assert message.startswith("DATABASE_URL: ") and "\n" not in message
+    for piece in ("hunter2", "hun", "ter2"):
+        assert piece not in message, message
+
+
+async def test_a_table_with_an_odd_name_beside_the_queue(tmp_path: Path) -> None:
+    path = tmp_path / "q.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute('CREATE TABLE "my-notes" (x)')
+    queue = await open_queue(f"sqlite:///{path}")
+    try:
+        await queue.init_db()
+        await queue.check_schema()
+    finally:
+        await queue.close()
+
+
 async def test_relative_sqlite_url_is_under_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

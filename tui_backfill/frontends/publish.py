@@ -233,6 +233,11 @@ async def _cmd_enqueue(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.publish.prepare import opened_queue
 
     settings = _settings(args)
+    if args.file_id is not None and not 1 <= args.file_id < 2**63:
+        raise ConfigError("--file-id", f"{args.file_id}: accepted an auction_files id, 1 or more")
+    if not 1 <= settings.max_retries <= 100:
+        where = settings.where("max_retries")
+        raise ConfigError(where, f"{settings.max_retries}: accepted 1-100")
     async with opened_queue(settings, create=True) as queue:
         created = await queue.enqueue(file_id=args.file_id, max_retries=settings.max_retries)
     print(json.dumps({"job": settings.job, "enqueued": created}))

@@ -143,6 +143,13 @@ class PostgresQueue:
 
     @classmethod
     async def open(cls, url: str) -> PostgresQueue:
+        userinfo = url.split("://", 1)[-1].rpartition("@")[0]
+        if any(c in userinfo for c in "/?#"):
+            # The URL parser would split the password there and show pieces of it.
+            raise ConfigError(
+                "DATABASE_URL",
+                "its user or password holds / ? or # unencoded; percent-encode them (%2F %3F %23)",
+            )
         where, user, password = _where(url)
         try:
             pool = await asyncpg.create_pool(
@@ -152,6 +159,7 @@ class PostgresQueue:
             OSError,
             TimeoutError,
             ValueError,
+            OverflowError,  # a port beyond 65535
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
         ) as exc:

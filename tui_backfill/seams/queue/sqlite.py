@@ -65,6 +65,11 @@ CLAIMABLE = (
 )
 
 
+def _quoted(name: str) -> str:
+    """A table name as an SQL identifier (any name a SQLite file may hold)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
 class SqliteQueue:
     """One aiosqlite connection; coroutines of one process take turns on it."""
 
@@ -140,7 +145,7 @@ class SqliteQueue:
         tables = await self._all("SELECT name FROM sqlite_master WHERE type = 'table'")
         present: dict[str, set[str]] = {}
         for (name,) in tables:
-            cols = await self._all(f"PRAGMA table_info({name})")
+            cols = await self._all(f"PRAGMA table_info({_quoted(name)})")
             present[str(name)] = {str(c[1]) for c in cols}
         return present
 
@@ -156,7 +161,8 @@ class SqliteQueue:
             for ddl in SQLITE_TABLES.values():
                 await db.execute(ddl)
             for table, columns in WORKER_COLUMNS_SQLITE.items():
-                have = {str(c[1]) for c in await self._rows(db, f"PRAGMA table_info({table})")}
+                pragma = f"PRAGMA table_info({_quoted(table)})"
+                have = {str(c[1]) for c in await self._rows(db, pragma)}
                 for column, decl in columns.items():
                     if column not in have:
                         await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
