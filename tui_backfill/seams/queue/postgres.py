@@ -37,6 +37,8 @@ from tui_backfill.seams.queue.schema import (
     PG_TABLES,
     REQUIRED,
     WORKER_COLUMNS_PG,
+    claimable,
+    enqueue_sql,
     missing_schema_error,
 )
 
@@ -78,16 +80,10 @@ SET retry_count = j.retry_count + 1,
 FROM expired WHERE j.id = expired.id
 """
 
-CLAIM = """
+CLAIM = f"""
 WITH candidates AS (
     SELECT id FROM publish_jobs
-    WHERE (status = 'pending' OR (status = 'failed' AND retry_count < max_retries))
-      AND (next_attempt_at IS NULL OR next_attempt_at <= now())
-      AND NOT EXISTS (  -- one job of a file at a time: a duplicate waits, then skips
-          SELECT 1 FROM publish_jobs o
-          WHERE o.file_id = publish_jobs.file_id AND o.id <> publish_jobs.id
-            AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'
-                 OR (o.status = 'failed' AND o.retry_count < o.max_retries)))))
+    WHERE {claimable("now()")}
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
 ), leased AS (
     UPDATE publish_jobs j
@@ -217,18 +213,8 @@ class PostgresQueue:
     # -- jobs ---------------------------------------------------------------------------------
 
     async def enqueue(self, *, file_id: int | None = None, max_retries: int = 5) -> int:
-        sql = (
-            "INSERT INTO publish_jobs (file_id, max_retries)"
-            " SELECT f.id, $1 FROM auction_files f"
-            " WHERE COALESCE(f.publish_status, '') <> 'published' AND f.deleted_at IS NULL"
-            " AND NOT EXISTS (SELECT 1 FROM publish_jobs j WHERE j.file_id = f.id"
-            " AND j.status IN ('pending', 'processing'))"
-        )
-        args: list[Any] = [max_retries]
-        if file_id is not None:
-            sql += " AND f.id = $2"
-            args.append(file_id)
-        sql += " ORDER BY f.id"
+        args: list[Any] = [max_retries] if file_id is None else [max_retries, file_id]
+        sql = enqueue_sql("$1", None if file_id is None else "$2")
         async with self._tx() as conn:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _ENQUEUE_LOCK)
             status = await conn.execute(sql, *args)

@@ -22,8 +22,44 @@ __all__ = [
     "SQLITE_TABLES",
     "WORKER_COLUMNS_PG",
     "WORKER_COLUMNS_SQLITE",
+    "claimable",
+    "enqueue_sql",
     "missing_schema_error",
 ]
+
+
+# -- the queries both dialects run alike (their clocks and placeholders differ) --------------
+
+
+def claimable(now: str) -> str:
+    """Which `publish_jobs` rows a claim may take; `now` is the dialect's clock. Pending, or
+    failed with attempts left (raising `max_retries` re-opens a job), and due; and no other job
+    of its file processing, nor an earlier one waiting: one job of a file at a time, so a
+    duplicate waits for the earlier one, then finds the file published and skips."""
+    return (
+        "(status = 'pending' OR (status = 'failed' AND retry_count < max_retries))"
+        f" AND (next_attempt_at IS NULL OR next_attempt_at <= {now})"
+        " AND NOT EXISTS (SELECT 1 FROM publish_jobs o WHERE o.file_id = publish_jobs.file_id"
+        " AND o.id <> publish_jobs.id"
+        " AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'"
+        " OR (o.status = 'failed' AND o.retry_count < o.max_retries)))))"
+    )
+
+
+def enqueue_sql(max_retries: str, file_id: str | None) -> str:
+    """A job for every unpublished, undeleted file with no pending or processing job (or for
+    the one file `file_id` names); the arguments are the dialect's placeholders."""
+    sql = (
+        "INSERT INTO publish_jobs (file_id, max_retries)"
+        f" SELECT f.id, {max_retries} FROM auction_files f"
+        " WHERE COALESCE(f.publish_status, '') <> 'published' AND f.deleted_at IS NULL"
+        " AND NOT EXISTS (SELECT 1 FROM publish_jobs j WHERE j.file_id = f.id"
+        " AND j.status IN ('pending', 'processing'))"
+    )
+    if file_id is not None:
+        sql += f" AND f.id = {file_id}"
+    return sql + " ORDER BY f.id"
+
 
 # What a worker reads and writes, table by table (check_schema names any that is missing).
 REQUIRED: dict[str, tuple[str, ...]] = {

@@ -33,6 +33,8 @@ from tui_backfill.seams.queue.schema import (
     INDEXES,
     SQLITE_TABLES,
     WORKER_COLUMNS_SQLITE,
+    claimable,
+    enqueue_sql,
     missing_schema_error,
 )
 
@@ -54,15 +56,7 @@ BACKOFF = (
     "min(:cap, :base * (1 << min(retry_count, 40)))"
     " * (1 - :jitter + 2 * :jitter * ((abs(random()) % 1000000) / 1000000.0))"
 )
-CLAIMABLE = (
-    "(status = 'pending' OR (status = 'failed' AND retry_count < max_retries))"
-    f" AND (next_attempt_at IS NULL OR next_attempt_at <= {NOW})"
-    # One job of a file at a time: a duplicate waits for the earlier one, then skips.
-    " AND NOT EXISTS (SELECT 1 FROM publish_jobs o WHERE o.file_id = publish_jobs.file_id"
-    " AND o.id <> publish_jobs.id"
-    " AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'"
-    " OR (o.status = 'failed' AND o.retry_count < o.max_retries)))))"
-)
+CLAIMABLE = claimable(NOW)
 
 
 def _quoted(name: str) -> str:
@@ -172,18 +166,8 @@ class SqliteQueue:
     # -- jobs ---------------------------------------------------------------------------------
 
     async def enqueue(self, *, file_id: int | None = None, max_retries: int = 5) -> int:
-        sql = (
-            "INSERT INTO publish_jobs (file_id, max_retries)"
-            " SELECT f.id, ? FROM auction_files f"
-            " WHERE COALESCE(f.publish_status, '') <> 'published' AND f.deleted_at IS NULL"
-            " AND NOT EXISTS (SELECT 1 FROM publish_jobs j WHERE j.file_id = f.id"
-            " AND j.status IN ('pending', 'processing'))"
-        )
-        params: list[Any] = [max_retries]
-        if file_id is not None:
-            sql += " AND f.id = ?"
-            params.append(file_id)
-        sql += " ORDER BY f.id"
+        params: list[Any] = [max_retries] if file_id is None else [max_retries, file_id]
+        sql = enqueue_sql("?", None if file_id is None else "?")
         async with self._tx() as db:
             cur = await db.execute(sql, params)
             return int(cur.rowcount)
