@@ -9,10 +9,10 @@ import pytest
 
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.publish.settings import (
-    redact_database_url,
     resolve_publish,
     validate_worker,
 )
+from tui_backfill.seams.queue import redact_url
 
 SEED_ENV = Path(__file__).parent / "data" / "seed.env"
 
@@ -51,9 +51,9 @@ def test_secrets_are_never_shown() -> None:
     shown = str(settings.public_json()) + repr(settings)
     for secret in ("hunter2-db", "your-raid-publisher-secret", "your-b2-application-key"):
         assert secret not in shown
-    assert redact_database_url(env["DATABASE_URL"]) == "postgresql://pub:***@127.0.0.1:5432/q"
+    assert redact_url(env["DATABASE_URL"]) == "postgresql://pub:***@127.0.0.1:5432/q"
     as_parameter = "postgresql://pub@127.0.0.1:5432/q?password=hunter2-db&sslmode=require"
-    assert "hunter2-db" not in redact_database_url(as_parameter)
+    assert "hunter2-db" not in redact_url(as_parameter)
 
 
 @pytest.mark.parametrize(

@@ -25,6 +25,7 @@ from tui_backfill.frontends.running import (
     EXIT_PAUSED,
     EXIT_USAGE,
     has_terminal,
+    port_number,
     quiet_stdout,
     run_console,
     run_headless,
@@ -391,19 +392,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(run_headless(request, serve=serve))
 
 
-def _port(text: str, field: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ConfigError(field, f"{text!r}: accepted a port number from 0 to 65535")
-    return int(text)
-
-
 def _serve_port(args: argparse.Namespace) -> int | None:
     """`--serve PORT`: the API for this headless run (the token rules of `serve` apply)."""
     if args.serve is None:
         return None
     if getattr(args, "dry_run", False):
         raise ConfigError("--serve", "a dry run is not served; drop --serve or --dry-run")
-    return _port(args.serve, "--serve")
+    return port_number(args.serve, "--serve")
 
 
 def _cmd_attach(args: argparse.Namespace) -> int:
@@ -477,7 +472,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.config import validate_for_run
     from tui_backfill.seams.sources import check_source
 
-    port = _port(args.port, "--port")
+    port = port_number(args.port, "--port")
     token = check_bind(args.host, os.environ)
     resolved = _resolve(args)
     validate_for_run(resolved.settings, resolved.explicit)  # by the job's pipeline

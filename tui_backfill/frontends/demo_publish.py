@@ -53,7 +53,7 @@ def _fill_queue(keys: list[str]) -> int:
 
 
 async def _demo(no_ui: bool, files: int) -> int:
-    from tui_backfill.frontends.publish import _console, _headless
+    from tui_backfill.frontends.publish import run_worker_console, run_worker_headless
     from tui_backfill.pipelines.publish.settings import resolve_publish
     from tui_backfill.seams.queue import open_queue
 
@@ -90,8 +90,10 @@ async def _demo(no_ui: bool, files: int) -> int:
                 f"{raid.endpoint}, queue {DEMO_QUEUE} ({files} files, {created} new jobs; "
                 f"{figures.pending} pending, {figures.completed} completed)"
             )
-            args = _Args(burst=no_ui)
-            code = await (_headless(settings, args) if no_ui else _console(settings, args))
+            if no_ui:  # headless, the demo drains the queue and exits
+                code = await run_worker_headless(settings, burst=True)
+            else:
+                code = await run_worker_console(settings, burst=False)
     _say(
         "try next:\n"
         f'  sqlite3 -header {DEMO_QUEUE} "SELECT publish_status, COUNT(*) FROM auction_files GROUP BY 1"\n'
@@ -99,12 +101,6 @@ async def _demo(no_ui: bool, files: int) -> int:
         "  tui-backfill demo publish --fresh   (start over)"
     )
     return code
-
-
-class _Args:
-    def __init__(self, *, burst: bool) -> None:
-        self.burst = burst
-        self.worker_id = None
 
 
 def run_demo_publish(*, no_ui: bool = False, fresh: bool = False, files: int = DEMO_FILES) -> int:

@@ -17,7 +17,7 @@ import signal
 import sys
 from typing import Any
 
-from tui_backfill.frontends.running import EXIT_OK, has_terminal
+from tui_backfill.frontends.running import EXIT_OK, has_terminal, port_number
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.publish.settings import OPTS, PublishSettings, resolve_publish
 
@@ -114,13 +114,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     validate_worker(settings)
-    if args.serve is not None:
-        _port(args.serve)
+    serve = None if args.serve is None else port_number(args.serve, "--serve")
     if not args.no_ui and has_terminal():
-        return asyncio.run(_console(settings, args))
+        return asyncio.run(run_worker_console(settings, burst=args.burst, worker_id=args.worker_id))
     log_to_stderr()
     _log_level(settings)
-    return asyncio.run(_headless(settings, args))
+    return asyncio.run(
+        run_worker_headless(settings, burst=args.burst, worker_id=args.worker_id, serve=serve)
+    )
 
 
 def _log_level(settings: PublishSettings) -> None:
@@ -133,24 +134,32 @@ def _log_level(settings: PublishSettings) -> None:
     logging.getLogger(LOGGER).setLevel("WARNING" if level == "WARN" else level)
 
 
-async def _headless(settings: PublishSettings, args: Any) -> int:
+async def run_worker_headless(
+    settings: PublishSettings,
+    *,
+    burst: bool,
+    worker_id: str | None = None,
+    serve: int | None = None,
+) -> int:
+    """The worker headless: a progress line on stderr, the final snapshot as JSON on stdout;
+    `serve`: its /metrics and status on 127.0.0.1:PORT."""
     from tui_backfill.pipelines.publish.prepare import prepared_worker
 
-    async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
+    async with prepared_worker(settings, burst=burst, worker=worker_id) as worker:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, worker.stop)
         print(
             f"tui-backfill: publish worker {worker.id} on {_where(settings)}, "
-            f"concurrency {settings.concurrency}" + (" (burst)" if args.burst else ""),
+            f"concurrency {settings.concurrency}" + (" (burst)" if burst else ""),
             file=sys.stderr,
             flush=True,
         )
         runner = None
-        if getattr(args, "serve", None) is not None:
+        if serve is not None:
             from tui_backfill.frontends.publish_api import serve_worker
 
-            runner, url = await serve_worker(worker, _port(args.serve))
+            runner, url = await serve_worker(worker, serve)
             print(f"tui-backfill: metrics and status on {url}", file=sys.stderr, flush=True)
         reporter = asyncio.create_task(_progress(worker))
         try:
@@ -164,16 +173,10 @@ async def _headless(settings: PublishSettings, args: Any) -> int:
         return code
 
 
-def _port(text: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise ConfigError("--serve", f"{text!r}: accepted a port number from 0 to 65535")
-    return int(text)
-
-
 def _where(settings: PublishSettings) -> str:
-    from tui_backfill.pipelines.publish.settings import redact_database_url
+    from tui_backfill.seams.queue import redact_url
 
-    return redact_database_url(settings.database_url)
+    return redact_url(settings.database_url)
 
 
 async def _progress(worker: Any) -> None:
@@ -191,14 +194,17 @@ async def _progress(worker: Any) -> None:
         )
 
 
-async def _console(settings: PublishSettings, args: Any) -> int:
+async def run_worker_console(
+    settings: PublishSettings, *, burst: bool, worker_id: str | None = None
+) -> int:
+    """The worker under its console; SIGTERM and SIGHUP stop it as `q` does."""
     from tui_backfill.frontends.logs import log_to_file
     from tui_backfill.frontends.ui.publish import PublishApp
     from tui_backfill.pipelines.publish.prepare import prepared_worker
 
     log_to_file(f"state/{settings.job}.publish")
     _log_level(settings)
-    async with prepared_worker(settings, burst=args.burst, worker=args.worker_id) as worker:
+    async with prepared_worker(settings, burst=burst, worker=worker_id) as worker:
         app = PublishApp(worker)
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGHUP):  # as `q`: finish in flight, hand back

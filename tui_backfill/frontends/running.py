@@ -15,8 +15,16 @@ from typing import Any
 
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.frontends.notices import notice_of, notify_run_end, run_end_notice
+from tui_backfill.outcomes import ConfigError
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
+
+
+def port_number(text: str, field: str) -> int:
+    """A TCP port given on the command line (0: a free one), or ConfigError naming `field`."""
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise ConfigError(field, f"{text!r}: accepted a port number from 0 to 65535")
+    return int(text)
 
 
 def quiet_stdout() -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.seams.queue import redact_url
 
 ENV_PREFIX = "TUI_BACKFILL_"
 DEFAULT_DATABASE_URL = "sqlite:///state/publish.sqlite3"
@@ -142,19 +143,11 @@ class PublishSettings:
         data.pop("sources")
         for name in SECRETS:
             data[name] = "***" if data[name] else None
-        data["database_url"] = redact_database_url(self.database_url)
+        data["database_url"] = redact_url(self.database_url)
         return data
 
     def replace(self, **changes: Any) -> PublishSettings:
         return replace(self, **changes)
-
-
-def redact_database_url(url: str) -> str:
-    """`postgresql://user:***@host:port/db`: the password never shown, in the user part or
-    as a `password=` parameter (the queue seam's rule)."""
-    from tui_backfill.seams.queue import redact_url
-
-    return redact_url(url)
 
 
 def read_env_file(path: str | None, env: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
