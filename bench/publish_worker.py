@@ -22,8 +22,12 @@ the RAID-like origin and `rclone serve s3`, all on 127.0.0.1 of this machine.
    batched) and n = 4 (the worker's refill once running: `ClaimPlan.ahead`, at least 4). Per job: the
    wall time of all three / jobs, and a worker's own time in queue calls / its jobs.
 4. **Throughput of 1, 2 and 3 worker processes** (each CONCURRENCY = cores) on the camera set.
-   Both sets also run one worker at CONCURRENCY = 2 x cores (its media pool stays at cores
-   threads): what the I/O between a slot's CPU steps costs at the default.
+   Both sets also run one worker at CONCURRENCY = 2 x cores (twice the downloads and image
+   threads), for contrast with the default (cores).
+
+The ratios are given two ways: per core of the machine (the servers share its 2 cores with the
+contender), and per core left to the contender (the machine's cores less the share the S3
+server, the RAID origin and PostgreSQL took during its run: in production they are elsewhere).
 
 Before each series the script waits (up to 10 minutes, polling) while `pgrep -fa
 "bench/|pytest"` shows another benchmark or test run. Repetitions are interleaved (the order of
@@ -473,9 +477,8 @@ def series_cpu(
     servers: Servers, sets: dict[str, dict[str, bytes]], reps: int, lot: list[int]
 ) -> list[Run]:
     runs: list[Run] = []
-    # (processes, CONCURRENCY each); "minimal" the loop. CONCURRENCY = 2 x cores is the
-    # worker's default (its media pool stays at cores threads); = cores shows what the I/O
-    # between a slot's CPU steps costs when each slot has a core.
+    # (processes, CONCURRENCY each); "minimal" the loop. CONCURRENCY = cores is the worker's
+    # default (as many image threads; downloads and PUTs overlap them); 2 x cores for contrast.
     plans: dict[str, list[Any]] = {
         "small": ["minimal", (1, CORES), (1, 2 * CORES)],
         "camera": ["minimal", (1, CORES), (2, CORES), (3, CORES), (1, 2 * CORES)],
@@ -647,6 +650,13 @@ def series_claim(servers: Servers, reps: int, jobs: int) -> list[dict[str, Any]]
 # -- the report --------------------------------------------------------------------------------
 
 
+def cores_left(run: Run) -> float:
+    """The cores the contender had: this machine's, less the share the servers it talks to
+    (S3, the RAID origin, PostgreSQL: elsewhere in production) took during its run."""
+    servers = run.cpu["rclone"] + run.cpu["raid"] + run.cpu["postgres"]
+    return CORES - servers / run.wall
+
+
 def report_cpu(runs: list[Run], sets: dict[str, dict[str, bytes]]) -> list[str]:
     lines: list[str] = []
     for set_name in ("small", "camera"):
@@ -683,6 +693,10 @@ def report_cpu(runs: list[Run], sets: dict[str, dict[str, bytes]]) -> list[str]:
             per_rep[f"{who}/minimal, whole process"] = [
                 (a.jobs / a.wall) / (b.jobs / b.wall) for a, b in zip(its, mins, strict=True)
             ]
+            per_rep[f"{who}/minimal, work per core left to it"] = [
+                (a.rate / cores_left(a)) / (b.rate / cores_left(b))
+                for a, b in zip(its, mins, strict=True)
+            ]
         if per_rep:
             lines += [
                 f"| throughput ratio ({reps} interleaved reps) | median (min–max) |",
@@ -713,8 +727,10 @@ def report(args: argparse.Namespace, header: str, sets: dict[str, dict[str, byte
             its = [r for r in cpu_runs if r.set == set_name and r.contender == "worker"]
             if mins and its:
                 ratio = med([a.rate / b.rate for a, b in zip(its, mins, strict=True)])
-                goals.append(f"Goal 1 ({set_name}): the worker at >= 90 % of the minimal loop: "
-                             f"**{'met' if ratio >= 0.9 else 'NOT met'}** ({ratio * 100:.0f} %).")  # fmt: skip
+                left = med([(a.rate / cores_left(a)) / (b.rate / cores_left(b)) for a, b in zip(its, mins, strict=True)])  # fmt: skip
+                goals.append(f"Goal 1 ({set_name}): the worker at >= 90 % of the minimal loop: per core left to it"
+                             f" (the servers' CPU on this machine taken out) **{'met' if left >= 0.9 else 'NOT met'}** ({left * 100:.0f} %);"
+                             f" per core of the machine {'met' if ratio >= 0.9 else 'NOT met'} ({ratio * 100:.0f} %).")  # fmt: skip
         cam = [r for r in cpu_runs if r.set == "camera" and r.contender != "minimal"]
         if cam:
             rates = {

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from tui_backfill.core.claimed import ClaimedEngine, ClaimPlan, LeaseLost
+from tui_backfill.core.claimed import ClaimedEngine, ClaimPlan, Guard, LeaseLost
 
 
 @dataclass(frozen=True)
@@ -191,3 +191,46 @@ async def test_a_failing_claim_or_item_does_not_stop_the_loop(
     messages = [r.getMessage() for r in caplog.records]
     assert any("claim: ConnectionResetError" in m for m in messages)
     assert any("item 3: ConnectionResetError" in m and "left to its lease" in m for m in messages)
+
+
+async def test_an_item_past_its_slot_stays_in_flight_within_the_tail_bound() -> None:
+    """`leave_slot` gives the slot to the next item (the publishing worker's next download
+    overlaps this job's image work and PUTs), but the item stays leased and in flight: at most
+    `tail` items past their slot at once, then leave_slot waits; a stop waits for them too."""
+    queue = MemoryQueue(8)
+    finish = asyncio.Event()
+    in_slot = past_slot = most_past = 0
+    finished: list[int] = []
+
+    async def process(job: Job, guard: Guard) -> None:
+        nonlocal in_slot, past_slot, most_past
+        in_slot += 1
+        await asyncio.sleep(0.001)  # "the download"
+        in_slot -= 1
+        await guard.leave_slot()
+        past_slot += 1
+        most_past = max(most_past, past_slot)
+        await finish.wait()  # "the image work and the PUTs", held until the test says
+        guard()
+        finished.append(job.id)
+        past_slot -= 1
+
+    engine = ClaimedEngine(queue, process, plan(concurrency=1, finishing=3, lease=1.5))
+    runner = asyncio.create_task(engine.run())
+    for _ in range(500):
+        if past_slot == 3 and engine.in_slots == 1:
+            break
+        await asyncio.sleep(0.005)
+    # one slot, yet four items started: three past their slot, the fourth waiting for room
+    assert (past_slot, engine.in_slots, engine.in_flight) == (3, 1, 4)
+    renewals = queue.renewals
+    await asyncio.sleep(0.6)
+    assert queue.renewals > renewals  # past-slot items keep their leases
+    engine.stop()
+    await asyncio.sleep(0.05)
+    assert not runner.done()  # the stop waits for the in-flight, past-slot items included
+    finish.set()
+    await asyncio.wait_for(runner, 5)
+    assert most_past == 3 and sorted(finished) == [1, 2, 3, 4]
+    assert queue.cut == [] and engine.in_flight == 0
+    assert queue.released and min(queue.released) == 5  # the claimed-ahead, never started

@@ -25,7 +25,7 @@ from tui_backfill.seams.queue import open_queue
 from tui_backfill.servers.images import many_images
 from tui_backfill.servers.raid import RaidServer
 
-FILES = 60
+FILES = 200  # more than two busy workers finish before the test pauses and resumes them
 
 
 @dataclass

@@ -214,7 +214,7 @@ def fixed_publish_snapshot(state: str = "running") -> PublishSnapshot:
     return PublishSnapshot(
         job="publish", worker="media-01:48213", state=state,
         started_at="2026-11-26T11:40:00.000Z", last_update_at="2026-11-26T12:00:00.000Z",
-        concurrency=4, in_flight=3, counters=counters, per_second=1.35, error_rate=0.021,
+        concurrency=4, in_flight=7, downloading=4, counters=counters, per_second=1.35, error_rate=0.021,
         queue=figures, workers=workers, attention=attention,
         message="held: no new claims; in-flight jobs finish" if state == "held" else "",
     )  # fmt: skip
@@ -255,10 +255,10 @@ async def test_every_figure_shows_in_full_at_80x24() -> None:
     lines = text.splitlines()
     assert len(lines) == 24
     expected = {
-        "queue depth": "18,412", "in flight": "3/4", "jobs/min": "81.0",
+        "queue depth": "18,412", "downloads": "4/4", "jobs/min": "81.0",
         "waiting retry": "6", "processing": "7", "error rate": "2.1%",
         "completed": "24,180", "failed": "5", "avg processing": "2.41 s",
-        "need attention": "3", "live workers": "2",
+        "need attention": "3", "live workers": "2", "in flight here": "7",
     }  # fmt: skip
     for label, value in expected.items():
         assert figure(text, label) == value.split()[0], (label, line_with(text, label))

@@ -6,7 +6,11 @@ This loop claims items under a bound of items in flight, keeps one batch claimed
 claim's round trip hides behind the work, and claims come in batches), renews the leases it holds at a third of their
 length, and hands each item to the pipeline's `process` with a guard that says whether the
 lease is still this process's by its own clock — a process frozen past its lease (SIGSTOP, a
-swapped VM) and thawed later must write nothing the new holder also writes.
+swapped VM) and thawed later must write nothing the new holder also writes. An item may leave
+its slot before it is finished (`Guard.leave_slot`): the publishing worker holds a slot for the
+download and the image work, and writes the variants and its completion beside the next item's
+work, so the cores do not wait on the bucket and the database. Such an item is still in flight:
+its lease is renewed and a stop waits for it.
 
 Commands: `hold` stops claiming and hands back the claimed-but-unstarted items (no attempt
 counted), in-flight ones finish; `resume` claims again; `stop` (SIGTERM) is arq's two-stage
@@ -74,6 +78,12 @@ class ClaimPlan:
     shutdown_timeout: float  # stop: seconds the in-flight items get to finish
     burst: bool = False
     prefetch: int | None = None  # items claimed ahead of the slots (default: see `ahead`)
+    finishing: int | None = None  # items past their slot at once (default: twice the slots)
+
+    @property
+    def tail(self) -> int:
+        """Items that left their slot (`Guard.leave_slot`) and are finishing beside the slots."""
+        return self.finishing if self.finishing is not None else 2 * self.concurrency
 
     @property
     def ahead(self) -> int:
@@ -91,11 +101,46 @@ class _Held(Generic[J]):
     task: asyncio.Task[None] | None = None
 
 
+class Guard:
+    """Handed to `process` with each item. Call it before every side effect: it raises
+    LeaseLost once the lease is gone (or within GUARD_MARGIN of its end) by this process's
+    clock. `leave_slot()` gives the item's slot to the next item while this one finishes beside
+    (at most `ClaimPlan.tail` items at once; it waits for room), still leased and in flight."""
+
+    __slots__ = ("_engine", "_held", "left")
+
+    def __init__(self, engine: ClaimedEngine[Any], held: _Held[Any]) -> None:
+        self._engine, self._held = engine, held
+        self.left = False
+
+    def __call__(self) -> None:
+        if self._engine._clock() >= self._held.deadline - GUARD_MARGIN:
+            raise LeaseLost
+
+    async def leave_slot(self) -> None:
+        if self.left:
+            return
+        engine = self._engine
+        await engine._finishing.acquire()
+        self.left = True
+        engine._tail_count += 1
+        engine._slots.release()
+        engine._wake.set()  # room for a claim
+
+    def _give_back(self) -> None:
+        engine = self._engine
+        if self.left:
+            engine._tail_count -= 1
+            engine._finishing.release()
+        else:
+            engine._slots.release()
+
+
 class ClaimedEngine(Generic[J]):
     def __init__(
         self,
         source: ClaimedSource[J],
-        process: Callable[[J, Callable[[], None]], Awaitable[None]],
+        process: Callable[[J, Guard], Awaitable[None]],
         plan: ClaimPlan,
         *,
         clock: Callable[[], float] = time.monotonic,
@@ -106,6 +151,8 @@ class ClaimedEngine(Generic[J]):
         self._clock = clock
         self._held: dict[int, _Held[J]] = {}
         self._slots = asyncio.Semaphore(plan.concurrency)
+        self._finishing = asyncio.Semaphore(plan.tail)
+        self._tail_count = 0  # items that left their slot and are finishing
         self._wake = asyncio.Event()
         self.stopping = False
         self.holding = False
@@ -138,6 +185,11 @@ class ClaimedEngine(Generic[J]):
         return sum(1 for held in self._held.values() if held.started)
 
     @property
+    def in_slots(self) -> int:
+        """In-flight items holding a slot (not yet past `Guard.leave_slot`)."""
+        return self.in_flight - self._tail_count
+
+    @property
     def held_ids(self) -> list[int]:
         return list(self._held)
 
@@ -162,7 +214,7 @@ class ClaimedEngine(Generic[J]):
                 await self._release_unstarted()
                 await self._wait(None)
                 continue
-            want = room - len(self._held)
+            want = room - (len(self._held) - self._tail_count)  # finishing items need no room
             if want < ahead and self._held:
                 # Refill in batches: one claim (one transaction) per `ahead` items, not per item.
                 await self._wait(None)
@@ -267,15 +319,12 @@ class ClaimedEngine(Generic[J]):
     # -- one item ------------------------------------------------------------------------------
 
     async def _run_item(self, held: _Held[J]) -> None:
-        async with self._slots:
+        await self._slots.acquire()
+        guard = Guard(self, held)
+        try:
             if self.stopping or self.holding:
                 return  # handed back by the drain / the hold (still unstarted)
             held.started = True
-
-            def guard() -> None:
-                if self._clock() >= held.deadline - GUARD_MARGIN:
-                    raise LeaseLost
-
             try:
                 await self._process(held.item, guard)
             except Exception as exc:  # a defect or a lost database: said, never silent
@@ -285,3 +334,5 @@ class ClaimedEngine(Generic[J]):
             finally:
                 self._held.pop(held.item.id, None)
                 self._wake.set()
+        finally:
+            guard._give_back()

@@ -186,8 +186,8 @@ async def _progress(worker: Any) -> None:
         c, q = snap.counters, snap.queue
         print(
             f"tui-backfill: {snap.state}: {c.published:,} published, {c.skipped:,} skipped, "
-            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed; in flight "
-            f"{snap.in_flight}/{snap.concurrency}; queue {q.pending:,} pending, "
+            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed; downloads "
+            f"{snap.downloading}/{snap.concurrency}, {snap.in_flight} in flight; queue {q.pending:,} pending, "
             f"{q.needing_attention:,} need attention; {snap.per_second * 60:,.1f} jobs/min",
             file=sys.stderr,
             flush=True,

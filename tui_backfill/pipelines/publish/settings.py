@@ -73,7 +73,7 @@ OPTS: tuple[Opt, ...] = (
     Opt("poll_interval", float, 5.0, "seconds between queue polls when no NOTIFY wakes the worker (WORKER_POLL_INTERVAL is in ms)", "WORKER_POLL_INTERVAL", scale=0.001),
     Opt("max_retries", int, 5, "attempts of a new job before it fails for good", "MAX_RETRIES"),
     Opt("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR", "LOG_LEVEL"),
-    Opt("concurrency", int, 0, "jobs processed at once (default: twice the cores; image work itself runs on one thread a core)", "CONCURRENCY"),
+    Opt("concurrency", int, 0, "parallel downloads and image threads (default: the cores); PUTs overlap them", "CONCURRENCY"),
     Opt("lease", float, 60.0, "seconds a claim is held without a heartbeat before any worker may take it"),
     Opt("retry_base", float, 30.0, "first backoff of a failed job, seconds (doubling, ±20 %)"),
     Opt("retry_cap", float, 3600.0, "longest backoff, seconds"),
@@ -258,9 +258,8 @@ def resolve_publish(
         raise ConfigError("--job", f"{job!r}: use letters, digits, . _ - (max 64)")
     settings = PublishSettings(job=job, sources=sources, **values)
     if settings.concurrency == 0:
-        # A job waits for its download, uploads and completion besides its CPU work: with one
-        # slot a core the image threads sit idle (bench/publish_worker.py).
-        settings = settings.replace(concurrency=2 * (os.cpu_count() or 1))
+        # One image thread a core; downloads and uploads overlap it (pipelines/publish/worker.py)
+        settings = settings.replace(concurrency=os.cpu_count() or 1)
     if settings.endpoint_url and "://" not in settings.endpoint_url:
         settings = settings.replace(endpoint_url="https://" + settings.endpoint_url)
     return settings

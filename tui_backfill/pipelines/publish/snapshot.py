@@ -117,6 +117,9 @@ class PublishSnapshot:
     workers: tuple[WorkerRow, ...] = ()
     attention: tuple[AttentionJob, ...] = ()
     message: str = ""
+    downloading: int = (
+        0  # in-flight jobs holding a slot (their download); the rest in image work or PUTs
+    )
 
     @property
     def live_workers(self) -> list[WorkerRow]:
@@ -133,6 +136,7 @@ class PublishSnapshot:
             "lastUpdateAt": self.last_update_at,
             "concurrency": self.concurrency,
             "inFlight": self.in_flight,
+            "downloading": self.downloading,
             "jobsPerMinute": round(self.per_second * 60, 1),
             "errorRate": round(self.error_rate, 4),
             **self.counters.to_json(),
@@ -168,10 +172,10 @@ class PublishSnapshot:
         q = self.queue
         avg = "-" if q.avg_processing_seconds is None else f"{q.avg_processing_seconds:.2f} s"
         return [
-            [("queue depth", f"{q.pending:,}"), ("in flight", f"{self.in_flight}/{self.concurrency}"), ("jobs/min", f"{self.per_second * 60:,.1f}")],
+            [("queue depth", f"{q.pending:,}"), ("downloads", f"{self.downloading}/{self.concurrency}"), ("jobs/min", f"{self.per_second * 60:,.1f}")],
             [("waiting retry", f"{q.waiting_backoff:,}"), ("processing", f"{q.processing:,}"), ("error rate", f"{self.error_rate:.1%}")],
             [("completed", f"{q.completed:,}"), ("failed", f"{q.failed:,}"), ("avg processing", avg)],
-            [("need attention", f"{q.needing_attention:,}"), ("live workers", f"{len(self.live_workers)}")],
+            [("need attention", f"{q.needing_attention:,}"), ("live workers", f"{len(self.live_workers)}"), ("in flight here", f"{self.in_flight}")],
         ]  # fmt: skip
 
     def instance_line(self) -> str:

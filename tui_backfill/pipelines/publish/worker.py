@@ -3,7 +3,11 @@
 The loop (core/claimed.py) claims jobs, renews their leases and hands each to `_attempt` with
 a lease guard; this module says what a job is: skip it when its file is published or
 soft-deleted, else download the source, make the variants off the event loop (a thread pool
-bounded by the cores), PUT them, and record the CDN URLs with the job's completion. A job seen
+of CONCURRENCY threads), PUT them, and record the CDN URLs with the job's completion. A job
+holds one of the CONCURRENCY slots for its download only (core/claimed.py `Guard.leave_slot`):
+the next download overlaps this job's image work, and its PUTs and completion overlap the next
+job's, so the threads do not wait on I/O. Jobs past their download are bounded too (twice the
+slots), so a slow bucket holds the downloads back. A job seen
 again after a failure or a reclaim first asks the bucket which variants exist, so a worker
 killed between its PUTs and its completion costs no second PUT of what it wrote; the guard
 before each PUT keeps a worker thawed after its lease ran out from writing at all.
@@ -25,7 +29,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from tui_backfill.core.claimed import ClaimedEngine, ClaimPlan, LeaseLost
+from tui_backfill.core.claimed import ClaimedEngine, ClaimPlan, Guard, LeaseLost
 from tui_backfill.core.snapshot import RateMeter, utc_now_iso
 from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError
 from tui_backfill.pipelines.publish.settings import PublishSettings
@@ -112,7 +116,7 @@ class PublishWorker:
         self.burst = burst
         self._clock = clock
         self._cpu = ThreadPoolExecutor(
-            max_workers=cores or os.cpu_count() or 1, thread_name_prefix="media"
+            max_workers=cores or settings.concurrency, thread_name_prefix="media"
         )
         self._policy = RetryPolicy(base=settings.retry_base, cap=settings.retry_cap)
         self.counters = InstanceCounters()
@@ -184,6 +188,7 @@ class PublishWorker:
             last_update_at=utc_now_iso(),
             concurrency=self.settings.concurrency,
             in_flight=self.in_flight,
+            downloading=self.engine.in_slots,
             counters=self._sync().copy(),
             per_second=per_second,
             error_rate=min(error_rate, 1.0),
@@ -275,7 +280,7 @@ class PublishWorker:
 
     # -- one job -------------------------------------------------------------------------------
 
-    async def _run_job(self, job: ClaimedJob, guard: Callable[[], None]) -> None:
+    async def _run_job(self, job: ClaimedJob, guard: Guard) -> None:
         begun = self._clock()
         try:
             await self._attempt(job, guard)
@@ -287,13 +292,17 @@ class PublishWorker:
         finally:
             self.counters.processing_seconds += self._clock() - begun
 
-    async def _attempt(self, job: ClaimedJob, guard: Callable[[], None]) -> None:
+    async def _attempt(self, job: ClaimedJob, guard: Guard) -> None:
         if job.deleted or job.publish_status == "published":
             await self._complete(job, guard, None)
             return
         try:
             body = await self.step.fetch(job.source_key)
             self.counters.bytes_downloaded += len(body)
+            # The slot bounds downloads; the image work has its own bound (the pool's threads)
+            # and the PUTs and the completion run beside: the next job's download overlaps
+            # this one's image work, so the cores do not wait on I/O.
+            await guard.leave_slot()
             variants = await asyncio.get_running_loop().run_in_executor(
                 self._cpu, self.step.variants, body
             )
@@ -338,9 +347,7 @@ class PublishWorker:
             return
         await self._complete(job, guard, published)
 
-    async def _complete(
-        self, job: ClaimedJob, guard: Callable[[], None], published: Published | None
-    ) -> None:
+    async def _complete(self, job: ClaimedJob, guard: Guard, published: Published | None) -> None:
         guard()
         if await self.queue.complete(self.id, job, published):
             if published is None:
