@@ -254,9 +254,10 @@ def test_readme_is_short_and_has_its_tours() -> None:
 
 
 def test_readme_links_resolve() -> None:
-    """Relative links of the README point at files of the repository."""
-    for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", README.read_text()):
-        assert (REPO / target).exists(), target
+    """Relative links of the README and docs/ point at files of the repository."""
+    for page in [README, *sorted((REPO / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: {target}"
 
 
 def test_ellipsis() -> None:
