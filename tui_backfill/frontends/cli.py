@@ -215,7 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
         "the image backfill (state/demo.sqlite3, job demo). `demo hash-index`: the content-hash "
         "index over a local bucket of 3,000 objects and an index with gaps "
         "(state/demo-hash.sqlite3, job demo-hash). `demo publish`: the media publishing worker "
-        "on a SQLite queue of 300 files (state/demo-publish). Run it again to continue.",
+        "on a SQLite queue of 300 files (state/demo-publish). Run it again to continue. "
+        "`demo servers`: only the servers, for the README's tours: prints the `export` lines "
+        "that point tui-backfill at them and serves until Ctrl-C.",
     )
     demo.add_argument(
         "which",
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-DEMOS = ("images", "hash-index", "publish")
+DEMOS = ("images", "hash-index", "publish", "servers")
 DEMO_HASH_ONLY = (
     "dry_run",
     "verify",
@@ -267,6 +269,13 @@ DEMO_HASH_ONLY = (
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if args.which == "servers":
+        for name in (*DEMO_HASH_ONLY, "limit_skus", "files", "no_ui", "fresh"):
+            if getattr(args, name) not in (None, False):
+                raise ConfigError("--" + name.replace("_", "-"), "not an option of `demo servers`")
+        from tui_backfill.frontends.demo_servers import run_demo_servers
+
+        return run_demo_servers()
     if args.which == "publish":
         for name in (*DEMO_HASH_ONLY, "limit_skus"):
             if getattr(args, name) not in (None, False):
