@@ -70,7 +70,7 @@ async def prepared_worker(
                 region=settings.region,
                 path_style=settings.path_style,
                 timeout=settings.timeout,
-                pool_size=settings.concurrency * 2 + 2,
+                pool_size=settings.concurrency * 4 + 2,  # the jobs past their download
                 credentials=credentials,
             )
         )

@@ -6,8 +6,8 @@ soft-deleted, else download the source, make the variants off the event loop (a 
 of CONCURRENCY threads), PUT them, and record the CDN URLs with the job's completion. A job
 holds one of the CONCURRENCY slots for its download only (core/claimed.py `Guard.leave_slot`):
 the next download overlaps this job's image work, and its PUTs and completion overlap the next
-job's, so the threads do not wait on I/O. Jobs past their download are bounded too (twice the
-slots), so a slow bucket holds the downloads back. A job seen
+job's, so the threads do not wait on I/O. Jobs past their download are bounded too (four a
+slot), so a slow bucket holds the downloads back. A job seen
 again after a failure or a reclaim first asks the bucket which variants exist, so a worker
 killed between its PUTs and its completion costs no second PUT of what it wrote; the guard
 before each PUT keeps a worker thawed after its lease ran out from writing at all.
@@ -54,6 +54,7 @@ CACHE_CONTROL = "public, max-age=31536000, immutable"
 FIGURES_EVERY = 2.0  # seconds between reads of the queue's figures for the snapshot
 COMMANDS_EVERY = 1.0
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
+FINISHING_PER_SLOT = 4  # jobs past their download (image work, PUTs), per download slot
 
 
 def worker_id() -> str:
@@ -125,6 +126,11 @@ class PublishWorker:
             self._run_job,
             ClaimPlan(
                 concurrency=settings.concurrency,
+                # Past its download a job waits for an image thread, is in one, or writes.
+                # Room for 3 a thread keeps the threads fed while the writes wait on the bucket
+                # (twice stalled them: bench/publish_worker.py); the waiting hold only the
+                # compressed source.
+                finishing=FINISHING_PER_SLOT * settings.concurrency,
                 lease=settings.lease,
                 poll=settings.poll_interval,
                 shutdown_timeout=settings.shutdown_timeout,
