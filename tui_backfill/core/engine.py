@@ -217,7 +217,10 @@ class Engine(Generic[S]):
         return counters
 
     def progress(self) -> Progress:
-        counters = self._counters_now(committed=False)
+        # Once the run has ended in this process, the committed figure: groups dispatched but
+        # left with no finished item by a stop are not scanned (a resume scans them), so the
+        # paused snapshot says what its checkpoint says and a later crash cannot lower it.
+        counters = self._counters_now(committed=self._ended_at is not None)
         items_rate, groups_rate, bytes_rate = self._rates.rates()
         return Progress(
             job=self.plan.job,
