@@ -121,6 +121,8 @@ class Engine(Generic[S]):
         self._fatal: FatalError | None = None
         self._pending_failed: list[FailedItem] = []
         self._pending_resolved: list[tuple[str, int]] = []
+        # (key, whether the source answered 404) of items finished since the last commit
+        self._pending_absence: list[tuple[str, bool]] = []
         self._commit_lock = asyncio.Lock()
         self._finished_at_commit = 0
         self._last_errors: dict[str, str] = {}
@@ -625,6 +627,8 @@ class Engine(Generic[S]):
             )
         if self.plan.dry_run:
             failed = None  # a dry run leaves nothing behind, not even failed items (but counts)
+        else:  # the latest outcome of a key says whether the source is known not to have it
+            self._pending_absence.append((item.key, result.absent))
         if item.carryover:
             if result.error is not None:
                 counters.carryover_failed += 1
@@ -653,6 +657,10 @@ class Engine(Generic[S]):
             counters = self._counters_now(committed=True)
             failed, self._pending_failed = self._pending_failed, []
             resolved, self._pending_resolved = self._pending_resolved, []
+            absence, self._pending_absence = self._pending_absence, []
+            latest = dict(absence)  # a key finished twice (carryover, then the scan): the last
+            absent = [key for key, gone in latest.items() if gone]
+            present = [key for key, gone in latest.items() if not gone]
             position = self._tracker.position()
             saved_at = utc_now_iso()
             snapshot = None
@@ -677,6 +685,8 @@ class Engine(Generic[S]):
                     job=self.plan.job,
                     failed=failed,
                     resolved=resolved,
+                    absent=absent,
+                    present=present,
                     status=status,
                     exit_code=exit_code,
                     message=message,
@@ -689,6 +699,7 @@ class Engine(Generic[S]):
                 # from the last checkpoint that did land.
                 self._pending_failed[:0] = failed
                 self._pending_resolved[:0] = resolved
+                self._pending_absence[:0] = absence
                 if isinstance(exc, FatalError):
                     fatal = exc
                 else:  # a pipeline's before_commit failed: its writes may not have landed

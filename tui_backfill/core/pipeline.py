@@ -37,6 +37,9 @@ class Result:
     error: BackfillError | None = None
     nbytes: int = 0
     count_error: bool = False  # the error was no attempt (found by a check): count its code here
+    # The source does not have the item (a 404): its key is remembered as absent until a later
+    # outcome of it says otherwise (coverage's `fillable` leaves such keys out).
+    absent: bool = False
 
 
 @dataclass(slots=True)

@@ -203,6 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(coverage)
     coverage.add_argument("--json", action="store_true")
     coverage.add_argument("--gap-file", help="write the missing keys, one per line")
+    coverage.add_argument(
+        "--fillable-file", metavar="F", help="write the missing keys not absent at the origin"
+    )
 
     from tui_backfill.frontends.publish import add_publish_parser
 
@@ -669,12 +672,16 @@ async def _cmd_coverage(args: argparse.Namespace) -> int:
     if run is not None:
         from tui_backfill.pipelines.hash_index.coverage import hash_coverage, hash_coverage_text
 
-        if args.gap_file:
-            raise ConfigError("--gap-file", "only for an image job; a hash-index job has none")
+        for name in ("gap_file", "fillable_file"):
+            if getattr(args, name):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(flag, "only for an image job; a hash-index job has none")
         report = await hash_coverage(run)
         print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report))
         return EXIT_OK
-    report = await coverage_report(resolved, gap_file=args.gap_file)
+    report = await coverage_report(
+        resolved, gap_file=args.gap_file, fillable_file=args.fillable_file
+    )
     print(json.dumps(report, indent=2) if args.json else coverage_text(report))
     return EXIT_OK
 

@@ -213,7 +213,7 @@ class MirrorPipeline:
                 lambda: origin.fetch(item.group, item.member), Slot.ORIGIN
             )
         except NotFoundError:
-            return Result("noRemote", NO_REMOTE, attempts=1)
+            return Result("noRemote", NO_REMOTE, attempts=1, absent=True)
         except StageFailed as failed:
             return Result("failed", ATTEMPTED, attempts=failed.attempts, error=failed.error)
         try:
