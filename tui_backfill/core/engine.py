@@ -26,6 +26,7 @@ from tui_backfill.core.pipeline import (
     Interrupted,
     Item,
     Pipeline,
+    PlanSink,
     Progress,
     Result,
     Slot,
@@ -98,8 +99,10 @@ class Engine(Generic[S]):
         store: RunStore,
         clock: Callable[[], float] = time.monotonic,
         poll_commands: bool = True,
+        plan_sink: PlanSink | None = None,
     ) -> None:
         self.plan = plan
+        self._plan_sink = plan_sink if plan.dry_run else None  # a dry run's list of items
         self.pipeline = pipeline
         self._store = store
         self._clock = clock
@@ -310,6 +313,8 @@ class Engine(Generic[S]):
             exit_code = 1 if problems else 0
         message = self._fatal.message if self._fatal else None
         self._failure_log.flush()
+        if self._plan_sink is not None:
+            await self._plan_sink.close(complete=self._state is RunState.COMPLETED)
         try:
             await self._commit(status=status, exit_code=exit_code, message=message)
         except FatalError:
@@ -627,6 +632,8 @@ class Engine(Generic[S]):
             )
         if self.plan.dry_run:
             failed = None  # a dry run leaves nothing behind, not even failed items (but counts)
+            if self._plan_sink is not None:
+                self._plan_sink.item(item, result)
         else:  # the latest outcome of a key says whether the source is known not to have it
             self._pending_absence.append((item.key, result.absent))
         if item.carryover:

@@ -104,6 +104,18 @@ class Stages(Protocol):
         ...
 
 
+class PlanSink(Protocol):
+    """Where a dry run lists what it would do, one item at a time (`--plan-file`)."""
+
+    def item(self, item: Item, result: Result) -> None:
+        """One planned item: how the dry run found it would end."""
+        ...
+
+    async def close(self, *, complete: bool) -> None:
+        """The dry run ended; `complete`: it planned every item (a partial plan is dropped)."""
+        ...
+
+
 class OrderedSource(Protocol):
     async def page(self, after: str | None) -> Sequence[Group]:
         """The next groups after `after` (None: from the start) in ascending order; empty at

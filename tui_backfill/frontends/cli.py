@@ -111,6 +111,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = Fals
     )
 
 
+def _add_plan_file(parser: argparse.ArgumentParser, lines: str) -> None:
+    parser.add_argument(
+        "--plan-file",
+        metavar="F",
+        help=f"--dry-run: write {lines} KEY lines (default: none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tui-backfill", description="Fill an S3-compatible bucket from an origin, resumably."
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
+    _add_plan_file(run, "fetch/skip")
 
     hash_index = commands.add_parser(
         "hash-index",
@@ -137,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_index.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
+    _add_plan_file(hash_index, "hash/skip")
 
     status = commands.add_parser("status", help="show the job's status snapshot")
     _add_job_state(status)
@@ -204,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     coverage.add_argument("--json", action="store_true")
     coverage.add_argument("--gap-file", help="write the missing keys, one per line")
     coverage.add_argument(
-        "--fillable-file", metavar="F", help="write the missing keys not absent at the origin"
+        "--fillable-file",
+        metavar="F",
+        help="gap keys not known absent at origin (default: none)",
     )
 
     from tui_backfill.frontends.publish import add_publish_parser
@@ -386,8 +398,18 @@ def _publish_job(args: argparse.Namespace) -> bool:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.prepare import RunRequest
 
+    if args.plan_file is not None:
+        from tui_backfill.pipelines.plan_file import check_plan_file
+
+        if not args.dry_run:  # a plan is what a run would do: a real run has none to write
+            raise ConfigError("--plan-file", "only with --dry-run (it lists what a run would do)")
+        check_plan_file(args.plan_file)
     request = RunRequest(
-        _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
+        _resolve(args),
+        dry_run=args.dry_run,
+        fresh=args.fresh,
+        from_start=args.from_start,
+        plan_file=args.plan_file,
     )
     serve = _serve_port(args)
     if serve is None and not args.dry_run and wants_console(args.no_ui):

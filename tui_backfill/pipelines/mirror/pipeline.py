@@ -117,6 +117,9 @@ class _SkuPages:
                     item.preset = bad
                 elif existing is not None and key in existing:
                     item.preset = Result("skippedExists", FOUND)
+                elif existing is not None and self._stages.dry_run:
+                    # known missing: planned in SKU order, with no task (a plan file's order)
+                    item.preset = _bad_key(key) or Result("planned", PLANNED)
                 items.append(item)
             groups.append(Group(sku, items))
         return groups
