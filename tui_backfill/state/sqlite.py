@@ -326,7 +326,8 @@ class StateStore:
 
     async def _quick_check(self) -> None:
         async with self._db.execute("PRAGMA quick_check(5)") as cur:
-            problems = [str(row[0]) for row in await cur.fetchall()]
+            # one line: SQLite's own lines may hold line breaks ("*** in database main ***\n")
+            problems = [" ".join(str(row[0]).split()) for row in await cur.fetchall()]
         if problems != ["ok"]:
             raise NotAState(
                 f"not a valid state database (SQLite's check: {'; '.join(problems)[:300]}); "
