@@ -61,6 +61,7 @@ async def test_run_through_the_api_fills_the_bucket_and_coverage_improves(
     code, before = await api.call("GET", "/api/rsr-image-stats")
     assert code == 200, before
     assert before["present"] == 0 and before["expected"] == (n + 20) * 3
+    assert before["fillable"] == before["missing"]  # nothing attempted: nothing known absent
 
     job.origin.faults.latency = 0.01
     code, started = await api.call("POST", f"{BASE}/run", body={"limitSkus": n})
@@ -100,6 +101,10 @@ async def test_run_through_the_api_fills_the_bucket_and_coverage_improves(
     expected_gap = {key_of(s, a) for s in all_skus for a in ANGLES} - await job.bucket_keys()
     assert len(keys) == len(set(keys)) == page["missing"] == len(expected_gap)
     assert set(keys) == expected_gap
+    # fillable: the gap without the keys the origin answered 404 for in the run
+    absent = {key_of(s, a) for s, a in job.missing_items(skus, ANGLES)}
+    assert absent and final["noRemote"] == len(absent)
+    assert after["fillable"] == page["fillable"] == len(expected_gap - absent)
 
 
 async def test_pause_then_run_again_continues_the_same_run(make_api: MakeApi) -> None:

@@ -39,7 +39,7 @@ class Ctx:
     def state(self) -> Path:
         return self.tmp / "state" / "s.sqlite3"
 
-    def flags(self) -> dict[str, str | None]:
+    def flags(self) -> dict[str, str | bool | None]:
         return {
             "--state": str(self.state),
             "--skus-db": str(self.catalog),
@@ -53,7 +53,7 @@ class Ctx:
         }
 
 
-Flags = Callable[[Ctx], dict[str, str | None]]
+Flags = Callable[[Ctx], dict[str, str | bool | None]]
 Env = Callable[[Ctx], dict[str, str]]
 
 
@@ -91,6 +91,18 @@ CASES = [
     ),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
     case("pipeline-unknown", "--pipeline", {"--pipeline": "variants"}, hint="hash-index"),
+    # a plan is what a dry run would do: a real run has none to write
+    case(
+        "plan-file-without-dry-run",
+        "--plan-file",
+        lambda ctx: {"--plan-file": str(ctx.tmp / "plan.txt")},
+        hint="--dry-run",
+    ),
+    case(
+        "plan-file-no-directory",
+        "--plan-file",
+        lambda ctx: {"--dry-run": True, "--plan-file": str(ctx.tmp / "no-dir" / "plan.txt")},
+    ),
     case(
         "origin-refused",
         "--origin",
@@ -134,7 +146,9 @@ async def test_bad_input_one_line_exit_2_nothing_done(
     merged = {**ctx.flags(), **flags(ctx)}
     argv = ["run", "--no-ui", "--path-style"]
     for flag, value in merged.items():
-        if value is not None:
+        if value is True:
+            argv.append(flag)
+        elif value is not None:
             argv += [flag, value]
     environment = {k: v for k, v in tool_env(rclone_s3, **env(ctx)).items() if v != ""}
     result = await tool(*argv, env=environment)
@@ -153,6 +167,7 @@ async def test_bad_input_one_line_exit_2_nothing_done(
     assert proxy.count("list") == 0 and proxy.count("head_object") == 0
     assert runs_in_state(ctx.state) == 0
     assert rclone_s3.keys() == []
+    assert not (ctx.tmp / "plan.txt").exists()
 
 
 async def test_wrong_credentials_caught_before_any_work_on_a_big_catalog(

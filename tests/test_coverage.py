@@ -77,7 +77,11 @@ async def test_coverage_shows_the_improvement_and_the_exact_gap(
 
     # After the run, with only --job/--state: the rest comes from the job's stored settings.
     gap_after = tmp_path / "gap-after.txt"
-    result = await job.cli("coverage", "--json", "--gap-file", str(gap_after), *job.job_flags())
+    fillable_after = tmp_path / "fillable-after.txt"
+    result = await job.cli(
+        "coverage", "--json", "--gap-file", str(gap_after),
+        "--fillable-file", str(fillable_after), *job.job_flags(),
+    )  # fmt: skip
     assert result.rc == 0, str(result)
     after = result.json()
     keys = await job.bucket_keys()
@@ -94,6 +98,28 @@ async def test_coverage_shows_the_improvement_and_the_exact_gap(
     not_fetched = {key_of(s, a) for s, a in job.missing_items(scanned, ANGLES)}
     not_scanned = {key_of(s, a) for s in catalog[60:] for a in ANGLES}
     assert gap == (not_fetched | not_scanned) - seeded
+    # The fillable split: the gap without the keys the origin answered 404 for (noRemote),
+    # in the gap file's order (catalog order, then angles); the gap file is as it was.
+    assert not_fetched and not_fetched.isdisjoint(seeded)
+    in_order = [key_of(s, a) for s in catalog for a in ANGLES]
+    assert _gap(gap_after) == [key for key in in_order if key in gap]
+    assert _gap(fillable_after) == [key for key in in_order if key in not_scanned - seeded]
+    assert after["fillable"] == len(not_scanned - seeded) == after["missing"] - len(not_fetched)
+    assert after["fillableFile"] == str(fillable_after)
+
+    # The latest answer wins: the 404 items attempted again and failing (503s now) are no
+    # longer known to be absent, so they are fillable again.
+    job.origin.faults.missing_fraction = 0
+    job.origin.faults.error_rate = 1.0
+    again = await job.run(limit=60, extra=("--from-start",))
+    assert again.rc == 1, str(again)
+    assert again.json()["failedItems"] == len(not_fetched)
+    result = await job.cli(
+        "coverage", "--json", "--fillable-file", str(fillable_after), *job.job_flags()
+    )
+    assert result.rc == 0, str(result)
+    assert result.json()["fillable"] == result.json()["missing"] == len(gap)
+    assert _gap(fillable_after) == [key for key in in_order if key in gap]
 
 
 async def test_coverage_of_an_empty_bucket_and_a_full_one(
@@ -103,14 +129,27 @@ async def test_coverage_of_an_empty_bucket_and_a_full_one(
     catalog = job.skus()
     job.origin.faults.missing_fraction = 0  # the origin has everything: full coverage possible
     gap = tmp_path / "gap.txt"
+    fillable = tmp_path / "fillable.txt"
     flags = job.run_flags(limit=40, angles="1-2")
-    empty = (await job.cli("coverage", "--json", "--gap-file", str(gap), *flags)).json()
+    empty = (
+        await job.cli(
+            "coverage", "--json", "--gap-file", str(gap), "--fillable-file", str(fillable), *flags
+        )
+    ).json()
     assert (empty["present"], empty["expected"], empty["coveragePercent"]) == (0, 80, 0.0)
     assert set(_gap(gap)) == {key_of(s, a) for s in catalog for a in (1, 2)}
+    # nothing attempted yet (no state): every missing key is fillable
+    assert empty["fillable"] == empty["missing"] == 80
+    assert _gap(fillable) == _gap(gap)
 
     run = await job.run(limit=40, angles="1-2")
     assert run.rc == 0, str(run)
     assert run.json()["uploaded"] == 80
-    full = (await job.cli("coverage", "--json", "--gap-file", str(gap), *flags)).json()
+    full = (
+        await job.cli(
+            "coverage", "--json", "--gap-file", str(gap), "--fillable-file", str(fillable), *flags
+        )
+    ).json()
     assert (full["present"], full["missing"], full["coveragePercent"]) == (80, 0, 100.0)
-    assert _gap(gap) == []
+    assert full["fillable"] == 0
+    assert _gap(gap) == [] and _gap(fillable) == []

@@ -9,6 +9,7 @@ the proxy run in the test's event loop, so subprocesses are asyncio ones, never 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -79,9 +80,36 @@ async def test_dry_run_plans_without_fetching_or_writing(make_job: MakeJob) -> N
     job.origin.reset_counters()
     job.proxy.reset_counters()
 
-    result = await job.run(limit=500, angles="1-3", extra=["--dry-run"])
+    # --plan-file: what the run would do, one line per item; an origin password given on the
+    # command line (a dry run never contacts the origin) and the S3 secret stay out of it.
+    plan_file = job.tmp / "plan.txt"
+    secret_origin = job.origin.url_template.replace("http://", "http://operator:plan-pw-5Q@")
+    result = await job.run(
+        limit=500,
+        angles="1-3",
+        extra=["--dry-run", "--plan-file", str(plan_file), "--origin", secret_origin],
+    )
     assert result.rc == 0, str(result)
     plan = result.json()
+    assert "plan-pw-5Q" not in result.out + result.err
+    text = plan_file.read_text(encoding="utf-8")
+    assert "plan-pw-5Q" not in text and job.direct.secret_key not in text
+    header = [line for line in text.splitlines() if line.startswith("#")]
+    assert header == [
+        f"# tui-backfill dry run of job default (bucket {job.bucket}): what a run would do",
+        "# one line per SKU x angle: VERB KEY, KEY being the destination key",
+        "# fetch KEY: missing from the bucket: a run fetches it from the origin and writes it",
+        "# skip KEY: already in the bucket: a run skips it (skippedExists)",
+        "# fail KEY: a run would record it as a failed item (its reason is in the dry run's "
+        "errors)",
+    ]
+    every = [key_of(s, a) for s in skus for a in (1, 2, 3)]
+    assert text.splitlines()[len(header) :] == [  # in SKU order, then angles
+        f"skip {key}" if key in seeded else f"fetch {key}" for key in every
+    ]
+    assert f"plan written to {plan_file}" in result.err
+    assert not [name for name in os.listdir(job.tmp) if name.endswith(".partial")]
+    assert "planFile" not in plan  # stdout's JSON is the dry run's, with or without the file
     assert_brief_keys(plan)
     assert plan["dryRun"] is True
     assert plan["state"] == "completed"

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 
+from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import RunState
 from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.prepare import RunRequest, prepare_run
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, active_skus
 from tui_backfill.servers.origin import OriginServer, expected_body
-from tui_backfill.state.sqlite import StateStore
+from tui_backfill.state.sqlite import StateStore, open_state
 
 
 @pytest.fixture
@@ -110,3 +111,54 @@ async def test_a_run_that_died_while_reading_the_catalog_is_dropped(tmp_path: Pa
         assert await store.run(dead) is None and await store.run(fresh) is not None
     finally:
         await store.close()
+
+
+async def test_scanned_skus_never_goes_back_across_pause_and_a_killed_resume(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    """A pause stops with SKUs dispatched whose items never ran (queued for the one fetch
+    slot). The paused figure is the committed one, so a resume killed before any progress
+    (its status column `running`, nothing committed since) reads the same scannedSkus."""
+    origin.faults.latency = 0.05
+    catalog = catalog_db(30)
+    state = tmp_path / "s.sqlite3"
+    resolved = resolve(flags(aws_env, origin, catalog, state, limit_skus=30, concurrency=1), env={})
+    prepared = await prepare_run(RunRequest(resolved))
+    engine = prepared.engine
+    try:
+        run = asyncio.create_task(engine.run())
+        while origin.gets < 5:
+            await asyncio.sleep(0.01)
+        engine.stop()
+        paused = await asyncio.wait_for(run, 30)
+        record = await prepared.store.run(engine.plan.run_id)
+    finally:
+        await prepared.close()
+    assert paused.exit_code == 75
+    assert record is not None
+    figure = paused.snapshot.counters.scanned_skus
+    assert 0 < figure < 30
+    assert JobStatus.of_run(record, live=False).to_json()["scannedSkus"] == figure
+    assert record.counters.scanned_skus == figure
+
+    # A resume whose process is killed right after it took the run: nothing committed since.
+    resumed = await prepare_run(RunRequest(resolve(flags(aws_env, origin, catalog, state), env={}),
+                                           resume_only=True))  # fmt: skip
+    run_id = resumed.engine.plan.run_id
+    await resumed.close()
+    async with open_state(str(state)) as store:
+        killed = await store.run(run_id)
+    assert killed is not None and killed.status == "running"
+    after = JobStatus.of_run(killed, live=False).to_json()
+    assert after["state"] == "interrupted"
+    assert after["uploaded"] == paused.snapshot.counters.uploaded
+    assert after["scannedSkus"] == figure
+
+    origin.faults.latency = 0
+    final = await prepare_run(RunRequest(resolve(flags(aws_env, origin, catalog, state), env={}),
+                                         resume_only=True))  # fmt: skip
+    try:
+        result = await asyncio.wait_for(final.engine.run(), 30)
+    finally:
+        await final.close()
+    assert_complete(aws_env, active_skus(catalog), result.snapshot)

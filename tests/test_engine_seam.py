@@ -332,3 +332,45 @@ async def test_a_concurrency_change_while_held_is_kept_at_once(store: StateStore
         assert (await asyncio.wait_for(run, 30)).exit_code == 75
     finally:
         run.cancel()
+
+
+async def test_a_dry_run_writes_its_plan_file_only_once_it_planned_every_item(
+    store: StateStore, tmp_path: Path
+) -> None:
+    """--plan-file: one line per item, written under a temporary name and renamed when the dry
+    run completes; a dry run stopped part way leaves the file as it was, and no temporary."""
+    from dataclasses import replace
+
+    from tui_backfill.core.engine import Engine
+    from tui_backfill.pipelines.plan_file import PlanFile
+
+    verbs = {"seen": ("visit", "a run visits it")}
+    path = tmp_path / "plan.txt"
+
+    async def dry_run(pipeline: KeysPipeline, *, stop_after: int | None = None) -> RunState:
+        record = await keys_run(store)
+        plan = replace(engine_for(store, record, pipeline).plan, dry_run=True)
+        sink = PlanFile(str(path), verbs, title="dry run of keys", unit="key", key="the key")
+        engine = Engine(plan, pipeline=pipeline, store=store, plan_sink=sink)
+        run = asyncio.create_task(engine.run())
+        while stop_after is not None and len(pipeline.seen) < stop_after:
+            await asyncio.sleep(0.005)
+        if stop_after is not None:
+            engine.stop()
+        return (await run).state
+
+    assert await dry_run(KeysPipeline(KEYS)) is RunState.COMPLETED
+    lines = path.read_text().splitlines()
+    assert lines[:4] == [
+        "# dry run of keys: what a run would do",
+        "# one line per key: VERB KEY, KEY being the key",
+        "# visit KEY: a run visits it",
+        "# fail KEY: a run would record it as a failed item (its reason is in the dry run's "
+        "errors)",
+    ]
+    assert sorted(lines[4:]) == [f"visit {key}" for key in KEYS]
+    written = path.read_bytes()
+
+    assert await dry_run(KeysPipeline(KEYS, delay=0.01), stop_after=10) is RunState.PAUSED
+    assert path.read_bytes() == written
+    assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]

@@ -370,13 +370,39 @@ async def test_dry_run_creates_and_writes_nothing_and_says_what_it_would_update(
     conn.close()
     before = existing.read_bytes()
     ds.proxy.reset_counters()
-    result = await ds.hash_index(state, existing, "--dry-run", via=ds.proxy, job="dry")
+    plan_file = ds.root / "plan.txt"  # --plan-file: one line per object (and orphan row)
+    result = await ds.hash_index(
+        state, existing, "--dry-run", "--plan-file", str(plan_file), via=ds.proxy, job="dry"
+    )
     snap = snap_of(result)
     assert snap["wouldUpdate"] == 14 and snap["plan"]["wouldUpdate"] == 14
     assert snap["skipped"] == OBJECTS - 14 and snap["orphans"] == ORPHANS
     assert dict(ds.proxy.requests) == {("GET", "list"): 3, ("HEAD", "head_bucket"): 1}
     assert existing.read_bytes() == before
     assert sorted(os.listdir(work)) == ["existing.db"]
+    lines = plan_file.read_text(encoding="utf-8").splitlines()
+    assert lines[:6] == [
+        "# tui-backfill dry run of hash-index job dry (bucket hx-bucket): what a run would do",
+        "# one line per object of the listing or orphan row of the index: VERB KEY, KEY being "
+        "the object's key",
+        "# hash KEY: a run downloads the object and writes its content_hash",
+        "# skip KEY: its index row is up to date (or it is older than --since): no download",
+        "# orphan KEY: an index row with no object: reported, never deleted",
+        "# fail KEY: a run would record it as a failed item (its reason is in the dry run's "
+        "errors)",
+    ]
+    objects = [key for key in ds.keys() if key.startswith(PREFIX)]
+    conn = sqlite3.connect(existing)
+    indexed = {key for (key,) in conn.execute("SELECT key FROM files")}
+    conn.close()
+    orphans = sorted(indexed - set(objects))
+    assert len(orphans) == ORPHANS and set(ODD_KEYS) <= set(objects)
+    assert lines[6:] == sorted(
+        [f"hash {key}" for key in picked]
+        + [f"skip {key}" for key in objects if key not in picked]
+        + [f"orphan {key}" for key in orphans],
+        key=lambda line: line.split(" ", 1)[1].encode(),
+    )  # in key order: a listing's items are planned as it goes
 
 
 # -- 5. bad input -----------------------------------------------------------------------------

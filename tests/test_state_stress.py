@@ -500,14 +500,17 @@ async def test_migration_is_one_transaction_per_version(
     for store in stores:
         await store.close()
 
+    failing = SCHEMA_VERSION + 1
     monkeypatch.setattr(
-        state_module, "MIGRATIONS", {**MIGRATIONS, 3: "CREATE TABLE extra (x); SELECT nope()"}
+        state_module,
+        "MIGRATIONS",
+        {**MIGRATIONS, failing: "CREATE TABLE extra (x); SELECT nope()"},
     )
-    monkeypatch.setattr(state_module, "SCHEMA_VERSION", 3)
+    monkeypatch.setattr(state_module, "SCHEMA_VERSION", failing)
     with pytest.raises(state_module.ConfigError, match="nope"):
         await StateStore.open(str(path))
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta").fetchall() == [("2",)]
+    assert conn.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
     conn.close()
 

@@ -26,6 +26,7 @@ from tui_backfill.core.pipeline import (
     Interrupted,
     Item,
     Pipeline,
+    PlanSink,
     Progress,
     Result,
     Slot,
@@ -98,8 +99,10 @@ class Engine(Generic[S]):
         store: RunStore,
         clock: Callable[[], float] = time.monotonic,
         poll_commands: bool = True,
+        plan_sink: PlanSink | None = None,
     ) -> None:
         self.plan = plan
+        self._plan_sink = plan_sink if plan.dry_run else None  # a dry run's list of items
         self.pipeline = pipeline
         self._store = store
         self._clock = clock
@@ -121,6 +124,8 @@ class Engine(Generic[S]):
         self._fatal: FatalError | None = None
         self._pending_failed: list[FailedItem] = []
         self._pending_resolved: list[tuple[str, int]] = []
+        # (key, whether the source answered 404) of items finished since the last commit
+        self._pending_absence: list[tuple[str, bool]] = []
         self._commit_lock = asyncio.Lock()
         self._finished_at_commit = 0
         self._last_errors: dict[str, str] = {}
@@ -217,7 +222,10 @@ class Engine(Generic[S]):
         return counters
 
     def progress(self) -> Progress:
-        counters = self._counters_now(committed=False)
+        # Once the run has ended in this process, the committed figure: groups dispatched but
+        # left with no finished item by a stop are not scanned (a resume scans them), so the
+        # paused snapshot says what its checkpoint says and a later crash cannot lower it.
+        counters = self._counters_now(committed=self._ended_at is not None)
         items_rate, groups_rate, bytes_rate = self._rates.rates()
         return Progress(
             job=self.plan.job,
@@ -305,6 +313,8 @@ class Engine(Generic[S]):
             exit_code = 1 if problems else 0
         message = self._fatal.message if self._fatal else None
         self._failure_log.flush()
+        if self._plan_sink is not None:
+            await self._plan_sink.close(complete=self._state is RunState.COMPLETED)
         try:
             await self._commit(status=status, exit_code=exit_code, message=message)
         except FatalError:
@@ -622,6 +632,10 @@ class Engine(Generic[S]):
             )
         if self.plan.dry_run:
             failed = None  # a dry run leaves nothing behind, not even failed items (but counts)
+            if self._plan_sink is not None:
+                self._plan_sink.item(item, result)
+        else:  # the latest outcome of a key says whether the source is known not to have it
+            self._pending_absence.append((item.key, result.absent))
         if item.carryover:
             if result.error is not None:
                 counters.carryover_failed += 1
@@ -650,6 +664,10 @@ class Engine(Generic[S]):
             counters = self._counters_now(committed=True)
             failed, self._pending_failed = self._pending_failed, []
             resolved, self._pending_resolved = self._pending_resolved, []
+            absence, self._pending_absence = self._pending_absence, []
+            latest = dict(absence)  # a key finished twice (carryover, then the scan): the last
+            absent = [key for key, gone in latest.items() if gone]
+            present = [key for key, gone in latest.items() if not gone]
             position = self._tracker.position()
             saved_at = utc_now_iso()
             snapshot = None
@@ -674,6 +692,8 @@ class Engine(Generic[S]):
                     job=self.plan.job,
                     failed=failed,
                     resolved=resolved,
+                    absent=absent,
+                    present=present,
                     status=status,
                     exit_code=exit_code,
                     message=message,
@@ -686,6 +706,7 @@ class Engine(Generic[S]):
                 # from the last checkpoint that did land.
                 self._pending_failed[:0] = failed
                 self._pending_resolved[:0] = resolved
+                self._pending_absence[:0] = absence
                 if isinstance(exc, FatalError):
                     fatal = exc
                 else:  # a pipeline's before_commit failed: its writes may not have landed

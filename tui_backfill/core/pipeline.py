@@ -37,6 +37,9 @@ class Result:
     error: BackfillError | None = None
     nbytes: int = 0
     count_error: bool = False  # the error was no attempt (found by a check): count its code here
+    # The source does not have the item (a 404): its key is remembered as absent until a later
+    # outcome of it says otherwise (coverage's `fillable` leaves such keys out).
+    absent: bool = False
 
 
 @dataclass(slots=True)
@@ -98,6 +101,18 @@ class Stages(Protocol):
     ) -> tuple[T, int]:
         """The same for a call outside any item (a page's listing): plain sleeps between
         attempts, not cut short by a pause."""
+        ...
+
+
+class PlanSink(Protocol):
+    """Where a dry run lists what it would do, one item at a time (`--plan-file`)."""
+
+    def item(self, item: Item, result: Result) -> None:
+        """One planned item: how the dry run found it would end."""
+        ...
+
+    async def close(self, *, complete: bool) -> None:
+        """The dry run ended; `complete`: it planned every item (a partial plan is dropped)."""
         ...
 
 

@@ -43,13 +43,16 @@ class RunStore(Protocol):
         job: str,
         failed: Iterable[FailedItem] = (),
         resolved: Iterable[tuple[str, int]] = (),
+        absent: Iterable[str] = (),
+        present: Iterable[str] = (),
         status: str | None = None,
         exit_code: int | None = None,
         message: str | None = None,
         snapshot: dict[str, Any] | None = None,
         settings: dict[str, Any] | None = None,
     ) -> None:
-        """Counters, checkpoint, failed items (and resolved ones), the run's status, its final
+        """Counters, checkpoint, failed items (and resolved ones), keys the source does not
+        have (`absent`) and keys no longer known so (`present`), the run's status, its final
         snapshot and changes to its stored settings, in one transaction."""
         ...
 
@@ -101,6 +104,10 @@ class JobStore(RunStore, Protocol):
     async def abandon_run(self, run_id: int) -> None: ...
 
     async def delete_run(self, run_id: int) -> None: ...
+
+    async def absent_keys(self, job: str, after: str, limit: int) -> list[str]:
+        """Keys whose latest attempt found them absent at the source, in key order."""
+        ...
 
     async def forget_failed(self, job: str, key: str) -> int: ...
 

@@ -111,6 +111,14 @@ def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = Fals
     )
 
 
+def _add_plan_file(parser: argparse.ArgumentParser, lines: str) -> None:
+    parser.add_argument(
+        "--plan-file",
+        metavar="F",
+        help=f"--dry-run: write {lines} KEY lines (default: none)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="tui-backfill", description="Fill an S3-compatible bucket from an origin, resumably."
@@ -124,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
+    _add_plan_file(run, "fetch/skip")
 
     hash_index = commands.add_parser(
         "hash-index",
@@ -137,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_index.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
+    _add_plan_file(hash_index, "hash/skip")
 
     status = commands.add_parser("status", help="show the job's status snapshot")
     _add_job_state(status)
@@ -203,6 +213,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(coverage)
     coverage.add_argument("--json", action="store_true")
     coverage.add_argument("--gap-file", help="write the missing keys, one per line")
+    coverage.add_argument(
+        "--fillable-file",
+        metavar="F",
+        help="gap keys not known absent at origin (default: none)",
+    )
 
     from tui_backfill.frontends.publish import add_publish_parser
 
@@ -392,8 +407,18 @@ def _publish_job(args: argparse.Namespace) -> bool:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.prepare import RunRequest
 
+    if args.plan_file is not None:
+        from tui_backfill.pipelines.plan_file import check_plan_file
+
+        if not args.dry_run:  # a plan is what a run would do: a real run has none to write
+            raise ConfigError("--plan-file", "only with --dry-run (it lists what a run would do)")
+        check_plan_file(args.plan_file)
     request = RunRequest(
-        _resolve(args), dry_run=args.dry_run, fresh=args.fresh, from_start=args.from_start
+        _resolve(args),
+        dry_run=args.dry_run,
+        fresh=args.fresh,
+        from_start=args.from_start,
+        plan_file=args.plan_file,
     )
     serve = _serve_port(args)
     if serve is None and not args.dry_run and wants_console(args.no_ui):
@@ -678,12 +703,16 @@ async def _cmd_coverage(args: argparse.Namespace) -> int:
     if run is not None:
         from tui_backfill.pipelines.hash_index.coverage import hash_coverage, hash_coverage_text
 
-        if args.gap_file:
-            raise ConfigError("--gap-file", "only for an image job; a hash-index job has none")
+        for name in ("gap_file", "fillable_file"):
+            if getattr(args, name):
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(flag, "only for an image job; a hash-index job has none")
         report = await hash_coverage(run)
         print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report))
         return EXIT_OK
-    report = await coverage_report(resolved, gap_file=args.gap_file)
+    report = await coverage_report(
+        resolved, gap_file=args.gap_file, fillable_file=args.fillable_file
+    )
     print(json.dumps(report, indent=2) if args.json else coverage_text(report))
     return EXIT_OK
 

@@ -76,6 +76,39 @@ assert set(_RUN_PROPERTIES) == set(RUN_FIELDS)
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
 _SNAPSHOT = {"$ref": "#/components/schemas/Snapshot"}
+_MISSING = {
+    "missing": {"type": "integer", "description": "expected objects not in the bucket"},
+    "fillable": {
+        "type": "integer",
+        "description": "missing objects not known to be absent at the origin (their latest "
+        "attempt was not a 404): what a run can still fill",
+    },
+    "expected": {"type": "integer", "description": "catalog SKUs x angles"},
+    "coveragePercent": {"type": "number"},
+}
+_COVERAGE = {
+    "type": "object",
+    "properties": {
+        **_MISSING,
+        "job": {"type": "string"},
+        "bucket": {"type": "string"},
+        "keyTemplate": {"type": "string"},
+        "anglesPlanned": {"type": "string"},
+        "catalogSkus": {"type": "integer"},
+        "total": {"type": "integer", "description": "the same as expected"},
+        "present": {"type": "integer"},
+        "unusable": {"type": "integer", "description": "items of unusable SKUs or keys"},
+        "listRequests": {"type": "integer"},
+    },
+}
+_GAP_PAGE = {
+    "type": "object",
+    "properties": {
+        **_MISSING,
+        "keys": {"type": "array", "items": {"type": "string"}},
+        "nextAfter": {"type": "string", "nullable": True, "description": "the next page's after"},
+    },
+}
 
 
 def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -330,7 +363,7 @@ def document(*, max_concurrency: int, pipeline: str = "mirror") -> dict[str, Any
                 "get": {
                     "summary": "Coverage: expected objects of the whole catalog, present, missing",
                     "responses": {
-                        "200": _json({"type": "object"}, "the coverage"),
+                        "200": _json(_COVERAGE, "the coverage"),
                         **_errors(400, 502),
                     },
                 }
@@ -353,9 +386,7 @@ def document(*, max_concurrency: int, pipeline: str = "mirror") -> dict[str, Any
                         },
                     ],
                     "responses": {
-                        "200": _json(
-                            {"type": "object"}, "a page of missing keys; nextAfter continues"
-                        ),
+                        "200": _json(_GAP_PAGE, "a page of missing keys; nextAfter continues"),
                         **_errors(400, 502),
                     },
                 }

@@ -148,6 +148,14 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
         output = (await final_status(prepared.store, result.snapshot)).to_json()
         if request.dry_run:
             output["plan"] = result.snapshot.plan_json()
+            if request.plan_file:
+                written = result.exit_code in (EXIT_OK, EXIT_FAILED_ITEMS)
+                print(
+                    f"tui-backfill: plan written to {request.plan_file}"
+                    if written
+                    else f"tui-backfill: the dry run did not finish; {request.plan_file} not written",
+                    file=sys.stderr,
+                )
         if prepared.settings.notify_url:
             notice = notice_of(prepared, result.exit_code, output)
         try:

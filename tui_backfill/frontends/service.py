@@ -410,6 +410,7 @@ class JobService:
         """The seed's stats: expected objects of the whole catalog, present, missing."""
         report, _ = await self._coverage(with_gap=False)
         report.pop("gapFile", None)
+        report.pop("fillableFile", None)
         return report
 
     async def gap(self, *, after: str | None, limit: int) -> dict[str, Any]:
@@ -425,6 +426,7 @@ class JobService:
         report = cache.report
         return {
             "missing": report["missing"],
+            "fillable": report["fillable"],
             "expected": report["expected"],
             "coveragePercent": report["coveragePercent"],
             "keys": keys,

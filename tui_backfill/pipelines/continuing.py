@@ -31,6 +31,7 @@ class RunRequest:
     fresh: bool = False
     from_start: bool = False
     resume_only: bool = False  # `resume`: continue an unfinished run, never start one
+    plan_file: str | None = None  # a dry run's list of what a run would do, one line an item
 
 
 def settings_from_stored(

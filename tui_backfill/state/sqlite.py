@@ -36,7 +36,7 @@ from tui_backfill.state.problems import (
     state_fatal,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # Each migration takes the schema from the version before it to its own, in one transaction.
 # Never edit a released one (tests/test_state_stress.py keeps a copy of version 1): add the next.
@@ -90,6 +90,15 @@ MIGRATIONS: dict[int, str] = {
     """,
     2: """
     ALTER TABLE runs ADD COLUMN host TEXT;  -- the machine whose process last ran the run
+    """,
+    3: """
+    CREATE TABLE IF NOT EXISTS absent_items (  -- keys whose latest attempt the origin answered 404
+        job TEXT NOT NULL,
+        key TEXT NOT NULL,
+        run_id INTEGER NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (job, key)
+    ) WITHOUT ROWID
     """,
 }
 
@@ -317,7 +326,8 @@ class StateStore:
 
     async def _quick_check(self) -> None:
         async with self._db.execute("PRAGMA quick_check(5)") as cur:
-            problems = [str(row[0]) for row in await cur.fetchall()]
+            # one line: SQLite's own lines may hold line breaks ("*** in database main ***\n")
+            problems = [" ".join(str(row[0]).split()) for row in await cur.fetchall()]
         if problems != ["ok"]:
             raise NotAState(
                 f"not a valid state database (SQLite's check: {'; '.join(problems)[:300]}); "
@@ -483,6 +493,8 @@ class StateStore:
         job: str,
         failed: Iterable[FailedItem] = (),
         resolved: Iterable[tuple[str, int]] = (),
+        absent: Iterable[str] = (),
+        present: Iterable[str] = (),
         status: str | None = None,
         exit_code: int | None = None,
         message: str | None = None,
@@ -490,9 +502,20 @@ class StateStore:
         settings: dict[str, Any] | None = None,
     ) -> None:
         """Counters, checkpoint and failed items in one transaction (callers shield it), with
-        `settings` changed in the run's stored settings."""
+        `settings` changed in the run's stored settings. `absent`: keys the origin answered
+        404 for (remembered); `present`: keys whose items ended otherwise (forgotten)."""
         try:
             async with self.transaction() as db:
+                await db.executemany(
+                    "DELETE FROM absent_items WHERE job = ? AND key = ?",
+                    [(job, key) for key in present],
+                )
+                now = utc_now_iso()
+                await db.executemany(
+                    "INSERT OR REPLACE INTO absent_items (job, key, run_id, updated_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(job, key, run_id, now) for key in absent],
+                )
                 await db.executemany(
                     "DELETE FROM failed_items WHERE job = ? AND sku = ? AND angle = ?",
                     [(job, sku, angle) for sku, angle in resolved],
@@ -590,6 +613,18 @@ class StateStore:
             await db.execute("DELETE FROM run_skus WHERE run_id = ?", (run_id,))
             await db.execute("DELETE FROM failed_items WHERE run_id = ?", (run_id,))
             await db.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    # -- items the origin does not have ---------------------------------------------------
+
+    @_classified
+    async def absent_keys(self, job: str, after: str, limit: int) -> list[str]:
+        """Keys of the job whose latest attempt the origin answered 404 (`noRemote`), in key
+        order after `after`, at most `limit` (coverage's fillable split)."""
+        async with self._db.execute(
+            "SELECT key FROM absent_items WHERE job = ? AND key > ? ORDER BY key LIMIT ?",
+            (job, after, limit),
+        ) as cur:
+            return [row[0] for row in await cur.fetchall()]
 
     # -- failed items ---------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
 """Coverage (the seed's stats and gap): expected keys of the whole source x angles, present keys
-from one bucket listing (one request per 1,000 keys, not a HEAD per key), and the gap.
+from one bucket listing (one request per 1,000 keys, not a HEAD per key), and the gap. The
+fillable part of the gap leaves out the keys the origin is known not to have: those whose
+latest attempt, in any run of the job, was a 404 (`noRemote`; kept in the state).
 
 The listing goes into a temporary SQLite table and the catalog is walked in pages, so memory
 stays flat whatever the catalog's size.
@@ -46,16 +48,32 @@ async def _open_for_writing(stack: contextlib.AsyncExitStack, path: str) -> Text
     return handle
 
 
-async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) -> dict[str, Any]:
+async def _load_absent(scratch: ScratchKeys, settings: Settings) -> None:
+    """The job's keys known to be absent at the origin, from its state (none without one)."""
+    if not Path(settings.state).exists():
+        return
+    from tui_backfill.state.sqlite import open_state
+
+    async with open_state(settings.state) as store:
+        after = ""
+        while keys := await store.absent_keys(settings.job, after, PAGE):
+            await scratch.add("absent", keys)
+            after = keys[-1]
+
+
+async def coverage_report(
+    resolved: Resolved, *, gap_file: str | None = None, fillable_file: str | None = None
+) -> dict[str, Any]:
     settings = await _settings_for(resolved)
     await asyncio.to_thread(check_source, settings)
     angles = settings.angle_list
     template = key_template(settings.key_template)
     from tui_backfill.pipelines.continuing import bucket_of
 
-    async with ScratchKeys(("skus", "present")) as scratch:
+    async with ScratchKeys(("skus", "present", "absent")) as scratch:
         async for batch in sku_batches(settings):
             await scratch.add("skus", batch)
+        await _load_absent(scratch, settings)
         requests = 0
         async with bucket_of(settings, pool_size=2) as bucket:
             await bucket.preflight()
@@ -63,9 +81,10 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                 requests += 1
                 await scratch.add("present", keys)
         await scratch.commit()
-        expected = present = catalog = unusable = 0
+        expected = present = catalog = unusable = fillable = 0
         async with contextlib.AsyncExitStack() as stack:
             gap = await _open_for_writing(stack, gap_file) if gap_file else None
+            fill = await _open_for_writing(stack, fillable_file) if fillable_file else None
             after = ""
             while skus := await scratch.page("skus", after, PAGE):
                 after = skus[-1]
@@ -83,9 +102,14 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
                 found = await scratch.present("present", keys)
                 expected += len(keys)
                 present += len(found)
+                missing_keys = [key for key in keys if key not in found]
+                absent = await scratch.present("absent", missing_keys)
+                fillable_keys = [key for key in missing_keys if key not in absent]
+                fillable += len(fillable_keys)
                 if gap is not None:
-                    lines = [f"{key}\n" for key in keys if key not in found]
-                    await asyncio.to_thread(gap.writelines, lines)
+                    await asyncio.to_thread(gap.writelines, [f"{k}\n" for k in missing_keys])
+                if fill is not None:
+                    await asyncio.to_thread(fill.writelines, [f"{k}\n" for k in fillable_keys])
     missing = expected - present
     return {
         "job": settings.job,
@@ -97,17 +121,21 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
         "expected": expected,
         "present": present,
         "missing": missing,
+        "fillable": fillable,  # missing, and not known to be absent at the origin
         "unusable": unusable,
         "coveragePercent": round(100.0 * present / expected, 2) if expected else 100.0,
         "listRequests": requests,
         "gapFile": gap_file,
+        "fillableFile": fillable_file,
     }
 
 
 def coverage_text(report: dict[str, Any]) -> str:
     return (
         f"{report['present']:,} of {report['expected']:,} expected objects present "
-        f"({report['coveragePercent']}%), {report['missing']:,} missing; "
+        f"({report['coveragePercent']}%), {report['missing']:,} missing "
+        f"({report['fillable']:,} fillable, {report['missing'] - report['fillable']:,} "
+        "absent at the origin); "
         f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}; "
         f"{report['listRequests']} listing requests"
         + (
@@ -116,4 +144,5 @@ def coverage_text(report: dict[str, Any]) -> str:
             else ""
         )
         + (f"; gap written to {report['gapFile']}" if report.get("gapFile") else "")
+        + (f"; fillable keys to {report['fillableFile']}" if report.get("fillableFile") else "")
     )

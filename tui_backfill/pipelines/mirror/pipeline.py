@@ -117,6 +117,9 @@ class _SkuPages:
                     item.preset = bad
                 elif existing is not None and key in existing:
                     item.preset = Result("skippedExists", FOUND)
+                elif existing is not None and self._stages.dry_run:
+                    # known missing: planned in SKU order, with no task (a plan file's order)
+                    item.preset = _bad_key(key) or Result("planned", PLANNED)
                 items.append(item)
             groups.append(Group(sku, items))
         return groups
@@ -213,7 +216,7 @@ class MirrorPipeline:
                 lambda: origin.fetch(item.group, item.member), Slot.ORIGIN
             )
         except NotFoundError:
-            return Result("noRemote", NO_REMOTE, attempts=1)
+            return Result("noRemote", NO_REMOTE, attempts=1, absent=True)
         except StageFailed as failed:
             return Result("failed", ATTEMPTED, attempts=failed.attempts, error=failed.error)
         try:
