@@ -147,7 +147,7 @@ async def test_keys_drive_a_real_engine(
             await wait_for(pilot, lambda: engine.concurrency == 4)
             await pilot.press("minus", "minus")
             await wait_for(pilot, lambda: engine.concurrency == 2)
-            assert re.search(r"concurrency\s+2\b", screen_text(app))
+            assert re.search(r"fetching\s+\d of 2\b", screen_text(app))
 
             await pilot.press("r")
             await wait_for(
@@ -304,7 +304,8 @@ def fixed_snapshot(state: str = "running") -> StatusSnapshot:
         job="default", run_id=7, state=state, dry_run=False,
         started_at="2026-11-26T11:40:00.000Z", last_update_at="2026-11-26T12:00:00.000Z",
         angles_planned="1-3", angles_per_sku=3, concurrency=3, planned_skus=2000, counters=counters,
-        checkpoint=Checkpoint("100421", {"100423": (1, 3), "100424": (2,)}), in_flight=5,
+        checkpoint=Checkpoint("100421", {"100423": (1, 3), "100424": (2,)}), in_flight=14,
+        fetches_in_flight=3,
         items_per_second=8.9, skus_per_second=2.97, bytes_per_second=560_000.0, eta_seconds=258.0,
         last_errors={"timeout": "no complete answer within 20 s", "http_503": "HTTP 503 Service Unavailable",
                      "s3_SlowDown": "S3 503 SlowDown: Please reduce your request rate."},
@@ -356,12 +357,28 @@ async def test_counters_fit_every_width(width: int) -> None:
         rows = [
             line
             for line in screen_text(app).splitlines()
-            if "scannedSkus" in line or "inFlight" in line
+            if "scannedSkus" in line or "itemsInFlight" in line
         ]
         assert len(rows) == 2 and not any("\u2026" in row for row in rows), rows
-        assert rows[0].rstrip().endswith(" 26") and rows[1].rstrip().endswith(" 5"), (
+        assert rows[0].rstrip().endswith(" 26") and rows[1].rstrip().endswith(" 14"), (
             rows
-        )  # errorsTotal, inFlight
+        )  # errorsTotal, itemsInFlight
+
+
+async def test_the_cap_shows_beside_the_fetches_it_bounds() -> None:
+    """`concurrency` caps the origin fetches, not the items in flight (existence checks and
+    uploads too): the panel shows the fetches now beside the cap, as /metrics counts them,
+    and the items in flight under their own name."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert re.search(r"fetching\s+3 of 3\b", text), text
+        assert re.search(r"itemsInFlight\s+14\b", text), text
+        assert not re.search(r"(?<!items)inFlight", text) and "concurrency " not in text
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "fetching: origin fetches now, of the cap (+ and - change it)" in screen_text(app)
 
 
 async def test_mouse_selects_panel_text() -> None:

@@ -26,6 +26,8 @@ HELP = """\
   scannedSkus: SKUs taken up · uploaded: objects written
   skippedExists: already there · noRemote: origin 404
   failedItems: attempts exhausted · errorsTotal: failed attempts
+  fetching: origin fetches now, of the cap (+ and - change it)
+  itemsInFlight: items between existence check and upload
 
 Press escape or ? to close."""
 

@@ -98,12 +98,12 @@ class HashSnapshot:
             [
                 ("bytesHashed", fmt_bytes(c.bytes_hashed)),
                 third,
-                ("concurrency", f"{self.concurrency}"),
+                # the cap (`concurrency`) bounds the object GETs, not the items in flight
+                ("GETs", f"{self.fetches_in_flight} of {self.concurrency}"),
             ],
             [
                 ("mode", self.mode + (f" ≥{self.since}" if self.since else "")),
-                ("inFlight", f"{self.in_flight}"),
-                ("GETs", f"{self.fetches_in_flight}"),
+                ("itemsInFlight", f"{self.in_flight}"),
             ],
         ]
 

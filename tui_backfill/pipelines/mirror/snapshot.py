@@ -88,12 +88,13 @@ class StatusSnapshot:
             [
                 ("attemptedDownloads", f"{c.attempted_downloads:,}"),
                 ("noRemote", f"{c.no_remote:,}"),
-                ("concurrency", f"{self.concurrency}"),
+                # the cap (`concurrency`) bounds the origin fetches, not the items in flight
+                ("fetching", f"{self.fetches_in_flight} of {self.concurrency}"),
             ],
             [
                 ("anglesPlanned", self.angles_planned),
                 ("etaSkusRemaining", f"{self.eta_skus_remaining:,}"),
-                ("inFlight", f"{self.in_flight}"),
+                ("itemsInFlight", f"{self.in_flight}"),
             ],
         ]
 
