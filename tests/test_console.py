@@ -335,11 +335,20 @@ class FixedController:
     async def set_concurrency(self, value: int) -> None: ...
 
     async def failed_items(self) -> list[FailedItem]:
-        return [
-            FailedItem(
-                "100417", 2, "rsr/highres/100417_2_HR.jpg", "timeout", "no answer within 20 s", 3, 7
-            )
-        ]
+        return FAILED_ITEMS
+
+
+FAILED_ITEMS = [
+    FailedItem(
+        "100417", 2, "rsr/highres/100417_2_HR.jpg", "connection",
+        "connection: ClientConnectorError: Cannot connect to host img.supplier.example:443"
+        " ssl:default [Connect call failed ('203.0.113.7', 443)]", 3, 7,
+    ),
+    FailedItem(
+        "100418", 1, "rsr/highres/100418_1_HR.jpg", "timeout", "no complete answer within 20 s",
+        3, 7,
+    ),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
@@ -419,6 +428,33 @@ async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
         assert "completed" in text.splitlines()[2] and "ETA" not in text, text
 
 
+async def test_the_checkpoint_panel_tells_finished_skus_from_partly_done_ones() -> None:
+    """Past lastSku, a SKU with every planned angle done is finished (it waits for an earlier
+    SKU), not "partly done"; and the log says which position a checkpoint saved, once."""
+    done = {"100423": (1, 2, 3), "100424": (2,), "100425": (1, 2, 3)}
+    done |= {str(100426 + i): (1,) for i in range(5)}
+    snap = dataclasses.replace(fixed_snapshot(), checkpoint=Checkpoint("100421", done))
+    app = BackfillApp(FixedController(snap), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        panel = [line.split("\u2502")[-1].strip() for line in screen_text(app).splitlines()[10:18]]
+        assert panel[:6] == [
+            "lastSku 100421",
+            "100424 done 2",
+            "100426 done 1",
+            "100427 done 1",
+            "100428 done 1",
+            "+2 more partly done",
+        ], panel
+        assert "+2 finished after it" in panel and "100423 done 1,2,3" not in panel, panel
+        saved = dataclasses.replace(
+            snap, checkpoint_saved_at="2026-11-26T12:00:01.000Z", checkpoint_saved_sku="SKU11262"
+        )
+        app.apply_snapshot(saved)
+        await pilot.pause()
+        assert "checkpoint saved: lastSku SKU11262" in screen_text(app)
+
+
 async def test_an_interrupted_run_says_so_in_the_header_and_the_eta_line() -> None:
     """A run whose process died (kill -9) is not paused: the header names it and the ETA line
     says why nothing moves, in the console's wording for a stopped run."""
@@ -431,6 +467,50 @@ async def test_an_interrupted_run_says_so_in_the_header_and_the_eta_line() -> No
         assert "ETA -- (interrupted)" in text, text
         assert "PAUSED" not in text and "(no process)" not in text
         assert app.check_action("resume", ()) is False  # no process here to resume in place
+
+
+async def test_failed_items_show_each_message_in_full_at_80x24() -> None:
+    """The failed items' messages, not cut off: the code once (not again as the message's
+    first word), what fits in the table, and the highlighted item's whole message below it."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f")
+        await pilot.pause()
+        text = screen_text(app)
+        lines = text.splitlines()
+        row = next(line for line in lines if "100417_2_HR.jpg" in line and "connection" in line)
+        assert "ClientConnectorError" in row and "connection: ClientConnector" not in row, row
+        assert re.search(r"ClientConnector.*\u2026\s*\u2502$", row.rstrip()), row  # cut visibly
+        detail = " ".join(line.strip("│ ") for line in lines[lines.index(row) + 2 :] if "│" in line)
+        assert (
+            "Cannot connect to host img.supplier.example:443 ssl:default "
+            "[Connect call failed ('203.0.113.7', 443)]" in " ".join(detail.split())
+        ), text
+        await pilot.press("down")
+        await pilot.pause()
+        assert "no complete answer within 20 s" in screen_text(app).split("100418_1_HR.jpg")[-1]
+
+
+async def test_errors_say_their_code_once() -> None:
+    """The errors panel and the log give the message after its code, not `connection:` twice."""
+    snap = fixed_snapshot()
+    message = "connection: ServerDisconnectedError: Server disconnected"
+    app = BackfillApp(FixedController(snap), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        errors = dict(snap.counters.errors_by_code, connection=2)
+        counters = dataclasses.replace(snap.counters, errors_by_code=errors)
+        app.apply_snapshot(
+            dataclasses.replace(
+                snap, counters=counters, last_errors={**snap.last_errors, "connection": message}
+            )
+        )
+        await pilot.pause()
+        text = screen_text(app)
+        row = next(line for line in text.splitlines() if line.startswith(" connection"))
+        assert re.search(r"^ connection\s+2\s+ServerDisconnectedError: Serv", row), row
+        assert "connection: Server" not in text and "(connection: " not in text, text
+        assert "retry: connection x2 (ServerDisconnectedError: Server disconnected)" in text
 
 
 def test_failed_items_snapshot(snap_compare: Any) -> None:

@@ -9,8 +9,10 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui_backfill.core.snapshot import fmt_bytes
+from tui_backfill.frontends.ui.events import error_text
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.pipelines.snapshots import AnySnapshot
 from tui_backfill.seams.keys import visible
 
@@ -177,10 +179,12 @@ class ErrorsPanel(_Panel):
         if not self.changed((tuple(errors.items()), tuple(snap.last_errors.items()))):
             return
         width = max((len(code) for code in errors), default=4) + 2
+        counted = max((len(f"{count:,}") for count in errors.values()), default=5)
+        count_width = max(counted, len("count")) + 2  # the rest is the messages' width
         lines = [
             Text.assemble(
                 ("code".ljust(width), "bold"),
-                ("count".ljust(8), "bold"),
+                ("count".ljust(count_width), "bold"),
                 ("latest message", "bold"),
             )
         ]
@@ -188,8 +192,8 @@ class ErrorsPanel(_Panel):
             lines.append(
                 Text.assemble(
                     code.ljust(width),
-                    f"{count:,}".ljust(8),
-                    (snap.last_errors.get(code, ""), "dim"),
+                    f"{count:,}".ljust(count_width),
+                    (visible(error_text(code, snap.last_errors.get(code, ""))), "dim"),
                 )
             )
         if not errors:
@@ -237,14 +241,23 @@ class CheckpointPanel(_Panel):
             self.update(Text("\n").join(lines), layout=False)
             return
         lines = [Text.assemble(("lastSku ", "dim"), (visible(cp.last_sku or "-"), "bold"))]
-        for sku, angles in list(cp.completed_angles.items())[:4]:
+        # Past lastSku, a SKU with every planned angle done is finished (it waits for an
+        # earlier one); the others are partly done (all of them when the plan is unknown).
+        planned = snap.angles_per_sku if isinstance(snap, StatusSnapshot) else 0
+        partly = [
+            (sku, a) for sku, a in cp.completed_angles.items() if not planned or len(a) < planned
+        ]
+        finished = len(cp.completed_angles) - len(partly)
+        for sku, angles in partly[:4]:
             lines.append(
                 Text.assemble(
                     (f"{visible(sku)} ", ""), ("done " + ",".join(map(str, angles)), "dim")
                 )
             )
-        if len(cp.completed_angles) > 4:
-            lines.append(Text(f"+{len(cp.completed_angles) - 4} more partly done", style="dim"))
+        if len(partly) > 4:
+            lines.append(Text(f"+{len(partly) - 4} more partly done", style="dim"))
+        if finished:
+            lines.append(Text(f"+{finished} finished after it", style="dim"))
         saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
         lines.append(Text(f"saved {saved}", style="dim"))
         self.update(Text("\n").join(lines), layout=False)
