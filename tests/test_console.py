@@ -125,7 +125,7 @@ async def test_keys_drive_a_real_engine(
             assert (
                 "RUNNING" in text
                 and "scannedSkus" in text
-                and "p Pause" in text
+                and "p Hold" in text
                 and "r Resume" not in text
             )
 
@@ -136,10 +136,11 @@ async def test_keys_drive_a_real_engine(
             await pilot.pause(0.5)
             assert engine.counters.uploaded == uploaded  # nothing moves while paused
             text = screen_text(app)
-            assert "PAUSED" in text and "r Resume" in text and "p Pause" not in text
-            await pilot.press("q")  # a held run: nothing more to pause, only to save and quit
+            assert "HELD" in text and "r Resume" in text and "p Hold" not in text
+            assert "held in place · r resumes" in text and "STOPPED" not in text
+            await pilot.press("q")  # a held run: nothing more to hold, only to stop and quit
             await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
-            assert "The run is paused. Save the checkpoint and quit?" in screen_text(app)
+            assert "The run is held. Stop it, save the checkpoint and quit?" in screen_text(app)
             await pilot.press("n")
             await wait_for(pilot, lambda: not isinstance(app.screen, QuitScreen))
 
@@ -162,13 +163,13 @@ async def test_keys_drive_a_real_engine(
             await pilot.press("question_mark")
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
             help_text = screen_text(app)
-            assert "pause: stop dispatching; in-flight items finish; checkpoint saved" in help_text
+            assert "hold in place: in-flight items finish, checkpoint saved" in help_text
             assert "failedItems: attempts exhausted · errorsTotal: failed attempts" in help_text
             await pilot.press("escape")
 
             await pilot.press("q")
             await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
-            assert "Pause it, save the checkpoint and quit?" in screen_text(app)
+            assert "The run is live. Stop it, save the checkpoint and quit?" in screen_text(app)
             await pilot.press("y")
             await wait_for(pilot, lambda: app.return_value is not None, timeout=20)
         assert app.return_value == 75
@@ -206,7 +207,7 @@ async def test_quit_after_completion_returns_the_exit_code(
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.run_state == "completed" and not app.live)
             text = screen_text(app)
-            assert "COMPLETED" in text and "p Pause" not in text and "q Quit" in text
+            assert "COMPLETED" in text and "p Hold" not in text and "q Quit" in text
             await pilot.press("q")  # nothing live: no question asked
             await wait_for(pilot, lambda: app.return_value is not None)
         assert app.return_value == 0
@@ -321,9 +322,16 @@ class FixedController:
     attached = False
     job = "default"
     max_concurrency = 6
+    where = "state/tui-backfill.sqlite3"
 
     def __init__(self, snapshot: StatusSnapshot) -> None:
         self._snapshot = snapshot
+
+    def lost_for(self) -> float | None:
+        return None
+
+    def resume_ways(self) -> list[str]:
+        return ["tui-backfill resume --job default"]
 
     async def snapshot(self) -> StatusSnapshot:
         return self._snapshot
@@ -416,16 +424,14 @@ async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
         await pilot.pause()
         text = screen_text(app)
         assert "+3 more partly done" in text and "saved 11:59:58" in text, text
-        app.apply_snapshot(dataclasses.replace(grown, state="paused"))
+        app.apply_snapshot(dataclasses.replace(grown, state="paused", held=True))
         await pilot.pause()
-        assert "ETA -- (paused)" in screen_text(app)
-        app.apply_snapshot(dataclasses.replace(grown, live=False))
-        await pilot.pause()
-        assert "ETA -- (no process)" in screen_text(app)
+        assert "SKUs 1,234/2,000 · held in place · r resumes" in screen_text(app)
         app.apply_snapshot(dataclasses.replace(grown, state="completed", eta_seconds=0.0))
         await pilot.pause()
         text = screen_text(app)
-        assert "completed" in text.splitlines()[2] and "ETA" not in text, text
+        assert text.splitlines()[2].strip() == "SKUs 1,234/2,000 · completed", text
+        assert "ETA" not in text
 
 
 async def test_the_checkpoint_panel_tells_finished_skus_from_partly_done_ones() -> None:
@@ -456,16 +462,18 @@ async def test_the_checkpoint_panel_tells_finished_skus_from_partly_done_ones() 
 
 
 async def test_an_interrupted_run_says_so_in_the_header_and_the_eta_line() -> None:
-    """A run whose process died (kill -9) is not paused: the header names it and the ETA line
-    says why nothing moves, in the console's wording for a stopped run."""
+    """A run whose process died (kill -9) is not paused: the header names it and the progress
+    line says how to continue it."""
     dead = dataclasses.replace(fixed_snapshot("interrupted"), live=False, eta_seconds=None)
     app = BackfillApp(FixedController(dead), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         text = screen_text(app)
         assert "INTERRUPTED" in text.splitlines()[0], text
-        assert "ETA -- (interrupted)" in text, text
-        assert "PAUSED" not in text and "(no process)" not in text
+        assert (
+            "SKUs 1,234/2,000 · interrupted · continue: tui-backfill resume --job default" in text
+        )
+        assert "PAUSED" not in text and "STOPPED" not in text and "ETA" not in text
         assert app.check_action("resume", ()) is False  # no process here to resume in place
 
 
@@ -539,3 +547,163 @@ async def test_without_a_terminal_run_falls_back_to_headless(
         == "tui-backfill: no terminal, running headless (as with --no-ui)"
     )
     assert b'"state": "completed"' in out and b"\x1b[" not in out
+
+
+# -- attached: what the console says when the run or its server is not there -------------------
+
+
+class StatusServer:
+    """A control API on loopback that answers `GET .../status` with a fixed status, and can
+    go away and come back on the same port (a `serve` restarted)."""
+
+    def __init__(self, snapshot: StatusSnapshot) -> None:
+        self.status = {**snapshot.to_json(), "runStatus": "running", "maxConcurrency": 6}
+        self.port = 0
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(self.status)
+
+        app = web.Application()
+        app.router.add_get("/api/rsr-image-backfill/status", status)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def test_attaching_to_a_completed_run_offers_no_run_keys_from_the_start() -> None:
+    """The footer is right from the first frame: no hold, resume or +/- for a run that has
+    ended (they did nothing), without waiting for a key press to redraw it."""
+    server = StatusServer(dataclasses.replace(fixed_snapshot("completed"), live=False))
+    controller = HttpController(await server.start())
+    try:
+        app = BackfillApp(controller, clock=lambda: FIXED_NOW, poll=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            footer = screen_text(app).splitlines()[-1]
+            assert "COMPLETED" in screen_text(app).splitlines()[0]
+            assert footer.split() == ["f", "Failed", "?", "Help", "q", "Quit"], footer
+            await pilot.press("p")  # not offered, and does nothing
+            await pilot.pause()
+            assert "hold requested" not in screen_text(app)
+    finally:
+        await controller.close()
+        await server.stop()
+
+
+async def test_attach_by_url_says_the_connection_is_lost_and_recovers() -> None:
+    """A served run whose server goes away is not shown RUNNING: the console says the
+    connection is lost, how long since its last snapshot, keeps retrying (the seconds count
+    up) and offers no command; when the server answers again, it picks up."""
+    server = StatusServer(fixed_snapshot())
+    url = await server.start()
+    controller = HttpController(url, timeout=1.0)
+    try:
+        app = BackfillApp(controller, clock=lambda: FIXED_NOW)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: "RUNNING" in screen_text(app))
+            await server.stop()
+            await wait_for(pilot, lambda: "CONNECTION LOST" in screen_text(app), timeout=5)
+            text = screen_text(app)
+            lost = re.search(r"SKUs 1,234/2,000 · connection lost (\d+) s ago · retrying", text)
+            assert lost, text
+            assert "RUNNING" not in text and "ETA" not in text
+            assert f"connection to {url} lost; retrying every second" in text
+            footer = text.splitlines()[-1]
+            assert "Hold" not in footer and "fetch" not in footer and "Resume" not in footer
+            await wait_for(
+                pilot,
+                lambda: (
+                    (again := re.search(r"connection lost (\d+) s ago", screen_text(app)))
+                    is not None
+                    and int(again.group(1)) > int(lost.group(1))
+                ),
+                timeout=5,
+            )
+            await server.start()  # the same port
+            await wait_for(pilot, lambda: "RUNNING" in screen_text(app), timeout=5)
+            text = screen_text(app)
+            assert "connection lost" not in text.splitlines()[2] and "p Hold" in text
+            assert f"connection to {url} back" in text
+    finally:
+        await controller.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("held", "live", "header", "line"),
+    [
+        (True, True, "HELD", "held in place · r resumes"),
+        (False, False, "STOPPED", "stopped · continue: tui-backfill resume --job default"),
+    ],
+)
+async def test_held_and_stopped_read_apart(held: bool, live: bool, header: str, line: str) -> None:
+    """A hold (the console's p, in place) and a stop (`pause`, the API's pause: the process
+    exits 75) are both `paused` in the snapshot; the console tells them apart, and says how
+    to continue a stopped run."""
+    # paused with its process alive: held in place; paused and let go: stopped
+    snap = dataclasses.replace(fixed_snapshot("paused"), live=live)
+    app = BackfillApp(FixedController(snap), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert header in text.splitlines()[0] and "PAUSED" not in text, text
+        assert f"SKUs 1,234/2,000 · {line}" in text, text
+        footer = text.splitlines()[-1]
+        assert ("r Resume" in footer) is held and "p Hold" not in footer, footer
+        other = "STOPPED" if held else "HELD"
+        assert other not in text
+        if not held:
+            assert "continue: tui-backfill resume --job default" in text.split("\u2500" * 10)[-1]
+
+
+async def test_after_the_apis_pause_an_attached_console_says_stopped_and_how_to_go_on(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    """`attach --url` to `run --serve`, then the API's pause (a graceful stop: the process
+    exits 75): the console reads the final state before the server goes, says STOPPED and
+    how to continue, and offers no key of a live run."""
+    import aiohttp
+
+    origin.faults.latency = 0.02
+    catalog = catalog_db(150)
+    args = [
+        "run", "--no-ui", "--serve", "0", "--state", str(tmp_path / "state.sqlite3"), "--skus-db",
+        str(catalog), "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
+        "--bucket", aws_env.bucket, "--endpoint-url", aws_env.endpoint_url, "--path-style",
+        "--timeout", "2", "--backoff", "0.01", "--limit-skus", "150",
+    ]  # fmt: skip
+    err_path = tmp_path / "run.err"
+    async with served_run(args, dict(os.environ), err_path, ready=lambda: origin.gets > 20) as (
+        proc,
+        url,
+    ):
+        controller = HttpController(url)
+        try:
+            app = BackfillApp(controller)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await wait_for(pilot, lambda: "RUNNING" in screen_text(app))
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{url}/api/rsr-image-backfill/pause") as answer:
+                        assert answer.status == 200, await answer.text()
+                assert await asyncio.wait_for(proc.wait(), 20) == 75
+                await wait_for(pilot, lambda: "STOPPED" in screen_text(app), timeout=5)
+                await pilot.pause(1.2)  # a poll or two of a server that has gone
+                text = screen_text(app)
+                assert "STOPPED" in text.splitlines()[0], text
+                assert "· stopped · continue: tui-backfill resume --job default" in text, text
+                assert "continue: tui-backfill resume --job default" in text.split("\u2500" * 9)[-1]
+                assert "CONNECTION LOST" not in text and "RUNNING" not in text
+                footer = text.splitlines()[-1]
+                assert "Hold" not in footer and "Resume" not in footer and "fetch" not in footer
+        finally:
+            await controller.close()

@@ -105,7 +105,7 @@ async def test_keys_drive_a_real_hash_index_run(
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: engine.counters.updated > 0)
             text = screen_text(app)
-            assert "RUNNING" in text and "scannedObjects" in text and "p Pause" in text
+            assert "RUNNING" in text and "scannedObjects" in text and "p Hold" in text
 
             await pilot.press("p")
             await wait_for(pilot, lambda: app.run_state == "paused")
@@ -118,7 +118,7 @@ async def test_keys_drive_a_real_hash_index_run(
                     "SELECT count(*) FROM files WHERE content_hash IS NOT NULL"
                 ).fetchone()
             assert hashed == updated
-            assert "PAUSED" in screen_text(app)
+            assert "HELD" in screen_text(app)
 
             await pilot.press("r")
             await wait_for(pilot, lambda: app.run_state == "completed", timeout=60)

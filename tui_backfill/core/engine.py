@@ -248,6 +248,7 @@ class Engine(Generic[S]):
             message=self._fatal.message if self._fatal else "",
             checkpoint_saved_at=self._saved_at,
             checkpoint_saved_group=self._saved_group,
+            held=self._stop is Stop.HOLD,
         )
 
     def snapshot(self) -> S:

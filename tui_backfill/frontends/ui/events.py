@@ -17,15 +17,9 @@ def notable_events(previous: AnySnapshot | None, current: AnySnapshot) -> list[s
     if previous is None:
         if isinstance(current, HashSnapshot):
             where = f"s3://{current.bucket}/{current.prefix}"
-            return [
-                f"run {current.run_id} of job {current.job}: {current.state}, {current.mode} {where}"
-            ]
-        return [
-            f"run {current.run_id} of job {current.job}: {current.state}, {current.planned_skus:,} SKUs planned"
-        ]
-    events: list[str] = []
-    if current.state != previous.state:
-        events.append(f"state {previous.state} -> {current.state}")
+            return [f"run {current.run_id} of job {current.job}: {current.mode} {where}"]
+        return [f"run {current.run_id} of job {current.job}: {current.planned_skus:,} SKUs planned"]
+    events: list[str] = []  # what the run is doing is the console's to say (phases.py)
     if current.concurrency != previous.concurrency:
         events.append(f"concurrency {previous.concurrency} -> {current.concurrency}")
     before = previous.counters.errors_by_code

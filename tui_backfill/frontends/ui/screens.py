@@ -11,16 +11,17 @@ from textual.widgets import DataTable, Static
 
 from tui_backfill.core.records import FailedItem
 from tui_backfill.frontends.ui.events import error_text
+from tui_backfill.frontends.ui.phases import Phase
 from tui_backfill.seams.keys import visible
 
 HELP = """\
 [b]Keys[/b]
-  [b]p[/b]  pause: stop dispatching; in-flight items finish; checkpoint saved
-  [b]r[/b]  resume a paused run
+  [b]p[/b]  hold in place: in-flight items finish, checkpoint saved
+  [b]r[/b]  resume a held run (a stopped one: `tui-backfill resume`)
   [b]+[/b]  one more parallel fetch (up to the cap)   [b]-[/b]  one fewer
   [b]f[/b]  failed items (attempts exhausted; retried first by the next run)
   [b]?[/b]  this help
-  [b]q[/b]  quit: a live run is paused, its checkpoint saved (exit 75);
+  [b]q[/b]  quit: a live run is stopped, its checkpoint saved (exit 75);
      an attached console just detaches and the run goes on
 
 [b]Counters[/b]
@@ -120,13 +121,13 @@ class QuitScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="quit-no"),
     ]
 
-    def __init__(self, *, state: str = "running") -> None:
+    def __init__(self, *, phase: Phase = Phase.RUNNING) -> None:
         super().__init__()
         self._question = (
-            f"The run is {state}. Save the checkpoint and quit?"
-            if state in ("pausing", "paused")
-            else "The run is live. Pause it, save the checkpoint and quit?"
-        )
+            "The run is live. Stop it, save the checkpoint and quit?"
+            if phase is Phase.RUNNING
+            else f"The run is {phase.value}. Stop it, save the checkpoint and quit?"
+        ) + "\n(`tui-backfill resume` continues it)"
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quit-box", classes="modal-box"):
