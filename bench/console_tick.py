@@ -60,6 +60,13 @@ class MovingController:
     attached = False
     job = "bench"
     max_concurrency = 6
+    where = "this process"
+
+    def lost_for(self) -> float | None:
+        return None
+
+    def resume_ways(self) -> list[str]:
+        return []
 
     def __init__(self) -> None:
         self.began = time.monotonic()

@@ -125,7 +125,7 @@ async def test_keys_drive_a_real_engine(
             assert (
                 "RUNNING" in text
                 and "scannedSkus" in text
-                and "p Pause" in text
+                and "p Hold" in text
                 and "r Resume" not in text
             )
 
@@ -136,10 +136,11 @@ async def test_keys_drive_a_real_engine(
             await pilot.pause(0.5)
             assert engine.counters.uploaded == uploaded  # nothing moves while paused
             text = screen_text(app)
-            assert "PAUSED" in text and "r Resume" in text and "p Pause" not in text
-            await pilot.press("q")  # a held run: nothing more to pause, only to save and quit
+            assert "HELD" in text and "r Resume" in text and "p Hold" not in text
+            assert "held in place · r resumes" in text and "STOPPED" not in text
+            await pilot.press("q")  # a held run: nothing more to hold, only to stop and quit
             await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
-            assert "The run is paused. Save the checkpoint and quit?" in screen_text(app)
+            assert "The run is held. Stop it, save the checkpoint and quit?" in screen_text(app)
             await pilot.press("n")
             await wait_for(pilot, lambda: not isinstance(app.screen, QuitScreen))
 
@@ -147,7 +148,7 @@ async def test_keys_drive_a_real_engine(
             await wait_for(pilot, lambda: engine.concurrency == 4)
             await pilot.press("minus", "minus")
             await wait_for(pilot, lambda: engine.concurrency == 2)
-            assert re.search(r"concurrency\s+2\b", screen_text(app))
+            assert re.search(r"fetching\s+\d of 2\b", screen_text(app))
 
             await pilot.press("r")
             await wait_for(
@@ -162,13 +163,13 @@ async def test_keys_drive_a_real_engine(
             await pilot.press("question_mark")
             await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
             help_text = screen_text(app)
-            assert "pause: stop dispatching; in-flight items finish; checkpoint saved" in help_text
+            assert "hold in place: in-flight items finish, checkpoint saved" in help_text
             assert "failedItems: attempts exhausted · errorsTotal: failed attempts" in help_text
             await pilot.press("escape")
 
             await pilot.press("q")
             await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
-            assert "Pause it, save the checkpoint and quit?" in screen_text(app)
+            assert "The run is live. Stop it, save the checkpoint and quit?" in screen_text(app)
             await pilot.press("y")
             await wait_for(pilot, lambda: app.return_value is not None, timeout=20)
         assert app.return_value == 75
@@ -206,7 +207,7 @@ async def test_quit_after_completion_returns_the_exit_code(
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: app.run_state == "completed" and not app.live)
             text = screen_text(app)
-            assert "COMPLETED" in text and "p Pause" not in text and "q Quit" in text
+            assert "COMPLETED" in text and "p Hold" not in text and "q Quit" in text
             await pilot.press("q")  # nothing live: no question asked
             await wait_for(pilot, lambda: app.return_value is not None)
         assert app.return_value == 0
@@ -304,7 +305,8 @@ def fixed_snapshot(state: str = "running") -> StatusSnapshot:
         job="default", run_id=7, state=state, dry_run=False,
         started_at="2026-11-26T11:40:00.000Z", last_update_at="2026-11-26T12:00:00.000Z",
         angles_planned="1-3", angles_per_sku=3, concurrency=3, planned_skus=2000, counters=counters,
-        checkpoint=Checkpoint("100421", {"100423": (1, 3), "100424": (2,)}), in_flight=5,
+        checkpoint=Checkpoint("100421", {"100423": (1, 3), "100424": (2,)}), in_flight=14,
+        fetches_in_flight=3,
         items_per_second=8.9, skus_per_second=2.97, bytes_per_second=560_000.0, eta_seconds=258.0,
         last_errors={"timeout": "no complete answer within 20 s", "http_503": "HTTP 503 Service Unavailable",
                      "s3_SlowDown": "S3 503 SlowDown: Please reduce your request rate."},
@@ -320,9 +322,16 @@ class FixedController:
     attached = False
     job = "default"
     max_concurrency = 6
+    where = "state/tui-backfill.sqlite3"
 
     def __init__(self, snapshot: StatusSnapshot) -> None:
         self._snapshot = snapshot
+
+    def lost_for(self) -> float | None:
+        return None
+
+    def resume_ways(self) -> list[str]:
+        return ["tui-backfill resume --job default"]
 
     async def snapshot(self) -> StatusSnapshot:
         return self._snapshot
@@ -334,11 +343,20 @@ class FixedController:
     async def set_concurrency(self, value: int) -> None: ...
 
     async def failed_items(self) -> list[FailedItem]:
-        return [
-            FailedItem(
-                "100417", 2, "rsr/highres/100417_2_HR.jpg", "timeout", "no answer within 20 s", 3, 7
-            )
-        ]
+        return FAILED_ITEMS
+
+
+FAILED_ITEMS = [
+    FailedItem(
+        "100417", 2, "rsr/highres/100417_2_HR.jpg", "connection",
+        "connection: ClientConnectorError: Cannot connect to host img.supplier.example:443"
+        " ssl:default [Connect call failed ('203.0.113.7', 443)]", 3, 7,
+    ),
+    FailedItem(
+        "100418", 1, "rsr/highres/100418_1_HR.jpg", "timeout", "no complete answer within 20 s",
+        3, 7,
+    ),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("size", [(80, 24), (120, 40)])
@@ -356,12 +374,28 @@ async def test_counters_fit_every_width(width: int) -> None:
         rows = [
             line
             for line in screen_text(app).splitlines()
-            if "scannedSkus" in line or "inFlight" in line
+            if "scannedSkus" in line or "itemsInFlight" in line
         ]
         assert len(rows) == 2 and not any("\u2026" in row for row in rows), rows
-        assert rows[0].rstrip().endswith(" 26") and rows[1].rstrip().endswith(" 5"), (
+        assert rows[0].rstrip().endswith(" 26") and rows[1].rstrip().endswith(" 14"), (
             rows
-        )  # errorsTotal, inFlight
+        )  # errorsTotal, itemsInFlight
+
+
+async def test_the_cap_shows_beside_the_fetches_it_bounds() -> None:
+    """`concurrency` caps the origin fetches, not the items in flight (existence checks and
+    uploads too): the panel shows the fetches now beside the cap, as /metrics counts them,
+    and the items in flight under their own name."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert re.search(r"fetching\s+3 of 3\b", text), text
+        assert re.search(r"itemsInFlight\s+14\b", text), text
+        assert not re.search(r"(?<!items)inFlight", text) and "concurrency " not in text
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert "fetching: origin fetches now, of the cap (+ and - change it)" in screen_text(app)
 
 
 async def test_mouse_selects_panel_text() -> None:
@@ -390,30 +424,101 @@ async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
         await pilot.pause()
         text = screen_text(app)
         assert "+3 more partly done" in text and "saved 11:59:58" in text, text
-        app.apply_snapshot(dataclasses.replace(grown, state="paused"))
+        app.apply_snapshot(dataclasses.replace(grown, state="paused", held=True))
         await pilot.pause()
-        assert "ETA -- (paused)" in screen_text(app)
-        app.apply_snapshot(dataclasses.replace(grown, live=False))
-        await pilot.pause()
-        assert "ETA -- (no process)" in screen_text(app)
+        assert "SKUs 1,234/2,000 · held in place · r resumes" in screen_text(app)
         app.apply_snapshot(dataclasses.replace(grown, state="completed", eta_seconds=0.0))
         await pilot.pause()
         text = screen_text(app)
-        assert "completed" in text.splitlines()[2] and "ETA" not in text, text
+        assert text.splitlines()[2].strip() == "SKUs 1,234/2,000 · completed", text
+        assert "ETA" not in text
+
+
+async def test_the_checkpoint_panel_tells_finished_skus_from_partly_done_ones() -> None:
+    """Past lastSku, a SKU with every planned angle done is finished (it waits for an earlier
+    SKU), not "partly done"; and the log says which position a checkpoint saved, once."""
+    done = {"100423": (1, 2, 3), "100424": (2,), "100425": (1, 2, 3)}
+    done |= {str(100426 + i): (1,) for i in range(5)}
+    snap = dataclasses.replace(fixed_snapshot(), checkpoint=Checkpoint("100421", done))
+    app = BackfillApp(FixedController(snap), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        panel = [line.split("\u2502")[-1].strip() for line in screen_text(app).splitlines()[10:18]]
+        assert panel[:6] == [
+            "lastSku 100421",
+            "100424 done 2",
+            "100426 done 1",
+            "100427 done 1",
+            "100428 done 1",
+            "+2 more partly done",
+        ], panel
+        assert "+2 finished after it" in panel and "100423 done 1,2,3" not in panel, panel
+        saved = dataclasses.replace(
+            snap, checkpoint_saved_at="2026-11-26T12:00:01.000Z", checkpoint_saved_sku="SKU11262"
+        )
+        app.apply_snapshot(saved)
+        await pilot.pause()
+        assert "checkpoint saved: lastSku SKU11262" in screen_text(app)
 
 
 async def test_an_interrupted_run_says_so_in_the_header_and_the_eta_line() -> None:
-    """A run whose process died (kill -9) is not paused: the header names it and the ETA line
-    says why nothing moves, in the console's wording for a stopped run."""
+    """A run whose process died (kill -9) is not paused: the header names it and the progress
+    line says how to continue it."""
     dead = dataclasses.replace(fixed_snapshot("interrupted"), live=False, eta_seconds=None)
     app = BackfillApp(FixedController(dead), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
     async with app.run_test(size=(80, 24)) as pilot:
         await pilot.pause()
         text = screen_text(app)
         assert "INTERRUPTED" in text.splitlines()[0], text
-        assert "ETA -- (interrupted)" in text, text
-        assert "PAUSED" not in text and "(no process)" not in text
+        assert (
+            "SKUs 1,234/2,000 · interrupted · continue: tui-backfill resume --job default" in text
+        )
+        assert "PAUSED" not in text and "STOPPED" not in text and "ETA" not in text
         assert app.check_action("resume", ()) is False  # no process here to resume in place
+
+
+async def test_failed_items_show_each_message_in_full_at_80x24() -> None:
+    """The failed items' messages, not cut off: the code once (not again as the message's
+    first word), what fits in the table, and the highlighted item's whole message below it."""
+    app = BackfillApp(FixedController(fixed_snapshot()), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.press("f")
+        await pilot.pause()
+        text = screen_text(app)
+        lines = text.splitlines()
+        row = next(line for line in lines if "100417_2_HR.jpg" in line and "connection" in line)
+        assert "ClientConnectorError" in row and "connection: ClientConnector" not in row, row
+        assert re.search(r"ClientConnector.*\u2026\s*\u2502$", row.rstrip()), row  # cut visibly
+        detail = " ".join(line.strip("│ ") for line in lines[lines.index(row) + 2 :] if "│" in line)
+        assert (
+            "Cannot connect to host img.supplier.example:443 ssl:default "
+            "[Connect call failed ('203.0.113.7', 443)]" in " ".join(detail.split())
+        ), text
+        await pilot.press("down")
+        await pilot.pause()
+        assert "no complete answer within 20 s" in screen_text(app).split("100418_1_HR.jpg")[-1]
+
+
+async def test_errors_say_their_code_once() -> None:
+    """The errors panel and the log give the message after its code, not `connection:` twice."""
+    snap = fixed_snapshot()
+    message = "connection: ServerDisconnectedError: Server disconnected"
+    app = BackfillApp(FixedController(snap), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        errors = dict(snap.counters.errors_by_code, connection=2)
+        counters = dataclasses.replace(snap.counters, errors_by_code=errors)
+        app.apply_snapshot(
+            dataclasses.replace(
+                snap, counters=counters, last_errors={**snap.last_errors, "connection": message}
+            )
+        )
+        await pilot.pause()
+        text = screen_text(app)
+        row = next(line for line in text.splitlines() if line.startswith(" connection"))
+        assert re.search(r"^ connection\s+2\s+ServerDisconnectedError: Serv", row), row
+        assert "connection: Server" not in text and "(connection: " not in text, text
+        assert "retry: connection x2 (ServerDisconnectedError: Server disconnected)" in text
 
 
 def test_failed_items_snapshot(snap_compare: Any) -> None:
@@ -442,3 +547,163 @@ async def test_without_a_terminal_run_falls_back_to_headless(
         == "tui-backfill: no terminal, running headless (as with --no-ui)"
     )
     assert b'"state": "completed"' in out and b"\x1b[" not in out
+
+
+# -- attached: what the console says when the run or its server is not there -------------------
+
+
+class StatusServer:
+    """A control API on loopback that answers `GET .../status` with a fixed status, and can
+    go away and come back on the same port (a `serve` restarted)."""
+
+    def __init__(self, snapshot: StatusSnapshot) -> None:
+        self.status = {**snapshot.to_json(), "runStatus": "running", "maxConcurrency": 6}
+        self.port = 0
+        self._runner: Any = None
+
+    async def start(self) -> str:
+        from aiohttp import web
+
+        async def status(request: web.Request) -> web.Response:
+            return web.json_response(self.status)
+
+        app = web.Application()
+        app.router.add_get("/api/rsr-image-backfill/status", status)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return f"http://127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def test_attaching_to_a_completed_run_offers_no_run_keys_from_the_start() -> None:
+    """The footer is right from the first frame: no hold, resume or +/- for a run that has
+    ended (they did nothing), without waiting for a key press to redraw it."""
+    server = StatusServer(dataclasses.replace(fixed_snapshot("completed"), live=False))
+    controller = HttpController(await server.start())
+    try:
+        app = BackfillApp(controller, clock=lambda: FIXED_NOW, poll=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause(0.2)
+            footer = screen_text(app).splitlines()[-1]
+            assert "COMPLETED" in screen_text(app).splitlines()[0]
+            assert footer.split() == ["f", "Failed", "?", "Help", "q", "Quit"], footer
+            await pilot.press("p")  # not offered, and does nothing
+            await pilot.pause()
+            assert "hold requested" not in screen_text(app)
+    finally:
+        await controller.close()
+        await server.stop()
+
+
+async def test_attach_by_url_says_the_connection_is_lost_and_recovers() -> None:
+    """A served run whose server goes away is not shown RUNNING: the console says the
+    connection is lost, how long since its last snapshot, keeps retrying (the seconds count
+    up) and offers no command; when the server answers again, it picks up."""
+    server = StatusServer(fixed_snapshot())
+    url = await server.start()
+    controller = HttpController(url, timeout=1.0)
+    try:
+        app = BackfillApp(controller, clock=lambda: FIXED_NOW)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: "RUNNING" in screen_text(app))
+            await server.stop()
+            await wait_for(pilot, lambda: "CONNECTION LOST" in screen_text(app), timeout=5)
+            text = screen_text(app)
+            lost = re.search(r"SKUs 1,234/2,000 · connection lost (\d+) s ago · retrying", text)
+            assert lost, text
+            assert "RUNNING" not in text and "ETA" not in text
+            assert f"connection to {url} lost; retrying every second" in text
+            footer = text.splitlines()[-1]
+            assert "Hold" not in footer and "fetch" not in footer and "Resume" not in footer
+            await wait_for(
+                pilot,
+                lambda: (
+                    (again := re.search(r"connection lost (\d+) s ago", screen_text(app)))
+                    is not None
+                    and int(again.group(1)) > int(lost.group(1))
+                ),
+                timeout=5,
+            )
+            await server.start()  # the same port
+            await wait_for(pilot, lambda: "RUNNING" in screen_text(app), timeout=5)
+            text = screen_text(app)
+            assert "connection lost" not in text.splitlines()[2] and "p Hold" in text
+            assert f"connection to {url} back" in text
+    finally:
+        await controller.close()
+        await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("held", "live", "header", "line"),
+    [
+        (True, True, "HELD", "held in place · r resumes"),
+        (False, False, "STOPPED", "stopped · continue: tui-backfill resume --job default"),
+    ],
+)
+async def test_held_and_stopped_read_apart(held: bool, live: bool, header: str, line: str) -> None:
+    """A hold (the console's p, in place) and a stop (`pause`, the API's pause: the process
+    exits 75) are both `paused` in the snapshot; the console tells them apart, and says how
+    to continue a stopped run."""
+    # paused with its process alive: held in place; paused and let go: stopped
+    snap = dataclasses.replace(fixed_snapshot("paused"), live=live)
+    app = BackfillApp(FixedController(snap), clock=lambda: FIXED_NOW, poll=False)  # type: ignore[arg-type]
+    async with app.run_test(size=(80, 24)) as pilot:
+        await pilot.pause()
+        text = screen_text(app)
+        assert header in text.splitlines()[0] and "PAUSED" not in text, text
+        assert f"SKUs 1,234/2,000 · {line}" in text, text
+        footer = text.splitlines()[-1]
+        assert ("r Resume" in footer) is held and "p Hold" not in footer, footer
+        other = "STOPPED" if held else "HELD"
+        assert other not in text
+        if not held:
+            assert "continue: tui-backfill resume --job default" in text.split("\u2500" * 10)[-1]
+
+
+async def test_after_the_apis_pause_an_attached_console_says_stopped_and_how_to_go_on(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    """`attach --url` to `run --serve`, then the API's pause (a graceful stop: the process
+    exits 75): the console reads the final state before the server goes, says STOPPED and
+    how to continue, and offers no key of a live run."""
+    import aiohttp
+
+    origin.faults.latency = 0.02
+    catalog = catalog_db(150)
+    args = [
+        "run", "--no-ui", "--serve", "0", "--state", str(tmp_path / "state.sqlite3"), "--skus-db",
+        str(catalog), "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
+        "--bucket", aws_env.bucket, "--endpoint-url", aws_env.endpoint_url, "--path-style",
+        "--timeout", "2", "--backoff", "0.01", "--limit-skus", "150",
+    ]  # fmt: skip
+    err_path = tmp_path / "run.err"
+    async with served_run(args, dict(os.environ), err_path, ready=lambda: origin.gets > 20) as (
+        proc,
+        url,
+    ):
+        controller = HttpController(url)
+        try:
+            app = BackfillApp(controller)
+            async with app.run_test(size=(80, 24)) as pilot:
+                await wait_for(pilot, lambda: "RUNNING" in screen_text(app))
+                async with aiohttp.ClientSession() as http:
+                    async with http.post(f"{url}/api/rsr-image-backfill/pause") as answer:
+                        assert answer.status == 200, await answer.text()
+                assert await asyncio.wait_for(proc.wait(), 20) == 75
+                await wait_for(pilot, lambda: "STOPPED" in screen_text(app), timeout=5)
+                await pilot.pause(1.2)  # a poll or two of a server that has gone
+                text = screen_text(app)
+                assert "STOPPED" in text.splitlines()[0], text
+                assert "· stopped · continue: tui-backfill resume --job default" in text, text
+                assert "continue: tui-backfill resume --job default" in text.split("\u2500" * 9)[-1]
+                assert "CONNECTION LOST" not in text and "RUNNING" not in text
+                footer = text.splitlines()[-1]
+                assert "Hold" not in footer and "Resume" not in footer and "fetch" not in footer
+        finally:
+            await controller.close()

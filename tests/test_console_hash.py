@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,8 @@ async def test_hash_counters_fit_every_width(width: int) -> None:
         assert "18,240" in rows[0] and "18,112" in rows[0] and rows[0].rstrip().endswith(" 15")
         assert "mismatched" in text and "orphans" in text and "lastKey assets/lot-9911" in text
         assert "objects 18,240" in text  # the progress line counts objects, not SKUs
+        # the cap bounds the GETs (8 of 8), not the items in flight (19)
+        assert re.search(r"GETs\s+8 of 8\b", text) and re.search(r"itemsInFlight\s+19\b", text)
 
 
 @pytest.fixture
@@ -102,7 +105,7 @@ async def test_keys_drive_a_real_hash_index_run(
         async with app.run_test(size=(80, 24)) as pilot:
             await wait_for(pilot, lambda: engine.counters.updated > 0)
             text = screen_text(app)
-            assert "RUNNING" in text and "scannedObjects" in text and "p Pause" in text
+            assert "RUNNING" in text and "scannedObjects" in text and "p Hold" in text
 
             await pilot.press("p")
             await wait_for(pilot, lambda: app.run_state == "paused")
@@ -115,7 +118,7 @@ async def test_keys_drive_a_real_hash_index_run(
                     "SELECT count(*) FROM files WHERE content_hash IS NOT NULL"
                 ).fetchone()
             assert hashed == updated
-            assert "PAUSED" in screen_text(app)
+            assert "HELD" in screen_text(app)
 
             await pilot.press("r")
             await wait_for(pilot, lambda: app.run_state == "completed", timeout=60)

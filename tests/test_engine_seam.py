@@ -374,3 +374,42 @@ async def test_a_dry_run_writes_its_plan_file_only_once_it_planned_every_item(
     assert await dry_run(KeysPipeline(KEYS, delay=0.01), stop_after=10) is RunState.PAUSED
     assert path.read_bytes() == written
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
+
+
+async def test_rates_fall_to_zero_once_held_or_stopped_and_restart_on_resume(
+    store: StateStore,
+) -> None:
+    """A held or stopped run moves nothing: its rates say 0 at once (not a 20 s average of
+    the time before), and after a resume they measure the resumed run alone."""
+    keys = [f"k{i:04d}" for i in range(1000)]  # more than it gets through: it is stopped
+    record = await store.run(await new_run(store, "keys", keys))
+    assert record is not None
+    pipeline = KeysPipeline(keys, delay=0.01)
+    engine = engine_for(store, record, pipeline)
+    run = asyncio.create_task(engine.run())
+    try:
+        for _ in range(300):
+            if engine.progress().items_per_second > 0:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.progress().items_per_second > 0
+        engine.hold()
+        held = engine.progress()
+        assert held.state is RunState.PAUSING
+        assert (held.items_per_second, held.groups_per_second, held.eta_seconds) == (0, 0, None)
+        await asyncio.sleep(0.6)  # a heartbeat or two while held
+        assert engine.progress().items_per_second == 0
+        engine.resume()
+        assert engine.progress().items_per_second == 0  # nothing measured since the resume
+        for _ in range(300):
+            if engine.progress().items_per_second > 0:
+                break
+            await asyncio.sleep(0.02)
+        assert engine.progress().items_per_second > 0
+        engine.stop()
+        result = await asyncio.wait_for(run, 30)
+        assert result.exit_code == 75
+        stopped = engine.progress()
+        assert (stopped.items_per_second, stopped.bytes_per_second) == (0, 0)
+    finally:
+        run.cancel()

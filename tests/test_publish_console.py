@@ -161,6 +161,8 @@ async def drive(pilot: Any, worker: PublishWorker, db: Path, s3: S3Target) -> in
     await until(pilot, lambda: "r Resume" in screen_text(app), "the footer offers Resume")
     text = screen_text(app)
     assert "HELD" in text and "p Pause" not in text
+    assert figure(text, "jobs/min") == "0.0"  # held: no 30 s average of the time before
+    assert worker.snapshot().to_json()["jobsPerMinute"] == 0
     await pilot.pause(0.6)
     assert worker.counters.claimed == claimed, "claims went on while held"
     assert rows_sqlite(db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'") == [

@@ -114,18 +114,18 @@ async def test_console_in_tmux_pauses_and_resumes(
     )
     try:
         text = await tmux.wait_screen(
-            "RUNNING", "scannedSkus", "uploaded", "errors by code", "p Pause"
+            "RUNNING", "scannedSkus", "uploaded", "errors by code", "p Hold"
         )
         assert "checkpoint" in text
         await tmux.keys("p")
-        text = await tmux.wait_screen("PAUSED", "r Resume")
+        text = await tmux.wait_screen("HELD", "r Resume")
         gets = origin.gets
         await asyncio.sleep(0.8)
         assert origin.gets == gets, "fetches went on while paused"
         await tmux.keys("r")
-        await tmux.wait_screen("RUNNING", "p Pause")
+        await tmux.wait_screen("RUNNING", "p Hold")
         await tmux.keys("q")
-        await tmux.wait_screen("Pause it, save the checkpoint and quit?")
+        await tmux.wait_screen("Stop it, save the checkpoint and quit?")
         await tmux.keys("y")
         try:
             await wait_released(JobLock(str(state), "default"))

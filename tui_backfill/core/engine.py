@@ -226,7 +226,9 @@ class Engine(Generic[S]):
         # left with no finished item by a stop are not scanned (a resume scans them), so the
         # paused snapshot says what its checkpoint says and a later crash cannot lower it.
         counters = self._counters_now(committed=self._ended_at is not None)
-        items_rate, groups_rate, bytes_rate = self._rates.rates()
+        # Only a moving run has rates: held, pausing or ended, it moves nothing now.
+        moving = self._state is RunState.RUNNING
+        items_rate, groups_rate, bytes_rate = self._rates.rates() if moving else (0.0, 0.0, 0.0)
         return Progress(
             job=self.plan.job,
             run_id=self.plan.run_id,
@@ -244,16 +246,17 @@ class Engine(Generic[S]):
             items_per_second=items_rate,
             groups_per_second=groups_rate,
             bytes_per_second=bytes_rate,
-            # only a moving run has an ETA (a paused one's rate decays: its ETA would drift)
+            # only a moving run has an ETA
             eta_seconds=(
                 eta_seconds(self.plan.planned_groups - counters.groups, groups_rate)
-                if self._state is RunState.RUNNING
+                if moving
                 else None
             ),
             last_errors=dict(self._last_errors),
             message=self._fatal.message if self._fatal else "",
             checkpoint_saved_at=self._saved_at,
             checkpoint_saved_group=self._saved_group,
+            held=self._stop is Stop.HOLD,
         )
 
     def snapshot(self) -> S:
@@ -364,6 +367,9 @@ class Engine(Generic[S]):
                 self._count_error(BackfillError(f"heartbeat {kind}: {exc}", code="internal"))
 
     async def _sample(self, now: float) -> None:
+        if self._state is not RunState.RUNNING:
+            self._rates.reset()  # a resumed run is measured afresh, not across its pause
+            return
         counters = self.counters
         nbytes = getattr(counters, counters.BYTES) if counters.BYTES else 0
         self._rates.add(now, self._items_done, self._scanned(committed=False), nbytes)

@@ -148,6 +148,7 @@ class Progress:
     message: str
     checkpoint_saved_at: str
     checkpoint_saved_group: str | None
+    held: bool = False  # a hold (released by resume in this process), not a stop
 
 
 class Snapshot(Protocol):

@@ -17,7 +17,11 @@ def utc_now_iso(now: dt.datetime | None = None) -> str:
 
 
 class RateMeter:
-    """Rates over a sliding window, so the rate and ETA settle and do not jump around."""
+    """Rates over a sliding window, so the rate and ETA settle and do not jump around.
+
+    The window covers moving time only: a run that stops moving (held, paused, stopped)
+    calls `reset`, so it reads 0 at once rather than an average of the time before, and a
+    resumed run is measured afresh rather than averaged with its pause."""
 
     def __init__(self, window: float = 20.0) -> None:
         self._window = window
@@ -29,6 +33,10 @@ class RateMeter:
         self._samples.append((now, items, skus, nbytes))
         while len(self._samples) > 2 and now - self._samples[1][0] >= self._window:
             self._samples.popleft()
+
+    def reset(self) -> None:
+        """Forget every sample: the rates read 0 until two new samples exist."""
+        self._samples.clear()
 
     def rates(self) -> tuple[float, float, float]:
         """Items/s, groups/s (SKUs/s for the image job) and bytes/s over the window (zeros until two samples exist)."""

@@ -142,6 +142,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
             if server is not None:
                 server.service.finished()
                 await asyncio.sleep(0)  # a waiting POST .../pause answers before the server stops
+                await server.service.let_watchers_see_the_end()
                 await server.stop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)

@@ -35,6 +35,8 @@ from tui_backfill.state.lock import JobLock
 
 __all__ = ["PAUSE_WAIT_SECONDS", "ApiError", "JobService", "RunParams", "parse_run_request"]
 GAP_CACHE_SECONDS = 60.0
+WATCHED_WITHIN = 2.0  # a status read this recent: an attached console is polling (every 1 s)
+LINGER_SECONDS = 1.5  # how long `run --serve` waits for it to read the run's final state
 
 
 # -- the parameters of POST .../run -----------------------------------------------------------
@@ -209,6 +211,9 @@ class JobService:
         self._batching = asyncio.Lock()  # held while a batch of the hash index is processed
         self.adopted = False
         self._notices: set[asyncio.Task[None]] = set()  # --notify-url deliveries under way
+        self._status_read = asyncio.Event()  # set by every status read (attached consoles)
+        self._status_read_at = -WATCHED_WITHIN  # time.monotonic() of the latest
+        self._finished_at = 0.0
 
     @property
     def job(self) -> str:
@@ -241,6 +246,19 @@ class JobService:
 
     def finished(self) -> None:
         self._finished.set()
+        self._finished_at = time.monotonic()
+
+    async def let_watchers_see_the_end(self) -> None:
+        """`run --serve` at its end: a console polling the status (`attach --url`) reads the
+        final state (stopped, completed) before the server goes, at most LINGER_SECONDS later;
+        else all it could say is that its connection was lost."""
+        if self._status_read_at < self._finished_at - WATCHED_WITHIN:
+            return  # nobody watches
+        if self._status_read_at >= self._finished_at:
+            return  # already read since the end
+        self._status_read.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._status_read.wait(), LINGER_SECONDS)
 
     @property
     def live(self) -> bool:
@@ -392,6 +410,8 @@ class JobService:
         status = await self.status_or_none()
         if status is None:
             raise self.elsewhere.no_runs()
+        self._status_read_at = time.monotonic()
+        self._status_read.set()
         return status
 
     async def status_or_none(self) -> JobStatus | None:

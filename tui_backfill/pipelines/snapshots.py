@@ -54,6 +54,7 @@ def committed_snapshot(run: RunRecord, published: AnySnapshot) -> AnySnapshot:
         checkpoint_saved_sku=run.checkpoint.position.last,
         in_flight=0,
         fetches_in_flight=0,
+        held=False,
         items_per_second=0.0,
         bytes_per_second=0.0,
         eta_seconds=None,

@@ -3,8 +3,10 @@
 It holds no engine logic. It reads a snapshot at a bounded rate (once a second, and at once
 after a key; a snapshot that changes faster simply replaces the previous one, nothing queues),
 renders it in panels, and turns keys into commands. With a local engine it owns the run: `q`
-pauses and saves before quitting (exit 75), a lost terminal (SIGHUP) does the same. Attached to a run in
-another process, it only reads and sends commands; closing it never stops that run.
+stops it and saves before quitting (exit 75), a lost terminal (SIGHUP) does the same; `p` holds
+it in place until `r`. Attached to a run in another process, it only reads and sends commands;
+closing it never stops that run. It says whether a run is held or stopped (and how to continue
+a stopped one), and when an attached console has lost its connection.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from textual.widgets import Footer, Static
 
 from tui_backfill.frontends.ui.controller import CommandFailed, Controller, LocalController
 from tui_backfill.frontends.ui.events import notable_events
+from tui_backfill.frontends.ui.phases import Phase, phase_events, phase_of, status_text
 from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
 from tui_backfill.frontends.ui.widgets import (
     CheckpointPanel,
@@ -48,7 +51,7 @@ class BackfillApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
 
     BINDINGS = [
-        Binding("p", "pause", "Pause", id="pause"),
+        Binding("p", "pause", "Hold", id="pause"),
         Binding("r", "resume", "Resume", id="resume"),
         Binding("plus,equals_sign", "faster", "+fetch", key_display="+", id="faster"),
         Binding("minus", "slower", "-fetch", key_display="-", id="slower"),
@@ -58,10 +61,12 @@ class BackfillApp(App[int]):
         Binding("ctrl+q,ctrl+c", "quit_console", "Quit", show=False, priority=True, id="quit-ctrl"),
     ]
 
-    run_state: reactive[str] = reactive("running", bindings=True)
-    """The run's state as last seen; decides which keys the footer offers."""
-    live: reactive[bool] = reactive(True, bindings=True)
+    run_state: reactive[str] = reactive("")
+    """The run's state as last seen (the snapshot's word)."""
+    live: reactive[bool] = reactive(True)
     """Whether a process is working on the run (attached consoles may see it end)."""
+    phase: reactive[Phase] = reactive(Phase.UNKNOWN, bindings=True)
+    """What the run is doing in the operator's words; decides which keys the footer offers."""
 
     def __init__(
         self,
@@ -110,6 +115,10 @@ class BackfillApp(App[int]):
                 except (NotImplementedError, RuntimeError):
                     pass
         await self.refresh_snapshot()
+        # While on_mount runs the app is not mounted yet, so a reactive's own refresh of the
+        # bindings is skipped: without this the footer offers the keys of a running run
+        # (its first phase) to a completed one until a key press redraws it.
+        self.screen.refresh_bindings()
         if self._poll:
             self.set_interval(REFRESH_EVERY, self.refresh_snapshot, name="snapshot-poll")
 
@@ -162,27 +171,33 @@ class BackfillApp(App[int]):
         self.live = snap.live and not (
             isinstance(self.controller, LocalController) and self._engine_done.is_set()
         )
+        lost_for = self.controller.lost_for()
+        before = self.phase
+        phase = phase_of(snap, live=self.live, lost=lost_for is not None, before=before)
+        self.phase = phase
+        ways = self.controller.resume_ways()
         now = self._clock()
-        self.query_one(HeaderBar).show(snap, attached=self.controller.attached)
-        self.query_one(ProgressPanel).show(snap, now)
+        self.query_one(HeaderBar).show(snap, attached=self.controller.attached, phase=phase)
+        instead = status_text(phase, lost_for=lost_for, resume_with=ways[0] if ways else "")
+        self.query_one(ProgressPanel).show(snap, now, phase=phase, instead=instead)
         self.query_one(CountersPanel).show(snap)
         self.query_one(ErrorsPanel).show(snap)
         self.query_one(CheckpointPanel).show(snap)
         stamp = now.strftime("%H:%M:%S")
-        self.query_one(EventLog).write(
-            *(f"{stamp} {event}" for event in notable_events(self._previous, snap))
-        )
+        events = [] if lost_for is not None else notable_events(self._previous, snap)
+        events += phase_events(before, phase, ways=ways, where=self.controller.where)
+        self.query_one(EventLog).write(*(f"{stamp} {event}" for event in events))
         self._previous = snap
 
     # -- keys -------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action == "pause":
-            return self.live and self.run_state == "running"
-        if action == "resume":
-            return self.live and self.run_state in ("pausing", "paused")
+        if action == "pause":  # the console's hold, in place
+            return self.phase is Phase.RUNNING
+        if action == "resume":  # releases a hold; a stopped run continues by `resume`
+            return self.phase in (Phase.HOLDING, Phase.HELD)
         if action in ("faster", "slower"):
-            return self.live and self.run_state in ("running", "pausing", "paused")
+            return self.phase in (Phase.RUNNING, Phase.HOLDING, Phase.HELD)
         return True
 
     async def _command(self, call: Awaitable[object]) -> bool:
@@ -198,7 +213,7 @@ class BackfillApp(App[int]):
         if not await self._command(self.controller.pause()):
             return
         self.query_one(EventLog).write(
-            f"{self._clock():%H:%M:%S} pause requested: finishing in-flight items"
+            f"{self._clock():%H:%M:%S} hold requested: finishing in-flight items"
         )
         await self.refresh_snapshot()
 
@@ -247,7 +262,7 @@ class BackfillApp(App[int]):
             if yes:
                 self._on_signal()
                 self.query_one(EventLog).write(
-                    f"{self._clock():%H:%M:%S} quitting: pausing and saving the checkpoint"
+                    f"{self._clock():%H:%M:%S} quitting: stopping and saving the checkpoint"
                 )
 
-        await self.push_screen(QuitScreen(state=self.run_state), answered)
+        await self.push_screen(QuitScreen(phase=self.phase), answered)

@@ -8,7 +8,8 @@ talks to a serving process's control API (`attach --url`).
 
 from __future__ import annotations
 
-import dataclasses
+import shlex
+import time
 import urllib.parse
 from typing import Any, Protocol
 
@@ -16,6 +17,7 @@ from tui_backfill.core.records import Command, FailedItem
 from tui_backfill.core.store import JobStore
 from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import DEFAULT_STATE
 from tui_backfill.pipelines.mirror.snapshot import failed_item_from_json
 from tui_backfill.pipelines.prepare import PreparedRun
 from tui_backfill.pipelines.snapshots import AnySnapshot
@@ -31,8 +33,17 @@ class Controller(Protocol):
     attached: bool
     job: str
     max_concurrency: int
+    where: str  # what the console is attached to, as the operator named it
 
     async def snapshot(self) -> AnySnapshot | None: ...
+
+    def lost_for(self) -> float | None:
+        """Seconds since the last good snapshot while the run cannot be reached; else None."""
+        ...
+
+    def resume_ways(self) -> list[str]:
+        """How to continue the run once stopped, the usual way first."""
+        ...
 
     async def pause(self) -> None: ...
 
@@ -43,16 +54,30 @@ class Controller(Protocol):
     async def failed_items(self) -> list[FailedItem]: ...
 
 
+def resume_command(job: str, state: str) -> str:
+    """`tui-backfill resume` for this job and state file (`--state` only when not the
+    default, which is relative to the working directory)."""
+    command = f"tui-backfill resume --job {shlex.quote(job)}"
+    return command if state == DEFAULT_STATE else f"{command} --state {shlex.quote(state)}"
+
+
 class LocalController:
     """The engine runs in this process; the console owns its run and its signals."""
 
     attached = False
+    where = "this process"
 
     def __init__(self, prepared: PreparedRun) -> None:
         self.prepared = prepared
         self.engine = prepared.engine
         self.job = prepared.engine.plan.job
         self.max_concurrency = prepared.engine.plan.max_concurrency
+
+    def lost_for(self) -> float | None:
+        return None
+
+    def resume_ways(self) -> list[str]:
+        return [resume_command(self.job, self.prepared.settings.state)]
 
     async def snapshot(self) -> AnySnapshot | None:
         snapshot: AnySnapshot = self.engine.snapshot()
@@ -83,7 +108,14 @@ class AttachedController:
         self._store = store
         self._state_path = state_path
         self.job = job
+        self.where = state_path
         self.max_concurrency = 6
+
+    def lost_for(self) -> float | None:
+        return None  # the state file is read here: there is no connection to lose
+
+    def resume_ways(self) -> list[str]:
+        return [resume_command(self.job, self._state_path)]
 
     async def snapshot(self) -> AnySnapshot | None:
         status = await job_status(self._store, self._state_path, self.job, include_dry=False)
@@ -118,6 +150,7 @@ class HttpController:
         import aiohttp
 
         self.url = url.rstrip("/")
+        self.where = self.url
         self.job = job or ""
         self._api = f"/api/jobs/{urllib.parse.quote(job, safe='')}" if job else API
         self.max_concurrency = 6
@@ -126,6 +159,8 @@ class HttpController:
             headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
         )
         self._last: AnySnapshot | None = None
+        self._answered_at = 0.0  # time.monotonic() of the last good snapshot
+        self._lost = False
 
     async def _call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
         import aiohttp
@@ -169,17 +204,30 @@ class HttpController:
         try:
             data = await self._call("GET", "/status")
         except CommandFailed:
-            # The serving process has gone (its run ended or it was stopped): show the last view.
-            if self._last is None:
-                return None
-            return dataclasses.replace(self._last, live=False, in_flight=0, fetches_in_flight=0)
+            # The serving process is gone or unreachable: the last view, marked lost (the
+            # console keeps polling, and picks up again when it answers).
+            self._lost = self._last is not None
+            return self._last
         if "anglesPlanned" not in data and "scannedObjects" not in data:
             return None
         status = JobStatus.from_json(data)
         self.job = status.job or self.job
         self.max_concurrency = status.max_concurrency or self.max_concurrency
         self._last = status.snapshot
+        self._answered_at = time.monotonic()
+        self._lost = False
         return self._last
+
+    def lost_for(self) -> float | None:
+        return time.monotonic() - self._answered_at if self._lost else None
+
+    def resume_ways(self) -> list[str]:
+        """`resume` where the run's state is (its process exits on a stop), or the resume of
+        the API to a `serve` (which continues the run in its own process)."""
+        return [
+            f"tui-backfill resume --job {shlex.quote(self.job)}",
+            f"POST {self.url}{self._api}/resume (to a serve)",
+        ]
 
     async def pause(self) -> None:
         await self._call("POST", "/hold")

@@ -9,19 +9,13 @@ from rich.text import Text
 from textual.widgets import Static
 
 from tui_backfill.core.snapshot import fmt_bytes
+from tui_backfill.frontends.ui.events import error_text
+from tui_backfill.frontends.ui.phases import STYLE, Phase, header_word
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
+from tui_backfill.pipelines.mirror.snapshot import StatusSnapshot
 from tui_backfill.pipelines.snapshots import AnySnapshot
 from tui_backfill.seams.keys import visible
-
-STATE_STYLE = {
-    "running": "bold green",
-    "pausing": "bold yellow",
-    "paused": "bold yellow",
-    "interrupted": "bold magenta",
-    "completed": "bold cyan",
-    "failed": "bold red",
-}
 
 
 def fmt_duration(seconds: float | None) -> str:
@@ -39,13 +33,7 @@ def eta_clock(seconds: float | None, now: dt.datetime) -> str:
 
 
 def eta_text(snap: AnySnapshot, now: dt.datetime) -> str:
-    """The ETA while the run moves; what it is instead when it does not."""
-    if snap.state in ("completed", "failed"):
-        return snap.state
-    if snap.state in ("pausing", "paused", "interrupted"):
-        return f"ETA -- ({snap.state})"
-    if not snap.live:  # seen from another process that is gone: nothing moves
-        return "ETA -- (no process)"
+    """The ETA of a moving run."""
     return f"ETA {fmt_duration(snap.eta_seconds)} ({eta_clock(snap.eta_seconds, now)})"
 
 
@@ -67,17 +55,17 @@ class _Panel(Static):
 
 
 class HeaderBar(_Panel):
-    """Job, state, bucket and endpoint (never a secret)."""
+    """Job, what the run is doing (held and stopped read apart), bucket and endpoint (never
+    a secret)."""
 
-    def show(self, snap: AnySnapshot, *, attached: bool) -> None:
-        if not self.changed(
-            (snap.job, snap.state, attached, snap.dry_run, snap.bucket, snap.endpoint)
-        ):
+    def show(self, snap: AnySnapshot, *, attached: bool, phase: Phase) -> None:
+        if not self.changed((snap.job, phase, attached, snap.dry_run, snap.bucket, snap.endpoint)):
             return
         endpoint = snap.endpoint.split("://", 1)[-1] if snap.endpoint else "AWS"
+        word = header_word(phase) or snap.state.upper()
         text = Text.assemble(
             (f"job {snap.job} ", "bold"),
-            (f" {snap.state.upper()} ", STATE_STYLE.get(snap.state, "bold") + " reverse"),
+            (f" {word} ", STYLE.get(phase, "bold") + " reverse"),
             (" attached" if attached else "", "italic"),
             (" dry run" if snap.dry_run else "", "italic"),
             (f"  s3://{snap.bucket}", ""),
@@ -97,10 +85,14 @@ def progress_figures(snap: AnySnapshot) -> tuple[str, int, int, float]:
 
 
 class ProgressPanel(_Panel):
-    """Scanned / planned as a bar, with rates and the ETA (two lines)."""
+    """Scanned / planned as a bar, with rates and the ETA while the run moves, else what it
+    is doing instead (two lines)."""
 
-    def show(self, snap: AnySnapshot, now: dt.datetime) -> None:
+    def show(self, snap: AnySnapshot, now: dt.datetime, *, phase: Phase, instead: str) -> None:
+        """`instead`: the second line's words when the run does not move (held, stopped, a
+        lost connection: rates would be 0 or stale)."""
         unit, scanned, planned, per_second = progress_figures(snap)
+        moving = phase in (Phase.RUNNING, Phase.UNKNOWN)
         key = (
             scanned,
             planned,
@@ -108,8 +100,7 @@ class ProgressPanel(_Panel):
             snap.items_per_second,
             snap.bytes_per_second,
             snap.eta_seconds,
-            snap.state,
-            snap.live,
+            moving or instead,
             now.strftime("%H:%M"),
             self.size.width,
         )
@@ -124,13 +115,16 @@ class ProgressPanel(_Panel):
             f" {100 * done:3.0f}%" if planned else "    ",
         )
         counted = f"{scanned:,}/{planned:,}" if planned else f"{scanned:,}"
-        rates = Text.assemble(
-            (f"{unit} {counted} ", "bold"),
-            (f"· {per_second:.1f} SKU/s " if unit == "SKUs" else "")
-            + f"· {snap.items_per_second:.1f} obj/s"
-            f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
-            (eta_text(snap, now), "bold"),
-        )
+        if moving:
+            rates = Text.assemble(
+                (f"{unit} {counted} ", "bold"),
+                (f"· {per_second:.1f} SKU/s " if unit == "SKUs" else "")
+                + f"· {snap.items_per_second:.1f} obj/s"
+                f" · {fmt_bytes(snap.bytes_per_second)}/s · ",
+                (eta_text(snap, now), "bold"),
+            )
+        else:
+            rates = Text.assemble((f"{unit} {counted} ", "bold"), "· ", (instead, "bold"))
         self.update(Text("\n", no_wrap=True, overflow="ellipsis").join([bar, rates]), layout=False)
 
 
@@ -177,10 +171,12 @@ class ErrorsPanel(_Panel):
         if not self.changed((tuple(errors.items()), tuple(snap.last_errors.items()))):
             return
         width = max((len(code) for code in errors), default=4) + 2
+        counted = max((len(f"{count:,}") for count in errors.values()), default=5)
+        count_width = max(counted, len("count")) + 2  # the rest is the messages' width
         lines = [
             Text.assemble(
                 ("code".ljust(width), "bold"),
-                ("count".ljust(8), "bold"),
+                ("count".ljust(count_width), "bold"),
                 ("latest message", "bold"),
             )
         ]
@@ -188,8 +184,8 @@ class ErrorsPanel(_Panel):
             lines.append(
                 Text.assemble(
                     code.ljust(width),
-                    f"{count:,}".ljust(8),
-                    (snap.last_errors.get(code, ""), "dim"),
+                    f"{count:,}".ljust(count_width),
+                    (visible(error_text(code, snap.last_errors.get(code, ""))), "dim"),
                 )
             )
         if not errors:
@@ -237,14 +233,23 @@ class CheckpointPanel(_Panel):
             self.update(Text("\n").join(lines), layout=False)
             return
         lines = [Text.assemble(("lastSku ", "dim"), (visible(cp.last_sku or "-"), "bold"))]
-        for sku, angles in list(cp.completed_angles.items())[:4]:
+        # Past lastSku, a SKU with every planned angle done is finished (it waits for an
+        # earlier one); the others are partly done (all of them when the plan is unknown).
+        planned = snap.angles_per_sku if isinstance(snap, StatusSnapshot) else 0
+        partly = [
+            (sku, a) for sku, a in cp.completed_angles.items() if not planned or len(a) < planned
+        ]
+        finished = len(cp.completed_angles) - len(partly)
+        for sku, angles in partly[:4]:
             lines.append(
                 Text.assemble(
                     (f"{visible(sku)} ", ""), ("done " + ",".join(map(str, angles)), "dim")
                 )
             )
-        if len(cp.completed_angles) > 4:
-            lines.append(Text(f"+{len(cp.completed_angles) - 4} more partly done", style="dim"))
+        if len(partly) > 4:
+            lines.append(Text(f"+{len(partly) - 4} more partly done", style="dim"))
+        if finished:
+            lines.append(Text(f"+{finished} finished after it", style="dim"))
         saved = snap.checkpoint_saved_at[11:19] if snap.checkpoint_saved_at else "not yet"
         lines.append(Text(f"saved {saved}", style="dim"))
         self.update(Text("\n").join(lines), layout=False)

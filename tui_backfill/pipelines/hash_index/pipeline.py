@@ -464,6 +464,7 @@ class HashIndexPipeline:
             mode=self.plan.mode,
             since=self.plan.since_text,
             live=progress.live,
+            held=progress.held,
             in_flight=progress.in_flight,
             fetches_in_flight=progress.slots_in_use,
             items_per_second=progress.items_per_second,

@@ -52,6 +52,7 @@ class HashSnapshot:
     mode: str = "hash"  # hash, verify, repair
     since: str | None = None
     live: bool = True
+    held: bool = False  # pausing or paused by a hold (resume releases it), not by a stop
     in_flight: int = 0
     fetches_in_flight: int = 0  # object GETs now (at most `concurrency`)
     items_per_second: float = 0.0
@@ -98,12 +99,12 @@ class HashSnapshot:
             [
                 ("bytesHashed", fmt_bytes(c.bytes_hashed)),
                 third,
-                ("concurrency", f"{self.concurrency}"),
+                # the cap (`concurrency`) bounds the object GETs, not the items in flight
+                ("GETs", f"{self.fetches_in_flight} of {self.concurrency}"),
             ],
             [
                 ("mode", self.mode + (f" ≥{self.since}" if self.since else "")),
-                ("inFlight", f"{self.in_flight}"),
-                ("GETs", f"{self.fetches_in_flight}"),
+                ("itemsInFlight", f"{self.in_flight}"),
             ],
         ]
 
@@ -125,6 +126,7 @@ class HashSnapshot:
             "pipeline": self.pipeline,
             "state": self.state,
             "live": self.live,
+            "held": self.held,
             "dryRun": self.dry_run,
             "startedAt": self.started_at,
             "lastUpdateAt": self.last_update_at,
@@ -205,6 +207,7 @@ def snapshot_from_json(data: dict[str, Any]) -> HashSnapshot:
         mode=str(data.get("mode") or "hash"),
         since=data.get("since"),
         live=bool(data.get("live", True)),
+        held=bool(data.get("held", False)),
         in_flight=int(data.get("inFlight") or 0),
         fetches_in_flight=int(data.get("fetchesInFlight") or 0),
         items_per_second=float(data.get("itemsPerSecond") or 0.0),

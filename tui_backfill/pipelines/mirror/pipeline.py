@@ -261,4 +261,5 @@ class MirrorPipeline:
             checkpoint_saved_at=progress.checkpoint_saved_at,
             checkpoint_saved_sku=progress.checkpoint_saved_group,
             live=progress.live,
+            held=progress.held,
         )

@@ -49,6 +49,7 @@ class StatusSnapshot:
     counters: Counters
     checkpoint: Checkpoint
     live: bool = True
+    held: bool = False  # pausing or paused by a hold (resume releases it), not by a stop
     in_flight: int = 0  # items being worked on (existence, fetch, put)
     fetches_in_flight: int = 0  # origin requests now (at most `concurrency`)
     items_per_second: float = 0.0
@@ -88,12 +89,13 @@ class StatusSnapshot:
             [
                 ("attemptedDownloads", f"{c.attempted_downloads:,}"),
                 ("noRemote", f"{c.no_remote:,}"),
-                ("concurrency", f"{self.concurrency}"),
+                # the cap (`concurrency`) bounds the origin fetches, not the items in flight
+                ("fetching", f"{self.fetches_in_flight} of {self.concurrency}"),
             ],
             [
                 ("anglesPlanned", self.angles_planned),
                 ("etaSkusRemaining", f"{self.eta_skus_remaining:,}"),
-                ("inFlight", f"{self.in_flight}"),
+                ("itemsInFlight", f"{self.in_flight}"),
             ],
         ]
 
@@ -116,6 +118,7 @@ class StatusSnapshot:
             "runId": self.run_id,
             "state": self.state,
             "live": self.live,
+            "held": self.held,
             "dryRun": self.dry_run,
             "startedAt": self.started_at,
             "lastUpdateAt": self.last_update_at,
@@ -197,6 +200,7 @@ def snapshot_from_json(data: dict[str, Any]) -> StatusSnapshot:
         counters=counters,
         checkpoint=Checkpoint.from_json(data.get("checkpoint") or {}),
         live=bool(data.get("live", True)),
+        held=bool(data.get("held", False)),
         in_flight=int(data.get("inFlight") or 0),
         fetches_in_flight=int(data.get("fetchesInFlight") or 0),
         items_per_second=float(data.get("itemsPerSecond") or 0.0),

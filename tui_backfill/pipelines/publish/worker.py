@@ -182,9 +182,15 @@ class PublishWorker:
         self.counters.released = self.engine.released + self._released_fatal
         return self.counters
 
+    def _rates_now(self) -> tuple[float, float]:
+        """Jobs finished and attempts failed per second, recent; 0 once held or stopping (no
+        new claims: the window's average of the time before would say it still works)."""
+        if self.state != "running":
+            return 0.0, 0.0
+        return self._rates.rates()[0], self._failed_recent.rates()[0]
+
     def snapshot(self) -> PublishSnapshot:
-        per_second = self._rates.rates()[0]
-        failed_per_second = self._failed_recent.rates()[0]
+        per_second, failed_per_second = self._rates_now()
         error_rate = failed_per_second / per_second if per_second > 0 else 0.0
         return PublishSnapshot(
             job=self.settings.job,
@@ -205,6 +211,10 @@ class PublishWorker:
         )
 
     def _sample(self) -> None:
+        if self.state != "running":  # a resumed worker is measured afresh
+            self._rates.reset()
+            self._failed_recent.reset()
+            return
         now = self._clock()
         failed = self.counters.failed_attempts + self.counters.failed_permanent
         self._rates.add(now, self.counters.finished, 0, self.counters.bytes_downloaded)
@@ -240,7 +250,7 @@ class PublishWorker:
     # -- the heartbeat -------------------------------------------------------------------------
 
     def _stats(self) -> str:
-        return instance_stats(self._sync(), in_flight=self.in_flight, rate=self._rates.rates()[0])
+        return instance_stats(self._sync(), in_flight=self.in_flight, rate=self._rates_now()[0])
 
     async def _heartbeat(self) -> None:
         """Write the instance row every lease/3; read commands and figures."""
