@@ -34,7 +34,7 @@ async def _settings_for(resolved: Resolved) -> Settings:
             stored = {k: v for k, v in run.settings.items() if k not in resolved.explicit}
             merged = {**settings.stored(), **stored}
             settings = settings_from_stored(merged, settings, resolved.explicit)
-    validate_for_run(settings, resolved.explicit)
+    validate_for_run(settings, resolved.explicit, origin=False)  # nothing is fetched
     return settings
 
 
