@@ -172,9 +172,9 @@ def _add_options(
 
 def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = False) -> None:
     names = [o.name for o in OPTIONS if o.name not in ("job", "state")]
-    if hash_index:
-        names = [n for n in names if n not in IMAGE_ONLY and n != "pipeline"]
-        _add_options(parser, names, hash_index=True, texts=HASH_HELP)
+    if hash_index:  # --pipeline is accepted (the flags of `serve`), never another pipeline
+        names = [n for n in names if n not in IMAGE_ONLY]
+        _add_options(parser, names, hash_index=True, texts=HASH_HELP, hidden=("pipeline",))
     else:
         _add_options(parser, names, hidden=HASH_ONLY)
     _add_run_flags(parser, hash_index=hash_index)
@@ -681,11 +681,13 @@ async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> 
     service = JobService(resolved)
     server = await ApiServer(service, host=host, port=port, token=token).start()
     job = resolved.settings.job
-    print(
-        f"tui-backfill: serving job {job!r} on {server.url} (OpenAPI at {server.url}/api/openapi.json)",
-        file=sys.stderr,
-        flush=True,
-    )
+    from tui_backfill.core.textfit import pack, terminal_columns
+
+    said = [
+        f"tui-backfill: serving job {job!r} on {server.url}",
+        f"(OpenAPI at {server.url}/api/openapi.json)",
+    ]
+    print("\n".join(pack(said, terminal_columns(), sep=" ")), file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -767,8 +769,8 @@ async def _cmd_failed(args: argparse.Namespace) -> int:
 
 
 def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
+    from tui_backfill.core.textfit import terminal_columns
     from tui_backfill.frontends.status import failed_items_json
-    from tui_backfill.seams.keys import visible
 
     if as_json:
         print(json.dumps({"job": job, "items": failed_items_json(items)}, indent=2))
@@ -776,10 +778,33 @@ def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
     if not items:
         print(f"job {job!r} has no failed items")
         return
-    print("key\tcode\tattempts\trun\tmessage")
+    print(failed_text(items, terminal_columns()))
+
+
+def failed_text(items: list[FailedItem], width: int) -> str:
+    """A table within `width`: key, code, attempts, run; each message below its item,
+    indented and wrapped (a key too long for its column gets a line of its own)."""
+    from tui_backfill.core.textfit import pack
+    from tui_backfill.seams.keys import visible
+
+    code = max(len("code"), *(len(item.code) for item in items))
+    run = max(len("run"), *(len(str(item.run_id)) for item in items))
+    rest = 2 + code + 2 + len("attempts") + 2 + run
+    key = max(len("key"), min(max(len(visible(item.key)) for item in items), width - rest))
+
+    def row(first: str, *others: object) -> str:
+        return f"{first:<{key}}  {others[0]!s:<{code}}  {others[1]!s:>8}  {others[2]!s:>{run}}"
+
+    lines = [row("key", "code", "attempts", "run").rstrip()]
     for item in items:
-        fields = (visible(item.key), item.code, item.attempts, item.run_id, visible(item.message))
-        print("\t".join(str(field) for field in fields))
+        shown = visible(item.key)
+        if len(shown) > key:
+            lines += pack([shown], width)
+            shown = ""
+        lines.append(row(shown, item.code, item.attempts, item.run_id))
+        words = visible(item.message).split(" ")
+        lines += ["    " + line for line in pack(words, width - 4, sep=" ", indent="")]
+    return "\n".join(lines)
 
 
 async def _forget_failed(store: JobStore, state: str, job: str, args: argparse.Namespace) -> int:
@@ -853,6 +878,7 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 async def _cmd_coverage(args: argparse.Namespace) -> int:
+    from tui_backfill.core.textfit import terminal_columns
     from tui_backfill.pipelines.mirror.coverage import coverage_report, coverage_text
 
     resolved = _resolve(args)
@@ -863,10 +889,11 @@ async def _cmd_coverage(args: argparse.Namespace) -> int:
         if args.gap_file:
             raise ConfigError("--gap-file", "only for an image job; a hash-index job has none")
         report = await hash_coverage(run)
-        print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report))
+        width = terminal_columns()
+        print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report, width))
         return EXIT_OK
     report = await coverage_report(resolved, gap_file=args.gap_file)
-    print(json.dumps(report, indent=2) if args.json else coverage_text(report))
+    print(json.dumps(report, indent=2) if args.json else coverage_text(report, terminal_columns()))
     return EXIT_OK
 
 

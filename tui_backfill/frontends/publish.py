@@ -248,18 +248,20 @@ def _where(settings: PublishSettings) -> str:
 
 
 async def _progress(worker: Any) -> None:
+    from tui_backfill.core.textfit import pack, terminal_columns
+
     while True:
         await asyncio.sleep(PROGRESS_EVERY)
         snap = worker.snapshot()
         c, q = snap.counters, snap.queue
-        print(
+        fields = [
             f"tui-backfill: {snap.state}: {c.published:,} published, {c.skipped:,} skipped, "
-            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed; in flight "
-            f"{snap.in_flight}/{snap.concurrency}; queue {q.pending:,} pending, "
-            f"{q.needing_attention:,} need attention; {snap.per_second * 60:,.1f} jobs/min",
-            file=sys.stderr,
-            flush=True,
-        )
+            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed",
+            f"in flight {snap.in_flight}/{snap.concurrency}",
+            f"queue {q.pending:,} pending, {q.needing_attention:,} need attention",
+            f"{snap.per_second * 60:,.1f} jobs/min",
+        ]
+        print("\n".join(pack(fields, terminal_columns(), sep="; ")), file=sys.stderr, flush=True)
 
 
 async def run_worker_console(
@@ -369,7 +371,11 @@ def _stats_of(row: Any) -> dict[str, Any]:
 
 async def _cmd_status(args: argparse.Namespace) -> int:
     snap = await job_snapshot(_settings(args))
-    print(json.dumps(snap.to_json(), indent=2) if args.json else snap.status_text())
+    from tui_backfill.core.textfit import terminal_columns
+
+    print(
+        json.dumps(snap.to_json(), indent=2) if args.json else snap.status_text(terminal_columns())
+    )
     return EXIT_OK
 
 
@@ -388,13 +394,21 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
 
         print(json.dumps({"job": settings.job, "runs": [_worker_json(r) for r in rows]}, indent=2))
         return EXIT_OK
-    print("worker\tstate\tstarted\tstopped\tpublished\tfailed")
-    for row in rows:
-        stats = _stats_of(row)
-        print(
-            f"{row.id}\t{row.state}\t{row.started_at}\t{row.stopped_at or '-'}\t"
-            f"{stats.get('published', 0)}\t{stats.get('failedPermanent', 0)}"
+    from tui_backfill.core.textfit import table, terminal_columns
+
+    header = ("worker", "state", "started", "stopped", "published", "failed")
+    cells = [
+        (
+            row.id,
+            row.state,
+            row.started_at,
+            row.stopped_at or "-",
+            _stats_of(row).get("published", 0),
+            _stats_of(row).get("failedPermanent", 0),
         )
+        for row in rows
+    ]
+    print("\n".join(table(header, cells, terminal_columns())))
     return EXIT_OK
 
 

@@ -12,6 +12,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, TextIO
 
+from tui_backfill.core.textfit import pack
 from tui_backfill.pipelines.config import Resolved, Settings, validate_for_run
 from tui_backfill.seams.keys import sku_problem
 from tui_backfill.seams.keysets import ScratchKeys
@@ -104,16 +105,17 @@ async def coverage_report(resolved: Resolved, *, gap_file: str | None = None) ->
     }
 
 
-def coverage_text(report: dict[str, Any]) -> str:
-    return (
+def coverage_text(report: dict[str, Any], width: int = 80) -> str:
+    """The report in words, its clauses on lines of at most `width`."""
+    clauses = [
         f"{report['present']:,} of {report['expected']:,} expected objects present "
-        f"({report['coveragePercent']}%), {report['missing']:,} missing; "
-        f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}; "
-        f"{report['listRequests']} listing requests"
-        + (
-            f"; {report['unusable']:,} items of unusable SKUs or keys not counted"
-            if report.get("unusable")
-            else ""
-        )
-        + (f"; gap written to {report['gapFile']}" if report.get("gapFile") else "")
-    )
+        f"({report['coveragePercent']}%)",
+        f"{report['missing']:,} missing",
+        f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}",
+        f"{report['listRequests']} listing requests",
+        f"{report['unusable']:,} items of unusable SKUs or keys not counted"
+        if report.get("unusable")
+        else "",
+        f"gap written to {report['gapFile']}" if report.get("gapFile") else "",
+    ]
+    return "\n".join(pack(clauses, width, sep="; "))
