@@ -166,7 +166,7 @@ class Backfill:
         return ["--state", str(self.state), "--job", self.job]
 
     def run_flags(self, *, limit: int, angles: str = "1-3", extra: Sequence[str] = ()) -> list[str]:
-        """Flags of `run` (and `coverage`): source, origin, bucket, fast settings."""
+        """Flags of `run`: source, origin, bucket, fast settings."""
         return [
             *self.job_flags(),
             "--skus-db", str(self.catalog),
@@ -178,6 +178,18 @@ class Backfill:
             "--checkpoint-every", str(self.checkpoint_every),
             *FAST,
             *extra,
+        ]  # fmt: skip
+
+    def coverage_flags(self, *, angles: str = "1-3") -> list[str]:
+        """Flags of `coverage`: the catalog, angles and bucket (it fetches nothing)."""
+        return [
+            *self.job_flags(),
+            "--skus-db", str(self.catalog),
+            "--skus-query", ACTIVE_SKUS_QUERY,
+            "--bucket", self.bucket,
+            "--angles", angles,
+            "--timeout", "2",
+            "--path-style",
         ]  # fmt: skip
 
     def hash_flags(self, index_db: Path, *, extra: Sequence[str] = ()) -> list[str]:
@@ -195,6 +207,10 @@ class Backfill:
     # -- processes ----------------------------------------------------------------------
 
     async def start(self, *args: str) -> Running:
+        if args[:1] == ("serve",) and "--progress-interval" in args:
+            # the run flags' pace of progress lines: `serve` prints none, and has no such option
+            at = args.index("--progress-interval")
+            args = args[:at] + args[at + 2 :]
         self._seq += 1
         out_path = self.tmp / f"cli{self._seq}.out"
         err_path = self.tmp / f"cli{self._seq}.err"

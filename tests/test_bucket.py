@@ -295,6 +295,29 @@ def test_classify_transport_and_s3_errors(
 
 
 @pytest.mark.parametrize(
+    ("status", "message", "said"),
+    [
+        (403, "Forbidden", "S3 rejected the credentials (403)"),
+        (400, "Bad Request", "S3 400: Bad Request"),
+        (503, "Service Unavailable", "S3 503: Service Unavailable"),
+    ],
+)
+def test_an_answer_without_a_body_names_its_status_once(
+    status: int, message: str, said: str
+) -> None:
+    """A HEAD's error answer has no body: botocore makes its status the code (`403 403`)."""
+    exc = botocore.exceptions.ClientError(
+        {
+            "Error": {"Code": str(status), "Message": message},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        },
+        "HeadObject",
+    )
+    assert classify(exc).message == said
+    assert classify(client_error("SlowDown", 503)).message == "S3 503 SlowDown"
+
+
+@pytest.mark.parametrize(
     "exc", [TypeError("bad operand"), KeyError("Contents"), AssertionError(), ValueError("x")]
 )
 def test_classify_programming_error_is_internal_not_retryable(exc: BaseException) -> None:

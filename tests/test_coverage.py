@@ -53,7 +53,7 @@ async def test_coverage_shows_the_improvement_and_the_exact_gap(
 
     gap_before = tmp_path / "gap-before.txt"
     result = await job.cli(
-        "coverage", "--json", "--gap-file", str(gap_before), *job.run_flags(limit=60)
+        "coverage", "--json", "--gap-file", str(gap_before), *job.coverage_flags()
     )
     assert result.rc == 0, str(result)
     before = result.json()
@@ -130,7 +130,7 @@ async def test_coverage_of_an_empty_bucket_and_a_full_one(
     job.origin.faults.missing_fraction = 0  # the origin has everything: full coverage possible
     gap = tmp_path / "gap.txt"
     fillable = tmp_path / "fillable.txt"
-    flags = job.run_flags(limit=40, angles="1-2")
+    flags = job.coverage_flags(angles="1-2")
     empty = (
         await job.cli(
             "coverage", "--json", "--gap-file", str(gap), "--fillable-file", str(fillable), *flags

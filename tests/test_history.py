@@ -176,7 +176,7 @@ def test_text_has_a_header_and_one_line_per_run() -> None:
         history_entry(_record()),
         history_entry(_record(id=6, status="paused", exit_code=75, ended_at=None)),
     ]
-    lines = history_text(entries).splitlines()
+    lines = history_text(entries, width=200).splitlines()
     assert len(lines) == 3
     assert lines[0].split()[:2] == ["run", "outcome"]
     first = lines[1].split()
@@ -185,6 +185,26 @@ def test_text_has_a_header_and_one_line_per_run() -> None:
     assert lines[1].endswith("20.00% → 95.00%")
     second = lines[2].split()
     assert second[:2] == ["6", "paused"] and second[3] == "-"
+
+
+def test_text_within_80_columns_has_two_lines_a_run() -> None:
+    entries = [
+        history_entry(_record()),
+        history_entry(_record(id=6, status="paused", exit_code=75, ended_at=None)),
+    ]
+    lines = history_text(entries, width=80).splitlines()
+    assert len(lines) == 5 and max(len(line) for line in lines) <= 80
+    assert lines[0].split() == ["run", "outcome", "started", "duration"]
+    assert lines[1].split() == [
+        "7",
+        "completed-with-failures",
+        "2026-11-26T11:40:00.000Z",
+        "0:30:30",
+    ]
+    assert lines[2].split() == (
+        "uploaded 90 skipped 24 noRemote 4 failed 2 coverage 20.00% → 95.00%".split()
+    )
+    assert lines[3].split()[:2] == ["6", "paused"] and lines[3].split()[3] == "-"
 
 
 # -- the store: newest first, limit, live vs. interrupted ----------------------------------
@@ -344,14 +364,14 @@ async def test_runs_lists_real_runs_newest_first(make_job: MakeJob) -> None:
 
     text = await job.cli("runs", *job.job_flags(), within=30)
     assert text.rc == 0, str(text)
-    lines = text.out.splitlines()
-    assert len(lines) == 1 + 3, text.out  # a header, one line per run
-    assert [line.split()[:2] for line in lines[1:]] == [
+    lines = text.out.splitlines()  # 80 columns: a run's counters on the line below it
+    assert len(lines) == 1 + 3 * 2, text.out  # a header, two lines per run
+    assert [line.split()[:2] for line in lines[1::2]] == [
         [str(snap3["runId"]), "paused"],
         [str(snap2["runId"]), "completed"],
         [str(snap1["runId"]), "completed"],
     ]
-    assert lines[3].endswith(f"6.67% → {e1['coverage']['after']:.2f}%")
+    assert lines[6].endswith(f"6.67% → {e1['coverage']['after']:.2f}%")
 
     limited = await job.cli("runs", "--json", "--limit", "1", *job.job_flags(), within=30)
     assert [e["runId"] for e in limited.json()["runs"]] == [snap3["runId"]]

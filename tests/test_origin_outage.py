@@ -56,7 +56,8 @@ async def test_headless_output_says_why_items_fail(make_job: MakeJob) -> None:
     job.origin.faults.error_rate = 1.0  # every GET answers 500 or 503: every item fails
     result = await job.run(limit=10)
     assert result.rc == 1, str(result)
-    lines = result.err.splitlines()
+    lines = result.err.replace("\n  ", " ").splitlines()  # records continued past 80 columns
+    assert max(len(line) for line in result.err.splitlines()) <= 80
     firsts = [line for line in lines if " error: HTTP 50" in line and "first http_50" in line]
     assert firsts, result.err  # the first error of each code, with its message
     failed = [line for line in lines if line.startswith("tui-backfill: failed item ")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 import time
@@ -145,6 +146,7 @@ async def test_status_pause_resume_runs_from_other_processes(
         assert "job publish (publish): running, 2 live worker(s)" in status.out, status.out
         assert "worker w1: running" in status.out and "worker w2: running" in status.out
         assert "queue: " in status.out and " pending " in status.out
+        assert max(len(line) for line in status.out.splitlines()) <= 80, status.out
         snap = json.loads(snapped.out)
         assert snap["liveWorkers"] == 2 and snap["state"] == "running"
         assert {w["id"] for w in snap["workers"]} == {"w1", "w2"}
@@ -214,14 +216,18 @@ async def test_status_pause_resume_runs_from_other_processes(
         cli("publish", "runs", "--json"),
         cli("status", "--job", "publish"),
     )
-    rows = {line.split("\t")[0]: line.split("\t") for line in runs.out.splitlines()[1:]}
+    # 80 columns: each session as `worker ID`, then its figures named
+    blocks = re.split(r"^worker ", runs.out, flags=re.MULTILINE)[1:]
+    rows = {b.split()[0]: dict(re.findall(r"(state|stopped|published) (\S+)", b)) for b in blocks}
     assert set(rows) == {"w1", "w2"}, runs.out
     for name, row in rows.items():
-        assert row[1] == "stopped" and row[3] != "-", row
-        assert int(row[4]) == published[name], (row, published)
+        assert row["state"] == "stopped" and row["stopped"] != "-", row
+        assert int(row["published"]) == published[name], (row, published)
+    assert max(len(line) for line in runs.out.splitlines()) <= 80, runs.out
     listed = json.loads(listing.out)
     assert {r["id"]: r["stats"]["published"] for r in listed["runs"]} == published
     assert "idle, 0 live worker(s)" in idle.out
+    assert max(len(line) for line in idle.out.splitlines()) <= 80, idle.out
 
     for result in outputs:
         for secret in secrets:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -238,6 +239,7 @@ async def test_bad_input_one_line_exit_2_nothing_written(
     lines = result.err.splitlines()
     assert len(lines) == 1 and "Traceback" not in result.err, lines
     assert lines[0].startswith(f"tui-backfill: error: {field}: "), lines
+    assert not re.search(r"\b(\d{3}) \1\b", lines[0]), lines  # `(403 403)`: once is enough
     assert result.out == ""
     for secret in (origin_s3.secret_key, rclone_s3.secret_key, "wrong-secret"):
         assert secret not in result.err

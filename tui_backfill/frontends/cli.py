@@ -14,11 +14,12 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from tui_backfill import __version__
 from tui_backfill.core.records import Command
+from tui_backfill.frontends.helptext import HelpFormatter, example, with_default
 from tui_backfill.frontends.logs import log_to_stderr
 from tui_backfill.frontends.running import (
     EXIT_OK,
@@ -32,7 +33,15 @@ from tui_backfill.frontends.running import (
     wants_console,
 )
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.config import BY_NAME, OPTIONS, Resolved, resolve
+from tui_backfill.pipelines.config import (
+    BY_NAME,
+    DEFAULT_STATE,
+    OPTIONS,
+    PIPELINE_DEFAULTS,
+    Option,
+    Resolved,
+    resolve,
+)
 
 if TYPE_CHECKING:  # imported lazily at run time: startup stays light
     from tui_backfill.core.records import FailedItem
@@ -44,6 +53,10 @@ LISTINGS = ("status", "runs", "failed", "coverage")  # commands that only print
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:
         # One line, exit 2 (argparse prints the whole usage otherwise).
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
@@ -57,38 +70,117 @@ IMAGE_ONLY = frozenset(
         "key_template", "exists_check", "max_bandwidth",
     }
 )  # fmt: skip
-# ...and the other way round (`run` keeps them: `run --job J` may run a hash-index job).
+# ...and the other way round: `run` and `serve` accept them (a job of pipeline hash-index runs
+# and is served by them), and list them in `hash-index --help`.
+HASH_ONLY = frozenset(
+    {
+        "prefix", "index_db", "index_table", "uploader_id", "emit_sql", "since", "verify",
+        "repair", "mismatch_file", "limit_objects",
+    }
+)  # fmt: skip
+# What `coverage` reads of a job's settings: the catalog, angles, key template and bucket.
+COVERAGE_OPTIONS = (
+    "skus_file", "skus_db", "skus_query", "angles", "key_template",
+    "bucket", "endpoint_url", "region", "path_style", "timeout",
+)  # fmt: skip
 HASH_HELP = {
     "bucket": "the bucket whose objects are hashed (nothing is ever written to it)",
-    "checkpoint_every": "persist the checkpoint at least every N objects (default 100)",
-    "concurrency": "parallel object GETs (default 8)",
-    "max_concurrency": "highest --concurrency allowed (default 64)",
+    "checkpoint_every": "persist the checkpoint at least every N objects",
+    "concurrency": "parallel object GETs",
+    "max_concurrency": "highest --concurrency allowed",
     "upload_concurrency": "parallel listings and other S3 calls beside the GETs",
     "timeout": "seconds to the first byte of an answer, and of each idle gap in a body",
 }
+COVERAGE_HELP = {
+    "timeout": "hard timeout of one S3 listing call, seconds",
+    "bucket": "the bucket to list",
+}
+METAVARS = {
+    "pipeline": "NAME", "angles": "SPEC", "skus_file": "PATH", "skus_db": "PATH",
+    "skus_query": "SQL", "origin": "URL_TEMPLATE", "origin_endpoint_url": "URL",
+    "origin_region": "NAME", "origin_profile": "NAME", "bucket": "NAME", "endpoint_url": "URL",
+    "region": "NAME", "key_template": "TEMPLATE", "exists_check": "{list,head}",
+    "max_bandwidth": "BYTES_PER_S", "prefix": "P", "index_db": "PATH", "index_table": "NAME",
+    "uploader_id": "ID", "emit_sql": "FILE", "since": "ISO-8601", "mismatch_file": "FILE",
+    "notify_url": "URL",
+}  # fmt: skip
+SETTINGS_NOTE = (
+    "Each option --foo-bar is also TUI_BACKFILL_FOO_BAR in the environment and foo_bar in the "
+    "--config file (top level, or under [jobs.NAME]); a flag wins over the environment, which "
+    "wins over the file."
+)
+
+
+def _metavar(option: Option) -> str:
+    if option.kind is int:
+        return "N"
+    if option.kind is float:
+        return "SECONDS"
+    return METAVARS.get(option.name, option.name.upper())
+
+
+def _command(
+    commands: Any, name: str, text: str, examples: Sequence[str], description: str = ""
+) -> argparse.ArgumentParser:
+    """A subcommand with its one line in the list, its description and its example."""
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=text,
+        description=description or text[:1].upper() + text[1:] + ".",
+        epilog=example(*examples),
+    )
+    return parser
 
 
 def _add_job_state(parser: argparse.ArgumentParser, default_job: str = "default") -> None:
-    parser.add_argument("--job", help=f"job name (default: {default_job})")
-    parser.add_argument("--state", help="state file (default: state/tui-backfill.sqlite3)")
-    parser.add_argument("--config", help="TOML configuration file")
+    parser.add_argument("--job", metavar="NAME", help=with_default("job name", default_job))
+    parser.add_argument("--state", metavar="PATH", help=with_default("state file", DEFAULT_STATE))
+    parser.add_argument(
+        "--config", metavar="FILE", help="TOML configuration file (its [jobs.NAME] settings)"
+    )
 
 
-def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = False) -> None:
+def _add_options(
+    parser: argparse.ArgumentParser,
+    names: Collection[str],
+    *,
+    hash_index: bool = False,
+    hidden: Collection[str] = (),
+    texts: Mapping[str, str] | None = None,
+) -> None:
+    """OPTIONS of `names`, in their order, each with its default (the hash index's for
+    `hash_index`); `hidden` ones are accepted but not listed."""
+    defaults = PIPELINE_DEFAULTS["hash-index"] if hash_index else {}
     for option in OPTIONS:
-        if option.name in ("job", "state") or (hash_index and option.name in IMAGE_ONLY):
+        if option.name not in names:
             continue
-        text = HASH_HELP.get(option.name, option.help) if hash_index else option.help
-        if hash_index and option.name == "pipeline":
-            text = argparse.SUPPRESS  # accepted (the same flags as `serve`), never another
+        text = (texts or {}).get(option.name, option.help)
         if hash_index:
             text = text.removeprefix("hash index: ").removeprefix("hash index, ")
+        default = defaults.get(option.name, option.default)
+        if option.name in hidden:
+            text = argparse.SUPPRESS
+        else:
+            text = with_default(text, None if default == "" else default)
         if option.kind is bool:
             parser.add_argument(
                 option.flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            parser.add_argument(option.flag, default=None, metavar=option.name.upper(), help=text)
+            parser.add_argument(option.flag, default=None, metavar=_metavar(option), help=text)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = False) -> None:
+    names = [o.name for o in OPTIONS if o.name not in ("job", "state")]
+    if hash_index:  # --pipeline is accepted (the flags of `serve`), never another pipeline
+        names = [n for n in names if n not in IMAGE_ONLY]
+        _add_options(parser, names, hash_index=True, texts=HASH_HELP, hidden=("pipeline",))
+    else:
+        _add_options(parser, names, hidden=HASH_ONLY)
+    _add_run_flags(parser, hash_index=hash_index)
+
+
+def _add_run_flags(parser: argparse.ArgumentParser, *, hash_index: bool) -> None:
     parser.add_argument(
         "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
     )
@@ -107,60 +199,89 @@ def _add_run_options(parser: argparse.ArgumentParser, *, hash_index: bool = Fals
         action="store_true",
         help="start the new run at the first key (not after a --limit-objects run's end)"
         if hash_index
-        else "start the new run at the first SKU",
+        else "start the new run at the first SKU (not after the last run's end)",
+    )
+    parser.add_argument(
+        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
 
 
 def _add_plan_file(parser: argparse.ArgumentParser, lines: str) -> None:
     parser.add_argument(
         "--plan-file",
-        metavar="F",
-        help=f"--dry-run: write {lines} KEY lines (default: none)",
+        metavar="PATH",
+        help=f"with --dry-run: write what a run would do, one {lines} KEY line per item",
     )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="tui-backfill", description="Fill an S3-compatible bucket from an origin, resumably."
+        prog="tui-backfill",
+        description="Fill an S3-compatible bucket from an origin, resumably.",
+        epilog=example("tui-backfill demo", "tui-backfill run --help"),
     )
     parser.add_argument("--version", action="version", version=f"tui-backfill {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    run = commands.add_parser("run", help="run (or continue) the backfill job")
+    commands = parser.add_subparsers(
+        dest="command", required=True, parser_class=_Parser, metavar="COMMAND", title="commands"
+    )
+    run = _command(
+        commands,
+        "run",
+        "run (or continue) the backfill job",
+        [
+            "tui-backfill run --skus-file skus.txt --bucket images \\",
+            "    --origin 'https://img.example.com/{sku}_{angle}.jpg' --limit-skus 500",
+        ],
+        description="Run the job, or continue its unfinished run: the console on a terminal, "
+        "headless otherwise or with --no-ui. A job whose pipeline is hash-index (pipeline = "
+        '"hash-index" in the --config file) also takes the options of `tui-backfill hash-index '
+        "--help`, with that command's defaults.\n\n" + SETTINGS_NOTE,
+    )
     _add_job_state(run)
     _add_run_options(run)
-    run.add_argument(
-        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
-    )
     _add_plan_file(run, "fetch/skip")
 
-    hash_index = commands.add_parser(
+    hash_index = _command(
+        commands,
         "hash-index",
-        help="fill the content_hash of an index table from the objects of a bucket",
+        "fill the content_hash of an index table from the objects of a bucket",
+        ["tui-backfill hash-index --bucket media --index-db index.sqlite3 --no-ui"],
         description="List the bucket in key order, hash each object (SHA-256) and upsert "
-        "content_hash into the index table; resumable, idempotent (the skip rule), verifiable. "
-        "Job default: hash-index.",
+        "content_hash into the index table; resumable, idempotent (the skip rule), verifiable."
+        "\n\n" + SETTINGS_NOTE,
     )
     _add_job_state(hash_index, default_job="hash-index")
     _add_run_options(hash_index, hash_index=True)
-    hash_index.add_argument(
-        "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
-    )
     _add_plan_file(hash_index, "hash/skip")
 
-    status = commands.add_parser("status", help="show the job's status snapshot")
+    status = _command(
+        commands,
+        "status",
+        "show the job's status snapshot",
+        ["tui-backfill status --job images --json"],
+        description="The status of the job's latest run, live or after it ended (a publish "
+        "job: its queue and live workers, as `publish status`).",
+    )
     _add_job_state(status)
     status.add_argument("--json", action="store_true", help="the snapshot as JSON")
 
-    runs = commands.add_parser("runs", help="past runs of the job: outcome, counters, coverage")
+    runs = _command(
+        commands,
+        "runs",
+        "past runs of the job: outcome, counters, coverage",
+        ["tui-backfill runs --job images --limit 5"],
+    )
     _add_job_state(runs)
     runs.add_argument("--json", action="store_true", help="the run history as JSON")
     runs.add_argument(
-        "--limit", type=int, default=20, metavar="N", help="the newest N runs (default 20)"
+        "--limit", type=int, default=20, metavar="N", help=with_default("the newest N runs", 20)
     )
 
-    failed = commands.add_parser(
-        "failed", help="the job's failed items (retried first by its next run); forget them"
+    failed = _command(
+        commands,
+        "failed",
+        "the job's failed items (retried first by its next run); forget them",
+        ["tui-backfill failed --job images", "tui-backfill failed --job images --forget KEY"],
     )
     _add_job_state(failed)
     failed.add_argument("--json", action="store_true", help='{"job": ..., "items": [...]}')
@@ -170,62 +291,120 @@ def build_parser() -> argparse.ArgumentParser:
     )
     forget.add_argument("--forget-all", action="store_true", help="drop every failed item")
 
-    pause = commands.add_parser(
-        "pause", help="gracefully stop a running job (it exits 75, resumable)"
+    pause = _command(
+        commands,
+        "pause",
+        "gracefully stop a running job (it exits 75, resumable)",
+        ["tui-backfill pause --job images"],
     )
     _add_job_state(pause)
     pause.add_argument("--no-wait", action="store_true", help="return once the request is sent")
-    pause.add_argument("--worker", help="a publish job: one instance's id (default: all)")
+    pause.add_argument(
+        "--worker", metavar="ID", help="a publish job: one instance's id (default: all)"
+    )
 
-    resume = commands.add_parser("resume", help="continue a paused or interrupted run")
+    resume = _command(
+        commands,
+        "resume",
+        "continue a paused or interrupted run",
+        ["tui-backfill resume --job images --no-ui"],
+        description="Continue the job's paused or interrupted run with its stored settings "
+        "(secrets are read again from the environment); release a run held by a console. Only "
+        "the pace may change.",
+    )
     _add_job_state(resume)
-    resume.add_argument("--no-ui", action="store_true")
-    resume.add_argument("--worker", help="a publish job: one instance's id (default: all)")
-    for name in ("concurrency", "max_concurrency", "timeout", "progress_interval", "max_bandwidth"):
-        resume.add_argument("--" + name.replace("_", "-"), default=None)
     resume.add_argument(
-        "--notify-url", default=None, metavar="URL", help=BY_NAME["notify_url"].help
+        "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
+    )
+    resume.add_argument(
+        "--worker", metavar="ID", help="a publish job: one instance's id (default: all)"
+    )
+    for name in ("concurrency", "max_concurrency", "timeout", "max_bandwidth"):
+        option = BY_NAME[name]
+        resume.add_argument(
+            option.flag,
+            default=None,
+            metavar=_metavar(option),
+            help=with_default(option.help, "the run's own"),
+        )
+    resume.add_argument(
+        "--progress-interval",
+        default=None,
+        metavar="SECONDS",
+        help=with_default(BY_NAME["progress_interval"].help, BY_NAME["progress_interval"].default),
+    )
+    resume.add_argument(
+        "--notify-url",
+        default=None,
+        metavar="URL",
+        help="POST the final status as JSON here when the run ends; a run started with one "
+        "needs it again (a secret: never stored)",
     )
     resume.add_argument(
         "--serve", metavar="PORT", help="headless, with the HTTP control API on 127.0.0.1:PORT"
     )
 
-    attach = commands.add_parser(
-        "attach", help="the console over a run going on in another process"
+    attach = _command(
+        commands,
+        "attach",
+        "the console over a run going on in another process",
+        ["tui-backfill attach --job images", "tui-backfill attach --url http://127.0.0.1:8080"],
     )
     _add_job_state(attach)
     attach.add_argument(
         "--url", help="a serving process's API (run --serve, serve) instead of the state file"
     )
 
-    serve = commands.add_parser(
-        "serve", help="the HTTP control API: start, watch, pause and resume the job remotely"
+    serve = _command(
+        commands,
+        "serve",
+        "the HTTP control API: start, watch, pause and resume the job remotely",
+        ["tui-backfill serve --config backfill.toml --job images --port 8080"],
+        description="The HTTP control API of one job until SIGINT or SIGTERM: a run it "
+        "started then pauses at its checkpoint. POST .../run sets limitSkus, angles, "
+        "concurrency, onlyMissing, dryRun, fresh and fromStart. A hash-index job "
+        "(--pipeline hash-index) also takes the options of `tui-backfill hash-index --help`."
+        "\n\n" + SETTINGS_NOTE,
     )
     _add_job_state(serve)
-    _add_run_options(serve)
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    serve.add_argument("--port", default="8080", help="port (default 8080; 0: a free one)")
+    names = [o.name for o in OPTIONS if o.name not in ("job", "state", "progress_interval")]
+    _add_options(serve, names, hidden=HASH_ONLY)
+    serve.add_argument(
+        "--host", default="127.0.0.1", help=with_default("address to bind", "127.0.0.1")
+    )
+    serve.add_argument(
+        "--port", default="8080", metavar="N", help=with_default("port (0: a free one)", 8080)
+    )
 
-    coverage = commands.add_parser(
-        "coverage", help="how many expected objects exist; write the gap"
+    coverage = _command(
+        commands,
+        "coverage",
+        "how many expected objects exist; write the gap",
+        ["tui-backfill coverage --job images --gap-file gap.txt"],
+        description="Coverage of the whole catalog: expected objects (SKUs x angles) against "
+        "one listing of the bucket; nothing is fetched or written. Settings not given come "
+        "from the job's latest run. A hash-index job: the index table's coverage.",
     )
     _add_job_state(coverage)
-    _add_run_options(coverage)
-    coverage.add_argument("--json", action="store_true")
-    coverage.add_argument("--gap-file", help="write the missing keys, one per line")
+    _add_options(coverage, COVERAGE_OPTIONS, texts=COVERAGE_HELP)
+    coverage.add_argument("--json", action="store_true", help="the report as JSON")
+    coverage.add_argument("--gap-file", metavar="PATH", help="write the missing keys, one per line")
     coverage.add_argument(
         "--fillable-file",
-        metavar="F",
-        help="gap keys not known absent at origin (default: none)",
+        metavar="PATH",
+        help="write the missing keys not known to be absent at the origin (404), one per line",
     )
 
     from tui_backfill.frontends.publish import add_publish_parser
 
     add_publish_parser(commands, _Parser)
 
-    demo = commands.add_parser(
+    demo = _command(
+        commands,
         "demo",
-        help="self-contained demo: local S3 server, origin and catalog (or: demo hash-index, demo publish)",
+        "self-contained demo: local S3 server, origin and catalog (or: demo hash-index, demo "
+        "publish)",
+        ["tui-backfill demo", "tui-backfill demo hash-index --no-ui"],
         description="A job on embedded servers, nothing to configure. `demo` (or `demo images`): "
         "the image backfill (state/demo.sqlite3, job demo). `demo hash-index`: the content-hash "
         "index over a local bucket of 3,000 objects and an index with gaps "
@@ -239,13 +418,21 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         choices=DEMOS,
         default="images",
-        help="which demo (default: images)",
+        help=with_default("which demo", "images"),
     )
-    demo.add_argument("--no-ui", action="store_true", help="headless")
+    demo.add_argument(
+        "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
+    )
     demo.add_argument(
         "--fresh", action="store_true", help="start the demo over (wipe its bucket and state)"
     )
-    demo.add_argument("--limit-skus", type=int, default=None, help="images: SKUs of this run")
+    demo.add_argument(
+        "--limit-skus",
+        type=int,
+        default=None,
+        metavar="N",
+        help=with_default("images: SKUs of this run", BY_NAME["limit_skus"].default),
+    )
     demo.add_argument(
         "--dry-run", action="store_true", help="hash-index: plan only; no download, no write"
     )
@@ -262,11 +449,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--since", metavar="ISO-8601", help="hash-index: only objects modified at or after"
     )
     demo.add_argument(
-        "--limit-objects", type=int, metavar="N", help="hash-index: objects of this run"
+        "--limit-objects",
+        type=int,
+        metavar="N",
+        help="hash-index: objects of this run (default: all)",
     )
     demo.add_argument("--emit-sql", metavar="F", help="hash-index: also write the upserts as SQL")
     demo.add_argument(
-        "--files", type=int, metavar="N", help="publish: photos in the demo's store (default 300)"
+        "--files", type=int, metavar="N", help="publish: photos in the demo's store (default: 300)"
     )
     return parser
 
@@ -524,11 +714,13 @@ async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> 
     service = JobService(resolved)
     server = await ApiServer(service, host=host, port=port, token=token).start()
     job = resolved.settings.job
-    print(
-        f"tui-backfill: serving job {job!r} on {server.url} (OpenAPI at {server.url}/api/openapi.json)",
-        file=sys.stderr,
-        flush=True,
-    )
+    from tui_backfill.core.textfit import pack, terminal_columns
+
+    said = [
+        f"tui-backfill: serving job {job!r} on {server.url}",
+        f"(OpenAPI at {server.url}/api/openapi.json)",
+    ]
+    print("\n".join(pack(said, terminal_columns(), sep=" ")), file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
@@ -610,8 +802,8 @@ async def _cmd_failed(args: argparse.Namespace) -> int:
 
 
 def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
+    from tui_backfill.core.textfit import terminal_columns
     from tui_backfill.frontends.status import failed_items_json
-    from tui_backfill.seams.keys import visible
 
     if as_json:
         print(json.dumps({"job": job, "items": failed_items_json(items)}, indent=2))
@@ -619,10 +811,33 @@ def _print_failed(job: str, items: list[FailedItem], *, as_json: bool) -> None:
     if not items:
         print(f"job {job!r} has no failed items")
         return
-    print("key\tcode\tattempts\trun\tmessage")
+    print(failed_text(items, terminal_columns()))
+
+
+def failed_text(items: list[FailedItem], width: int) -> str:
+    """A table within `width`: key, code, attempts, run; each message below its item,
+    indented and wrapped (a key too long for its column gets a line of its own)."""
+    from tui_backfill.core.textfit import pack
+    from tui_backfill.seams.keys import visible
+
+    code = max(len("code"), *(len(item.code) for item in items))
+    run = max(len("run"), *(len(str(item.run_id)) for item in items))
+    rest = 2 + code + 2 + len("attempts") + 2 + run
+    key = max(len("key"), min(max(len(visible(item.key)) for item in items), width - rest))
+
+    def row(first: str, *others: object) -> str:
+        return f"{first:<{key}}  {others[0]!s:<{code}}  {others[1]!s:>8}  {others[2]!s:>{run}}"
+
+    lines = [row("key", "code", "attempts", "run").rstrip()]
     for item in items:
-        fields = (visible(item.key), item.code, item.attempts, item.run_id, visible(item.message))
-        print("\t".join(str(field) for field in fields))
+        shown = visible(item.key)
+        if len(shown) > key:
+            lines += pack([shown], width)
+            shown = ""
+        lines.append(row(shown, item.code, item.attempts, item.run_id))
+        words = visible(item.message).split(" ")
+        lines += ["    " + line for line in pack(words, width - 4, sep=" ", indent="")]
+    return "\n".join(lines)
 
 
 async def _forget_failed(store: JobStore, state: str, job: str, args: argparse.Namespace) -> int:
@@ -696,6 +911,7 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
 
 
 async def _cmd_coverage(args: argparse.Namespace) -> int:
+    from tui_backfill.core.textfit import terminal_columns
     from tui_backfill.pipelines.mirror.coverage import coverage_report, coverage_text
 
     resolved = _resolve(args)
@@ -708,12 +924,13 @@ async def _cmd_coverage(args: argparse.Namespace) -> int:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(flag, "only for an image job; a hash-index job has none")
         report = await hash_coverage(run)
-        print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report))
+        width = terminal_columns()
+        print(json.dumps(report, indent=2) if args.json else hash_coverage_text(report, width))
         return EXIT_OK
     report = await coverage_report(
         resolved, gap_file=args.gap_file, fillable_file=args.fillable_file
     )
-    print(json.dumps(report, indent=2) if args.json else coverage_text(report))
+    print(json.dumps(report, indent=2) if args.json else coverage_text(report, terminal_columns()))
     return EXIT_OK
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from tui_backfill.core.records import RunRecord
 from tui_backfill.core.store import JobStore
+from tui_backfill.core.textfit import pack, terminal_columns
 from tui_backfill.frontends.status import JobStatus
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.hash_index.snapshot import HashCounters
@@ -218,8 +219,16 @@ def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}%"
 
 
-def history_text(entries: list[dict[str, Any]]) -> str:
-    """A compact table: a header, then one line per run."""
+def history_text(entries: list[dict[str, Any]], width: int | None = None) -> str:
+    """A compact table: a header, then one line per run; where that is wider than `width`
+    (the terminal's; 80 without one), two lines per run, the counters on the second."""
+    wide = _history_wide(entries)
+    if max(len(line) for line in wide) <= (width or terminal_columns()):
+        return "\n".join(wide)
+    return "\n".join(_history_narrow(entries, width or terminal_columns()))
+
+
+def _history_wide(entries: list[dict[str, Any]]) -> list[str]:
     hash_index = bool(entries) and entries[0]["coverage"] is None
     figures = "counters" if hash_index else "uploaded/skipped/noRemote/failed"
     tail = "orphans, verify" if hash_index else "coverage before→after"
@@ -241,4 +250,36 @@ def history_text(entries: list[dict[str, Any]]) -> str:
             f"{e['runId']:>5}  {e['outcome']:<23}  {e['startedAt']:<24}  "
             f"{_seconds(e['durationSeconds']):>8}  {counts:<32}  {tail}"
         )
-    return "\n".join(lines)
+    return lines
+
+
+def _history_narrow(entries: list[dict[str, Any]], width: int) -> list[str]:
+    """Run, outcome, start and duration on a line; its counters, named, on the next."""
+    outcome = max([len("outcome"), *(len(e["outcome"]) for e in entries)])
+    lines = [f"{'run':>5}  {'outcome':<{outcome}}  {'started':<24}  {'duration':>8}"]
+    for e in entries:
+        c = e["counters"]
+        cov = e["coverage"]
+        if cov is None:  # a hash-index run
+            fields = [
+                f"updated {c['updated']}",
+                f"skipped {c['skipped']}",
+                f"failed {c['failedItems']}",
+                f"orphans {c['orphans']}",
+            ]
+            if c["verified"] or c["mismatched"]:
+                fields += [f"verified {c['verified']}", f"mismatched {c['mismatched']}"]
+        else:
+            fields = [
+                f"uploaded {c['uploaded']}",
+                f"skipped {c['skippedExists']}",
+                f"noRemote {c['noRemote']}",
+                f"failed {c['failedItems']}",
+                f"coverage {_pct(cov['before'])} → {_pct(cov['after'])}",
+            ]
+        lines.append(
+            f"{e['runId']:>5}  {e['outcome']:<{outcome}}  {e['startedAt']:<24}  "
+            f"{_seconds(e['durationSeconds']):>8}"
+        )
+        lines += [" " * 7 + line for line in pack(fields, width - 7)]
+    return lines

@@ -1,5 +1,6 @@
 """Where the engine's log goes: stderr when headless (journald keeps it), a file beside the
-state under the console (the screen is the console's). One line per record, prefixed like every
+state under the console (the screen is the console's). One line per record (continued on indented
+lines past the terminal's width on stderr), prefixed like every
 other line the tool prints; tracebacks (an internal error) follow their line."""
 
 from __future__ import annotations
@@ -8,12 +9,27 @@ import logging
 import sys
 from pathlib import Path
 
+from tui_backfill.core.textfit import pack, terminal_columns
+
 PREFIX = "tui-backfill: "
 LOGGER = "tui_backfill"
 
 
-def _attach(handler: logging.Handler, layout: str) -> None:
-    handler.setFormatter(logging.Formatter(layout))
+class _Fitted(logging.Formatter):
+    """A record's line within the terminal's width (80 without one), continued on indented
+    lines; a traceback after it as it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        line, newline, rest = text.partition("\n")
+        width = terminal_columns()
+        if len(line) > width:
+            line = "\n".join(pack(line.split(" "), width, sep=" "))
+        return line + newline + rest
+
+
+def _attach(handler: logging.Handler, layout: str, fitted: bool = False) -> None:
+    handler.setFormatter(_Fitted(layout) if fitted else logging.Formatter(layout))
     log = logging.getLogger(LOGGER)
     for old in list(log.handlers):  # one destination at a time (tests run several front ends)
         log.removeHandler(old)
@@ -36,7 +52,7 @@ class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
 
 def log_to_stderr() -> None:
     """Headless runs and `serve`: warnings and errors on stderr beside the progress lines."""
-    _attach(_Stderr(), PREFIX + "%(message)s")
+    _attach(_Stderr(), PREFIX + "%(message)s", fitted=True)
 
 
 def log_to_file(state_path: str) -> Path:

@@ -17,6 +17,7 @@ import signal
 import sys
 from typing import Any
 
+from tui_backfill.frontends.helptext import aside, example, with_default
 from tui_backfill.frontends.running import EXIT_OK, has_terminal, port_number
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.publish.settings import OPTS, PublishSettings, resolve_publish
@@ -33,65 +34,132 @@ def add_publish_parser(commands: Any, parser_class: type[argparse.ArgumentParser
         "downloads the source from the private store, makes the thumb and display WebP variants, "
         "uploads them and records the CDN URLs. Settings: flags, environment (the seed's names "
         "or TUI_BACKFILL_*), .env, TOML.",
+        epilog=example("tui-backfill publish worker --env-file .env"),
     )
     verbs = publish.add_subparsers(dest="verb", required=True, parser_class=parser_class)
-    worker = verbs.add_parser("worker", help="claim and process jobs until stopped")
+    worker = _verb(
+        verbs,
+        "worker",
+        "claim and process jobs until stopped",
+        "tui-backfill publish worker --env-file .env --no-ui",
+        description="Claim jobs from the queue and publish their files until stopped (SIGTERM: "
+        "in-flight jobs finish, unstarted claims go back). Secrets (RAID_PUBLISHER_SECRET, "
+        "B2_APP_KEY, the database password) come from the environment or the .env file only.",
+    )
     _common(worker)
     for opt in OPTS:
         if opt.secret:
             continue
+        text = with_default(
+            aside(opt.help, f"env {opt.seed}") if opt.seed else opt.help, opt.default
+        )
         if opt.kind is bool:
             worker.add_argument(
-                opt.flag, action=argparse.BooleanOptionalAction, default=None, help=opt.help
+                opt.flag, action=argparse.BooleanOptionalAction, default=None, help=text
             )
         else:
-            worker.add_argument(opt.flag, default=None, metavar=opt.name.upper(), help=opt.help)
+            worker.add_argument(opt.flag, default=None, metavar=_metavar(opt), help=text)
     worker.add_argument(
         "--burst", action="store_true", help="exit when nothing is claimable now and none in flight"
     )
     worker.add_argument(
         "--no-ui", action="store_true", help="headless: progress on stderr, final JSON on stdout"
     )
-    worker.add_argument("--worker-id", help="this instance's id (default host:pid)")
+    worker.add_argument("--worker-id", metavar="ID", help="this instance's id (default: host:pid)")
     worker.add_argument(
         "--serve",
         metavar="PORT",
         help="serve /metrics and /api/publish/{status,pause,resume} on 127.0.0.1:PORT (0: free)",
     )
 
-    enqueue = verbs.add_parser(
-        "enqueue", help="a job for every unpublished file without one (idempotent)"
+    enqueue = _verb(
+        verbs,
+        "enqueue",
+        "a job for every unpublished file without one (idempotent)",
+        "tui-backfill publish enqueue --env-file .env",
     )
     _common(enqueue)
-    enqueue.add_argument("--file-id", type=int, help="only this auction_files id")
-    enqueue.add_argument("--database-url", help="the queue (else DATABASE_URL)")
-    enqueue.add_argument("--max-retries", help="max_retries of the new jobs (else MAX_RETRIES, 5)")
+    enqueue.add_argument("--file-id", type=int, metavar="N", help="only this auction_files id")
+    _database_url(enqueue)
+    enqueue.add_argument(
+        "--max-retries",
+        metavar="N",
+        help=with_default("max_retries of the new jobs (env MAX_RETRIES)", 5),
+    )
 
-    init_db = verbs.add_parser(
-        "init-db", help="create the tables, or add the worker's columns and the NOTIFY trigger"
+    init_db = _verb(
+        verbs,
+        "init-db",
+        "create the tables, or add the worker's columns and the NOTIFY trigger",
+        "tui-backfill publish init-db --database-url postgresql://publisher@db/media",
     )
     _common(init_db)
-    init_db.add_argument("--database-url", help="the queue (else DATABASE_URL)")
+    _database_url(init_db)
 
-    for verb, text in (
-        ("status", "queue figures and live instances, read from the database"),
-        ("pause", "every instance (or --worker) stops claiming; in-flight jobs finish"),
-        ("resume", "instances claim again"),
-        ("runs", "instance sessions of the job"),
+    for verb, text, command in (
+        (
+            "status",
+            "queue figures and live instances, read from the database",
+            "tui-backfill publish status --json",
+        ),
+        (
+            "pause",
+            "every instance (or --worker) stops claiming; in-flight jobs finish",
+            "tui-backfill publish pause --worker host1:4242",
+        ),
+        ("resume", "instances claim again", "tui-backfill publish resume"),
+        ("runs", "instance sessions of the job", "tui-backfill publish runs --json"),
     ):
-        sub = verbs.add_parser(verb, help=text)
+        sub = _verb(verbs, verb, text, command)
         _common(sub)
-        sub.add_argument("--database-url", help="the queue (else DATABASE_URL)")
-        if verb in ("status", "runs"):
-            sub.add_argument("--json", action="store_true")
+        _database_url(sub)
+        if verb == "status":
+            sub.add_argument("--json", action="store_true", help="the status as JSON")
+        if verb == "runs":
+            sub.add_argument("--json", action="store_true", help="the sessions as JSON")
         if verb in ("pause", "resume"):
-            sub.add_argument("--worker", help="one instance's id (default: all of the job)")
+            sub.add_argument(
+                "--worker", metavar="ID", help="one instance's id (default: all of the job)"
+            )
+
+
+def _verb(
+    verbs: Any, name: str, text: str, command: str, description: str = ""
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = verbs.add_parser(
+        name,
+        help=text,
+        description=description or text[:1].upper() + text[1:] + ".",
+        epilog=example(command),
+    )
+    return parser
+
+
+METAVARS = {
+    "database_url": "URL", "raid_endpoint": "URL", "bucket": "NAME", "endpoint_url": "URL",
+    "region": "NAME", "key_id": "ID", "cdn_base_url": "URL", "log_level": "LEVEL",
+    "thumb_size": "WxH", "display_size": "WxH", "variant_key_template": "TEMPLATE",
+}  # fmt: skip
+
+
+def _metavar(opt: Any) -> str:
+    return {int: "N", float: "SECONDS"}.get(opt.kind) or METAVARS.get(opt.name, opt.name.upper())
+
+
+def _database_url(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help=with_default("the queue (env DATABASE_URL)", OPTS[0].default),
+    )
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--job", help=f"job name (default: {PUBLISH_JOB})")
-    parser.add_argument("--config", help="TOML configuration file")
-    parser.add_argument("--env-file", help="a .env file (default: ./.env when present)")
+    parser.add_argument("--job", metavar="NAME", help=with_default("job name", PUBLISH_JOB))
+    parser.add_argument("--config", metavar="FILE", help="TOML configuration file")
+    parser.add_argument(
+        "--env-file", metavar="FILE", help=with_default("a .env file", "./.env when present")
+    )
 
 
 def _settings(args: argparse.Namespace) -> PublishSettings:
@@ -180,18 +248,20 @@ def _where(settings: PublishSettings) -> str:
 
 
 async def _progress(worker: Any) -> None:
+    from tui_backfill.core.textfit import pack, terminal_columns
+
     while True:
         await asyncio.sleep(PROGRESS_EVERY)
         snap = worker.snapshot()
         c, q = snap.counters, snap.queue
-        print(
+        fields = [
             f"tui-backfill: {snap.state}: {c.published:,} published, {c.skipped:,} skipped, "
-            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed; downloads "
-            f"{snap.downloading}/{snap.concurrency}, {snap.in_flight} in flight; queue {q.pending:,} pending, "
-            f"{q.needing_attention:,} need attention; {snap.per_second * 60:,.1f} jobs/min",
-            file=sys.stderr,
-            flush=True,
-        )
+            f"{c.failed_attempts:,} retrying, {c.failed_permanent:,} failed",
+            f"downloads {snap.downloading}/{snap.concurrency}, {snap.in_flight} in flight",
+            f"queue {q.pending:,} pending, {q.needing_attention:,} need attention",
+            f"{snap.per_second * 60:,.1f} jobs/min",
+        ]
+        print("\n".join(pack(fields, terminal_columns(), sep="; ")), file=sys.stderr, flush=True)
 
 
 async def run_worker_console(
@@ -301,7 +371,11 @@ def _stats_of(row: Any) -> dict[str, Any]:
 
 async def _cmd_status(args: argparse.Namespace) -> int:
     snap = await job_snapshot(_settings(args))
-    print(json.dumps(snap.to_json(), indent=2) if args.json else snap.status_text())
+    from tui_backfill.core.textfit import terminal_columns
+
+    print(
+        json.dumps(snap.to_json(), indent=2) if args.json else snap.status_text(terminal_columns())
+    )
     return EXIT_OK
 
 
@@ -320,13 +394,21 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
 
         print(json.dumps({"job": settings.job, "runs": [_worker_json(r) for r in rows]}, indent=2))
         return EXIT_OK
-    print("worker\tstate\tstarted\tstopped\tpublished\tfailed")
-    for row in rows:
-        stats = _stats_of(row)
-        print(
-            f"{row.id}\t{row.state}\t{row.started_at}\t{row.stopped_at or '-'}\t"
-            f"{stats.get('published', 0)}\t{stats.get('failedPermanent', 0)}"
+    from tui_backfill.core.textfit import table, terminal_columns
+
+    header = ("worker", "state", "started", "stopped", "published", "failed")
+    cells = [
+        (
+            row.id,
+            row.state,
+            row.started_at,
+            row.stopped_at or "-",
+            _stats_of(row).get("published", 0),
+            _stats_of(row).get("failedPermanent", 0),
         )
+        for row in rows
+    ]
+    print("\n".join(table(header, cells, terminal_columns())))
     return EXIT_OK
 
 

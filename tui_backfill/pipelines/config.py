@@ -460,9 +460,11 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
     check_notify_url(settings.notify_url, field("notify_url"))
 
 
-def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = None) -> None:
+def validate_for_run(
+    settings: Settings, explicit: Mapping[str, str] | None = None, *, origin: bool = True
+) -> None:
     """What a run needs beyond `validate`: a source, an origin and a bucket (for the hash
-    index: a bucket and an index)."""
+    index: a bucket and an index). `origin=False`: no origin (coverage lists the bucket)."""
     where = dict(explicit or {})
     if settings.pipeline == "hash-index":
         from tui_backfill.pipelines.hash_index.settings import validate_hash_run
@@ -493,6 +495,9 @@ def validate_for_run(settings: Settings, explicit: Mapping[str, str] | None = No
         raise ConfigError(
             "--skus-db", "postgresql:// catalogs are not supported yet; give a SQLite file"
         )
+    if not origin:
+        check_bucket(settings, where)
+        return
     if not settings.origin:
         raise ConfigError(
             "--origin",

@@ -126,20 +126,22 @@ def _classify_client_error(exc: botocore.exceptions.ClientError) -> BackfillErro
     bucket fatal, other 4xx permanent."""
     code, status, message = error_parts(exc)
     if code in _THROTTLE_CODES or status == 503:
-        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
     if status >= 500:
-        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
     if code in _CREDENTIAL_CODES or status in (401, 403):
-        return FatalError(f"S3 rejected the credentials ({status} {code})", code=f"s3_{code}")
+        return FatalError(
+            f"S3 rejected the credentials ({answer(status, code)})", code=f"s3_{code}"
+        )
     if code in ("NoSuchBucket",):
         return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
     if code in ("RequestTimeout", "RequestTimeTooSkewed"):
-        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
     if code == "ConditionalRequestConflict":
         # 409: another conditional write of the same key was under way (two workers on one
         # bucket). S3 asks for a retry, which then gets 412 if the other one won.
-        return RetryableError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
-    return PermanentError(f"S3 {status} {code}: {message}", code=f"s3_{code}")
+        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
+    return PermanentError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
 
 
 def classify(exc: BaseException) -> BackfillError:
@@ -231,9 +233,11 @@ def client_config(
     )
 
 
-def _answer(status: int, code: str) -> str:
-    """`403 AccessDenied`, or `403` alone when a HEAD's answer had no body to name a code."""
-    return str(status) if code == str(status) else f"{status} {code}"
+def answer(status: int, code: str, message: str = "") -> str:
+    """`403 AccessDenied`, or `403` alone when a HEAD's answer had no body to name a code;
+    `: message` after it when the answer said more than its code."""
+    said = str(status) if code == str(status) else f"{status} {code}"
+    return said if message in ("", code, str(status)) else f"{said}: {message}"
 
 
 def unquote_etag(etag: str) -> str:
@@ -357,12 +361,12 @@ class Bucket:
             if refusal is Refusal.CREDENTIALS:
                 raise ConfigError(
                     "AWS_ACCESS_KEY_ID",
-                    f"credentials rejected by {where} ({_answer(status, code)}); check the key pair",
+                    f"credentials rejected by {where} ({answer(status, code)}); check the key pair",
                 ) from None
             if refusal is Refusal.BUSY:
-                raise RetryableError(f"{status} {code}", code="--bucket") from None
+                raise RetryableError(answer(status, code), code="--bucket") from None
             raise ConfigError(
-                "--bucket", f"HeadBucket on {where} failed: {_answer(status, code)}"
+                "--bucket", f"HeadBucket on {where} failed: {answer(status, code)}"
             ) from None
         except (
             botocore.exceptions.EndpointConnectionError,

@@ -31,6 +31,7 @@ import botocore.response
 
 from tui_backfill.outcomes import NotFoundError, RetryableError
 from tui_backfill.seams.bucket import CLASSIFIED, classify, error_parts
+from tui_backfill.seams.bucket import answer as said_by
 
 CHUNK = 256 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -133,7 +134,7 @@ class S3Objects:
         except botocore.exceptions.ClientError as exc:
             code, status, _ = error_parts(exc)
             if code in _NOT_FOUND or (status == 404 and code != "NoSuchBucket"):
-                raise NotFoundError(f"S3 {status} {code}: {key}", code="noRemote") from None
+                raise NotFoundError(f"S3 {said_by(status, code)}: {key}", code="noRemote") from None
             raise classify(exc) from None
         except _TRUNCATED:  # an answer read whole by botocore (an error's XML) cut short
             raise RetryableError(

@@ -32,9 +32,9 @@ def notable_events(previous: AnySnapshot | None, current: AnySnapshot) -> list[s
     if failed > 0:
         events.append(f"{failed} item(s) failed after all attempts (f lists them)")
     if current.checkpoint_saved_at and current.checkpoint_saved_at != previous.checkpoint_saved_at:
-        # named by the checkpoint's own key: a SKU may itself read `SKU11262`
-        name = "lastKey" if isinstance(current, HashSnapshot) else "lastSku"
-        events.append(f"checkpoint saved: {name} {current.checkpoint_saved_sku}")
+        # named as `status` names it: a SKU may itself read `SKU11262`
+        position = "lastKey" if isinstance(current, HashSnapshot) else "lastSku"
+        events.append(f"checkpoint saved: {position} {current.checkpoint_saved_sku}")
     if current.message and current.message != previous.message:
         events.append(f"error: {current.message}")
     return events

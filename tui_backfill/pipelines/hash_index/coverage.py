@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tui_backfill.core.records import RunRecord
+from tui_backfill.core.textfit import pack
 from tui_backfill.seams.index_table import IndexTable
 
 
@@ -37,17 +38,28 @@ async def hash_coverage(run: RunRecord) -> dict[str, Any]:
     return report
 
 
-def hash_coverage_text(report: dict[str, Any]) -> str:
+def hash_coverage_text(report: dict[str, Any], width: int = 80) -> str:
+    """The report in words, on lines of at most `width`."""
     lines = [
-        f"index {report['index']} (job {report['job']})",
-        f"total {report['total']:,}  with_hash {report['with_hash']:,}"
-        f"  coverage_percent {report['coverage_percent']:.2f}",
-        f"orphans {report['orphans']:,} (rows with no object, as run {report['orphansFromRun']} found)",
+        [f"index {report['index']}", f"(job {report['job']})"],
+        [
+            f"total {report['total']:,}",
+            f"with_hash {report['with_hash']:,}",
+            f"coverage_percent {report['coverage_percent']:.2f}",
+        ],
+        [
+            f"orphans {report['orphans']:,}",
+            f"(rows with no object, as run {report['orphansFromRun']} found)",
+        ],
     ]
     under = report.get("prefix")
     if under:
         lines.append(
-            f"under {under['prefix']!r}: total {under['total']:,}  with_hash {under['with_hash']:,}"
-            f"  coverage_percent {under['coverage_percent']:.2f}"
+            [
+                f"under {under['prefix']!r}:",
+                f"total {under['total']:,}",
+                f"with_hash {under['with_hash']:,}",
+                f"coverage_percent {under['coverage_percent']:.2f}",
+            ]
         )
-    return "\n".join(lines)
+    return "\n".join(out for fields in lines for out in pack(fields, width))

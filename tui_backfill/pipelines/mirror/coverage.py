@@ -14,6 +14,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, TextIO
 
+from tui_backfill.core.textfit import pack
 from tui_backfill.pipelines.config import Resolved, Settings, validate_for_run
 from tui_backfill.seams.keys import sku_problem
 from tui_backfill.seams.keysets import ScratchKeys
@@ -36,7 +37,7 @@ async def _settings_for(resolved: Resolved) -> Settings:
             stored = {k: v for k, v in run.settings.items() if k not in resolved.explicit}
             merged = {**settings.stored(), **stored}
             settings = settings_from_stored(merged, settings, resolved.explicit)
-    validate_for_run(settings, resolved.explicit)
+    validate_for_run(settings, resolved.explicit, origin=False)  # nothing is fetched
     return settings
 
 
@@ -130,19 +131,19 @@ async def coverage_report(
     }
 
 
-def coverage_text(report: dict[str, Any]) -> str:
-    return (
+def coverage_text(report: dict[str, Any], width: int = 80) -> str:
+    """The report in words, its clauses on lines of at most `width`."""
+    clauses = [
         f"{report['present']:,} of {report['expected']:,} expected objects present "
-        f"({report['coveragePercent']}%), {report['missing']:,} missing "
-        f"({report['fillable']:,} fillable, {report['missing'] - report['fillable']:,} "
-        "absent at the origin); "
-        f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}; "
-        f"{report['listRequests']} listing requests"
-        + (
-            f"; {report['unusable']:,} items of unusable SKUs or keys not counted"
-            if report.get("unusable")
-            else ""
-        )
-        + (f"; gap written to {report['gapFile']}" if report.get("gapFile") else "")
-        + (f"; fillable keys to {report['fillableFile']}" if report.get("fillableFile") else "")
-    )
+        f"({report['coveragePercent']}%)",
+        f"{report['missing']:,} missing ({report['fillable']:,} fillable, "
+        f"{report['missing'] - report['fillable']:,} absent at the origin)",
+        f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}",
+        f"{report['listRequests']} listing requests",
+        f"{report['unusable']:,} items of unusable SKUs or keys not counted"
+        if report.get("unusable")
+        else "",
+        f"gap written to {report['gapFile']}" if report.get("gapFile") else "",
+        f"fillable keys to {report['fillableFile']}" if report.get("fillableFile") else "",
+    ]
+    return "\n".join(pack(clauses, width, sep="; "))

@@ -11,6 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tui_backfill.core.textfit import pack
 from tui_backfill.seams.queue.base import AttentionJob, QueueFigures, WorkerRow
 
 
@@ -186,29 +187,42 @@ class PublishSnapshot:
             f"{c.failed_attempts:,} to retry, {c.failed_permanent:,} failed for good"
         )
 
-    def status_text(self) -> str:
-        """`status` for a publish job: the queue, then the instances, then what needs a person."""
+    def status_text(self, width: int = 80) -> str:
+        """`status` for a publish job: the queue, then the instances, then what needs a person;
+        lines of at most `width`, a longer one continued on indented lines."""
         q = self.queue
         lines = [
-            f"job {self.job} (publish): {self.state}, {len(self.live_workers)} live worker(s), "
-            f"{self.per_second * 60:,.1f} jobs/min, error rate {self.error_rate:.1%}",
-            f"queue: {q.pending:,} pending ({q.waiting_backoff:,} waiting for backoff), "
-            f"{q.processing:,} processing, {q.completed:,} completed, {q.failed:,} failed "
-            f"({q.needing_attention:,} need attention)",
+            [
+                f"job {self.job} (publish): {self.state},",
+                f"{len(self.live_workers)} live worker(s),",
+                f"{self.per_second * 60:,.1f} jobs/min,",
+                f"error rate {self.error_rate:.1%}",
+            ],
+            [
+                f"queue: {q.pending:,} pending ({q.waiting_backoff:,} waiting for backoff),",
+                f"{q.processing:,} processing,",
+                f"{q.completed:,} completed,",
+                f"{q.failed:,} failed ({q.needing_attention:,} need attention)",
+            ],
         ]
         if q.avg_processing_seconds is not None:
-            lines.append(f"average processing time: {q.avg_processing_seconds:.2f} s")
+            lines.append([f"average processing time: {q.avg_processing_seconds:.2f} s"])
         if q.publish_status:
             summary = ", ".join(f"{k} {v:,}" for k, v in sorted(q.publish_status.items()))
-            lines.append(f"files: {summary}")
+            lines.append([f"files: {summary}"])
+        out = [line for fields in lines for line in pack(fields, width, sep=" ")]
         for row in self.workers[:10]:
             stats = _worker_json(row)["stats"]
-            lines.append(
-                f"  worker {row.id}: {row.state}, heartbeat {row.heartbeat_at}, "
-                f"{stats.get('inFlight', 0)} in flight, {stats.get('published', 0):,} published, "
-                f"{stats.get('failedPermanent', 0):,} failed"
-            )
+            fields = [
+                f"worker {row.id}: {row.state},",
+                f"heartbeat {row.heartbeat_at},",
+                f"{stats.get('inFlight', 0)} in flight,",
+                f"{stats.get('published', 0):,} published,",
+                f"{stats.get('failedPermanent', 0):,} failed",
+            ]
+            out += ["  " + line for line in pack(fields, width - 2, sep=" ")]
         for job in self.attention[:10]:
             error = job.last_error.splitlines()[0][:60] if job.last_error else ""
-            lines.append(f"  needs attention: job {job.id} file {job.file_id}: {error}")
-        return "\n".join(lines)
+            fields = [f"needs attention: job {job.id} file {job.file_id}:", *error.split(" ")]
+            out += ["  " + line for line in pack(fields, width - 2, sep=" ")]
+        return "\n".join(out)

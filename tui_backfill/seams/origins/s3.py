@@ -29,7 +29,13 @@ import botocore
 import botocore.exceptions
 
 from tui_backfill.outcomes import BackfillError, ConfigError, FatalError, RetryableError
-from tui_backfill.seams.bucket import Refusal, client_config, head_bucket_refusal, s3_session
+from tui_backfill.seams.bucket import (
+    Refusal,
+    answer,
+    client_config,
+    head_bucket_refusal,
+    s3_session,
+)
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
@@ -210,7 +216,7 @@ class S3Origin:
             if refusal is Refusal.BUSY:
                 return
             raise ConfigError(
-                "--origin", f"HeadBucket {self.bucket!r} at {self._where}: {status} {code}"
+                "--origin", f"HeadBucket {self.bucket!r} at {self._where}: {answer(status, code)}"
             ) from None
         except (botocore.exceptions.BotoCoreError, aiohttp.ClientError, OSError) as exc:
             cause = _cause(exc)
@@ -224,13 +230,13 @@ class S3Origin:
 
     def _rejected(self, status: int, code: str) -> str:
         if self._access.profile:
-            return f"{self._where} rejected the credentials of profile {self._access.profile!r} ({status} {code})"
+            return f"{self._where} rejected the credentials of profile {self._access.profile!r} ({answer(status, code)})"
         if self._keys is None:
             return (
-                f"{self._where} refused an anonymous request ({status} {code}); set {KEY_ID} "
+                f"{self._where} refused an anonymous request ({answer(status, code)}); set {KEY_ID} "
                 f"and {SECRET}, or --origin-profile"
             )
-        return f"{self._where} rejected the origin's key pair ({status} {code}); check {KEY_ID} and {SECRET}"
+        return f"{self._where} rejected the origin's key pair ({answer(status, code)}); check {KEY_ID} and {SECRET}"
 
     async def close(self) -> None:
         await self._stack.aclose()
