@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
 import aiohttp
+import botocore.credentials
 import botocore.exceptions
 import botocore.parsers
 import botocore.utils
@@ -121,10 +122,10 @@ _S3_ERRORS = (
 CLASSIFIED = (BackfillError, *_S3_ERRORS, *_TRANSPORT_ERRORS)
 
 
-def _classify_client_error(exc: botocore.exceptions.ClientError) -> BackfillError:
-    """An answer from the S3 server: 5xx and throttling retryable, credentials and a missing
-    bucket fatal, other 4xx permanent."""
-    code, status, message = error_parts(exc)
+def classify_answer(code: str, status: int, message: str) -> BackfillError:
+    """An S3 error answer (its code, HTTP status and message, as `error_parts` reads them from
+    aiobotocore or s3_lean from the answer itself): 5xx and throttling retryable, credentials
+    and a missing bucket fatal, other 4xx permanent."""
     if code in _THROTTLE_CODES or status == 503:
         return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
     if status >= 500:
@@ -144,6 +145,28 @@ def _classify_client_error(exc: botocore.exceptions.ClientError) -> BackfillErro
     return PermanentError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
 
 
+def already_there(code: str, status: int) -> bool:
+    """A conditional PUT's answer: the object exists (412)."""
+    return status == 412 or code == "PreconditionFailed"
+
+
+def rejects_conditional(code: str, status: int) -> bool:
+    """A conditional PUT's answer: the server does not do If-None-Match (501)."""
+    return code in _REJECTS_CONDITIONAL or status == 501
+
+
+def not_found(code: str, status: int) -> bool:
+    """A HeadObject's answer: no such object."""
+    return status == 404 or code in ("404", "NoSuchKey", "NotFound")
+
+
+def call_timed_out(operation: str, timeout: float) -> RetryableError:
+    """An S3 call with no complete answer within the bucket's timeout."""
+    return RetryableError(
+        f"S3 {operation}: no complete answer within {timeout:g} s", code="timeout"
+    )
+
+
 def classify(exc: BaseException) -> BackfillError:
     """Map a transport or S3 failure (see CLASSIFIED) to a classified error.
 
@@ -154,7 +177,7 @@ def classify(exc: BaseException) -> BackfillError:
     if isinstance(exc, BackfillError):
         return exc
     if isinstance(exc, botocore.exceptions.ClientError):
-        return _classify_client_error(exc)
+        return classify_answer(*error_parts(exc))
     if isinstance(exc, botocore.parsers.ResponseParserError):
         return RetryableError(f"S3 answer unreadable: {exc}", code="s3_error")
     if isinstance(exc, _TIMEOUT_ERRORS):
@@ -245,6 +268,19 @@ def unquote_etag(etag: str) -> str:
     return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
 
 
+class _Probed(Exception):
+    """Stops a request that object_target only builds."""
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectTarget:
+    """Where a bucket's objects are and how requests to them are signed."""
+
+    bucket_url: str  # an object's URL is this, "/", the key percent-encoded (not "/" or "~")
+    signing_name: str  # "s3"
+    region: str  # the signing region
+
+
 @dataclass(frozen=True, slots=True)
 class Listed:
     """One object of a listing: what the hash index's skip rule compares."""
@@ -279,11 +315,13 @@ class Bucket:
         self._credentials = credentials  # (key id, secret) ahead of the AWS chain
         self.endpoint_url = endpoint_url
         self.timeout = timeout
+        self.pool_size = pool_size
         self._config = client_config(
             region=region, path_style=path_style, timeout=timeout, pool_size=pool_size
         )
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
+        self._credential_source: Any = None  # the client's: refreshable ones refresh there
         self.conditional_writes = True  # until the server rejects If-None-Match
 
     async def __aenter__(self) -> Bucket:
@@ -293,7 +331,52 @@ class Bucket:
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
         )
+        # The object the client signs with (the session resolved it once for the client)
+        self._credential_source = await session.get_credentials()
         return self
+
+    async def frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
+        """The client's credentials as they are now (refreshed ones included), for signing a
+        request that does not go through the client (s3_lean)."""
+        if self._credential_source is None:
+            raise botocore.exceptions.NoCredentialsError()
+        frozen: botocore.credentials.ReadOnlyCredentials = (
+            await self._credential_source.get_frozen_credentials()
+        )
+        return frozen
+
+    async def object_target(self) -> ObjectTarget:
+        """Where the client sends an object's requests and how it signs them: the URL of the
+        bucket (path-style or virtual-hosted, as the client's endpoint rules resolve it) and
+        the signing name and region. Read from a PutObject the client builds but never sends.
+        """
+        probe_key = "tui-backfill-probe"
+        seen: dict[str, Any] = {}
+
+        def capture(params: dict[str, Any], context: dict[str, Any], **_: Any) -> None:
+            seen["url"] = params["url"]
+            seen["signing"] = dict(context.get("signing") or {})
+            raise _Probed
+
+        events = self._client.meta.events
+        hook = "before-call.s3.PutObject"
+        events.register_first(hook, capture, unique_id="tui-backfill-object-target")
+        try:
+            await self._client.put_object(Bucket=self.name, Key=probe_key, Body=b"")
+        except _Probed:
+            pass
+        finally:
+            events.unregister(hook, unique_id="tui-backfill-object-target")
+        url = str(seen["url"]).split("?", 1)[0]
+        base = url.removesuffix(f"/{probe_key}")
+        if base == url:  # not a URL this code understands: never guess
+            raise RuntimeError(f"unexpected object URL {url!r}")
+        signing = seen["signing"]
+        return ObjectTarget(
+            bucket_url=base,
+            signing_name=str(signing.get("signing_name") or "s3"),
+            region=str(signing.get("region") or self._client.meta.region_name),
+        )
 
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
@@ -317,9 +400,7 @@ class Bucket:
             async with asyncio.timeout(self.timeout):
                 return await getattr(self._client, operation)(**params)
         except TimeoutError:
-            raise RetryableError(
-                f"S3 {operation}: no complete answer within {self.timeout:g} s", code="timeout"
-            ) from None
+            raise call_timed_out(operation, self.timeout) from None
 
     async def preflight(self, *, attempts: int = 3, backoff: float = 0.5) -> None:
         """HeadBucket: endpoint reachable, bucket present, credentials accepted -> else exit 2.
@@ -392,10 +473,10 @@ class Bucket:
         try:
             await self._call("head_object", Bucket=self.name, Key=key)
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = error_parts(exc)
-            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+            code, status, message = error_parts(exc)
+            if not_found(code, status):
                 return False
-            raise classify(exc) from None
+            raise classify_answer(code, status, message) from None
         except CLASSIFIED as exc:
             raise classify(exc) from None
         return True
@@ -423,16 +504,16 @@ class Bucket:
         try:
             await self._call("put_object", **params)
         except botocore.exceptions.ClientError as exc:
-            code, status, _ = error_parts(exc)
-            if status == 412 or code == "PreconditionFailed":
+            code, status, message = error_parts(exc)
+            if already_there(code, status):
                 return False
-            if "IfNoneMatch" in params and (code in _REJECTS_CONDITIONAL or status == 501):
+            if "IfNoneMatch" in params and rejects_conditional(code, status):
                 # The server does not do conditional writes: remember, and write plainly.
                 self.conditional_writes = False
                 return await self.put(
                     key, body, content_type, if_none_match=False, cache_control=cache_control
                 )
-            raise classify(exc) from None
+            raise classify_answer(code, status, message) from None
         except CLASSIFIED as exc:
             raise classify(exc) from None
         return True

@@ -33,6 +33,8 @@ forwarding, and another among those after it (no draw when their rates are all 0
   ``drop_rate`` closes the connection without an answer; ``stall_rate`` holds the request
   ``stall_seconds`` (past the client's timeout) and forwards it only if the client still waits;
   ``fail_first_n_puts`` answers the first N PUTs of each object key with ``SlowDown``;
+  ``reject_conditional`` answers every PUT with ``If-None-Match`` 501 ``NotImplemented`` (a
+  server without conditional writes);
   ``latency`` delays every request;
 - after the upstream answered: ``reset_rate`` drops the connection instead of answering (a PUT
   is written but its answer lost); ``truncate_rate`` announces the full ``Content-Length``,
@@ -129,6 +131,7 @@ class ProxyFaults:
     stall_rate: float = 0.0
     stall_seconds: float = 30.0
     truncate_rate: float = 0.0
+    reject_conditional: bool = False
 
 
 class ReverseProxy:
@@ -306,6 +309,14 @@ class ReverseProxy:
             self._put_attempts[put_path] += 1
             if self._put_attempts[put_path] <= faults.fail_first_n_puts:
                 return self._slowdown(kind, "fail_first_n_puts")
+            if faults.reject_conditional and "If-None-Match" in request.headers:
+                self.injected["reject_conditional"] += 1
+                self.statuses[(kind, 501)] += 1
+                return web.Response(
+                    status=501,
+                    body=_s3_error_xml("NotImplemented", "A header you provided is not supported."),
+                    content_type="application/xml",
+                )
         faulty = kind in faults.kinds
         if faulty:
             before = self._draw(

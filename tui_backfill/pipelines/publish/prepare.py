@@ -56,6 +56,7 @@ async def prepared_worker(
     from tui_backfill.seams.bucket import Bucket
     from tui_backfill.seams.media.source import download_source
     from tui_backfill.seams.media.variants import make_variants
+    from tui_backfill.seams.s3_lean import LeanBucket
 
     validate_worker(settings)
     credentials = (
@@ -75,6 +76,9 @@ async def prepared_worker(
             )
         )
         await _preflight(bucket, settings)
+        # The variants' PUTs and HEADs without aiobotocore's per-call CPU (s3_lean); the
+        # preflight above stays on the Bucket, and so do its error lines.
+        objects = await stack.enter_async_context(LeanBucket(bucket))
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(limit=settings.concurrency * 2 + 2),
@@ -83,7 +87,7 @@ async def prepared_worker(
         )
 
         async def put(key: str, body: bytes) -> None:
-            await bucket.put(
+            await objects.put(
                 key, body, "image/webp", if_none_match=True, cache_control=CACHE_CONTROL
             )
 
@@ -102,7 +106,7 @@ async def prepared_worker(
             quality=settings.webp_quality,
             max_pixels=settings.max_pixels,
         )
-        step = MediaStep(fetch=fetch, variants=variants, exists=bucket.exists, put=put)
+        step = MediaStep(fetch=fetch, variants=variants, exists=objects.exists, put=put)
         yield PublishWorker(settings, queue, step, worker=worker, burst=burst)
 
 

@@ -1,0 +1,353 @@
+"""The lean PUT/HEAD path (tui_backfill.seams.s3_lean) against real S3 servers on loopback.
+
+What it writes is what a GetObject reads (rclone and moto); its requests are the ones the
+Bucket's aiobotocore client would send (URL, signed headers, payload hash, credential scope)
+for path-style and virtual-hosted addressing; its failures are classified as the Bucket's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from tui_backfill.outcomes import FatalError, RetryableError
+from tui_backfill.seams.bucket import Bucket
+from tui_backfill.seams.s3_lean import LeanBucket, read_error
+from tui_backfill.servers.proxy import ProxyFaults
+
+if TYPE_CHECKING:
+    from conftest import S3Target
+
+TIMEOUT = 1.0
+MARGIN = 0.75  # scheduling slack on a shared 2-core machine
+WEBP = "image/webp"
+CACHE = "public, max-age=31536000, immutable"
+
+
+def bucket_for(
+    target: S3Target,
+    *,
+    endpoint_url: str | None = None,
+    secret: str | None = None,
+    name: str | None = None,
+    path_style: bool = True,
+    pool_size: int = 4,
+) -> Bucket:
+    return Bucket(
+        name or target.bucket,
+        endpoint_url=endpoint_url or target.endpoint_url,
+        region=target.region,
+        path_style=path_style,
+        timeout=TIMEOUT,
+        pool_size=pool_size,
+        credentials=(target.access_key, secret or target.secret_key),
+    )
+
+
+async def entered(bucket: Bucket, stack: Any) -> LeanBucket:
+    await stack.enter_async_context(bucket)
+    return await stack.enter_async_context(LeanBucket(bucket))
+
+
+@pytest.fixture
+async def stack() -> AsyncIterator[Any]:
+    import contextlib
+
+    async with contextlib.AsyncExitStack() as stack:
+        yield stack
+
+
+@pytest.mark.parametrize("server", ["rclone_s3", "moto_s3"])
+async def test_what_is_put_is_what_a_get_reads(
+    server: str, request: pytest.FixtureRequest, stack: Any
+) -> None:
+    target: S3Target = request.getfixturevalue(server)
+    lean = await entered(bucket_for(target), stack)
+    key = "rsr/webp/a b+c~é_1.webp"
+    body = bytes(range(256)) * 40
+    assert await lean.put(key, body, WEBP, if_none_match=True, cache_control=CACHE) is True
+    got = target.client().get_object(Bucket=target.bucket, Key=key)
+    assert got["Body"].read() == body
+    assert (got["ContentType"], got["CacheControl"]) == (WEBP, CACHE)
+    assert await lean.exists(key) is True
+    assert await lean.exists("rsr/webp/a b+c~é_2.webp") is False
+
+
+async def test_a_second_conditional_put_finds_the_first(moto_s3: S3Target, stack: Any) -> None:
+    lean = await entered(bucket_for(moto_s3), stack)
+    assert await lean.put("k.webp", b"first", WEBP, if_none_match=True) is True
+    assert await lean.put("k.webp", b"second", WEBP, if_none_match=True) is False
+    got = moto_s3.client().get_object(Bucket=moto_s3.bucket, Key="k.webp")
+    assert got["Body"].read() == b"first"
+    assert await lean.put("k.webp", b"third", WEBP, if_none_match=False) is True
+
+
+async def test_the_aws_chain_signs_when_no_key_pair_is_given(
+    rclone_s3: S3Target, stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in rclone_s3.env().items():
+        monkeypatch.setenv(name, value)
+    bucket = Bucket(
+        rclone_s3.bucket,
+        endpoint_url=rclone_s3.endpoint_url,
+        region=None,
+        path_style=False,
+        timeout=TIMEOUT,
+        pool_size=2,
+    )
+    lean = await entered(bucket, stack)
+    assert await lean.put("chain.webp", b"x", WEBP, if_none_match=True) is True
+    assert await lean.exists("chain.webp") is True
+
+
+# -- the same requests as aiobotocore's -----------------------------------------------------
+
+
+class _Stop(Exception):
+    pass
+
+
+async def aiobotocore_request(bucket: Bucket, operation: str, **params: Any) -> Any:
+    """The signed request the Bucket's client would send (stopped before sending)."""
+    seen: list[Any] = []
+
+    def capture(request: Any, **_: Any) -> None:
+        seen.append(request)
+        raise _Stop
+
+    events = bucket._client.meta.events
+    event = f"before-send.s3.{operation}"
+    events.register_first(event, capture, unique_id="test-capture")
+    try:
+        await getattr(bucket._client, re.sub(r"(?<!^)([A-Z])", r"_\1", operation).lower())(
+            Bucket=bucket.name, **params
+        )
+    except _Stop:
+        pass
+    finally:
+        events.unregister(event, unique_id="test-capture")
+    return seen[0]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def signed_parts(headers: dict[str, Any]) -> tuple[str, str, str]:
+    """(credential scope without the date, signed header names, payload hash)."""
+    auth = _text(headers["Authorization"])
+    scope = re.search(r"Credential=[^/]+/\d{8}/([^,]+)", auth)
+    names = re.search(r"SignedHeaders=([^,]+)", auth)
+    assert scope and names, auth
+    return scope.group(1), names.group(1), _text(headers["X-Amz-Content-SHA256"])
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "name", "region", "path_style", "base"),
+    [
+        ("http://127.0.0.1:9", "test-bucket", None, True, "http://127.0.0.1:9/test-bucket"),
+        ("http://127.0.0.1:9", "test-bucket", None, False, "http://127.0.0.1:9/test-bucket"),
+        (
+            "https://s3.us-west-004.backblazeb2.com",
+            "media",
+            "us-west-004",
+            False,
+            "https://s3.us-west-004.backblazeb2.com/media",
+        ),
+        (None, "media", "eu-west-1", False, "https://media.s3.eu-west-1.amazonaws.com"),
+        (None, "media", "eu-west-1", True, "https://s3.eu-west-1.amazonaws.com/media"),
+        (None, "my.media", "eu-west-1", False, "https://s3.eu-west-1.amazonaws.com/my.media"),
+    ],
+    ids=["path", "auto-custom", "https-custom", "aws-virtual", "aws-path", "aws-dotted"],
+)
+async def test_requests_are_the_ones_aiobotocore_sends(
+    endpoint: str | None,
+    name: str,
+    region: str | None,
+    path_style: bool,
+    base: str,
+    stack: Any,
+) -> None:
+    """Addressing, key encoding, credential scope, signed headers and the payload's hash are
+    aiobotocore's own for the same bucket, endpoint and addressing (nothing is sent)."""
+    bucket = Bucket(
+        name,
+        endpoint_url=endpoint,
+        region=region,
+        path_style=path_style,
+        timeout=TIMEOUT,
+        pool_size=1,
+        credentials=("AKIDEXAMPLE", "not-a-real-secret"),
+    )
+    lean = await entered(bucket, stack)
+    assert lean.bucket_url == base
+    key = "rsr/webp/a b+c~é%2F/x_1.webp"
+    body = b"RIFF....WEBP"
+    theirs = await aiobotocore_request(
+        bucket,
+        "PutObject",
+        Key=key,
+        Body=body,
+        ContentType=WEBP,
+        CacheControl=CACHE,
+        IfNoneMatch="*",
+    )
+    url, ours = await lean.signed(
+        "PUT", key, {"Content-Type": WEBP, "Cache-Control": CACHE, "If-None-Match": "*"}, body
+    )
+    assert url == theirs.url
+    assert signed_parts(ours) == signed_parts(dict(theirs.headers))
+    theirs = await aiobotocore_request(bucket, "HeadObject", Key=key)
+    url, ours = await lean.signed("HEAD", key, {}, b"")
+    assert url == theirs.url
+    assert signed_parts(ours) == signed_parts(dict(theirs.headers))
+
+
+# -- failures, classified as the Bucket's ---------------------------------------------------
+
+
+async def test_a_wrong_secret_is_fatal_and_not_shown(rclone_s3: S3Target, stack: Any) -> None:
+    lean = await entered(bucket_for(rclone_s3, secret="wrong-secret-value"), stack)
+    for call in (
+        lean.put("k.webp", b"x", WEBP, if_none_match=True),
+        lean.exists("k.webp"),
+    ):
+        with pytest.raises(FatalError) as failed:
+            await call
+        assert failed.value.code in ("s3_SignatureDoesNotMatch", "s3_403", "s3_AccessDenied")
+        assert "wrong-secret-value" not in str(failed.value)
+        assert rclone_s3.secret_key not in str(failed.value)
+
+
+async def test_a_missing_bucket_is_fatal(moto_s3: S3Target, stack: Any) -> None:
+    lean = await entered(bucket_for(moto_s3, name="no-such-bucket"), stack)
+    with pytest.raises(FatalError) as failed:
+        await lean.put("k.webp", b"x", WEBP, if_none_match=True)
+    assert failed.value.code == "s3_NoSuchBucket"
+
+
+async def test_a_503_is_retryable(rclone_s3: S3Target, s3_proxy: Any, stack: Any) -> None:
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(fail_first_n_puts=1))
+    lean = await entered(bucket_for(rclone_s3, endpoint_url=proxy.endpoint_url), stack)
+    with pytest.raises(RetryableError) as failed:
+        await lean.put("k.webp", b"x", WEBP, if_none_match=True)
+    assert failed.value.code == "s3_SlowDown"
+    assert str(failed.value.message) == "S3 503 SlowDown: Please reduce your request rate."
+    assert await lean.put("k.webp", b"x", WEBP, if_none_match=True) is True
+
+
+async def test_a_server_without_conditional_writes_is_remembered(
+    rclone_s3: S3Target, s3_proxy: Any, stack: Any
+) -> None:
+    """501 NotImplemented to If-None-Match: the object is written plainly, and from then on
+    neither path sends the header (the flag is the Bucket's)."""
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(reject_conditional=True))
+    bucket = bucket_for(rclone_s3, endpoint_url=proxy.endpoint_url)
+    lean = await entered(bucket, stack)
+    assert await lean.put("a.webp", b"a", WEBP, if_none_match=True) is True
+    assert bucket.conditional_writes is False
+    assert proxy.injected["reject_conditional"] == 1
+    assert await lean.put("b.webp", b"b", WEBP, if_none_match=True) is True
+    assert await bucket.put("c.webp", b"c", WEBP, if_none_match=True) is True
+    assert proxy.injected["reject_conditional"] == 1
+    assert proxy.puts == {"test-bucket/a.webp": 1, "test-bucket/b.webp": 1, "test-bucket/c.webp": 1}
+    got = rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key="a.webp")
+    assert got["Body"].read() == b"a"
+
+
+async def test_a_stalled_server_times_out_within_the_bound(
+    rclone_s3: S3Target, s3_proxy: Any, stack: Any
+) -> None:
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(stall_rate=1.0, stall_seconds=5))
+    lean = await entered(bucket_for(rclone_s3, endpoint_url=proxy.endpoint_url), stack)
+    for call in (lean.put("k.webp", b"x", WEBP, if_none_match=True), lean.exists("k.webp")):
+        started = time.monotonic()
+        with pytest.raises(RetryableError) as failed:
+            await asyncio.wait_for(call, 4 * TIMEOUT)
+        elapsed = time.monotonic() - started
+        assert failed.value.code == "timeout"
+        assert "no complete answer within 1 s" in failed.value.message
+        assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + MARGIN, f"{elapsed:.2f} s"
+
+
+@pytest.mark.parametrize("call", ["put", "exists"])
+async def test_a_trickled_answer_is_cut_off_at_the_bound(
+    rclone_s3: S3Target, stack: Any, call: str
+) -> None:
+    """Each byte of the answer comes within the socket timeout: only the bound on the whole
+    call ends it."""
+    from test_bucket import TrickleRelay
+
+    relay = await TrickleRelay(rclone_s3.endpoint_url).start()
+    stack.push_async_callback(relay.stop)
+    lean = await entered(bucket_for(rclone_s3, endpoint_url=relay.endpoint_url), stack)
+    rclone_s3.client().put_object(Bucket=rclone_s3.bucket, Key="k.webp", Body=b"x")
+    relay.mode = "trickle"
+    started = time.monotonic()
+    with pytest.raises(RetryableError) as failed:
+        if call == "put":
+            await asyncio.wait_for(lean.put("k.webp", b"y", WEBP, if_none_match=False), 4)
+        else:
+            await asyncio.wait_for(lean.exists("k.webp"), 4)
+    elapsed = time.monotonic() - started
+    assert failed.value.code == "timeout"
+    assert TIMEOUT - 0.1 <= elapsed <= TIMEOUT + MARGIN, f"{elapsed:.2f} s"
+
+
+async def test_a_reset_answer_is_retryable_and_never_resent(
+    rclone_s3: S3Target, s3_proxy: Any, stack: Any
+) -> None:
+    """The PUT goes on a reused keep-alive connection (one in the pool), the proxy writes the
+    object and drops the answer: one request seen, a retryable `s3_connection`."""
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(reset_rate=1.0, kinds={"put_object"}))
+    lean = await entered(bucket_for(rclone_s3, endpoint_url=proxy.endpoint_url, pool_size=1), stack)
+    rclone_s3.client().put_object(Bucket=rclone_s3.bucket, Key="there.webp", Body=b"x")
+    assert await lean.exists("there.webp") is True  # opens the connection the PUT reuses
+    with pytest.raises(RetryableError) as failed:
+        await lean.put("k.webp", b"x", WEBP, if_none_match=True)
+    assert failed.value.code == "s3_connection"
+    assert proxy.requests[("PUT", "put_object")] == 1
+    assert proxy.lost_puts == {"test-bucket/k.webp": 1}
+
+
+async def test_programming_errors_propagate_unchanged(rclone_s3: S3Target, stack: Any) -> None:
+    lean = await entered(bucket_for(rclone_s3), stack)
+    with pytest.raises(TypeError):
+        await lean.put("k.webp", object(), WEBP, if_none_match=True)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await lean.exists(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "read"),
+    [
+        (
+            412,
+            b"<?xml version='1.0'?><Error><Code>PreconditionFailed</Code>"
+            b"<Message>At least one of the pre-conditions you specified did not hold</Message>"
+            b"</Error>",
+            (
+                "PreconditionFailed",
+                412,
+                "At least one of the pre-conditions you specified did not hold",
+            ),
+        ),
+        (403, b"", ("403", 403, "Forbidden")),
+        (502, b"proxy: upstream failed\n", ("502", 502, "Bad Gateway")),
+        (
+            400,
+            b"<Error><Code>InvalidArgument</Code></Error>",
+            ("InvalidArgument", 400, "InvalidArgument"),
+        ),
+    ],
+    ids=["xml", "head", "not-xml", "no-message"],
+)
+def test_error_answers_read_as_botocore_reads_them(
+    status: int, body: bytes, read: tuple[str, int, str]
+) -> None:
+    assert read_error(status, body) == read
