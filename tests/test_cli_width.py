@@ -113,3 +113,20 @@ async def test_a_hash_index_job_fits_80_columns_too(
     assert f"updated {final['updated']} skipped {final['skipped']} failed 0" in runs
     coverage = _words(_fits(await job.cli("coverage", *job.job_flags())))
     assert f"index{index}:files" in "".join(coverage.split()) and "coverage_percent" in coverage
+
+
+async def test_progress_and_log_lines_stay_one_line_without_a_terminal(
+    make_job: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under systemd or cron (stderr a pipe, no COLUMNS) a progress line or a log record is one
+    line, whatever its length: journald keeps a record as one entry, a grep finds it whole."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    job: Backfill = await make_job(12)
+    job.origin.faults.reset_rate = 0.3  # failed items: long log records
+    result = await job.run(limit=12, extra=("--max-attempts", "1"))
+    assert result.rc in (0, 1), str(result)
+    progress = [line for line in result.err.splitlines() if line.startswith(f"[{job.job}] ")]
+    assert progress, result.err
+    assert all("| checkpoint " in line for line in progress), result.err
+    assert max(len(line) for line in progress) > WIDTH  # long, and still one line
+    assert not [line for line in result.err.splitlines() if line.startswith("  ")], result.err

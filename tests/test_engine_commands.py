@@ -162,3 +162,37 @@ async def test_scanned_skus_never_goes_back_across_pause_and_a_killed_resume(
     finally:
         await final.close()
     assert_complete(aws_env, active_skus(catalog), result.snapshot)
+
+
+async def test_a_held_run_shows_the_scanned_skus_its_checkpoint_keeps(
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> None:
+    """Held in place (the console's `p`), with SKUs dispatched whose items never ran: the
+    snapshot's scannedSkus is the committed figure, the one a kill -9 while held leaves."""
+    origin.faults.latency = 0.05
+    catalog = catalog_db(30)
+    state = tmp_path / "s.sqlite3"
+    resolved = resolve(flags(aws_env, origin, catalog, state, limit_skus=30, concurrency=1), env={})
+    prepared = await prepare_run(RunRequest(resolved))
+    engine = prepared.engine
+    try:
+        run = asyncio.create_task(engine.run())
+        while origin.gets < 5:
+            await asyncio.sleep(0.01)
+        engine.hold()
+        for _ in range(1000):
+            if engine.state is RunState.PAUSED:
+                break
+            await asyncio.sleep(0.01)
+        assert engine.state is RunState.PAUSED
+        shown = engine.snapshot().counters
+        record = await prepared.store.run(engine.plan.run_id)
+        assert record is not None
+        after_kill = JobStatus.of_run(record, live=False).to_json()
+        engine.stop()
+        await asyncio.wait_for(run, 30)
+    finally:
+        await prepared.close()
+    assert 0 < shown.scanned_skus < 30
+    assert after_kill["scannedSkus"] == shown.scanned_skus
+    assert after_kill["uploaded"] == shown.uploaded

@@ -222,10 +222,12 @@ class Engine(Generic[S]):
         return counters
 
     def progress(self) -> Progress:
-        # Once the run has ended in this process, the committed figure: groups dispatched but
-        # left with no finished item by a stop are not scanned (a resume scans them), so the
-        # paused snapshot says what its checkpoint says and a later crash cannot lower it.
-        counters = self._counters_now(committed=self._ended_at is not None)
+        # Once the run is held, stopping or has ended in this process, the committed figure:
+        # groups dispatched but left with no finished item are not scanned (a resume scans
+        # them), so a held or paused snapshot says what its checkpoint says and a later crash
+        # cannot lower it.
+        settled = self._ended_at is not None or self._stop is not Stop.NONE
+        counters = self._counters_now(committed=settled)
         # Only a moving run has rates: held, pausing or ended, it moves nothing now.
         moving = self._state is RunState.RUNNING
         items_rate, groups_rate, bytes_rate = self._rates.rates() if moving else (0.0, 0.0, 0.0)

@@ -1,9 +1,13 @@
 """Text that fits the terminal: the CLI's tables and lines within its width (80 columns when
-there is none: a pipe, a log, systemd), wider terminals getting longer lines."""
+there is none: a pipe, a log, systemd), wider terminals getting longer lines. Log records and
+progress lines on stderr are wrapped only on a terminal: under systemd or cron, or into a log
+file, a record stays one line (journald keeps it as one entry)."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import sys
 import textwrap
 from collections.abc import Iterable, Sequence
 
@@ -13,6 +17,23 @@ NARROWEST = 40  # below this, lines are wrapped as if it were 40 wide
 def terminal_columns() -> int:
     """`COLUMNS`, else the terminal's width, else 80."""
     return max(NARROWEST, shutil.get_terminal_size((80, 24)).columns)
+
+
+ONE_LINE = sys.maxsize  # a width that wraps nothing
+
+
+def stream_columns() -> int:
+    """The width stderr's records and progress lines wrap at: `COLUMNS` when set, else the
+    width of the terminal stderr is; ONE_LINE (no wrapping) for a pipe, a file or journald."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return max(NARROWEST, int(columns))
+    try:
+        if sys.stderr.isatty():
+            return max(NARROWEST, os.get_terminal_size(sys.stderr.fileno()).columns)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return ONE_LINE
 
 
 def pack(fields: Iterable[str], width: int, *, sep: str = "  ", indent: str = "  ") -> list[str]:

@@ -714,13 +714,13 @@ async def serve_api(resolved: Resolved, *, host: str, port: int, token: str) -> 
     service = JobService(resolved)
     server = await ApiServer(service, host=host, port=port, token=token).start()
     job = resolved.settings.job
-    from tui_backfill.core.textfit import pack, terminal_columns
+    from tui_backfill.core.textfit import pack, stream_columns
 
     said = [
         f"tui-backfill: serving job {job!r} on {server.url}",
         f"(OpenAPI at {server.url}/api/openapi.json)",
     ]
-    print("\n".join(pack(said, terminal_columns(), sep=" ")), file=sys.stderr, flush=True)
+    print("\n".join(pack(said, stream_columns(), sep=" ")), file=sys.stderr, flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):

@@ -9,20 +9,20 @@ import logging
 import sys
 from pathlib import Path
 
-from tui_backfill.core.textfit import pack, terminal_columns
+from tui_backfill.core.textfit import pack, stream_columns
 
 PREFIX = "tui-backfill: "
 LOGGER = "tui_backfill"
 
 
 class _Fitted(logging.Formatter):
-    """A record's line within the terminal's width (80 without one), continued on indented
-    lines; a traceback after it as it is."""
+    """A record's line within stderr's terminal's width, continued on indented lines; one line
+    when stderr is no terminal (journald, a log file); a traceback after it as it is."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
         line, newline, rest = text.partition("\n")
-        width = terminal_columns()
+        width = stream_columns()
         if len(line) > width:
             line = "\n".join(pack(line.split(" "), width, sep=" "))
         return line + newline + rest

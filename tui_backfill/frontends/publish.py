@@ -248,7 +248,7 @@ def _where(settings: PublishSettings) -> str:
 
 
 async def _progress(worker: Any) -> None:
-    from tui_backfill.core.textfit import pack, terminal_columns
+    from tui_backfill.core.textfit import pack, stream_columns
 
     while True:
         await asyncio.sleep(PROGRESS_EVERY)
@@ -261,7 +261,7 @@ async def _progress(worker: Any) -> None:
             f"queue {q.pending:,} pending, {q.needing_attention:,} need attention",
             f"{snap.per_second * 60:,.1f} jobs/min",
         ]
-        print("\n".join(pack(fields, terminal_columns(), sep="; ")), file=sys.stderr, flush=True)
+        print("\n".join(pack(fields, stream_columns(), sep="; ")), file=sys.stderr, flush=True)
 
 
 async def run_worker_console(

@@ -13,6 +13,7 @@ import signal
 import sys
 from typing import Any
 
+from tui_backfill.core.textfit import stream_columns
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.frontends.notices import notice_of, notify_run_end, run_end_notice
 from tui_backfill.outcomes import ConfigError
@@ -64,7 +65,7 @@ async def run_console(request: Any) -> int:
         if app.snapshot is not None:
             from tui_backfill.frontends.headless import progress_line
 
-            print(progress_line(app.snapshot), file=sys.stderr)
+            print(progress_line(app.snapshot, stream_columns()), file=sys.stderr)
         with contextlib.suppress(Exception):  # a notice never changes the exit code
             notice = await run_end_notice(prepared, int(code))
         return int(code)
@@ -128,7 +129,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
     async def report() -> None:
         while True:
             await asyncio.sleep(prepared.settings.progress_interval)
-            print(progress_line(engine.snapshot()), file=sys.stderr, flush=True)
+            print(progress_line(engine.snapshot(), stream_columns()), file=sys.stderr, flush=True)
 
     reporter = asyncio.create_task(report())
     notice: dict[str, Any] | None = None  # what --notify-url gets once the run has ended
@@ -160,7 +161,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
         if prepared.settings.notify_url:
             notice = notice_of(prepared, result.exit_code, output)
         try:
-            print(progress_line(result.snapshot), file=sys.stderr)
+            print(progress_line(result.snapshot, stream_columns()), file=sys.stderr)
             if result.exit_code == EXIT_FATAL and result.snapshot.message:
                 # what stopped the run, one line (the checkpoint that last landed is kept)
                 print(f"tui-backfill: error: {result.snapshot.message}", file=sys.stderr)

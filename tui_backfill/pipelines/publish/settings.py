@@ -73,7 +73,7 @@ OPTS: tuple[Opt, ...] = (
     Opt("poll_interval", float, 5.0, "seconds between queue polls when no NOTIFY wakes the worker (WORKER_POLL_INTERVAL is in ms)", "WORKER_POLL_INTERVAL", scale=0.001),
     Opt("max_retries", int, 5, "attempts of a new job before it fails for good", "MAX_RETRIES"),
     Opt("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR", "LOG_LEVEL"),
-    Opt("concurrency", int, 0, "parallel downloads and image threads (default: the cores); PUTs overlap them", "CONCURRENCY"),
+    Opt("concurrency", int, 0, "parallel downloads, and image threads up to the cores (default: the cores)", "CONCURRENCY"),
     Opt("lease", float, 60.0, "seconds a claim is held without a heartbeat before any worker may take it"),
     Opt("retry_base", float, 30.0, "first backoff of a failed job, seconds (doubling, ±20 %)"),
     Opt("retry_cap", float, 3600.0, "longest backoff, seconds"),

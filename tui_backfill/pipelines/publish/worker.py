@@ -3,7 +3,7 @@
 The loop (core/claimed.py) claims jobs, renews their leases and hands each to `_attempt` with
 a lease guard; this module says what a job is: skip it when its file is published or
 soft-deleted, else download the source, make the variants off the event loop (a thread pool
-of CONCURRENCY threads), PUT them, and record the CDN URLs with the job's completion. A job
+of CONCURRENCY threads, at most the cores), PUT them, and record the CDN URLs with the job's completion. A job
 holds one of the CONCURRENCY slots for its download only (core/claimed.py `Guard.leave_slot`):
 the next download overlaps this job's image work, and its PUTs and completion overlap the next
 job's, so the threads do not wait on I/O. Jobs past their download are bounded too (four a
@@ -117,7 +117,10 @@ class PublishWorker:
         self.burst = burst
         self._clock = clock
         self._cpu = ThreadPoolExecutor(
-            max_workers=cores or settings.concurrency, thread_name_prefix="media"
+            # One image thread a download slot, never more than the cores: a CONCURRENCY set
+            # high for slow downloads does not decode that many images at once.
+            max_workers=cores or min(settings.concurrency, os.cpu_count() or 1),
+            thread_name_prefix="media",
         )
         self._policy = RetryPolicy(base=settings.retry_base, cap=settings.retry_cap)
         self.counters = InstanceCounters()
@@ -127,9 +130,9 @@ class PublishWorker:
             ClaimPlan(
                 concurrency=settings.concurrency,
                 # Past its download a job waits for an image thread, is in one, or writes.
-                # Room for 3 a thread keeps the threads fed while the writes wait on the bucket
-                # (twice stalled them: bench/publish_worker.py); the waiting hold only the
-                # compressed source.
+                # Room for four a slot keeps the threads fed while the writes wait on the bucket
+                # (two a slot stalled them: bench/publish_worker.py); the jobs waiting for a
+                # thread hold only their compressed source.
                 finishing=FINISHING_PER_SLOT * settings.concurrency,
                 lease=settings.lease,
                 poll=settings.poll_interval,
