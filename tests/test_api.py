@@ -498,3 +498,23 @@ async def test_concurrent_first_gap_pages_share_one_listing_and_leave_no_files(
     assert result.rc == 0, str(result)
     assert "Traceback" not in result.err, result.err
     assert not list(temp.glob("tui-backfill-gap-*")), list(temp.iterdir())
+
+
+async def test_an_idle_serve_exits_at_once_on_sigterm(make_job: Any) -> None:
+    """`serve` with no run going, a client (an attached console) still holding its keep-alive
+    connection after reading the status: SIGTERM ends it within a fraction of a second, exit 0."""
+    job: Backfill = await make_job(10)
+    proc = await job.start("serve", *job.run_flags(limit=10), "--port", "0")
+    url = await served_url(proc)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(3):  # a console polling the status of a job with no run yet
+            async with session.get(f"{url}{BASE}/status") as answer:
+                assert answer.status == 404  # no run yet: said, not an error page
+                await answer.read()
+        await asyncio.sleep(0.3)  # idle, the connection kept alive
+        sent = asyncio.get_running_loop().time()
+        proc.signal(signal.SIGTERM)
+        result = await proc.wait(10)
+        took = asyncio.get_running_loop().time() - sent
+    assert result.rc == 0, str(result)
+    assert took < 1.0, f"serve took {took:.2f} s to exit on SIGTERM"
