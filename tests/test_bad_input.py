@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -377,6 +378,131 @@ def test_bad_toml_exit_2(dry, tmp_path: Path, text: str, named: str) -> None:
 def test_missing_toml_file_exit_2(dry, tmp_path: Path) -> None:
     rc, _, err = dry("--config", str(tmp_path / "nope.toml"))
     assert rc == 2 and len(err.splitlines()) == 1 and "--config" in err, err
+
+
+# -- --plan-file: where the plan goes (in-process dry runs) -----------------------------------
+CARRYOVER_NOTE = (
+    "# items that failed in earlier runs are retried first by a real run and are not listed here"
+)
+
+
+NEW = "give a regular file or a new name"
+NONE = "give a file that is none of the run's inputs"
+
+
+def partials(directory: Path) -> list[str]:
+    return [name for name in os.listdir(directory) if name.endswith(".partial")]
+
+
+def test_plan_file_through_a_symlink_writes_its_target(dry, tmp_path: Path) -> None:
+    """A symlink stays a symlink: the file it points to gets the plan."""
+    elsewhere = tmp_path / "plans"
+    elsewhere.mkdir()
+    real = elsewhere / "real-plan.txt"
+    real.write_text("the operator's file\n")
+    link = tmp_path / "plan.txt"
+    link.symlink_to(real)
+    rc, snap, err = dry("--plan-file", str(link))
+    assert rc == 0 and snap is not None, err
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    lines = real.read_text(encoding="utf-8").splitlines()
+    assert lines[0].startswith("# tui-backfill dry run of job default") and CARRYOVER_NOTE in lines
+    assert len([line for line in lines if not line.startswith("#")]) == snap["plannedItems"] == 15
+    assert f"plan written to {link}" in err
+    assert partials(tmp_path) == partials(elsewhere) == []
+
+
+def _fifo(tmp_path: Path) -> str:
+    os.mkfifo(tmp_path / "plan.fifo")
+    return str(tmp_path / "plan.fifo")
+
+
+def _device(tmp_path: Path) -> str:
+    """A /dev/null of the test's own (replacing the real one would break the machine)."""
+    try:
+        os.mknod(tmp_path / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    except PermissionError:
+        pytest.skip("mknod is not allowed here")
+    return str(tmp_path / "null")
+
+
+def _state(tmp_path: Path) -> str:
+    return str(tmp_path / "state.sqlite3")
+
+
+def _state_link(tmp_path: Path) -> str:
+    (tmp_path / "state-link").symlink_to(tmp_path / "state.sqlite3")
+    return str(tmp_path / "state-link")
+
+
+def _config(tmp_path: Path) -> str:
+    return str(tmp_path / "backfill.toml")
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [
+        pytest.param(_fifo, f"is a FIFO, not a regular file; {NEW}", id="fifo"),
+        pytest.param(_device, f"is a character device, not a regular file; {NEW}", id="device"),
+        pytest.param(_state, f"is the run's --state file; {NONE}", id="state"),
+        pytest.param(_state_link, f"is the run's --state file; {NONE}", id="symlink-to-state"),
+        pytest.param(
+            lambda tmp: str(tmp / "catalog1.sqlite3"),
+            f"is the run's --skus-db catalog; {NONE}",
+            id="catalog",
+        ),
+        pytest.param(_config, f"is the run's --config file; {NONE}", id="config"),
+    ],
+)
+def test_plan_file_refused_when_not_a_regular_file_or_an_input(
+    dry, tmp_path: Path, make: Callable[[Path], str], named: str
+) -> None:
+    """Exit 2 before any work, one line naming --plan-file, and every file as it was."""
+    rc, _, err = dry()  # the state exists, with the job's history
+    assert rc == 0, err
+    config = tmp_path / "backfill.toml"
+    config.write_text("concurrency = 2\n")
+    plan_file = make(tmp_path)
+    before = files_in(tmp_path)
+    rc, _, err = dry("--plan-file", plan_file, "--config", str(config))
+    assert rc == 2
+    assert err.splitlines() == [f"tui-backfill: error: --plan-file: {plan_file} {named}"], err
+    assert files_in(tmp_path) == before  # nothing replaced, nothing left beside
+    assert runs_in_state(tmp_path / "state.sqlite3") == 0
+
+
+def files_in(directory: Path) -> dict[str, tuple[int, bytes | None]]:
+    """Each name's file type and mode, and a regular file's bytes (a symlink's target's)."""
+    return {
+        name: (path.lstat().st_mode, path.read_bytes() if path.is_file() else None)
+        for name in os.listdir(directory)
+        if not (path := directory / name).is_dir()
+    }
+
+
+def test_plan_file_written_though_the_final_commit_failed(
+    dry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan is put in place before the run's final commit: when that commit fails
+    (exit 3), the message says the file was written, as it was."""
+    from tui_backfill.core.store import StateUnavailable
+    from tui_backfill.state.sqlite import StateStore
+
+    commit = StateStore.commit_checkpoint
+
+    async def final_commit_fails(self: StateStore, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("status"):
+            raise StateUnavailable(f"state {self.path}: disk I/O error")
+        await commit(self, *args, **kwargs)
+
+    monkeypatch.setattr(StateStore, "commit_checkpoint", final_commit_fails)
+    plan_file = tmp_path / "plan.txt"
+    rc, _, err = dry("--plan-file", str(plan_file))
+    assert rc == 3, err
+    assert f"plan written to {plan_file}" in err and "not written" not in err, err
+    lines = plan_file.read_text(encoding="utf-8").splitlines()
+    assert len([line for line in lines if not line.startswith("#")]) == 15
+    assert partials(tmp_path) == []
 
 
 # -- a job the config file does not know -----------------------------------------------------

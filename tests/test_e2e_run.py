@@ -102,6 +102,8 @@ async def test_dry_run_plans_without_fetching_or_writing(make_job: MakeJob) -> N
         "# skip KEY: already in the bucket: a run skips it (skippedExists)",
         "# fail KEY: a run would record it as a failed item (its reason is in the dry run's "
         "errors)",
+        "# items that failed in earlier runs are retried first by a real run and are not listed "
+        "here",
     ]
     every = [key_of(s, a) for s in skus for a in (1, 2, 3)]
     assert text.splitlines()[len(header) :] == [  # in SKU order, then angles

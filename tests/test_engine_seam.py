@@ -361,19 +361,39 @@ async def test_a_dry_run_writes_its_plan_file_only_once_it_planned_every_item(
 
     assert await dry_run(KeysPipeline(KEYS)) is RunState.COMPLETED
     lines = path.read_text().splitlines()
-    assert lines[:4] == [
+    assert lines[:5] == [
         "# dry run of keys: what a run would do",
         "# one line per key: VERB KEY, KEY being the key",
         "# visit KEY: a run visits it",
         "# fail KEY: a run would record it as a failed item (its reason is in the dry run's "
         "errors)",
+        "# items that failed in earlier runs are retried first by a real run and are not listed "
+        "here",  # a dry run does not retry them (a real run does, first)
     ]
-    assert sorted(lines[4:]) == [f"visit {key}" for key in KEYS]
+    assert sorted(lines[5:]) == [f"visit {key}" for key in KEYS]
     written = path.read_bytes()
 
     assert await dry_run(KeysPipeline(KEYS, delay=0.01), stop_after=10) is RunState.PAUSED
     assert path.read_bytes() == written
     assert not [name for name in os.listdir(tmp_path) if name.endswith(".partial")]
+
+
+async def test_a_plan_file_that_cannot_be_put_in_place_says_so(tmp_path: Path) -> None:
+    """close() tells whether the plan landed: a rename that fails (the path became a
+    directory during the dry run) is reported, not raised, and leaves no temporary."""
+    from tui_backfill.pipelines.plan_file import PlanFile
+
+    path = tmp_path / "plan.txt"
+    sink = PlanFile(str(path), {}, title="dry run of keys", unit="key", key="the key")
+    path.mkdir()
+    (path / "keep").write_text("x")
+    await sink.close(complete=True)
+    assert not sink.written and sink.failure == "Is a directory"
+    assert sorted(os.listdir(tmp_path)) == ["plan.txt"] and path.is_dir()
+
+    sink = PlanFile(str(tmp_path / "plan2.txt"), {}, title="t", unit="key", key="the key")
+    await sink.close(complete=True)
+    assert sink.written and sink.failure is None
 
 
 async def test_rates_fall_to_zero_once_held_or_stopped_and_restart_on_resume(

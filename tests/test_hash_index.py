@@ -381,7 +381,7 @@ async def test_dry_run_creates_and_writes_nothing_and_says_what_it_would_update(
     assert existing.read_bytes() == before
     assert sorted(os.listdir(work)) == ["existing.db"]
     lines = plan_file.read_text(encoding="utf-8").splitlines()
-    assert lines[:6] == [
+    assert lines[:7] == [
         "# tui-backfill dry run of hash-index job dry (bucket hx-bucket): what a run would do",
         "# one line per object of the listing or orphan row of the index: VERB KEY, KEY being "
         "the object's key",
@@ -390,6 +390,8 @@ async def test_dry_run_creates_and_writes_nothing_and_says_what_it_would_update(
         "# orphan KEY: an index row with no object: reported, never deleted",
         "# fail KEY: a run would record it as a failed item (its reason is in the dry run's "
         "errors)",
+        "# items that failed in earlier runs are retried first by a real run and are not listed "
+        "here",
     ]
     objects = [key for key in ds.keys() if key.startswith(PREFIX)]
     conn = sqlite3.connect(existing)
@@ -397,12 +399,21 @@ async def test_dry_run_creates_and_writes_nothing_and_says_what_it_would_update(
     conn.close()
     orphans = sorted(indexed - set(objects))
     assert len(orphans) == ORPHANS and set(ODD_KEYS) <= set(objects)
-    assert lines[6:] == sorted(
+    assert lines[7:] == sorted(
         [f"hash {key}" for key in picked]
         + [f"skip {key}" for key in objects if key not in picked]
         + [f"orphan {key}" for key in orphans],
         key=lambda line: line.split(" ", 1)[1].encode(),
     )  # in key order: a listing's items are planned as it goes
+    # the index table is an input of the run: a plan never replaces it
+    refused = await ds.hash_index(
+        state, existing, "--dry-run", "--plan-file", str(existing), via=ds.proxy, job="dry"
+    )
+    assert refused.rc == 2 and refused.err.splitlines() == [
+        f"tui-backfill: error: --plan-file: {existing} is the run's --index-db file; give a file "
+        "that is none of the run's inputs"
+    ], str(refused)
+    assert existing.read_bytes() == before and sorted(os.listdir(work)) == ["existing.db"]
 
 
 # -- 5. bad input -----------------------------------------------------------------------------

@@ -597,14 +597,16 @@ def _publish_job(args: argparse.Namespace) -> bool:
 def _cmd_run(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.prepare import RunRequest
 
+    resolved = _resolve(args)
     if args.plan_file is not None:
-        from tui_backfill.pipelines.plan_file import check_plan_file
+        from tui_backfill.pipelines.plan_file import check_plan_file, run_inputs
 
         if not args.dry_run:  # a plan is what a run would do: a real run has none to write
             raise ConfigError("--plan-file", "only with --dry-run (it lists what a run would do)")
-        check_plan_file(args.plan_file)
+        inputs = run_inputs(resolved.settings, resolved.explicit, getattr(args, "config", None))
+        check_plan_file(args.plan_file, inputs)  # before the state is even opened
     request = RunRequest(
-        _resolve(args),
+        resolved,
         dry_run=args.dry_run,
         fresh=args.fresh,
         from_start=args.from_start,

@@ -11,12 +11,15 @@ import json
 import os
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui_backfill.core.textfit import stream_columns
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.frontends.notices import notice_of, notify_run_end, run_end_notice
 from tui_backfill.outcomes import ConfigError
+
+if TYPE_CHECKING:
+    from tui_backfill.pipelines.plan_file import PlanFile
 
 EXIT_OK, EXIT_FAILED_ITEMS, EXIT_USAGE, EXIT_FATAL, EXIT_PAUSED = 0, 1, 2, 3, 75
 
@@ -73,6 +76,15 @@ async def run_console(request: Any) -> int:
         await prepared.close()
         if notice is not None:  # after the job's lock is let go: a resume need not wait
             await notify_run_end(prepared.settings.notify_url, notice)
+
+
+def plan_file_line(plan_file: PlanFile) -> str:
+    """What became of a dry run's --plan-file, as its close() left it."""
+    if plan_file.written:
+        return f"tui-backfill: plan written to {plan_file.path}"
+    if plan_file.failure is not None:
+        return f"tui-backfill: {plan_file.path} not written: {plan_file.failure}"
+    return f"tui-backfill: the dry run did not finish; {plan_file.path} not written"
 
 
 async def run_headless(request: Any, serve: int | None = None) -> int:
@@ -150,14 +162,8 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
         output = (await final_status(prepared.store, result.snapshot)).to_json()
         if request.dry_run:
             output["plan"] = result.snapshot.plan_json()
-            if request.plan_file:
-                written = result.exit_code in (EXIT_OK, EXIT_FAILED_ITEMS)
-                print(
-                    f"tui-backfill: plan written to {request.plan_file}"
-                    if written
-                    else f"tui-backfill: the dry run did not finish; {request.plan_file} not written",
-                    file=sys.stderr,
-                )
+            if prepared.plan_file is not None:  # what close() did, whatever the exit code
+                print(plan_file_line(prepared.plan_file), file=sys.stderr)
         if prepared.settings.notify_url:
             notice = notice_of(prepared, result.exit_code, output)
         try:

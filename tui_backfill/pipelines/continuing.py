@@ -21,6 +21,7 @@ from tui_backfill.pipelines.config import BY_NAME, Resolved, Settings
 from tui_backfill.seams.urls import redact_url
 
 if TYPE_CHECKING:
+    from tui_backfill.pipelines.plan_file import PlanFile
     from tui_backfill.seams.bucket import Bucket
 
 
@@ -89,6 +90,7 @@ class PreparedRun:
     store: JobStore
     created: bool
     _stack: contextlib.AsyncExitStack
+    plan_file: PlanFile | None = None  # a dry run's --plan-file: whether it was written
 
     async def close(self) -> None:
         await self._stack.aclose()

@@ -39,7 +39,7 @@ from tui_backfill.pipelines.continuing import (
     settings_from_stored,
 )
 from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
-from tui_backfill.pipelines.plan_file import MIRROR_VERBS, open_plan_file
+from tui_backfill.pipelines.plan_file import open_plan_file
 from tui_backfill.seams.notify import notify_label
 from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
 from tui_backfill.seams.sources import check_source, sku_batches
@@ -247,17 +247,9 @@ async def _prepare_locked(
         origin=origin,
     )
     plan = run_plan(run, settings, dry_run=request.dry_run, planned_groups=run.planned_skus)
-    plan_file = open_plan_file(
-        request.plan_file if request.dry_run else None,
-        MIRROR_VERBS,
-        title=f"tui-backfill dry run of job {job} (bucket {settings.bucket})",
-        unit="SKU x angle",
-        key="the destination key",
-    )
-    if plan_file is not None:
-        stack.callback(plan_file.discard)
+    plan_file = open_plan_file(request, settings, stack)
     engine = Engine(plan, pipeline=pipeline, store=store, plan_sink=plan_file)
-    return PreparedRun(engine, settings, store, not continuing, stack)
+    return PreparedRun(engine, settings, store, not continuing, stack, plan_file)
 
 
 async def _create_run(

@@ -28,7 +28,7 @@ from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
 from tui_backfill.pipelines.hash_index.pipeline import BATCH_ROWS, HashIndexPipeline, HashPlan
 from tui_backfill.pipelines.hash_index.settings import check_modes, parse_since
 from tui_backfill.pipelines.hash_index.snapshot import HashSnapshot
-from tui_backfill.pipelines.plan_file import HASH_VERBS, open_plan_file
+from tui_backfill.pipelines.plan_file import open_plan_file
 from tui_backfill.seams.index_table import IndexTable
 from tui_backfill.seams.notify import notify_label
 
@@ -103,19 +103,11 @@ async def prepare_hash_index(
     stack.push_async_callback(pipeline.close)
     # a listing's length is not known before it is read: no planned groups
     engine_plan = run_plan(run, settings, dry_run=request.dry_run, planned_groups=0)
-    plan_file = open_plan_file(
-        request.plan_file if request.dry_run else None,
-        HASH_VERBS,
-        title=f"tui-backfill dry run of hash-index job {settings.job} (bucket {settings.bucket})",
-        unit="object of the listing or orphan row of the index",
-        key="the object's key",
-    )
-    if plan_file is not None:
-        stack.callback(plan_file.discard)
+    plan_file = open_plan_file(request, settings, stack)
     engine: Engine[HashSnapshot] = Engine(
         engine_plan, pipeline=pipeline, store=store, plan_sink=plan_file
     )
-    return PreparedRun(engine, settings, store, unfinished is None, stack)
+    return PreparedRun(engine, settings, store, unfinished is None, stack, plan_file)
 
 
 async def _create_run(store: JobStore, settings: Settings, request: RunRequest) -> RunRecord:
