@@ -194,6 +194,46 @@ async def test_keys_drive_a_real_engine(
         await again.close()
 
 
+@pytest.mark.parametrize(
+    ("job", "state", "advice"),
+    [
+        ("images", "st.sqlite3", "tui-backfill resume --job images --state st.sqlite3"),
+    ],
+)
+async def test_the_quit_question_says_how_this_run_continues(
+    aws_env: Any,
+    origin: OriginServer,
+    catalog_db: Any,
+    tmp_path: Path,
+    monkeypatch: Any,
+    job: str,
+    state: str,
+    advice: str,
+) -> None:
+    """Quitting a live run asks first, and names the command that continues this run (its
+    job, its state; the demo's own command for the demo's run), not a bare `resume`."""
+    origin.faults.latency = 0.05  # still running when q is pressed
+    catalog = catalog_db(40)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve(
+        flags_for(aws_env, origin, catalog, Path(state), job=job, limit_skus=40), env={}
+    )
+    prepared = await prepare_run(RunRequest(resolved))
+    app = BackfillApp(LocalController(prepared))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.run_state == "running")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+            text = " ".join(screen_text(app).split())  # the box wraps its lines
+            assert f"(`{advice}` continues it)" in text, text
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.return_value is not None, timeout=20)
+        assert app.return_value == 75
+    finally:
+        await prepared.close()
+
+
 async def test_quit_after_completion_returns_the_exit_code(
     aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
 ) -> None:
