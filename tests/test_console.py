@@ -198,6 +198,8 @@ async def test_keys_drive_a_real_engine(
     ("job", "state", "advice"),
     [
         ("images", "st.sqlite3", "tui-backfill resume --job images --state st.sqlite3"),
+        # the demo's run: only `demo` re-points its stored origin and endpoint at live servers
+        ("demo", "state/demo.sqlite3", "tui-backfill demo (or make demo)"),
     ],
 )
 async def test_the_quit_question_says_how_this_run_continues(
