@@ -447,6 +447,7 @@ class JobService:
         return {
             "missing": report["missing"],
             "fillable": report["fillable"],
+            "noRemoteUntracked": report["noRemoteUntracked"],
             "expected": report["expected"],
             "coveragePercent": report["coveragePercent"],
             "keys": keys,
