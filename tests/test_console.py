@@ -194,6 +194,48 @@ async def test_keys_drive_a_real_engine(
         await again.close()
 
 
+@pytest.mark.parametrize(
+    ("job", "state", "advice"),
+    [
+        ("images", "st.sqlite3", "tui-backfill resume --job images --state st.sqlite3"),
+        # the demo's run: only `demo` re-points its stored origin and endpoint at live servers
+        ("demo", "state/demo.sqlite3", "tui-backfill demo (or make demo)"),
+    ],
+)
+async def test_the_quit_question_says_how_this_run_continues(
+    aws_env: Any,
+    origin: OriginServer,
+    catalog_db: Any,
+    tmp_path: Path,
+    monkeypatch: Any,
+    job: str,
+    state: str,
+    advice: str,
+) -> None:
+    """Quitting a live run asks first, and names the command that continues this run (its
+    job, its state; the demo's own command for the demo's run), not a bare `resume`."""
+    origin.faults.latency = 0.05  # still running when q is pressed
+    catalog = catalog_db(40)
+    monkeypatch.chdir(tmp_path)
+    resolved = resolve(
+        flags_for(aws_env, origin, catalog, Path(state), job=job, limit_skus=40), env={}
+    )
+    prepared = await prepare_run(RunRequest(resolved))
+    app = BackfillApp(LocalController(prepared))
+    try:
+        async with app.run_test(size=(80, 24)) as pilot:
+            await wait_for(pilot, lambda: app.run_state == "running")
+            await pilot.press("q")
+            await wait_for(pilot, lambda: isinstance(app.screen, QuitScreen))
+            text = " ".join(screen_text(app).split())  # the box wraps its lines
+            assert f"(`{advice}` continues it)" in text, text
+            await pilot.press("y")
+            await wait_for(pilot, lambda: app.return_value is not None, timeout=20)
+        assert app.return_value == 75
+    finally:
+        await prepared.close()
+
+
 async def test_quit_after_completion_returns_the_exit_code(
     aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
 ) -> None:
@@ -667,17 +709,19 @@ async def test_held_and_stopped_read_apart(held: bool, live: bool, header: str, 
 
 
 async def test_after_the_apis_pause_an_attached_console_says_stopped_and_how_to_go_on(
-    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+    aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
     """`attach --url` to `run --serve`, then the API's pause (a graceful stop: the process
     exits 75): the console reads the final state before the server goes, says STOPPED and
-    how to continue, and offers no key of a live run."""
+    how to continue (with the served run's `--state`: its status says where it is), and
+    offers no key of a live run."""
     import aiohttp
 
     origin.faults.latency = 0.02
     catalog = catalog_db(150)
+    monkeypatch.chdir(tmp_path)  # the console's directory: the state is st.sqlite3 from here
     args = [
-        "run", "--no-ui", "--serve", "0", "--state", str(tmp_path / "state.sqlite3"), "--skus-db",
+        "run", "--no-ui", "--serve", "0", "--state", str(tmp_path / "st.sqlite3"), "--skus-db",
         str(catalog), "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
         "--bucket", aws_env.bucket, "--endpoint-url", aws_env.endpoint_url, "--path-style",
         "--timeout", "2", "--backoff", "0.01", "--limit-skus", "150",
@@ -700,10 +744,16 @@ async def test_after_the_apis_pause_an_attached_console_says_stopped_and_how_to_
                 await pilot.pause(1.2)  # a poll or two of a server that has gone
                 text = screen_text(app)
                 assert "STOPPED" in text.splitlines()[0], text
-                assert "· stopped · continue: tui-backfill resume --job default" in text, text
-                assert "continue: tui-backfill resume --job default" in text.split("\u2500" * 9)[-1]
+                advice = "tui-backfill resume --job default --state st.sqlite3"
+                assert "· stopped · continue: tui-backfill resume --job default --st" in text, text
+                assert f"continue: {advice}" in text.split("\u2500" * 9)[-1], text
                 assert "CONNECTION LOST" not in text and "RUNNING" not in text
                 footer = text.splitlines()[-1]
                 assert "Hold" not in footer and "Resume" not in footer and "fetch" not in footer
+                # From a directory the state is not below: the absolute path.
+                (tmp_path / "elsewhere").mkdir()
+                monkeypatch.chdir(tmp_path / "elsewhere")
+                absolute = f"tui-backfill resume --job default --state {tmp_path}/st.sqlite3"
+                assert controller.resume_ways()[0] == absolute
         finally:
             await controller.close()

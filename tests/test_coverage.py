@@ -6,6 +6,7 @@ request per 1,000 keys, counted at the proxy); the gap file lists exactly the mi
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -153,3 +154,41 @@ async def test_coverage_of_an_empty_bucket_and_a_full_one(
     assert (full["present"], full["missing"], full["coveragePercent"]) == (80, 0, 100.0)
     assert full["fillable"] == 0
     assert _gap(gap) == [] and _gap(fillable) == []
+
+
+def downgrade_to_schema_2(state: Path) -> None:
+    """The state as tui-backfill wrote it at schema 2: schema 3 only added `absent_items`
+    (and, in meta, the run after which it counts)."""
+    conn = sqlite3.connect(state, isolation_level=None)
+    try:
+        conn.execute("DROP TABLE absent_items")
+        conn.execute("DELETE FROM meta WHERE key = 'absent_items_after_run'")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    finally:
+        conn.close()
+
+
+async def test_coverage_after_an_upgrade_from_schema_2_says_fillable_misses_older_404s(
+    make_job: MakeJob,
+) -> None:
+    """404s counted before the state kept absent keys (schema 3) are not known absent: the
+    report says up to how many of the fillable ones the origin lacked, not `0 absent`."""
+    job = await make_job(40)
+    run = await job.run(limit=40)
+    assert run.rc == 0, str(run)
+    no_remote = run.json()["noRemote"]
+    assert no_remote > 0
+    current = (await job.cli("coverage", "--json", *job.job_flags())).json()
+    assert current["missing"] - current["fillable"] == no_remote  # known, nothing untracked
+    assert current["noRemoteUntracked"] == 0
+
+    downgrade_to_schema_2(job.state)
+    upgraded = (await job.cli("coverage", "--json", *job.job_flags())).json()
+    assert upgraded["fillable"] == upgraded["missing"] == no_remote  # absences unknown
+    assert upgraded["noRemoteUntracked"] == no_remote
+    text = await job.cli("coverage", *job.job_flags())
+    assert text.rc == 0, str(text)
+    assert f"{no_remote} missing ({no_remote} fillable, 0 absent at the origin)" in text.out
+    words = " ".join(text.out.split())
+    assert f"fillable may include up to {no_remote} 404s from before the state upgrade" in words
+    assert max(len(line) for line in text.out.splitlines()) <= 80

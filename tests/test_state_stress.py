@@ -510,7 +510,8 @@ async def test_migration_is_one_transaction_per_version(
     with pytest.raises(state_module.ConfigError, match="nope"):
         await StateStore.open(str(path))
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT value FROM meta").fetchall() == [(str(SCHEMA_VERSION),)]
+    version = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    assert version == [(str(SCHEMA_VERSION),)]
     assert conn.execute("SELECT name FROM sqlite_master WHERE name = 'extra'").fetchone() is None
     conn.close()
 

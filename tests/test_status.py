@@ -4,6 +4,7 @@ the HTTP API, `/metrics`): a run whose process is gone is `interrupted`, not `pa
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 from pathlib import Path
 from typing import Any
@@ -156,7 +157,7 @@ async def test_job_status_json_has_the_brief_keys_and_the_run_keys(tmp_path: Pat
             exit_code=0, snapshot=final,
         )  # fmt: skip
         committed = await job_status(store, state, "job")
-        headless = await final_status(store, snapshot_from_json(final))
+        headless = await final_status(store, snapshot_from_json(final), state)
     finally:
         await store.close()
 
@@ -173,6 +174,7 @@ async def test_job_status_json_has_the_brief_keys_and_the_run_keys(tmp_path: Pat
         assert (data["state"], data["live"], data["runStatus"]) == (state_word, is_live, run_status)
         assert (status.state, status.live, status.run_status) == (state_word, is_live, run_status)
         assert (data["maxConcurrency"], data["host"], data["runId"]) == (5, host, run_id)
+        assert data["statePath"] == os.path.abspath(state)  # where `resume --state` finds it
         assert JobStatus.from_json(data).to_json() == data  # what `attach --url` reads back
     assert "exitCode" not in live.to_json() and committed.to_json()["exitCode"] == 0
     assert interrupted.snapshot.counters.scanned_skus == 0  # the committed counters, not 2
@@ -181,5 +183,5 @@ async def test_job_status_json_has_the_brief_keys_and_the_run_keys(tmp_path: Pat
     assert headless == committed
     assert headless.to_json() == committed.to_json()
     # The API's live status of a run in its own process has the same keys (it lacked `host`).
-    in_process = JobStatus.of_engine(live.snapshot, max_concurrency=5).to_json()
+    in_process = JobStatus.of_engine(live.snapshot, max_concurrency=5, state_path=state).to_json()
     assert set(in_process) == set(live.to_json()) and in_process["host"] == host

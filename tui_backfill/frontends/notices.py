@@ -32,7 +32,7 @@ async def run_end_notice(prepared: Any, exit_code: int) -> dict[str, Any] | None
         return None
     from tui_backfill.frontends.status import final_status
 
-    status = (await final_status(prepared.store, snapshot)).to_json()
+    status = (await final_status(prepared.store, snapshot, prepared.settings.state)).to_json()
     return notice_of(prepared, exit_code, status)
 
 

@@ -83,6 +83,11 @@ _MISSING = {
         "description": "missing objects not known to be absent at the origin (their latest "
         "attempt was not a 404): what a run can still fill",
     },
+    "noRemoteUntracked": {
+        "type": "integer",
+        "description": "404s counted by runs from before the state kept absent keys (an upgrade "
+        "from schema 2): up to this many fillable objects may be absent at the origin",
+    },
     "expected": {"type": "integer", "description": "catalog SKUs x angles"},
     "coveragePercent": {"type": "number"},
 }

@@ -159,7 +159,9 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 await server.stop()
             for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 loop.remove_signal_handler(signum)
-        output = (await final_status(prepared.store, result.snapshot)).to_json()
+        output = (
+            await final_status(prepared.store, result.snapshot, prepared.settings.state)
+        ).to_json()
         if request.dry_run:
             output["plan"] = result.snapshot.plan_json()
             if prepared.plan_file is not None:  # what close() did, whatever the exit code

@@ -447,6 +447,7 @@ class JobService:
         return {
             "missing": report["missing"],
             "fillable": report["fillable"],
+            "noRemoteUntracked": report["noRemoteUntracked"],
             "expected": report["expected"],
             "coveragePercent": report["coveragePercent"],
             "keys": keys,
@@ -680,7 +681,9 @@ class JobService:
         from tui_backfill.frontends.notices import notice_of
         from tui_backfill.frontends.status import final_status
 
-        status = (await final_status(prepared.store, result.snapshot)).to_json()
+        status = (
+            await final_status(prepared.store, result.snapshot, prepared.settings.state)
+        ).to_json()
         return notice_of(prepared, result.exit_code, status)
 
     def _notify(self, url: str, notice: dict[str, Any]) -> None:
@@ -720,7 +723,11 @@ class JobService:
         return self._finished.is_set()
 
     def _live_status(self) -> JobStatus:
-        return JobStatus.of_engine(self._engine.snapshot(), max_concurrency=self.max_concurrency)
+        return JobStatus.of_engine(
+            self._engine.snapshot(),
+            max_concurrency=self.max_concurrency,
+            state_path=self.state_path,
+        )
 
     async def _holder_elsewhere(self) -> int | None:
         """The pid of another process running the job (never, for `run --serve`'s own API)."""

@@ -12,6 +12,7 @@ For a run whose process died, the snapshot shows the counters and checkpoint it 
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,7 @@ class JobStatus:
     exit_code: int | None = None
     max_concurrency: int | None = None
     host: str | None = None
+    state_path: str | None = None  # absolute: where `resume --state` finds the run
 
     @property
     def state(self) -> str:
@@ -63,7 +65,9 @@ class JobStatus:
 
     def to_json(self) -> dict[str, Any]:
         """The snapshot's keys (the brief's) and the run keys: `runStatus`, `exitCode` (once
-        the run has one), `maxConcurrency`, `host` (the machine whose process last ran it)."""
+        the run has one), `maxConcurrency`, `host` (the machine whose process last ran it),
+        `statePath` (the run's state file, absolute on that machine: a path, not a secret, so a
+        client of the API can say `resume --state ...`; left out when unknown)."""
         output = self.snapshot.to_json()
         if self.run_status is None:
             return output
@@ -72,6 +76,8 @@ class JobStatus:
             output["exitCode"] = self.exit_code
         output["maxConcurrency"] = self.max_concurrency
         output["host"] = self.host
+        if self.state_path is not None:
+            output["statePath"] = self.state_path
         return output
 
     @classmethod
@@ -81,16 +87,18 @@ class JobStatus:
         exit_code = data.get("exitCode")
         maximum = data.get("maxConcurrency")
         host = data.get("host")
+        state_path = data.get("statePath")
         return cls(
             snapshot_from_json(data),
             run_status=None if run_status is None else str(run_status),
             exit_code=None if exit_code is None else int(exit_code),
             max_concurrency=None if maximum is None else int(maximum),
             host=None if host is None else str(host),
+            state_path=None if state_path is None else str(state_path),
         )
 
     @classmethod
-    def of_run(cls, run: RunRecord, *, live: bool) -> JobStatus:
+    def of_run(cls, run: RunRecord, *, live: bool, state_path: str | None = None) -> JobStatus:
         """A stored run as `status` shows it (pure: a function of the record and `live`, which
         says a process holds the job's lock and this is the run it works on)."""
         if run.snapshot:
@@ -107,10 +115,13 @@ class JobStatus:
             exit_code=run.exit_code,
             max_concurrency=run.settings.get("max_concurrency"),
             host=run.host,
+            state_path=None if state_path is None else os.path.abspath(state_path),
         )
 
     @classmethod
-    def of_engine(cls, snapshot: AnySnapshot, *, max_concurrency: int) -> JobStatus:
+    def of_engine(
+        cls, snapshot: AnySnapshot, *, max_concurrency: int, state_path: str | None = None
+    ) -> JobStatus:
         """The run an engine of this process is doing now (its own fresh snapshot): running
         here, on this machine; no exit code yet."""
         return cls(
@@ -118,6 +129,7 @@ class JobStatus:
             run_status=RunStatus.RUNNING.value,
             max_concurrency=max_concurrency,
             host=socket.gethostname(),
+            state_path=None if state_path is None else os.path.abspath(state_path),
         )
 
 
@@ -149,10 +161,12 @@ async def job_status(
     run = await store.latest_run(job, include_dry=include_dry)
     if run is None:
         return None
-    return JobStatus.of_run(run, live=run_is_live(state_path, run))
+    return JobStatus.of_run(run, live=run_is_live(state_path, run), state_path=state_path)
 
 
-async def final_status(store: JobStore, snapshot: AnySnapshot) -> JobStatus:
+async def final_status(
+    store: JobStore, snapshot: AnySnapshot, state_path: str | None = None
+) -> JobStatus:
     """The final status of a run this process has just ended, as `status --json` shows it:
     the run keys are read back from the record its last commit wrote. A state that cannot be
     read now (the run already said why: exit 3) leaves them out rather than hide the snapshot."""
@@ -168,6 +182,7 @@ async def final_status(store: JobStore, snapshot: AnySnapshot) -> JobStatus:
         exit_code=run.exit_code,
         max_concurrency=run.settings.get("max_concurrency"),
         host=run.host,
+        state_path=None if state_path is None else os.path.abspath(state_path),
     )
 
 

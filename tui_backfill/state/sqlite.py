@@ -98,7 +98,10 @@ MIGRATIONS: dict[int, str] = {
         run_id INTEGER NOT NULL,
         updated_at TEXT NOT NULL,
         PRIMARY KEY (job, key)
-    ) WITHOUT ROWID
+    ) WITHOUT ROWID;
+    -- runs up to this id were before absent_items: their 404s are not in it
+    INSERT OR REPLACE INTO meta (key, value)
+        SELECT 'absent_items_after_run', CAST(COALESCE(MAX(id), 0) AS TEXT) FROM runs
     """,
 }
 
@@ -625,6 +628,25 @@ class StateStore:
             (job, after, limit),
         ) as cur:
             return [row[0] for row in await cur.fetchall()]
+
+    @_classified
+    async def untracked_no_remote(self, job: str) -> int:
+        """`noRemote` counted by the job's runs from before the state kept absent keys (its
+        upgrade to schema 3): those 404s are not among `absent_keys`."""
+        async with self._db.execute(
+            "SELECT value FROM meta WHERE key = 'absent_items_after_run'"
+        ) as cur:
+            row = await cur.fetchone()
+        last = int(row[0]) if row is not None else 0
+        if last == 0:
+            return 0
+        async with self._db.execute(
+            "SELECT COALESCE(SUM(json_extract(counters, '$.no_remote')), 0) FROM runs "
+            "WHERE job = ? AND id <= ? AND dry_run = 0",
+            (job, last),
+        ) as cur:
+            total = await cur.fetchone()
+        return int(total[0]) if total is not None else 0
 
     # -- failed items ---------------------------------------------------------------------
 

@@ -265,4 +265,6 @@ class BackfillApp(App[int]):
                     f"{self._clock():%H:%M:%S} quitting: stopping and saving the checkpoint"
                 )
 
-        await self.push_screen(QuitScreen(phase=self.phase), answered)
+        ways = self.controller.resume_ways()
+        quit_screen = QuitScreen(phase=self.phase, resume_with=ways[0] if ways else "")
+        await self.push_screen(quit_screen, answered)

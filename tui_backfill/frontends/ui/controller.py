@@ -8,13 +8,16 @@ talks to a serving process's control API (`attach --url`).
 
 from __future__ import annotations
 
+import os
 import shlex
+import socket
 import time
 import urllib.parse
 from typing import Any, Protocol
 
 from tui_backfill.core.records import Command, FailedItem
 from tui_backfill.core.store import JobStore
+from tui_backfill.frontends import demo, demo_hash
 from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import DEFAULT_STATE
@@ -54,9 +57,19 @@ class Controller(Protocol):
     async def failed_items(self) -> list[FailedItem]: ...
 
 
+# A demo's run continues by its demo command, which starts new servers and re-points the run's
+# stored origin and endpoint at them: a plain `resume` would reach the old, dead ports.
+DEMO_COMMANDS = {
+    (demo.DEMO_JOB, demo.DEMO_STATE): "tui-backfill demo (or make demo)",
+    (demo_hash.DEMO_JOB, demo_hash.DEMO_STATE): "tui-backfill demo hash-index (or make demo-hash)",
+}
+
+
 def resume_command(job: str, state: str) -> str:
     """`tui-backfill resume` for this job and state file (`--state` only when not the
-    default, which is relative to the working directory)."""
+    default, which is relative to the working directory); a demo's own command for its job."""
+    if (job, os.path.normpath(state)) in DEMO_COMMANDS:
+        return DEMO_COMMANDS[job, os.path.normpath(state)]
     command = f"tui-backfill resume --job {shlex.quote(job)}"
     return command if state == DEFAULT_STATE else f"{command} --state {shlex.quote(state)}"
 
@@ -159,6 +172,8 @@ class HttpController:
             headers=headers, timeout=aiohttp.ClientTimeout(total=timeout)
         )
         self._last: AnySnapshot | None = None
+        self._state_path: str | None = None  # the run's state, as its status says (absolute)
+        self._host: str | None = None
         self._answered_at = 0.0  # time.monotonic() of the last good snapshot
         self._lost = False
 
@@ -213,6 +228,8 @@ class HttpController:
         status = JobStatus.from_json(data)
         self.job = status.job or self.job
         self.max_concurrency = status.max_concurrency or self.max_concurrency
+        self._state_path = status.state_path or self._state_path
+        self._host = status.host or self._host
         self._last = status.snapshot
         self._answered_at = time.monotonic()
         self._lost = False
@@ -225,9 +242,21 @@ class HttpController:
         """`resume` where the run's state is (its process exits on a stop), or the resume of
         the API to a `serve` (which continues the run in its own process)."""
         return [
-            f"tui-backfill resume --job {shlex.quote(self.job)}",
+            resume_command(self.job, self._state_here()),
             f"POST {self.url}{self._api}/resume (to a serve)",
         ]
+
+    def _state_here(self) -> str:
+        """The served run's state path as `--state` takes it here: relative to this working
+        directory when the run is on this machine and below it (the default state then needs
+        no `--state`), else absolute (a server's status that says none: the default)."""
+        if self._state_path is None:
+            return DEFAULT_STATE
+        if self._host == socket.gethostname():
+            relative = os.path.relpath(self._state_path)
+            if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+                return relative
+        return self._state_path
 
     async def pause(self) -> None:
         await self._call("POST", "/hold")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -121,17 +122,18 @@ class QuitScreen(ModalScreen[bool]):
         Binding("n,escape", "answer(False)", "No", id="quit-no"),
     ]
 
-    def __init__(self, *, phase: Phase = Phase.RUNNING) -> None:
+    def __init__(self, *, phase: Phase = Phase.RUNNING, resume_with: str = "") -> None:
+        """`resume_with`: how this run continues once stopped (the controller's first way)."""
         super().__init__()
         self._question = (
             "The run is live. Stop it, save the checkpoint and quit?"
             if phase is Phase.RUNNING
             else f"The run is {phase.value}. Stop it, save the checkpoint and quit?"
-        ) + "\n(`tui-backfill resume` continues it)"
+        ) + (f"\n(`{resume_with}` continues it)" if resume_with else "")
 
     def compose(self) -> ComposeResult:
         with Vertical(id="quit-box", classes="modal-box"):
-            yield Static(f"{self._question}\n\n[b]y[/b] yes    [b]n[/b] no")
+            yield Static(f"{escape(self._question)}\n\n[b]y[/b] yes    [b]n[/b] no")
 
     def action_answer(self, answer: bool) -> None:
         self.dismiss(answer)

@@ -1,7 +1,8 @@
 """Coverage (the seed's stats and gap): expected keys of the whole source x angles, present keys
 from one bucket listing (one request per 1,000 keys, not a HEAD per key), and the gap. The
 fillable part of the gap leaves out the keys the origin is known not to have: those whose
-latest attempt, in any run of the job, was a 404 (`noRemote`; kept in the state).
+latest attempt, in any run of the job, was a 404 (`noRemote`; kept in the state). A state
+upgraded from schema 2 knows only the 404s seen since: the report says how many came before.
 
 The listing goes into a temporary SQLite table and the catalog is walked in pages, so memory
 stays flat whatever the catalog's size.
@@ -49,10 +50,11 @@ async def _open_for_writing(stack: contextlib.AsyncExitStack, path: str) -> Text
     return handle
 
 
-async def _load_absent(scratch: ScratchKeys, settings: Settings) -> None:
-    """The job's keys known to be absent at the origin, from its state (none without one)."""
+async def _load_absent(scratch: ScratchKeys, settings: Settings) -> int:
+    """The job's keys known to be absent at the origin, from its state (none without one);
+    returns the 404s of its runs from before the state kept them (unknown to `fillable`)."""
     if not Path(settings.state).exists():
-        return
+        return 0
     from tui_backfill.state.sqlite import open_state
 
     async with open_state(settings.state) as store:
@@ -60,6 +62,7 @@ async def _load_absent(scratch: ScratchKeys, settings: Settings) -> None:
         while keys := await store.absent_keys(settings.job, after, PAGE):
             await scratch.add("absent", keys)
             after = keys[-1]
+        return await store.untracked_no_remote(settings.job)
 
 
 async def coverage_report(
@@ -74,7 +77,7 @@ async def coverage_report(
     async with ScratchKeys(("skus", "present", "absent")) as scratch:
         async for batch in sku_batches(settings):
             await scratch.add("skus", batch)
-        await _load_absent(scratch, settings)
+        untracked = await _load_absent(scratch, settings)
         requests = 0
         async with bucket_of(settings, pool_size=2) as bucket:
             await bucket.preflight()
@@ -123,6 +126,7 @@ async def coverage_report(
         "present": present,
         "missing": missing,
         "fillable": fillable,  # missing, and not known to be absent at the origin
+        "noRemoteUntracked": untracked,  # 404s from before the state kept them: in `fillable`
         "unusable": unusable,
         "coveragePercent": round(100.0 * present / expected, 2) if expected else 100.0,
         "listRequests": requests,
@@ -138,6 +142,10 @@ def coverage_text(report: dict[str, Any], width: int = 80) -> str:
         f"({report['coveragePercent']}%)",
         f"{report['missing']:,} missing ({report['fillable']:,} fillable, "
         f"{report['missing'] - report['fillable']:,} absent at the origin)",
+        f"fillable may include up to {report['noRemoteUntracked']:,} 404s from before the state "
+        "upgrade"
+        if report.get("noRemoteUntracked")
+        else "",
         f"{report['catalogSkus']:,} SKUs x angles {report['anglesPlanned']}",
         f"{report['listRequests']} listing requests",
         f"{report['unusable']:,} items of unusable SKUs or keys not counted"
