@@ -91,7 +91,13 @@ async def test_many_workers_on_postgres_nothing_twice(
             proxy: ReverseProxy = await s3_proxy(moto_s3)
             target = moto_s3.via(proxy)
             env = publish_env(
-                target, raid.endpoint, pg_url, CONCURRENCY="2", TUI_BACKFILL_LEASE=str(LEASE)
+                target,
+                raid.endpoint,
+                pg_url,
+                CONCURRENCY="2",
+                TUI_BACKFILL_LEASE=str(LEASE),
+                # the always-503 file's 5 attempts end within a second, not 3 s after the rest
+                TUI_BACKFILL_RETRY_BASE="0.05",
             )
             init = await tool("publish", "init-db", env=env)
             assert init.rc == 0, init.err
