@@ -113,22 +113,38 @@ async def test_a_run_that_died_while_reading_the_catalog_is_dropped(tmp_path: Pa
         await store.close()
 
 
+async def _slot_bound_run(
+    s3: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
+) -> tuple[Any, asyncio.Task[Any], Path, Path]:
+    """A 30-SKU run with one fetch slot and a slow origin, five fetches in: SKUs dispatched
+    whose items still wait for the slot. (prepared run, its task, catalog, state)"""
+    origin.faults.latency = 0.05
+    catalog = catalog_db(30)
+    state = tmp_path / "s.sqlite3"
+    resolved = resolve(flags(s3, origin, catalog, state, limit_skus=30, concurrency=1), env={})
+    prepared = await prepare_run(RunRequest(resolved))
+    run = asyncio.create_task(prepared.engine.run())
+    try:
+        async with asyncio.timeout(30):
+            while origin.gets < 5:
+                await asyncio.sleep(0.01)
+    except BaseException:
+        prepared.engine.stop()
+        await asyncio.gather(run, return_exceptions=True)
+        await prepared.close()
+        raise
+    return prepared, run, catalog, state
+
+
 async def test_scanned_skus_never_goes_back_across_pause_and_a_killed_resume(
     aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
 ) -> None:
     """A pause stops with SKUs dispatched whose items never ran (queued for the one fetch
     slot). The paused figure is the committed one, so a resume killed before any progress
     (its status column `running`, nothing committed since) reads the same scannedSkus."""
-    origin.faults.latency = 0.05
-    catalog = catalog_db(30)
-    state = tmp_path / "s.sqlite3"
-    resolved = resolve(flags(aws_env, origin, catalog, state, limit_skus=30, concurrency=1), env={})
-    prepared = await prepare_run(RunRequest(resolved))
+    prepared, run, catalog, state = await _slot_bound_run(aws_env, origin, catalog_db, tmp_path)
     engine = prepared.engine
     try:
-        run = asyncio.create_task(engine.run())
-        while origin.gets < 5:
-            await asyncio.sleep(0.01)
         engine.stop()
         paused = await asyncio.wait_for(run, 30)
         record = await prepared.store.run(engine.plan.run_id)
@@ -169,16 +185,9 @@ async def test_a_held_run_shows_the_scanned_skus_its_checkpoint_keeps(
 ) -> None:
     """Held in place (the console's `p`), with SKUs dispatched whose items never ran: the
     snapshot's scannedSkus is the committed figure, the one a kill -9 while held leaves."""
-    origin.faults.latency = 0.05
-    catalog = catalog_db(30)
-    state = tmp_path / "s.sqlite3"
-    resolved = resolve(flags(aws_env, origin, catalog, state, limit_skus=30, concurrency=1), env={})
-    prepared = await prepare_run(RunRequest(resolved))
+    prepared, run, _, _ = await _slot_bound_run(aws_env, origin, catalog_db, tmp_path)
     engine = prepared.engine
     try:
-        run = asyncio.create_task(engine.run())
-        while origin.gets < 5:
-            await asyncio.sleep(0.01)
         engine.hold()
         for _ in range(1000):
             if engine.state is RunState.PAUSED:
