@@ -308,6 +308,16 @@ async def test_attach_pauses_and_resumes_a_headless_run(
     assert b'"state": "completed"' in out
 
 
+def served_run_args(s3: Any, origin: Any, catalog: Path, state: Path) -> list[str]:
+    """`run --serve 0` of 150 SKUs of `catalog` into `state`, retries quick."""
+    return [
+        "run", "--no-ui", "--serve", "0", "--state", str(state), "--skus-db", str(catalog),
+        "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template, "--bucket", s3.bucket,
+        "--endpoint-url", s3.endpoint_url, "--path-style", "--timeout", "2", "--backoff", "0.01",
+        "--limit-skus", "150",
+    ]  # fmt: skip
+
+
 async def test_attach_by_url_drives_a_served_headless_run(
     aws_env: Any, origin: OriginServer, catalog_db: Any, tmp_path: Path
 ) -> None:
@@ -315,12 +325,7 @@ async def test_attach_by_url_drives_a_served_headless_run(
     origin.faults.latency = 0.02
     catalog = catalog_db(150)
     state = tmp_path / "state.sqlite3"
-    args = [
-        "run", "--no-ui", "--serve", "0", "--state", str(state), "--skus-db", str(catalog),
-        "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template, "--bucket", aws_env.bucket,
-        "--endpoint-url", aws_env.endpoint_url, "--path-style", "--timeout", "2", "--backoff", "0.01",
-        "--limit-skus", "150",
-    ]  # fmt: skip
+    args = served_run_args(aws_env, origin, catalog, state)
     err_path = tmp_path / "run.err"
     async with served_run(args, dict(os.environ), err_path, ready=lambda: origin.gets > 20) as (
         proc,
@@ -720,12 +725,7 @@ async def test_after_the_apis_pause_an_attached_console_says_stopped_and_how_to_
     origin.faults.latency = 0.02
     catalog = catalog_db(150)
     monkeypatch.chdir(tmp_path)  # the console's directory: the state is st.sqlite3 from here
-    args = [
-        "run", "--no-ui", "--serve", "0", "--state", str(tmp_path / "st.sqlite3"), "--skus-db",
-        str(catalog), "--skus-query", ACTIVE_SKUS_QUERY, "--origin", origin.url_template,
-        "--bucket", aws_env.bucket, "--endpoint-url", aws_env.endpoint_url, "--path-style",
-        "--timeout", "2", "--backoff", "0.01", "--limit-skus", "150",
-    ]  # fmt: skip
+    args = served_run_args(aws_env, origin, catalog, tmp_path / "st.sqlite3")
     err_path = tmp_path / "run.err"
     async with served_run(args, dict(os.environ), err_path, ready=lambda: origin.gets > 20) as (
         proc,
