@@ -9,6 +9,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
+import pytest
 from helpers import Backfill
 
 ANGLES = (1, 2, 3)
@@ -51,7 +52,10 @@ async def test_an_origin_that_dies_mid_run_stops_it_and_the_next_run_finishes(
     job.assert_no_key_put_twice()
 
 
-async def test_headless_output_says_why_items_fail(make_job: MakeJob) -> None:
+async def test_headless_output_says_why_items_fail(
+    make_job: MakeJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")  # a terminal of 80: records continue on indented lines
     job = await make_job(30)
     job.origin.faults.error_rate = 1.0  # every GET answers 500 or 503: every item fails
     result = await job.run(limit=10)
