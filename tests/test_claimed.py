@@ -234,3 +234,27 @@ async def test_an_item_past_its_slot_stays_in_flight_within_the_tail_bound() -> 
     assert most_past == 3 and sorted(finished) == [1, 2, 3, 4]
     assert queue.cut == [] and engine.in_flight == 0
     assert queue.released and min(queue.released) == 5  # the claimed-ahead, never started
+
+
+async def test_a_stop_during_a_claim_ends_the_wait_that_follows() -> None:
+    """SIGTERM while a claim is under way (a database round trip) that then finds nothing: the
+    loop must not sit out its poll interval (a minute in production) before it drains."""
+
+    class SlowEmptyQueue(MemoryQueue):
+        async def claim(self, limit: int) -> list[Job]:
+            await asyncio.sleep(0.2)
+            return []
+
+        async def wait_for_work(self, timeout: float) -> None:
+            await asyncio.sleep(timeout)
+
+    queue = SlowEmptyQueue(0)
+
+    async def process(job: Job, guard: Guard) -> None:
+        raise AssertionError("nothing to process")
+
+    engine = ClaimedEngine(queue, process, plan(burst=False, poll=60.0))
+    runner = asyncio.create_task(engine.run())
+    await asyncio.sleep(0.1)  # inside the first claim
+    engine.stop()
+    await asyncio.wait_for(runner, 2)

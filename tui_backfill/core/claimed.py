@@ -210,6 +210,9 @@ class ClaimedEngine(Generic[J]):
         ahead = self.plan.ahead
         room = self.plan.concurrency + ahead
         while not self.stopping:
+            # Cleared before this round looks at anything: a stop, a command or a finished item
+            # that comes while a claim is under way still ends the wait that follows it.
+            self._wake.clear()
             if self.holding:
                 await self._release_unstarted()
                 await self._wait(None)
@@ -237,9 +240,8 @@ class ClaimedEngine(Generic[J]):
                 await self._wait(self.plan.poll)  # nothing more now: wait for work
 
     async def _wait(self, poll: float | None) -> None:
-        """Until woken (an item finished, a command, a stop) or, with `poll`, until the source
-        may have work or `poll` seconds passed."""
-        self._wake.clear()
+        """Until woken (an item finished, a command, a stop: since this round of the loop began)
+        or, with `poll`, until the source may have work or `poll` seconds passed."""
         waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
         if poll is not None:
             waits.append(asyncio.create_task(self.source.wait_for_work(poll)))
