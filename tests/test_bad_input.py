@@ -471,6 +471,21 @@ def test_plan_file_refused_when_not_a_regular_file_or_an_input(
     assert runs_in_state(tmp_path / "state.sqlite3") == 0
 
 
+def test_plan_file_refused_as_the_wal_of_a_state_reached_by_a_symlink(dry, tmp_path: Path) -> None:
+    """SQLite keeps the -wal beside the file a symlinked --state leads to: that -wal is an
+    input too, not a plan file."""
+    rc, _, err = dry()
+    assert rc == 0, err
+    alias = tmp_path / "alias.sqlite3"
+    alias.symlink_to(tmp_path / "state.sqlite3")
+    wal = tmp_path / "state.sqlite3-wal"
+    rc, _, err = dry("--state", str(alias), "--plan-file", str(wal))
+    assert rc == 2, err
+    assert err.splitlines() == [
+        f"tui-backfill: error: --plan-file: {wal} is the run's --state file (-wal); {NONE}"
+    ], err
+
+
 def files_in(directory: Path) -> dict[str, tuple[int, bytes | None]]:
     """Each name's file type and mode, and a regular file's bytes (a symlink's target's)."""
     return {
@@ -503,6 +518,53 @@ def test_plan_file_written_though_the_final_commit_failed(
     lines = plan_file.read_text(encoding="utf-8").splitlines()
     assert len([line for line in lines if not line.startswith("#")]) == 15
     assert partials(tmp_path) == []
+
+
+@pytest.mark.parametrize("when", ["put in place", "written"])
+def test_a_plan_file_that_did_not_land_is_exit_3_and_keeps_no_stale_promise(
+    dry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The disk fills while the plan is written, or when it is put in place: exit 3 and one
+    error line naming --plan-file, so `dry run && use F` never reads the F of an older run;
+    that older F is left as it was and no partial file beside it."""
+    import errno
+
+    from tui_backfill.pipelines import plan_file as module
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    if when == "put in place":
+        monkeypatch.setattr(module.os, "replace", full)
+    else:
+        monkeypatch.setattr(module.PlanFile, "item", _writes_fail(module.PlanFile.item))
+    plan_file = tmp_path / "plan.txt"
+    plan_file.write_text("OLD PLAN\n")
+    rc, _, err = dry("--plan-file", str(plan_file))
+    assert rc == 3, err
+    assert f"tui-backfill: error: --plan-file {plan_file} not written: No space left" in err, err
+    assert plan_file.read_text() == "OLD PLAN\n"
+    assert partials(tmp_path) == []
+
+
+def _writes_fail(item: Any) -> Any:
+    """PlanFile.item whose file's writes fail after the header (ENOSPC)."""
+    import errno
+
+    def failing(self: Any, *args: Any) -> None:
+        class Full:
+            def write(self, text: str) -> int:
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            def close(self) -> None:
+                pass
+
+        if self._file is not None and not isinstance(self._file, Full):
+            self._file.close()
+            self._file = Full()
+        item(self, *args)
+
+    return failing
 
 
 # -- a job the config file does not know -----------------------------------------------------

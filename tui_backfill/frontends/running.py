@@ -83,7 +83,7 @@ def plan_file_line(plan_file: PlanFile) -> str:
     if plan_file.written:
         return f"tui-backfill: plan written to {plan_file.path}"
     if plan_file.failure is not None:
-        return f"tui-backfill: {plan_file.path} not written: {plan_file.failure}"
+        return f"tui-backfill: error: --plan-file {plan_file.path} not written: {plan_file.failure}"
     return f"tui-backfill: the dry run did not finish; {plan_file.path} not written"
 
 
@@ -162,12 +162,16 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
         output = (
             await final_status(prepared.store, result.snapshot, prepared.settings.state)
         ).to_json()
+        code = result.exit_code
         if request.dry_run:
             output["plan"] = result.snapshot.plan_json()
             if prepared.plan_file is not None:  # what close() did, whatever the exit code
                 print(plan_file_line(prepared.plan_file), file=sys.stderr)
+                if prepared.plan_file.failure is not None and code in (EXIT_OK, EXIT_FAILED_ITEMS):
+                    # asked for and not delivered: a script's `&& use F` must not read an old F
+                    code = EXIT_FATAL
         if prepared.settings.notify_url:
-            notice = notice_of(prepared, result.exit_code, output)
+            notice = notice_of(prepared, code, output)
         try:
             print(progress_line(result.snapshot, stream_columns()), file=sys.stderr)
             if result.exit_code == EXIT_FATAL and result.snapshot.message:
@@ -176,7 +180,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
             print(json.dumps(output, indent=2), flush=True)
         except BrokenPipeError:  # `run ... | head`: the run's own exit code still tells
             quiet_stdout()
-        return result.exit_code
+        return code
     finally:
         if request.dry_run:  # a dry run leaves no run behind, however it ended
             await asyncio.shield(prepared.store.delete_run(engine.plan.run_id))

@@ -91,8 +91,10 @@ def run_inputs(
 
     def add(path: str | None, what: str, sidecars: tuple[str, ...] = ("",)) -> None:
         if path and "://" not in path:  # a postgresql:// catalog is no file
-            for suffix in sidecars:
-                inputs.setdefault(path + suffix, what if not suffix else f"{what} ({suffix})")
+            # SQLite keeps its -wal and -shm beside the file a symlink leads to
+            for base in dict.fromkeys((path, os.path.realpath(path))):
+                for suffix in sidecars:
+                    inputs.setdefault(base + suffix, what if not suffix else f"{what} ({suffix})")
 
     def named(option: str) -> str:
         return explicit.get(option, BY_NAME[option].flag)
@@ -175,7 +177,16 @@ class PlanFile:
         if self._file is None:
             return
         verb = FAIL if result.error is not None else self._verbs.get(result.outcome, FAIL)
-        self._file.write(f"{verb} {visible(item.key)}\n")
+        try:
+            self._file.write(f"{verb} {visible(item.key)}\n")
+        except OSError as exc:  # the disk filled: no plan, said at the end (exit 3)
+            self.failure = exc.strerror or str(exc)
+            handle, self._file = self._file, None
+            with contextlib.suppress(OSError):
+                handle.close()
+            with contextlib.suppress(OSError):
+                os.unlink(self._temp)
+            return
         self.lines += 1
 
     async def close(self, *, complete: bool) -> None:

@@ -126,7 +126,8 @@ async def coverage_report(
         "present": present,
         "missing": missing,
         "fillable": fillable,  # missing, and not known to be absent at the origin
-        "noRemoteUntracked": untracked,  # 404s from before the state kept them: in `fillable`
+        # 404s from before the state kept them, within `fillable` (a run's count: at most it)
+        "noRemoteUntracked": min(untracked, fillable),
         "unusable": unusable,
         "coveragePercent": round(100.0 * present / expected, 2) if expected else 100.0,
         "listRequests": requests,
