@@ -474,6 +474,14 @@ async def test_panels_follow_the_snapshot_as_it_grows_and_ends() -> None:
         app.apply_snapshot(dataclasses.replace(grown, state="paused", held=True))
         await pilot.pause()
         assert "SKUs 1,234/2,000 · held in place · r resumes" in screen_text(app)
+        app.apply_snapshot(dataclasses.replace(grown, state="paused", held=False, live=False))
+        await pilot.pause()
+        text = screen_text(app)
+        # its process gone: no ETA, the command that continues it
+        assert "STOPPED" in text.splitlines()[0], text
+        assert text.splitlines()[2].strip() == (
+            "SKUs 1,234/2,000 · stopped · continue: tui-backfill resume --job default"
+        ), text
         app.apply_snapshot(dataclasses.replace(grown, state="completed", eta_seconds=0.0))
         await pilot.pause()
         text = screen_text(app)
