@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from tui_backfill.frontends.demo_names import IMAGES_JOB, IMAGES_STATE
 from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.prepare import RunRequest
 from tui_backfill.servers.catalog import ACTIVE_SKUS_QUERY, make_catalog
@@ -22,8 +23,7 @@ from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
 DEMO_DIR = Path("state/demo")
-DEMO_STATE = "state/demo.sqlite3"
-DEMO_JOB = "demo"
+DEMO_STATE, DEMO_JOB = IMAGES_STATE, IMAGES_JOB
 DEMO_BUCKET = "demo-bucket"
 ACTIVE_SKUS = 30_392
 INACTIVE_SKUS = 1_608

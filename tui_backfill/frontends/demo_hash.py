@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tui_backfill.frontends.demo_names import HASH_JOB, HASH_STATE
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.prepare import RunRequest
@@ -33,8 +34,7 @@ DEMO_DIR = Path("state/demo-hash")
 DEMO_S3 = DEMO_DIR / "s3"
 DEMO_INDEX = DEMO_DIR / "index.sqlite3"
 DEMO_READY = DEMO_DIR / "READY"  # written last: a bucket and index made in full
-DEMO_STATE = "state/demo-hash.sqlite3"
-DEMO_JOB = "demo-hash"
+DEMO_STATE, DEMO_JOB = HASH_STATE, HASH_JOB
 DEMO_BUCKET = "demo-hash-bucket"
 DEMO_OBJECTS = 3000
 DEMO_MISMATCHES = DEMO_DIR / "mismatches.csv"

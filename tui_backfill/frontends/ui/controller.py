@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 from tui_backfill.core.records import Command, FailedItem
 from tui_backfill.core.store import JobStore
-from tui_backfill.frontends import demo, demo_hash
+from tui_backfill.frontends.demo_names import DEMO_COMMANDS
 from tui_backfill.frontends.status import JobStatus, job_status
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import DEFAULT_STATE
@@ -55,14 +55,6 @@ class Controller(Protocol):
     async def set_concurrency(self, value: int) -> None: ...
 
     async def failed_items(self) -> list[FailedItem]: ...
-
-
-# A demo's run continues by its demo command, which starts new servers and re-points the run's
-# stored origin and endpoint at them: a plain `resume` would reach the old, dead ports.
-DEMO_COMMANDS = {
-    (demo.DEMO_JOB, demo.DEMO_STATE): "tui-backfill demo (or make demo)",
-    (demo_hash.DEMO_JOB, demo_hash.DEMO_STATE): "tui-backfill demo hash-index (or make demo-hash)",
-}
 
 
 def resume_command(job: str, state: str) -> str:
