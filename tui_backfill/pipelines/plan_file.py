@@ -181,11 +181,7 @@ class PlanFile:
             self._file.write(f"{verb} {visible(item.key)}\n")
         except OSError as exc:  # the disk filled: no plan, said at the end (exit 3)
             self.failure = exc.strerror or str(exc)
-            handle, self._file = self._file, None
-            with contextlib.suppress(OSError):
-                handle.close()
-            with contextlib.suppress(OSError):
-                os.unlink(self._temp)
+            self._close(complete=False)
             return
         self.lines += 1
 
