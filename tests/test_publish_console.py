@@ -30,7 +30,7 @@ from tui_backfill.seams.queue.base import AttentionJob, QueueFigures, WorkerRow
 from tui_backfill.servers.images import many_images, sample_images
 from tui_backfill.servers.raid import RaidServer
 
-GOOD = 40  # enough left after `p` for `r` to be seen claiming (4 are claimed ahead)
+GOOD = 60  # enough left after `p` for `r` to be seen claiming, and for `q` to find claims waiting
 
 
 def screen_text(app: Any) -> str:
@@ -179,7 +179,11 @@ async def drive(pilot: Any, worker: PublishWorker, db: Path, s3: S3Target) -> in
     await until(pilot, lambda: worker.in_flight > 0, "jobs in flight again")
     assert "p Pause" in screen_text(app) and "RUNNING" in screen_text(app)
 
-    # q: the worker stops as on SIGTERM; the app leaves with its exit code once it has.
+    # q: the worker stops as on SIGTERM; the app leaves with its exit code once it has. Pressed
+    # while claims wait for a slot (downloads take 0.25 s), so the stop has some to hand back.
+    await until(
+        pilot, lambda: len(worker.engine.held_ids) > worker.in_flight, "claims waiting for a slot"
+    )
     released = worker.counters.released
     await pilot.press("q")
     await until(pilot, lambda: app.worker_task.done(), "the worker stopped")
