@@ -449,7 +449,11 @@ async def test_conditional_puts_against_moto(
         return False  # never missing: the hook only races the tool's PUT
 
     origin.faults.not_found = race
-    result = await rig.run(rig.skus_file(skus), "--angles", "1-2", "--exists-check", exists_check)
+    # The racer's PUT to moto runs inside the origin's answer: no 1 s timeout here (on a loaded
+    # machine it cut the fetch short, counting errors this test is not about).
+    result = await rig.run(
+        rig.skus_file(skus), "--angles", "1-2", "--exists-check", exists_check, "--timeout", "20"
+    )
     assert result.rc == 0, result.err
     snap = result.snap
     check_identity(snap, 2)
