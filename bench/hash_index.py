@@ -24,6 +24,10 @@ harness in a minute. Contenders, run one after another in an order rotated every
   object with the right hash;
 - `minimal`: `bench/hash_loop.py` (aiobotocore list + 8 concurrent GETs + streaming sha256,
   nothing else), in its own process; its digest of all hashes must match;
+- `floor`: `bench/hash_floor.py`, the same loop with aiohttp alone and a hand-made SigV4 (no
+  botocore): what the leanest Python client reaches on this machine, so a goal out of its reach
+  is out of reach for any client written in Python here; in `rerun` it only lists
+  (`--list-only`): the floor of any re-run that must learn what the bucket holds;
 - `tui-backfill`: `tui-backfill hash-index --no-ui --job bench --state S --bucket bench --prefix
   CASE/ --endpoint-url URL --path-style --index-db I --concurrency 8`, credentials in AWS_*
   variables; fresh state and index every repetition (except `rerun`). Its final snapshot
@@ -76,8 +80,8 @@ BENCH = Path(__file__).resolve().parent
 BUCKET = "bench"
 CONCURRENCY = 8
 KIB, MIB = 1024, 1024 * 1024
-TUI, MINIMAL, RCLONE = "tui-backfill", "minimal", "rclone"
-TOOLS = (RCLONE, MINIMAL, TUI)
+TUI, MINIMAL, RCLONE, FLOOR = "tui-backfill", "minimal", "rclone", "floor"
+TOOLS = (RCLONE, MINIMAL, FLOOR, TUI)
 RSS_GOAL_MB = 150
 # name -> (objects, bytes each), full size and --quick
 CASES = {
@@ -241,10 +245,11 @@ class Bench:
                 "--checkers",
                 c,
             ]
-        if tool == MINIMAL:
+        if tool in (MINIMAL, FLOOR):
             return [
                 sys.executable,
-                str(BENCH / "hash_loop.py"),
+                str(BENCH / ("hash_loop.py" if tool == MINIMAL else "hash_floor.py")),
+                *(["--list-only"] if tool == FLOOR and self.case.name == "rerun" else []),
                 "--bucket",
                 BUCKET,
                 "--prefix",
@@ -338,12 +343,17 @@ class Bench:
 
     def check_minimal(self, run: Run, stdout: str) -> None:
         result = json.loads(stdout)
-        if result["objects"] != self.case.objects or result["digest"] != digest_of(self.expected):
+        expected = self.expected
+        if run.tool == FLOOR and self.case.name == "rerun":  # listed only
+            expected = dict.fromkeys(self.expected, "")
+        if result["objects"] != self.case.objects or result["digest"] != digest_of(expected):
             raise SystemExit(
-                f"the minimal loop hashed {result['objects']} objects of {self.case.objects},"
-                f" digest {'matches' if result['digest'] == digest_of(self.expected) else 'differs'}"
+                f"{run.tool} hashed {result['objects']} objects of {self.case.objects},"
+                f" digest {'matches' if result['digest'] == digest_of(expected) else 'differs'}"
             )
         run.work = result["seconds"]
+
+    check_floor = check_minimal
 
     def check_tui_backfill(self, run: Run, stdout: str) -> None:
         """The final snapshot and the index table, as the contract describes them; what differs
@@ -460,7 +470,7 @@ def summarize(case: Case, runs: dict[str, list[Run]]) -> dict[str, Any]:
             "problems": sorted({p for r in rs for p in r.problems}),
         }
     ratios = {}
-    for x, y in ((TUI, RCLONE), (TUI, MINIMAL), (MINIMAL, RCLONE)):
+    for x, y in ((TUI, RCLONE), (TUI, MINIMAL), (MINIMAL, RCLONE), (FLOOR, RCLONE), (TUI, FLOOR)):
         if runs.get(x) and runs.get(y):
             ratios[f"{x}/{y}"] = _stats(
                 [b.wall / a.wall for a, b in zip(runs[x], runs[y], strict=True)]

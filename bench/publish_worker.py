@@ -474,7 +474,11 @@ def run_minimal(servers: Servers, set_name: str) -> Run:
 
 
 def series_cpu(
-    servers: Servers, sets: dict[str, dict[str, bytes]], reps: int, lot: list[int]
+    servers: Servers,
+    sets: dict[str, dict[str, bytes]],
+    reps: int,
+    lot: list[int],
+    only: set[str] | None = None,
 ) -> list[Run]:
     runs: list[Run] = []
     # (processes, CONCURRENCY each); "minimal" the loop. CONCURRENCY = cores is the worker's
@@ -484,6 +488,8 @@ def series_cpu(
         "camera": ["minimal", (1, CORES), (2, CORES), (3, CORES), (1, 2 * CORES)],
     }
     for set_name, plan in plans.items():
+        if only is not None and set_name not in only:
+            continue
         print(f"series cpu/{set_name}: {wait_quiet(set_name)}", file=sys.stderr, flush=True)
         keys = sorted(sets[set_name])
         for rep in range(reps):
@@ -823,6 +829,9 @@ def main() -> int:
     )
     p.add_argument("--series", default="cpu,memory,claim", help="which series (default all)")
     p.add_argument(
+        "--sets", default="small,camera", help="the cpu series' image sets (default both)"
+    )
+    p.add_argument(
         "--no-wait", action="store_true", help="do not wait for other benchmarks or tests"
     )
     p.add_argument("--wait-limit", type=float, default=600.0, help="longest wait for quiet, s")
@@ -859,7 +868,8 @@ def main() -> int:
         servers = start_servers(root)
         lot = [0]
         try:
-            cpu_runs = series_cpu(servers, sets, reps, lot) if "cpu" in series else []
+            only = set(args.sets.split(","))
+            cpu_runs = series_cpu(servers, sets, reps, lot, only) if "cpu" in series else []
             mem = series_memory(servers, reps, mem_jobs, lot) if "memory" in series else []
             claims = series_claim(servers, reps, claim_jobs) if "claim" in series else []
         finally:

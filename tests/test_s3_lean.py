@@ -1,8 +1,10 @@
-"""The lean PUT/HEAD path (tui_backfill.seams.s3_lean) against real S3 servers on loopback.
+"""The lean PUT/HEAD/GET path (tui_backfill.seams.s3_lean) against real S3 servers on loopback.
 
 What it writes is what a GetObject reads (rclone and moto); its requests are the ones the
 Bucket's aiobotocore client would send (URL, signed headers, payload hash, credential scope)
-for path-style and virtual-hosted addressing; its failures are classified as the Bucket's.
+for path-style and virtual-hosted addressing; its failures are classified as the Bucket's; an
+HTTP_PROXY carries it as it carries the Bucket's calls. Its streamed GET is tested with the S3
+GET seam's contract in tests/test_s3_objects.py.
 """
 
 from __future__ import annotations
@@ -351,3 +353,90 @@ def test_error_answers_read_as_botocore_reads_them(
     status: int, body: bytes, read: tuple[str, int, str]
 ) -> None:
     assert read_error(status, body) == read
+
+
+class ForwardProxy:
+    """A plain HTTP forward proxy on loopback: requests in absolute form (`GET http://host/...`)
+    are relayed to their origin unchanged, and counted by method with their Proxy-Authorization."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []  # (method, URL, Proxy-Authorization)
+        self._runner: Any = None
+        self.url = ""
+
+    async def start(self) -> ForwardProxy:
+        import aiohttp
+        from aiohttp import web
+
+        client = aiohttp.ClientSession(auto_decompress=False)
+
+        async def relay(request: web.Request) -> web.StreamResponse:
+            self.seen.append(
+                (request.method, str(request.url), request.headers.get("Proxy-Authorization"))
+            )
+            headers = {
+                k: v
+                for k, v in request.headers.items()
+                if k.lower() not in ("proxy-authorization", "proxy-connection", "connection")
+            }
+            async with client.request(
+                request.method,
+                request.url,  # absolute: the client asked for this origin
+                headers=headers,
+                data=await request.read(),
+                allow_redirects=False,
+                skip_auto_headers=("Content-Type", "User-Agent", "Accept-Encoding"),
+            ) as answer:
+                body = await answer.read()
+                out = web.Response(status=answer.status, body=body)
+                for k, v in answer.headers.items():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        out.headers[k] = v
+                return out
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", relay)
+        app.on_cleanup.append(lambda _: client.close())
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def test_requests_go_through_the_proxy_the_environment_names(
+    rclone_s3: S3Target, stack: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY carries the lean PUT, HEAD and GET as it carries the Bucket's own calls, with
+    the proxy's credentials as Proxy-Authorization (never in the URL); NO_PROXY exempts a host."""
+    proxy = await ForwardProxy().start()
+    stack.push_async_callback(proxy.stop)
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://op:s%40cret@"))
+    bucket = bucket_for(rclone_s3)
+    lean = await entered(bucket, stack)
+    key = "via/proxy.webp"
+    assert await lean.put(key, b"through", WEBP, if_none_match=False) is True
+    assert await lean.exists(key) is True
+    assert (await bucket.objects().get(key)).body == b"through"
+    lean_calls = [(m, u) for m, u, _ in proxy.seen]
+    where = f"{rclone_s3.endpoint_url}/{rclone_s3.bucket}/{key}"
+    assert lean_calls == [("PUT", where), ("HEAD", where), ("GET", where)]
+    assert {auth for _, _, auth in proxy.seen} == {"Basic b3A6c0BjcmV0"}  # op:s@cret
+    await bucket.list_page("via/")  # the Bucket's aiobotocore client: the same proxy
+    assert proxy.seen[-1][0] == "GET" and "list-type=2" in proxy.seen[-1][1]
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # (boto3 below too: it would block this loop)
+    assert rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key=key)["Body"].read() == (
+        b"through"
+    )
+    exempt = await entered(bucket_for(rclone_s3), stack)
+    before = len(proxy.seen)
+    assert await exempt.exists(key) is True
+    assert len(proxy.seen) == before

@@ -4,6 +4,10 @@ The body streams in chunks; ``timeout`` bounds the time to the first byte and ea
 between chunks, never a whole body that keeps flowing; a body cut short is a retryable
 ``truncated`` (never returned as if whole); 404 is ``noRemote``; other failures are classified
 as the bucket's. The relay of tests/test_bucket.py trickles or stalls answers on a real socket.
+
+Every test runs against both readers of the seam, as one contract: `aiobotocore` (S3Objects on
+the bucket's client: the s3:// origin's) and `lean` (the Bucket's own `objects()`, signed by
+botocore and sent by aiohttp: the hash index's).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from test_bucket import GAP, MARGIN, TIMEOUT, TrickleRelay
 
 from tui_backfill.outcomes import FatalError, NotFoundError, RetryableError
 from tui_backfill.seams.bucket import Bucket
-from tui_backfill.seams.s3_objects import S3Objects
+from tui_backfill.seams.s3_objects import ObjectReader, S3Objects
 from tui_backfill.servers.proxy import ProxyFaults
 
 if TYPE_CHECKING:
@@ -73,13 +77,25 @@ async def open_bucket(
     return await bucket.__aenter__()
 
 
+@pytest.fixture(params=["aiobotocore", "lean"])
+def reader_kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def reader(bucket: Bucket, kind: str) -> ObjectReader:
+    """The seam's reader of `bucket`'s objects, of the kind under test."""
+    if kind == "lean":
+        return bucket.objects()
+    return S3Objects(bucket._client, bucket.name, timeout=bucket.timeout)
+
+
 @pytest.fixture
 async def objects(
-    rclone_s3: S3Target, relay: StallingRelay, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[S3Objects]:
+    rclone_s3: S3Target, relay: StallingRelay, monkeypatch: pytest.MonkeyPatch, reader_kind: str
+) -> AsyncIterator[ObjectReader]:
     bucket = await open_bucket(rclone_s3, relay.endpoint_url, monkeypatch)
     try:
-        yield bucket.objects()
+        yield reader(bucket, reader_kind)
     finally:
         await bucket.__aexit__(None, None, None)
 
@@ -88,7 +104,7 @@ def put(target: S3Target, key: str, body: bytes, content_type: str = "image/jpeg
     target.client().put_object(Bucket=target.bucket, Key=key, Body=body, ContentType=content_type)
 
 
-async def drain(objects: S3Objects, key: str, size: int) -> tuple[list[int], bytes]:
+async def drain(objects: ObjectReader, key: str, size: int) -> tuple[list[int], bytes]:
     sizes: list[int] = []
     parts: list[bytes] = []
     async for chunk in objects.chunks(key, size):
@@ -98,7 +114,7 @@ async def drain(objects: S3Objects, key: str, size: int) -> tuple[list[int], byt
 
 
 async def test_body_streams_in_chunks_and_get_returns_bytes(
-    objects: S3Objects, rclone_s3: S3Target
+    objects: ObjectReader, rclone_s3: S3Target
 ) -> None:
     body = os.urandom(1024 * 1024 + 17)
     put(rclone_s3, "big/one.bin", body, "application/x-test")
@@ -113,19 +129,27 @@ async def test_body_streams_in_chunks_and_get_returns_bytes(
 
 
 async def test_missing_key_is_no_remote_and_missing_bucket_fatal(
-    objects: S3Objects, rclone_s3: S3Target, relay: StallingRelay, monkeypatch: pytest.MonkeyPatch
+    objects: ObjectReader,
+    rclone_s3: S3Target,
+    relay: StallingRelay,
+    monkeypatch: pytest.MonkeyPatch,
+    reader_kind: str,
 ) -> None:
     with pytest.raises(NotFoundError) as missing:
         await objects.get("no/such.jpg")
     assert missing.value.code == "noRemote"
-    gone = S3Objects(objects.client, "no-such-bucket", timeout=TIMEOUT)
-    with pytest.raises(FatalError) as fatal:
-        await gone.get("a.jpg")
+    target = dataclasses.replace(rclone_s3, bucket="no-such-bucket")
+    elsewhere = await open_bucket(target, relay.endpoint_url, monkeypatch)
+    try:
+        with pytest.raises(FatalError) as fatal:
+            await reader(elsewhere, reader_kind).get("a.jpg")
+    finally:
+        await elsewhere.__aexit__(None, None, None)
     assert fatal.value.code == "s3_NoSuchBucket"
 
 
 async def test_rejected_credentials_are_fatal(
-    rclone_s3: S3Target, monkeypatch: pytest.MonkeyPatch
+    rclone_s3: S3Target, monkeypatch: pytest.MonkeyPatch, reader_kind: str
 ) -> None:
     put(rclone_s3, "a.jpg", b"x")
     bucket = await open_bucket(rclone_s3, rclone_s3.endpoint_url, monkeypatch)
@@ -133,9 +157,9 @@ async def test_rejected_credentials_are_fatal(
         dataclasses.replace(rclone_s3, secret_key="wrong"), rclone_s3.endpoint_url, monkeypatch
     )
     try:
-        assert (await bucket.objects().get("a.jpg")).body == b"x"
+        assert (await reader(bucket, reader_kind).get("a.jpg")).body == b"x"
         with pytest.raises(FatalError) as rejected:
-            await wrong.objects().get("a.jpg")
+            await reader(wrong, reader_kind).get("a.jpg")
         assert rejected.value.code.startswith("s3_") and not rejected.value.retryable
     finally:
         await wrong.__aexit__(None, None, None)
@@ -143,7 +167,7 @@ async def test_rejected_credentials_are_fatal(
 
 
 async def test_time_to_first_byte_is_bounded_and_the_pool_recovers(
-    objects: S3Objects, rclone_s3: S3Target, relay: StallingRelay
+    objects: ObjectReader, rclone_s3: S3Target, relay: StallingRelay
 ) -> None:
     put(rclone_s3, "a.jpg", b"jpeg")
     relay.mode = "stall"
@@ -158,7 +182,7 @@ async def test_time_to_first_byte_is_bounded_and_the_pool_recovers(
 
 
 async def test_idle_gap_is_bounded_and_nothing_short_is_returned(
-    objects: S3Objects, rclone_s3: S3Target, relay: StallingRelay
+    objects: ObjectReader, rclone_s3: S3Target, relay: StallingRelay
 ) -> None:
     body = os.urandom(512 * 1024)
     put(rclone_s3, "big/stall.bin", body)
@@ -179,7 +203,7 @@ async def test_idle_gap_is_bounded_and_nothing_short_is_returned(
 
 
 async def test_a_slow_body_that_keeps_flowing_is_not_cut_off(
-    objects: S3Objects, rclone_s3: S3Target, relay: StallingRelay
+    objects: ObjectReader, rclone_s3: S3Target, relay: StallingRelay
 ) -> None:
     """Every gap (GAP) is inside the timeout while the whole body takes twice the timeout:
     the bound is on idle gaps, not on the whole body."""
@@ -194,14 +218,14 @@ async def test_a_slow_body_that_keeps_flowing_is_not_cut_off(
 
 
 async def test_truncated_body_is_retryable_and_never_returned(
-    rclone_s3: S3Target, s3_proxy, monkeypatch: pytest.MonkeyPatch
+    rclone_s3: S3Target, s3_proxy, monkeypatch: pytest.MonkeyPatch, reader_kind: str
 ) -> None:
     body = os.urandom(200_000)
     put(rclone_s3, "big/cut.bin", body)
     proxy = await s3_proxy(rclone_s3, ProxyFaults(truncate_rate=1.0, kinds={"get_object"}))
     bucket = await open_bucket(rclone_s3, proxy.endpoint_url, monkeypatch)
     try:
-        objects = bucket.objects()
+        objects = reader(bucket, reader_kind)
         with pytest.raises(RetryableError) as cut:
             await asyncio.wait_for(objects.get("big/cut.bin"), 4 * TIMEOUT)
         assert cut.value.code == "truncated", cut.value

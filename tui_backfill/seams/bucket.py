@@ -41,7 +41,7 @@ from tui_backfill.outcomes import (
 )
 
 if TYPE_CHECKING:
-    from tui_backfill.seams.s3_objects import S3Objects
+    from tui_backfill.seams.s3_lean import LeanObjects
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -322,6 +322,7 @@ class Bucket:
         self._stack = contextlib.AsyncExitStack()
         self._client: Any = None
         self._credential_source: Any = None  # the client's: refreshable ones refresh there
+        self._objects: LeanObjects | None = None
         self.conditional_writes = True  # until the server rejects If-None-Match
 
     async def __aenter__(self) -> Bucket:
@@ -381,12 +382,16 @@ class Bucket:
     async def __aexit__(self, *exc: object) -> None:
         await self._stack.aclose()
 
-    def objects(self) -> S3Objects:
-        """GETs of this bucket's objects, streamed (tui_backfill.seams.s3_objects), on this
-        bucket's client and timeout."""
-        from tui_backfill.seams.s3_objects import S3Objects
+    def objects(self) -> LeanObjects:
+        """GETs of this bucket's objects, streamed (the S3 GET seam, seams/s3_objects), on the
+        lean signed path (seams/s3_lean) with this bucket's URL, credentials and timeout; one
+        reader for the bucket, closed when the bucket is."""
+        if self._objects is None:
+            from tui_backfill.seams.s3_lean import LeanObjects
 
-        return S3Objects(self._client, self.name, timeout=self.timeout)
+            self._objects = LeanObjects(self)
+            self._stack.push_async_callback(self._objects.aclose)
+        return self._objects
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 call, bounded as a whole by the timeout, as a fetch from the origin is.

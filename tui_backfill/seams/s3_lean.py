@@ -1,4 +1,5 @@
-"""PUT and HEAD of one bucket's objects, signed by botocore and sent by aiohttp directly.
+"""PUT, HEAD and streamed GET of one bucket's objects, signed by botocore and sent by aiohttp
+directly.
 
 aiobotocore spends about 2 ms of CPU on each call (endpoint rules, event hooks, serialisation,
 answer parsing): on the publishing worker's event-loop thread that is CPU taken from the image
@@ -15,6 +16,15 @@ threads. A PUT or HEAD of an object needs none of it once the bucket's URL is kn
   `rejects_conditional`, `not_found`), and a server without conditional writes is remembered
   on the Bucket (`conditional_writes`), so both paths agree.
 
+A GET (`open`) answers the S3 GET seam's `ObjectBody` (seams/s3_objects): the body read from
+aiohttp's stream a chunk at a time, each chunk within the timeout, a short body `truncated`;
+404 is NotFoundError (`noRemote`). `LeanObjects` is that seam's reader on this path, set up on
+first use and closed with its Bucket: the hash index hashes from it (no aiobotocore call, its
+answer wrapper and its per-chunk bookkeeping, per object).
+
+Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY as botocore reads them (`proxy_for`), so an
+operator's proxy carries these requests as it carries the Bucket's.
+
 Not sent: botocore's `Expect: 100-continue` (a round trip per PUT; our bodies are small) and
 its SDK bookkeeping headers (invocation id, attempt), none of which is signed.
 """
@@ -22,7 +32,11 @@ its SDK bookkeeping headers (invocation id, attempt), none of which is signed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import email.utils
 import http.client
+from collections.abc import AsyncIterator
+from datetime import datetime
 from types import TracebackType
 from typing import Self
 from xml.etree import ElementTree
@@ -30,11 +44,12 @@ from xml.etree import ElementTree
 import aiohttp
 import botocore.auth
 import botocore.awsrequest
+import botocore.httpsession
 import botocore.utils
 import yarl
 
 from tui_backfill import __version__
-from tui_backfill.outcomes import BackfillError
+from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
 from tui_backfill.seams.bucket import (
     CLASSIFIED,
     Bucket,
@@ -46,6 +61,8 @@ from tui_backfill.seams.bucket import (
     not_found,
     rejects_conditional,
 )
+from tui_backfill.seams.bucket import answer as said_by
+from tui_backfill.seams.s3_objects import CHUNK, Got, ObjectBody, ObjectInfo
 
 _USER_AGENT = f"tui-backfill/{__version__}"
 
@@ -81,12 +98,18 @@ class LeanBucket:
         self._target: ObjectTarget | None = None
         self._host = ""
         self._session: aiohttp.ClientSession | None = None
+        self._proxy: yarl.URL | None = None
+        self._proxy_headers: dict[str, str] = {}  # to the proxy: CONNECT's, for https
+        self._proxy_in_request: dict[str, str] = {}  # in each request itself, for http
 
     async def __aenter__(self) -> Self:
         self._target = await self._bucket.object_target()
         # The Host header the signer would derive from each URL (botocore's own rule): given
         # up front, it spares the signer two URL parses per request.
         self._host = botocore.auth._host_from_url(self._target.bucket_url + "/")
+        self._proxy, self._proxy_headers = proxy_for(self._target.bucket_url + "/")
+        if self._target.bucket_url.startswith("http://"):
+            self._proxy_in_request = self._proxy_headers  # a plain-http proxy reads them there
         timeout = self.timeout
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._bucket.pool_size),
@@ -157,6 +180,67 @@ class LeanBucket:
             )
         raise classify_answer(code, status, message)
 
+    @contextlib.asynccontextmanager
+    async def open(self, key: str) -> AsyncIterator[ObjectBody]:
+        """GetObject `key`, its head within the timeout; the body is read inside the block (see
+        ObjectBody.chunks). Its connection goes back to the pool when the body was read to the
+        end, and is closed otherwise (never reused mid-body)."""
+        session = self._session
+        assert session is not None, "use LeanBucket as an async context manager"
+        response: aiohttp.ClientResponse | None = None
+        refused: Refused | None = None
+        try:
+            async with asyncio.timeout(self.timeout):
+                url, sent = await self.signed("GET", key, {}, b"")
+                response = await session.request(
+                    "GET",
+                    yarl.URL(url, encoded=True),
+                    headers={**sent, **self._proxy_in_request},
+                    allow_redirects=False,
+                    proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
+                )
+                if response.status >= 300:
+                    refused = read_error(response.status, await response.read())
+        except TimeoutError:
+            raise RetryableError(
+                f"S3 GET {key}: no answer within {self.timeout:g} s", code="timeout"
+            ) from None
+        except aiohttp.ClientPayloadError:  # an error's XML cut short
+            raise RetryableError(
+                f"S3 GET {key}: truncated answer, the connection closed mid-body",
+                code="truncated",
+            ) from None
+        except BackfillError:
+            raise
+        except CLASSIFIED as exc:
+            raise classify(exc) from exc
+        finally:
+            if response is not None and (refused is not None or not response.ok):
+                response.release()
+        assert response is not None
+        if refused is not None:
+            code, status, message = refused
+            if not_found(code, status) and code != "NoSuchBucket":
+                raise NotFoundError(f"S3 {said_by(status, code)}: {key}", code="noRemote")
+            raise classify_answer(code, status, message)
+        headers = response.headers
+        info = ObjectInfo(
+            key=key,
+            size=response.content_length,
+            content_type=headers.get("Content-Type") or "application/octet-stream",
+            etag=headers.get("ETag", ""),
+            last_modified=_http_date(headers.get("Last-Modified")),
+        )
+        body = ObjectBody(info, response.content, self.timeout)
+        try:
+            yield body
+        finally:
+            if info.size is not None and body.received == info.size:
+                response.release()
+            else:
+                response.close()
+
     async def signed(
         self, method: str, key: str, headers: dict[str, str], body: bytes
     ) -> tuple[str, dict[str, str]]:
@@ -191,9 +275,11 @@ class LeanBucket:
                 async with session.request(
                     method,
                     yarl.URL(url, encoded=True),
-                    headers=sent,
+                    headers={**sent, **self._proxy_in_request},
                     data=body or None,
                     allow_redirects=False,
+                    proxy=self._proxy,
+                    proxy_headers=self._proxy_headers,
                 ) as response:
                     answer = await response.read()
                     status = response.status
@@ -206,3 +292,67 @@ class LeanBucket:
         if status < 300:
             return None
         return read_error(status, answer)
+
+
+def proxy_for(url: str) -> tuple[yarl.URL | None, dict[str, str]]:
+    """The proxy botocore would send `url`'s requests through, and its Proxy-Authorization:
+    HTTP_PROXY or HTTPS_PROXY by the URL's scheme, unless NO_PROXY exempts its host (botocore's
+    own reading of the environment, so both paths agree). Credentials in the proxy's URL become
+    the header, never part of the URL sent."""
+    config = botocore.httpsession.ProxyConfiguration(
+        proxies=botocore.utils.get_environ_proxies(url)
+    )
+    proxy_url = config.proxy_url_for(url)
+    if not proxy_url:
+        return None, {}
+    return yarl.URL(proxy_url).with_user(None), config.proxy_headers_for(proxy_url)
+
+
+def _http_date(text: str | None) -> datetime | None:
+    """A Last-Modified header as an aware datetime (UTC); None when absent or unreadable."""
+    if not text:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+
+
+class LeanObjects:
+    """The S3 GET seam's reader (as `S3Objects`: `open`, `chunks`, `get`) on the lean path: a
+    LeanBucket entered on first use, closed by `aclose` (its Bucket does, on leaving)."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket.name
+        self.timeout = bucket.timeout
+        self._lean = LeanBucket(bucket)
+        self._entered = False
+        self._lock = asyncio.Lock()
+
+    async def _ready(self) -> LeanBucket:
+        if not self._entered:
+            async with self._lock:
+                if not self._entered:
+                    await self._lean.__aenter__()
+                    self._entered = True
+        return self._lean
+
+    async def aclose(self) -> None:
+        if self._entered:
+            self._entered = False
+            await self._lean.__aexit__(None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def open(self, key: str) -> AsyncIterator[ObjectBody]:
+        lean = await self._ready()
+        async with lean.open(key) as body:
+            yield body
+
+    async def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]:
+        async with self.open(key) as obj:
+            async for chunk in obj.chunks(size):
+                yield chunk
+
+    async def get(self, key: str) -> Got:
+        async with self.open(key) as obj:
+            return Got(await obj.read(), obj.info.content_type)

@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 import botocore.exceptions
@@ -111,6 +111,17 @@ class ObjectBody:
         )
 
 
+class ObjectReader(Protocol):
+    """What reads objects through this seam: S3Objects (aiobotocore), and the lean signed path
+    (seams/s3_lean.LeanObjects) the hash index uses."""
+
+    def open(self, key: str) -> contextlib.AbstractAsyncContextManager[ObjectBody]: ...
+
+    def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]: ...
+
+    async def get(self, key: str) -> Got: ...
+
+
 class S3Objects:
     """GETs of one bucket's objects through an aiobotocore S3 client the caller owns."""
 
@@ -169,4 +180,4 @@ class S3Objects:
             return Got(await obj.read(), obj.info.content_type)
 
 
-__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "S3Objects"]
+__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "ObjectReader", "S3Objects"]

@@ -48,7 +48,7 @@ from tui_backfill.pipelines.hash_index.checkpoint import (
 from tui_backfill.pipelines.hash_index.snapshot import HashCounters, HashSnapshot
 from tui_backfill.seams.bucket import Listed, ListedPage, unquote_etag
 from tui_backfill.seams.index_table import IndexRow, IndexTable, Upsert
-from tui_backfill.seams.s3_objects import S3Objects
+from tui_backfill.seams.s3_objects import ObjectReader
 
 NAME = "hash-index"
 log = logging.getLogger("tui_backfill.hash_index")
@@ -78,7 +78,7 @@ class Listing(Protocol):
 
     async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage: ...
 
-    def objects(self) -> S3Objects: ...
+    def objects(self) -> ObjectReader: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +126,7 @@ def _update(digest: Any, pieces: list[bytes]) -> None:
         digest.update(piece)
 
 
-async def hash_object(objects: S3Objects, key: str) -> Hashed:
+async def hash_object(objects: ObjectReader, key: str) -> Hashed:
     """One GET, its body streamed through SHA-256 (never whole in memory); a body shorter
     than its Content-Length is `truncated` and never hashed (retried by the caller).
 
