@@ -210,8 +210,11 @@ class Bench:
         config = self.tmp / "rclone.conf"
         config.touch()
         s3 = self.s3
+        # Python contenders as an operator runs them: compiled modules cached (a shell with
+        # PYTHONDONTWRITEBYTECODE would recompile the tree's modules at every start)
+        inherited = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
         return {
-            **os.environ,
+            **inherited,
             **s3.env(),
             "RCLONE_CONFIG": str(config),
             "RCLONE_CONFIG_SRC_TYPE": "s3",

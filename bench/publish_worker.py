@@ -306,6 +306,7 @@ class Servers:
             for k, v in os.environ.items()
             if not k.startswith(("AWS_", "TUI_BACKFILL_", "B2_", "RAID_"))
             and k not in ("DATABASE_URL", "CDN_BASE_URL", "CONCURRENCY", "WORKER_POLL_INTERVAL")
+            and k != "PYTHONDONTWRITEBYTECODE"  # compiled modules cached, as an operator has them
         }
         env.update(
             PYTHONPATH=str(REPO),

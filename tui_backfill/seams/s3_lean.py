@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import email.utils
 import http.client
+import urllib.parse
 from collections.abc import AsyncIterator
 from datetime import datetime
 from types import TracebackType
@@ -53,6 +54,8 @@ from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
 from tui_backfill.seams.bucket import (
     CLASSIFIED,
     Bucket,
+    Listed,
+    ListedPage,
     ObjectTarget,
     already_there,
     call_timed_out,
@@ -60,6 +63,7 @@ from tui_backfill.seams.bucket import (
     classify_answer,
     not_found,
     rejects_conditional,
+    unquote_etag,
 )
 from tui_backfill.seams.bucket import answer as said_by
 from tui_backfill.seams.s3_objects import CHUNK, Got, ObjectBody, ObjectInfo
@@ -246,11 +250,18 @@ class LeanBucket:
     ) -> tuple[str, dict[str, str]]:
         """The URL and headers of the request for `key`, signed with the credentials as they
         are now."""
-        target = self._target
-        assert target is not None, "use LeanBucket as an async context manager"
+        return await self._sign(method, self._object_url(key), headers, body)
+
+    def _object_url(self, key: str) -> str:
         if not isinstance(key, str):  # a caller's bug, not an S3 failure
             raise TypeError(f"key must be a str, not {key.__class__.__name__}")
-        url = f"{target.bucket_url}/{botocore.utils.percent_encode(key, safe='/~')}"
+        return f"{self.bucket_url}/{botocore.utils.percent_encode(key, safe='/~')}"
+
+    async def _sign(
+        self, method: str, url: str, headers: dict[str, str], body: bytes
+    ) -> tuple[str, dict[str, str]]:
+        target = self._target
+        assert target is not None, "use LeanBucket as an async context manager"
         credentials = await self._bucket.frozen_credentials()
         request = botocore.awsrequest.AWSRequest(
             method=method, url=url, headers={"Host": self._host, **headers}, data=body
@@ -261,17 +272,51 @@ class LeanBucket:
         sent["Accept-Encoding"] = "identity"
         return url, sent
 
+    async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
+        """One ListObjectsV2 page, as `Bucket.list_page`: up to 1,000 objects under `prefix`
+        after `start_after`, in ascending key order (keys URL-encoded on the wire, as botocore
+        asks for them, so that any key survives XML)."""
+        target = self._target
+        assert target is not None, "use LeanBucket as an async context manager"
+        query = {"list-type": "2", "max-keys": "1000", "prefix": prefix, "encoding-type": "url"}
+        if start_after:
+            query["start-after"] = start_after
+        base = target.bucket_url
+        if not yarl.URL(base).path.strip("/"):  # virtual-hosted: the bucket is the host
+            base += "/"
+        url = base + "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
+        status, answer = await self._request("GET", "list_objects_v2", url, {}, b"")
+        if status >= 300:
+            raise classify_answer(*read_error(status, answer))
+        try:
+            return read_listing(answer)
+        except (ElementTree.ParseError, ValueError) as exc:
+            raise RetryableError(
+                f"S3 list_objects_v2: an answer that is not a listing ({exc})", code="bad_content"
+            ) from None
+
     async def _send(
         self, method: str, operation: str, key: str, headers: dict[str, str], body: bytes
     ) -> Refused | None:
-        """One signed request; None when answered 2xx, else the error answer. Transport
-        failures and a call past the timeout raise classified errors; anything else (a bug)
-        propagates unchanged, as from the Bucket's methods."""
+        """One signed request for `key`; None when answered 2xx, else the error answer."""
+        status, answer = await self._request(
+            method, operation, self._object_url(key), headers, body
+        )
+        if status < 300:
+            return None
+        return read_error(status, answer)
+
+    async def _request(
+        self, method: str, operation: str, url: str, headers: dict[str, str], body: bytes
+    ) -> tuple[int, bytes]:
+        """One signed request: its status and body. Transport failures and a call past the
+        timeout raise classified errors; anything else (a bug) propagates unchanged, as from
+        the Bucket's methods."""
         session = self._session
         assert session is not None, "use LeanBucket as an async context manager"
         try:
             async with asyncio.timeout(self.timeout):
-                url, sent = await self.signed(method, key, headers, body)
+                url, sent = await self._sign(method, url, headers, body)
                 async with session.request(
                     method,
                     yarl.URL(url, encoded=True),
@@ -289,9 +334,34 @@ class LeanBucket:
             raise
         except CLASSIFIED as exc:
             raise classify(exc) from None
-        if status < 300:
-            return None
-        return read_error(status, answer)
+        return status, answer
+
+
+def _quote(text: str) -> str:
+    return urllib.parse.quote(text, safe="-_.~")
+
+
+def read_listing(body: bytes) -> ListedPage:
+    """A ListObjectsV2 answer (`encoding-type=url`) as botocore reads it: each object's key
+    (URL-decoded when the answer says EncodingType url), size, unquoted ETag and LastModified;
+    whether more objects follow."""
+    root = ElementTree.fromstring(body)
+    ns = root.tag[: root.tag.index("}") + 1] if root.tag.startswith("{") else ""
+    encoded = (root.findtext(f"{ns}EncodingType") or "") == "url"
+    objects = []
+    for entry in root.iter(f"{ns}Contents"):
+        key = entry.findtext(f"{ns}Key") or ""
+        modified = entry.findtext(f"{ns}LastModified")
+        objects.append(
+            Listed(
+                key=urllib.parse.unquote_plus(key) if encoded else key,
+                size=int(entry.findtext(f"{ns}Size") or 0),
+                etag=unquote_etag(entry.findtext(f"{ns}ETag") or ""),
+                last_modified=datetime.fromisoformat(modified) if modified else None,
+            )
+        )
+    truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
+    return ListedPage(objects, truncated=truncated)
 
 
 def proxy_for(url: str) -> tuple[yarl.URL | None, dict[str, str]]:
@@ -347,6 +417,10 @@ class LeanObjects:
         lean = await self._ready()
         async with lean.open(key) as body:
             yield body
+
+    async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
+        lean = await self._ready()
+        return await lean.list_page(prefix, start_after=start_after)
 
     async def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]:
         async with self.open(key) as obj:

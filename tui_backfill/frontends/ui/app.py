@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
@@ -177,7 +178,11 @@ class BackfillApp(App[int]):
         self.phase = phase
         ways = self.controller.resume_ways()
         now = self._clock()
-        self.query_one(HeaderBar).show(snap, attached=self.controller.attached, phase=phase)
+        try:
+            header = self.query_one(HeaderBar)
+        except NoMatches:  # the console is closing: a poll answered after its panels went
+            return
+        header.show(snap, attached=self.controller.attached, phase=phase)
         instead = status_text(phase, lost_for=lost_for, resume_with=ways[0] if ways else "")
         self.query_one(ProgressPanel).show(snap, now, phase=phase, instead=instead)
         self.query_one(CountersPanel).show(snap)
