@@ -870,6 +870,8 @@ def main() -> int:
         lot = [0]
         try:
             only = set(args.sets.split(","))
+            if not only <= {"small", "camera"}:
+                raise SystemExit(f"--sets: {args.sets!r}; accepted: small, camera, or both")
             cpu_runs = series_cpu(servers, sets, reps, lot, only) if "cpu" in series else []
             mem = series_memory(servers, reps, mem_jobs, lot) if "memory" in series else []
             claims = series_claim(servers, reps, claim_jobs) if "claim" in series else []

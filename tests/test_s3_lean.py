@@ -429,8 +429,9 @@ async def test_requests_go_through_the_proxy_the_environment_names(
     where = f"{rclone_s3.endpoint_url}/{rclone_s3.bucket}/{key}"
     assert lean_calls == [("PUT", where), ("HEAD", where), ("GET", where)]
     assert {auth for _, _, auth in proxy.seen} == {"Basic b3A6c0BjcmV0"}  # op:s@cret
-    await bucket.list_page("via/")  # the Bucket's aiobotocore client: the same proxy
-    assert proxy.seen[-1][0] == "GET" and "list-type=2" in proxy.seen[-1][1]
+    await bucket.preflight()  # the Bucket's aiobotocore client: the same proxy and header
+    assert proxy.seen[-1][:2] == ("HEAD", f"{rclone_s3.endpoint_url}/{rclone_s3.bucket}")
+    assert proxy.seen[-1][2] == "Basic b3A6c0BjcmV0"
 
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")  # (boto3 below too: it would block this loop)
     assert rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key=key)["Body"].read() == (
@@ -472,3 +473,24 @@ async def test_a_listing_reads_what_botocore_reads(
     after = await bucket.list_page("odd/", start_after=sorted(keys)[2])
     assert [o.key for o in after.objects] == sorted(keys)[3:]
     assert (await bucket.list_page("none/")).objects == []
+
+
+async def test_a_reader_closes_with_its_bucket_and_a_new_entry_makes_a_new_one(
+    rclone_s3: S3Target,
+) -> None:
+    """The Bucket's lean reader is closed when the Bucket is: a read after that is refused (it
+    never opens a session nothing would close); the Bucket entered again reads with a new one."""
+    rclone_s3.client().put_object(Bucket=rclone_s3.bucket, Key="life/a.bin", Body=b"alive")
+    bucket = bucket_for(rclone_s3)
+    async with bucket:
+        first = bucket.objects()
+        assert (await first.get("life/a.bin")).body == b"alive"
+        assert bucket.objects() is first
+    with pytest.raises(RetryableError) as refused:
+        await first.get("life/a.bin")
+    assert refused.value.code == "s3_connection" and "closed" in refused.value.message
+    async with bucket:
+        again = bucket.objects()
+        assert again is not first
+        assert (await again.get("life/a.bin")).body == b"alive"
+    assert first._lean._session is None and again._lean._session is None

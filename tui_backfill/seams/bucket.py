@@ -389,9 +389,16 @@ class Bucket:
         if self._objects is None:
             from tui_backfill.seams.s3_lean import LeanObjects
 
-            self._objects = LeanObjects(self)
-            self._stack.push_async_callback(self._objects.aclose)
+            self._objects = reader = LeanObjects(self)
+            self._stack.push_async_callback(self._forget_objects, reader)
         return self._objects
+
+    async def _forget_objects(self, reader: LeanObjects) -> None:
+        """On leaving: the reader closed (it refuses reads after) and forgotten, so that a
+        Bucket entered again makes a new one."""
+        if self._objects is reader:
+            self._objects = None
+        await reader.aclose()
 
     async def _call(self, operation: str, **params: Any) -> Any:
         """One S3 call, bounded as a whole by the timeout, as a fetch from the origin is.

@@ -62,6 +62,7 @@ from tui_backfill.seams.bucket import (
     classify,
     classify_answer,
     not_found,
+    parse_timestamp,
     rejects_conditional,
     unquote_etag,
 )
@@ -357,7 +358,7 @@ def read_listing(body: bytes) -> ListedPage:
                 key=urllib.parse.unquote_plus(key) if encoded else key,
                 size=int(entry.findtext(f"{ns}Size") or 0),
                 etag=unquote_etag(entry.findtext(f"{ns}ETag") or ""),
-                last_modified=datetime.fromisoformat(modified) if modified else None,
+                last_modified=parse_timestamp(modified) if modified else None,
             )
         )
     truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
@@ -397,20 +398,28 @@ class LeanObjects:
         self.timeout = bucket.timeout
         self._lean = LeanBucket(bucket)
         self._entered = False
+        self._closed = False
         self._lock = asyncio.Lock()
 
     async def _ready(self) -> LeanBucket:
         if not self._entered:
             async with self._lock:
+                if self._closed:  # its Bucket has closed: nothing may open a session again
+                    raise RetryableError(
+                        f"S3 bucket {self.bucket}: read after the bucket was closed",
+                        code="s3_connection",
+                    )
                 if not self._entered:
                     await self._lean.__aenter__()
                     self._entered = True
         return self._lean
 
     async def aclose(self) -> None:
-        if self._entered:
-            self._entered = False
-            await self._lean.__aexit__(None, None, None)
+        async with self._lock:
+            self._closed = True
+            if self._entered:
+                self._entered = False
+                await self._lean.__aexit__(None, None, None)
 
     @contextlib.asynccontextmanager
     async def open(self, key: str) -> AsyncIterator[ObjectBody]:

@@ -12,6 +12,7 @@ a stopped one), and when an attached console has lost its connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import signal
@@ -130,7 +131,8 @@ class BackfillApp(App[int]):
             self.exit_code = result.exit_code
         except Exception as exc:  # the engine persisted what it could; show why it stopped
             self.exit_code = 3
-            self.query_one(EventLog).write(f"{self._clock():%H:%M:%S} engine stopped: {exc}")
+            with contextlib.suppress(NoMatches):  # the console may be closing meanwhile
+                self.query_one(EventLog).write(f"{self._clock():%H:%M:%S} engine stopped: {exc}")
         finally:
             self._engine_done.set()
         await self.refresh_snapshot()
@@ -178,20 +180,28 @@ class BackfillApp(App[int]):
         self.phase = phase
         ways = self.controller.resume_ways()
         now = self._clock()
-        try:
-            header = self.query_one(HeaderBar)
-        except NoMatches:  # the console is closing: a poll answered after its panels went
-            return
-        header.show(snap, attached=self.controller.attached, phase=phase)
         instead = status_text(phase, lost_for=lost_for, resume_with=ways[0] if ways else "")
-        self.query_one(ProgressPanel).show(snap, now, phase=phase, instead=instead)
-        self.query_one(CountersPanel).show(snap)
-        self.query_one(ErrorsPanel).show(snap)
-        self.query_one(CheckpointPanel).show(snap)
         stamp = now.strftime("%H:%M:%S")
         events = [] if lost_for is not None else notable_events(self._previous, snap)
         events += phase_events(before, phase, ways=ways, where=self.controller.where)
-        self.query_one(EventLog).write(*(f"{stamp} {event}" for event in events))
+        try:
+            panels = (
+                self.query_one(HeaderBar),
+                self.query_one(ProgressPanel),
+                self.query_one(CountersPanel),
+                self.query_one(ErrorsPanel),
+                self.query_one(CheckpointPanel),
+                self.query_one(EventLog),
+            )
+        except NoMatches:  # the console is closing: a poll answered after panels went
+            return
+        header, progress, counters, errors, checkpoint, log = panels
+        header.show(snap, attached=self.controller.attached, phase=phase)
+        progress.show(snap, now, phase=phase, instead=instead)
+        counters.show(snap)
+        errors.show(snap)
+        checkpoint.show(snap)
+        log.write(*(f"{stamp} {event}" for event in events))
         self._previous = snap
 
     # -- keys -------------------------------------------------------------------------------
