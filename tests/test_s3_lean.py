@@ -494,3 +494,88 @@ async def test_a_reader_closes_with_its_bucket_and_a_new_entry_makes_a_new_one(
         assert again is not first
         assert (await again.get("life/a.bin")).body == b"alive"
     assert first._lean._session is None and again._lean._session is None
+
+
+class ElsewhereS3:
+    """An S3 endpoint on loopback whose bucket lives in eu-west-1 and that answers a request
+    signed for another region as AWS does (the protocol detail rclone and moto do not play):
+    400 AuthorizationHeaderMalformed naming the <Region>, or 301 with x-amz-bucket-region on a
+    HEAD. It logs (method, path, signing region) of every request."""
+
+    REGION = "eu-west-1"
+    LISTING = (
+        b'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult'
+        b' xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Name>bkt</Name><Prefix></Prefix>'
+        b"<MaxKeys>1000</MaxKeys><EncodingType>url</EncodingType><IsTruncated>false</IsTruncated>"
+        b"<Contents><Key>a.bin</Key><LastModified>2024-01-01T00:00:00.000Z</LastModified>"
+        b"<ETag>&quot;abc&quot;</ETag><Size>3</Size></Contents></ListBucketResult>"
+    )
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str]] = []
+        self._runner: Any = None
+        self.url = ""
+
+    async def start(self) -> ElsewhereS3:
+        from aiohttp import web
+
+        async def answer(request: web.Request) -> web.Response:
+            found = re.search(
+                r"Credential=[^/]+/\d+/([^/]+)/s3/", request.headers.get("Authorization", "")
+            )
+            region = found.group(1) if found else ""
+            self.seen.append((request.method, request.path, region))
+            if region != self.REGION:
+                if request.method == "HEAD":
+                    return web.Response(status=301, headers={"x-amz-bucket-region": self.REGION})
+                body = (
+                    "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region"
+                    f" '{region}' is wrong; expecting '{self.REGION}'</Message>"
+                    f"<Region>{self.REGION}</Region></Error>"
+                )
+                return web.Response(status=400, text=body, content_type="application/xml")
+            if request.method == "HEAD":
+                return web.Response(status=200)
+            if "list-type" in request.query:
+                return web.Response(body=self.LISTING, content_type="application/xml")
+            return web.Response(body=b"abc", headers={"ETag": '"abc"'})
+
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", answer)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        return self
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+async def test_a_wrong_region_is_found_once_as_botocore_finds_it(stack: Any) -> None:
+    """Without --region (us-east-1) and no preflight before (the batch API's case), the lean
+    listing and GET meet the wrong-region answer once, the Bucket's client finds the region
+    (a HeadBucket its redirector follows) and every later request is signed for it."""
+    server = await ElsewhereS3().start()
+    stack.push_async_callback(server.stop)
+    bucket = Bucket(
+        "bkt",
+        endpoint_url=server.url,
+        region=None,
+        path_style=True,
+        timeout=TIMEOUT,
+        pool_size=2,
+        credentials=("AKIAEXAMPLE", "not-a-secret"),
+    )
+    await stack.enter_async_context(bucket)
+    page = await bucket.list_page("")
+    assert [o.key for o in page.objects] == ["a.bin"]
+    assert (await bucket.objects().get("a.bin")).body == b"abc"
+    assert (await bucket.list_page("")).objects == page.objects
+    wrong = [entry for entry in server.seen if entry[2] != ElsewhereS3.REGION]
+    assert wrong == [("GET", "/bkt", "us-east-1"), ("HEAD", "/bkt", "us-east-1")]
+    assert server.seen[-3:] == [
+        ("GET", "/bkt", "eu-west-1"),
+        ("GET", "/bkt/a.bin", "eu-west-1"),
+        ("GET", "/bkt", "eu-west-1"),
+    ]

@@ -346,6 +346,15 @@ class Bucket:
         )
         return frozen
 
+    async def locate(self) -> None:
+        """One HeadBucket through the client: botocore's region redirector follows a
+        wrong-region answer and remembers the bucket's region, which `object_target` then
+        gives (the lean path asks for this when S3 says its region was wrong)."""
+        try:
+            await self._call("head_bucket", Bucket=self.name)
+        except CLASSIFIED as exc:
+            raise classify(exc) from None
+
     async def object_target(self) -> ObjectTarget:
         """Where the client sends an object's requests and how it signs them: the URL of the
         bucket (path-style or virtual-hosted, as the client's endpoint rules resolve it) and

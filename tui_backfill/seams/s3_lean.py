@@ -36,10 +36,10 @@ import contextlib
 import email.utils
 import http.client
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 from xml.etree import ElementTree
 
 import aiohttp
@@ -108,13 +108,7 @@ class LeanBucket:
         self._proxy_in_request: dict[str, str] = {}  # in each request itself, for http
 
     async def __aenter__(self) -> Self:
-        self._target = await self._bucket.object_target()
-        # The Host header the signer would derive from each URL (botocore's own rule): given
-        # up front, it spares the signer two URL parses per request.
-        self._host = botocore.auth._host_from_url(self._target.bucket_url + "/")
-        self._proxy, self._proxy_headers = proxy_for(self._target.bucket_url + "/")
-        if self._target.bucket_url.startswith("http://"):
-            self._proxy_in_request = self._proxy_headers  # a plain-http proxy reads them there
+        await self._resolve()
         timeout = self.timeout
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self._bucket.pool_size),
@@ -129,6 +123,18 @@ class LeanBucket:
         session._retry_connection = False
         self._session = session
         return self
+
+    async def _resolve(self) -> None:
+        """Where requests go and how they are signed, from the Bucket's client (again after a
+        wrong-region answer); the proxy for that URL."""
+        self._target = await self._bucket.object_target()
+        # The Host header the signer would derive from each URL (botocore's own rule): given
+        # up front, it spares the signer two URL parses per request.
+        self._host = botocore.auth._host_from_url(self._target.bucket_url + "/")
+        self._proxy, self._proxy_headers = proxy_for(self._target.bucket_url + "/")
+        self._proxy_in_request = (  # a plain-http proxy reads them in the request itself
+            self._proxy_headers if self._target.bucket_url.startswith("http://") else {}
+        )
 
     async def __aexit__(
         self,
@@ -190,10 +196,32 @@ class LeanBucket:
         """GetObject `key`, its head within the timeout; the body is read inside the block (see
         ObjectBody.chunks). Its connection goes back to the pool when the body was read to the
         end, and is closed otherwise (never reused mid-body)."""
+        response = await self._get(key)
+        headers = response.headers
+        info = ObjectInfo(
+            key=key,
+            size=response.content_length,
+            content_type=headers.get("Content-Type") or "application/octet-stream",
+            etag=headers.get("ETag", ""),
+            last_modified=_http_date(headers.get("Last-Modified")),
+        )
+        body = ObjectBody(info, response.content, self.timeout)
+        try:
+            yield body
+        finally:
+            if info.size is not None and body.received == info.size:
+                response.release()
+            else:
+                response.close()
+
+    async def _get(self, key: str, *, relocated: bool = False) -> aiohttp.ClientResponse:
+        """The answer's head of a GET of `key` (a 2xx; its body unread), or a classified error;
+        a wrong region is found once (`_relocate`) and the GET sent again."""
         session = self._session
         assert session is not None, "use LeanBucket as an async context manager"
         response: aiohttp.ClientResponse | None = None
         refused: Refused | None = None
+        answer = b""
         try:
             async with asyncio.timeout(self.timeout):
                 url, sent = await self.signed("GET", key, {}, b"")
@@ -206,7 +234,8 @@ class LeanBucket:
                     proxy_headers=self._proxy_headers,
                 )
                 if response.status >= 300:
-                    refused = read_error(response.status, await response.read())
+                    answer = await response.read()
+                    refused = read_error(response.status, answer)
         except TimeoutError:
             raise RetryableError(
                 f"S3 GET {key}: no answer within {self.timeout:g} s", code="timeout"
@@ -225,26 +254,36 @@ class LeanBucket:
                 response.release()
         assert response is not None
         if refused is not None:
+            if not relocated and await self._relocate(refused, response.headers, answer):
+                return await self._get(key, relocated=True)
             code, status, message = refused
             if not_found(code, status) and code != "NoSuchBucket":
                 raise NotFoundError(f"S3 {said_by(status, code)}: {key}", code="noRemote")
             raise classify_answer(code, status, message)
-        headers = response.headers
-        info = ObjectInfo(
-            key=key,
-            size=response.content_length,
-            content_type=headers.get("Content-Type") or "application/octet-stream",
-            etag=headers.get("ETag", ""),
-            last_modified=_http_date(headers.get("Last-Modified")),
-        )
-        body = ObjectBody(info, response.content, self.timeout)
-        try:
-            yield body
-        finally:
-            if info.size is not None and body.received == info.size:
-                response.release()
-            else:
-                response.close()
+        return response
+
+    async def _relocate(self, refused: Refused, headers: Any, answer: bytes) -> bool:
+        """A wrong-region answer, read as botocore's region redirector reads them (301 or 307
+        with `x-amz-bucket-region`; 400 AuthorizationHeaderMalformed or
+        IllegalLocationConstraintException naming the <Region>): the Bucket's client makes one
+        HeadBucket, which that redirector follows and remembers, and the object target is
+        resolved again. True when the region changed (send again), False otherwise."""
+        code, status, _ = refused
+        target = self._target
+        assert target is not None, "use LeanBucket as an async context manager"
+        if status not in (301, 307, 400):
+            return False
+        if status == 400 and code not in (
+            "AuthorizationHeaderMalformed",
+            "IllegalLocationConstraintException",
+        ):
+            return False
+        region = headers.get("x-amz-bucket-region") or _xml_text(answer, "Region")
+        if not region or region == target.region:
+            return False
+        await self._bucket.locate()
+        await self._resolve()
+        return self._target is not None and self._target.region != target.region
 
     async def signed(
         self, method: str, key: str, headers: dict[str, str], body: bytes
@@ -277,15 +316,17 @@ class LeanBucket:
         """One ListObjectsV2 page, as `Bucket.list_page`: up to 1,000 objects under `prefix`
         after `start_after`, in ascending key order (keys URL-encoded on the wire, as botocore
         asks for them, so that any key survives XML)."""
-        target = self._target
-        assert target is not None, "use LeanBucket as an async context manager"
         query = {"list-type": "2", "max-keys": "1000", "prefix": prefix, "encoding-type": "url"}
         if start_after:
             query["start-after"] = start_after
-        base = target.bucket_url
-        if not yarl.URL(base).path.strip("/"):  # virtual-hosted: the bucket is the host
-            base += "/"
-        url = base + "?" + "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
+        encoded = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
+
+        def url() -> str:
+            base = self.bucket_url
+            if not yarl.URL(base).path.strip("/"):  # virtual-hosted: the bucket is the host
+                base += "/"
+            return f"{base}?{encoded}"
+
         status, answer = await self._request("GET", "list_objects_v2", url, {}, b"")
         if status >= 300:
             raise classify_answer(*read_error(status, answer))
@@ -300,24 +341,33 @@ class LeanBucket:
         self, method: str, operation: str, key: str, headers: dict[str, str], body: bytes
     ) -> Refused | None:
         """One signed request for `key`; None when answered 2xx, else the error answer."""
+        self._object_url(key)  # a key that is not a str fails here, before any request
         status, answer = await self._request(
-            method, operation, self._object_url(key), headers, body
+            method, operation, lambda: self._object_url(key), headers, body
         )
         if status < 300:
             return None
         return read_error(status, answer)
 
     async def _request(
-        self, method: str, operation: str, url: str, headers: dict[str, str], body: bytes
+        self,
+        method: str,
+        operation: str,
+        url_of: Callable[[], str],
+        headers: dict[str, str],
+        body: bytes,
+        *,
+        relocated: bool = False,
     ) -> tuple[int, bytes]:
-        """One signed request: its status and body. Transport failures and a call past the
-        timeout raise classified errors; anything else (a bug) propagates unchanged, as from
-        the Bucket's methods."""
+        """One signed request to `url_of()`: its status and body; a wrong region is found once
+        (`_relocate`) and the request sent again to the URL it then gives. Transport failures
+        and a call past the timeout raise classified errors; anything else (a bug) propagates
+        unchanged, as from the Bucket's methods."""
         session = self._session
         assert session is not None, "use LeanBucket as an async context manager"
         try:
             async with asyncio.timeout(self.timeout):
-                url, sent = await self._sign(method, url, headers, body)
+                url, sent = await self._sign(method, url_of(), headers, body)
                 async with session.request(
                     method,
                     yarl.URL(url, encoded=True),
@@ -329,13 +379,32 @@ class LeanBucket:
                 ) as response:
                     answer = await response.read()
                     status = response.status
+                    answered = response.headers
         except TimeoutError:
             raise call_timed_out(operation, self.timeout) from None
         except BackfillError:
             raise
         except CLASSIFIED as exc:
             raise classify(exc) from None
+        if (
+            status >= 300
+            and not relocated
+            and await self._relocate(read_error(status, answer), answered, answer)
+        ):
+            return await self._request(method, operation, url_of, headers, body, relocated=True)
         return status, answer
+
+
+def _xml_text(body: bytes, tag: str) -> str:
+    """The text of the first <tag> of an XML answer ("" when absent or not XML)."""
+    try:
+        root = ElementTree.fromstring(body)
+    except ElementTree.ParseError:
+        return ""
+    for element in root.iter():
+        if element.tag.rpartition("}")[2] == tag:
+            return element.text or ""
+    return ""
 
 
 def _quote(text: str) -> str:
