@@ -579,3 +579,78 @@ async def test_a_wrong_region_is_found_once_as_botocore_finds_it(stack: Any) -> 
         ("GET", "/bkt/a.bin", "eu-west-1"),
         ("GET", "/bkt", "eu-west-1"),
     ]
+
+
+def self_signed(directory: Any) -> tuple[str, str]:
+    """A certificate for 127.0.0.1 signed by itself (a private CA's stand-in): (cert, key) paths.
+    Made with `cryptography` (moto's dependency, so in the dev environment)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tui-backfill test CA")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "ca.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+async def test_https_is_verified_with_the_ca_bundle_botocore_names(
+    rclone_s3: S3Target, stack: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An HTTPS endpoint under a private CA: with AWS_CA_BUNDLE naming it, the lean GET, listing
+    and PUT verify it as the Bucket's client does; without it, the certificate is refused."""
+    import ssl
+
+    from tui_backfill.servers.proxy import ReverseProxy
+
+    cert, key = self_signed(tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
+    stack.push_async_callback(https.stop)
+    rclone_s3.client().put_object(Bucket=rclone_s3.bucket, Key="tls/a.bin", Body=b"private")
+
+    monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+    bucket = bucket_for(rclone_s3, endpoint_url=https.endpoint_url)
+    lean = await entered(bucket, stack)
+    await bucket.preflight()  # the client's own verification, for comparison
+    assert [o.key for o in (await bucket.list_page("tls/")).objects] == ["tls/a.bin"]
+    assert (await bucket.objects().get("tls/a.bin")).body == b"private"
+    assert await lean.put("tls/b.bin", b"b", WEBP, if_none_match=False) is True
+    assert https.requests[("GET", "list")] == 1 and https.requests[("PUT", "put_object")] == 1
+
+    monkeypatch.delenv("AWS_CA_BUNDLE")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    untrusting = bucket_for(rclone_s3, endpoint_url=https.endpoint_url)
+    await stack.enter_async_context(untrusting)
+    with pytest.raises(RetryableError) as refused:
+        await untrusting.objects().get("tls/a.bin")
+    assert refused.value.code == "s3_connection" and "Certificate" in refused.value.message

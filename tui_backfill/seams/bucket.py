@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import email.utils
 import enum
+import os
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -323,6 +324,7 @@ class Bucket:
         self._client: Any = None
         self._credential_source: Any = None  # the client's: refreshable ones refresh there
         self._objects: LeanObjects | None = None
+        self.verify: bool | str = True  # a CA bundle's path, or True: see __aenter__
         self.conditional_writes = True  # until the server rejects If-None-Match
 
     async def __aenter__(self) -> Bucket:
@@ -334,6 +336,12 @@ class Bucket:
         )
         # The object the client signs with (the session resolved it once for the client)
         self._credential_source = await session.get_credentials()
+        # How the client verifies TLS (botocore: AWS_CA_BUNDLE or a profile's ca_bundle, else
+        # REQUESTS_CA_BUNDLE, else its default bundle), for requests sent beside it (s3_lean)
+        ca_bundle = session.get_config_variable("ca_bundle")
+        self.verify = (
+            ca_bundle if ca_bundle is not None else os.environ.get("REQUESTS_CA_BUNDLE", True)
+        )
         return self
 
     async def frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:

@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import email.utils
 import http.client
+import ssl
 import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -109,9 +110,13 @@ class LeanBucket:
 
     async def __aenter__(self) -> Self:
         await self._resolve()
+        assert self._target is not None
+        tls: ssl.SSLContext | bool = True  # an http endpoint: never used
+        if self._target.bucket_url.startswith("https://"):
+            tls = await asyncio.to_thread(verify_context, self._bucket.verify)  # reads a file
         timeout = self.timeout
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._bucket.pool_size),
+            connector=aiohttp.TCPConnector(limit=self._bucket.pool_size, ssl=tls),
             timeout=aiohttp.ClientTimeout(
                 total=None, sock_connect=min(timeout, 10.0), sock_read=timeout
             ),
@@ -432,6 +437,17 @@ def read_listing(body: bytes) -> ListedPage:
         )
     truncated = (root.findtext(f"{ns}IsTruncated") or "").strip().lower() == "true"
     return ListedPage(objects, truncated=truncated)
+
+
+def verify_context(verify: bool | str) -> ssl.SSLContext:
+    """The TLS context the Bucket's client verifies with: the CA bundle botocore names (a
+    path), or its default bundle (True); False turns verification off, as botocore's does."""
+    if verify is False:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    return ssl.create_default_context(cafile=botocore.httpsession.get_cert_path(verify))
 
 
 def proxy_for(url: str) -> tuple[yarl.URL | None, dict[str, str]]:

@@ -49,6 +49,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import random
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -149,8 +150,10 @@ class ReverseProxy:
         port: int = 0,
         seed: int = 0,
         s3: bool = True,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.upstream_url = upstream_url.rstrip("/")
+        self.ssl_context = ssl_context  # serve HTTPS with it (the upstream stays as given)
         self.faults = faults if faults is not None else ProxyFaults()
         self.host = host
         self.port = port
@@ -218,10 +221,11 @@ class ReverseProxy:
             app, access_log=None, handle_signals=False, shutdown_timeout=0.5
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.port)
+        site = web.TCPSite(self._runner, self.host, self.port, ssl_context=self.ssl_context)
         await site.start()
         self.port = int(self._runner.addresses[0][1])
-        self.endpoint_url = f"http://{self.host}:{self.port}"
+        scheme = "https" if self.ssl_context is not None else "http"
+        self.endpoint_url = f"{scheme}://{self.host}:{self.port}"
         return self
 
     async def stop(self) -> None:
