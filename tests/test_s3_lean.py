@@ -499,8 +499,9 @@ async def test_a_reader_closes_with_its_bucket_and_a_new_entry_makes_a_new_one(
 class ElsewhereS3:
     """An S3 endpoint on loopback whose bucket lives in eu-west-1 and that answers a request
     signed for another region as AWS does (the protocol detail rclone and moto do not play):
-    400 AuthorizationHeaderMalformed naming the <Region>, or 301 with x-amz-bucket-region on a
-    HEAD. It logs (method, path, signing region) of every request."""
+    400 AuthorizationHeaderMalformed naming the <Region>; 301 with x-amz-bucket-region to a
+    HeadBucket, a bare 400 with it to a HeadObject. `.../slow.bin` is answered 0.3 s late. It
+    logs (method, path, signing region) of every request."""
 
     REGION = "eu-west-1"
     LISTING = (
@@ -525,9 +526,14 @@ class ElsewhereS3:
             )
             region = found.group(1) if found else ""
             self.seen.append((request.method, request.path, region))
+            if request.path.endswith("slow.bin"):
+                await asyncio.sleep(0.3)  # answered after the others
             if region != self.REGION:
+                where = {"x-amz-bucket-region": self.REGION}
+                if request.method == "HEAD" and request.path.count("/") == 1:
+                    return web.Response(status=301, headers=where)  # HeadBucket
                 if request.method == "HEAD":
-                    return web.Response(status=301, headers={"x-amz-bucket-region": self.REGION})
+                    return web.Response(status=400, headers=where)  # HeadObject: no body
                 body = (
                     "<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region"
                     f" '{region}' is wrong; expecting '{self.REGION}'</Message>"
@@ -654,3 +660,56 @@ async def test_https_is_verified_with_the_ca_bundle_botocore_names(
     with pytest.raises(RetryableError) as refused:
         await untrusting.objects().get("tls/a.bin")
     assert refused.value.code == "s3_connection" and "Certificate" in refused.value.message
+
+
+async def test_requests_in_flight_during_a_relocation_are_sent_again_once(stack: Any) -> None:
+    """Several requests meet the wrong region together: one finds the region (one HeadBucket
+    pair), the others, answered later, are sent again to it; a HeadObject's bare 400 (no body,
+    the region in a header) is a wrong region too."""
+    server = await ElsewhereS3().start()
+    stack.push_async_callback(server.stop)
+    bucket = Bucket(
+        "bkt",
+        endpoint_url=server.url,
+        region=None,
+        path_style=True,
+        timeout=TIMEOUT,
+        pool_size=4,
+        credentials=("AKIAEXAMPLE", "not-a-secret"),
+    )
+    await stack.enter_async_context(bucket)
+    reader = bucket.objects()
+    got = await asyncio.gather(reader.get("a.bin"), reader.get("slow.bin"), reader.get("b.bin"))
+    assert [g.body for g in got] == [b"abc"] * 3
+    bucket_heads = [e for e in server.seen if e[:2] == ("HEAD", "/bkt")]
+    assert bucket_heads == [("HEAD", "/bkt", "us-east-1"), ("HEAD", "/bkt", "eu-west-1")]
+    lean = await stack.enter_async_context(LeanBucket(bucket))
+    fresh = Bucket(
+        "bkt",
+        endpoint_url=server.url,
+        region=None,
+        path_style=True,
+        timeout=TIMEOUT,
+        pool_size=2,
+        credentials=("AKIAEXAMPLE", "not-a-secret"),
+    )
+    lean_fresh = await entered(fresh, stack)
+    server.seen.clear()
+    assert await lean.exists("a.bin") is True  # already relocated: straight to eu-west-1
+    assert await lean_fresh.exists("a.bin") is True
+    assert server.seen[0] == ("HEAD", "/bkt/a.bin", "eu-west-1")
+    assert ("HEAD", "/bkt/a.bin", "us-east-1") in server.seen
+    assert server.seen[-1] == ("HEAD", "/bkt/a.bin", "eu-west-1")
+
+
+async def test_a_bucket_closed_gives_no_reader(rclone_s3: S3Target) -> None:
+    """After its Bucket left, `objects()` and `list_page` refuse (`s3_connection`) rather than
+    open a session nothing would close."""
+    bucket = bucket_for(rclone_s3)
+    async with bucket:
+        await bucket.list_page("")
+    with pytest.raises(RetryableError) as closed:
+        bucket.objects()
+    assert closed.value.code == "s3_connection"
+    with pytest.raises(RetryableError):
+        await bucket.list_page("")

@@ -324,6 +324,7 @@ class Bucket:
         self._client: Any = None
         self._credential_source: Any = None  # the client's: refreshable ones refresh there
         self._objects: LeanObjects | None = None
+        self._open = False  # between __aenter__ and __aexit__
         self.verify: bool | str = True  # a CA bundle's path, or True: see __aenter__
         self.conditional_writes = True  # until the server rejects If-None-Match
 
@@ -331,6 +332,7 @@ class Bucket:
         session = s3_session()
         if self._credentials is not None:
             session.set_credentials(*self._credentials)
+        self._open = True
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
         )
@@ -397,12 +399,15 @@ class Bucket:
         )
 
     async def __aexit__(self, *exc: object) -> None:
+        self._open = False
         await self._stack.aclose()
 
     def objects(self) -> LeanObjects:
         """GETs of this bucket's objects, streamed (the S3 GET seam, seams/s3_objects), on the
         lean signed path (seams/s3_lean) with this bucket's URL, credentials and timeout; one
         reader for the bucket, closed when the bucket is."""
+        if not self._open:  # never a reader whose session nothing would close
+            raise RetryableError(f"S3 bucket {self.name}: used while closed", code="s3_connection")
         if self._objects is None:
             from tui_backfill.seams.s3_lean import LeanObjects
 

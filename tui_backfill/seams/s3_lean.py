@@ -107,6 +107,7 @@ class LeanBucket:
         self._proxy: yarl.URL | None = None
         self._proxy_headers: dict[str, str] = {}  # to the proxy: CONNECT's, for https
         self._proxy_in_request: dict[str, str] = {}  # in each request itself, for http
+        self._relocating = asyncio.Lock()
 
     async def __aenter__(self) -> Self:
         await self._resolve()
@@ -227,9 +228,11 @@ class LeanBucket:
         response: aiohttp.ClientResponse | None = None
         refused: Refused | None = None
         answer = b""
+        self._object_url(key)  # a key that is not a str fails here
+        used: ObjectTarget | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                url, sent = await self.signed("GET", key, {}, b"")
+                used, url, sent = await self._sign("GET", lambda: self._object_url(key), {}, b"")
                 response = await session.request(
                     "GET",
                     yarl.URL(url, encoded=True),
@@ -259,7 +262,8 @@ class LeanBucket:
                 response.release()
         assert response is not None
         if refused is not None:
-            if not relocated and await self._relocate(refused, response.headers, answer):
+            assert used is not None
+            if not relocated and await self._relocate(used, refused, response.headers, answer):
                 return await self._get(key, relocated=True)
             code, status, message = refused
             if not_found(code, status) and code != "NoSuchBucket":
@@ -267,35 +271,43 @@ class LeanBucket:
             raise classify_answer(code, status, message)
         return response
 
-    async def _relocate(self, refused: Refused, headers: Any, answer: bytes) -> bool:
-        """A wrong-region answer, read as botocore's region redirector reads them (301 or 307
-        with `x-amz-bucket-region`; 400 AuthorizationHeaderMalformed or
-        IllegalLocationConstraintException naming the <Region>): the Bucket's client makes one
-        HeadBucket, which that redirector follows and remembers, and the object target is
-        resolved again. True when the region changed (send again), False otherwise."""
+    async def _relocate(
+        self, used: ObjectTarget, refused: Refused, headers: Any, answer: bytes
+    ) -> bool:
+        """A wrong-region answer to a request sent to `used`, read as botocore's region
+        redirector reads them (301, 302 or 307 with `x-amz-bucket-region`; 400
+        AuthorizationHeaderMalformed or IllegalLocationConstraintException naming the <Region>,
+        or a HEAD's bare 400 with that header): the Bucket's client makes one HeadBucket, which
+        that redirector follows and remembers, and the object target is resolved again. One
+        relocation at a time; a request that finds it done by another is just sent again.
+        True when the region now differs from the one `used` (send again)."""
         code, status, _ = refused
-        target = self._target
-        assert target is not None, "use LeanBucket as an async context manager"
-        if status not in (301, 307, 400):
-            return False
-        if status == 400 and code not in (
-            "AuthorizationHeaderMalformed",
-            "IllegalLocationConstraintException",
-        ):
+        if status not in (301, 302, 307, 400):
             return False
         region = headers.get("x-amz-bucket-region") or _xml_text(answer, "Region")
-        if not region or region == target.region:
+        if status == 400 and not (
+            code in ("AuthorizationHeaderMalformed", "IllegalLocationConstraintException")
+            or headers.get("x-amz-bucket-region")
+        ):
             return False
-        await self._bucket.locate()
-        await self._resolve()
-        return self._target is not None and self._target.region != target.region
+        if not region or region == used.region:
+            return False
+        async with self._relocating:
+            if self._target is used:  # nobody has relocated since this request was sent
+                try:
+                    await self._bucket.locate()
+                finally:  # what the client learned, even when its HeadBucket then failed
+                    await self._resolve()
+        return self._target is not None and self._target.region != used.region
 
     async def signed(
         self, method: str, key: str, headers: dict[str, str], body: bytes
     ) -> tuple[str, dict[str, str]]:
         """The URL and headers of the request for `key`, signed with the credentials as they
         are now."""
-        return await self._sign(method, self._object_url(key), headers, body)
+        self._object_url(key)  # a key that is not a str fails here
+        _, url, sent = await self._sign(method, lambda: self._object_url(key), headers, body)
+        return url, sent
 
     def _object_url(self, key: str) -> str:
         if not isinstance(key, str):  # a caller's bug, not an S3 failure
@@ -303,11 +315,15 @@ class LeanBucket:
         return f"{self.bucket_url}/{botocore.utils.percent_encode(key, safe='/~')}"
 
     async def _sign(
-        self, method: str, url: str, headers: dict[str, str], body: bytes
-    ) -> tuple[str, dict[str, str]]:
+        self, method: str, url_of: Callable[[], str], headers: dict[str, str], body: bytes
+    ) -> tuple[ObjectTarget, str, dict[str, str]]:
+        """The target used, the URL and the signed headers. The target, its Host and the URL
+        are read together, after the only wait (the credentials), so a relocation by another
+        request can never mix two regions in one request."""
+        credentials = await self._bucket.frozen_credentials()
         target = self._target
         assert target is not None, "use LeanBucket as an async context manager"
-        credentials = await self._bucket.frozen_credentials()
+        url = url_of()
         request = botocore.awsrequest.AWSRequest(
             method=method, url=url, headers={"Host": self._host, **headers}, data=body
         )
@@ -315,7 +331,7 @@ class LeanBucket:
         sent = dict(request.headers.items())
         sent["User-Agent"] = _USER_AGENT  # neither is signed
         sent["Accept-Encoding"] = "identity"
-        return url, sent
+        return target, url, sent
 
     async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
         """One ListObjectsV2 page, as `Bucket.list_page`: up to 1,000 objects under `prefix`
@@ -372,7 +388,7 @@ class LeanBucket:
         assert session is not None, "use LeanBucket as an async context manager"
         try:
             async with asyncio.timeout(self.timeout):
-                url, sent = await self._sign(method, url_of(), headers, body)
+                used, url, sent = await self._sign(method, url_of, headers, body)
                 async with session.request(
                     method,
                     yarl.URL(url, encoded=True),
@@ -394,7 +410,7 @@ class LeanBucket:
         if (
             status >= 300
             and not relocated
-            and await self._relocate(read_error(status, answer), answered, answer)
+            and await self._relocate(used, read_error(status, answer), answered, answer)
         ):
             return await self._request(method, operation, url_of, headers, body, relocated=True)
         return status, answer

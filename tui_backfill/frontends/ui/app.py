@@ -131,8 +131,7 @@ class BackfillApp(App[int]):
             self.exit_code = result.exit_code
         except Exception as exc:  # the engine persisted what it could; show why it stopped
             self.exit_code = 3
-            with contextlib.suppress(NoMatches):  # the console may be closing meanwhile
-                self.query_one(EventLog).write(f"{self._clock():%H:%M:%S} engine stopped: {exc}")
+            self._note(f"engine stopped: {exc}")
         finally:
             self._engine_done.set()
         await self.refresh_snapshot()
@@ -141,6 +140,12 @@ class BackfillApp(App[int]):
             # Stopped by q, a signal or `pause` from another shell: the run is resumable and
             # this process must let go of the job (a held run never ends the engine).
             self._leave(self.exit_code)
+
+    def _note(self, text: str) -> None:
+        """A line in the event log, stamped; none when the console is closing (its panels go
+        in no fixed order)."""
+        with contextlib.suppress(NoMatches):
+            self.query_one(EventLog).write(f"{self._clock():%H:%M:%S} {text}")
 
     def _leave(self, code: int | None) -> None:
         """Exit the app; after a lost terminal, make sure the process ends all the same."""
@@ -227,9 +232,7 @@ class BackfillApp(App[int]):
     async def action_pause(self) -> None:
         if not await self._command(self.controller.pause()):
             return
-        self.query_one(EventLog).write(
-            f"{self._clock():%H:%M:%S} hold requested: finishing in-flight items"
-        )
+        self._note("hold requested: finishing in-flight items")
         await self.refresh_snapshot()
 
     async def action_resume(self) -> None:
@@ -276,9 +279,7 @@ class BackfillApp(App[int]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self._on_signal()
-                self.query_one(EventLog).write(
-                    f"{self._clock():%H:%M:%S} quitting: stopping and saving the checkpoint"
-                )
+                self._note("quitting: stopping and saving the checkpoint")
 
         ways = self.controller.resume_ways()
         quit_screen = QuitScreen(phase=self.phase, resume_with=ways[0] if ways else "")
