@@ -558,21 +558,26 @@ class ElsewhereS3:
         await self._runner.cleanup()
 
 
+def elsewhere_bucket(server: ElsewhereS3, *, pool_size: int) -> Bucket:
+    """A Bucket of the ElsewhereS3 server, its region left to the default (us-east-1)."""
+    return Bucket(
+        "bkt",
+        endpoint_url=server.url,
+        region=None,
+        path_style=True,
+        timeout=TIMEOUT,
+        pool_size=pool_size,
+        credentials=("AKIAEXAMPLE", "not-a-secret"),
+    )
+
+
 async def test_a_wrong_region_is_found_once_as_botocore_finds_it(stack: Any) -> None:
     """Without --region (us-east-1) and no preflight before (the batch API's case), the lean
     listing and GET meet the wrong-region answer once, the Bucket's client finds the region
     (a HeadBucket its redirector follows) and every later request is signed for it."""
     server = await ElsewhereS3().start()
     stack.push_async_callback(server.stop)
-    bucket = Bucket(
-        "bkt",
-        endpoint_url=server.url,
-        region=None,
-        path_style=True,
-        timeout=TIMEOUT,
-        pool_size=2,
-        credentials=("AKIAEXAMPLE", "not-a-secret"),
-    )
+    bucket = elsewhere_bucket(server, pool_size=2)
     await stack.enter_async_context(bucket)
     page = await bucket.list_page("")
     assert [o.key for o in page.objects] == ["a.bin"]
@@ -668,15 +673,7 @@ async def test_requests_in_flight_during_a_relocation_are_sent_again_once(stack:
     the region in a header) is a wrong region too."""
     server = await ElsewhereS3().start()
     stack.push_async_callback(server.stop)
-    bucket = Bucket(
-        "bkt",
-        endpoint_url=server.url,
-        region=None,
-        path_style=True,
-        timeout=TIMEOUT,
-        pool_size=4,
-        credentials=("AKIAEXAMPLE", "not-a-secret"),
-    )
+    bucket = elsewhere_bucket(server, pool_size=4)
     await stack.enter_async_context(bucket)
     reader = bucket.objects()
     got = await asyncio.gather(reader.get("a.bin"), reader.get("slow.bin"), reader.get("b.bin"))
@@ -684,15 +681,7 @@ async def test_requests_in_flight_during_a_relocation_are_sent_again_once(stack:
     bucket_heads = [e for e in server.seen if e[:2] == ("HEAD", "/bkt")]
     assert bucket_heads == [("HEAD", "/bkt", "us-east-1"), ("HEAD", "/bkt", "eu-west-1")]
     lean = await stack.enter_async_context(LeanBucket(bucket))
-    fresh = Bucket(
-        "bkt",
-        endpoint_url=server.url,
-        region=None,
-        path_style=True,
-        timeout=TIMEOUT,
-        pool_size=2,
-        credentials=("AKIAEXAMPLE", "not-a-secret"),
-    )
+    fresh = elsewhere_bucket(server, pool_size=2)
     lean_fresh = await entered(fresh, stack)
     server.seen.clear()
     assert await lean.exists("a.bin") is True  # already relocated: straight to eu-west-1

@@ -332,7 +332,6 @@ class Bucket:
         session = s3_session()
         if self._credentials is not None:
             session.set_credentials(*self._credentials)
-        self._open = True
         self._client = await self._stack.enter_async_context(
             session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
         )
@@ -344,6 +343,7 @@ class Bucket:
         self.verify = (
             ca_bundle if ca_bundle is not None else os.environ.get("REQUESTS_CA_BUNDLE", True)
         )
+        self._open = True
         return self
 
     async def frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:

@@ -68,7 +68,7 @@ from tui_backfill.seams.bucket import (
     unquote_etag,
 )
 from tui_backfill.seams.bucket import answer as said_by
-from tui_backfill.seams.s3_objects import CHUNK, Got, ObjectBody, ObjectInfo
+from tui_backfill.seams.s3_objects import ObjectBody, ObjectInfo, Reads
 
 _USER_AGENT = f"tui-backfill/{__version__}"
 
@@ -490,7 +490,7 @@ def _http_date(text: str | None) -> datetime | None:
         return None
 
 
-class LeanObjects:
+class LeanObjects(Reads):
     """The S3 GET seam's reader (as `S3Objects`: `open`, `chunks`, `get`) on the lean path: a
     LeanBucket entered on first use, closed by `aclose` (its Bucket does, on leaving)."""
 
@@ -531,12 +531,3 @@ class LeanObjects:
     async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
         lean = await self._ready()
         return await lean.list_page(prefix, start_after=start_after)
-
-    async def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]:
-        async with self.open(key) as obj:
-            async for chunk in obj.chunks(size):
-                yield chunk
-
-    async def get(self, key: str) -> Got:
-        async with self.open(key) as obj:
-            return Got(await obj.read(), obj.info.content_type)

@@ -122,7 +122,25 @@ class ObjectReader(Protocol):
     async def get(self, key: str) -> Got: ...
 
 
-class S3Objects:
+class Reads:
+    """`chunks` and `get` of a reader, from its `open` (shared by the seam's readers)."""
+
+    def open(self, key: str) -> contextlib.AbstractAsyncContextManager[ObjectBody]:
+        raise NotImplementedError
+
+    async def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]:
+        """The body of `key` in chunks (see ObjectBody.chunks)."""
+        async with self.open(key) as obj:
+            async for chunk in obj.chunks(size):
+                yield chunk
+
+    async def get(self, key: str) -> Got:
+        """The whole object and its content type."""
+        async with self.open(key) as obj:
+            return Got(await obj.read(), obj.info.content_type)
+
+
+class S3Objects(Reads):
     """GETs of one bucket's objects through an aiobotocore S3 client the caller owns."""
 
     def __init__(self, client: Any, bucket: str, *, timeout: float) -> None:
@@ -168,16 +186,5 @@ class S3Objects:
         finally:
             body.close()  # after a whole read: a no-op, the connection went back to the pool
 
-    async def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]:
-        """The body of `key` in chunks (see ObjectBody.chunks)."""
-        async with self.open(key) as obj:
-            async for chunk in obj.chunks(size):
-                yield chunk
 
-    async def get(self, key: str) -> Got:
-        """The whole object and its content type."""
-        async with self.open(key) as obj:
-            return Got(await obj.read(), obj.info.content_type)
-
-
-__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "ObjectReader", "S3Objects"]
+__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "ObjectReader", "Reads", "S3Objects"]
