@@ -562,22 +562,16 @@ class Bucket:
     async def list_keys(
         self, prefix: str, *, start_after: str | None = None, stop_after: str | None = None
     ) -> AsyncIterator[list[str]]:
-        """Pages of keys under `prefix` after `start_after`, stopping past `stop_after`."""
-        params: dict[str, Any] = {"Bucket": self.name, "Prefix": prefix, "MaxKeys": 1000}
-        if start_after:
-            params["StartAfter"] = start_after
+        """Pages of keys under `prefix` after `start_after`, stopping past `stop_after`: the
+        lean listing (`list_page`), each page asked for after the last key of the one before."""
+        after = start_after
         while True:
-            try:
-                page = await self._call("list_objects_v2", **params)
-            except CLASSIFIED as exc:
-                raise classify(exc) from None
-            keys = [item["Key"] for item in page.get("Contents", ())]
+            page = await self.list_page(prefix, start_after=after)
+            keys = [listed.key for listed in page.objects]
             if stop_after is not None and keys and keys[-1] > stop_after:
                 yield [k for k in keys if k <= stop_after]
                 return
             yield keys
-            token = page.get("NextContinuationToken")
-            if not page.get("IsTruncated") or not token:
+            if not page.truncated or not keys:
                 return
-            params.pop("StartAfter", None)
-            params["ContinuationToken"] = token
+            after = keys[-1]
