@@ -1,5 +1,5 @@
-"""PUT, HEAD and streamed GET of one bucket's objects, signed by botocore and sent by aiohttp
-directly.
+"""PUT, HEAD and streamed GET of one bucket's objects, and its listing pages, signed by botocore
+and sent by aiohttp directly.
 
 aiobotocore spends about 2 ms of CPU on each call (endpoint rules, event hooks, serialisation,
 answer parsing): on the publishing worker's event-loop thread that is CPU taken from the image
@@ -22,8 +22,13 @@ aiohttp's stream a chunk at a time, each chunk within the timeout, a short body 
 first use and closed with its Bucket: the hash index hashes from it (no aiobotocore call, its
 answer wrapper and its per-chunk bookkeeping, per object).
 
-Proxies: HTTP_PROXY / HTTPS_PROXY / NO_PROXY as botocore reads them (`proxy_for`), so an
-operator's proxy carries these requests as it carries the Bucket's.
+A ListObjectsV2 page (`list_page`) is read with ElementTree (`read_listing`): botocore's parse
+of 1,000 entries costs about 110 ms of CPU here, ElementTree's 12.
+
+As the Bucket's client does: proxies from HTTP_PROXY / HTTPS_PROXY / NO_PROXY (`proxy_for`);
+TLS verified with its CA bundle (`verify_context`); a wrong-region answer found once through
+the client, whose region redirector learns the region, and the request sent again
+(`_relocate`).
 
 Not sent: botocore's `Expect: 100-continue` (a round trip per PUT; our bodies are small) and
 its SDK bookkeeping headers (invocation id, attempt), none of which is signed.
