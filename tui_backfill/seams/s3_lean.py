@@ -73,7 +73,7 @@ from tui_backfill.seams.bucket import (
     unquote_etag,
 )
 from tui_backfill.seams.bucket import answer as said_by
-from tui_backfill.seams.s3_objects import ObjectBody, ObjectInfo, Reads
+from tui_backfill.seams.s3_objects import ObjectBody, ObjectInfo, ObjectReader
 
 _USER_AGENT = f"tui-backfill/{__version__}"
 
@@ -495,7 +495,7 @@ def _http_date(text: str | None) -> datetime | None:
         return None
 
 
-class LeanObjects(Reads):
+class LeanObjects(ObjectReader):
     """The S3 GET seam's reader (as `S3Objects`: `open`, `chunks`, `get`) on the lean path: a
     LeanBucket entered on first use, closed by `aclose` (its Bucket does, on leaving)."""
 

@@ -23,7 +23,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import botocore.exceptions
@@ -111,19 +111,10 @@ class ObjectBody:
         )
 
 
-class ObjectReader(Protocol):
-    """What reads objects through this seam: S3Objects (aiobotocore), and the lean signed path
-    (seams/s3_lean.LeanObjects) the hash index uses."""
-
-    def open(self, key: str) -> contextlib.AbstractAsyncContextManager[ObjectBody]: ...
-
-    def chunks(self, key: str, size: int = CHUNK) -> AsyncIterator[bytes]: ...
-
-    async def get(self, key: str) -> Got: ...
-
-
-class Reads:
-    """`chunks` and `get` of a reader, from its `open` (shared by the seam's readers)."""
+class ObjectReader:
+    """A reader of objects through this seam: `open` (each reader's own), and `chunks` and
+    `get` made from it. S3Objects reads through aiobotocore (the s3:// origin); the lean signed
+    path's LeanObjects (seams/s3_lean) is the hash index's."""
 
     def open(self, key: str) -> contextlib.AbstractAsyncContextManager[ObjectBody]:
         raise NotImplementedError
@@ -140,7 +131,7 @@ class Reads:
             return Got(await obj.read(), obj.info.content_type)
 
 
-class S3Objects(Reads):
+class S3Objects(ObjectReader):
     """GETs of one bucket's objects through an aiobotocore S3 client the caller owns."""
 
     def __init__(self, client: Any, bucket: str, *, timeout: float) -> None:
@@ -187,4 +178,4 @@ class S3Objects(Reads):
             body.close()  # after a whole read: a no-op, the connection went back to the pool
 
 
-__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "ObjectReader", "Reads", "S3Objects"]
+__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "ObjectReader", "S3Objects"]
