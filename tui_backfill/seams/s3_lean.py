@@ -228,24 +228,14 @@ class LeanBucket:
     async def _get(self, key: str, *, relocated: bool = False) -> aiohttp.ClientResponse:
         """The answer's head of a GET of `key` (a 2xx; its body unread), or a classified error;
         a wrong region is found once (`_relocate`) and the GET sent again."""
-        session = self._session
-        assert session is not None, "use LeanBucket as an async context manager"
         response: aiohttp.ClientResponse | None = None
         refused: Refused | None = None
         answer = b""
-        self._object_url(key)  # a key that is not a str fails here
+        url_of = self._url_of(key)
         used: ObjectTarget | None = None
         try:
             async with asyncio.timeout(self.timeout):
-                used, url, sent = await self._sign("GET", lambda: self._object_url(key), {}, b"")
-                response = await session.request(
-                    "GET",
-                    yarl.URL(url, encoded=True),
-                    headers={**sent, **self._proxy_in_request},
-                    allow_redirects=False,
-                    proxy=self._proxy,
-                    proxy_headers=self._proxy_headers,
-                )
+                used, response = await self._exchange("GET", url_of, {}, b"")
                 if response.status >= 300:
                     answer = await response.read()
                     refused = read_error(response.status, answer)
@@ -310,14 +300,36 @@ class LeanBucket:
     ) -> tuple[str, dict[str, str]]:
         """The URL and headers of the request for `key`, signed with the credentials as they
         are now."""
-        self._object_url(key)  # a key that is not a str fails here
-        _, url, sent = await self._sign(method, lambda: self._object_url(key), headers, body)
+        _, url, sent = await self._sign(method, self._url_of(key), headers, body)
         return url, sent
 
-    def _object_url(self, key: str) -> str:
+    def _url_of(self, key: str) -> Callable[[], str]:
+        """What gives `key`'s URL when a request is signed (the bucket's URL as it is then);
+        a key that is not a str fails here, before any request."""
         if not isinstance(key, str):  # a caller's bug, not an S3 failure
             raise TypeError(f"key must be a str, not {key.__class__.__name__}")
-        return f"{self.bucket_url}/{botocore.utils.percent_encode(key, safe='/~')}"
+        quoted = botocore.utils.percent_encode(key, safe="/~")
+        return lambda: f"{self.bucket_url}/{quoted}"
+
+    async def _exchange(
+        self, method: str, url_of: Callable[[], str], headers: dict[str, str], body: bytes
+    ) -> tuple[ObjectTarget, aiohttp.ClientResponse]:
+        """The request signed and sent (to the proxy when there is one): the target it was
+        signed for and the answer's head, its body unread. The caller bounds it and reads,
+        releases or closes the answer."""
+        session = self._session
+        assert session is not None, "use LeanBucket as an async context manager"
+        used, url, sent = await self._sign(method, url_of, headers, body)
+        response = await session.request(
+            method,
+            yarl.URL(url, encoded=True),
+            headers={**sent, **self._proxy_in_request},
+            data=body or None,
+            allow_redirects=False,
+            proxy=self._proxy,
+            proxy_headers=self._proxy_headers,
+        )
+        return used, response
 
     async def _sign(
         self, method: str, url_of: Callable[[], str], headers: dict[str, str], body: bytes
@@ -367,10 +379,7 @@ class LeanBucket:
         self, method: str, operation: str, key: str, headers: dict[str, str], body: bytes
     ) -> Refused | None:
         """One signed request for `key`; None when answered 2xx, else the error answer."""
-        self._object_url(key)  # a key that is not a str fails here, before any request
-        status, answer = await self._request(
-            method, operation, lambda: self._object_url(key), headers, body
-        )
+        status, answer = await self._request(method, operation, self._url_of(key), headers, body)
         if status < 300:
             return None
         return read_error(status, answer)
@@ -389,20 +398,10 @@ class LeanBucket:
         (`_relocate`) and the request sent again to the URL it then gives. Transport failures
         and a call past the timeout raise classified errors; anything else (a bug) propagates
         unchanged, as from the Bucket's methods."""
-        session = self._session
-        assert session is not None, "use LeanBucket as an async context manager"
         try:
             async with asyncio.timeout(self.timeout):
-                used, url, sent = await self._sign(method, url_of, headers, body)
-                async with session.request(
-                    method,
-                    yarl.URL(url, encoded=True),
-                    headers={**sent, **self._proxy_in_request},
-                    data=body or None,
-                    allow_redirects=False,
-                    proxy=self._proxy,
-                    proxy_headers=self._proxy_headers,
-                ) as response:
+                used, response = await self._exchange(method, url_of, headers, body)
+                async with response:
                     answer = await response.read()
                     status = response.status
                     answered = response.headers
@@ -501,7 +500,6 @@ class LeanObjects(ObjectReader):
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket.name
-        self.timeout = bucket.timeout
         self._lean = LeanBucket(bucket)
         self._entered = False
         self._closed = False
