@@ -33,16 +33,10 @@ import urllib.parse
 from xml.etree import ElementTree
 
 import aiohttp
+from hash_digest import digest_of  # bench/, beside this script
 
 PAGE = 1000
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
-
-
-def digest_of(hashes: dict[str, str]) -> str:
-    """As bench/hash_loop.py's (not imported: that would import aiobotocore)."""
-    return hashlib.sha256(
-        "".join(f"{k} {hashes[k]}\n" for k in sorted(hashes)).encode()
-    ).hexdigest()
 
 
 def _quote(text: str, safe: str = "-_.~") -> str:

@@ -71,7 +71,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hash_loop import digest_of  # bench/, beside this script
+from hash_digest import digest_of  # bench/, beside this script
 from peers import machine, machine_cpu, proc_cpu
 
 from tui_backfill.servers.rclone_s3 import RcloneS3, find_rclone

@@ -26,16 +26,10 @@ import time
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
+from hash_digest import digest_of  # bench/, beside this script
 
 CHUNK = 1 << 20
 PAGE = 1000
-
-
-def digest_of(hashes: dict[str, str]) -> str:
-    """One SHA-256 over the sorted `KEY HASH` lines (the same in bench/hash_index.py)."""
-    return hashlib.sha256(
-        "".join(f"{k} {hashes[k]}\n" for k in sorted(hashes)).encode()
-    ).hexdigest()
 
 
 async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
