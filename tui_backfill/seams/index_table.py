@@ -557,6 +557,35 @@ class IndexTable:
             for key, content_hash, size_value, etag_value in found
         }
 
+    async def stride_keys(
+        self, after: str | None, prefix: str, *, every: int, count: int
+    ) -> list[str]:
+        """Up to `count` keys of rows under `prefix` after `after`: the `every`-th, the
+        `2 × every`-th, ..., each with at least one more row after it. Where the pages of a
+        listing begin when the index holds a row for every object (hashed or not)."""
+        self._check_open()
+        return await self._run(self._stride_keys_sync, after, prefix, every, count)
+
+    def _stride_keys_sync(self, after: str | None, prefix: str, every: int, count: int) -> list[str]:
+        if self._conn is None or not self.exists:
+            return []
+        found: list[str] = []
+        while len(found) < count:
+            where, params = _key_range(after, None, prefix)
+            sql = (
+                f"SELECT key FROM {quote_identifier(self.table)}{where}"
+                f" ORDER BY key LIMIT 2 OFFSET {int(every) - 1}"
+            )
+            try:
+                keys = self._conn.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _runtime_error(self.path, exc) from None
+            if len(keys) < 2:
+                break
+            after = str(keys[0][0])
+            found.append(after)
+        return found
+
     async def coverage(self, prefix: str = "") -> Coverage:
         """The seed's coverage query: rows, rows with a hash, the percentage (two decimals)."""
         self._check_open()

@@ -22,7 +22,9 @@ Counters, for assertions such as "no key was PUT twice":
   ``put_object``, ``list``, ``head_bucket``, ``other``;
 - ``forwarded``: Counter of kinds sent to the upstream;
 - ``statuses``: Counter of (kind, status) as answered to the client;
-- ``injected``: Counter of injected faults by kind (the names below).
+- ``injected``: Counter of injected faults by kind (the names below);
+- ``peak_in_flight``: Counter of kinds: the most requests of that kind the proxy was handling
+  at once (from the request's arrival to its answer's end).
 
 Faults (:class:`ProxyFaults`, mutable as ``proxy.faults``), all off by default. The rates apply
 to the kinds in ``faults.kinds``; one random draw per request decides among the faults before
@@ -168,6 +170,8 @@ class ReverseProxy:
         self.forwarded: collections.Counter[str] = collections.Counter()
         self.abandoned: collections.Counter[str] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
+        self.peak_in_flight: collections.Counter[str] = collections.Counter()
+        self._in_flight: collections.Counter[str] = collections.Counter()
         self._put_attempts: collections.Counter[str] = collections.Counter()
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -184,6 +188,7 @@ class ReverseProxy:
             self.abandoned,
             self.statuses,
             self.injected,
+            self.peak_in_flight,
             self._put_attempts,
         )
 
@@ -295,11 +300,21 @@ class ReverseProxy:
 
     # -- forwarding --------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        decoded_path = urllib.parse.unquote(request.raw_path.partition("?")[0])
+        kind, object_path = (classify if self.s3 else classify_http)(request.method, decoded_path)
+        self.requests[(request.method, kind)] += 1
+        self._in_flight[kind] += 1
+        self.peak_in_flight[kind] = max(self.peak_in_flight[kind], self._in_flight[kind])
+        try:
+            return await self._answer(request, kind, object_path)
+        finally:
+            self._in_flight[kind] -= 1
+
+    async def _answer(
+        self, request: web.Request, kind: str, object_path: str | None
+    ) -> web.StreamResponse:
         assert self._session is not None
         method = request.method
-        decoded_path = urllib.parse.unquote(request.raw_path.partition("?")[0])
-        kind, object_path = (classify if self.s3 else classify_http)(method, decoded_path)
-        self.requests[(method, kind)] += 1
         faults = self.faults
         try:
             body = await request.read()

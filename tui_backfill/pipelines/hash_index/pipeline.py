@@ -45,6 +45,7 @@ from tui_backfill.pipelines.hash_index.checkpoint import (
     KeyCheckpoint,
     Mismatch,
 )
+from tui_backfill.pipelines.hash_index.listing import AHEAD, PAGE, ListingAhead
 from tui_backfill.pipelines.hash_index.snapshot import HashCounters, HashSnapshot
 from tui_backfill.seams.bucket import Listed, ListedPage, unquote_etag
 from tui_backfill.seams.index_table import IndexRow, IndexTable, Upsert
@@ -214,6 +215,10 @@ class _Pages:
         self._budget = (
             None if plan.limit_objects is None else plan.limit_objects - plan.objects_before
         )
+        # --limit-objects reads a few objects at a time (the batch API: 50): no page ahead
+        self.listing = ListingAhead(
+            self._list, self._stride_keys, ahead=1 if plan.limit_objects is not None else AHEAD
+        )
 
     async def page(self, after: str | None) -> Sequence[Group]:
         pipeline = self._pipeline
@@ -224,7 +229,7 @@ class _Pages:
         if self._budget is not None and self._budget <= 0:
             self._ended = True  # bounded by --limit-objects: the next run starts after here
             return []
-        listed = await self._list(start)
+        listed = await self.listing.page(start)
         objects = listed.objects
         last_page = not listed.truncated
         if self._budget is not None:
@@ -285,6 +290,10 @@ class _Pages:
             ) from None
         return page
 
+    async def _stride_keys(self, after: str | None, count: int) -> list[str]:
+        index = self._pipeline.index
+        return await index.stride_keys(after, self._pipeline.plan.prefix, every=PAGE, count=count)
+
     def _object(self, listed: Listed, row: IndexRow | None) -> Group:
         pipeline = self._pipeline
         plan = pipeline.plan
@@ -322,13 +331,15 @@ class HashIndexPipeline:
         self._mismatches_written = -1 if plan.mismatch_file else len(self._mismatches)
         self._flusher: asyncio.Task[None] | None = None
         self._flush_failures = 0
+        self._pages: _Pages | None = None
 
     # -- the source -------------------------------------------------------------------------
 
     def source(self, stages: Stages) -> OrderedSource:
         if self._flusher is None and not stages.dry_run:
             self._flusher = asyncio.create_task(self._flush_every_second(), name="index-flush")
-        return _Pages(self, stages)
+        self._pages = _Pages(self, stages)
+        return self._pages
 
     def carryover(self, failed: FailedItem) -> Item:
         return Item(failed.group, MEMBER, failed.key, payload=Work(None, None), carryover=True)
@@ -428,6 +439,8 @@ class HashIndexPipeline:
         os.replace(partial, path)
 
     async def close(self) -> None:
+        if self._pages is not None:
+            await self._pages.listing.close()
         if self._flusher is not None:
             self._flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
