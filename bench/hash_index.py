@@ -597,6 +597,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the tui-backfill command (default: this venv's `python -m tui_backfill`, this tree)",
     )
     p.add_argument("--no-tui", action="store_true", help="leave tui-backfill out")
+    p.add_argument(
+        "--without",
+        default="",
+        help="comma-separated contenders to leave out (of: rclone, minimal, floor); ratios to them"
+        " are then not reported",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds one run may take")
     p.add_argument(
         "--json",
@@ -609,6 +615,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.reps = args.reps if args.reps is not None else (2 if args.quick else 5)
     args.tui_cmd = args.tui_cmd or [sys.executable, "-m", "tui_backfill"]
+    args.without = [t for t in args.without.split(",") if t]
+    if [t for t in args.without if t not in TOOLS or t == TUI]:
+        p.error(f"--without takes some of: {', '.join(t for t in TOOLS if t != TUI)}")
     wrong = [c for c in args.cases.split(",") if c not in CASES]
     if wrong or args.reps < 1:
         p.error(f"unknown cases {wrong}" if wrong else "--reps must be at least 1")
@@ -618,7 +627,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(args: argparse.Namespace) -> None:
     sizes = QUICK if args.quick else CASES
     cases = [Case(name, *sizes[name]) for name in args.cases.split(",")]
-    unavailable = {}
+    unavailable = {tool: "--without" for tool in args.without}
     if args.no_tui:
         unavailable[TUI] = "--no-tui"
     else:

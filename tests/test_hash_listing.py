@@ -14,7 +14,6 @@ import asyncio
 import bisect
 import hashlib
 import math
-import os
 import shutil
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -178,7 +177,9 @@ def test_a_page_asked_ahead_that_is_never_due_never_fails_the_listing() -> None:
     reported: list[dict[str, object]] = []
 
     async def run() -> tuple[Keys, list[str]]:
-        asyncio.get_running_loop().set_exception_handler(lambda _, context: reported.append(context))
+        asyncio.get_running_loop().set_exception_handler(
+            lambda _, context: reported.append(context)
+        )
         bucket = Keys(bucket_keys, fail=key(9))
         out = await drain(ListingAhead(bucket.fetch, strides_of(index), ahead=3), None, [])
         return bucket, out
@@ -198,8 +199,7 @@ async def _table_strides(path: Path, rows: list[tuple[str, str | None]]) -> list
     index = await IndexTable.open(str(path), create=False)
     try:
         return [
-            await index.stride_keys(after, "p/", every=P, count=count)
-            for after, count in CALLS
+            await index.stride_keys(after, "p/", every=P, count=count) for after, count in CALLS
         ]
     finally:
         await index.close()
@@ -271,9 +271,6 @@ def _index(tmp: Path) -> dict[str, str | None]:
         return dict(conn.execute("SELECT key, content_hash FROM files"))
     finally:
         conn.close()
-
-
-
 
 
 @pytest.mark.asyncio(loop_scope="module")

@@ -566,7 +566,9 @@ class IndexTable:
         self._check_open()
         return await self._run(self._stride_keys_sync, after, prefix, every, count)
 
-    def _stride_keys_sync(self, after: str | None, prefix: str, every: int, count: int) -> list[str]:
+    def _stride_keys_sync(
+        self, after: str | None, prefix: str, every: int, count: int
+    ) -> list[str]:
         if self._conn is None or not self.exists:
             return []
         found: list[str] = []

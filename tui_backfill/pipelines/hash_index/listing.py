@@ -55,7 +55,9 @@ class ListingAhead:
         self._strides: list[str] = []  # ascending, each after the last start asked for
         self._strides_ended = self._ahead == 1  # no more stride keys in the index
         self._pending: dict[str, asyncio.Task[ListedPage]] = {}  # pages asked for ahead
-        self._gap: tuple[str, str] | None = None  # (last key handed out, stride key): nothing between
+        self._gap: tuple[str, str] | None = (
+            None  # (last key handed out, stride key): nothing between
+        )
 
     async def page(self, start: str | None) -> ListedPage:
         gap, self._gap = self._gap, None
