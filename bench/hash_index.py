@@ -96,6 +96,10 @@ QUICK = {
     "rerun": (3000, 4 * KIB),
     "huge": (1, 64 * MIB),
 }
+EMPTY_PREFIX = "empty/"  # no object under it: a run over it costs what every run costs
+# where throughput with each contender's fixed cost taken out is reported (the goal of
+# `large` speaks of throughput; `rerun`'s counts start-up in)
+FIXED_COST_CASES = ("small", "large")
 PATTERN_BLOCKS = 16  # the huge object: 16 random 1 MiB blocks, repeated
 
 # Runs argv, waits for it with wait4 and writes its wall time, CPU and peak RSS as JSON to
@@ -143,6 +147,7 @@ class Run:
     rss_mb: float  # peak RSS of the contender's process (at least the wrapper's)
     work: float | None  # the tool's own timer, where it has one
     problems: list[str] = field(default_factory=list)
+    fixed: float | None = None  # wall of the same command over an empty prefix, just after
     snapshot: dict[str, Any] | None = None
 
 
@@ -226,8 +231,8 @@ class Bench:
             "RCLONE_CONFIG_SRC_FORCE_PATH_STYLE": "true",
         }
 
-    def remote(self) -> str:
-        return f"src:{BUCKET}/{self.case.prefix.rstrip('/')}"
+    def remote(self, prefix: str | None = None) -> str:
+        return f"src:{BUCKET}/{(prefix or self.case.prefix).rstrip('/')}"
 
     def tui_paths(self, rep: int) -> tuple[Path, Path]:
         """State and index: one pair for every run, except `rerun`'s, which share one."""
@@ -235,15 +240,17 @@ class Bench:
         where.mkdir(exist_ok=True)
         return where / "state.sqlite3", where / "index.sqlite3"
 
-    def command(self, tool: str, rep: int) -> list[str]:
+    def command(self, tool: str, rep: int, prefix: str | None = None) -> list[str]:
+        """The contender's command line; with `prefix`, over that prefix instead of the case's."""
         assert self.s3 is not None
         c = str(CONCURRENCY)
+        prefix = prefix or self.case.prefix
         if tool == RCLONE:
             return [
                 find_rclone(),
                 "hashsum",
                 "sha256",
-                self.remote(),
+                self.remote(prefix),
                 "--download",
                 "--checkers",
                 c,
@@ -256,13 +263,13 @@ class Bench:
                 "--bucket",
                 BUCKET,
                 "--prefix",
-                self.case.prefix,
+                prefix,
                 "--endpoint-url",
                 self.s3.endpoint_url,
                 "--concurrency",
                 c,
             ]
-        state, index = self.tui_paths(rep)
+        state, index = self.tui_paths(rep) if prefix == self.case.prefix else self.empty_paths(rep)
         return [
             *self.args.tui_cmd,
             "hash-index",
@@ -274,7 +281,7 @@ class Bench:
             "--bucket",
             BUCKET,
             "--prefix",
-            self.case.prefix,
+            prefix,
             "--endpoint-url",
             self.s3.endpoint_url,
             "--path-style",
@@ -284,10 +291,23 @@ class Bench:
             c,
         ]
 
-    def measure(self, tool: str, rep: int) -> Run:
+    def empty_paths(self, rep: int) -> tuple[Path, Path]:
+        where = self.tmp / f"tui-empty-r{rep}"
+        where.mkdir(exist_ok=True)
+        return where / "state.sqlite3", where / "index.sqlite3"
+
+    def fixed_cost(self, tool: str, rep: int) -> float:
+        """Wall time of the contender's command over an empty prefix: its start-up, its
+        preflight and first listing, its exit; what every run pays whatever it hashes."""
+        run = self.measure(tool, rep, prefix=EMPTY_PREFIX)
+        if run.problems:
+            raise SystemExit(f"{tool} over an empty prefix: {run.problems[0]}")
+        return run.wall
+
+    def measure(self, tool: str, rep: int, prefix: str | None = None) -> Run:
         assert self.s3 is not None and self.s3.process is not None
-        argv = self.command(tool, rep)
-        name = f"{tool}-r{rep}"
+        argv = self.command(tool, rep, prefix)
+        name = f"{tool}-r{rep}" + ("-empty" if prefix else "")
         out, err, result = (self.tmp / f"{name}.{ext}" for ext in ("out", "err", "json"))
         server_before, machine_before = proc_cpu(self.s3.process.pid) or 0.0, machine_cpu()
         with out.open("wb") as stdout, err.open("wb") as stderr:
@@ -329,7 +349,8 @@ class Bench:
                 raise SystemExit(message)
             run.problems.append(message)
             return run
-        getattr(self, f"check_{tool.replace('-', '_')}")(run, stdout_text)
+        if prefix is None:
+            getattr(self, f"check_{tool.replace('-', '_')}")(run, stdout_text)
         return run
 
     def check_rclone(self, run: Run, stdout: str) -> None:
@@ -404,6 +425,7 @@ class Bench:
         data_dir = self.tmp / "s3"
         started = time.perf_counter()
         self.expected = write_objects(self.case, data_dir)
+        (data_dir / BUCKET / EMPTY_PREFIX).mkdir()  # a "directory" with no object in it
         _log(f"{self.case.label}: objects written in {time.perf_counter() - started:.1f} s")
         runs: dict[str, list[Run]] = {t: [] for t in self.tools}
         with RcloneS3(data_dir) as s3:
@@ -421,6 +443,8 @@ class Bench:
                 shift = rep % len(self.tools)
                 for tool in self.tools[shift:] + self.tools[:shift]:
                     run = self.measure(tool, rep)
+                    if self.case.name in FIXED_COST_CASES:
+                        run.fixed = self.fixed_cost(tool, rep)
                     runs[tool].append(run)
                     _log(
                         f"  {self.case.name}, rep {rep + 1}/{self.args.reps}, {tool:12}: {_run_text(run)}"
@@ -434,6 +458,7 @@ def _epoch(timestamp: str) -> float:
 
 def _run_text(run: Run) -> str:
     work = f", work {run.work:.2f} s" if run.work is not None else ""
+    work += f", over an empty prefix {run.fixed:.2f} s" if run.fixed is not None else ""
     problems = f"; PROBLEMS: {' | '.join(run.problems)}" if run.problems else ""
     return (
         f"{run.wall:.2f} s{work}, CPU {run.cpu:.2f} s, server CPU {run.server_cpu:.2f} s,"
@@ -468,6 +493,9 @@ def summarize(case: Case, runs: dict[str, list[Run]]) -> dict[str, Any]:
             "other_cpu_s": _stats([r.other_cpu for r in rs]),
             "peak_rss_mb": _stats([r.rss_mb for r in rs]),
             "work_s": _stats(works) if works else None,
+            "fixed_s": _stats(fixed)
+            if (fixed := [r.fixed for r in rs if r.fixed is not None])
+            else None,
             "objects_per_s": case.objects / wall["median"],
             "mb_per_s": total / MIB / wall["median"],
             "problems": sorted({p for r in rs for p in r.problems}),
@@ -478,17 +506,32 @@ def summarize(case: Case, runs: dict[str, list[Run]]) -> dict[str, Any]:
             ratios[f"{x}/{y}"] = _stats(
                 [b.wall / a.wall for a, b in zip(runs[x], runs[y], strict=True)]
             )
+    net_ratios = {}  # each repetition's walls less the fixed cost measured right after it
+    for pair in ratios:
+        x, y = pair.split("/")
+        pairs = list(zip(runs[x], runs[y], strict=True))
+        if all(a.fixed is not None and b.fixed is not None for a, b in pairs):
+            net_ratios[pair] = _stats(
+                [(b.wall - (b.fixed or 0)) / (a.wall - (a.fixed or 0)) for a, b in pairs]
+            )
+    for s in tools.values():
+        if s["fixed_s"] is not None:
+            s["net_mb_per_s"] = total / MIB / (s["wall_s"]["median"] - s["fixed_s"]["median"])
     return {
         "objects": case.objects,
         "object_bytes": case.size,
         "contenders": tools,
         "speed_ratios": ratios,
-        "goal": goal(case, tools, ratios),
+        "net_speed_ratios": net_ratios,
+        "goal": goal(case, tools, ratios, net_ratios),
     }
 
 
-def goal(case: Case, tools: dict[str, Any], ratios: dict[str, Any]) -> dict[str, Any]:
-    """The issue's goal for this case, read on the medians."""
+def goal(
+    case: Case, tools: dict[str, Any], ratios: dict[str, Any], net_ratios: dict[str, Any]
+) -> dict[str, Any]:
+    """The issue's goal for this case, read on the medians (for `large`, also with each
+    contender's fixed cost out: `net_value`, `net_met`)."""
 
     def speed(pair: str, floor: float, text: str) -> dict[str, Any]:
         value = ratios.get(pair, {}).get("median")
@@ -499,7 +542,11 @@ def goal(case: Case, tools: dict[str, Any], ratios: dict[str, Any]) -> dict[str,
             f"{TUI}/{MINIMAL}", 0.9, "tui-backfill at least 0.9x the minimal loop's throughput"
         )
     if case.name == "large":
-        return speed(f"{TUI}/{RCLONE}", 1.0, "tui-backfill at least rclone's throughput")
+        result = speed(f"{TUI}/{RCLONE}", 1.0, "tui-backfill at least rclone's throughput")
+        net = net_ratios.get(f"{TUI}/{RCLONE}", {}).get("median")
+        result["net_value"] = net
+        result["net_met"] = None if net is None else net >= 1.0
+        return result
     if case.name == "rerun":
         return speed(
             f"{TUI}/{RCLONE}",
@@ -548,6 +595,22 @@ def markdown(
         "|---|---:|",
     ]
     lines += [f"| {pair} | {_mm(r)} |" for pair, r in summary["speed_ratios"].items()]
+    if summary["net_speed_ratios"]:
+        lines += [
+            "",
+            "Throughput with each contender's fixed cost out: the same command over an empty"
+            " prefix (start-up, preflight, one listing, exit), run right after each repetition,"
+            " taken off its wall time.",
+            "",
+            "| contender | fixed cost s (min–max) | MiB/s, fixed cost out |",
+            "|---|---:|---:|",
+        ]
+        for tool in TOOLS:
+            s = summary["contenders"].get(tool)
+            if s is not None and s.get("fixed_s") is not None:
+                lines.append(f"| {tool} | {_mm(s['fixed_s'])} | {s['net_mb_per_s']:,.1f} |")
+        lines += ["", "| speed ratio, fixed cost out | median (min–max) |", "|---|---:|"]
+        lines += [f"| {pair} | {_mm(r)} |" for pair, r in summary["net_speed_ratios"].items()]
     g = summary["goal"]
     verdict = {True: "met", False: "NOT met", None: "not measured"}[g["met"]]
     value = (
@@ -561,6 +624,12 @@ def markdown(
         "",
         f"Goal: {g['goal']}: **{verdict}**{value}{' (quick sizes: indicative only)' if quick else ''}.",
     ]
+    if g.get("net_value") is not None:
+        net_verdict = "met" if g["net_met"] else "NOT met"
+        lines.append(
+            f"Read on throughput with each contender's fixed cost out: **{net_verdict}**"
+            f" ({g['net_value']:.2f}×)."
+        )
     if first_run is not None:
         lines.append(
             f"tui-backfill's first run, filling the index (not in the table): {_run_text(first_run)}."
