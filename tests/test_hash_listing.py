@@ -38,8 +38,9 @@ P = 5  # keys a page, in the logic's checks
 class Keys:
     """A bucket as a sorted list of keys, listed P at a time; remembers what it was asked."""
 
-    def __init__(self, keys: set[str], fail: str | None = None) -> None:
+    def __init__(self, keys: set[str], fail: str | None = None, page: int = P) -> None:
         self.keys = sorted(keys)
+        self.page = page
         self.asked: list[str | None] = []
         self.fail = fail  # a StartAfter whose page fails
 
@@ -49,22 +50,36 @@ class Keys:
         if start_after is not None and start_after == self.fail:
             raise RuntimeError(f"page after {start_after} failed")
         i = 0 if start_after is None else bisect.bisect_right(self.keys, start_after)
-        chunk = self.keys[i : i + P]
-        return ListedPage([Listed(k, 1, "e", None) for k in chunk], i + P < len(self.keys))
+        chunk = self.keys[i : i + self.page]
+        return ListedPage([Listed(k, 1, "e", None) for k in chunk], i + self.page < len(self.keys))
 
 
-def strides_of(index: list[str]):  # type: ignore[no-untyped-def]
-    """IndexTable.stride_keys over a sorted list (checked against the table below)."""
+class Index:
+    """The index's keys as a sorted list: IndexTable.stride_keys and count_rows over it
+    (checked against the table below)."""
 
-    async def stride_keys(after: str | None, count: int) -> list[str]:
-        i = 0 if after is None else bisect.bisect_right(index, after)
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = sorted(keys)
+
+    async def stride_keys(self, after: str | None, count: int, every: int) -> list[str]:
+        i = 0 if after is None else bisect.bisect_right(self.keys, after)
         found = []
-        while len(found) < count and i + P < len(index):
-            found.append(index[i + P - 1])
-            i += P
+        while len(found) < count and i + every < len(self.keys):
+            found.append(self.keys[i + every - 1])
+            i += every
         return found
 
-    return stride_keys
+    async def count_rows(self, after: str | None, upto: str) -> int:
+        i = 0 if after is None else bisect.bisect_right(self.keys, after)
+        return bisect.bisect_right(self.keys, upto) - i
+
+
+def reader(bucket: Keys, index: list[str], ahead: int = AHEAD) -> ListingAhead:
+    """A reader of `bucket` whose stride keys are a page's worth of `index` apart at first."""
+    listing = Index(index)
+    return ListingAhead(
+        bucket.fetch, listing.stride_keys, listing.count_rows, ahead=ahead, page_size=bucket.page
+    )
 
 
 async def drain(reader: ListingAhead, start: str | None, cuts: list[int]) -> list[str]:
@@ -119,8 +134,7 @@ def test_the_pages_handed_out_are_the_listing(
     bucket_keys, index_keys, start, cuts = case
     bucket = Keys(bucket_keys)
     index = sorted(index_keys)
-    reader = ListingAhead(bucket.fetch, strides_of(index), ahead=ahead)
-    out = asyncio.run(drain(reader, start, cuts))
+    out = asyncio.run(drain(reader(bucket, index, ahead), start, cuts))
     listing = [k for k in bucket.keys if start is None or k > start]
     assert out == listing
     plain = max(1, math.ceil(len(listing) / P))
@@ -140,11 +154,11 @@ def test_pages_are_asked_for_ahead_and_a_page_that_fails_fails_when_it_is_due() 
 
     async def run(fail: str | None) -> tuple[Keys, list[str] | BaseException]:
         bucket = Keys(keys, fail=fail)
-        reader = ListingAhead(bucket.fetch, strides_of(index), ahead=4)
+        listing = reader(bucket, index)
         try:
-            return bucket, await drain(reader, None, [])
+            return bucket, await drain(listing, None, [])
         except RuntimeError as exc:
-            await reader.close()
+            await listing.close()
             return bucket, exc
 
     bucket, out = asyncio.run(run(None))
@@ -163,7 +177,7 @@ def test_a_stride_key_whose_object_is_gone_still_begins_a_page() -> None:
     # and is cut there, and the page asked for after k0004 follows with no request between
     keys = {key(n) for n in range(40)}
     bucket = Keys(keys - {key(4)})
-    out = asyncio.run(drain(ListingAhead(bucket.fetch, strides_of(sorted(keys))), None, []))
+    out = asyncio.run(drain(reader(bucket, sorted(keys)), None, []))
     assert out == sorted(keys - {key(4)})
     assert bucket.asked[0] is None
     assert sorted(bucket.asked[1:]) == [key(n) for n in range(4, 35, 5)]  # 8 pages, as plain
@@ -181,7 +195,7 @@ def test_a_page_asked_ahead_that_is_never_due_never_fails_the_listing() -> None:
             lambda _, context: reported.append(context)
         )
         bucket = Keys(bucket_keys, fail=key(9))
-        out = await drain(ListingAhead(bucket.fetch, strides_of(index), ahead=3), None, [])
+        out = await drain(reader(bucket, index, ahead=3), None, [])
         return bucket, out
 
     bucket, out = asyncio.run(run())
@@ -190,7 +204,83 @@ def test_a_page_asked_ahead_that_is_never_due_never_fails_the_listing() -> None:
     assert reported == []  # and no "exception was never retrieved"
 
 
-async def _table_strides(path: Path, rows: list[tuple[str, str | None]]) -> list[list[str]]:
+def _requests(
+    bucket_keys: set[str], index_keys: list[str], ahead: int = AHEAD, page: int = P
+) -> int:
+    bucket = Keys(bucket_keys, page=page)
+    out = asyncio.run(drain(reader(bucket, index_keys, ahead), None, []))
+    assert out == sorted(bucket_keys)
+    return len(bucket.asked)
+
+
+def test_new_objects_all_over_the_bucket_cost_a_few_pages_not_twice_as_many() -> None:
+    # 1 key in 100 is new (the index lacks it): pages of 100 asked for after every 100th
+    # index key would each stop short of the next one and need one more page; the spacing
+    # is measured on the first pages and the stride keys closed up
+    keys = {key(n) for n in range(10_000)}
+    index = [k for n, k in enumerate(sorted(keys)) if n % 100 != 50]
+    plain = _requests(keys, index, ahead=1, page=100)
+    assert plain == 100
+    assert _requests(keys, index, page=100) <= plain * 1.02 + 2 * AHEAD
+
+
+def test_long_runs_of_rows_with_no_object_cost_no_pages_ahead() -> None:
+    # a folder deleted from the bucket whose rows remain: after the listing's end, and within it
+    tail = {key(n) for n in range(50)}
+    index = sorted(key(n) for n in range(5000))
+    assert _requests(tail, index) <= _requests(tail, index, ahead=1) + AHEAD - 1
+    middle = tail | {key(n) for n in range(4000, 4050)}
+    index = sorted(key(n) for n in range(4050))
+    assert _requests(middle, index) <= _requests(middle, index, ahead=1) + 2 * (AHEAD - 1)
+
+
+def test_a_page_cut_short_by_the_caller_is_not_asked_for_again() -> None:
+    # the pipeline cuts a page after its 2nd key (a long run of rows with no object): the
+    # rest of the page is what follows, without a request
+    keys = {key(n) for n in range(12)}
+    bucket = Keys(keys)
+    out = asyncio.run(drain(reader(bucket, [], ahead=1), None, [2, 2, 2]))
+    assert out == sorted(keys)
+    assert bucket.asked == [None, key(4), key(9)]  # pages of 5: as if never cut
+
+
+def test_a_page_stopped_while_it_waits_leaves_no_request_running() -> None:
+    keys = sorted(key(n) for n in range(40))
+
+    async def run(slow: str) -> list[str]:
+        bucket = Keys(set(keys))
+        index = Index(keys)
+        running: list[asyncio.Task[ListedPage]] = []
+        fetch, stride_keys = bucket.fetch, index.stride_keys
+
+        async def slow_fetch(start_after: str | None) -> ListedPage:
+            running.append(asyncio.current_task())  # type: ignore[arg-type]
+            # (a page's request takes 0.5 s, or 5 s when that is where the engine stops)
+            await asyncio.sleep(0 if start_after is None else 5 if slow == "fetch" else 0.5)
+            return await fetch(start_after)
+
+        async def slow_stride_keys(after: str | None, count: int, every: int) -> list[str]:
+            await asyncio.sleep(5 if slow == "index" and after is not None else 0)
+            return await stride_keys(after, count, every)
+
+        listing = ListingAhead(slow_fetch, slow_stride_keys, index.count_rows, page_size=P)
+        first = await listing.page(None)  # asks for the pages after k0004, k0009, k0014
+        waiting = asyncio.ensure_future(listing.page(first.objects[-1].key))
+        await asyncio.sleep(0.05)
+        waiting.cancel()  # the engine stops (its next page is cancelled)
+        await asyncio.gather(waiting, return_exceptions=True)
+        await listing.close()
+        await asyncio.sleep(0.01)  # a task cancelled ends at its next turn
+        return [str(task.get_name()) for task in running[1:] if not task.cancelled()]
+
+    # stopped while waiting for its page, or for the index's next stride key
+    assert asyncio.run(run("fetch")) == []
+    assert asyncio.run(run("index")) == []
+
+
+async def _ask_table(
+    path: Path, rows: list[tuple[str, str | None]]
+) -> tuple[list[list[str]], list[int]]:
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("CREATE TABLE files (key TEXT PRIMARY KEY, content_hash TEXT)")
@@ -198,25 +288,28 @@ async def _table_strides(path: Path, rows: list[tuple[str, str | None]]) -> list
     conn.close()
     index = await IndexTable.open(str(path), create=False)
     try:
-        return [
-            await index.stride_keys(after, "p/", every=P, count=count) for after, count in CALLS
-        ]
+        strides = [await index.stride_keys(a, "p/", every=P, count=n) for a, n in STRIDES]
+        counts = [await index.count_rows(a, upto, "p/") for a, upto in COUNTS]
+        return strides, counts
     finally:
         await index.close()
 
 
-CALLS = ((None, 10), ("p/03", 10), (None, 1))
+STRIDES = ((None, 10), ("p/03", 10), (None, 1))
+COUNTS = (("p/03", "p/08"), (None, "pz"), ("p/11", "pz"))
 
 
-def test_stride_keys_of_the_index_table(tmp_path: Path) -> None:
+def test_stride_keys_and_row_counts_of_the_index_table(tmp_path: Path) -> None:
     rows = [(f"p/{n:02d}", None if n % 4 else "h") for n in range(12)]
     rows += [("o/1", "h"), ("pz", "h"), ("q/1", "h")]  # outside the prefix p/
-    found = asyncio.run(_table_strides(tmp_path / "i.db", rows))
+    strides, counts = asyncio.run(_ask_table(tmp_path / "i.db", rows))
     # rows hashed or not; each stride key has a row after it
-    assert found == [["p/04", "p/09"], ["p/08"], ["p/04"]]
+    assert strides == [["p/04", "p/09"], ["p/08"], ["p/04"]]
+    assert counts == [5, 12, 0]  # rows under p/ only (pz and q/1 are not)
     # the stand-in the logic's checks use agrees
-    listed = [f"p/{n:02d}" for n in range(12)]
-    assert [asyncio.run(strides_of(listed)(after, count)) for after, count in CALLS] == found
+    index = Index([f"p/{n:02d}" for n in range(12)])
+    assert [asyncio.run(index.stride_keys(a, n, P)) for a, n in STRIDES] == strides
+    assert [asyncio.run(index.count_rows(a, upto)) for a, upto in COUNTS] == counts
 
 
 # -- end to end ------------------------------------------------------------------------------

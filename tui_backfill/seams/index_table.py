@@ -562,7 +562,8 @@ class IndexTable:
     ) -> list[str]:
         """Up to `count` keys of rows under `prefix` after `after`: the `every`-th, the
         `2 × every`-th, ..., each with at least one more row after it. Where the pages of a
-        listing begin when the index holds a row for every object (hashed or not)."""
+        listing begin when the index holds a row for every object (hashed or not), with
+        `every` 1,000."""
         self._check_open()
         return await self._run(self._stride_keys_sync, after, prefix, every, count)
 
@@ -587,6 +588,23 @@ class IndexTable:
             after = str(keys[0][0])
             found.append(after)
         return found
+
+    async def count_rows(self, after: str | None, upto: str, prefix: str = "") -> int:
+        """Rows with after < key <= upto under `prefix`."""
+        self._check_open()
+        return await self._run(self._count_rows_sync, after, upto, prefix)
+
+    def _count_rows_sync(self, after: str | None, upto: str, prefix: str) -> int:
+        if self._conn is None or not self.exists:
+            return 0
+        where, params = _key_range(after, upto, prefix)
+        try:
+            (count,) = self._conn.execute(
+                f"SELECT COUNT(*) FROM {quote_identifier(self.table)}{where}", params
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise _runtime_error(self.path, exc) from None
+        return int(count)
 
     async def coverage(self, prefix: str = "") -> Coverage:
         """The seed's coverage query: rows, rows with a hash, the percentage (two decimals)."""

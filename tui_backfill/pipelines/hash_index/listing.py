@@ -1,25 +1,31 @@
 """The bucket's listing read ahead along the index's keys.
 
 A re-run over an unchanged bucket is all listing: 1,000 keys a request, each request waiting
-for the answer before it. The index knows where those pages begin: once a run has hashed the
-bucket, every 1,000th hashed key after the start is the `StartAfter` of the next page. So up
-to `ahead` pages are asked for side by side, each after one such key (a stride key), and
-handed out in key order, as the one-page-at-a-time listing would give them.
+for the answer before it. The index knows where those pages begin: every 1,000th key of its
+rows after the start is the `StartAfter` of the next page when the index holds a row for every
+object. So up to `ahead` pages are asked for side by side, each after one such key (a stride
+key), and handed out in key order, as the one-page-at-a-time listing would give them.
 
 The bucket may have changed since the index was written; what is handed out is still the
-listing, contiguous and in order:
+listing, contiguous and in order (the stride keys only decide what is asked for):
 - a page that runs past the next stride key is cut there (what lies past it comes from the
   page asked for after that key); the keys between its last one and the stride key are known
   to be absent, so the next call from anywhere in that gap goes on from the stride key;
-- a page that stops short of the next stride key (keys were added) is handed out whole, and
-  the next one is asked for after its last key, in turn cut at the stride key;
-- a page with nothing up to the next stride key (every object of that range deleted) is cut
-  at the stride key after it instead, and the page asked for after the one passed over is
-  not needed.
+- a page that stops short of the next stride key (the bucket has keys the index lacks) is
+  handed out whole, and the next one is asked for after its last key;
+- a page with nothing up to the next stride key (every object of that range gone) is cut at
+  the stride key after it instead;
+- a page the caller cut short, and the listing's last page, answer the calls after them that
+  they cover: no request, and nothing asked for past the listing's end.
 
-An unchanged bucket costs the requests of the plain listing: ⌈objects / 1000⌉. A stride key
-needs a hashed key after it, so the last page never asks for an empty one. With no hashed key
-past the start (a first run), it is the plain listing. Any page's failure reaches the caller
+Stride keys are a page's worth of index rows apart until a page does not end at one: then the
+rows it spanned are counted, and when that is fewer than a page's worth (new objects), the
+stride keys asked for next are that many rows apart, less 1 %, so that the pages reach them.
+
+An unchanged bucket costs the requests of the plain listing, ⌈objects / 1000⌉. New objects
+spread over the bucket cost about 1 % more and a few pages as the spacing is learnt; a stretch
+of rows with no object, at most the pages already asked for (`ahead - 1`). With no index row
+past the start (a first run), it is the plain listing. A page's failure reaches the caller
 when that page is due, never earlier.
 """
 
@@ -31,41 +37,62 @@ from collections.abc import Awaitable, Callable
 
 from tui_backfill.seams.bucket import ListedPage
 
-PAGE = 1000  # keys a listing page holds (ListObjectsV2's most), the stride of the stride keys
+PAGE = 1000  # keys a listing page holds (ListObjectsV2's most)
 AHEAD = 4  # pages asked for at a time
+MARGIN = 0.01  # stride keys this much closer than the measured density says, once it is measured
 
 
 class ListingAhead:
     """`page(start)`: the listing after `start`, one page a call, read ahead along stride keys.
 
-    `fetch(start_after)` lists one page; `stride_keys(after, count)` gives up to `count` keys
-    of the index after `after`, `PAGE` keys apart.
+    `fetch(start_after)` lists one page; `stride_keys(after, count, every)` gives up to `count`
+    keys of the index after `after`, `every` rows apart; `count_rows(after, upto)` counts the
+    index rows in (after, upto].
     """
 
     def __init__(
         self,
         fetch: Callable[[str | None], Awaitable[ListedPage]],
-        stride_keys: Callable[[str | None, int], Awaitable[list[str]]],
+        stride_keys: Callable[[str | None, int, int], Awaitable[list[str]]],
+        count_rows: Callable[[str | None, str], Awaitable[int]],
         *,
         ahead: int = AHEAD,
+        page_size: int = PAGE,
     ) -> None:
         self._fetch = fetch
+        self._page_size = page_size
         self._stride_keys = stride_keys
+        self._count_rows = count_rows
         self._ahead = max(1, ahead)
-        self._strides: list[str] = []  # ascending, each after the last start asked for
-        self._strides_ended = self._ahead == 1  # no more stride keys in the index
+        self._every = page_size  # index rows between stride keys: a page's worth, until measured
+        self._strides: list[str] = []  # ascending, after the last start; each one's page asked for
+        self._no_more_strides = self._ahead == 1  # the index has none left at this spacing
         self._pending: dict[str, asyncio.Task[ListedPage]] = {}  # pages asked for ahead
-        self._gap: tuple[str, str] | None = (
-            None  # (last key handed out, stride key): nothing between
-        )
+        self._gap: tuple[str, str] | None = None  # (last key handed out, stride key): none between
+        self._last: tuple[str | None, ListedPage] | None = None  # the last page listed, uncut
 
     async def page(self, start: str | None) -> ListedPage:
         gap, self._gap = self._gap, None
         if gap is not None and start is not None and gap[0] <= start <= gap[1]:
             start = gap[1]  # nothing lies between: go on after the stride key
         asked = self._pass(start)
-        await self._read_ahead(start)
-        page = await (asked if asked is not None else self._fetch(start))
+        page = None if asked is not None else self._rest_of_last(start)
+        if page is None:
+            try:
+                await self._read_ahead(start)
+                page = await (asked if asked is not None else self._fetch(start))
+                self._last = (start, page)
+                if page.truncated:
+                    await self._measure(start, page)
+            except BaseException:
+                if asked is not None:  # stopped while waiting: its request is nobody's now
+                    asked.cancel()
+                raise
+            if not page.truncated:  # the listing ends here: nothing after it to ask for
+                self._no_more_strides = True
+                for key in self._strides:
+                    self._cancel(key)
+                self._strides.clear()
         objects = page.objects
         while self._strides and page.truncated and objects and objects[-1].key >= self._strides[0]:
             stride = self._strides[0]
@@ -77,6 +104,18 @@ class ListingAhead:
             self._cancel(self._strides.pop(0))
         return page
 
+    def _rest_of_last(self, start: str | None) -> ListedPage | None:
+        """What the last page listed holds after `start`, when it reaches past `start` (the
+        caller cut it short) or is the listing's end: the listing after `start`, no request."""
+        if self._last is None or start is None:
+            return None
+        after, last = self._last
+        if after is not None and start < after:
+            return None
+        if last.truncated and not (last.objects and start < last.objects[-1].key):
+            return None
+        return ListedPage([listed for listed in last.objects if listed.key > start], last.truncated)
+
     def _pass(self, start: str | None) -> asyncio.Task[ListedPage] | None:
         """Forget the stride keys up to `start` (their pages, but `start`'s own, unwanted)."""
         while self._strides and start is not None and self._strides[0] <= start:
@@ -85,14 +124,35 @@ class ListingAhead:
                 self._cancel(key)
         return None if start is None else self._pending.pop(start, None)
 
+    async def _measure(self, start: str | None, page: ListedPage) -> None:
+        """A page that did not end at the next stride key: the index rows it spans say how
+        far apart the next stride keys should be. Fewer rows than a page's worth (the bucket
+        has keys the index lacks): a little closer than that, so that the pages reach them;
+        otherwise a page's worth (rows with no object cost nothing: a page that runs past a
+        stride key is cut there)."""
+        if self._ahead == 1 or not page.objects:
+            return
+        last = page.objects[-1].key
+        if self._strides and self._strides[0] == last:
+            return  # it ended at the stride key: the spacing holds
+        spanned = await self._count_rows(start, last)
+        if spanned == 0:
+            return  # the index knows none of these keys: nothing to go by
+        size = self._page_size
+        every = size if spanned >= size else max(1, int(spanned * (1 - MARGIN)))
+        if every != self._every:
+            self._every = every
+            self._no_more_strides = False
+
     async def _read_ahead(self, start: str | None) -> None:
         """Keep the pages after the next `ahead - 1` stride keys asked for."""
-        if not self._strides_ended and len(self._strides) < self._ahead:
-            wanted = 4 * self._ahead
-            more = await self._stride_keys(self._strides[-1] if self._strides else start, wanted)
+        wanted = self._ahead - 1 - len(self._strides)
+        if wanted > 0 and not self._no_more_strides:
+            after = self._strides[-1] if self._strides else start
+            more = await self._stride_keys(after, wanted, self._every)
             self._strides += more
-            self._strides_ended = len(more) < wanted
-        for key in self._strides[: self._ahead - 1]:  # `start`'s own page is the caller's
+            self._no_more_strides = len(more) < wanted
+        for key in self._strides:  # `start`'s own page is the caller's
             if key not in self._pending:
                 task = asyncio.ensure_future(self._fetch(key))
                 task.add_done_callback(_retrieve)

@@ -45,7 +45,7 @@ from tui_backfill.pipelines.hash_index.checkpoint import (
     KeyCheckpoint,
     Mismatch,
 )
-from tui_backfill.pipelines.hash_index.listing import AHEAD, PAGE, ListingAhead
+from tui_backfill.pipelines.hash_index.listing import AHEAD, ListingAhead
 from tui_backfill.pipelines.hash_index.snapshot import HashCounters, HashSnapshot
 from tui_backfill.seams.bucket import Listed, ListedPage, unquote_etag
 from tui_backfill.seams.index_table import IndexRow, IndexTable, Upsert
@@ -192,7 +192,10 @@ class _Pages:
         )
         # --limit-objects reads a few objects at a time (the batch API: 50): no page ahead
         self.listing = ListingAhead(
-            self._list, self._stride_keys, ahead=1 if plan.limit_objects is not None else AHEAD
+            self._list,
+            self._stride_keys,
+            self._count_rows,
+            ahead=1 if plan.limit_objects is not None else AHEAD,
         )
 
     async def page(self, after: str | None) -> Sequence[Group]:
@@ -265,9 +268,12 @@ class _Pages:
             ) from None
         return page
 
-    async def _stride_keys(self, after: str | None, count: int) -> list[str]:
+    async def _stride_keys(self, after: str | None, count: int, every: int) -> list[str]:
         index = self._pipeline.index
-        return await index.stride_keys(after, self._pipeline.plan.prefix, every=PAGE, count=count)
+        return await index.stride_keys(after, self._pipeline.plan.prefix, every=every, count=count)
+
+    async def _count_rows(self, after: str | None, upto: str) -> int:
+        return await self._pipeline.index.count_rows(after, upto, self._pipeline.plan.prefix)
 
     def _object(self, listed: Listed, row: IndexRow | None) -> Group:
         pipeline = self._pipeline
