@@ -26,7 +26,7 @@ from helpers import Result, tool, tool_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tui_backfill.pipelines.hash_index.listing import AHEAD, ListingAhead
+from tui_backfill.pipelines.hash_index.listing import AHEAD, SPARE_PAGES, SPARE_SHARE, ListingAhead
 from tui_backfill.seams.bucket import Listed, ListedPage
 from tui_backfill.seams.index_table import IndexTable
 from tui_backfill.servers.proxy import ProxyFaults, ReverseProxy
@@ -141,11 +141,10 @@ def test_the_pages_handed_out_are_the_listing(
     if not cuts and (ahead == 1 or index_keys == bucket_keys):
         assert len(bucket.asked) == plain, bucket.asked
     elif not cuts:
-        # a read-ahead costs more only where the bucket has keys the index lacks, or the
-        # index keys the bucket lacks (whole pages of them), plus the pages asked ahead
-        unknown = len(bucket_keys - index_keys)
-        gone = math.ceil(len(index_keys - bucket_keys) / P)
-        assert len(bucket.asked) <= plain + unknown + gone + ahead, bucket.asked
+        # reading ahead costs more only within its spare (SPARE_PAGES x ahead, and
+        # SPARE_SHARE of the pages) and the pages in flight when it gives up
+        spare = SPARE_PAGES * ahead + math.ceil(SPARE_SHARE * plain) + ahead
+        assert len(bucket.asked) <= plain + spare, bucket.asked
 
 
 def test_pages_are_asked_for_ahead_and_a_page_that_fails_fails_when_it_is_due() -> None:
@@ -232,6 +231,17 @@ def test_long_runs_of_rows_with_no_object_cost_no_pages_ahead() -> None:
     middle = tail | {key(n) for n in range(4000, 4050)}
     index = sorted(key(n) for n in range(4050))
     assert _requests(middle, index) <= _requests(middle, index, ahead=1) + 2 * (AHEAD - 1)
+
+
+def test_an_index_with_nothing_of_the_bucket_costs_at_most_the_spare() -> None:
+    # every object is new and the index's rows lie between them, 1 to 10 to an object:
+    # no spacing fits, and reading ahead is given up once it has cost its spare
+    keys = {key(n) + "b" for n in range(400)}
+    index = sorted(key(n) + suffix for n in range(400) for suffix in "acdefghijk"[: 1 + n % 10])
+    plain = _requests(keys, index, ahead=1)
+    assert plain == 80
+    spare = SPARE_PAGES * AHEAD + math.ceil(SPARE_SHARE * plain)
+    assert plain < _requests(keys, index) <= plain + spare + AHEAD
 
 
 def test_a_page_cut_short_by_the_caller_is_not_asked_for_again() -> None:
@@ -406,8 +416,9 @@ async def test_a_rerun_asks_for_its_pages_side_by_side_and_a_changed_bucket_is_l
         assert index[key_] == hashlib.sha256(f"new {key_}".encode()).hexdigest()
     assert all(key_ in index for key_ in gone)  # orphans are reported, never deleted
     assert proxy.count("get_object") == len(added)
-    # two pages more than the plain listing's five: the first page holds 3 new objects, so
-    # it stops short of 00999 and one more page fills the gap; and the page asked for ahead
-    # after 01999 is never due: the page after 00999 runs past 01999 (the objects between
-    # are all gone) and is cut at 02999
-    assert proxy.requests[("GET", "list")] == math.ceil(now / 1000) + 2
+    # three pages more than the plain listing's five: the first page holds 3 new objects, so
+    # it stops short of 00999 and one more page fills the gap; the page asked for ahead after
+    # 01999 is never due (the page after 00999 runs past it: the objects between are gone);
+    # and that page spans 2,198 index rows, so the next stride key is placed that far on,
+    # past what the pages after 02999 reach: the page asked for after it is not used either
+    assert proxy.requests[("GET", "list")] == math.ceil(now / 1000) + 3

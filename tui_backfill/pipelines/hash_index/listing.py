@@ -19,13 +19,15 @@ listing, contiguous and in order (the stride keys only decide what is asked for)
   they cover: no request, and nothing asked for past the listing's end.
 
 Stride keys are a page's worth of index rows apart until a page does not end at one: then the
-rows it spanned are counted, and when that is fewer than a page's worth (new objects), the
-stride keys asked for next are that many rows apart, less 1 %, so that the pages reach them.
+rows it spanned are counted, and the stride keys asked for next are that many rows apart, less
+1 %, so that the pages reach them (a page's worth again once a page spans exactly that).
 
 An unchanged bucket costs the requests of the plain listing, ⌈objects / 1000⌉. New objects
 spread over the bucket cost about 1 % more and a few pages as the spacing is learnt; a stretch
-of rows with no object, at most the pages already asked for (`ahead - 1`). With no index row
-past the start (a first run), it is the plain listing. A page's failure reaches the caller
+of rows with no object, at most the pages already asked for (`ahead - 1`). Whatever the bucket
+and the index, reading ahead never costs more than its spare (2 x `ahead` pages and 5 % of the
+pages handed out) beyond the plain listing: past that, the run lists one page after another.
+With no index row past the start (a first run), it is the plain listing. A page's failure reaches the caller
 when that page is due, never earlier.
 """
 
@@ -40,6 +42,9 @@ from tui_backfill.seams.bucket import ListedPage
 PAGE = 1000  # keys a listing page holds (ListObjectsV2's most)
 AHEAD = 4  # pages asked for at a time
 MARGIN = 0.01  # stride keys this much closer than the measured density says, once it is measured
+# Requests beyond the plain listing's allowed before reading ahead is given up for the run:
+# 2 x ahead, and 5 % of the pages handed out so far
+SPARE_PAGES, SPARE_SHARE = 2, 0.05
 
 
 class ListingAhead:
@@ -59,7 +64,7 @@ class ListingAhead:
         ahead: int = AHEAD,
         page_size: int = PAGE,
     ) -> None:
-        self._fetch = fetch
+        self._list = fetch
         self._page_size = page_size
         self._stride_keys = stride_keys
         self._count_rows = count_rows
@@ -70,6 +75,8 @@ class ListingAhead:
         self._pending: dict[str, asyncio.Task[ListedPage]] = {}  # pages asked for ahead
         self._gap: tuple[str, str] | None = None  # (last key handed out, stride key): none between
         self._last: tuple[str | None, ListedPage] | None = None  # the last page listed, uncut
+        self._asked = 0  # requests sent
+        self._handed = 0  # keys handed out
 
     async def page(self, start: str | None) -> ListedPage:
         gap, self._gap = self._gap, None
@@ -99,9 +106,28 @@ class ListingAhead:
             kept = [listed for listed in objects if listed.key <= stride]
             if kept:
                 self._gap = (kept[-1].key, stride)
-                return ListedPage(kept, truncated=True)
+                return self._handing(ListedPage(kept, truncated=True))
             # nothing up to this stride key (its objects are all gone): its page is not needed
             self._cancel(self._strides.pop(0))
+        return self._handing(page)
+
+    def _fetch(self, start: str | None) -> Awaitable[ListedPage]:
+        self._asked += 1
+        return self._list(start)
+
+    def _handing(self, page: ListedPage) -> ListedPage:
+        """`page` is handed out. If reading ahead has cost too many requests beyond what the
+        plain listing would have sent for the keys handed out so far (the bucket and the index
+        have little to do with each other), the rest of the run lists one page after another."""
+        self._handed += len(page.objects)
+        plain = -(-self._handed // self._page_size)
+        spare = SPARE_PAGES * self._ahead + SPARE_SHARE * plain
+        if self._ahead > 1 and self._asked - plain > spare:
+            self._ahead = 1
+            self._no_more_strides = True
+            for key in self._strides:
+                self._cancel(key)
+            self._strides.clear()
         return page
 
     def _rest_of_last(self, start: str | None) -> ListedPage | None:
@@ -126,10 +152,8 @@ class ListingAhead:
 
     async def _measure(self, start: str | None, page: ListedPage) -> None:
         """A page that did not end at the next stride key: the index rows it spans say how
-        far apart the next stride keys should be. Fewer rows than a page's worth (the bucket
-        has keys the index lacks): a little closer than that, so that the pages reach them;
-        otherwise a page's worth (rows with no object cost nothing: a page that runs past a
-        stride key is cut there)."""
+        far apart the next stride keys should be: that many, less MARGIN, so that the pages
+        reach them; a page's worth when it spans exactly that."""
         if self._ahead == 1 or not page.objects:
             return
         last = page.objects[-1].key
@@ -139,7 +163,7 @@ class ListingAhead:
         if spanned == 0:
             return  # the index knows none of these keys: nothing to go by
         size = self._page_size
-        every = size if spanned >= size else max(1, int(spanned * (1 - MARGIN)))
+        every = size if spanned == size else max(1, int(spanned * (1 - MARGIN)))
         if every != self._every:
             self._every = every
             self._no_more_strides = False
