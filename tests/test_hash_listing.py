@@ -26,9 +26,10 @@ from helpers import Result, tool, tool_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.hash_index.listing import AHEAD, SPARE_PAGES, SPARE_SHARE, ListingAhead
 from tui_backfill.seams.bucket import Listed, ListedPage
-from tui_backfill.seams.index_table import IndexTable
+from tui_backfill.seams.index_table import IndexBusy, IndexTable
 from tui_backfill.servers.proxy import ProxyFaults, ReverseProxy
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
@@ -422,3 +423,57 @@ async def test_a_rerun_asks_for_its_pages_side_by_side_and_a_changed_bucket_is_l
     # and that page spans 2,198 index rows, so the next stride key is placed that far on,
     # past what the pages after 02999 reach: the page asked for after it is not used either
     assert proxy.requests[("GET", "list")] == math.ceil(now / 1000) + 3
+
+
+async def _open(path: Path, *, create: bool) -> None:
+    index = await IndexTable.open(str(path), create=create)
+    await index.close()
+
+
+@pytest.mark.parametrize("create", [True, False], ids=["run", "dry-run"])
+def test_an_index_whose_keys_ignore_case_is_refused(tmp_path: Path, create: bool) -> None:
+    # rows in another order than the listing's skip objects; "A" and "a" would share a row
+    path = tmp_path / "nocase.db"
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("CREATE TABLE files (key TEXT COLLATE NOCASE PRIMARY KEY, content_hash TEXT)")
+        conn.execute("INSERT INTO files VALUES ('a', NULL)")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(ConfigError) as refused:
+        asyncio.run(_open(path, create=create))
+    assert refused.value.field == "--index-table"
+    assert "column key compares with NOCASE" in str(refused.value)
+    assert path.read_bytes() == before
+    # the same table with the default collation opens
+    binary = tmp_path / "binary.db"
+    conn = sqlite3.connect(binary)
+    with conn:
+        conn.execute("CREATE TABLE files (key TEXT PRIMARY KEY, content_hash TEXT)")
+    conn.close()
+    asyncio.run(_open(binary, create=create))
+
+
+@pytest.mark.parametrize("failing", ["stride_keys", "count_rows"])
+def test_an_index_busy_for_the_stride_keys_leaves_the_plain_listing(failing: str) -> None:
+    # stride keys are hints: an index busy past its timeout (IndexBusy) while they are
+    # asked for leaves the rest of the run listing one page after another
+    keys = {key(n) for n in range(60)}
+    bucket = Keys(keys)
+    index = Index(sorted(keys - {key(2)}))  # the first page stops short: count_rows is asked
+    calls = {"stride_keys": 0, "count_rows": 0}
+
+    def busy(method):  # type: ignore[no-untyped-def]
+        async def call(*args):  # type: ignore[no-untyped-def]
+            calls[method.__name__] += 1
+            if method.__name__ == failing and calls[failing] == 2 - (failing == "count_rows"):
+                raise IndexBusy("index.db: database is locked", code="index_busy")
+            return await method(*args)
+
+        return call
+
+    listing = ListingAhead(
+        bucket.fetch, busy(index.stride_keys), busy(index.count_rows), page_size=P
+    )
+    assert asyncio.run(drain(listing, None, [])) == sorted(keys)
+    assert calls[failing] == 2 - (failing == "count_rows")  # never asked again

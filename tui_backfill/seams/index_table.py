@@ -341,12 +341,14 @@ class IndexTable:
             self._connect(field_db, read_only=True)
             if self._inspect(field_db, field_table):
                 self._check_upsert(field_db, field_table)
+                self._check_key_order(field_table)
             return
         self._connect(field_db, read_only=False)
         found = self._inspect(field_db, field_table)
         self._probe_write(field_db)
         if found:
             self._check_upsert(field_db, field_table)
+            self._check_key_order(field_table)
         if emit_sql is not None:
             self._open_emit(emit_sql, field_emit)
         if not found:
@@ -412,6 +414,30 @@ class IndexTable:
                     field_table, f'table "{self.table}" in {self.path}: cannot upsert ({exc})'
                 ) from None
             raise ConfigError(field_db, _db_problem(self.path, exc, writing=self.create)) from None
+
+    def _check_key_order(self, field_table: str) -> None:
+        """`key` compares byte by byte (BINARY, SQLite's default), as S3 orders and tells keys
+        apart: with NOCASE, say, a page's rows would come in another order than its listing
+        (skipping objects) and two keys differing in case would share a row."""
+        assert self._conn is not None
+        table = quote_identifier(self.table)
+        collations = []
+        for _, name, unique, *_ in self._conn.execute(f"PRAGMA index_list({table})"):
+            if not unique:
+                continue
+            keyed = [
+                row
+                for row in self._conn.execute(f"PRAGMA index_xinfo({quote_identifier(name)})")
+                if row[5]  # a key column of the index (not the rowid)
+            ]
+            if len(keyed) == 1 and str(keyed[0][2]).lower() == "key":
+                collations.append(str(keyed[0][4]).upper())
+        if collations and "BINARY" not in collations:
+            raise ConfigError(
+                field_table,
+                f'table "{self.table}" in {self.path}: column key compares with {collations[0]}; '
+                "S3 keys are case-sensitive bytes: it needs the default BINARY collation",
+            )
 
     def _probe_write(self, field_db: str) -> None:
         """Prove the file and its directory writable with a write rolled back: the journal is

@@ -37,6 +37,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+from tui_backfill.outcomes import BackfillError
 from tui_backfill.seams.bucket import ListedPage
 
 PAGE = 1000  # keys a listing page holds (ListObjectsV2's most)
@@ -123,12 +124,16 @@ class ListingAhead:
         plain = -(-self._handed // self._page_size)
         spare = SPARE_PAGES * self._ahead + SPARE_SHARE * plain
         if self._ahead > 1 and self._asked - plain > spare:
-            self._ahead = 1
-            self._no_more_strides = True
-            for key in self._strides:
-                self._cancel(key)
-            self._strides.clear()
+            self._give_up()
         return page
+
+    def _give_up(self) -> None:
+        """The rest of the run lists one page after another."""
+        self._ahead = 1
+        self._no_more_strides = True
+        for key in self._strides:
+            self._cancel(key)
+        self._strides.clear()
 
     def _rest_of_last(self, start: str | None) -> ListedPage | None:
         """What the last page listed holds after `start`, when it reaches past `start` (the
@@ -159,7 +164,11 @@ class ListingAhead:
         last = page.objects[-1].key
         if self._strides and self._strides[0] == last:
             return  # it ended at the stride key: the spacing holds
-        spanned = await self._count_rows(start, last)
+        try:
+            spanned = await self._count_rows(start, last)
+        except BackfillError:  # the index busy or gone: stride keys are hints, do without
+            self._give_up()
+            return
         if spanned == 0:
             return  # the index knows none of these keys: nothing to go by
         size = self._page_size
@@ -173,7 +182,11 @@ class ListingAhead:
         wanted = self._ahead - 1 - len(self._strides)
         if wanted > 0 and not self._no_more_strides:
             after = self._strides[-1] if self._strides else start
-            more = await self._stride_keys(after, wanted, self._every)
+            try:
+                more = await self._stride_keys(after, wanted, self._every)
+            except BackfillError:  # the index busy or gone: stride keys are hints, do without
+                self._give_up()
+                return
             self._strides += more
             self._no_more_strides = len(more) < wanted
         for key in self._strides:  # `start`'s own page is the caller's

@@ -215,7 +215,7 @@ class _Pages:
             last_page = last_page and not cut
         # The rows of the same key range; the last page's range runs to the prefix's end.
         upto = None if last_page else objects[-1].key if objects else start
-        rows = await pipeline.index.rows(start, upto, plan.prefix, limit=ROWS_PAGE + 1)
+        rows = await self._rows(start, upto)
         if len(rows) > ROWS_PAGE:
             # A long run of rows with no object (orphans): the page ends at the last row
             # taken, and the listing goes on after it, so memory stays bounded.
@@ -267,6 +267,25 @@ class _Pages:
                 code=failed.error.code,
             ) from None
         return page
+
+    async def _rows(self, start: str | None, upto: str | None) -> dict[str, IndexRow]:
+        """The index rows of a page's key range (a first few of a long run of them), retried
+        as the listing is while the index is busy."""
+        pipeline = self._pipeline
+
+        async def reading() -> dict[str, IndexRow]:
+            plan = pipeline.plan
+            return await pipeline.index.rows(start, upto, plan.prefix, limit=ROWS_PAGE + 1)
+
+        try:
+            rows, _ = await self._stages.stage_outside_items(reading, Slot.IO)
+        except StageFailed as failed:
+            raise FatalError(
+                f"index rows after {start!r} failed {failed.attempts} times, last: "
+                f"{failed.error.message}",
+                code=failed.error.code,
+            ) from None
+        return rows
 
     async def _stride_keys(self, after: str | None, count: int, every: int) -> list[str]:
         index = self._pipeline.index
