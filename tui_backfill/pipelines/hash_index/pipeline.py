@@ -21,10 +21,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from tui_backfill.core.pipeline import (
     Group,
@@ -68,6 +68,7 @@ REPAIRED = ("scanned_objects", "mismatched", "updated")  # --repair wrote the ac
 FAILED = ("scanned_objects",)
 ORPHAN = ("orphans",)
 ROWS_PAGE = 5_000  # index rows read at most for one page (a long run of orphans is paged)
+_T = TypeVar("_T")
 
 
 class Listing(Protocol):
@@ -253,39 +254,31 @@ class _Pages:
 
     async def _list(self, start: str | None) -> ListedPage:
         pipeline = self._pipeline
-
-        async def listing() -> ListedPage:
-            return await pipeline.bucket.list_page(pipeline.plan.prefix, start_after=start)
-
-        try:
-            page, _ = await self._stages.stage_outside_items(listing, Slot.IO)
-        except StageFailed as failed:
-            # The listing is the run's spine: without it nothing is known. Stop, resumable.
-            raise FatalError(
-                f"listing after {start!r} failed {failed.attempts} times, last: "
-                f"{failed.error.message}",
-                code=failed.error.code,
-            ) from None
-        return page
+        return await self._spine(
+            lambda: pipeline.bucket.list_page(pipeline.plan.prefix, start_after=start),
+            f"listing after {start!r}",
+        )
 
     async def _rows(self, start: str | None, upto: str | None) -> dict[str, IndexRow]:
         """The index rows of a page's key range (a first few of a long run of them), retried
         as the listing is while the index is busy."""
         pipeline = self._pipeline
+        return await self._spine(
+            lambda: pipeline.index.rows(start, upto, pipeline.plan.prefix, limit=ROWS_PAGE + 1),
+            f"index rows after {start!r}",
+        )
 
-        async def reading() -> dict[str, IndexRow]:
-            plan = pipeline.plan
-            return await pipeline.index.rows(start, upto, plan.prefix, limit=ROWS_PAGE + 1)
-
+    async def _spine(self, call: Callable[[], Awaitable[_T]], what: str) -> _T:
+        """A page's listing or index rows: the run's spine, without which nothing is known.
+        Retried under the policy; when the attempts run out, the run stops, resumable."""
         try:
-            rows, _ = await self._stages.stage_outside_items(reading, Slot.IO)
+            value, _ = await self._stages.stage_outside_items(call, Slot.IO)
         except StageFailed as failed:
             raise FatalError(
-                f"index rows after {start!r} failed {failed.attempts} times, last: "
-                f"{failed.error.message}",
+                f"{what} failed {failed.attempts} times, last: {failed.error.message}",
                 code=failed.error.code,
             ) from None
-        return rows
+        return value
 
     async def _stride_keys(self, after: str | None, count: int, every: int) -> list[str]:
         index = self._pipeline.index
