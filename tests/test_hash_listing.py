@@ -3,7 +3,8 @@
 The reading logic is checked on its own with hypothesis: any bucket, any index, any changes
 between them, pages handed out are the plain listing (contiguous, in order, each key once),
 and an index that matches the bucket costs exactly the plain listing's requests. The pages
-here come from a sorted list (a page of 5 keys); the stride keys from the real index table.
+here come from a sorted list (a page of 5 keys), the stride keys and row counts from a
+stand-in over another (itself checked against the real index table).
 Then end to end: `hash-index` runs over `rclone serve s3` through the counting proxy, which
 sees the pages of a re-run asked for side by side.
 """
