@@ -33,7 +33,7 @@ import urllib.parse
 from xml.etree import ElementTree
 
 import aiohttp
-from hash_digest import digest_of  # bench/, beside this script
+from hash_digest import contender_parser, report, timed  # bench/, beside this script
 
 PAGE = 1000
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
@@ -93,6 +93,23 @@ class Signer:
         return canonical_path + (f"?{canonical_query}" if canonical_query else ""), headers
 
 
+async def list_page(
+    http: aiohttp.ClientSession, signer: Signer, base: str, bucket: str, query: dict[str, str]
+) -> tuple[list[str], str | None]:
+    """One ListObjectsV2 page: its keys, and the continuation token when more follow."""
+    target, headers = signer.get(f"/{bucket}", query)
+    async with http.get(base + target, headers=headers) as answer:
+        body = await answer.read()
+    if answer.status != 200:
+        raise SystemExit(f"ListObjectsV2: {answer.status} {body[:300]!r}")
+    root = ElementTree.fromstring(body)
+    ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
+    listed = [item.findtext(f"{ns}Key") or "" for item in root.iter(f"{ns}Contents")]
+    if root.findtext(f"{ns}IsTruncated") != "true":
+        return listed, None
+    return listed, root.findtext(f"{ns}NextContinuationToken") or ""
+
+
 async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
     signer = Signer(
         args.endpoint_url,
@@ -110,22 +127,15 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
         async def lister() -> None:
             query = {"list-type": "2", "prefix": args.prefix, "max-keys": str(PAGE)}
             while True:
-                target, headers = signer.get(f"/{args.bucket}", query)
-                async with http.get(base + target, headers=headers) as answer:
-                    body = await answer.read()
-                if answer.status != 200:
-                    raise SystemExit(f"ListObjectsV2: {answer.status} {body[:300]!r}")
-                root = ElementTree.fromstring(body)
-                ns = root.tag.partition("}")[0] + "}" if root.tag.startswith("{") else ""
-                for item in root.iter(f"{ns}Contents"):
-                    key = item.findtext(f"{ns}Key") or ""
+                listed, token = await list_page(http, signer, base, args.bucket, query)
+                for key in listed:
                     if args.list_only:
                         hashes[key] = ""
                     else:
                         await keys.put(key)
-                if root.findtext(f"{ns}IsTruncated") != "true":
+                if token is None:
                     break
-                query["continuation-token"] = root.findtext(f"{ns}NextContinuationToken") or ""
+                query["continuation-token"] = token
             for _ in range(args.concurrency):
                 await keys.put(None)
 
@@ -142,27 +152,12 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
                         hashed += len(chunk)
                 hashes[key] = sha.hexdigest()
 
-        started_at, started = time.time(), time.perf_counter()
-        await asyncio.gather(lister(), *(worker() for _ in range(args.concurrency)))
-        seconds = time.perf_counter() - started
-    return {
-        "objects": len(hashes),
-        "bytes": hashed,
-        "seconds": seconds,
-        "startedAt": started_at,
-        "digest": digest_of(hashes),
-    }
+        started_at, seconds = await timed(lister(), *(worker() for _ in range(args.concurrency)))
+    return report(hashes, hashed, started_at, seconds)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--bucket", required=True)
-    p.add_argument("--prefix", default="")
-    p.add_argument("--endpoint-url", required=True)
-    p.add_argument("--region", default="us-east-1")
-    p.add_argument("--concurrency", type=int, default=8, help="GETs in flight")
+    p = contender_parser(__doc__)
     p.add_argument("--list-only", action="store_true", help="list, hash nothing")
     return p.parse_args(argv)
 

@@ -22,11 +22,10 @@ import argparse
 import asyncio
 import hashlib
 import json
-import time
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from hash_digest import digest_of  # bench/, beside this script
+from hash_digest import contender_parser, report, timed  # bench/, beside this script
 
 CHUNK = 1 << 20
 PAGE = 1000
@@ -75,27 +74,12 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
                         hashed += len(chunk)
                 hashes[key] = sha.hexdigest()
 
-        started_at, started = time.time(), time.perf_counter()
-        await asyncio.gather(lister(), *(worker() for _ in range(args.concurrency)))
-        seconds = time.perf_counter() - started
-    return {
-        "objects": len(hashes),
-        "bytes": hashed,
-        "seconds": seconds,
-        "startedAt": started_at,
-        "digest": digest_of(hashes),
-    }
+        started_at, seconds = await timed(lister(), *(worker() for _ in range(args.concurrency)))
+    return report(hashes, hashed, started_at, seconds)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--bucket", required=True)
-    p.add_argument("--prefix", default="")
-    p.add_argument("--endpoint-url", required=True)
-    p.add_argument("--region", default="us-east-1")
-    p.add_argument("--concurrency", type=int, default=8, help="GETs in flight")
+    p = contender_parser(__doc__)
     p.add_argument(
         "--timeout", type=float, default=20.0, help="connect and read (idle) timeout, seconds"
     )

@@ -24,10 +24,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from xml.etree import ElementTree
 
 import aiohttp
-from hash_floor import PAGE, Signer  # bench/, beside this script
+from hash_floor import PAGE, Signer, list_page  # bench/, beside this script
 
 from tui_backfill.servers.rclone_s3 import RcloneS3
 
@@ -45,14 +44,8 @@ async def measure(endpoint: str, access_key: str, secret_key: str, count: int) -
     async with aiohttp.ClientSession() as http:
 
         async def page(query: dict[str, str]) -> int:
-            target, headers = signer.get(f"/{BUCKET}", query)
-            async with http.get(base + target, headers=headers) as answer:
-                body = await answer.read()
-            if answer.status != 200:
-                raise SystemExit(f"ListObjectsV2: {answer.status} {body[:300]!r}")
-            root = ElementTree.fromstring(body)
-            ns = root.tag.partition("}")[0] + "}"
-            return len(list(root.iter(f"{ns}Contents")))
+            listed, _ = await list_page(http, signer, base, BUCKET, query)
+            return len(listed)
 
         plain = {"list-type": "2", "prefix": PREFIX, "max-keys": str(PAGE)}
         kinds = {
