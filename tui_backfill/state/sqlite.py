@@ -508,39 +508,48 @@ class StateStore:
         `settings` changed in the run's stored settings. `absent`: keys the origin answered
         404 for (remembered); `present`: keys whose items ended otherwise (forgotten)."""
         try:
+            present = list(present)
+            absent = list(absent)
+            resolved = list(resolved)
+            failed = list(failed)
             async with self.transaction() as db:
-                await db.executemany(
-                    "DELETE FROM absent_items WHERE job = ? AND key = ?",
-                    [(job, key) for key in present],
-                )
-                now = utc_now_iso()
-                await db.executemany(
-                    "INSERT OR REPLACE INTO absent_items (job, key, run_id, updated_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(job, key, run_id, now) for key in absent],
-                )
-                await db.executemany(
-                    "DELETE FROM failed_items WHERE job = ? AND sku = ? AND angle = ?",
-                    [(job, sku, angle) for sku, angle in resolved],
-                )
-                await db.executemany(
-                    "INSERT OR REPLACE INTO failed_items (job, sku, angle, key, code, message, attempts, run_id, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    [
-                        (
-                            job,
-                            f.group,
-                            f.member,
-                            f.key,
-                            f.code,
-                            f.message,
-                            f.attempts,
-                            f.run_id,
-                            utc_now_iso(),
-                        )
-                        for f in failed
-                    ],
-                )
+                # Most commits forget no absent key: one lookup instead of one per key
+                if present and (absent or await self._has_absent(db, job)):
+                    await db.executemany(
+                        "DELETE FROM absent_items WHERE job = ? AND key = ?",
+                        [(job, key) for key in present],
+                    )
+                if absent:
+                    now = utc_now_iso()
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO absent_items (job, key, run_id, updated_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(job, key, run_id, now) for key in absent],
+                    )
+                if resolved:
+                    await db.executemany(
+                        "DELETE FROM failed_items WHERE job = ? AND sku = ? AND angle = ?",
+                        [(job, sku, angle) for sku, angle in resolved],
+                    )
+                if failed:
+                    await db.executemany(
+                        "INSERT OR REPLACE INTO failed_items (job, sku, angle, key, code, message, attempts, run_id, updated_at) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (
+                                job,
+                                f.group,
+                                f.member,
+                                f.key,
+                                f.code,
+                                f.message,
+                                f.attempts,
+                                f.run_id,
+                                utc_now_iso(),
+                            )
+                            for f in failed
+                        ],
+                    )
                 sets = ["counters = ?", "checkpoint = ?"]
                 params: list[Any] = [
                     json.dumps(counters.to_json()),
@@ -571,6 +580,11 @@ class StateStore:
                 )
         except sqlite3.Error as exc:
             raise state_fatal(self.path, exc) from None
+
+    @staticmethod
+    async def _has_absent(db: aiosqlite.Connection, job: str) -> bool:
+        async with db.execute("SELECT 1 FROM absent_items WHERE job = ? LIMIT 1", (job,)) as cur:
+            return await cur.fetchone() is not None
 
     async def publish_snapshot(self, run_id: int, snapshot: dict[str, Any]) -> None:
         """The live snapshot of a running run; never over the final one its last commit wrote
