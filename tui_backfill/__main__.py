@@ -1,5 +1,5 @@
 """`python -m tui_backfill` is the same as the `tui-backfill` console script."""
 
-from tui_backfill.frontends.cli import main
+from tui_backfill.frontends.cli import console
 
-raise SystemExit(main())
+console()

@@ -453,7 +453,10 @@ class Engine(Generic[S]):
                     return
                 next_page = asyncio.create_task(source.page(groups[-1].key))
                 for group in groups:
-                    if await self._wait_if_held():
+                    # the common case checked inline: a coroutine per group costs more
+                    if (self._stop is not Stop.NONE or self._fatal is not None) and (
+                        await self._wait_if_held()
+                    ):
                         return
                     if self._redo:
                         await self._dispatch_redo()

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+_NONE: frozenset[int] = frozenset()
+
 
 @dataclass(frozen=True, slots=True)
 class Position:
@@ -35,7 +37,8 @@ class Watermark:
 
     def done_members(self, group: str) -> frozenset[int]:
         """Members of `group` already finished according to the position we resumed from."""
-        return frozenset(self._resumed.get(group, ()))
+        done = self._resumed.get(group)
+        return frozenset(done) if done else _NONE
 
     def dispatch(self, group: str) -> None:
         """Register `group` (in ascending order) before any of its items is started."""

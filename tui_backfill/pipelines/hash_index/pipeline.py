@@ -67,6 +67,12 @@ MISMATCHED = ("scanned_objects", "mismatched")
 REPAIRED = ("scanned_objects", "mismatched", "updated")  # --repair wrote the actual hash
 FAILED = ("scanned_objects",)
 ORPHAN = ("orphans",)
+# The results known from the listing alone, one each (a Result is immutable): a re-run
+# builds one per object otherwise.
+_AS_ORPHAN = Result("orphan", ORPHAN)
+_AS_SKIPPED = Result("skipped", SKIPPED)
+_AS_OLDER = Result("skipped", SKIPPED_OLDER)
+_AS_WOULD_UPDATE = Result("wouldUpdate", WOULD_UPDATE)
 ROWS_PAGE = 5_000  # index rows read at most for one page (a long run of orphans is paged)
 _T = TypeVar("_T")
 
@@ -232,7 +238,7 @@ class _Pages:
         groups = [self._object(listed, rows.get(listed.key)) for listed in objects]
         keys = {listed.key for listed in objects}
         groups += [
-            Group(key, [Item(key, MEMBER, key, preset=Result("orphan", ORPHAN))])
+            Group(key, [Item(key, MEMBER, key, preset=_AS_ORPHAN)])
             for key in rows
             if key not in keys
         ]
@@ -292,14 +298,14 @@ class _Pages:
         plan = pipeline.plan
         item = Item(listed.key, MEMBER, listed.key, payload=Work(listed, row))
         if older(listed, plan.since):
-            item.preset = Result("skipped", SKIPPED_OLDER)
+            item.preset = _AS_OLDER
         elif plan.verify:
             if row is None or not row.content_hash:
-                item.preset = Result("skipped", SKIPPED)  # nothing stored to verify
+                item.preset = _AS_SKIPPED  # nothing stored to verify
         elif unchanged(row, listed, pipeline.index.columns):
-            item.preset = Result("skipped", SKIPPED)
+            item.preset = _AS_SKIPPED
         elif self._stages.dry_run:
-            item.preset = Result("wouldUpdate", WOULD_UPDATE)
+            item.preset = _AS_WOULD_UPDATE
         return Group(listed.key, [item])
 
 
