@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tui_backfill.core.snapshot import RateMeter, eta_seconds
+from tui_backfill.core.watermark import Position, Watermark
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.mirror.angles import parse_angles
@@ -116,6 +117,67 @@ def test_watermark_is_always_a_valid_checkpoint(
             assert set(done) == {a for a in angles if (s, a) in finished}
     assert tracker.checkpoint() == Checkpoint(skus[-1], {})
     assert tracker.finished_skus == count
+
+
+@given(
+    st.lists(st.booleans(), min_size=1, max_size=40),
+    st.sampled_from([(0,), (1, 2)]),
+    st.sets(st.integers(0, 39), max_size=5),
+    st.randoms(),
+)
+def test_a_group_passed_finished_moves_the_watermark_as_dispatch_and_finish_do(
+    finished_by_source: list[bool], members: tuple[int, ...], resumed: set[int], rnd: random.Random
+) -> None:
+    """The engine's short path for a group its source finished (Engine._settled): where
+    `pass_finished` takes the group, the position and counts equal those of dispatching and
+    finishing it; where it refuses (a group open before it, a member recorded by the resumed
+    position, members missing), nothing changed."""
+    groups = [f"k{i:03d}" for i in range(len(finished_by_source))]
+    start = Position("k", {groups[i]: members[:1] for i in resumed if i < len(groups)})
+    quick, plain = Watermark(members, start), Watermark(members, start)
+    open_items: list[tuple[str, int]] = []  # items in flight, finished in a random order
+    passed = 0
+    for group, by_source in zip(groups, finished_by_source, strict=True):
+        todo = [m for m in members if m not in plain.done_members(group)]
+        if by_source and quick.pass_finished(group, set(members)):
+            passed += 1
+            assert not open_items and group not in start.partial
+            plain.dispatch(group)
+            for member in todo:
+                plain.finish(group, member)
+        else:
+            assert quick.position() == plain.position()  # a refusal changed nothing
+            for tracker in (quick, plain):
+                tracker.dispatch(group)
+            if by_source:
+                for member in todo:
+                    quick.finish(group, member)
+                    plain.finish(group, member)
+            else:
+                open_items += [(group, member) for member in todo]
+        while open_items and rnd.random() < 0.5:  # some in-flight items finish meanwhile
+            done = open_items.pop(rnd.randrange(len(open_items)))
+            assert quick.finish(*done) == plain.finish(*done)
+        assert quick.position() == plain.position()
+        assert quick.finished_groups == plain.finished_groups
+
+
+def test_pass_finished_takes_the_groups_of_an_unchanged_listing_and_refuses_the_rest() -> None:
+    tracker = Watermark((0,))
+    for i in range(100):
+        assert tracker.pass_finished(f"k{i:03d}", {0})
+    assert tracker.position() == Position("k099", {})
+    assert tracker.finished_groups == 100
+    tracker.dispatch("k100")  # in flight: what follows waits behind it
+    assert not tracker.pass_finished("k101", {0})
+    assert tracker.position() == Position("k099", {})
+    with pytest.raises(ValueError):
+        Watermark((0,), Position("k5")).pass_finished("k4", {0})
+    resumed = Watermark((1, 2), Position("a", {"c": (1,)}))
+    assert not resumed.pass_finished("c", {1, 2})  # its member 1 is the position's
+    assert not resumed.pass_finished("b", {1})  # member 2 not finished
+    assert resumed.pass_finished("b", {1, 2})
+    assert resumed.position() == Position("b", {"c": (1,)})
 
 
 def test_rate_meter_and_eta() -> None:

@@ -23,6 +23,7 @@ from tui_backfill.core.breaker import OriginBreaker
 from tui_backfill.core.counters import CounterSet
 from tui_backfill.core.failure_log import FailureLog
 from tui_backfill.core.pipeline import (
+    Group,
     Interrupted,
     Item,
     Pipeline,
@@ -460,6 +461,9 @@ class Engine(Generic[S]):
                         return
                     if self._redo:
                         await self._dispatch_redo()
+                    if self._settled(group):
+                        await self._commit_if_due()
+                        continue
                     done = self._tracker.done_members(group.key)
                     self._tracker.dispatch(group.key)
                     for item in group.items:
@@ -620,6 +624,35 @@ class Engine(Generic[S]):
 
     async def _record(self, item: Item, result: Result) -> None:
         """Account one finished item; commit a checkpoint when enough groups are behind it."""
+        if self._tally(item, result):
+            self._tracker.finish(item.group, item.member)
+            await self._commit_if_due()
+
+    async def _commit_if_due(self) -> None:
+        if self._tracker.finished_groups - self._finished_at_commit >= self.plan.checkpoint_every:
+            await asyncio.shield(self._commit())
+
+    def _settled(self, group: Group) -> bool:
+        """A group whose every item the source finished (`preset`, e.g. found by a listing),
+        while no group before it is open: accounted, and the watermark moved past it, without
+        the dispatch and finish of each item (most of what a skipped object cost a re-run).
+        False, with nothing done, for any other group: the usual path takes it."""
+        items = group.items
+        if not items or self._stop is not Stop.NONE or self._tracker.in_flight:
+            return False
+        for item in items:
+            if item.preset is None or item.carryover:
+                return False
+        if not self._tracker.pass_finished(group.key, {item.member for item in items}):
+            return False
+        for item in items:
+            if item.preset is not None:  # (every one: checked above)
+                self._tally(item, item.preset)
+        return True
+
+    def _tally(self, item: Item, result: Result) -> bool:
+        """The counters, failed item and absence of one finished item; False for a failed
+        item of an earlier run (carryover), which is not part of the run's position."""
         counters = self.counters
         self._items_done += 1
         if result.nbytes and counters.BYTES:
@@ -655,16 +688,14 @@ class Engine(Generic[S]):
             else:
                 counters.carryover_done += 1
                 self._pending_resolved.append((item.group, item.member))
-            return  # carryover is not part of the run's counters
+            return False  # carryover is not part of the run's counters
         for name in result.counts:
             counters.add(name)
         if result.error is not None:
             counters.failed_items += 1
             if failed is not None:
                 self._pending_failed.append(failed)
-        self._tracker.finish(item.group, item.member)
-        if self._tracker.finished_groups - self._finished_at_commit >= self.plan.checkpoint_every:
-            await asyncio.shield(self._commit())
+        return True
 
     async def _commit(
         self, *, status: str | None = None, exit_code: int | None = None, message: str | None = None

@@ -49,6 +49,18 @@ class Watermark:
         self._open[group] = self._resumed.pop(group, set())
         self._advance()
 
+    def pass_finished(self, group: str, members: set[int]) -> bool:
+        """Dispatch `group` and finish `members` of it at once, when no group is open before
+        it, the position we resumed from records none of its members, and `members` are all
+        of them: the watermark moves to it. False, with nothing changed, otherwise."""
+        if self._open or group in self._resumed or not self._members <= members:
+            return False
+        if self.last is not None and group <= self.last:
+            raise ValueError(f"{group!r} is not after the watermark {self.last!r}")
+        self.last = group
+        self.finished_groups += 1
+        return True
+
     def finish(self, group: str, member: int) -> bool:
         """Mark one item finished; return True when the watermark moved."""
         self._open[group].add(member)

@@ -294,19 +294,24 @@ class _Pages:
         return await self._pipeline.index.count_rows(after, upto, self._pipeline.plan.prefix)
 
     def _object(self, listed: Listed, row: IndexRow | None) -> Group:
+        preset = self._preset(listed, row)
+        payload = Work(listed, row) if preset is None else None  # what process() reads
+        return Group(listed.key, [Item(listed.key, MEMBER, listed.key, payload, preset=preset)])
+
+    def _preset(self, listed: Listed, row: IndexRow | None) -> Result | None:
+        """How the object ends when the listing and its row say so without a GET."""
         pipeline = self._pipeline
         plan = pipeline.plan
-        item = Item(listed.key, MEMBER, listed.key, payload=Work(listed, row))
         if older(listed, plan.since):
-            item.preset = _AS_OLDER
-        elif plan.verify:
-            if row is None or not row.content_hash:
-                item.preset = _AS_SKIPPED  # nothing stored to verify
-        elif unchanged(row, listed, pipeline.index.columns):
-            item.preset = _AS_SKIPPED
-        elif self._stages.dry_run:
-            item.preset = _AS_WOULD_UPDATE
-        return Group(listed.key, [item])
+            return _AS_OLDER
+        if plan.verify:
+            # nothing stored to verify
+            return _AS_SKIPPED if row is None or not row.content_hash else None
+        if unchanged(row, listed, pipeline.index.columns):
+            return _AS_SKIPPED
+        if self._stages.dry_run:
+            return _AS_WOULD_UPDATE
+        return None
 
 
 class HashIndexPipeline:
