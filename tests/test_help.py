@@ -153,3 +153,25 @@ def test_help_lists_own_options_with_defaults_and_an_example(
         assert words[: len(command.split())] == command.split(), line
         if command:  # the top level's examples are `demo` and `run --help`
             build_parser().parse_args(words)  # an unknown option exits 2
+
+
+def _shape(parser: argparse.ArgumentParser) -> list[tuple[object, ...]]:
+    """What a parser takes: each action's option strings, destination, default and choices,
+    its subcommands' shapes included."""
+    shape: list[tuple[object, ...]] = []
+    for action in parser._actions:
+        shape.append((tuple(action.option_strings), action.dest, action.default, action.nargs))
+        if isinstance(action, argparse._SubParsersAction):
+            shape += [(name, *_shape(sub)) for name, sub in action.choices.items()]
+    return shape
+
+
+@pytest.mark.parametrize("command", [name for name in COMMANDS if name and " " not in name])
+def test_a_parser_built_for_one_command_parses_it_as_the_whole_one(command: str) -> None:
+    """main() builds only the command it is given (build_parser(only=...)): that command's
+    parser is the whole parser's, and the other commands are still known by name."""
+    alone = _commands(build_parser(only=command))
+    assert _shape(alone[command]) == _shape(COMMANDS[command])
+    assert {name for name in alone if " " not in name} >= {
+        name for name in COMMANDS if " " not in name
+    }
