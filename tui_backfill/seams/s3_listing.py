@@ -91,18 +91,19 @@ def _quick(body: bytes) -> ListedPage | None:
     encoding_type = _ENCODING_TYPE.findall(body)
     if len(truncated) > 1 or len(encoding_type) > 1:
         return None
+    text = bytes.decode if b"&" not in body else _text  # (no entity anywhere: the usual case)
     try:
-        encoded = bool(encoding_type) and _text(encoding_type[0]) == "url"
+        encoded = bool(encoding_type) and text(encoding_type[0]) == "url"
         objects = [
             Listed(
-                key=_key(_text(key), encoded),
+                key=_key(text(key), encoded),
                 size=int(size) if size else 0,
-                etag=unquote_etag(_text(etag)),
-                last_modified=parse_timestamp(_text(modified)) if modified else None,
+                etag=unquote_etag(text(etag)),
+                last_modified=parse_timestamp(text(modified)) if modified else None,
             )
             for key, modified, etag, size in entries
         ]
-        more = bool(truncated) and _text(truncated[0]).strip().lower() == "true"
+        more = bool(truncated) and text(truncated[0]).strip().lower() == "true"
     except (UnicodeDecodeError, _NotPlain):
         return None
     return ListedPage(objects, truncated=more)
