@@ -27,6 +27,11 @@ def test_output_and_log_are_complete_and_the_exit_code_kept(tmp_path: Path) -> N
     log = tmp_path / "run.log"
     done = run(
         f"""
+import os
+class Witness:  # a normal exit tears module globals down, and this says so
+    def __del__(self):
+        os.write(2, b" torn down")
+witness = Witness()
 def main():
     handler = logging.FileHandler({str(log)!r})
     logging.getLogger("t").addHandler(handler)
@@ -40,23 +45,27 @@ cli.main = main
     )
     assert done.returncode == 3
     assert done.stdout == "x" * 100_000 + "END"
-    assert done.stderr == "to stderr"
+    assert done.stderr == "to stderr"  # no " torn down": the process ended at once
     assert log.read_text() == "the last log line\n"
 
 
 @pytest.mark.parametrize(
-    "left",
+    ("before", "left"),
     [
-        "atexit.register(lambda: print('hook ran'))",
-        "threading.Thread(target=lambda: (time.sleep(0.3), print('hook ran'))).start()",
+        ("", "atexit.register(lambda: print('hook ran'))"),
+        ("", "threading.Thread(target=lambda: (time.sleep(0.3), print('hook ran'))).start()"),
+        ("atexit.register(lambda: print('hook ran'))", ""),  # a sitecustomize's, coverage's
     ],
-    ids=["exit-hook", "thread"],
+    ids=["exit-hook", "thread", "hook-before-main"],
 )
-def test_what_main_leaves_behind_gets_a_normal_exit(left: str, tmp_path: Path) -> None:
+def test_what_is_left_besides_the_program_gets_a_normal_exit(
+    before: str, left: str, tmp_path: Path
+) -> None:
     done = run(
         f"""
+{before}
 def main():
-    {left}
+    {left or "pass"}
     return 1
 cli.main = main
 """,
@@ -64,3 +73,25 @@ cli.main = main
     )
     assert done.returncode == 1
     assert done.stdout == "hook ran\n"
+
+
+def test_a_profiler_gets_its_report(tmp_path: Path) -> None:
+    script = tmp_path / "entry.py"
+    script.write_text(PRELUDE + "cli.main = lambda: 4\ncli.console()\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "cProfile", str(script)], capture_output=True, text=True, timeout=60
+    )
+    assert "function calls" in done.stdout  # (cProfile ends with 0 after a SystemExit)
+
+
+@pytest.mark.parametrize("stream", ["1", "2"])
+def test_a_closed_stdout_or_stderr_is_no_crash(stream: str, tmp_path: Path) -> None:
+    script = tmp_path / "entry.py"
+    script.write_text(PRELUDE + "cli.main = lambda: 5\ncli.console()\n")
+    done = subprocess.run(
+        ["sh", "-c", f'exec "$0" "$1" {stream}>&-', sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 5, done.stderr

@@ -575,29 +575,37 @@ def _resolve(args: argparse.Namespace) -> Resolved:
 def console() -> NoReturn:
     """The `tui-backfill` command (and `python -m tui_backfill`): `main`, then the exit.
 
-    When nothing is left to clean up (no thread but this one, no exit hook but those there
-    before `main`, such as logging's, which is run here), the process ends at once with its
-    output flushed, as mypy's `hard_exit` does: freeing the interpreter's objects one by one
-    (botocore's service model and the rest) costs about 0.1 s at every exit. Otherwise, and
-    for callers of `main` (the tests), a normal exit.
+    When nothing but this program is left to clean up, the process ends at once with its
+    output flushed and its log shut, as mypy's `hard_exit` does: freeing the interpreter's
+    objects one by one (botocore's service model and the rest) costs about 0.1 s at every
+    exit. Anything else gets a normal exit: a thread still running, an exit hook besides
+    logging's (a sitecustomize's, coverage's, one a command registered), a profiler or tracer
+    (`python -m cProfile -m tui_backfill`). Callers of `main` (the tests) exit normally.
     """
-    hooks = _exit_hooks()
     code = main()
-    if hooks is None or _exit_hooks() != hooks or threading.active_count() != 1:
+    if not _nothing_else_to_end():
         raise SystemExit(code)
     logging.shutdown()
     try:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:  # None: started with that stream closed
+                stream.flush()
     except (OSError, ValueError):  # a closed pipe or stream: the normal exit's handling
         raise SystemExit(code) from None
     os._exit(code)
 
 
-def _exit_hooks() -> int | None:
-    """How many exit hooks are registered (None where the interpreter does not say)."""
-    count = getattr(atexit, "_ncallbacks", None)
-    return count() if callable(count) else None
+def _nothing_else_to_end() -> bool:
+    """No thread but this one, no profiler or tracer, and no exit hook but logging's (which
+    `import logging` registers, and console() runs itself)."""
+    count = getattr(atexit, "_ncallbacks", None)  # CPython's; elsewhere: a normal exit
+    return (
+        callable(count)
+        and count() == 1
+        and threading.active_count() == 1
+        and sys.gettrace() is None
+        and sys.getprofile() is None
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
