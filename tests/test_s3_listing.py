@@ -4,6 +4,7 @@ servers' shapes exactly as ElementTree does, and hands every other answer to Ele
 from __future__ import annotations
 
 import urllib.parse
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from xml.etree import ElementTree
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tui_backfill.seams.bucket import Listed
+from tui_backfill.seams.bucket import Listed, ListedPage
 from tui_backfill.seams.s3_listing import _parsed, _quick, read_listing
 
 NS = "http://s3.amazonaws.com/doc/2006-03-01/"
@@ -128,6 +129,20 @@ PLAIN = entry("a/1.jpg", 5, "e1", "2026-12-07T01:06:45.155Z", "rclone")
         page(PLAIN.replace("a/1.jpg", "caf\xe9")).replace(
             b'encoding="UTF-8"', b'encoding="latin-1"'
         ),
+        page(PLAIN).replace(b"<IsTruncated>false", b"<IsTruncated >true"),
+        page(PLAIN, "<Foo><IsTruncated>true</IsTruncated></Foo>"),
+        page(PLAIN.replace("<Size>5</Size>", "<Size>5</Size><IsTruncated>true</IsTruncated>")),
+        page(PLAIN.replace("a/1.jpg", "a%20b"), "<EncodingType >url</EncodingType>"),
+        page(f'<W xmlns="urn:x">{PLAIN}</W>'),
+        page(PLAIN).replace(b'encoding="UTF-8"', b'encoding = "ISO-8859-1"'),
+        page(PLAIN.replace("<Size>5</Size>", "<Size>\u0661\u0662</Size>")),
+        page(PLAIN, "<Name>a&b</Name>"),
+        page(PLAIN.replace("a/1.jpg", "a\x01b")),
+        page(PLAIN, "<Name>x</Name>").replace(b"<Name>x", b"<Name>\xff"),
+        page(PLAIN) + page(PLAIN),
+        b"junk" + page(PLAIN),
+        page(PLAIN).replace(b"2006-03-01/", b"2006}03-01/"),
+        page(PLAIN, "<IsTruncated/>"),
     ],
     ids=[
         "cdata",
@@ -141,6 +156,20 @@ PLAIN = entry("a/1.jpg", 5, "e1", "2026-12-07T01:06:45.155Z", "rclone")
         "html-entity",
         "latin1-declared",
         "latin1-bytes",
+        "truncated-tag-space",
+        "truncated-nested",
+        "truncated-in-contents",
+        "encoding-type-tag-space",
+        "contents-in-another-namespace",
+        "encoding-declared-with-spaces",
+        "non-ascii-digits",
+        "bare-ampersand",
+        "control-character",
+        "invalid-utf8",
+        "two-roots",
+        "text-before-root",
+        "brace-in-namespace",
+        "truncated-twice",
     ],
 )
 def test_shapes_the_quick_reader_does_not_read_exactly_go_to_elementtree(body: bytes) -> None:
@@ -171,3 +200,30 @@ def test_a_cut_answer_is_refused_not_read_short() -> None:
     assert _quick(cut) is None
     with pytest.raises(ElementTree.ParseError):
         read_listing(cut)
+
+
+MUTATIONS = [
+    b"<", b">", b"/", b"&", b"&amp;", b"&#65;", b"<!-- c -->", b"<![CDATA[x]]>", b"]]>", b" ",
+    b"\t", b"\r", b"\x00", b"\xff", b"\xc3\xa9", b"\xef\xbb\xbf", b'"', b"=", b"<Contents>",
+    b"</Contents>", b"<IsTruncated>true</IsTruncated>", b"<EncodingType>url</EncodingType>",
+    b"<Foo>", b"</Foo>", b'<W xmlns="urn:x">', b"<x:Key>", b' a="1"', b"<?pi?>", b"<Size>5</Size>",
+    b"<Key>z</Key>", b"%20", b"}", b"<IsTruncated/>", b"<ListBucketResult>", b"</ListBucketResult>",
+]  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(answers(), st.lists(st.tuples(st.integers(0), st.sampled_from(MUTATIONS)), max_size=3))
+def test_a_damaged_answer_is_read_as_elementtree_reads_it(
+    body: bytes, damage: list[tuple[int, bytes]]
+) -> None:
+    for where, what in damage:
+        at = where % (len(body) + 1)
+        body = body[:at] + what + body[at:]
+    assert _outcome(read_listing, body) == _outcome(_parsed, body)
+
+
+def _outcome(read: Callable[[bytes], ListedPage], body: bytes) -> ListedPage | str:
+    try:
+        return read(body)
+    except (ElementTree.ParseError, ValueError):  # not XML, or a field that is no number...
+        return "refused"
