@@ -635,7 +635,7 @@ class Engine(Generic[S]):
     def _settled(self, group: Group) -> bool:
         """A group whose every item the source finished (`preset`, e.g. found by a listing),
         while no group before it is open: accounted, and the watermark moved past it, without
-        the dispatch and finish of each item (most of what a skipped object cost a re-run).
+        the dispatch and finish of each item (what a re-run pays for each skipped object).
         False, with nothing done, for any other group: the usual path takes it."""
         items = group.items
         if not items or self._stop is not Stop.NONE or self._tracker.in_flight:
