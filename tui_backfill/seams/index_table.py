@@ -549,6 +549,14 @@ class IndexTable:
 
     # ---- reading
 
+    def _select(self, sql: str, params: Sequence[Any]) -> list[Any]:
+        """The rows of one query on the table (in the thread), its failure classified."""
+        assert self._conn is not None
+        try:
+            return self._conn.execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise _runtime_error(self.path, exc) from None
+
     async def rows(
         self, after: str | None, upto: str | None, prefix: str = "", limit: int | None = None
     ) -> dict[str, IndexRow]:
@@ -569,10 +577,7 @@ class IndexTable:
             f"SELECT key, content_hash, {size}, {etag} FROM {quote_identifier(self.table)}"
             f"{where} ORDER BY key" + ("" if limit is None else f" LIMIT {int(limit)}")
         )
-        try:
-            found = self._conn.execute(sql, params).fetchall()
-        except sqlite3.Error as exc:
-            raise _runtime_error(self.path, exc) from None
+        found = self._select(sql, params)
         return {
             str(key): IndexRow(
                 str(key),
@@ -605,10 +610,7 @@ class IndexTable:
                 f"SELECT key FROM {quote_identifier(self.table)}{where}"
                 f" ORDER BY key LIMIT 2 OFFSET {int(every) - 1}"
             )
-            try:
-                keys = self._conn.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise _runtime_error(self.path, exc) from None
+            keys = self._select(sql, params)
             if len(keys) < 2:
                 break
             after = str(keys[0][0])
@@ -624,12 +626,9 @@ class IndexTable:
         if self._conn is None or not self.exists:
             return 0
         where, params = _key_range(after, upto, prefix)
-        try:
-            (count,) = self._conn.execute(
-                f"SELECT COUNT(*) FROM {quote_identifier(self.table)}{where}", params
-            ).fetchone()
-        except sqlite3.Error as exc:
-            raise _runtime_error(self.path, exc) from None
+        [(count,)] = self._select(
+            f"SELECT COUNT(*) FROM {quote_identifier(self.table)}{where}", params
+        )
         return int(count)
 
     async def coverage(self, prefix: str = "") -> Coverage:
@@ -645,10 +644,7 @@ class IndexTable:
             "SELECT COUNT(*), COUNT(CASE WHEN content_hash IS NOT NULL AND content_hash != '' "
             f"THEN 1 END) FROM {quote_identifier(self.table)}{where}"
         )
-        try:
-            total, with_hash = self._conn.execute(sql, params).fetchone()
-        except sqlite3.Error as exc:
-            raise _runtime_error(self.path, exc) from None
+        [(total, with_hash)] = self._select(sql, params)
         return Coverage.of(int(total), int(with_hash))
 
     # ---- writing
