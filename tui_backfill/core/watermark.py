@@ -42,8 +42,7 @@ class Watermark:
 
     def dispatch(self, group: str) -> None:
         """Register `group` (in ascending order) before any of its items is started."""
-        if self.last is not None and group <= self.last:
-            raise ValueError(f"{group!r} is not after the watermark {self.last!r}")
+        self._check_after(group)
         if self._open and group <= next(reversed(self._open)):
             raise ValueError(f"{group!r} dispatched out of order")
         self._open[group] = self._resumed.pop(group, set())
@@ -55,11 +54,14 @@ class Watermark:
         of them: the watermark moves to it. False, with nothing changed, otherwise."""
         if self._open or group in self._resumed or not self._members <= members:
             return False
-        if self.last is not None and group <= self.last:
-            raise ValueError(f"{group!r} is not after the watermark {self.last!r}")
+        self._check_after(group)
         self.last = group
         self.finished_groups += 1
         return True
+
+    def _check_after(self, group: str) -> None:
+        if self.last is not None and group <= self.last:
+            raise ValueError(f"{group!r} is not after the watermark {self.last!r}")
 
     def finish(self, group: str, member: int) -> bool:
         """Mark one item finished; return True when the watermark moved."""

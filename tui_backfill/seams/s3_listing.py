@@ -66,6 +66,7 @@ _NOT_READ = [bytes([c]) for c in range(32) if c not in (9, 10)] + [
     b"\xef\xbf\xbf",
     b"]]>",
 ]
+_ONCE = (b"IsTruncated", b"EncodingType")  # the fields read from the answer
 _ENTITIES = {"&amp;": "&", "&lt;": "<", "&gt;": ">", "&quot;": '"', "&apos;": "'"}
 _ENTITY = re.compile(r"&[a-z]+;")
 
@@ -114,7 +115,6 @@ def _quick(body: bytes) -> ListedPage | None:
     text = bytes.decode if b"&" not in body else _text  # (no entity anywhere: the usual case)
     objects = []
     fields: dict[bytes, bytes] = {}
-    seen: list[bytes] = []
     pos = head.end()
     match = _TOKEN.match(body, pos)
     while match is not None:
@@ -124,14 +124,13 @@ def _quick(body: bytes) -> ListedPage | None:
             size = match.group("size")
             objects.append((key, size, match.group("etag"), modified))
         elif (field := match.group("field")) is not None:
+            if field in _ONCE and field in fields:
+                return None  # ElementTree reads the first; the scanner leaves it that choice
             fields[field] = match.group("text")
-            seen.append(field)
         pos = match.end()
         match = _TOKEN.match(body, pos)
     if _TAIL.fullmatch(body, pos) is None:
         return None  # something the scanner does not read, or the answer cut short
-    if seen.count(b"IsTruncated") > 1 or seen.count(b"EncodingType") > 1:
-        return None
     encoded = text(fields.get(b"EncodingType", b"")) == "url"
     page = [
         Listed(

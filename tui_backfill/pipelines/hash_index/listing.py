@@ -97,10 +97,7 @@ class ListingAhead:
                     asked.cancel()
                 raise
             if not page.truncated:  # the listing ends here: nothing after it to ask for
-                self._no_more_strides = True
-                for key in self._strides:
-                    self._cancel(key)
-                self._strides.clear()
+                self._drop_strides()
         objects = page.objects
         while self._strides and page.truncated and objects and objects[-1].key >= self._strides[0]:
             stride = self._strides[0]
@@ -130,6 +127,10 @@ class ListingAhead:
     def _give_up(self) -> None:
         """The rest of the run lists one page after another."""
         self._ahead = 1
+        self._drop_strides()
+
+    def _drop_strides(self) -> None:
+        """No more stride keys: their pages asked for are cancelled."""
         self._no_more_strides = True
         for key in self._strides:
             self._cancel(key)
