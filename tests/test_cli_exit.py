@@ -15,12 +15,14 @@ from tui_backfill.frontends import cli
 """
 
 
-def run(body: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    body: str, tmp_path: Path, *, launch: tuple[str, ...] = ("{python}", "{script}")
+) -> subprocess.CompletedProcess[str]:
+    """`body` then cli.console() in a new interpreter, started by the `launch` words."""
     script = tmp_path / "entry.py"
     script.write_text(PRELUDE + body + "\ncli.console()\n")
-    return subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
-    )
+    argv = [word.format(python=sys.executable, script=script) for word in launch]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=tmp_path)
 
 
 def test_output_and_log_are_complete_and_the_exit_code_kept(tmp_path: Path) -> None:
@@ -76,22 +78,14 @@ cli.main = main
 
 
 def test_a_profiler_gets_its_report(tmp_path: Path) -> None:
-    script = tmp_path / "entry.py"
-    script.write_text(PRELUDE + "cli.main = lambda: 4\ncli.console()\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "cProfile", str(script)], capture_output=True, text=True, timeout=60
-    )
+    done = run("cli.main = lambda: 4", tmp_path, launch=("{python}", "-m", "cProfile", "{script}"))
     assert "function calls" in done.stdout  # (cProfile ends with 0 after a SystemExit)
 
 
 @pytest.mark.parametrize("stream", ["1", "2"])
 def test_a_closed_stdout_or_stderr_is_no_crash(stream: str, tmp_path: Path) -> None:
-    script = tmp_path / "entry.py"
-    script.write_text(PRELUDE + "cli.main = lambda: 5\ncli.console()\n")
-    done = subprocess.run(
-        ["sh", "-c", f'exec "$0" "$1" {stream}>&-', sys.executable, str(script)],
-        capture_output=True,
-        text=True,
-        timeout=60,
+    closed = f'exec "$0" "$1" {stream}>&-'
+    done = run(
+        "cli.main = lambda: 5", tmp_path, launch=("sh", "-c", closed, "{python}", "{script}")
     )
     assert done.returncode == 5, done.stderr
