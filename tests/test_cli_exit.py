@@ -3,6 +3,7 @@ its output and log complete; a normal exit when a thread or a newer exit hook is
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -89,3 +90,34 @@ def test_a_closed_stdout_or_stderr_is_no_crash(stream: str, tmp_path: Path) -> N
         "cli.main = lambda: 5", tmp_path, launch=("sh", "-c", closed, "{python}", "{script}")
     )
     assert done.returncode == 5, done.stderr
+
+
+@pytest.mark.parametrize("launch", ["script", "module"])
+def test_the_collector_is_tuned_before_the_heavy_imports(launch: str, tmp_path: Path) -> None:
+    """The console script's entry and `python -m tui_backfill` set the collector's thresholds
+    (entry.GC_THRESHOLDS) before asyncio, aiohttp or botocore is imported."""
+    from tui_backfill.frontends.entry import GC_THRESHOLDS
+
+    watch = tmp_path / "watch.py"
+    watch.write_text(
+        "import gc, sys\n"
+        "seen = {}\n"
+        "def hook(event, args):\n"
+        "    if event == 'import' and args[0] in ('asyncio', 'aiohttp', 'botocore'):\n"
+        "        seen.setdefault(args[0], gc.get_threshold())\n"
+        "sys.addaudithook(hook)\n"
+        "import atexit, json\n"
+        "atexit.register(lambda: sys.stderr.write(json.dumps(seen)))\n"
+        "sys.argv = ['tui-backfill', 'hash-index', '--bucket', 'b', '--index-db', '/', '--no-ui']\n"
+        + (
+            "from tui_backfill.frontends.entry import console\nconsole()\n"
+            if launch == "script"
+            else "import runpy\nrunpy.run_module('tui_backfill', run_name='__main__')\n"
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(watch)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    seen = json.loads(done.stderr.splitlines()[-1])
+    assert tuple(seen["asyncio"]) == GC_THRESHOLDS, done.stderr
+    assert tuple(seen["asyncio"]) != (700, 10, 10)  # CPython's default, which the tuning replaces

@@ -1,5 +1,5 @@
 """`python -m tui_backfill` is the same as the `tui-backfill` console script."""
 
-from tui_backfill.frontends.cli import console
+from tui_backfill.frontends.entry import console
 
 console()
