@@ -9,7 +9,10 @@ does); aiohttp itself raises on a body shorter than its Content-Length. Nothing 
 botocore import (about 0.2 s of start-up and 1-2 ms of CPU a call in aiobotocore); any error
 ends the process with a traceback (exit 1). Path-style addressing only; region us-east-1 unless
 told. With `--list-only` it lists and hashes nothing: the floor of any re-run that must learn
-what the bucket holds (the hash index's skip rule).
+what the bucket holds (the hash index's skip rule). With `--strides FILE` too (the keys after
+which the pages begin, one a line: every 1,000th key, what the hash index's re-run takes from
+its index) it asks for the same pages the re-run does, `--ahead` (4) at a time with StartAfter,
+instead of one after another: the floor of a re-run that reads its listing ahead.
 
 Run by `bench/hash_index.py` (contender `floor`); standalone:
 
@@ -30,6 +33,7 @@ import json
 import os
 import time
 import urllib.parse
+from pathlib import Path
 from xml.etree import ElementTree
 
 import aiohttp
@@ -126,7 +130,9 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
 
         async def lister() -> None:
             query = {"list-type": "2", "prefix": args.prefix, "max-keys": str(PAGE)}
-            while True:
+            if args.strides is not None:
+                await along_strides(query)
+            while args.strides is None:
                 listed, token = await list_page(http, signer, base, args.bucket, query)
                 for key in listed:
                     if args.list_only:
@@ -138,6 +144,19 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
                 query["continuation-token"] = token
             for _ in range(args.concurrency):
                 await keys.put(None)
+
+        async def along_strides(query: dict[str, str]) -> None:
+            """The first page and the page after each stride key, `ahead` at a time."""
+            starts: list[str | None] = [None, *args.strides.read_text().split()]
+            room = asyncio.Semaphore(args.ahead)
+
+            async def page(start: str | None) -> list[str]:
+                async with room:
+                    asked = {**query, "start-after": start} if start else query
+                    return (await list_page(http, signer, base, args.bucket, asked))[0]
+
+            for listed in await asyncio.gather(*(page(start) for start in starts)):
+                hashes.update(dict.fromkeys(listed, ""))
 
         async def worker() -> None:
             nonlocal hashed
@@ -159,7 +178,12 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = contender_parser(__doc__)
     p.add_argument("--list-only", action="store_true", help="list, hash nothing")
-    return p.parse_args(argv)
+    p.add_argument("--strides", type=Path, help="with --list-only: the pages' StartAfter keys")
+    p.add_argument("--ahead", type=int, default=4, help="pages asked for at a time (--strides)")
+    args = p.parse_args(argv)
+    if args.strides is not None and not args.list_only:
+        p.error("--strides goes with --list-only")
+    return args
 
 
 if __name__ == "__main__":

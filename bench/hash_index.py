@@ -27,7 +27,9 @@ harness in a minute. Contenders, run one after another in an order rotated every
 - `floor`: `bench/hash_floor.py`, the same loop with aiohttp alone and a hand-made SigV4 (no
   botocore): what the leanest Python client reaches on this machine, so a goal out of its reach
   is out of reach for any client written in Python here; in `rerun` it only lists
-  (`--list-only`): the floor of any re-run that must learn what the bucket holds;
+  (`--list-only`), and asks for the pages tui-backfill's re-run asks for, 4 at a time after
+  every 1,000th key (`--strides`; the re-run takes those keys from its index): the floor of a
+  re-run that must learn what the bucket holds, and reads its listing ahead;
 - `tui-backfill`: `tui-backfill hash-index --no-ui --job bench --state S --bucket bench --prefix
   CASE/ --endpoint-url URL --path-style --index-db I --concurrency 8`, credentials in AWS_*
   variables; fresh state and index every repetition (except `rerun`). Its final snapshot
@@ -277,7 +279,11 @@ class Bench:
             return [
                 sys.executable,
                 str(BENCH / ("hash_loop.py" if tool == MINIMAL else "hash_floor.py")),
-                *(["--list-only"] if tool == FLOOR and self.case.name == "rerun" else []),
+                *(
+                    ["--list-only", "--strides", str(self.strides(prefix))]
+                    if tool == FLOOR and self.case.name == "rerun"
+                    else []
+                ),
                 "--bucket",
                 BUCKET,
                 "--prefix",
@@ -308,6 +314,15 @@ class Bench:
             "--concurrency",
             c,
         ]
+
+    def strides(self, prefix: str) -> Path:
+        """The StartAfter keys of the re-run's pages after the first (every 1,000th key, as
+        the hash index takes them from its index), for the floor to ask for the same pages
+        the same number at a time; none over another prefix (the empty one)."""
+        path = self.tmp / f"strides-{prefix.strip('/') or 'root'}.txt"
+        keys = [self.case.key(i) for i in range(999, self.case.objects - 1, 1000)]
+        path.write_text("\n".join(keys if prefix == self.case.prefix else []) + "\n")
+        return path
 
     def empty_paths(self, rep: int) -> tuple[Path, Path]:
         where = self.tmp / f"tui-empty-r{rep}"
