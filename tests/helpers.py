@@ -527,10 +527,13 @@ def run_args(
     ]  # fmt: skip
 
 
-async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+async def spawn(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
-    )
+        *CLI, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env,
+        cwd=cwd,
+    )  # fmt: skip
 
 
 async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> Result:
@@ -544,9 +547,11 @@ async def finish(proc: asyncio.subprocess.Process, timeout: float = 60) -> Resul
     return Result(proc.returncode, out.decode(), err.decode())
 
 
-async def tool(*args: str, env: dict[str, str], timeout: float = 60) -> Result:
+async def tool(
+    *args: str, env: dict[str, str], timeout: float = 60, cwd: Path | None = None
+) -> Result:
     """``python -m tui_backfill ARGS`` in a subprocess (this loop keeps serving meanwhile)."""
-    return await finish(await spawn(*args, env=env), timeout)
+    return await finish(await spawn(*args, env=env, cwd=cwd), timeout)
 
 
 def bucket_bytes(target: S3Target) -> dict[str, bytes]:

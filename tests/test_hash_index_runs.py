@@ -224,3 +224,43 @@ async def test_a_mismatch_file_that_is_a_directory_is_exit_2(
     assert not index.exists()
     runs = await tool("runs", "--state", str(state), "--job", "hash-index", env=tool_env(rclone_s3))
     assert runs.rc == 2 and "has no runs" in runs.err  # nothing started
+
+
+async def test_a_resume_from_another_directory_fills_the_same_index(
+    rclone_s3: S3Target, s3_proxy: Any, tmp_path: Path
+) -> None:
+    """Relative file names are the files where the run started: a paused run resumed from
+    another directory (another shell, systemd, cron) fills the index it began with, and
+    creates nothing where it is resumed from."""
+    objects = put_objects(rclone_s3, 600)
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(latency=0.02))
+    env = tool_env(rclone_s3)
+    started, elsewhere = tmp_path / "started", tmp_path / "elsewhere"
+    started.mkdir()
+    elsewhere.mkdir()
+    state, index = started / "state.sqlite3", started / "index.sqlite3"
+    relative = hash_args(rclone_s3, state, Path("index.sqlite3"), "--emit-sql", "up.sql")
+    via_proxy = ["--endpoint-url", proxy.endpoint_url, "--concurrency", "2"]
+    proc = await spawn(*relative, *via_proxy, env=env, cwd=started)
+    for _ in range(400):  # until some objects are hashed
+        if index.exists() and stored_count(index) >= 20:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    paused = await finish(proc)
+    assert paused.rc == 75, paused.err
+    assert stored_count(index) < 600
+    resumed = await tool(
+        "resume", "--no-ui", "--state", str(state), "--job", "hash-index", env=env, cwd=elsewhere
+    )
+    assert resumed.rc == 0, resumed.err
+    assert stored_hashes(index) == {k: hashlib.sha256(v).hexdigest() for k, v in objects.items()}
+    assert list(elsewhere.iterdir()) == []  # no index, no SQL file beside the resume
+    applied = sqlite3.connect(":memory:")
+    applied.execute("CREATE TABLE files (key TEXT PRIMARY KEY, content_hash TEXT, size INTEGER,"
+                    " etag TEXT, uploaded_at TEXT, uploader_id TEXT)")  # fmt: skip
+    applied.executescript((started / "up.sql").read_text())
+    assert dict(applied.execute("SELECT key, content_hash FROM files")) == stored_hashes(index)
+    # the same relative names given again, from where it started: the same run's settings
+    again = await tool(*relative, env=env, cwd=started)
+    assert again.rc == 0 and json.loads(again.out)["skipped"] == 600, again.err

@@ -90,3 +90,26 @@ async def test_a_run_of_a_pipeline_this_version_does_not_know_is_exit_2(
     lines = result.err.splitlines()
     assert len(lines) == 1 and "--state" in lines[0] and "'teleport'" in lines[0], result.err
     assert "Traceback" not in result.err
+
+
+def test_file_names_are_made_absolute_where_they_are_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The files a run's settings name are stored absolute (a resume elsewhere opens the same
+    ones); a run stored with a relative name before that still continues from where it was
+    started, and refuses another file."""
+    from types import SimpleNamespace
+
+    from tui_backfill.outcomes import RunConflict
+    from tui_backfill.pipelines.continuing import check_same_settings
+
+    monkeypatch.chdir(tmp_path)
+    flags = {"pipeline": "hash-index", "bucket": "b", "index_db": "i.sqlite3", "emit_sql": "u.sql"}
+    resolved = resolve(flags, env={})
+    assert resolved.settings.index_db == str(tmp_path / "i.sqlite3")
+    assert resolved.settings.emit_sql == str(tmp_path / "u.sql")
+    old = SimpleNamespace(id=1, settings={**resolved.settings.stored(), "index_db": "i.sqlite3"})
+    check_same_settings(old, resolved)  # type: ignore[arg-type]  # the same file: continues
+    other = resolve({**flags, "index_db": "other.sqlite3"}, env={})
+    with pytest.raises(RunConflict, match="differs from the unfinished run 1"):
+        check_same_settings(old, other)  # type: ignore[arg-type]

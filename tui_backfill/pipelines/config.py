@@ -345,6 +345,11 @@ class Resolved:
     explicit: dict[str, str]  # option name -> source label (flag, env var, file key)
 
 
+# Files a run's stored settings name: made absolute when given, so that a resume from another
+# directory (a shell elsewhere, systemd, cron) opens the same files, never new ones beside it.
+FILE_OPTIONS = ("skus_file", "skus_db", "index_db", "emit_sql", "mismatch_file")
+
+
 def resolve(
     flags: Mapping[str, Any], env: Mapping[str, str] | None = None, config: str | None = None
 ) -> Resolved:
@@ -374,6 +379,9 @@ def resolve(
             values["region"] = region
     for name, value in PIPELINE_DEFAULTS.get(values.get("pipeline", "mirror"), {}).items():
         values.setdefault(name, value)
+    for name in FILE_OPTIONS:
+        if values.get(name):
+            values[name] = os.path.abspath(values[name])
     settings = Settings(**values)
     validate(settings, explicit)
     return Resolved(settings, explicit)

@@ -9,6 +9,7 @@ tui_backfill.pipelines.hash_index.prepare both build on it.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,7 +18,7 @@ from tui_backfill.core.engine import Engine, RunPlan
 from tui_backfill.core.records import RunRecord
 from tui_backfill.core.store import JobStore
 from tui_backfill.outcomes import ConfigError, RunConflict
-from tui_backfill.pipelines.config import BY_NAME, Resolved, Settings
+from tui_backfill.pipelines.config import BY_NAME, FILE_OPTIONS, Resolved, Settings
 from tui_backfill.seams.urls import redact_url
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ def check_same_settings(run: RunRecord, resolved: Resolved) -> None:
         if option.pacing or not option.stored:
             continue
         stored = run.settings.get(name, option.default)  # absent: stored before it existed
+        if name in FILE_OPTIONS and isinstance(stored, str) and stored:
+            stored = os.path.abspath(stored)  # stored as typed before paths were made absolute
         if given.get(name) != stored:
             shown_stored = redact_url(stored) if name == "origin" else stored
             shown_given = redact_url(given.get(name)) if name == "origin" else given.get(name)
