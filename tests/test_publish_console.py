@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -295,12 +296,14 @@ async def test_keys_reach_the_worker_and_q_leaves() -> None:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-@pytest.mark.parametrize("leave", ["q", "SIGTERM"])
+@pytest.mark.parametrize("leave", ["q", "SIGTERM", "terminal-gone"])
 async def test_publish_worker_in_tmux(
     tmp_path: Path, rclone_s3: S3Target, raid: RaidServer, images: dict[str, bytes], leave: str
 ) -> None:
     """`publish worker` at 80x24: the figures, `p` holds, then `q` (or SIGTERM, as a service
-    manager sends it) stops it with exit 0 and nothing left processing."""
+    manager sends it) stops it with exit 0 and nothing left processing. A terminal that goes
+    away (SSH lost: SIGHUP, and nothing can be drawn any more) stops it the same way, and the
+    process ends."""
     db = tmp_path / "queue.sqlite3"
     await queue_with_files(db, files_of(images))
     raid.faults.latency = 0.3
@@ -312,20 +315,39 @@ async def test_publish_worker_in_tmux(
             "RUNNING", "queue depth", "jobs/min", "p Pause", "live workers (1"
         )
         assert "avg processing" in text and "need attention" in text
-        await tmux.keys("p")
-        await tmux.wait_screen("HELD", "r Resume")
-        if leave == "q":
-            await tmux.keys("q")
+        if leave != "terminal-gone":  # (that one goes while jobs are in flight)
+            await tmux.keys("p")
+            await tmux.wait_screen("HELD", "r Resume")
+        ((worker,),) = rows_sqlite(db, "SELECT id FROM publish_workers")
+        pid = int(worker.rsplit(":", 1)[1])  # the id is host:pid
+        if leave == "terminal-gone":
+            await tmux.kill()
+            await _gone(pid, within=20)
         else:
-            ((worker,),) = rows_sqlite(db, "SELECT id FROM publish_workers")
-            os.kill(int(worker.rsplit(":", 1)[1]), signal.SIGTERM)  # the id is host:pid
-        assert await tmux.exit_line(timeout=20) == "EXIT=0", await tmux.screen()
-        screen = await tmux.screen()
-        for secret in (RAID_SECRET, rclone_s3.secret_key):
-            assert secret not in screen
+            if leave == "q":
+                await tmux.keys("q")
+            else:
+                os.kill(pid, signal.SIGTERM)
+            assert await tmux.exit_line(timeout=20) == "EXIT=0", await tmux.screen()
+            screen = await tmux.screen()
+            for secret in (RAID_SECRET, rclone_s3.secret_key):
+                assert secret not in screen
     finally:
         await tmux.kill()
     assert rows_sqlite(db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'") == [
         (0,)
     ]
     assert rows_sqlite(db, "SELECT state FROM publish_workers") == [("stopped",)]
+
+
+async def _gone(pid: int, *, within: float) -> None:
+    """Wait until process `pid` has ended (it is not our child: polled)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        await asyncio.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)  # stopped by the test that started it
+    raise AssertionError(f"process {pid} still running {within:g} s after its terminal went away")

@@ -277,8 +277,9 @@ async def run_worker_console(
     async with prepared_worker(settings, burst=burst, worker=worker_id) as worker:
         app = PublishApp(worker)
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGHUP):  # as `q`: finish in flight, hand back
-            loop.add_signal_handler(signum, worker.stop)
+        # As `q`: finish in flight, hand back; a lost terminal then ends the process too.
+        loop.add_signal_handler(signal.SIGTERM, worker.stop)
+        loop.add_signal_handler(signal.SIGHUP, app.terminal_lost)
         run = asyncio.create_task(worker.run())
         app.worker_task = run
         await app.run_async()

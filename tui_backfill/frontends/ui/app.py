@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import os
 import signal
-import threading
 from collections.abc import Awaitable, Callable
 
 from textual.app import App, ComposeResult
@@ -30,6 +28,7 @@ from tui_backfill.frontends.ui.controller import CommandFailed, Controller, Loca
 from tui_backfill.frontends.ui.events import notable_events
 from tui_backfill.frontends.ui.phases import Phase, phase_events, phase_of, status_text
 from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
+from tui_backfill.frontends.ui.terminal import end_within_grace
 from tui_backfill.frontends.ui.widgets import (
     CheckpointPanel,
     CountersPanel,
@@ -149,12 +148,8 @@ class BackfillApp(App[int]):
 
     def _leave(self, code: int | None) -> None:
         """Exit the app; after a lost terminal, make sure the process ends all the same."""
-        if self._terminal_lost:
-            # The checkpoint is committed by now. Textual's shutdown can block writing to a
-            # terminal that is gone (seen: its writer queue never drains), so bound it.
-            watchdog = threading.Timer(5.0, os._exit, args=(EXIT_PAUSED if code is None else code,))
-            watchdog.daemon = True
-            watchdog.start()
+        if self._terminal_lost:  # the checkpoint is committed by now
+            end_within_grace(EXIT_PAUSED if code is None else code)
         self.exit(code)
 
     def _on_signal(self, signum: int | None = None) -> None:

@@ -15,6 +15,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
+from tui_backfill.frontends.ui.terminal import end_within_grace
 from tui_backfill.pipelines.publish.snapshot import PublishSnapshot
 from tui_backfill.seams.queue.base import WorkerRow
 
@@ -62,6 +63,7 @@ class PublishApp(App[int]):
         self.worker = worker
         self.worker_task: asyncio.Task[int] | None = None
         self._poll = poll
+        self._terminal_lost = False
         self.snapshot: PublishSnapshot | None = None
 
     def compose(self) -> ComposeResult:
@@ -131,9 +133,18 @@ class PublishApp(App[int]):
         elif not self.worker_task.done():
             self.worker_task.add_done_callback(lambda _task: self._leave())
 
+    def terminal_lost(self) -> None:
+        """SIGHUP: the terminal is gone. The worker stops as `q` stops it (in-flight jobs
+        finish, claims go back), then the process ends even if the app cannot draw its way
+        out."""
+        self._terminal_lost = True
+        self.action_quit_worker()
+
     def _leave(self) -> None:
         task = self.worker_task
         if task is None or not task.done():
             return
         code = 0 if task.cancelled() or task.exception() is not None else task.result()
+        if self._terminal_lost:  # its jobs are finished or handed back by now
+            end_within_grace(code)
         self.exit(code)
