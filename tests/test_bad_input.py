@@ -127,6 +127,20 @@ CASES = [
         "AWS_ACCESS_KEY_ID",
         env=lambda ctx: {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""},
     ),
+    case(
+        "partial-credentials",
+        "AWS_SECRET_ACCESS_KEY",
+        env=lambda ctx: {"AWS_SECRET_ACCESS_KEY": ""},
+    ),
+    case(
+        "profile-missing",
+        "AWS_PROFILE",
+        env=lambda ctx: {
+            "AWS_ACCESS_KEY_ID": "",
+            "AWS_SECRET_ACCESS_KEY": "",
+            "AWS_PROFILE": "nope",
+        },
+    ),
 ]
 
 

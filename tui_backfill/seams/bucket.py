@@ -209,6 +209,24 @@ def parse_timestamp(value: Any) -> datetime:
     return parsed
 
 
+def _credentials_problem(exc: botocore.exceptions.BotoCoreError) -> ConfigError:
+    """A half-given key pair, or a profile the AWS files lack, as the setting to fix."""
+    if isinstance(exc, botocore.exceptions.ProfileNotFound):
+        profile = exc.kwargs.get("profile", "")
+        return ConfigError(
+            "AWS_PROFILE",
+            f"profile {profile!r} is in neither the AWS config nor the credentials file; "
+            "name one that is, or unset it and give AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+        )
+    missing = exc.kwargs.get("cred_var") or "AWS_SECRET_ACCESS_KEY"
+    return ConfigError(
+        missing,
+        f"missing or empty while the rest of the key pair is given "
+        f"({exc.kwargs.get('provider', 'env')}); set AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY together",
+    )
+
+
 def s3_session(profile: str | None = None) -> Any:
     """An aiobotocore session for S3 clients here, with the quick timestamp parser."""
     session = aiobotocore.session.AioSession(profile=profile)
@@ -332,11 +350,18 @@ class Bucket:
         session = s3_session()
         if self._credentials is not None:
             session.set_credentials(*self._credentials)
-        self._client = await self._stack.enter_async_context(
-            session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
-        )
-        # The object the client signs with (the session resolved it once for the client)
-        self._credential_source = await session.get_credentials()
+        try:
+            self._client = await self._stack.enter_async_context(
+                session.create_client("s3", endpoint_url=self.endpoint_url, config=self._config)
+            )
+            # The object the client signs with (the session resolved it once for the client)
+            self._credential_source = await session.get_credentials()
+        except (
+            botocore.exceptions.PartialCredentialsError,
+            botocore.exceptions.ProfileNotFound,
+        ) as exc:
+            await self._stack.aclose()
+            raise _credentials_problem(exc) from None
         # How the client verifies TLS (botocore: AWS_CA_BUNDLE or a profile's ca_bundle, else
         # REQUESTS_CA_BUNDLE, else its default bundle), for requests sent beside it (s3_lean)
         ca_bundle = session.get_config_variable("ca_bundle")
