@@ -193,9 +193,10 @@ async def test_status_pause_resume_runs_from_other_processes(
             lambda: _equals(db.states(), {"w1": "running", "w2": "running"}), "w2 resumed"
         )
 
-        # SIGTERM: both stop (exit 0); `runs` lists the stopped sessions with their counts.
-        for proc in workers:
-            proc.proc.send_signal(signal.SIGTERM)
+        # SIGTERM (a service manager's) and SIGHUP (a lost SSH session): both stop (exit 0),
+        # saying so; `runs` lists the stopped sessions with their counts.
+        for proc, signum in zip(workers, (signal.SIGTERM, signal.SIGHUP), strict=True):
+            proc.proc.send_signal(signum)
         finals = [await proc.finish() for proc in workers]
     finally:
         for proc in workers:
@@ -203,8 +204,9 @@ async def test_status_pause_resume_runs_from_other_processes(
                 proc.proc.kill()
                 await proc.proc.wait()
     outputs.extend(finals)
-    for result in finals:
+    for result, name in zip(finals, ("SIGTERM", "SIGHUP"), strict=True):
         assert result.rc == 0, result.err[-2000:]
+        assert f"tui-backfill: {name}: stopping;" in result.err
     published = {
         name: json.loads(result.out)["published"]
         for name, result in zip(("w1", "w2"), finals, strict=True)

@@ -215,8 +215,19 @@ async def run_worker_headless(
 
     async with prepared_worker(settings, burst=burst, worker=worker_id) as worker:
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(signum, worker.stop)
+
+        def stopping(signum: int) -> None:
+            print(
+                f"tui-backfill: {signal.Signals(signum).name}: stopping; in-flight jobs finish,"
+                " unstarted claims go back to the queue",
+                file=sys.stderr,
+                flush=True,
+            )
+            worker.stop()
+
+        # a service manager's TERM, a Ctrl-C, a lost SSH session: the same graceful stop
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(signum, stopping, signum)
         print(
             f"tui-backfill: publish worker {worker.id} on {_where(settings)}, "
             f"concurrency {settings.concurrency}" + (" (burst)" if burst else ""),
