@@ -90,6 +90,7 @@ CASES = [
         "--endpoint-url",
         lambda ctx: {"--endpoint-url": f"http://127.0.0.1:{closed_port()}"},
     ),
+    case("endpoint-bad-port", "--endpoint-url", {"--endpoint-url": "http://127.0.0.1:1:2"}),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
     case("pipeline-unknown", "--pipeline", {"--pipeline": "variants"}, hint="hash-index"),
     # a plan is what a dry run would do: a real run has none to write

@@ -544,10 +544,23 @@ def check_bucket(settings: Settings, where: Mapping[str, str]) -> None:
 
 
 def check_endpoint(url: str | None, field: str) -> None:
-    if url:
-        parts = urllib.parse.urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(field, f"{url!r}: expected http(s)://host[:port]")
+    if url and not is_http_url(url):
+        raise ConfigError(field, f"{url!r}: expected http(s)://host[:port]")
+
+
+def is_http_url(url: str) -> bool:
+    """An http(s) URL of a host, its port (when given) a number 0-65535, no white space: what
+    an S3 endpoint or an origin's address must be before a client is built on it."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    if any(c.isspace() for c in url):
+        return False
+    try:
+        parts.port  # noqa: B018  (raises for '1:2', 'x', 99999)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_origin_template(origin: str) -> None:

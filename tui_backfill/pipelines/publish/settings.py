@@ -20,13 +20,13 @@ import os
 import re
 import string
 import tomllib
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tui_backfill.outcomes import ConfigError
+from tui_backfill.pipelines.config import is_http_url
 from tui_backfill.seams.queue import redact_url
 
 ENV_PREFIX = "TUI_BACKFILL_"
@@ -324,10 +324,9 @@ def validate_worker(settings: PublishSettings) -> None:
 
 def _http_url(settings: PublishSettings, name: str) -> None:
     value = getattr(settings, name)
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if not is_http_url(value):
         raise ConfigError(
-            settings.where(name), f"{value!r}: accepted an http(s):// URL with a host"
+            settings.where(name), f"{value!r}: expected an http(s):// URL with a host[:port]"
         )
 
 
