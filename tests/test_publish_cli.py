@@ -70,3 +70,34 @@ async def test_enqueue_bad_input(
     assert result.rc == 2, (result.rc, result.err)
     assert result.err.strip().startswith(f"tui-backfill: error: {field}:"), result.err
     assert rows_sqlite(queue_db, "SELECT COUNT(*) FROM publish_jobs") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("publish", "worker", "--no-ui", "--burst"),
+        ("publish", "enqueue"),
+        ("publish", "init-db"),
+        ("status", "--job", "publish"),
+        ("pause", "--job", "publish"),
+        ("runs", "--job", "publish"),
+    ],
+)
+async def test_a_sqlite_queue_in_no_such_place_is_exit_2_and_nothing_made(
+    rclone_s3: S3Target, tmp_path: Path, command: tuple[str, ...]
+) -> None:
+    """A mistyped SQLite queue path is no new empty queue (a worker would wait on it for
+    ever): a directory that does not exist is refused, and the commands that only read the
+    queue create no file where there was none."""
+    here = tmp_path / "here"
+    here.mkdir()
+    nowhere = here / "no-such-dir" / "queue.sqlite3"
+    missing = here / "queue.sqlite3"
+    reading = command[0] != "publish"
+    path = missing if reading else nowhere
+    env = publish_env(rclone_s3, "http://127.0.0.1:9/pub", f"sqlite:///{path}")
+    result = await tool(*command, env=env, cwd=here)
+    assert result.rc == 2, (result.rc, result.err)
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tui-backfill: error: DATABASE_URL"), result.err
+    assert list(here.iterdir()) == [], "something was created"

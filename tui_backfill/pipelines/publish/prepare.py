@@ -26,7 +26,7 @@ async def opened_queue(
 ) -> AsyncIterator[JobQueue]:
     """The job's queue. `create`: make the tables on SQLite (a worker's first start); on
     PostgreSQL only `init-db` changes the schema, and a missing column is exit 2."""
-    validate_queue(settings)
+    validate_queue(settings, create=create)
     queue = await open_queue(settings.database_url)
     try:
         if create and settings.database_url.startswith("sqlite:"):

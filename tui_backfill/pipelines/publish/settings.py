@@ -27,7 +27,7 @@ from typing import Any
 
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import is_http_url
-from tui_backfill.seams.queue import redact_url
+from tui_backfill.seams.queue import redact_url, sqlite_path
 
 ENV_PREFIX = "TUI_BACKFILL_"
 DEFAULT_DATABASE_URL = "sqlite:///state/publish.sqlite3"
@@ -265,15 +265,28 @@ def resolve_publish(
     return settings
 
 
-def validate_queue(settings: PublishSettings) -> None:
-    """What `init-db`, `enqueue` and `status` need: a queue URL of a known kind."""
+def validate_queue(settings: PublishSettings, *, create: bool = True) -> None:
+    """What `init-db`, `enqueue` and `status` need: a queue URL of a known kind. A SQLite
+    queue is created (`create`: a worker, `enqueue`, `init-db`) only in a directory that
+    exists, but the default `state/`, so a mistyped path is no new empty queue; it is read
+    (`status`, `pause`, `runs`) only where it exists, so asking creates nothing."""
     url = settings.database_url
+    where = settings.where("database_url")
     if not url.startswith(("postgresql://", "postgres://", "sqlite:///")):
         raise ConfigError(
-            settings.where("database_url"),
+            where,
             "accepted postgresql://user@host/db or sqlite:///relative/path.sqlite3 "
             "(sqlite:////absolute/path)",
         )
+    if not url.startswith("sqlite:"):
+        return
+    path = Path(sqlite_path(url))
+    if not create and not path.is_file():
+        raise ConfigError(
+            where, f"no queue at {path}; a worker, `publish enqueue` or `publish init-db` makes it"
+        )
+    if create and url != DEFAULT_DATABASE_URL and not path.parent.is_dir():
+        raise ConfigError(where, f"{path.parent}: no such directory; create it or fix the path")
 
 
 def validate_worker(settings: PublishSettings) -> None:
