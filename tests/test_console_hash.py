@@ -19,7 +19,7 @@ from test_console import FIXED_NOW, FixedController, screen_text, served_run, wa
 
 from tui_backfill.frontends.ui.app import BackfillApp
 from tui_backfill.frontends.ui.controller import HttpController, LocalController
-from tui_backfill.frontends.ui.screens import QuitScreen
+from tui_backfill.frontends.ui.screens import HelpScreen, QuitScreen
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import resolve
 from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint, Mismatch
@@ -119,6 +119,15 @@ async def test_keys_drive_a_real_hash_index_run(
                 ).fetchone()
             assert hashed == updated
             assert "HELD" in screen_text(app)
+
+            await pilot.press("?")  # the help names this console's counters
+            await wait_for(pilot, lambda: isinstance(app.screen, HelpScreen))
+            help_text = screen_text(app)
+            assert "skipped: not written (skip rule" in help_text
+            assert "orphans: index rows with no object" in help_text
+            assert "scannedSkus" not in help_text and "noRemote" not in help_text
+            await pilot.press("escape")
+            await wait_for(pilot, lambda: not isinstance(app.screen, HelpScreen))
 
             await pilot.press("r")
             await wait_for(pilot, lambda: app.run_state == "completed", timeout=60)

@@ -260,7 +260,8 @@ class BackfillApp(App[int]):
         await self.push_screen(FailedItemsScreen(items))
 
     async def action_help(self) -> None:
-        await self.push_screen(HelpScreen())
+        pipeline = getattr(self.snapshot, "pipeline", "mirror")  # (none yet: the image job's)
+        await self.push_screen(HelpScreen(pipeline))
 
     async def action_quit_console(self) -> None:
         local = isinstance(self.controller, LocalController)

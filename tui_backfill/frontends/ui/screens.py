@@ -15,7 +15,7 @@ from tui_backfill.frontends.ui.events import error_text
 from tui_backfill.frontends.ui.phases import Phase
 from tui_backfill.seams.keys import visible
 
-HELP = """\
+KEYS_HELP = """\
 [b]Keys[/b]
   [b]p[/b]  hold in place: in-flight items finish, checkpoint saved
   [b]r[/b]  resume a held run (a stopped one: `tui-backfill resume`)
@@ -23,24 +23,45 @@ HELP = """\
   [b]f[/b]  failed items (attempts exhausted; retried first by the next run)
   [b]?[/b]  this help
   [b]q[/b]  quit: a live run is stopped, its checkpoint saved (exit 75);
-     an attached console just detaches and the run goes on
+     an attached console just detaches and the run goes on"""
 
+# What the counters panel of each pipeline's console shows (docs/*.md say it at length).
+COUNTERS_HELP = {
+    "mirror": """\
 [b]Counters[/b]
   scannedSkus: SKUs taken up · uploaded: objects written
   skippedExists: already there · noRemote: origin 404
   failedItems: attempts exhausted · errorsTotal: failed attempts
   fetching: origin fetches now, of the cap (+ and - change it)
-  itemsInFlight: items between existence check and upload
+  itemsInFlight: items between existence check and upload""",
+    "hash-index": """\
+[b]Counters[/b]
+  scannedObjects: listed objects taken up · updated: index rows written
+  skipped: not written (skip rule: same size and ETag, no download);
+     skippedOlder: of those, older than --since · wouldUpdate: dry run
+  orphans: index rows with no object · verified / mismatched: --verify
+  failedItems: attempts exhausted · errorsTotal: failed attempts
+  GETs: object downloads now, of the cap (+ and - change it)""",
+}
 
-Press escape or ? to close."""
+
+def help_text(pipeline: str) -> str:
+    """The help of a console whose run is of `pipeline` (an unknown one: the keys alone)."""
+    counters = COUNTERS_HELP.get(pipeline)
+    parts = [KEYS_HELP, *([counters] if counters else []), "Press escape or ? to close."]
+    return "\n\n".join(parts)
 
 
 class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,question_mark,q", "dismiss", "Close", id="close-help")]
 
+    def __init__(self, pipeline: str = "mirror") -> None:
+        super().__init__()
+        self._text = help_text(pipeline)
+
     def compose(self) -> ComposeResult:
         with Vertical(id="help-box", classes="modal-box"):
-            yield Static(HELP, id="help-text")
+            yield Static(self._text, id="help-text")
 
     def action_dismiss(self) -> None:  # type: ignore[override]
         self.dismiss(None)
