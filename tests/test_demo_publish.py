@@ -37,6 +37,10 @@ def test_demo_publish_headless(tmp_path: Path) -> None:
         3,
         0,
     )
+    # the final snapshot is of a stopped worker, with the session's rates (not the 0 of a
+    # stopped meter): 3 of its 63 attempts failed
+    assert snap["state"] == "stopped"
+    assert snap["errorRate"] == round(3 / 63, 4) and snap["jobsPerMinute"] > 0
     bucket = tmp_path / "state/demo-publish/s3/IBA-Lot-Media/media"
     assert len([p for p in bucket.rglob("*.webp")]) == 120
     db = tmp_path / "state/demo-publish/queue.sqlite3"

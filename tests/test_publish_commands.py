@@ -207,6 +207,7 @@ async def test_status_pause_resume_runs_from_other_processes(
     for result, name in zip(finals, ("SIGTERM", "SIGHUP"), strict=True):
         assert result.rc == 0, result.err[-2000:]
         assert f"tui-backfill: {name}: stopping;" in result.err
+        assert json.loads(result.out)["state"] == "stopped"
     published = {
         name: json.loads(result.out)["published"]
         for name, result in zip(("w1", "w2"), finals, strict=True)

@@ -144,6 +144,8 @@ class PublishWorker:
         self._fatal: BackfillError | None = None
         self._released_fatal = 0
         self._started_at = utc_now_iso()
+        self._began = 0.0  # when run() began, by the clock
+        self._ended: float | None = None  # when it returned
         self._rates = RateMeter(window=30.0)
         self._failed_recent = RateMeter(window=30.0)
         self._figures = QueueFigures()
@@ -169,6 +171,8 @@ class PublishWorker:
 
     @property
     def state(self) -> str:
+        if self._ended is not None:
+            return "stopped"  # run() has returned: its claims are finished or handed back
         if self.engine.stopping:
             return "stopping"
         return "held" if self.engine.holding else "running"
@@ -187,7 +191,12 @@ class PublishWorker:
 
     def _rates_now(self) -> tuple[float, float]:
         """Jobs finished and attempts failed per second, recent; 0 once held or stopping (no
-        new claims: the window's average of the time before would say it still works)."""
+        new claims: the window's average of the time before would say it still works). Once
+        stopped, the whole session's averages: what the final snapshot and `runs` report."""
+        if self._ended is not None:
+            seconds = max(self._ended - self._began, 1e-9)
+            failed = self.counters.failed_attempts + self.counters.failed_permanent
+            return self.counters.finished / seconds, failed / seconds
         if self.state != "running":
             return 0.0, 0.0
         return self._rates.rates()[0], self._failed_recent.rates()[0]
@@ -234,9 +243,11 @@ class PublishWorker:
         await self.queue.register_worker(self.id, self.settings.job)
         await self._refresh_figures()
         heartbeat = asyncio.create_task(self._heartbeat(), name="publish-heartbeat")
+        self._began = self._clock()
         try:
             await self.engine.run()
         finally:
+            self._ended = self._clock()
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
