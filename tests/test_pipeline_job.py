@@ -113,3 +113,21 @@ def test_file_names_are_made_absolute_where_they_are_given(
     other = resolve({**flags, "index_db": "other.sqlite3"}, env={})
     with pytest.raises(RunConflict, match="differs from the unfinished run 1"):
         check_same_settings(old, other)  # type: ignore[arg-type]
+
+
+def test_a_switch_that_differs_from_the_unfinished_run_is_named_on_or_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from types import SimpleNamespace
+
+    from tui_backfill.outcomes import RunConflict
+    from tui_backfill.pipelines.continuing import check_same_settings
+
+    monkeypatch.chdir(tmp_path)
+    flags = {"pipeline": "hash-index", "bucket": "b", "index_db": "i.sqlite3"}
+    stored = resolve(flags, env={}).settings.stored()
+    run = SimpleNamespace(id=4, settings=stored)
+    verify = resolve({**flags, "verify": True}, env={})
+    with pytest.raises(RunConflict) as info:
+        check_same_settings(run, verify)  # type: ignore[arg-type]
+    assert str(info.value).startswith("--verify: on differs from the unfinished run 4 (off);")

@@ -64,13 +64,22 @@ def check_same_settings(run: RunRecord, resolved: Resolved) -> None:
         if name in FILE_OPTIONS and isinstance(stored, str) and stored:
             stored = os.path.abspath(stored)  # stored as typed before paths were made absolute
         if given.get(name) != stored:
-            shown_stored = redact_url(stored) if name == "origin" else stored
-            shown_given = redact_url(given.get(name)) if name == "origin" else given.get(name)
+            shown_stored = _shown(redact_url(stored) if name == "origin" else stored)
+            shown_given = _shown(
+                redact_url(given.get(name)) if name == "origin" else given.get(name)
+            )
             raise RunConflict(
                 source,
-                f"{shown_given!r} differs from the unfinished run {run.id} ({shown_stored!r}); "
+                f"{shown_given} differs from the unfinished run {run.id} ({shown_stored}); "
                 "run with the same settings to continue it, or add --fresh to abandon it",
             )
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a person gave it: a switch on or off, a text quoted."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else repr(value)
 
 
 def check_notify_given(stored: Mapping[str, Any], explicit: Mapping[str, str]) -> None:
