@@ -35,6 +35,9 @@ async def queue_db(tmp_path: Path, rclone_s3: S3Target) -> Path:
             "DATABASE_URL",
         ),
         ({"DATABASE_URL": "sqlite://relative.db"}, "DATABASE_URL"),
+        # (every other case's store is this one too: the checks above come first)
+        ({"RAID_PUB_ENDPOINT": "http://127.0.0.1:9/pub"}, "RAID_PUB_ENDPOINT"),
+        ({"RAID_PUB_ENDPOINT": "http://no-such-host.invalid/pub"}, "RAID_PUB_ENDPOINT"),
     ],
 )
 async def test_bad_input_is_one_line_exit_2_and_nothing_claimed(

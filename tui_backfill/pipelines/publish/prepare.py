@@ -8,8 +8,10 @@ lacking the worker's columns, a missing bucket, rejected credentials.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -76,6 +78,7 @@ async def prepared_worker(
             )
         )
         await _preflight(bucket, settings)
+        await _reach_store(settings)
         # The variants' PUTs and HEADs without aiobotocore's per-call CPU (s3_lean); the
         # preflight above stays on the Bucket, and so do its error lines.
         objects = await stack.enter_async_context(LeanBucket(bucket))
@@ -128,6 +131,28 @@ async def _preflight(bucket: Any, settings: PublishSettings) -> None:
             raise
         message = str(exc).removeprefix(f"{exc.field}: ")
         raise ConfigError(settings.where(name), message) from None
+
+
+async def _reach_store(settings: PublishSettings) -> None:
+    """The private store's host takes connections, before the first claim: a mistyped
+    RAID_PUB_ENDPOINT (host or port) is exit 2 naming it, not an attempt spent on every job
+    until the whole queue needs attention. (Its answers are the jobs' to judge: a request
+    without a key proves nothing, and a wrong secret is found by the first download.)"""
+    parts = urllib.parse.urlsplit(settings.raid_endpoint)
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        async with asyncio.timeout(min(settings.timeout, 10.0)):
+            _, writer = await asyncio.open_connection(host, port)
+    except (OSError, TimeoutError) as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise ConfigError(
+            settings.where("raid_endpoint"),
+            f"the private store at {host}:{port} cannot be reached ({reason}); check the address",
+        ) from None
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
 
 
 async def _fetch(
