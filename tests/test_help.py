@@ -175,3 +175,25 @@ def test_a_parser_built_for_one_command_parses_it_as_the_whole_one(command: str)
     assert {name for name in alone if " " not in name} >= {
         name for name in COMMANDS if " " not in name
     }
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["hash-index", "--bucket", "b", "--index-db", "i", "--conc", "2"],
+        ["hash-index", "--bucket", "b", "--index-db", "i", "--dry", "--verif"],
+        ["run", "--limit", "5"],
+        ["publish", "worker", "--bur"],
+    ],
+)
+def test_an_abbreviated_option_is_refused(
+    words: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only whole option names: an abbreviation would name another option, or none, once an
+    option with the same start is added."""
+    for parser in (build_parser(), build_parser(only=words[0])):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(words)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "unrecognized arguments" in err, err

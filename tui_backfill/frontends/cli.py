@@ -58,6 +58,9 @@ LISTINGS = ("status", "runs", "failed", "coverage")  # commands that only print
 class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        # `--conc 2` is no `--concurrency 2`: an abbreviation that works today would name
+        # another option, or none, once an option with the same start is added
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
