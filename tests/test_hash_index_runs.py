@@ -121,14 +121,7 @@ async def test_fresh_abandons_the_unfinished_run(
     env = tool_env(rclone_s3)
     state, index = tmp_path / "state.sqlite3", tmp_path / "index.sqlite3"
     via_proxy = ["--endpoint-url", proxy.endpoint_url, "--concurrency", "2"]
-    proc = await spawn(*hash_args(rclone_s3, state, index), *via_proxy, env=env)
-    for _ in range(400):  # until some objects are hashed
-        if index.exists() and stored_count(index) >= 20:
-            break
-        await asyncio.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    paused = await finish(proc)
-    assert paused.rc == 75, paused.err
+    await paused_part_way([*hash_args(rclone_s3, state, index), *via_proxy], index, env)
     fresh = await tool(*hash_args(rclone_s3, state, index, "--fresh"), env=env)
     assert fresh.rc == 0, fresh.err
     assert json.loads(fresh.out)["scannedObjects"] == 600
@@ -168,6 +161,20 @@ async def test_a_verify_run_fills_the_failed_items_of_a_hash_run(
     assert all(hashes[k] == hashlib.sha256(objects[k]).hexdigest() for k in keys)
     failed = await tool("failed", "--json", "--state", str(state), "--job", "hash-index", env=env)
     assert json.loads(failed.out)["items"] == []
+
+
+async def paused_part_way(
+    args: list[str], index: Path, env: dict[str, str], cwd: Path | None = None
+) -> None:
+    """A run of `args` stopped by SIGTERM (exit 75, resumable) once some objects are hashed."""
+    proc = await spawn(*args, env=env, cwd=cwd)
+    for _ in range(400):  # until some objects are hashed
+        if index.exists() and stored_count(index) >= 20:
+            break
+        await asyncio.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    paused = await finish(proc)
+    assert paused.rc == 75, paused.err
 
 
 def stored_count(index: Path) -> int:
@@ -241,14 +248,7 @@ async def test_a_resume_from_another_directory_fills_the_same_index(
     state, index = started / "state.sqlite3", started / "index.sqlite3"
     relative = hash_args(rclone_s3, state, Path("index.sqlite3"), "--emit-sql", "up.sql")
     via_proxy = ["--endpoint-url", proxy.endpoint_url, "--concurrency", "2"]
-    proc = await spawn(*relative, *via_proxy, env=env, cwd=started)
-    for _ in range(400):  # until some objects are hashed
-        if index.exists() and stored_count(index) >= 20:
-            break
-        await asyncio.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
-    paused = await finish(proc)
-    assert paused.rc == 75, paused.err
+    await paused_part_way([*relative, *via_proxy], index, env, cwd=started)
     assert stored_count(index) < 600
     resumed = await tool(
         "resume", "--no-ui", "--state", str(state), "--job", "hash-index", env=env, cwd=elsewhere
