@@ -183,6 +183,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.strides is not None and not args.list_only:
         p.error("--strides goes with --list-only")
+    if args.ahead < 1:
+        p.error("--ahead: at least 1")
     return args
 
 

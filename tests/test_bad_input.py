@@ -69,6 +69,18 @@ def case(
     return pytest.param(make_flags, env or (lambda ctx: {}), field, hint, id=name)
 
 
+def aws_config(where: Path) -> str:
+    """An AWS config file whose profiles yield no credentials: a credential_process that
+    fails, two roles that name each other."""
+    path = where / "aws-config"
+    path.write_text(
+        "[profile proc]\ncredential_process = /bin/false\n"
+        "[profile loop1]\nrole_arn = arn:aws:iam::123456789012:role/a\nsource_profile = loop2\n"
+        "[profile loop2]\nrole_arn = arn:aws:iam::123456789012:role/b\nsource_profile = loop1\n"
+    )
+    return str(path)
+
+
 CASES = [
     case("angles-zero", "--angles", {"--angles": "0"}),
     case("angles-reversed", "--angles", {"--angles": "3-1"}),
@@ -91,6 +103,8 @@ CASES = [
         lambda ctx: {"--endpoint-url": f"http://127.0.0.1:{closed_port()}"},
     ),
     case("endpoint-bad-port", "--endpoint-url", {"--endpoint-url": "http://127.0.0.1:1:2"}),
+    case("endpoint-underscore", "--endpoint-url", {"--endpoint-url": "http://minio_1:9000"}),
+    case("endpoint-open-bracket", "--endpoint-url", {"--endpoint-url": "http://[::1:9000"}),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
     case("pipeline-unknown", "--pipeline", {"--pipeline": "variants"}, hint="hash-index"),
     # a plan is what a dry run would do: a real run has none to write
@@ -132,6 +146,26 @@ CASES = [
         "partial-credentials",
         "AWS_SECRET_ACCESS_KEY",
         env=lambda ctx: {"AWS_SECRET_ACCESS_KEY": ""},
+    ),
+    case(
+        "profile-process-fails",
+        "AWS_PROFILE",
+        env=lambda ctx: {
+            "AWS_ACCESS_KEY_ID": "",
+            "AWS_SECRET_ACCESS_KEY": "",
+            "AWS_PROFILE": "proc",
+            "AWS_CONFIG_FILE": aws_config(ctx.tmp),
+        },
+    ),
+    case(
+        "profile-role-loop",
+        "AWS_PROFILE",
+        env=lambda ctx: {
+            "AWS_ACCESS_KEY_ID": "",
+            "AWS_SECRET_ACCESS_KEY": "",
+            "AWS_PROFILE": "loop1",
+            "AWS_CONFIG_FILE": aws_config(ctx.tmp),
+        },
     ),
     case(
         "profile-missing",

@@ -14,7 +14,7 @@ from keys_pipeline import NAME as KEYS_PIPELINE
 from keys_pipeline import new_run
 
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.config import resolve
+from tui_backfill.pipelines.config import resolve, validate_for_run
 from tui_backfill.pipelines.prepare import RunRequest, prepare_run
 from tui_backfill.state.sqlite import StateStore
 
@@ -131,3 +131,18 @@ def test_a_switch_that_differs_from_the_unfinished_run_is_named_on_or_off(
     with pytest.raises(RunConflict) as info:
         check_same_settings(run, verify)  # type: ignore[arg-type]
     assert str(info.value).startswith("--verify: on differs from the unfinished run 4 (off);")
+
+
+def test_a_catalog_url_is_no_file_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only file names are made absolute: a URL (a catalog's, with its password) is left as
+    given, and refused as such, never shown mangled into a path."""
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://u:pw-never-shown@db.example/cat"
+    flags = {"skus_db": url, "skus_query": "SELECT 1", "bucket": "bkt"}
+    flags["origin"] = "http://127.0.0.1:9/{sku}_{angle}"
+    resolved = resolve(flags, env={})
+    assert resolved.settings.skus_db == url
+    with pytest.raises(ConfigError) as info:
+        validate_for_run(resolved.settings, resolved.explicit)
+    assert "postgresql:// catalogs are not supported" in str(info.value)
+    assert "pw-never-shown" not in str(info.value) and str(tmp_path) not in str(info.value)

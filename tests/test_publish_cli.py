@@ -3,12 +3,16 @@ claimed (the queue's jobs stay pending, no attempt is recorded, the bucket stays
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from pathlib import Path
 
 import pytest
 from conftest import S3Target
-from helpers import closed_port, tool
+from helpers import CLI, closed_port, tool
 from publish_helpers import RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
+
+from tui_backfill.servers.raid import RaidServer
 
 
 @pytest.fixture
@@ -104,3 +108,34 @@ async def test_a_sqlite_queue_in_no_such_place_is_exit_2_and_nothing_made(
     lines = result.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tui-backfill: error: DATABASE_URL"), result.err
     assert list(here.iterdir()) == [], "something was created"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_a_worker_whose_terminal_is_gone_still_stops_on_a_signal(
+    queue_db: Path, rclone_s3: S3Target, signum: signal.Signals
+) -> None:
+    """The stop comes before the line that says so: with stderr gone (a lost SSH session, a
+    closed pipe) a signal still stops the worker, its claims handed back."""
+    async with RaidServer({}, token=RAID_SECRET) as raid:
+        env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{queue_db}")
+        proc = await asyncio.create_subprocess_exec(
+            *CLI, "publish", "worker", "--no-ui", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            assert proc.stderr is not None
+            banner = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert b"publish worker" in banner, banner
+            transport = proc._transport  # type: ignore[attr-defined]
+            transport.get_pipe_transport(2).close()  # nobody reads its stderr any more
+            await asyncio.sleep(0.5)
+            proc.send_signal(signum)
+            assert await asyncio.wait_for(proc.wait(), 30) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    assert rows_sqlite(queue_db, "SELECT state FROM publish_workers") == [("stopped",)]
+    assert rows_sqlite(
+        queue_db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'"
+    ) == [(0,)]

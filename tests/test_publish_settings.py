@@ -65,6 +65,9 @@ def test_secrets_are_never_shown() -> None:
         ({"CDN_BASE_URL": "https://cdn.example.com/a b"}, "CDN_BASE_URL"),
         ({"B2_ENDPOINT": "http://127.0.0.1:1:2"}, "B2_ENDPOINT"),
         ({"B2_ENDPOINT": "s3.example.com:99999"}, "B2_ENDPOINT"),
+        ({"B2_ENDPOINT": "http://minio_1:9000"}, "B2_ENDPOINT"),  # botocore refuses '_'
+        ({"B2_ENDPOINT": "http://[::1:9000"}, "B2_ENDPOINT"),
+        ({"CDN_BASE_URL": "https://[cdn"}, "CDN_BASE_URL"),
         ({"RAID_PUB_ENDPOINT": "http://raid:port/pub"}, "RAID_PUB_ENDPOINT"),
         ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
         ({"MAX_RETRIES": "many"}, "MAX_RETRIES"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
 import signal
@@ -217,16 +218,20 @@ async def run_worker_headless(
         loop = asyncio.get_running_loop()
 
         def stopping(signum: int) -> None:
-            print(
-                f"tui-backfill: {signal.Signals(signum).name}: stopping; in-flight jobs finish,"
-                " unstarted claims go back to the queue",
-                file=sys.stderr,
-                flush=True,
-            )
-            worker.stop()
+            worker.stop()  # first: the line below may find stderr gone with the terminal
+            with contextlib.suppress(OSError, ValueError):
+                print(
+                    f"tui-backfill: {signal.Signals(signum).name}: stopping; in-flight jobs"
+                    " finish, unstarted claims go back to the queue",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
         # a service manager's TERM, a Ctrl-C, a lost SSH session: the same graceful stop
+        # (but a HUP that `nohup` told this process to ignore stays ignored)
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                continue
             loop.add_signal_handler(signum, stopping, signum)
         print(
             f"tui-backfill: publish worker {worker.id} on {_where(settings)}, "

@@ -380,7 +380,7 @@ def resolve(
     for name, value in PIPELINE_DEFAULTS.get(values.get("pipeline", "mirror"), {}).items():
         values.setdefault(name, value)
     for name in FILE_OPTIONS:
-        if values.get(name):
+        if values.get(name) and "://" not in values[name]:  # (a catalog's URL is no file)
             values[name] = os.path.abspath(values[name])
     settings = Settings(**values)
     validate(settings, explicit)
@@ -544,23 +544,34 @@ def check_bucket(settings: Settings, where: Mapping[str, str]) -> None:
 
 
 def check_endpoint(url: str | None, field: str) -> None:
-    if url and not is_http_url(url):
+    if url and not is_s3_endpoint(url):
         raise ConfigError(field, f"{url!r}: expected http(s)://host[:port]")
 
 
 def is_http_url(url: str) -> bool:
     """An http(s) URL of a host, its port (when given) a number 0-65535, no white space: what
-    an S3 endpoint or an origin's address must be before a client is built on it."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return False
-    if any(c.isspace() for c in url):
-        return False
+    a server's address must be before a client is built on it."""
     try:
+        parts = urllib.parse.urlsplit(url)  # raises for an unclosed '[' (IPv6)
         parts.port  # noqa: B018  (raises for '1:2', 'x', 99999)
     except ValueError:
         return False
-    return True
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return False
+    return not any(c.isspace() for c in url)
+
+
+def is_s3_endpoint(url: str) -> bool:
+    """An http(s) URL botocore takes as an endpoint: its host a DNS name (letters, digits,
+    hyphens: no `_`), an IPv4 address or a bracketed IPv6 one. Checked here so that a bad one
+    is a line naming the setting, not botocore's traceback when the client is built."""
+    if not is_http_url(url):
+        return False
+    import botocore.utils  # (only when an endpoint is given: botocore is a heavy import)
+
+    return bool(
+        botocore.utils.is_valid_endpoint_url(url) or botocore.utils.is_valid_ipv6_endpoint_url(url)
+    )
 
 
 def _check_origin_template(origin: str) -> None:

@@ -61,7 +61,7 @@ def check_same_settings(run: RunRecord, resolved: Resolved) -> None:
         if option.pacing or not option.stored:
             continue
         stored = run.settings.get(name, option.default)  # absent: stored before it existed
-        if name in FILE_OPTIONS and isinstance(stored, str) and stored:
+        if name in FILE_OPTIONS and isinstance(stored, str) and stored and "://" not in stored:
             stored = os.path.abspath(stored)  # stored as typed before paths were made absolute
         if given.get(name) != stored:
             shown_stored = _shown(redact_url(stored) if name == "origin" else stored)

@@ -209,21 +209,33 @@ def parse_timestamp(value: Any) -> datetime:
     return parsed
 
 
-def _credentials_problem(exc: botocore.exceptions.BotoCoreError) -> ConfigError:
-    """A half-given key pair, or a profile the AWS files lack, as the setting to fix."""
+def _credentials_problem(exc: Exception) -> ConfigError:
+    """What the AWS credential chain refused, as the setting to fix: a half-given key pair, a
+    profile the AWS files lack, or one they hold that yields no credentials."""
+    kwargs = getattr(exc, "kwargs", {})
+    named = "AWS_PROFILE" if os.environ.get("AWS_PROFILE") else "AWS_DEFAULT_PROFILE"
+    profiled = bool(os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE"))
     if isinstance(exc, botocore.exceptions.ProfileNotFound):
-        profile = exc.kwargs.get("profile", "")
         return ConfigError(
-            "AWS_PROFILE",
-            f"profile {profile!r} is in neither the AWS config nor the credentials file; "
-            "name one that is, or unset it and give AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            named,
+            f"profile {kwargs.get('profile', '')!r} is in neither the AWS config nor the "
+            "credentials file; name one that is, or unset it and give AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY",
         )
-    missing = exc.kwargs.get("cred_var") or "AWS_SECRET_ACCESS_KEY"
+    if isinstance(exc, botocore.exceptions.PartialCredentialsError) and kwargs.get("provider") in (
+        "env",
+        None,
+    ):
+        missing = kwargs.get("cred_var") or "AWS_SECRET_ACCESS_KEY"
+        return ConfigError(
+            missing,
+            "missing or empty while the rest of the key pair is given; set AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY together",
+        )
+    detail = " ".join(str(exc).split())[:300] or exc.__class__.__name__
     return ConfigError(
-        missing,
-        f"missing or empty while the rest of the key pair is given "
-        f"({exc.kwargs.get('provider', 'env')}); set AWS_ACCESS_KEY_ID and "
-        "AWS_SECRET_ACCESS_KEY together",
+        named if profiled else "AWS_ACCESS_KEY_ID",
+        f"the AWS credential chain failed: {detail}",
     )
 
 
@@ -357,9 +369,15 @@ class Bucket:
             # The object the client signs with (the session resolved it once for the client)
             self._credential_source = await session.get_credentials()
         except (
-            botocore.exceptions.PartialCredentialsError,
-            botocore.exceptions.ProfileNotFound,
-        ) as exc:
+            botocore.exceptions.InvalidRegionError,
+            botocore.exceptions.EndpointResolutionError,
+        ):
+            await self._stack.aclose()
+            raise
+        except (botocore.exceptions.BotoCoreError, OSError, ValueError) as exc:
+            # The AWS chain, which building the client resolves: a half-given key pair, a
+            # profile missing, or one that yields no credentials (its config file unreadable,
+            # a credential_process that fails or prints no JSON, a role loop, ...)
             await self._stack.aclose()
             raise _credentials_problem(exc) from None
         # How the client verifies TLS (botocore: AWS_CA_BUNDLE or a profile's ca_bundle, else
@@ -492,6 +510,12 @@ class Bucket:
                 "AWS_ACCESS_KEY_ID",
                 "no S3 credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE",
             ) from None
+        except (
+            botocore.exceptions.CredentialRetrievalError,
+            botocore.exceptions.SSOTokenLoadError,
+            botocore.exceptions.TokenRetrievalError,
+        ) as exc:  # credentials a profile resolves when first used (SSO, a process)
+            raise _credentials_problem(exc) from None
         except botocore.exceptions.ClientError as exc:
             refusal, status, code = head_bucket_refusal(exc)
             if refusal is Refusal.MISSING:

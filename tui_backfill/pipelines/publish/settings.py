@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from tui_backfill.outcomes import ConfigError
-from tui_backfill.pipelines.config import is_http_url
+from tui_backfill.pipelines.config import is_http_url, is_s3_endpoint
 from tui_backfill.seams.queue import redact_url, sqlite_path
 
 ENV_PREFIX = "TUI_BACKFILL_"
@@ -337,7 +337,8 @@ def validate_worker(settings: PublishSettings) -> None:
 
 def _http_url(settings: PublishSettings, name: str) -> None:
     value = getattr(settings, name)
-    if not is_http_url(value):
+    valid = is_s3_endpoint(value) if name == "endpoint_url" else is_http_url(value)
+    if not valid:
         raise ConfigError(
             settings.where(name), f"{value!r}: expected an http(s):// URL with a host[:port]"
         )
