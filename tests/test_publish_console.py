@@ -296,18 +296,24 @@ async def test_keys_reach_the_worker_and_q_leaves() -> None:
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-@pytest.mark.parametrize("leave", ["q", "SIGTERM", "terminal-gone"])
+@pytest.mark.parametrize("leave", ["q", "SIGTERM", "terminal-gone", "terminal-gone-slow-jobs"])
 async def test_publish_worker_in_tmux(
     tmp_path: Path, rclone_s3: S3Target, raid: RaidServer, images: dict[str, bytes], leave: str
 ) -> None:
     """`publish worker` at 80x24: the figures, `p` holds, then `q` (or SIGTERM, as a service
     manager sends it) stops it with exit 0 and nothing left processing. A terminal that goes
     away (SSH lost: SIGHUP, and nothing can be drawn any more) stops it the same way, and the
-    process ends."""
+    process ends: with jobs slower than its shutdown timeout too (they are cut off and handed
+    back; the console must not stall the worker drawing to a terminal that is gone)."""
     db = tmp_path / "queue.sqlite3"
     await queue_with_files(db, files_of(images))
-    raid.faults.latency = 0.3
-    env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2")
+    slow = leave == "terminal-gone-slow-jobs"
+    # Slow: downloads outlast the shutdown timeout, which cuts them off and hands them back.
+    raid.faults.latency = 20.0 if slow else 0.3
+    env = publish_env(
+        rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="2",
+        TUI_BACKFILL_SHUTDOWN_TIMEOUT="3",
+    )  # fmt: skip
     tmux = Tmux(tmp_path)
     await tmux.start([sys.executable, "-m", "tui_backfill", "publish", "worker"], env)
     try:
@@ -315,12 +321,14 @@ async def test_publish_worker_in_tmux(
             "RUNNING", "queue depth", "jobs/min", "p Pause", "live workers (1"
         )
         assert "avg processing" in text and "need attention" in text
-        if leave != "terminal-gone":  # (that one goes while jobs are in flight)
+        if not leave.startswith("terminal-gone"):  # (those go while jobs are in flight)
             await tmux.keys("p")
             await tmux.wait_screen("HELD", "r Resume")
         ((worker,),) = rows_sqlite(db, "SELECT id FROM publish_workers")
         pid = int(worker.rsplit(":", 1)[1])  # the id is host:pid
-        if leave == "terminal-gone":
+        if leave.startswith("terminal-gone"):
+            if slow:  # downloads in flight for the next 20 s
+                await asyncio.sleep(1.5)
             await tmux.kill()
             await _gone(pid, within=20)
         else:

@@ -28,7 +28,7 @@ from tui_backfill.frontends.ui.controller import CommandFailed, Controller, Loca
 from tui_backfill.frontends.ui.events import notable_events
 from tui_backfill.frontends.ui.phases import Phase, phase_events, phase_of, status_text
 from tui_backfill.frontends.ui.screens import FailedItemsScreen, HelpScreen, QuitScreen
-from tui_backfill.frontends.ui.terminal import end_within_grace
+from tui_backfill.frontends.ui.terminal import draw_nowhere, end_within_grace
 from tui_backfill.frontends.ui.widgets import (
     CheckpointPanel,
     CountersPanel,
@@ -44,6 +44,7 @@ from tui_backfill.pipelines.snapshots import AnySnapshot
 # (bench/console_cost.py). Keys refresh at once anyway.
 REFRESH_EVERY = 1.0
 EXIT_PAUSED = 75
+TERMINAL_GONE_BOUND = 60.0  # seconds a run gets to pause once its terminal is gone
 
 
 class BackfillApp(App[int]):
@@ -157,6 +158,10 @@ class BackfillApp(App[int]):
         self._quitting = True
         if signum == signal.SIGHUP:
             self._terminal_lost = True
+            draw_nowhere()
+            # the run pauses within its timeout (in-flight items, the checkpoint); past the
+            # bound it ends all the same, resumable from its last checkpoint
+            end_within_grace(EXIT_PAUSED, after=TERMINAL_GONE_BOUND)
         assert isinstance(self.controller, LocalController)
         self.controller.stop()
         if self._engine_done.is_set():

@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.reactive import reactive
 from textual.widgets import Footer, Static
 
-from tui_backfill.frontends.ui.terminal import end_within_grace
+from tui_backfill.frontends.ui.terminal import draw_nowhere, end_within_grace
 from tui_backfill.pipelines.publish.snapshot import PublishSnapshot
 from tui_backfill.seams.queue.base import WorkerRow
 
@@ -43,6 +43,9 @@ def _worker_line(row: WorkerRow, me: str | None) -> str:
         f"{mark}{row.id:<22} {row.state:<7} {stats.get('inFlight', 0):>2} in flight "
         f"{stats.get('perMinute', 0.0):>6.1f}/min {stats.get('published', 0):>7,} published"
     )
+
+
+EXIT_CRASHED = 3  # the worker's task raised (its traceback is logged)
 
 
 class PublishApp(App[int]):
@@ -135,16 +138,24 @@ class PublishApp(App[int]):
 
     def terminal_lost(self) -> None:
         """SIGHUP: the terminal is gone. The worker stops as `q` stops it (in-flight jobs
-        finish, claims go back), then the process ends even if the app cannot draw its way
-        out."""
+        finish within the shutdown timeout, claims go back), drawing goes nowhere meanwhile,
+        and the process ends by that bound even if the app cannot get out (unfinished claims
+        are then left to their leases, as after a SIGKILL)."""
         self._terminal_lost = True
+        draw_nowhere()
+        end_within_grace(0, after=self.worker.settings.shutdown_timeout)
         self.action_quit_worker()
 
     def _leave(self) -> None:
         task = self.worker_task
         if task is None or not task.done():
             return
-        code = 0 if task.cancelled() or task.exception() is not None else task.result()
+        if task.cancelled():
+            code = 0
+        elif task.exception() is not None:  # the worker crashed: not a success
+            code = EXIT_CRASHED
+        else:
+            code = task.result()
         if self._terminal_lost:  # its jobs are finished or handed back by now
             end_within_grace(code)
         self.exit(code)
