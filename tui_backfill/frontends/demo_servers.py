@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from tui_backfill.seams.templates import DEFAULT_KEY_TEMPLATE
 from tui_backfill.servers.images import many_images
 from tui_backfill.servers.origin import OriginFaults, OriginServer
 from tui_backfill.servers.publish_files import insert_files
@@ -66,6 +67,10 @@ def _export(**values: str) -> str:
 async def _serve(data: Path) -> int:
     photos = many_images(PHOTOS, seed=7)
     _write_assets(data / "s3" / ASSETS_BUCKET)
+    # `rclone serve s3` answers 500 now and then when PUTs race to create the first object of
+    # a directory (FIELD-NOTES): the tool retries them, but the tour's output would show them.
+    # The default key prefix exists from the start (a directory is no key: listings ignore it).
+    (data / "s3" / IMAGES_BUCKET / DEFAULT_KEY_TEMPLATE.rsplit("/", 1)[0]).mkdir(parents=True)
     database_url = f"sqlite:///{data / 'queue.sqlite3'}"
     await _fill_queue(database_url, sorted(photos))
     s3 = RcloneS3(
