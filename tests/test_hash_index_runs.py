@@ -109,6 +109,13 @@ async def test_resume_and_run_by_job_name_alone(rclone_s3: S3Target, tmp_path: P
     resumed = await tool("resume", "--no-ui", "--state", str(state), "--job", "hx", env=env)
     assert resumed.rc == 2 and "nothing to resume" in resumed.err
     assert len(stored_hashes(index)) == 100 and len(objects) == 300
+    # without --job: the default job has no runs here, and the error names the one that has
+    for command in ("status", "runs", "failed"):
+        plain = await tool(command, "--state", str(state), env=env)
+        assert plain.rc == 2, plain.err
+        assert (
+            "job 'default' has no runs" in plain.err and "jobs there: hx (give --job)" in plain.err
+        )
 
 
 async def test_fresh_abandons_the_unfinished_run(

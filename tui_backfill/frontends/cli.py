@@ -736,7 +736,7 @@ async def attach_console(state: str, job: str) -> int:
 
     async with open_state(state, check=True) as store:
         if await store.latest_run(job, include_dry=False) is None:
-            raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+            raise await _no_runs(store, state, job)
         app = BackfillApp(AttachedController(store, state, job))
         await app.run_async()
     return EXIT_OK
@@ -826,9 +826,17 @@ async def status_snapshot(state: str, job: str) -> JobStatus:
 
     async with open_state(state, check=True) as store:
         status = await job_status(store, state, job)
-    if status is None:
-        raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+        if status is None:
+            raise await _no_runs(store, state, job)
     return status
+
+
+async def _no_runs(store: Any, state: str, job: str) -> ConfigError:
+    """`job` has no runs in `state`: the error, naming the jobs that do (the default job is
+    `default`, and a hash-index run's is `hash-index`: an operator may not know it)."""
+    others = [name for name in await store.jobs() if name != job]
+    hint = f"; jobs there: {', '.join(others[:10])} (give --job)" if others else ""
+    return ConfigError("--job", f"job {job!r} has no runs in {state}{hint}")
 
 
 async def _cmd_status(args: argparse.Namespace) -> int:
@@ -849,8 +857,8 @@ async def _cmd_runs(args: argparse.Namespace) -> int:
     state, job = _job_state(args)
     async with open_state(state, check=True) as store:
         entries = await run_history(store, job, limit=args.limit, state_path=state)
-    if not entries:
-        raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+        if not entries:
+            raise await _no_runs(store, state, job)
     if args.json:
         print(json.dumps({"job": job, "runs": entries}, indent=2))
     else:
@@ -872,7 +880,7 @@ async def _cmd_failed(args: argparse.Namespace) -> int:
             return await _forget_failed(store, state, job, args)
         items = await store.failed_items(job)
         if not items and await store.latest_run(job) is None:
-            raise ConfigError("--job", f"job {job!r} has no runs in {state}")
+            raise await _no_runs(store, state, job)
     _print_failed(job, items, as_json=args.json)
     return EXIT_OK
 

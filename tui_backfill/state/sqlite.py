@@ -390,6 +390,12 @@ class StateStore:
         return await self._one_run("job = ? AND dry_run = 0 AND status = 'completed'", (job,))
 
     @_classified
+    async def jobs(self) -> list[str]:
+        """The names of the jobs that have runs here, sorted."""
+        async with self._db.execute("SELECT DISTINCT job FROM runs ORDER BY job") as cur:
+            return [str(row[0]) for row in await cur.fetchall()]
+
+    @_classified
     async def runs(self, job: str, *, limit: int) -> list[RunRecord]:
         """The job's runs, newest first, at most `limit` (the run history)."""
         async with self._db.execute(
