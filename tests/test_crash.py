@@ -13,7 +13,9 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import pytest
 from helpers import (
+    CLI,
     Backfill,
     Running,
     assert_counters_add_up,
@@ -137,6 +139,35 @@ async def test_sigkill_at_many_moments_then_resume(make_job: MakeJob) -> None:
     assert {item for item in recorded if item in missing}, "no 404 item was ever checkpointed"
     status = await job.status()
     assert status["state"] == "completed" and status["runId"] == final["runId"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+async def test_a_signal_stops_a_run_whose_terminal_is_gone(
+    make_job: MakeJob, signum: signal.Signals
+) -> None:
+    """The stop comes before the line that says so: with stderr gone (a lost SSH session, a
+    closed pipe), SIGTERM or SIGHUP still pauses the run (exit 75), its checkpoint saved."""
+    n = 120
+    job = await make_job(n + 10, checkpoint_every=50)
+    job.origin.faults.latency = 0.03
+    proc = await asyncio.create_subprocess_exec(
+        *CLI, "run", "--no-ui", *job.run_flags(limit=n), stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env=job.env(),
+        cwd=job.tmp,
+    )  # fmt: skip
+    try:
+        await wait_for(lambda: len(job.proxy.puts) >= 30, within=30, what="30 objects written")
+        transport = proc._transport  # type: ignore[attr-defined]
+        transport.get_pipe_transport(2).close()  # nobody reads its stderr any more
+        proc.send_signal(signum)
+        assert await asyncio.wait_for(proc.wait(), 30) == 75
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    status = await job.status()
+    assert status["runStatus"] == "paused" and status["exitCode"] == 75
+    assert 0 < status["scannedSkus"] < n
 
 
 async def test_sigterm_exits_75_with_the_checkpoint_persisted(make_job: MakeJob) -> None:

@@ -326,6 +326,8 @@ async def test_publish_worker_in_tmux(
             await tmux.wait_screen("HELD", "r Resume")
         ((worker,),) = rows_sqlite(db, "SELECT id FROM publish_workers")
         pid = int(worker.rsplit(":", 1)[1])  # the id is host:pid
+        secrets = (RAID_SECRET, rclone_s3.secret_key)
+        assert not [s for s in secrets if s in await tmux.screen()]
         if leave.startswith("terminal-gone"):
             if slow:  # downloads in flight for the next 20 s
                 await asyncio.sleep(1.5)
@@ -337,9 +339,7 @@ async def test_publish_worker_in_tmux(
             else:
                 os.kill(pid, signal.SIGTERM)
             assert await tmux.exit_line(timeout=20) == "EXIT=0", await tmux.screen()
-            screen = await tmux.screen()
-            for secret in (RAID_SECRET, rclone_s3.secret_key):
-                assert secret not in screen
+            assert not [s for s in secrets if s in await tmux.screen()]
     finally:
         await tmux.kill()
     assert rows_sqlite(db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'") == [

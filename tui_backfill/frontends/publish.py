@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import signal
@@ -20,6 +19,7 @@ from typing import Any
 
 from tui_backfill.frontends.helptext import aside, example, with_default
 from tui_backfill.frontends.running import EXIT_OK, has_terminal, port_number
+from tui_backfill.frontends.signals import handle_stop_signals, tell
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.publish.settings import OPTS, PublishSettings, resolve_publish
 
@@ -218,21 +218,13 @@ async def run_worker_headless(
         loop = asyncio.get_running_loop()
 
         def stopping(signum: int) -> None:
-            worker.stop()  # first: the line below may find stderr gone with the terminal
-            with contextlib.suppress(OSError, ValueError):
-                print(
-                    f"tui-backfill: {signal.Signals(signum).name}: stopping; in-flight jobs"
-                    " finish, unstarted claims go back to the queue",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            worker.stop()
+            tell(
+                f"tui-backfill: {signal.Signals(signum).name}: stopping; in-flight jobs finish,"
+                " unstarted claims go back to the queue"
+            )
 
-        # a service manager's TERM, a Ctrl-C, a lost SSH session: the same graceful stop
-        # (but a HUP that `nohup` told this process to ignore stays ignored)
-        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
-                continue
-            loop.add_signal_handler(signum, stopping, signum)
+        handle_stop_signals(loop, stopping)
         print(
             f"tui-backfill: publish worker {worker.id} on {_where(settings)}, "
             f"concurrency {settings.concurrency}" + (" (burst)" if burst else ""),

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tui_backfill.core.textfit import stream_columns
 from tui_backfill.frontends.logs import log_to_file, log_to_stderr
 from tui_backfill.frontends.notices import notice_of, notify_run_end, run_end_notice
+from tui_backfill.frontends.signals import handle_stop_signals, tell
 from tui_backfill.outcomes import ConfigError
 
 if TYPE_CHECKING:
@@ -127,16 +128,12 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
         nonlocal interrupts
         interrupts += 1
         if interrupts == 1:
-            print(
-                f"tui-backfill: {signal.Signals(signum).name}: stopping after in-flight items",
-                file=sys.stderr,
-            )
             engine.stop()
+            tell(f"tui-backfill: {signal.Signals(signum).name}: stopping after in-flight items")
         elif main_task is not None:
             main_task.cancel()  # second signal: abandon in-flight items now (checkpoint still saved)
 
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(signum, on_signal, signum)
+    handled = handle_stop_signals(loop, on_signal)
 
     async def report() -> None:
         while True:
@@ -157,7 +154,7 @@ async def run_headless(request: Any, serve: int | None = None) -> int:
                 await asyncio.sleep(0)  # a waiting POST .../pause answers before the server stops
                 await server.service.let_watchers_see_the_end()
                 await server.stop()
-            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for signum in handled:
                 loop.remove_signal_handler(signum)
         output = (
             await final_status(prepared.store, result.snapshot, prepared.settings.state)
