@@ -1,5 +1,6 @@
-"""The fence: the engine and every non-UI module import neither textual nor rich, and the
-light commands (`status`, `runs`, `pause`, `--help`) import neither botocore nor textual."""
+"""The fence: the engine and every non-UI module import neither textual nor rich, the
+light commands (`status`, `runs`, `pause`, `--help`) import neither botocore nor textual, and
+neither does the hash index on its direct S3 path."""
 
 from __future__ import annotations
 
@@ -43,6 +44,18 @@ def test_light_commands_do_not_import_botocore_or_textual() -> None:
     )
     imported = _imported_after(code)
     assert not imported & {"botocore", "aiobotocore", "textual", "rich"}
+
+
+def test_the_hash_indexs_direct_s3_path_imports_no_botocore() -> None:
+    """seams/s3_direct's reason to be: a hash-index run whose bucket the environment
+    describes starts without botocore's 0.2 s (tests/test_s3_direct.py runs one)."""
+    code = (
+        "import tui_backfill.frontends.cli, tui_backfill.pipelines.hash_index.prepare, "
+        "tui_backfill.pipelines.hash_index.batch, tui_backfill.seams.s3_direct, "
+        "tui_backfill.seams.s3_lean, tui_backfill.seams.s3_objects, tui_backfill.seams.sigv4"
+    )
+    imported = _imported_after(code)
+    assert not imported & {"botocore", "aiobotocore", "dateutil", "urllib3", "textual", "rich"}
 
 
 REPO = Path(__file__).resolve().parents[1]

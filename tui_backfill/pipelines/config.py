@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
+import ipaddress
 import math
 import os
 import re
@@ -561,17 +562,34 @@ def is_http_url(url: str) -> bool:
     return not any(c.isspace() for c in url)
 
 
-def is_s3_endpoint(url: str) -> bool:
-    """An http(s) URL botocore takes as an endpoint: its host a DNS name (letters, digits,
-    hyphens: no `_`), an IPv4 address or a bracketed IPv6 one. Checked here so that a bad one
-    is a line naming the setting, not botocore's traceback when the client is built."""
-    if not is_http_url(url):
-        return False
-    import botocore.utils  # (only when an endpoint is given: botocore is a heavy import)
+_DNS_NAME = re.compile(
+    r"^((?!-)[A-Z\d-]{1,63}(?<!-)\.)*((?!-)[A-Z\d-]{1,63}(?<!-))$", re.IGNORECASE
+)
 
-    return bool(
-        botocore.utils.is_valid_endpoint_url(url) or botocore.utils.is_valid_ipv6_endpoint_url(url)
-    )
+
+def is_s3_endpoint(url: str) -> bool:
+    """An http(s) URL botocore takes as an endpoint (its `is_valid_endpoint_url` or
+    `is_valid_ipv6_endpoint_url`): its host a DNS name (letters, digits, hyphens: no `_`), an
+    IPv4 address or a bracketed IPv6 one (a zone id allowed). Checked here so that a bad one is
+    a line naming the setting, not botocore's traceback when the client is built; read without
+    botocore, whose import a run on the direct S3 path never pays (tests/test_s3_direct.py holds
+    the two readings together)."""
+    if not is_http_url(url) or "\t" in url or "\r" in url or "\n" in url:
+        return False
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if ":" in host:  # an IPv6 address: urlsplit took it out of its brackets
+        address, _, zone = host.partition("%")  # a zone id: "%25" or "%" before it
+        try:
+            ipaddress.IPv6Address(address)
+        except ValueError:
+            return False
+        return not host.count("%") or (bool(zone) and _ZONE.fullmatch(zone) is not None)
+    if len(host) > 255:
+        return False
+    return _DNS_NAME.match(host.removesuffix(".")) is not None
+
+
+_ZONE = re.compile(r"(?:[A-Za-z0-9._~-]|%[a-fA-F0-9]{2})+")
 
 
 def _check_origin_template(origin: str) -> None:

@@ -24,6 +24,7 @@ from tui_backfill.seams.urls import redact_url
 if TYPE_CHECKING:
     from tui_backfill.pipelines.plan_file import PlanFile
     from tui_backfill.seams.bucket import Bucket
+    from tui_backfill.seams.s3_direct import DirectBucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,22 @@ def bucket_of(settings: Settings, *, pool_size: int) -> Bucket:
         timeout=settings.timeout,
         pool_size=pool_size,
     )
+
+
+def listing_bucket_of(settings: Settings, *, pool_size: int) -> Bucket | DirectBucket:
+    """The settings' bucket for listing and reading objects (the hash index): on the direct
+    path when the settings and the environment decide everything (seams/s3_direct: no
+    botocore, a start-up 0.2 s shorter), else through aiobotocore."""
+    from tui_backfill.seams.s3_direct import direct_bucket
+
+    direct = direct_bucket(
+        settings.bucket or "",
+        endpoint_url=settings.endpoint_url,
+        region=settings.region,
+        timeout=settings.timeout,
+        pool_size=pool_size,
+    )
+    return direct if direct is not None else bucket_of(settings, pool_size=pool_size)
 
 
 def run_plan(run: RunRecord, settings: Settings, *, dry_run: bool, planned_groups: int) -> RunPlan:

@@ -13,13 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import email.utils
-import enum
 import os
 import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import aiobotocore.session
@@ -37,32 +33,48 @@ from tui_backfill.outcomes import (
     BackfillError,
     ConfigError,
     FatalError,
-    PermanentError,
     RetryableError,
 )
+from tui_backfill.seams.s3_wire import (  # the wire's meanings, shared with s3_lean
+    Listed,
+    ListedPage,
+    ObjectTarget,
+    Refusal,
+    already_there,
+    answer,
+    call_timed_out,
+    classify_answer,
+    head_bucket_problem,
+    not_found,
+    parse_timestamp,
+    refusal_of,
+    rejects_conditional,
+    unquote_etag,
+)
+from tui_backfill.seams.sigv4 import Credentials
 
 if TYPE_CHECKING:
     from tui_backfill.seams.s3_lean import LeanObjects
 
-_CREDENTIAL_CODES = {
-    "AccessDenied",
-    "InvalidAccessKeyId",
-    "SignatureDoesNotMatch",
-    "ExpiredToken",
-    "InvalidToken",
-    "TokenRefreshRequired",
-    "403",
-    "401",
-}
-_THROTTLE_CODES = {
-    "SlowDown",
-    "Throttling",
-    "ThrottlingException",
-    "TooManyRequests",
-    "RequestLimitExceeded",
-    "429",
-}
-_REJECTS_CONDITIONAL = {"NotImplemented", "501"}
+__all__ = [
+    "CLASSIFIED",
+    "Bucket",
+    "Listed",
+    "ListedPage",
+    "ObjectTarget",
+    "Refusal",
+    "already_there",
+    "answer",
+    "call_timed_out",
+    "classify",
+    "classify_answer",
+    "error_parts",
+    "head_bucket_refusal",
+    "not_found",
+    "parse_timestamp",
+    "rejects_conditional",
+    "unquote_etag",
+]
 
 
 def error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
@@ -73,25 +85,10 @@ def error_parts(exc: botocore.exceptions.ClientError) -> tuple[str, int, str]:
     return code, status, str(error.get("Message") or code)
 
 
-class Refusal(enum.StrEnum):
-    """What a refused HeadBucket (a preflight: the destination's or an s3:// origin's) says."""
-
-    MISSING = "missing"  # no such bucket
-    CREDENTIALS = "credentials"  # the key pair (or its absence) was refused
-    BUSY = "busy"  # 5xx, 429, throttling: not a reason to refuse the run
-    OTHER = "other"
-
-
 def head_bucket_refusal(exc: botocore.exceptions.ClientError) -> tuple[Refusal, int, str]:
     """(what it means, HTTP status, S3 code) of a HeadBucket's error answer."""
     code, status, _ = error_parts(exc)
-    if status == 404 or code in ("NoSuchBucket", "404"):
-        return Refusal.MISSING, status, code
-    if status in (401, 403) or code in _CREDENTIAL_CODES:
-        return Refusal.CREDENTIALS, status, code
-    if status >= 500 or status == 429 or code in _THROTTLE_CODES:
-        return Refusal.BUSY, status, code
-    return Refusal.OTHER, status, code
+    return refusal_of(code, status), status, code
 
 
 _TIMEOUT_ERRORS = (
@@ -123,51 +120,6 @@ _S3_ERRORS = (
 CLASSIFIED = (BackfillError, *_S3_ERRORS, *_TRANSPORT_ERRORS)
 
 
-def classify_answer(code: str, status: int, message: str) -> BackfillError:
-    """An S3 error answer (its code, HTTP status and message, as `error_parts` reads them from
-    aiobotocore or s3_lean from the answer itself): 5xx and throttling retryable, credentials
-    and a missing bucket fatal, other 4xx permanent."""
-    if code in _THROTTLE_CODES or status == 503:
-        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
-    if status >= 500:
-        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
-    if code in _CREDENTIAL_CODES or status in (401, 403):
-        return FatalError(
-            f"S3 rejected the credentials ({answer(status, code)})", code=f"s3_{code}"
-        )
-    if code in ("NoSuchBucket",):
-        return FatalError(f"S3 bucket is gone ({code})", code=f"s3_{code}")
-    if code in ("RequestTimeout", "RequestTimeTooSkewed"):
-        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
-    if code == "ConditionalRequestConflict":
-        # 409: another conditional write of the same key was under way (two workers on one
-        # bucket). S3 asks for a retry, which then gets 412 if the other one won.
-        return RetryableError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
-    return PermanentError(f"S3 {answer(status, code, message)}", code=f"s3_{code}")
-
-
-def already_there(code: str, status: int) -> bool:
-    """A conditional PUT's answer: the object exists (412)."""
-    return status == 412 or code == "PreconditionFailed"
-
-
-def rejects_conditional(code: str, status: int) -> bool:
-    """A conditional PUT's answer: the server does not do If-None-Match (501)."""
-    return code in _REJECTS_CONDITIONAL or status == 501
-
-
-def not_found(code: str, status: int) -> bool:
-    """A HeadObject's answer: no such object."""
-    return status == 404 or code in ("404", "NoSuchKey", "NotFound")
-
-
-def call_timed_out(operation: str, timeout: float) -> RetryableError:
-    """An S3 call with no complete answer within the bucket's timeout."""
-    return RetryableError(
-        f"S3 {operation}: no complete answer within {timeout:g} s", code="timeout"
-    )
-
-
 def classify(exc: BaseException) -> BackfillError:
     """Map a transport or S3 failure (see CLASSIFIED) to a classified error.
 
@@ -189,24 +141,6 @@ def classify(exc: BaseException) -> BackfillError:
     if isinstance(exc, _TRANSPORT_ERRORS):
         return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
     return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
-
-
-def parse_timestamp(value: Any) -> datetime:
-    """botocore's timestamps (`LastModified` of a listing or a GET), read without dateutil.
-
-    botocore parses every timestamp with dateutil, about 0.1 ms of CPU each, two per GET;
-    S3 sends RFC 1123 in headers and ISO 8601 in XML, which the standard library reads
-    several times faster. Anything else goes to botocore's own parser.
-    """
-    if isinstance(value, str):
-        try:
-            if value[:1].isdigit():
-                return datetime.fromisoformat(value.replace("Z", "+00:00"))
-            return email.utils.parsedate_to_datetime(value)
-        except (ValueError, TypeError, IndexError):
-            pass
-    parsed: datetime = botocore.utils.parse_timestamp(value)
-    return parsed
 
 
 def _credentials_problem(exc: Exception) -> ConfigError:
@@ -287,45 +221,8 @@ def client_config(
     )
 
 
-def answer(status: int, code: str, message: str = "") -> str:
-    """`403 AccessDenied`, or `403` alone when a HEAD's answer had no body to name a code;
-    `: message` after it when the answer said more than its code."""
-    said = str(status) if code == str(status) else f"{status} {code}"
-    return said if message in ("", code, str(status)) else f"{said}: {message}"
-
-
-def unquote_etag(etag: str) -> str:
-    """An ETag as the index keeps it: without the quotes S3 puts around it."""
-    return etag[1:-1] if len(etag) >= 2 and etag[0] == etag[-1] == '"' else etag
-
-
 class _Probed(Exception):
     """Stops a request that object_target only builds."""
-
-
-@dataclass(frozen=True, slots=True)
-class ObjectTarget:
-    """Where a bucket's objects are and how requests to them are signed."""
-
-    bucket_url: str  # an object's URL is this, "/", the key percent-encoded (not "/" or "~")
-    signing_name: str  # "s3"
-    region: str  # the signing region
-
-
-@dataclass(frozen=True, slots=True)
-class Listed:
-    """One object of a listing: what the hash index's skip rule compares."""
-
-    key: str
-    size: int
-    etag: str  # unquoted
-    last_modified: datetime | None
-
-
-@dataclass(frozen=True, slots=True)
-class ListedPage:
-    objects: list[Listed]
-    truncated: bool  # more objects follow the last one
 
 
 class Bucket:
@@ -389,15 +286,17 @@ class Bucket:
         self._open = True
         return self
 
-    async def frozen_credentials(self) -> botocore.credentials.ReadOnlyCredentials:
+    async def frozen_credentials(self) -> Credentials:
         """The client's credentials as they are now (refreshed ones included), for signing a
-        request that does not go through the client (s3_lean)."""
-        if self._credential_source is None:
-            raise botocore.exceptions.NoCredentialsError()
-        frozen: botocore.credentials.ReadOnlyCredentials = (
-            await self._credential_source.get_frozen_credentials()
-        )
-        return frozen
+        request that does not go through the client (s3_lean); none, or a refresh that fails,
+        is a classified error (FatalError `s3_credentials`)."""
+        try:
+            if self._credential_source is None:
+                raise botocore.exceptions.NoCredentialsError()
+            frozen = await self._credential_source.get_frozen_credentials()
+        except CLASSIFIED as exc:
+            raise classify(exc) from None
+        return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     async def locate(self) -> None:
         """One HeadBucket through the client: botocore's region redirector follows a
@@ -517,21 +416,8 @@ class Bucket:
         ) as exc:  # credentials a profile resolves when first used (SSO, a process)
             raise _credentials_problem(exc) from None
         except botocore.exceptions.ClientError as exc:
-            refusal, status, code = head_bucket_refusal(exc)
-            if refusal is Refusal.MISSING:
-                raise ConfigError(
-                    "--bucket", f"bucket {self.name!r} does not exist at {where}"
-                ) from None
-            if refusal is Refusal.CREDENTIALS:
-                raise ConfigError(
-                    "AWS_ACCESS_KEY_ID",
-                    f"credentials rejected by {where} ({answer(status, code)}); check the key pair",
-                ) from None
-            if refusal is Refusal.BUSY:
-                raise RetryableError(answer(status, code), code="--bucket") from None
-            raise ConfigError(
-                "--bucket", f"HeadBucket on {where} failed: {answer(status, code)}"
-            ) from None
+            code, status, _ = error_parts(exc)
+            raise head_bucket_problem(self.name, where, code, status) from None
         except (
             botocore.exceptions.EndpointConnectionError,
             botocore.exceptions.ConnectTimeoutError,

@@ -1,15 +1,17 @@
-"""PUT, HEAD and streamed GET of one bucket's objects, and its listing pages, signed by botocore
-and sent by aiohttp directly.
+"""PUT, HEAD and streamed GET of one bucket's objects, and its listing pages, signed here
+(seams/sigv4, botocore's S3 signature reproduced) and sent by aiohttp directly.
 
 aiobotocore spends about 2 ms of CPU on each call (endpoint rules, event hooks, serialisation,
 answer parsing): on the publishing worker's event-loop thread that is CPU taken from the image
 threads. A PUT or HEAD of an object needs none of it once the bucket's URL is known, so here:
 
 - the bucket's URL (path-style or virtual-hosted) and the signing region are resolved ONCE, by
-  the Bucket's own client (`Bucket.object_target`), so they are exactly what aiobotocore uses;
-- each request is signed with botocore's `S3SigV4Auth` and the client's credentials as they
-  are now (refreshed ones included); the payload's SHA-256 is signed, as botocore does for a
-  PutObject without a checksum header, on http and https alike;
+  the bucket it serves (`BucketAccess.object_target`): a Bucket asks its own client, so they
+  are exactly what aiobotocore uses; a DirectBucket (seams/s3_direct) knows them from the
+  settings and the environment, and no botocore is imported at all;
+- each request is signed with the bucket's credentials as they are now (refreshed ones
+  included); the payload's SHA-256 is signed, as botocore does for a PutObject without a
+  checksum header, on http and https alike;
 - one aiohttp session sends it, without aiohttp's silent re-send (see bucket._OneSendSession),
   each call bounded as a whole by the bucket's timeout;
 - answers are classified by the Bucket's own rules (`classify_answer`, `already_there`,
@@ -29,7 +31,7 @@ scanner leaves to ElementTree).
 As the Bucket's client does: proxies from HTTP_PROXY / HTTPS_PROXY / NO_PROXY (`proxy_for`);
 TLS verified with its CA bundle (`verify_context`); a wrong-region answer found once through
 the client, whose region redirector learns the region, and the request sent again
-(`_relocate`).
+(`_relocate`; a DirectBucket has no other region to offer: the answer is classified).
 
 Not sent: botocore's `Expect: 100-continue` (a round trip per PUT; our bodies are small) and
 its SDK bookkeeping headers (invocation id, attempt), none of which is signed.
@@ -43,24 +45,22 @@ import email.utils
 import http.client
 import ssl
 import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Protocol, Self
 from xml.etree import ElementTree
 
 import aiohttp
-import botocore.auth
-import botocore.awsrequest
-import botocore.httpsession
-import botocore.utils
 import yarl
 
 from tui_backfill import __version__
 from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
-from tui_backfill.seams.bucket import (
+from tui_backfill.seams.s3_listing import read_listing
+from tui_backfill.seams.s3_objects import ObjectBody, ObjectInfo, ObjectReader
+from tui_backfill.seams.s3_wire import (
     CLASSIFIED,
-    Bucket,
     ListedPage,
     ObjectTarget,
     already_there,
@@ -70,9 +70,8 @@ from tui_backfill.seams.bucket import (
     not_found,
     rejects_conditional,
 )
-from tui_backfill.seams.bucket import answer as said_by
-from tui_backfill.seams.s3_listing import read_listing
-from tui_backfill.seams.s3_objects import ObjectBody, ObjectInfo, ObjectReader
+from tui_backfill.seams.s3_wire import answer as said_by
+from tui_backfill.seams.sigv4 import Credentials, Signer, host_of
 
 _USER_AGENT = f"tui-backfill/{__version__}"
 
@@ -98,12 +97,36 @@ def read_error(status: int, body: bytes) -> Refused:
     return code, status, message or code
 
 
-class LeanBucket:
-    """PUT and HEAD of objects in `bucket` (an entered Bucket). Use as an async context
-    manager; `put` and `exists` behave as `Bucket.put` and `Bucket.exists`."""
+class BucketAccess(Protocol):
+    """What the lean path needs of the bucket it serves: an entered `seams.bucket.Bucket`
+    (aiobotocore's client resolves the URL, region and credentials) or a
+    `seams.s3_direct.DirectBucket` (the environment gives them, no botocore)."""
 
-    def __init__(self, bucket: Bucket) -> None:
+    name: str
+    timeout: float
+    pool_size: int
+    verify: bool | str  # a CA bundle's path, True (the default bundle) or False
+    conditional_writes: bool  # until the server rejects If-None-Match
+
+    async def object_target(self) -> ObjectTarget: ...
+
+    async def frozen_credentials(self) -> Credentials:
+        """The credentials as they are now; a classified error (BackfillError) when none."""
+        ...
+
+    async def locate(self) -> None:
+        """Learn the bucket's region after a wrong-region answer (object_target then gives
+        it); a classified error when that fails."""
+        ...
+
+
+class LeanBucket:
+    """PUT and HEAD of objects in `bucket` (an entered Bucket or DirectBucket). Use as an
+    async context manager; `put` and `exists` behave as `Bucket.put` and `Bucket.exists`."""
+
+    def __init__(self, bucket: BucketAccess) -> None:
         self._bucket = bucket
+        self._signers: dict[tuple[str, str], Signer] = {}  # by (region, signing name)
         self.timeout = bucket.timeout
         self._target: ObjectTarget | None = None
         self._host = ""
@@ -139,8 +162,8 @@ class LeanBucket:
         wrong-region answer); the proxy for that URL."""
         self._target = await self._bucket.object_target()
         # The Host header the signer would derive from each URL (botocore's own rule): given
-        # up front, it spares the signer two URL parses per request.
-        self._host = botocore.auth._host_from_url(self._target.bucket_url + "/")
+        # up front, it spares the signer a URL parse per request.
+        self._host = host_of(self._target.bucket_url + "/")
         self._proxy, self._proxy_headers = proxy_for(self._target.bucket_url + "/")
         self._proxy_in_request = (  # a plain-http proxy reads them in the request itself
             self._proxy_headers if self._target.bucket_url.startswith("http://") else {}
@@ -307,7 +330,7 @@ class LeanBucket:
         a key that is not a str fails here, before any request."""
         if not isinstance(key, str):  # a caller's bug, not an S3 failure
             raise TypeError(f"key must be a str, not {key.__class__.__name__}")
-        quoted = botocore.utils.percent_encode(key, safe="/~")
+        quoted = urllib.parse.quote(key.encode("utf-8"), safe="/~")  # botocore's encoding
         return lambda: f"{self.bucket_url}/{quoted}"
 
     async def _exchange(
@@ -340,14 +363,28 @@ class LeanBucket:
         target = self._target
         assert target is not None, "use LeanBucket as an async context manager"
         url = url_of()
-        request = botocore.awsrequest.AWSRequest(
-            method=method, url=url, headers={"Host": self._host, **headers}, data=body
-        )
-        botocore.auth.S3SigV4Auth(credentials, target.signing_name, target.region).add_auth(request)
-        sent = dict(request.headers.items())
+        signer = self._signers.get((target.region, target.signing_name))
+        if signer is None:
+            signer = Signer(target.region, target.signing_name)
+            self._signers[(target.region, target.signing_name)] = signer
+        sent = signer.sign(method, url, {"Host": self._host, **headers}, body, credentials)
         sent["User-Agent"] = _USER_AGENT  # neither is signed
         sent["Accept-Encoding"] = "identity"
         return target, url, sent
+
+    def _bucket_root(self) -> str:
+        """The bucket's own URL: ENDPOINT/BUCKET path-style, or `https://BUCKET.HOST/`."""
+        base = self.bucket_url
+        if not yarl.URL(base).path.strip("/"):  # virtual-hosted: the bucket is the host
+            base += "/"
+        return base
+
+    async def head_bucket(self) -> Refused | None:
+        """HeadBucket: None when the bucket answers 2xx, else its error answer (a HEAD's has
+        no body: the status is its code). Transport failures raise classified, their cause
+        kept."""
+        status, answer = await self._request("HEAD", "head_bucket", self._bucket_root, {}, b"")
+        return None if status < 300 else read_error(status, answer)
 
     async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
         """One ListObjectsV2 page, as `Bucket.list_page`: up to 1,000 objects under `prefix`
@@ -359,10 +396,7 @@ class LeanBucket:
         encoded = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
 
         def url() -> str:
-            base = self.bucket_url
-            if not yarl.URL(base).path.strip("/"):  # virtual-hosted: the bucket is the host
-                base += "/"
-            return f"{base}?{encoded}"
+            return f"{self._bucket_root()}?{encoded}"
 
         status, answer = await self._request("GET", "list_objects_v2", url, {}, b"")
         if status >= 300:
@@ -408,8 +442,8 @@ class LeanBucket:
             raise call_timed_out(operation, self.timeout) from None
         except BackfillError:
             raise
-        except CLASSIFIED as exc:
-            raise classify(exc) from None
+        except CLASSIFIED as exc:  # its cause kept: a preflight tells an absent server apart
+            raise classify(exc) from exc
         if (
             status >= 300
             and not relocated
@@ -437,20 +471,39 @@ def _quote(text: str) -> str:
 
 def verify_context(verify: bool | str) -> ssl.SSLContext:
     """The TLS context the Bucket's client verifies with: the CA bundle botocore names (a
-    path), or its default bundle (True); False turns verification off, as botocore's does."""
+    path), or its default bundle (True: certifi's, as botocore's `get_cert_path`); False turns
+    verification off, as botocore's does."""
     if verify is False:
         context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
-    return ssl.create_default_context(cafile=botocore.httpsession.get_cert_path(verify))
+    return ssl.create_default_context(cafile=_cert_path(verify))
+
+
+def _cert_path(verify: bool | str) -> str:
+    if verify is not True:
+        return str(verify)
+    try:
+        import certifi
+    except ImportError:  # botocore's own bundle, its fallback too
+        import botocore.httpsession
+
+        return str(botocore.httpsession.get_cert_path(True))
+    return str(certifi.where())
 
 
 def proxy_for(url: str) -> tuple[yarl.URL | None, dict[str, str]]:
     """The proxy botocore would send `url`'s requests through, and its Proxy-Authorization:
     HTTP_PROXY or HTTPS_PROXY by the URL's scheme, unless NO_PROXY exempts its host (botocore's
     own reading of the environment, so both paths agree). Credentials in the proxy's URL become
-    the header, never part of the URL sent."""
+    the header, never part of the URL sent. With no proxy in the environment, botocore is not
+    imported."""
+    if not urllib.request.getproxies():
+        return None, {}
+    import botocore.httpsession
+    import botocore.utils
+
     config = botocore.httpsession.ProxyConfiguration(
         proxies=botocore.utils.get_environ_proxies(url)
     )
@@ -474,7 +527,7 @@ class LeanObjects(ObjectReader):
     """The S3 GET seam's reader (as `S3Objects`: `open`, `chunks`, `get`) on the lean path: a
     LeanBucket entered on first use, closed by `aclose` (its Bucket does, on leaving)."""
 
-    def __init__(self, bucket: Bucket) -> None:
+    def __init__(self, bucket: BucketAccess) -> None:
         self.bucket = bucket.name
         self._lean = LeanBucket(bucket)
         self._entered = False
@@ -510,3 +563,7 @@ class LeanObjects(ObjectReader):
     async def list_page(self, prefix: str, *, start_after: str | None = None) -> ListedPage:
         lean = await self._ready()
         return await lean.list_page(prefix, start_after=start_after)
+
+    async def head_bucket(self) -> Refused | None:
+        lean = await self._ready()
+        return await lean.head_bucket()

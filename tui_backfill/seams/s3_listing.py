@@ -25,7 +25,7 @@ import re
 import urllib.parse
 from xml.etree import ElementTree
 
-from tui_backfill.seams.bucket import Listed, ListedPage, parse_timestamp, unquote_etag
+from tui_backfill.seams.s3_wire import Listed, ListedPage, parse_timestamp, unquote_etag
 
 _W = r"[ \t\n]*"
 _TEXT = r"[^<&]*(?:&(?:amp|lt|gt|quot|apos);[^<&]*)*"  # character data, XML's five entities

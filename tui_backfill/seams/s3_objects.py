@@ -8,11 +8,11 @@ idle gap between chunks, never the whole body: a large object that keeps flowing
 off, a server that stops sending is. A caller that wants a bound on the whole (the image job's
 hard timeout of one fetch) puts its own around the call.
 
-Failures are classified as the bucket's (`bucket.classify`): throttling and 5xx retryable,
-credentials and a missing bucket fatal, other 4xx permanent, transport failures
-`s3_connection`, plus: 404 / `NoSuchKey` is NotFoundError (`noRemote`), a body shorter than its
-Content-Length (or cut off by the connection) is a retryable `truncated`, and no chunk within
-`timeout` is a retryable `timeout`. A classified transport error keeps its cause (`__cause__`)
+Failures are classified as the bucket's (`s3_wire.classify`, or `bucket.classify` for a body
+read through aiobotocore): throttling and 5xx retryable, credentials and a missing bucket
+fatal, other 4xx permanent, transport failures `s3_connection`, plus: 404 / `NoSuchKey` is
+NotFoundError (`noRemote`), a body shorter than its Content-Length (or cut off by the
+connection) is a retryable `truncated`, and no chunk within `timeout` is a retryable `timeout`. A classified transport error keeps its cause (`__cause__`)
 so a caller can tell an absent server from a faulty one.
 """
 
@@ -20,28 +20,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiohttp
-import botocore.exceptions
-import botocore.response
 
-from tui_backfill.outcomes import NotFoundError, RetryableError
-from tui_backfill.seams.bucket import CLASSIFIED, classify, error_parts
-from tui_backfill.seams.bucket import answer as said_by
+from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
+from tui_backfill.seams import s3_wire
 
 CHUNK = 256 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
-# A body cut short: aiohttp's own (the connection closed before Content-Length), botocore's
-# check at the end of the stream, aiobotocore's wrapper of a connection error mid-body.
-_TRUNCATED = (
-    aiohttp.ClientPayloadError,
-    botocore.exceptions.IncompleteReadError,
-    botocore.exceptions.ResponseStreamingError,
-)
+
+
+@dataclass(frozen=True, slots=True)
+class BodyFaults:
+    """What reading a body may raise: a body cut short (`truncated`), and the failures
+    `classify` maps (`classified`); anything else is a bug and propagates."""
+
+    truncated: tuple[type[BaseException], ...]
+    classified: tuple[type[BaseException], ...]
+    classify: Callable[[BaseException], BackfillError]
+
+
+# A body read from aiohttp's stream (the lean path): cut short, aiohttp says so
+WIRE_FAULTS = BodyFaults((aiohttp.ClientPayloadError,), s3_wire.CLASSIFIED, s3_wire.classify)
+
+
+@functools.cache
+def client_faults() -> BodyFaults:
+    """A body read through aiobotocore: cut short, aiohttp's own error, botocore's check at
+    the end of the stream, or aiobotocore's wrapper of a connection error mid-body; botocore's
+    failures classified as the bucket's. Imported here, when first asked: botocore is heavy."""
+    import botocore.exceptions
+
+    from tui_backfill.seams.bucket import CLASSIFIED, classify
+
+    truncated = (
+        aiohttp.ClientPayloadError,
+        botocore.exceptions.IncompleteReadError,
+        botocore.exceptions.ResponseStreamingError,
+    )
+    return BodyFaults(truncated, CLASSIFIED, classify)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,10 +88,13 @@ class Got:
 class ObjectBody:
     """One GetObject answer: its head (`info`) and its body, consumed once with `chunks()`."""
 
-    def __init__(self, info: ObjectInfo, body: Any, timeout: float) -> None:
+    def __init__(
+        self, info: ObjectInfo, body: Any, timeout: float, faults: BodyFaults = WIRE_FAULTS
+    ) -> None:
         self.info = info
         self._body = body
         self._timeout = timeout
+        self._faults = faults
         self.received = 0
 
     async def chunks(self, size: int = CHUNK) -> AsyncIterator[bytes]:
@@ -88,10 +113,10 @@ class ObjectBody:
                     f"S3 GET {key}: no data for {self._timeout:g} s after {self.received:,} bytes",
                     code="timeout",
                 ) from None
-            except _TRUNCATED:
+            except self._faults.truncated:
                 raise self._truncated() from None
-            except CLASSIFIED as exc:
-                raise classify(exc) from exc
+            except self._faults.classified as exc:
+                raise self._faults.classify(exc) from exc
             if not chunk:
                 break
             self.received += len(chunk)
@@ -144,6 +169,11 @@ class S3Objects(ObjectReader):
         """GetObject `key`, its head within `timeout`; the body is read inside the block and
         its connection closed on leaving it unless it was read to the end (then it is reused).
         """
+        import botocore.exceptions  # loaded already: the client is botocore's
+
+        from tui_backfill.seams.bucket import CLASSIFIED, classify, error_parts
+
+        faults = client_faults()
         try:
             async with asyncio.timeout(self.timeout):
                 answer = await self.client.get_object(Bucket=self.bucket, Key=key)
@@ -154,9 +184,11 @@ class S3Objects(ObjectReader):
         except botocore.exceptions.ClientError as exc:
             code, status, _ = error_parts(exc)
             if code in _NOT_FOUND or (status == 404 and code != "NoSuchBucket"):
-                raise NotFoundError(f"S3 {said_by(status, code)}: {key}", code="noRemote") from None
+                raise NotFoundError(
+                    f"S3 {s3_wire.answer(status, code)}: {key}", code="noRemote"
+                ) from None
             raise classify(exc) from None
-        except _TRUNCATED:  # an answer read whole by botocore (an error's XML) cut short
+        except faults.truncated:  # an answer read whole by botocore (an error's XML) cut short
             raise RetryableError(
                 f"S3 GET {key}: truncated answer, the connection closed mid-body",
                 code="truncated",
@@ -173,9 +205,19 @@ class S3Objects(ObjectReader):
             last_modified=answer.get("LastModified"),
         )
         try:
-            yield ObjectBody(info, body, self.timeout)
+            yield ObjectBody(info, body, self.timeout, faults)
         finally:
             body.close()  # after a whole read: a no-op, the connection went back to the pool
 
 
-__all__ = ["CHUNK", "Got", "ObjectBody", "ObjectInfo", "ObjectReader", "S3Objects"]
+__all__ = [
+    "CHUNK",
+    "WIRE_FAULTS",
+    "BodyFaults",
+    "Got",
+    "ObjectBody",
+    "ObjectInfo",
+    "ObjectReader",
+    "S3Objects",
+    "client_faults",
+]

@@ -32,8 +32,8 @@ from tui_backfill.pipelines.hash_index.pipeline import (
     older,
     unchanged,
 )
-from tui_backfill.seams.bucket import Listed
 from tui_backfill.seams.index_table import IndexRow, IndexTable, Upsert
+from tui_backfill.seams.s3_wire import Listed
 
 if TYPE_CHECKING:
     from tui_backfill.pipelines.config import Settings
@@ -171,7 +171,7 @@ async def run_batch(
     """One batch of the job these settings describe: its bucket and prefix, its index (opened
     read-only in a dry run, created when missing otherwise), its concurrency and retry policy.
     The caller holds the job (no run of it goes on meanwhile)."""
-    from tui_backfill.pipelines.continuing import bucket_of
+    from tui_backfill.pipelines.continuing import listing_bucket_of
     from tui_backfill.pipelines.hash_index.settings import parse_since
 
     policy = BatchPolicy(
@@ -189,7 +189,7 @@ async def run_batch(
         emit_sql=settings.emit_sql,
     )
     try:
-        async with bucket_of(settings, pool_size=settings.concurrency + 2) as bucket:
+        async with listing_bucket_of(settings, pool_size=settings.concurrency + 2) as bucket:
             return await index_batch(
                 bucket,
                 index,

@@ -38,7 +38,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 
 from tui_backfill.outcomes import BackfillError
-from tui_backfill.seams.bucket import ListedPage
+from tui_backfill.seams.s3_wire import ListedPage
 
 PAGE = 1000  # keys a listing page holds (ListObjectsV2's most)
 AHEAD = 4  # pages asked for at a time

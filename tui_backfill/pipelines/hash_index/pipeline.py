@@ -47,9 +47,9 @@ from tui_backfill.pipelines.hash_index.checkpoint import (
 )
 from tui_backfill.pipelines.hash_index.listing import AHEAD, ListingAhead
 from tui_backfill.pipelines.hash_index.snapshot import HashCounters, HashSnapshot
-from tui_backfill.seams.bucket import Listed, ListedPage, unquote_etag
 from tui_backfill.seams.index_table import IndexRow, IndexTable, Upsert
 from tui_backfill.seams.s3_objects import ObjectReader
+from tui_backfill.seams.s3_wire import Listed, ListedPage, unquote_etag
 
 NAME = "hash-index"
 log = logging.getLogger("tui_backfill.hash_index")
@@ -105,8 +105,12 @@ class HashPlan:
     mismatch_file: str | None = None
     mismatches: tuple[Mismatch, ...] = ()  # found before this process (a resume)
     index_label: str = ""
-    # Rows a batch holds before it lands: 100 less the GETs in flight, so that what a kill
-    # loses (rows not landed, plus the objects being fetched) stays within 100 + concurrency.
+    # Rows a batch holds before it lands (prepare.py: (100 - concurrency) / 2). What a kill
+    # loses must stay within 100 + concurrency even when a batch is slow to land (a loaded
+    # disk): while one batch of at most batch_rows + concurrency rows is being written, the
+    # next fills up to batch_rows, and each object finished past that holds its slot until the
+    # write is done, so rows written, rows waiting and objects being fetched together stay
+    # within 2 x (batch_rows + concurrency).
     batch_rows: int = BATCH_ROWS
 
     @property

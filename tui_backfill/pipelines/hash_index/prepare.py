@@ -18,9 +18,9 @@ from tui_backfill.pipelines.config import Settings, validate, validate_for_run
 from tui_backfill.pipelines.continuing import (
     PreparedRun,
     RunRequest,
-    bucket_of,
     check_notify_given,
     check_same_settings,
+    listing_bucket_of,
     run_plan,
     settings_from_stored,
 )
@@ -56,7 +56,7 @@ async def prepare_hash_index(
     else:
         validate_for_run(settings, resolved.explicit)
     check_modes(settings, resolved.explicit, dry_run=request.dry_run)
-    bucket = bucket_of(
+    bucket = listing_bucket_of(
         settings, pool_size=settings.max_concurrency + settings.upload_concurrency + 2
     )
     await stack.enter_async_context(bucket)
@@ -97,7 +97,7 @@ async def prepare_hash_index(
         mismatch_file=settings.mismatch_file,
         mismatches=checkpoint.mismatches,
         index_label=f"{settings.index_db}:{settings.index_table}",
-        batch_rows=max(BATCH_ROWS - settings.concurrency, 10),
+        batch_rows=max((BATCH_ROWS - settings.concurrency) // 2, 10),
     )
     pipeline = HashIndexPipeline(plan, bucket=bucket, index=index)
     stack.push_async_callback(pipeline.close)
