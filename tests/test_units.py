@@ -367,3 +367,18 @@ def test_a_job_name_with_a_trailing_line_break_is_refused() -> None:
 def test_a_number_of_seconds_must_be_finite(value: str) -> None:
     with pytest.raises(ConfigError, match=r"--backoff.*finite"):
         resolve({"backoff": value}, env={})
+
+
+def test_a_stopped_runs_progress_line_gives_its_average_rate_not_zero() -> None:
+    from tui_backfill.frontends.headless import progress_line
+
+    times = {"startedAt": "2026-12-07T05:00:00.000Z", "lastUpdateAt": "2026-12-07T05:00:20.000Z"}
+    image = {"job": "j", "uploaded": 300, "skippedExists": 90, "noRemote": 8, "failedItems": 2}
+    live = progress_line({**image, **times, "state": "running", "itemsPerSecond": 17.25}, 200)
+    assert "17.2 obj/s" in live and "avg" not in live
+    done = progress_line({**image, **times, "state": "completed", "itemsPerSecond": 0.0}, 200)
+    assert "avg 20.0 obj/s" in done and "| 0.0 obj/s" not in done  # 400 items over 20 s
+    hashed = {"pipeline": "hash-index", "job": "h", "scannedObjects": 1000, "bytesHashed": 4e6}
+    done = progress_line({**hashed, **times, "state": "paused", "itemsPerSecond": 0.0}, 200)
+    assert "avg 50.0 obj/s 200.0 KB/s" in done
+    assert "avg - obj/s" in progress_line({**hashed, "state": "completed"}, 200)

@@ -7,6 +7,7 @@ fit a line goes on to an indented one, nothing is cut.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 from tui_backfill.core.snapshot import fmt_bytes
@@ -50,7 +51,7 @@ def progress_line(snapshot: AnySnapshot | dict[str, Any], width: int | None = No
             f"up {s.get('uploaded', 0):,} skip {s.get('skippedExists', 0):,}"
             f" 404 {s.get('noRemote', 0):,} failed {s.get('failedItems', 0):,}",
             f"err {_errors(s.get('errorsByCode') or {})}",
-            f"{s.get('itemsPerSecond', 0):.1f} obj/s ETA {_duration(s.get('etaSeconds'))}",
+            f"{_rate(s, _image_items(s))} ETA {_duration(s.get('etaSeconds'))}",
             f"checkpoint {ckpt}",
         ]
     return "\n".join(pack(fields, width or terminal_columns(), sep=" | "))
@@ -69,9 +70,33 @@ def _hash_progress_fields(s: dict[str, Any]) -> list[str]:
         f"{done} skipped {s.get('skipped', 0):,} orphans {s.get('orphans', 0):,}"
         f" failed {s.get('failedItems', 0):,}",
         f"err {_errors(s.get('errorsByCode') or {})}",
-        f"{s.get('itemsPerSecond', 0):.1f} obj/s {fmt_bytes(s.get('bytesPerSecond') or 0)}/s",
+        _rate(s, s.get("scannedObjects", 0), s.get("bytesHashed", 0)),
         f"checkpoint {ckpt}",
     ]
+
+
+def _image_items(s: dict[str, Any]) -> int:
+    keys = ("uploaded", "skippedExists", "noRemote", "failedItems")
+    return sum(int(s.get(key) or 0) for key in keys)
+
+
+def _rate(s: dict[str, Any], items: int, nbytes: int | None = None) -> str:
+    """The live rate while the run moves. Once it has stopped, its live rate reads 0 (the
+    snapshot's rates are over moving time): the run's average is shown instead, its items
+    over its start to its last update, pauses included."""
+    if s.get("state") in ("running", "pausing"):
+        rate = f"{s.get('itemsPerSecond', 0):.1f} obj/s"
+        return rate if nbytes is None else f"{rate} {fmt_bytes(s.get('bytesPerSecond') or 0)}/s"
+    try:
+        started = dt.datetime.fromisoformat(str(s["startedAt"]).replace("Z", "+00:00"))
+        updated = dt.datetime.fromisoformat(str(s["lastUpdateAt"]).replace("Z", "+00:00"))
+    except (KeyError, ValueError):
+        return "avg - obj/s"
+    seconds = (updated - started).total_seconds()
+    if seconds <= 0:
+        return "avg - obj/s"
+    rate = f"avg {items / seconds:.1f} obj/s"
+    return rate if nbytes is None else f"{rate} {fmt_bytes(nbytes / seconds)}/s"
 
 
 Fields = list[str]  # one line of `status`: fields two spaces apart, continued when too wide
