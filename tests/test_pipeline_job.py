@@ -146,3 +146,28 @@ def test_a_catalog_url_is_no_file_name(tmp_path: Path, monkeypatch: pytest.Monke
         validate_for_run(resolved.settings, resolved.explicit)
     assert "postgresql:// catalogs are not supported" in str(info.value)
     assert "pw-never-shown" not in str(info.value) and str(tmp_path) not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "job"),
+    [
+        (["serve", "--pipeline", "hash-index"], {}, "hash-index"),
+        (["run", "--pipeline", "hash-index"], {}, "hash-index"),
+        (["serve"], {"TUI_BACKFILL_PIPELINE": "hash-index"}, "hash-index"),
+        (["serve", "--pipeline", "hash-index", "--job", "assets"], {}, "assets"),
+        (["serve", "--pipeline", "hash-index"], {"TUI_BACKFILL_JOB": "assets"}, "assets"),
+        (["serve"], {}, "default"),
+        (["hash-index"], {}, "hash-index"),
+    ],
+)
+def test_a_hash_index_pipeline_names_its_default_job(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], job: str
+) -> None:
+    from tui_backfill.frontends import cli
+
+    for name in ("TUI_BACKFILL_PIPELINE", "TUI_BACKFILL_JOB"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    args = cli.build_parser().parse_args(argv)
+    assert cli._resolve(args).settings.job == job

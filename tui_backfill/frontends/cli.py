@@ -563,8 +563,10 @@ def _flags(args: argparse.Namespace) -> dict[str, Any]:
         if flags.get("pipeline") not in (None, "hash-index"):
             raise ConfigError("--pipeline", "the hash-index command runs pipeline hash-index")
         flags["pipeline"] = "hash-index"
-        if not flags.get("job") and not os.environ.get("TUI_BACKFILL_JOB"):
-            flags["job"] = "hash-index"
+    pipeline = flags.get("pipeline") or os.environ.get("TUI_BACKFILL_PIPELINE")
+    if pipeline == "hash-index" and not flags.get("job") and not os.environ.get("TUI_BACKFILL_JOB"):
+        # a hash-index job's default name, for `run` and `serve --pipeline hash-index` too
+        flags["job"] = "hash-index"
     return flags
 
 
