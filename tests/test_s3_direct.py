@@ -235,3 +235,28 @@ async def test_bad_endpoints_and_buckets_on_the_direct_path_exit_2_naming_the_fi
         assert line.startswith(f"tui-backfill: error: {field}: ") and said in line, line
         assert "botocore loaded: False" in err
         assert not (tmp_path / "i.db").exists()
+
+
+async def test_a_closed_direct_bucket_opens_no_new_reader(tmp_path: Path) -> None:
+    from tui_backfill.outcomes import RetryableError
+    from tui_backfill.seams.s3_direct import direct_bucket
+
+    env = {**KEYS, "AWS_CONFIG_FILE": os.devnull}
+    found = direct_target(
+        "b", endpoint_url="http://127.0.0.1:9", region=None, environ=env, home=tmp_path
+    )
+    assert found is not None
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("AWS_")]:
+            patch.delenv(name)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        bucket = direct_bucket(
+            "b", endpoint_url="http://127.0.0.1:9", region=None, timeout=1, pool_size=1
+        )
+    assert bucket is not None
+    async with bucket:
+        reader = bucket.objects()
+        assert bucket.objects() is reader  # one reader for the bucket
+    with pytest.raises(RetryableError):
+        bucket.objects()

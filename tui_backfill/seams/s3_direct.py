@@ -150,11 +150,14 @@ class DirectBucket:
         self._target = target
         self._credentials = credentials
         self._objects: LeanObjects | None = None
+        self._open = False  # between __aenter__ and __aexit__
 
     async def __aenter__(self) -> Self:
+        self._open = True
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._open = False
         objects, self._objects = self._objects, None
         if objects is not None:
             await objects.aclose()
@@ -171,6 +174,8 @@ class DirectBucket:
     def objects(self) -> LeanObjects:
         """GETs of this bucket's objects and its listing pages (one reader, closed with the
         bucket)."""
+        if not self._open:  # never a reader whose session nothing would close
+            raise RetryableError(f"S3 bucket {self.name}: used while closed", code="s3_connection")
         if self._objects is None:
             self._objects = LeanObjects(self)
         return self._objects
