@@ -432,6 +432,23 @@ async def test_keys_are_url_encoded_beside_an_endpoints_own_query(
     assert raid.requests[key] == 1
 
 
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "http://127.0.0.1:8080/pub",
+        "https://raid.example/pub?tenant=a%20b&key=ignored",
+        "https://raid.example/pub?key=only",
+        "https://raid.example/pub?a=1&a=2&empty=#frag",
+        "http://h/p?tuibackfillsourcekey=1",  # the mark itself: the slow way
+    ],
+)
+def test_source_url_parsed_once_an_endpoint_is_the_same_url(endpoint: str) -> None:
+    from tui_backfill.seams.media.source import _source_url
+
+    for key in ("a.jpg", "lots/12/IMG 1+2&key=x%y?.jpg", "", "ünï/cødé #1.jpg", "k=v;&#"):
+        assert source_url(endpoint, key) == _source_url(endpoint, key)
+
+
 async def test_download_failures_are_classified(
     session: aiohttp.ClientSession, raid: RaidServer, catalog: dict[str, bytes]
 ) -> None:

@@ -242,6 +242,9 @@ class ClaimedEngine(Generic[J]):
     async def _wait(self, poll: float | None) -> None:
         """Until woken (an item finished, a command, a stop: since this round of the loop began)
         or, with `poll`, until the source may have work or `poll` seconds passed."""
+        if poll is None:  # the common case (a refill waits for room): no tasks to make
+            await self._wake.wait()
+            return
         waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
         if poll is not None:
             waits.append(asyncio.create_task(self.source.wait_for_work(poll)))

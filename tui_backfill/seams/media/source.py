@@ -24,6 +24,7 @@ it before it leaves, whatever the transport library wrote.
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import urllib.parse
 
@@ -48,11 +49,31 @@ DEFAULT_MAX_SOURCE_BYTES = 200 * 1024 * 1024
 
 def source_url(endpoint: str, key: str) -> str:
     """`endpoint` with ``key=<key>`` added to its query (kept, whatever it holds), encoded."""
+    around = _around_key(endpoint)
+    if around is None:
+        return _source_url(endpoint, key)
+    return around[0] + urllib.parse.quote(key, safe="") + around[1]
+
+
+def _source_url(endpoint: str, key: str) -> str:
     parts = urllib.parse.urlsplit(endpoint)
     query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
     query = [(name, value) for name, value in query if name != "key"] + [("key", key)]
     encoded = urllib.parse.urlencode(query, quote_via=urllib.parse.quote, safe="")
     return urllib.parse.urlunsplit(parts._replace(query=encoded))
+
+
+_MARK = "tuibackfillsourcekey"  # unreserved characters: `quote` leaves it as it is
+
+
+@functools.lru_cache(maxsize=8)
+def _around_key(endpoint: str) -> tuple[str, str] | None:
+    """The endpoint's URL before and after the encoded key, parsed once an endpoint (a job's
+    download then costs one `quote`); None when the mark is in the endpoint itself."""
+    before, mark, after = _source_url(endpoint, _MARK).partition(_MARK)
+    if not mark or _MARK in before or _MARK in after:
+        return None
+    return before, after
 
 
 async def download_source(
