@@ -245,9 +245,10 @@ class ClaimedEngine(Generic[J]):
         if poll is None:  # the common case (a refill waits for room): no tasks to make
             await self._wake.wait()
             return
-        waits: list[asyncio.Task[Any]] = [asyncio.create_task(self._wake.wait())]
-        if poll is not None:
-            waits.append(asyncio.create_task(self.source.wait_for_work(poll)))
+        waits: list[asyncio.Task[Any]] = [
+            asyncio.create_task(self._wake.wait()),
+            asyncio.create_task(self.source.wait_for_work(poll)),
+        ]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
