@@ -47,6 +47,10 @@ def test_the_direct_path_needs_an_endpoint_and_the_key_pair_in_the_environment(
     assert target(KEYS, bucket="arn:aws:s3:us-east-1:1:accesspoint/x") is None
     assert target(KEYS, endpoint="http://user:pw@127.0.0.1:9000") is None
     assert target(KEYS, endpoint="http://127.0.0.1:9000/?x=1") is None
+    # AWS's own endpoints: its rules have exceptions (Transfer Acceleration's virtual hosts)
+    assert target(KEYS, endpoint="https://s3-accelerate.amazonaws.com") is None
+    assert target(KEYS, endpoint="https://s3.eu-west-1.amazonaws.com") is None
+    assert target(KEYS, endpoint="https://s3.cn-north-1.amazonaws.com.cn") is None
     config = tmp_path / "config"
     config.write_text("[default]\nca_bundle = /etc/ssl/other.pem\n")
     assert target({**KEYS, "AWS_CONFIG_FILE": str(config)}) is None
@@ -54,6 +58,12 @@ def test_the_direct_path_needs_an_endpoint_and_the_key_pair_in_the_environment(
     (tmp_path / ".aws" / "config").write_text("[default]\nregion = eu-west-1\n")
     assert target(KEYS) is None  # ~/.aws/config
     assert target({**KEYS, "AWS_CONFIG_FILE": os.devnull}) is not None  # names another, empty
+    # botocore expands ~ and variables in AWS_CONFIG_FILE: so does the check
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOME", str(tmp_path))
+        patch.setenv("CONFIG_DIR", str(tmp_path))
+        assert target({**KEYS, "AWS_CONFIG_FILE": "~/config"}) is None
+        assert target({**KEYS, "AWS_CONFIG_FILE": "$CONFIG_DIR/config"}) is None
 
 
 def test_the_credentials_and_verification_are_botocores() -> None:
@@ -95,6 +105,8 @@ CASES = [
     ("bench", "https://acct.r2.cloudflarestorage.com", "auto"),
     ("bench", "https://s3.example.com/base", None),
     ("bench", "http://[::1]:9000", None),
+    ("mybucket", "HTTPS://S3.Example.com", None),
+    ("mybucket", "Http://minio.internal:9000", "eu-west-1"),
 ]
 
 
@@ -260,3 +272,65 @@ async def test_a_closed_direct_bucket_opens_no_new_reader(tmp_path: Path) -> Non
         assert bucket.objects() is reader  # one reader for the bucket
     with pytest.raises(RetryableError):
         bucket.objects()
+
+
+async def test_a_wrong_region_answer_is_followed_as_botocores_redirector_follows_it(
+    tmp_path: Path,
+) -> None:
+    """A server in eu-west-1 answers a request signed for another region with a 400 naming
+    its region (as MinIO and S3 do): the direct path signs again for that region, once, and
+    keeps it, as the aiobotocore path does."""
+    import re
+
+    from aiohttp import web
+
+    from tui_backfill.seams.s3_direct import DirectBucket
+
+    seen: list[tuple[str, str]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        region = re.search(r"Credential=[^/]+/[0-9]+/([^/]+)/", request.headers["Authorization"])
+        assert region is not None
+        seen.append((request.method, region[1]))
+        if region[1] != "eu-west-1":
+            return web.Response(
+                status=400,
+                headers={"x-amz-bucket-region": "eu-west-1"},
+                content_type="application/xml",
+                body=b"<Error><Code>AuthorizationHeaderMalformed</Code>"
+                b"<Region>eu-west-1</Region></Error>"
+                if request.method != "HEAD"
+                else b"",
+            )
+        if request.method == "HEAD":
+            return web.Response(status=200)
+        return web.Response(
+            content_type="application/xml",
+            body=b"<ListBucketResult><IsTruncated>false</IsTruncated>"
+            b"<Contents><Key>a</Key><LastModified>2026-12-07T00:00:00.000Z</LastModified>"
+            b'<ETag>"e"</ETag><Size>1</Size></Contents></ListBucketResult>',
+        )
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        endpoint = f"http://127.0.0.1:{port}"
+        found = direct_target("b", endpoint_url=endpoint, region=None, environ=KEYS, home=tmp_path)
+        assert found is not None and found[0].region == "us-east-1"
+        bucket = DirectBucket(
+            "b", endpoint_url=endpoint, target=found[0], credentials=found[1], verify=True,
+            timeout=5, pool_size=2,
+        )  # fmt: skip
+        async with bucket:
+            await bucket.preflight(attempts=1, backoff=0.01)
+            page = await bucket.list_page("")
+        assert [listed.key for listed in page.objects] == ["a"]
+        # once in the wrong region, then in the right one for good
+        assert seen == [("HEAD", "us-east-1"), ("HEAD", "eu-west-1"), ("GET", "eu-west-1")]
+    finally:
+        await runner.cleanup()

@@ -89,6 +89,11 @@ class Stages(Protocol):
     @property
     def dry_run(self) -> bool: ...
 
+    @property
+    def concurrency(self) -> int:
+        """The origin fetches allowed at once now (the politeness cap; it may change)."""
+        ...
+
     async def stage(
         self, call: Callable[[], Awaitable[T]], slot: Slot | None = None
     ) -> tuple[T, int]:

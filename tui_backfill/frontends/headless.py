@@ -76,14 +76,15 @@ def _hash_progress_fields(s: dict[str, Any]) -> list[str]:
 
 
 def _image_items(s: dict[str, Any]) -> int:
-    keys = ("uploaded", "skippedExists", "noRemote", "failedItems")
+    keys = ("uploaded", "skippedExists", "noRemote", "failedItems", "wouldFetch")
     return sum(int(s.get(key) or 0) for key in keys)
 
 
 def _rate(s: dict[str, Any], items: int, nbytes: int | None = None) -> str:
-    """The live rate while the run moves. Once it has stopped, its live rate reads 0 (the
-    snapshot's rates are over moving time): the run's average is shown instead, its items
-    over its start to its last update, pauses included."""
+    """The live rate while the run moves. Once it has stopped moving (paused, interrupted,
+    ended), its live rate reads 0 (the snapshot's rates are over moving time): the run's
+    average is shown instead, its items over its start to its last update, the time between
+    its processes (a pause, a crash) included: a run resumed after a while reads lower."""
     if s.get("state") in ("running", "pausing"):
         rate = f"{s.get('itemsPerSecond', 0):.1f} obj/s"
         return rate if nbytes is None else f"{rate} {fmt_bytes(s.get('bytesPerSecond') or 0)}/s"

@@ -298,10 +298,11 @@ class Bucket:
             raise classify(exc) from None
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
-    async def locate(self) -> None:
+    async def locate(self, region: str = "") -> None:
         """One HeadBucket through the client: botocore's region redirector follows a
         wrong-region answer and remembers the bucket's region, which `object_target` then
-        gives (the lean path asks for this when S3 says its region was wrong)."""
+        gives (the lean path asks for this when S3 says its region was wrong; the region that
+        answer named is the redirector's to read again, `region` is not used)."""
         try:
             await self._call("head_bucket", Bucket=self.name)
         except CLASSIFIED as exc:

@@ -15,7 +15,9 @@ path (seams/s3_lean: requests signed by seams/sigv4, sent by aiohttp) needs no c
 - no AWS config file and no profile, and no other AWS_* variable than those botocore reads
   to the same effect here (`_SAME_EFFECT`): a profile's ca_bundle, a FIPS or dual-stack
   endpoint, a credential expiry are botocore's to apply;
-- a bucket name of letters, digits, dots, hyphens and underscores (an ARN is botocore's).
+- a bucket name of letters, digits, dots, hyphens and underscores (an ARN is botocore's);
+- an endpoint that is not AWS's own (`*.amazonaws.com`: its endpoint rules have exceptions,
+  Transfer Acceleration's virtual-hosted URLs for one).
 
 Anything else is botocore's: `direct_bucket` answers None and the caller uses
 `seams.bucket.Bucket`. Both reach the same URL with the same signature (tests/test_s3_direct.py
@@ -23,13 +25,16 @@ holds them to it) and classify answers with the same rules (seams/s3_wire).
 
 The preflight is a HeadBucket, as `Bucket.preflight`: the same messages and exit 2 for a
 missing bucket, rejected credentials or an endpoint that takes no connection; transient
-failures retried under the retry policy. A wrong-region answer is not followed (botocore's
-redirector does not follow one for a custom endpoint either): it is classified as an error.
+failures retried under the retry policy. A wrong-region answer (a 301, or a 400 naming the
+bucket's region in `x-amz-bucket-region` or its XML) is followed as botocore's redirector
+follows it: the request is signed again for the region it names, to the same URL, and the
+bucket keeps that region for the rest of the run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import re
 import socket
@@ -84,10 +89,11 @@ def direct_target(
     env = os.environ if environ is None else environ
     if not endpoint_url or not _BUCKET_NAME.fullmatch(bucket):
         return None
-    parts = urllib.parse.urlsplit(endpoint_url)
+    parts = urllib.parse.urlsplit(endpoint_url)  # (its scheme in lower case)
     if (
         parts.scheme not in ("http", "https")
         or not parts.hostname
+        or parts.hostname.rstrip(".").endswith((".amazonaws.com", ".amazonaws.com.cn"))
         or parts.query
         or parts.fragment
         or parts.username is not None
@@ -105,8 +111,9 @@ def direct_target(
         (env[name] for name in ("AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN") if name in env), None
     )
     verify: bool | str = env.get("AWS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or True
+    endpoint = parts.scheme + endpoint_url[len(parts.scheme) :]  # `HTTPS://` as botocore
     target = ObjectTarget(
-        bucket_url=f"{endpoint_url.rstrip('/')}/{bucket}",
+        bucket_url=f"{endpoint.rstrip('/')}/{bucket}",
         signing_name="s3",
         region=region or "us-east-1",
     )
@@ -117,7 +124,12 @@ def _config_file(env: Mapping[str, str], home: Path | None) -> bool:
     """Whether an AWS config file with anything in it is there to read (AWS_CONFIG_FILE, or
     ~/.aws/config); an empty one, or /dev/null, says nothing."""
     named = env.get("AWS_CONFIG_FILE")
-    path = Path(named) if named else (home if home is not None else Path.home()) / ".aws" / "config"
+    if named:  # botocore expands both, in this order
+        path = Path(os.path.expanduser(os.path.expandvars(named)))
+    elif home is not None:
+        path = home / ".aws" / "config"
+    else:  # "~" left as it is where no home is known: no such file, as for botocore
+        path = Path(os.path.expanduser("~/.aws/config"))
     try:
         return path.stat().st_size > 0
     except FileNotFoundError:
@@ -168,8 +180,11 @@ class DirectBucket:
     async def frozen_credentials(self) -> Credentials:
         return self._credentials
 
-    async def locate(self) -> None:
-        """Nothing to learn: the region is the one given (see the module's docstring)."""
+    async def locate(self, region: str) -> None:
+        """The bucket is in `region`, as a wrong-region answer said: requests are signed for
+        it from now on (the URL stays: the endpoint is the one given)."""
+        if region and region != self._target.region:
+            self._target = dataclasses.replace(self._target, region=region)
 
     def objects(self) -> LeanObjects:
         """GETs of this bucket's objects and its listing pages (one reader, closed with the
@@ -203,7 +218,7 @@ class DirectBucket:
         except RetryableError as exc:
             cause = exc.__cause__
             if isinstance(cause, (aiohttp.ClientConnectorError, socket.gaierror)) and not (
-                isinstance(cause, aiohttp.ClientConnectorSSLError)
+                isinstance(cause, aiohttp.ClientSSLError)  # TLS refused: retried, then named
             ):
                 raise ConfigError(
                     "--endpoint-url", f"cannot reach {where}: {cause.__class__.__name__}"

@@ -31,7 +31,7 @@ scanner leaves to ElementTree).
 As the Bucket's client does: proxies from HTTP_PROXY / HTTPS_PROXY / NO_PROXY (`proxy_for`);
 TLS verified with its CA bundle (`verify_context`); a wrong-region answer found once through
 the client, whose region redirector learns the region, and the request sent again
-(`_relocate`; a DirectBucket has no other region to offer: the answer is classified).
+(`_relocate`; a DirectBucket takes the region the answer names, as that redirector does).
 
 Not sent: botocore's `Expect: 100-continue` (a round trip per PUT; our bodies are small) and
 its SDK bookkeeping headers (invocation id, attempt), none of which is signed.
@@ -114,9 +114,9 @@ class BucketAccess(Protocol):
         """The credentials as they are now; a classified error (BackfillError) when none."""
         ...
 
-    async def locate(self) -> None:
-        """Learn the bucket's region after a wrong-region answer (object_target then gives
-        it); a classified error when that fails."""
+    async def locate(self, region: str) -> None:
+        """Learn the bucket's region after a wrong-region answer that named `region`
+        (object_target then gives it); a classified error when that fails."""
         ...
 
 
@@ -140,7 +140,7 @@ class LeanBucket:
         await self._resolve()
         assert self._target is not None
         tls: ssl.SSLContext | bool = True  # an http endpoint: never used
-        if self._target.bucket_url.startswith("https://"):
+        if urllib.parse.urlsplit(self._target.bucket_url).scheme == "https":
             tls = await asyncio.to_thread(verify_context, self._bucket.verify)  # reads a file
         timeout = self.timeout
         session = aiohttp.ClientSession(
@@ -166,7 +166,9 @@ class LeanBucket:
         self._host = host_of(self._target.bucket_url + "/")
         self._proxy, self._proxy_headers = proxy_for(self._target.bucket_url + "/")
         self._proxy_in_request = (  # a plain-http proxy reads them in the request itself
-            self._proxy_headers if self._target.bucket_url.startswith("http://") else {}
+            self._proxy_headers
+            if urllib.parse.urlsplit(self._target.bucket_url).scheme == "http"
+            else {}
         )
 
     async def __aexit__(
@@ -312,7 +314,7 @@ class LeanBucket:
         async with self._relocating:
             if self._target is used:  # nobody has relocated since this request was sent
                 try:
-                    await self._bucket.locate()
+                    await self._bucket.locate(region)
                 finally:  # what the client learned, even when its HeadBucket then failed
                     await self._resolve()
         return self._target is not None and self._target.region != used.region

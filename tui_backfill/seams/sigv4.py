@@ -16,6 +16,10 @@ signed on http and https alike when no checksum header is sent):
 - header values are trimmed and inner runs of white space made one space;
 - `X-Amz-Date`, `X-Amz-Security-Token` (with a session token) and `X-Amz-Content-SHA256`
   are set, then `Authorization`.
+
+Not reproduced, since nothing here sends them: botocore's UNSIGNED-PAYLOAD for an https
+request that carries a checksum header (`Content-MD5`, `x-amz-checksum-*`), and its `Date`
+header handling. A caller that adds one of those must extend this signer and its test first.
 """
 
 from __future__ import annotations

@@ -57,6 +57,12 @@ log = logging.getLogger("tui_backfill.hash_index")
 BATCH_ROWS = 100  # upserts land at least every 100 objects (fewer: see HashPlan.batch_rows)...
 BATCH_SECONDS = 1.0  # ...or every second
 
+
+def batch_rows_at(concurrency: int) -> int:
+    """The rows a batch holds at `concurrency` (see HashPlan.batch_rows)."""
+    return max((BATCH_ROWS - concurrency) // 2, 10)
+
+
 # What each way an object ends adds to the counters.
 UPDATED = ("scanned_objects", "updated")
 SKIPPED = ("scanned_objects", "skipped")
@@ -105,12 +111,13 @@ class HashPlan:
     mismatch_file: str | None = None
     mismatches: tuple[Mismatch, ...] = ()  # found before this process (a resume)
     index_label: str = ""
-    # Rows a batch holds before it lands (prepare.py: (100 - concurrency) / 2). What a kill
-    # loses must stay within 100 + concurrency even when a batch is slow to land (a loaded
-    # disk): while one batch of at most batch_rows + concurrency rows is being written, the
-    # next fills up to batch_rows, and each object finished past that holds its slot until the
-    # write is done, so rows written, rows waiting and objects being fetched together stay
-    # within 2 x (batch_rows + concurrency).
+    # Rows a batch holds before it lands: at most this, and (100 - concurrency) / 2 at the
+    # concurrency in force (`batch_rows_at`). What a kill loses must stay within
+    # 100 + concurrency even when a batch is slow to land (a loaded disk): while one batch of
+    # at most batch_rows + concurrency rows is being written, the next fills up to batch_rows,
+    # and each object finished past that holds its slot until the write is done, so rows
+    # written, rows waiting and objects being fetched together stay within
+    # 2 x (batch_rows + concurrency) (up to a concurrency of 80: the batch has 10 rows at least).
     batch_rows: int = BATCH_ROWS
 
     @property
@@ -208,6 +215,11 @@ class _Pages:
             self._count_rows,
             ahead=1 if plan.limit_objects is not None else AHEAD,
         )
+
+    @property
+    def concurrency(self) -> int:
+        """The fetches the engine allows now (it may change during the run)."""
+        return self._stages.concurrency
 
     async def page(self, after: str | None) -> Sequence[Group]:
         pipeline = self._pipeline
@@ -398,7 +410,8 @@ class HashIndexPipeline:
         if not self._pending:
             self._pending_since = time.monotonic()
         self._pending.append(hashed.upsert(key))
-        if len(self._pending) >= self.plan.batch_rows:
+        concurrency = self._pages.concurrency if self._pages is not None else 0
+        if len(self._pending) >= min(self.plan.batch_rows, batch_rows_at(concurrency)):
             with contextlib.suppress(Exception):  # kept pending; the checkpoint tries again
                 await self._flush()
 

@@ -97,7 +97,7 @@ async def prepare_hash_index(
         mismatch_file=settings.mismatch_file,
         mismatches=checkpoint.mismatches,
         index_label=f"{settings.index_db}:{settings.index_table}",
-        batch_rows=max((BATCH_ROWS - settings.concurrency) // 2, 10),
+        batch_rows=BATCH_ROWS,
     )
     pipeline = HashIndexPipeline(plan, bucket=bucket, index=index)
     stack.push_async_callback(pipeline.close)

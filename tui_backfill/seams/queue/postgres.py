@@ -8,8 +8,9 @@ WHERE, so a worker whose lease was taken cannot finish the job. `wait_for_work` 
 channel `publish_jobs` on a dedicated connection (the trigger `init_db` installs NOTIFYs on
 insert and whenever a job becomes pending and due). Times are the server's `now()`.
 
-Round trips: a job's completion (or failure, or a hand-back) is one statement, its writes in
-data-modifying CTEs: one implicit transaction, no BEGIN/COMMIT of their own. A claim is one
+Round trips: a job's completion (or failure) is one statement, its writes in data-modifying
+CTEs: one implicit transaction, no BEGIN/COMMIT of their own (a hand-back at shutdown is still
+two statements in one transaction). A claim is one
 statement too when no lease has expired (the statement checks, and leases nothing when one
 has); else the reclaim and the claim run as two statements in one transaction, as before. The
 pool does not reset a connection it gets back (asyncpg's default sends `RESET ALL`, `UNLISTEN
