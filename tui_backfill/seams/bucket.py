@@ -28,7 +28,6 @@ from aiobotocore.config import AioConfig
 from aiobotocore.httpsession import AIOHTTPSession
 
 from tui_backfill import __version__
-from tui_backfill.core.retry import retrying
 from tui_backfill.outcomes import (
     BackfillError,
     ConfigError,
@@ -47,6 +46,7 @@ from tui_backfill.seams.s3_wire import (  # the wire's meanings, shared with s3_
     head_bucket_problem,
     not_found,
     parse_timestamp,
+    preflight,
     refusal_of,
     rejects_conditional,
     unquote_etag,
@@ -388,15 +388,7 @@ class Bucket:
         down.
         """
         where = self.endpoint_url or "AWS S3"
-        policy = retrying(max_attempts=attempts, backoff=backoff, sleep=asyncio.sleep)
-        try:
-            async for attempt in policy:
-                with attempt:
-                    await self._head_bucket(where)
-        except RetryableError as exc:
-            raise ConfigError(
-                exc.code, f"HeadBucket on {where} failed {attempts} times, last: {exc.message}"
-            ) from None
+        await preflight(where, self._head_bucket, attempts=attempts, backoff=backoff)
 
     async def _head_bucket(self, where: str) -> None:
         """One HeadBucket; ConfigError for what retrying cannot fix, RetryableError (its code

@@ -33,7 +33,6 @@ bucket keeps that region for the rest of the run.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import re
@@ -45,10 +44,9 @@ from typing import Self
 
 import aiohttp
 
-from tui_backfill.core.retry import retrying
 from tui_backfill.outcomes import ConfigError, RetryableError
 from tui_backfill.seams.s3_lean import LeanObjects
-from tui_backfill.seams.s3_wire import ListedPage, ObjectTarget, head_bucket_problem
+from tui_backfill.seams.s3_wire import ListedPage, ObjectTarget, head_bucket_problem, preflight
 from tui_backfill.seams.sigv4 import Credentials
 
 # AWS_* variables that botocore reads to the effect the direct path reproduces (or that do
@@ -202,15 +200,7 @@ class DirectBucket:
         """HeadBucket, as `Bucket.preflight`: endpoint reachable, bucket present, credentials
         accepted -> else exit 2; a transient failure retried, up to `attempts`."""
         where = self.endpoint_url or "AWS S3"
-        policy = retrying(max_attempts=attempts, backoff=backoff, sleep=asyncio.sleep)
-        try:
-            async for attempt in policy:
-                with attempt:
-                    await self._head_bucket(where)
-        except RetryableError as exc:
-            raise ConfigError(
-                exc.code, f"HeadBucket on {where} failed {attempts} times, last: {exc.message}"
-            ) from None
+        await preflight(where, self._head_bucket, attempts=attempts, backoff=backoff)
 
     async def _head_bucket(self, where: str) -> None:
         try:

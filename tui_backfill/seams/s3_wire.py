@@ -18,14 +18,17 @@ without it.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiohttp
 
+from tui_backfill.core.retry import retrying
 from tui_backfill.outcomes import (
     BackfillError,
     ConfigError,
@@ -216,3 +219,25 @@ def classify(exc: BaseException) -> BackfillError:
     if isinstance(exc, (aiohttp.ClientError, OSError)):
         return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
     return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
+
+
+async def preflight(
+    where: str,
+    head_bucket: Callable[[str], Awaitable[None]],
+    *,
+    attempts: int,
+    backoff: float,
+) -> None:
+    """A destination's HeadBucket (`head_bucket(where)`: ConfigError for what retrying cannot
+    fix, RetryableError, its code the field to name, for what it can) under the retry policy,
+    up to `attempts`: one 503 from a busy server is no configuration error; still failing, it is
+    one (exit 2)."""
+    policy = retrying(max_attempts=attempts, backoff=backoff, sleep=asyncio.sleep)
+    try:
+        async for attempt in policy:
+            with attempt:
+                await head_bucket(where)
+    except RetryableError as exc:
+        raise ConfigError(
+            exc.code, f"HeadBucket on {where} failed {attempts} times, last: {exc.message}"
+        ) from None

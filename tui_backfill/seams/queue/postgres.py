@@ -91,12 +91,9 @@ SET retry_count = j.retry_count + 1,
 FROM expired WHERE j.id = expired.id
 """
 
-CLAIM = f"""
-WITH candidates AS (
-    SELECT id FROM publish_jobs
-    WHERE {claimable("now()")}
-    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
-), leased AS (
+# The jobs of `candidates` leased to worker $1 for $3 seconds, an attempt opened for each:
+# CLAIM's and FAST_CLAIM's common part
+_LEASE_AND_OPEN = """leased AS (
     UPDATE publish_jobs j
     SET status = 'processing', locked_by = $1,
         locked_until = now() + make_interval(secs => $3::float8),
@@ -107,14 +104,24 @@ WITH candidates AS (
     INSERT INTO publish_attempts (job_id, worker, started_at)
     SELECT id, $1, now() FROM leased
     RETURNING id, job_id
-)
-SELECT l.id, l.file_id, f.lot_id, f.source_key, l.retry_count, l.max_retries,
+)"""
+
+# What a claim answers of each job leased: its job, file and attempt
+_CLAIMED = """SELECT l.id, l.file_id, f.lot_id, f.source_key, l.retry_count, l.max_retries,
        o.id AS attempt_id, f.publish_status, f.deleted_at IS NOT NULL AS deleted,
        EXISTS (SELECT 1 FROM publish_attempts a
                WHERE a.job_id = l.id AND a.outcome = 'interrupted') AS interrupted
 FROM leased l
 JOIN opened o ON o.job_id = l.id
-JOIN auction_files f ON f.id = l.file_id
+JOIN auction_files f ON f.id = l.file_id"""
+
+CLAIM = f"""
+WITH candidates AS (
+    SELECT id FROM publish_jobs
+    WHERE {claimable("now()")}
+    ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
+), {_LEASE_AND_OPEN}
+{_CLAIMED}
 ORDER BY l.id
 """
 
@@ -130,25 +137,8 @@ WITH stale AS (
     SELECT id FROM publish_jobs
     WHERE {claimable("now()")} AND NOT (SELECT found FROM stale)
     ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED
-), leased AS (
-    UPDATE publish_jobs j
-    SET status = 'processing', locked_by = $1,
-        locked_until = now() + make_interval(secs => $3::float8),
-        started_at = now(), completed_at = NULL
-    FROM candidates WHERE j.id = candidates.id
-    RETURNING j.id, j.file_id, j.retry_count, j.max_retries
-), opened AS (
-    INSERT INTO publish_attempts (job_id, worker, started_at)
-    SELECT id, $1, now() FROM leased
-    RETURNING id, job_id
-), claimed AS (
-    SELECT l.id, l.file_id, f.lot_id, f.source_key, l.retry_count, l.max_retries,
-           o.id AS attempt_id, f.publish_status, f.deleted_at IS NOT NULL AS deleted,
-           EXISTS (SELECT 1 FROM publish_attempts a
-                   WHERE a.job_id = l.id AND a.outcome = 'interrupted') AS interrupted
-    FROM leased l
-    JOIN opened o ON o.job_id = l.id
-    JOIN auction_files f ON f.id = l.file_id
+), {_LEASE_AND_OPEN}, claimed AS (
+{_CLAIMED}
 )
 SELECT s.found AS stale, c.* FROM stale s LEFT JOIN claimed c ON true ORDER BY c.id
 """
