@@ -271,3 +271,27 @@ async def test_a_resume_from_another_directory_fills_the_same_index(
     # the same relative names given again, from where it started: the same run's settings
     again = await tool(*relative, env=env, cwd=started)
     assert again.rc == 0 and json.loads(again.out)["skipped"] == 600, again.err
+
+
+async def test_a_pause_sent_as_the_run_starts_is_not_lost(
+    rclone_s3: S3Target, tmp_path: Path
+) -> None:
+    """`pause` needs a process holding the job: sent the moment one does (before its run has
+    started: preflight, index), it pauses that run; it was dropped with the stale commands of
+    earlier processes, the run completed, and `pause` still said "paused at checkpoint"."""
+    from tui_backfill.state.lock import JobLock
+
+    put_objects(rclone_s3, OBJECTS)
+    env = tool_env(rclone_s3)
+    state, index = tmp_path / "state.sqlite3", tmp_path / "index.sqlite3"
+    proc = await spawn(*hash_args(rclone_s3, state, index, "--concurrency", "1"), env=env)
+    lock = JobLock(str(state), "hash-index")
+    for _ in range(600):
+        if lock.holder() is not None:
+            break
+        await asyncio.sleep(0.01)
+    pause = await tool("pause", "--job", "hash-index", "--state", str(state), env=env)
+    run = await finish(proc)
+    assert run.rc == 75, run.err
+    assert json.loads(run.out)["state"] == "paused"
+    assert pause.rc == 0 and "paused at checkpoint" in pause.err, str(pause)

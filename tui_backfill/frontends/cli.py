@@ -981,7 +981,11 @@ async def _cmd_pause(args: argparse.Namespace) -> int:
     from tui_backfill.pipelines.hash_index.checkpoint import KeyCheckpoint
     from tui_backfill.seams.keys import visible
 
-    checkpoint = (await status_snapshot(state, job)).snapshot.checkpoint
+    snapshot = (await status_snapshot(state, job)).snapshot
+    if snapshot.state not in ("paused", "interrupted"):  # it ended before it read the pause
+        print(f"job {job!r} ended {snapshot.state} before the pause took effect", file=sys.stderr)
+        return EXIT_OK
+    checkpoint = snapshot.checkpoint
     if isinstance(checkpoint, KeyCheckpoint):
         position, past = f"lastKey {visible(str(checkpoint.last_key))}", len(checkpoint.done_after)
         beyond = f", {past:,} keys after it done"

@@ -153,6 +153,9 @@ async def prepare_run(request: RunRequest, env: Mapping[str, str] | None = None)
         lock = JobLock(settings.state, settings.job)
         await asyncio.to_thread(lock.acquire, settings.job)  # waits up to 1 s: not on the loop
         stack.callback(lock.release)
+        # Commands left for an earlier holder of the job are dropped now, at once: one sent
+        # from here on (`pause` needs a holder) is this process's, even before its run starts.
+        await store.clear_commands(settings.job)
         prepared = await _prepare_locked(request, store, stack, env)
     except StateUnavailable as exc:  # the state failed us (full, locked) before any work
         await stack.aclose()
@@ -218,7 +221,6 @@ async def _prepare_locked(
             origin_has_password=_origin_needs_password(origin_url or "", env),
             origin_keys=_origin_uses_keys(origin_url or "", env),
         )
-    await store.clear_commands(job)
     origin = None
     if not request.dry_run:
         assert origin_url is not None

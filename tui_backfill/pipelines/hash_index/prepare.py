@@ -80,7 +80,6 @@ async def prepare_hash_index(
         if abandoned is not None:
             await store.abandon_run(abandoned.id)
         run = await _create_run(store, settings, request)
-    await store.clear_commands(settings.job)
     checkpoint: KeyCheckpoint = run.checkpoint
     counted = getattr(run.counters, "scanned_objects", 0)
     plan = HashPlan(
