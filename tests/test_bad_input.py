@@ -105,6 +105,13 @@ CASES = [
     case("endpoint-bad-port", "--endpoint-url", {"--endpoint-url": "http://127.0.0.1:1:2"}),
     case("endpoint-underscore", "--endpoint-url", {"--endpoint-url": "http://minio_1:9000"}),
     case("endpoint-open-bracket", "--endpoint-url", {"--endpoint-url": "http://[::1:9000"}),
+    # a password in the endpoint: refused, and never echoed (asserted for every case below)
+    case(
+        "endpoint-with-password",
+        "--endpoint-url",
+        lambda ctx: {"--endpoint-url": ctx.proxy.endpoint_url.replace("//", "//u:s3cr3tPW@")},
+        hint="AWS_SECRET_ACCESS_KEY",
+    ),
     case("bucket-missing", "--bucket", {"--bucket": "no-such-bucket"}),
     case("pipeline-unknown", "--pipeline", {"--pipeline": "variants"}, hint="hash-index"),
     # a plan is what a dry run would do: a real run has none to write
@@ -210,7 +217,7 @@ async def test_bad_input_one_line_exit_2_nothing_done(
     assert "Traceback" not in result.err
     if hint:
         assert hint in lines[0]
-    assert rclone_s3.secret_key not in result.err
+    assert rclone_s3.secret_key not in result.err and "s3cr3tPW" not in result.err
     assert result.out == ""
     assert origin.gets == 0 and origin.heads == 0
     assert proxy.puts == {} and proxy.count("put_object") == 0

@@ -154,6 +154,13 @@ URLS = [
 ]
 
 
+def test_an_endpoint_with_a_user_or_password_is_refused() -> None:
+    """botocore would take it, and quote it, password and all, in its errors."""
+    assert is_s3_endpoint("http://127.0.0.1:9000")
+    assert not is_s3_endpoint("http://user:pw@127.0.0.1:9000")
+    assert not is_s3_endpoint("https://user@s3.example.com")
+
+
 @pytest.mark.parametrize("url", URLS)
 def test_endpoints_are_read_as_botocore_reads_them(url: str) -> None:
     try:

@@ -545,8 +545,15 @@ def check_bucket(settings: Settings, where: Mapping[str, str]) -> None:
 
 
 def check_endpoint(url: str | None, field: str) -> None:
+    """An S3 endpoint; the message quotes it with any password hidden."""
     if url and not is_s3_endpoint(url):
-        raise ConfigError(field, f"{url!r}: expected http(s)://host[:port]")
+        raise ConfigError(field, f"{redact_url(url)!r}: {ENDPOINT_EXPECTED}")
+
+
+ENDPOINT_EXPECTED = (
+    "expected http(s)://host[:port], with no user or password (the key pair goes in "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+)
 
 
 def is_http_url(url: str) -> bool:
@@ -569,14 +576,17 @@ _DNS_NAME = re.compile(
 
 def is_s3_endpoint(url: str) -> bool:
     """An http(s) URL botocore takes as an endpoint (its `is_valid_endpoint_url` or
-    `is_valid_ipv6_endpoint_url`): its host a DNS name (letters, digits, hyphens: no `_`), an
+    `is_valid_ipv6_endpoint_url`), with no user or password in it: its host a DNS name (letters, digits, hyphens: no `_`), an
     IPv4 address or a bracketed IPv6 one (a zone id allowed). Checked here so that a bad one is
     a line naming the setting, not botocore's traceback when the client is built; read without
     botocore, whose import a run on the direct S3 path never pays (tests/test_s3_direct.py holds
     the two readings together)."""
     if not is_http_url(url) or "\t" in url or "\r" in url or "\n" in url:
         return False
-    host = urllib.parse.urlsplit(url).hostname or ""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return False  # S3 takes no credentials in the URL (botocore's errors would quote them)
+    host = parts.hostname or ""
     if ":" in host:  # an IPv6 address: urlsplit took it out of its brackets
         address, _, zone = host.partition("%")  # a zone id: "%25" or "%" before it
         try:

@@ -59,8 +59,11 @@ def _redact_query(url: str) -> str:
 def strip_password(url: str) -> str:
     """For storing: the URL without its password and with secret query values as ***, so the
     state never holds a secret and a URL given again compares equal once stripped."""
-    url = _redact_query(url)
-    parts = urllib.parse.urlsplit(url)
+    try:
+        url = _redact_query(url)
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # not a URL urlsplit reads (an unclosed "[", ...): user:***@, no query
+        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url.split("?", 1)[0])
     if parts.password is None:
         return url
     netloc = parts.netloc.rsplit("@", 1)[1]
@@ -72,8 +75,11 @@ def redact_url(url: str | None) -> str:
     """For display: the URL with any password and secret query value shown as ***."""
     if not url:
         return ""
-    url = _redact_query(url)
-    parts = urllib.parse.urlsplit(url)
+    try:
+        url = _redact_query(url)
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:  # not a URL urlsplit reads (an unclosed "[", ...): user:***@, no query
+        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url.split("?", 1)[0])
     if parts.password is None:
         return url
     host = parts.netloc.rsplit("@", 1)[1]

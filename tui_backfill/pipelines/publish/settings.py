@@ -337,10 +337,15 @@ def validate_worker(settings: PublishSettings) -> None:
 
 def _http_url(settings: PublishSettings, name: str) -> None:
     value = getattr(settings, name)
-    valid = is_s3_endpoint(value) if name == "endpoint_url" else is_http_url(value)
-    if not valid:
+    if name == "endpoint_url":
+        if not is_s3_endpoint(value):
+            expected = "expected an http(s):// URL with a host[:port] and no user or password"
+            raise ConfigError(settings.where(name), f"{redact_url(value)!r}: {expected}")
+        return
+    if not is_http_url(value):
         raise ConfigError(
-            settings.where(name), f"{value!r}: expected an http(s):// URL with a host[:port]"
+            settings.where(name),
+            f"{redact_url(value)!r}: expected an http(s):// URL with a host[:port]",
         )
 
 
