@@ -238,7 +238,12 @@ async def test_bad_endpoints_and_buckets_on_the_direct_path_exit_2_naming_the_fi
 ) -> None:
     env = tool_env(rclone_s3)
     cases = [
-        (f"http://127.0.0.1:{closed_port()}", rclone_s3.bucket, "--endpoint-url", "cannot reach"),
+        (
+            f"http://127.0.0.1:{closed_port()}",
+            rclone_s3.bucket,
+            "--endpoint-url",
+            ": connection refused",
+        ),
         (rclone_s3.endpoint_url, "no-such-bucket", "--bucket", "does not exist"),
     ]
     for endpoint, bucket, field, said in cases:

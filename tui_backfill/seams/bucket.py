@@ -34,6 +34,7 @@ from tui_backfill.outcomes import (
     FatalError,
     RetryableError,
 )
+from tui_backfill.seams.origins import unreachable_reason
 from tui_backfill.seams.s3_wire import (  # the wire's meanings, shared with s3_lean
     Listed,
     ListedPage,
@@ -426,8 +427,9 @@ class Bucket:
             botocore_error = isinstance(exc, botocore.exceptions.BotoCoreError)
             plain_os_error = isinstance(exc, OSError) and not botocore_error
             if refused or plain_os_error:
+                reason = unreachable_reason(getattr(cause, "os_error", cause) if cause else exc)
                 raise ConfigError(
-                    "--endpoint-url", f"cannot reach {where}: {exc.__class__.__name__}"
+                    "--endpoint-url", f"cannot reach {where}: {reason or 'cannot connect'}"
                 ) from None
             raise RetryableError(exc.__class__.__name__, code="--endpoint-url") from None
 

@@ -45,6 +45,7 @@ from typing import Self
 import aiohttp
 
 from tui_backfill.outcomes import ConfigError, RetryableError
+from tui_backfill.seams.origins import unreachable_reason
 from tui_backfill.seams.s3_lean import LeanObjects
 from tui_backfill.seams.s3_wire import ListedPage, ObjectTarget, head_bucket_problem, preflight
 from tui_backfill.seams.sigv4 import Credentials
@@ -210,9 +211,8 @@ class DirectBucket:
             if isinstance(cause, (aiohttp.ClientConnectorError, socket.gaierror)) and not (
                 isinstance(cause, aiohttp.ClientSSLError)  # TLS refused: retried, then named
             ):
-                raise ConfigError(
-                    "--endpoint-url", f"cannot reach {where}: {cause.__class__.__name__}"
-                ) from None
+                reason = unreachable_reason(getattr(cause, "os_error", cause)) or "cannot connect"
+                raise ConfigError("--endpoint-url", f"cannot reach {where}: {reason}") from None
             raise RetryableError(exc.message, code="--endpoint-url") from None
         if refused is not None:
             code, status, _ = refused
