@@ -77,6 +77,7 @@ def aws_config(where: Path) -> str:
         "[profile proc]\ncredential_process = /bin/false\n"
         "[profile loop1]\nrole_arn = arn:aws:iam::123456789012:role/a\nsource_profile = loop2\n"
         "[profile loop2]\nrole_arn = arn:aws:iam::123456789012:role/b\nsource_profile = loop1\n"
+        "[profile wrong]\naws_access_key_id = not-a-key\naws_secret_access_key = not-its-secret\n"
     )
     return str(path)
 
@@ -163,6 +164,17 @@ CASES = [
             "AWS_PROFILE": "proc",
             "AWS_CONFIG_FILE": aws_config(ctx.tmp),
         },
+    ),
+    case(  # a profile's key pair refused: the profile is what to fix, not AWS_ACCESS_KEY_ID
+        "profile-keys-rejected",
+        "AWS_PROFILE",
+        env=lambda ctx: {
+            "AWS_ACCESS_KEY_ID": "",
+            "AWS_SECRET_ACCESS_KEY": "",
+            "AWS_PROFILE": "wrong",
+            "AWS_CONFIG_FILE": aws_config(ctx.tmp),
+        },
+        hint="profile 'wrong'",
     ),
     case(
         "profile-role-loop",

@@ -299,6 +299,14 @@ class Bucket:
             raise classify(exc) from None
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
+    def _profile_used(self) -> str | None:
+        """The AWS profile the client's credentials came from; None for a key pair (given to
+        the bucket, or in the environment, the chain's first)."""
+        method = getattr(self._credential_source, "method", "env")
+        if self._credentials is not None or method in ("env", "explicit"):
+            return None
+        return os.environ.get("AWS_PROFILE") or os.environ.get("AWS_DEFAULT_PROFILE") or None
+
     async def locate(self, region: str = "") -> None:
         """One HeadBucket through the client: botocore's region redirector follows a
         wrong-region answer and remembers the bucket's region, which `object_target` then
@@ -411,7 +419,9 @@ class Bucket:
             raise _credentials_problem(exc) from None
         except botocore.exceptions.ClientError as exc:
             code, status, _ = error_parts(exc)
-            raise head_bucket_problem(self.name, where, code, status) from None
+            raise head_bucket_problem(
+                self.name, where, code, status, profile=self._profile_used()
+            ) from None
         except (
             botocore.exceptions.EndpointConnectionError,
             botocore.exceptions.ConnectTimeoutError,

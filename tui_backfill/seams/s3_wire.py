@@ -181,13 +181,20 @@ def refusal_of(code: str, status: int) -> Refusal:
 
 
 def head_bucket_problem(
-    bucket: str, where: str, code: str, status: int
+    bucket: str, where: str, code: str, status: int, *, profile: str | None = None
 ) -> ConfigError | RetryableError:
     """A destination's preflight refused: ConfigError naming the setting to fix, or (for a
-    busy server) a RetryableError whose code is the field named if retries run out."""
+    busy server) a RetryableError whose code is the field named if retries run out.
+    `profile`: the AWS profile the rejected credentials came from (None: the key pair)."""
     refusal = refusal_of(code, status)
     if refusal is Refusal.MISSING:
         return ConfigError("--bucket", f"bucket {bucket!r} does not exist at {where}")
+    if refusal is Refusal.CREDENTIALS and profile is not None:
+        return ConfigError(
+            "AWS_PROFILE",
+            f"the credentials of profile {profile!r} were rejected by {where} "
+            f"({answer(status, code)}); check the profile",
+        )
     if refusal is Refusal.CREDENTIALS:
         return ConfigError(
             "AWS_ACCESS_KEY_ID",
