@@ -295,3 +295,37 @@ async def test_a_pause_sent_as_the_run_starts_is_not_lost(
     assert run.rc == 75, run.err
     assert json.loads(run.out)["state"] == "paused"
     assert pause.rc == 0 and "paused at checkpoint" in pause.err, str(pause)
+
+
+async def test_a_bucket_that_goes_away_mid_run_stops_it_and_the_resume_finishes(
+    rclone_s3: S3Target, s3_proxy: Any, tmp_path: Path
+) -> None:
+    """The S3 endpoint stops taking connections mid-run: the origin breaker stops the run
+    (exit 3, checkpoint kept) instead of failing every object left after its retries; with the
+    endpoint back, `resume` finishes it and the index is exact, nothing failed."""
+    objects = put_objects(rclone_s3, 1_200)
+    proxy = await s3_proxy(rclone_s3, ProxyFaults(latency=0.01))
+    env = tool_env(rclone_s3)
+    state, index = tmp_path / "state.sqlite3", tmp_path / "index.sqlite3"
+    args = hash_args(rclone_s3, state, index, "--concurrency", "2")
+    args[args.index("--endpoint-url") + 1] = proxy.endpoint_url
+    proc = await spawn(*args, env=env)
+    for _ in range(600):  # until some objects are hashed (bounded: 30 s)
+        if index.exists() and stored_count(index) >= 100:
+            break
+        await asyncio.sleep(0.05)
+    await proxy.stop()  # its port is closed: every new connection is refused
+    stopped = await finish(proc)
+    assert stopped.rc == 3, stopped.err
+    snap = json.loads(stopped.out)
+    assert "origin unreachable" in snap["message"] and snap["failedItems"] == 0, snap
+    assert snap["scannedObjects"] < len(objects)
+
+    await proxy.start()  # back, on the same port
+    resumed = await tool("resume", "--job", "hash-index", "--state", str(state), "--no-ui", env=env)
+    assert resumed.rc == 0, resumed.err
+    done = json.loads(resumed.out)
+    assert done["state"] == "completed" and done["failedItems"] == 0
+    assert done["scannedObjects"] == len(objects)
+    want = {key: hashlib.sha256(body).hexdigest() for key, body in objects.items()}
+    assert stored_hashes(index) == want

@@ -8,8 +8,10 @@ without it.
 - An error answer (its S3 code, HTTP status and message) classified into the engine's codes
   (`classify_answer`): 5xx and throttling retryable, rejected credentials and a missing bucket
   fatal, other 4xx permanent; the conditional PUT's and HEAD's special answers.
-- A transport failure classified (`classify`): a timeout or a broken connection retryable;
-  anything else is a bug in our code, `internal`, never retried.
+- A transport failure classified (`classify`): a timeout or a broken connection retryable; a
+  connection nothing takes (refused, no such host) marked unreachable too, so that the
+  engine's breaker stops a run whose bucket is gone instead of failing every object; anything
+  else is a bug in our code, `internal`, never retried.
 - A refused HeadBucket (a preflight) read as what to tell the operator (`refusal_of`,
   `head_bucket_problem`).
 - The bucket's URL and signing region (`ObjectTarget`), a listing page (`Listed`,
@@ -33,9 +35,11 @@ from tui_backfill.outcomes import (
     BackfillError,
     ConfigError,
     FatalError,
+    OriginUnreachable,
     PermanentError,
     RetryableError,
 )
+from tui_backfill.seams.origins import unreachable_reason
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -224,6 +228,9 @@ def classify(exc: BaseException) -> BackfillError:
         # the code a bound on the whole call gives too, whichever fires first
         return RetryableError("S3 call timed out", code="timeout")
     if isinstance(exc, (aiohttp.ClientError, OSError)):
+        reason = unreachable_reason(getattr(exc, "os_error", exc))
+        if reason is not None:  # nothing listens there: the engine's breaker counts these
+            return OriginUnreachable(f"S3 connection: {reason}", code="s3_connection")
         return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
     return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
 
