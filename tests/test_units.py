@@ -224,6 +224,9 @@ def test_config_layers_flags_env_toml(tmp_path) -> None:
     with pytest.raises(ConfigError, match="above the politeness cap of 6"):
         resolve({"concurrency": "7"}, env={})
     assert resolve({"concurrency": "7", "max_concurrency": "8"}, env={}).settings.concurrency == 7
+    # the hash index reads one's own bucket: 64 is its limit, no politeness cap
+    with pytest.raises(ConfigError, match=r"100 is above --max-concurrency \(64\)"):
+        resolve({"pipeline": "hash-index", "concurrency": "100"}, env={})
 
 
 def test_passwords_are_stripped_and_redacted() -> None:
@@ -378,6 +381,9 @@ def test_a_stopped_runs_progress_line_gives_its_average_rate_not_zero() -> None:
     assert "17.2 obj/s" in live and "avg" not in live
     done = progress_line({**image, **times, "state": "completed", "itemsPerSecond": 0.0}, 200)
     assert "avg 20.0 obj/s" in done and "| 0.0 obj/s" not in done  # 400 items over 20 s
+    assert "ETA" not in done and "ETA --:--" in live  # nothing left to estimate once stopped
+    repaired = {"pipeline": "hash-index", "mode": "repair", "verified": 5, "mismatched": 2}
+    assert "repaired 2" in progress_line({**repaired, "updated": 2, "state": "completed"}, 200)
     hashed = {"pipeline": "hash-index", "job": "h", "scannedObjects": 1000, "bytesHashed": 4e6}
     done = progress_line({**hashed, **times, "state": "paused", "itemsPerSecond": 0.0}, 200)
     assert "avg 50.0 obj/s 200.0 KB/s" in done

@@ -51,7 +51,8 @@ def progress_line(snapshot: AnySnapshot | dict[str, Any], width: int | None = No
             f"up {s.get('uploaded', 0):,} skip {s.get('skippedExists', 0):,}"
             f" 404 {s.get('noRemote', 0):,} failed {s.get('failedItems', 0):,}",
             f"err {_errors(s.get('errorsByCode') or {})}",
-            f"{_rate(s, _image_items(s))} ETA {_duration(s.get('etaSeconds'))}",
+            _rate(s, _image_items(s))
+            + (f" ETA {_duration(s.get('etaSeconds'))}" if _moving(s) else ""),
             f"checkpoint {ckpt}",
         ]
     return "\n".join(pack(fields, width or terminal_columns(), sep=" | "))
@@ -61,6 +62,8 @@ def _hash_progress_fields(s: dict[str, Any]) -> list[str]:
     ckpt = visible((s.get("checkpoint") or {}).get("lastKey") or "-")
     if s.get("mode", "hash") != "hash":
         done = f"verified {s.get('verified', 0):,} mismatched {s.get('mismatched', 0):,}"
+        if s.get("mode") == "repair":
+            done += f" repaired {s.get('updated', 0):,}"
     elif s.get("dryRun"):
         done = f"would update {s.get('wouldUpdate', 0):,}"
     else:
@@ -80,12 +83,16 @@ def _image_items(s: dict[str, Any]) -> int:
     return sum(int(s.get(key) or 0) for key in keys)
 
 
+def _moving(s: dict[str, Any]) -> bool:
+    return s.get("state") in ("running", "pausing")
+
+
 def _rate(s: dict[str, Any], items: int, nbytes: int | None = None) -> str:
     """The live rate while the run moves. Once it has stopped moving (paused, interrupted,
     ended), its live rate reads 0 (the snapshot's rates are over moving time): the run's
     average is shown instead, its items over its start to its last update, the time between
     its processes (a pause, a crash) included: a run resumed after a while reads lower."""
-    if s.get("state") in ("running", "pausing"):
+    if _moving(s):
         rate = f"{s.get('itemsPerSecond', 0):.1f} obj/s"
         return rate if nbytes is None else f"{rate} {fmt_bytes(s.get('bytesPerSecond') or 0)}/s"
     try:

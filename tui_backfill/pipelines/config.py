@@ -439,8 +439,13 @@ def validate(settings: Settings, explicit: Mapping[str, str] | None = None) -> N
     if settings.concurrency > settings.max_concurrency:
         raise ConfigError(
             field("concurrency"),
-            f"{settings.concurrency} is above the politeness cap of {settings.max_concurrency}; "
-            "raise --max-concurrency explicitly to go higher",
+            f"{settings.concurrency} is above "
+            + (
+                f"the politeness cap of {settings.max_concurrency}"  # a third-party origin
+                if settings.pipeline == "mirror"
+                else f"--max-concurrency ({settings.max_concurrency})"
+            )
+            + "; raise --max-concurrency explicitly to go higher",
         )
     if settings.limit_skus < 1:
         raise ConfigError(field("limit_skus"), "must be at least 1")
