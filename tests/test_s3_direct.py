@@ -346,3 +346,47 @@ async def test_a_wrong_region_answer_is_followed_as_botocores_redirector_follows
         assert seen == [("HEAD", "us-east-1"), ("HEAD", "eu-west-1"), ("GET", "eu-west-1")]
     finally:
         await runner.cleanup()
+
+
+async def test_https_on_the_direct_path_verifies_with_the_ca_bundle_and_says_so_when_refused(
+    rclone_s3: S3Target, tmp_path: Path
+) -> None:
+    """An HTTPS endpoint under a private CA, its scheme written in capitals: with
+    AWS_CA_BUNDLE naming the CA the run works with no botocore loaded; without it the
+    certificate is refused, retried, then exit 2 naming --endpoint-url and the certificate
+    (not "cannot reach", which is for a server that takes no connection)."""
+    import ssl
+
+    from test_s3_lean import self_signed
+
+    from tui_backfill.servers.proxy import ReverseProxy
+
+    objects = put(rclone_s3, 30)
+    cert, key = self_signed(tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
+    try:
+        endpoint = https.endpoint_url.replace("https://", "HTTPS://")
+        for trusted in (True, False):
+            env = tool_env(rclone_s3, **({"AWS_CA_BUNDLE": cert} if trusted else {}))
+            env.pop("REQUESTS_CA_BUNDLE", None)
+            index = tmp_path / f"tls-{trusted}.sqlite3"
+            rc, _, err = await watched(
+                "hash-index", "--no-ui", "--state", str(tmp_path / f"tls-{trusted}-state.sqlite3"),
+                "--bucket", rclone_s3.bucket, "--endpoint-url", endpoint, "--prefix", "assets/",
+                "--index-db", str(index), "--backoff", "0.01",
+                env=env,
+            )  # fmt: skip
+            assert "botocore loaded: False" in err.splitlines()
+            if trusted:
+                assert rc == 0, err
+                want = {key: hashlib.sha256(body).hexdigest() for key, body in objects.items()}
+                assert hashes(index) == want
+            else:
+                line = one_line("\n".join(e for e in err.splitlines() if "botocore" not in e))
+                assert rc == 2 and line.startswith("tui-backfill: error: --endpoint-url: "), err
+                assert "Certificate" in line and "cannot reach" not in line, line
+                assert not index.exists()
+    finally:
+        await https.stop()
