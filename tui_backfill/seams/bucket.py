@@ -34,7 +34,7 @@ from tui_backfill.outcomes import (
     FatalError,
     RetryableError,
 )
-from tui_backfill.seams.origins import unreachable_reason
+from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.s3_wire import (  # the wire's meanings, shared with s3_lean
     Listed,
     ListedPage,

@@ -45,7 +45,7 @@ from typing import Self
 import aiohttp
 
 from tui_backfill.outcomes import ConfigError, RetryableError
-from tui_backfill.seams.origins import unreachable_reason
+from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.s3_lean import LeanObjects
 from tui_backfill.seams.s3_wire import ListedPage, ObjectTarget, head_bucket_problem, preflight
 from tui_backfill.seams.sigv4 import Credentials

@@ -39,7 +39,7 @@ from tui_backfill.outcomes import (
     PermanentError,
     RetryableError,
 )
-from tui_backfill.seams.origins import unreachable_reason
+from tui_backfill.seams.connect_errors import unreachable_reason
 
 _CREDENTIAL_CODES = {
     "AccessDenied",

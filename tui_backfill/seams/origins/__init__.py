@@ -13,7 +13,6 @@ every item alike and a run should stop rather than walk past them all.
 from __future__ import annotations
 
 import asyncio
-import errno
 import os
 import socket
 import time
@@ -23,6 +22,7 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 from tui_backfill.outcomes import ConfigError, OriginUnreachable, RetryableError
+from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.templates import Template, origin_template
 from tui_backfill.seams.urls import redact_url
 
@@ -75,26 +75,7 @@ class Origin(Protocol):
     async def close(self) -> None: ...
 
 
-_ABSENT_ERRNOS = {
-    errno.ECONNREFUSED: "connection refused",
-    errno.EHOSTUNREACH: "no route to host",
-    errno.ENETUNREACH: "network unreachable",
-}
-
 T = TypeVar("T")
-
-
-def unreachable_reason(exc: BaseException) -> str | None:
-    """Why a connect error means the origin is absent, or None when it is a fault.
-
-    By errno, not by class: a host with several addresses that all refuse comes back from
-    aiohttp as a plain OSError carrying ECONNREFUSED.
-    """
-    if isinstance(exc, socket.gaierror):
-        return f"host not found ({exc.strerror})"
-    if isinstance(exc, OSError) and exc.errno is not None:
-        return _ABSENT_ERRNOS.get(exc.errno)
-    return None
 
 
 def connection_error(exc: BaseException, message: str) -> RetryableError:

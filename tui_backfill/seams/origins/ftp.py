@@ -14,6 +14,7 @@ from collections.abc import Mapping
 import aioftp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
+from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
@@ -21,7 +22,6 @@ from tui_backfill.seams.origins import (
     connection_error,
     preflight_failed,
     sniff_image,
-    unreachable_reason,
 )
 from tui_backfill.seams.templates import Template
 

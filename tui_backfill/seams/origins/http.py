@@ -10,6 +10,7 @@ import urllib.parse
 import aiohttp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
+from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
@@ -17,7 +18,6 @@ from tui_backfill.seams.origins import (
     connection_error,
     preflight_failed,
     sniff_image,
-    unreachable_reason,
 )
 from tui_backfill.seams.templates import Template
 

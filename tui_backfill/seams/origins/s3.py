@@ -36,13 +36,13 @@ from tui_backfill.seams.bucket import (
     head_bucket_refusal,
     s3_session,
 )
+from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
     S3Access,
     connection_error,
     sniff_image,
-    unreachable_reason,
 )
 from tui_backfill.seams.s3_objects import S3Objects
 from tui_backfill.seams.templates import Template, s3_origin
