@@ -185,3 +185,9 @@ async def test_job_status_json_has_the_brief_keys_and_the_run_keys(tmp_path: Pat
     # The API's live status of a run in its own process has the same keys (it lacked `host`).
     in_process = JobStatus.of_engine(live.snapshot, max_concurrency=5, state_path=state).to_json()
     assert set(in_process) == set(live.to_json()) and in_process["host"] == host
+    # An engine that has ended its run answers what the run's record then says, not "running"
+    # beside a completed snapshot (served runs answered so for the instant before their end)
+    ended = JobStatus.of_engine(
+        committed.snapshot, max_concurrency=5, state_path=state, ended=("completed", 0)
+    )
+    assert ended.to_json() == committed.to_json()

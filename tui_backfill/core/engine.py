@@ -136,6 +136,9 @@ class Engine(Generic[S]):
         self._saved_at = plan.checkpoint_saved_at
         self._saved_group: str | None = plan.position.last
         self._ended_at: str | None = None  # when this process's part of the run ended
+        # (run status, exit code) once the run has ended here: what its record then says, so
+        # a reader of this engine never sees an ended snapshot with a run still "running"
+        self.ended: tuple[str, int] | None = None
         self._stored_concurrency: int | None = None  # written with the first commit
         self._beat_errors: set[str] = set()  # heartbeat failures already logged
         self._tracebacks: set[type[BaseException]] = set()  # internal errors already logged
@@ -318,6 +321,7 @@ class Engine(Generic[S]):
             problems = c.failed_items or c.carryover_failed or self.pipeline.problems(c)
             exit_code = 1 if problems else 0
         message = self._fatal.message if self._fatal else None
+        self.ended = (status, exit_code)
         self._failure_log.flush()
         if self._plan_sink is not None:
             await self._plan_sink.close(complete=self._state is RunState.COMPLETED)
@@ -325,6 +329,7 @@ class Engine(Generic[S]):
             await self._commit(status=status, exit_code=exit_code, message=message)
         except FatalError:
             self._state, exit_code = RunState.FAILED, 3
+            self.ended = (RunStatus.PAUSED, exit_code)
         return RunResult(self._state, exit_code, self.snapshot())
 
     async def _heartbeat(self) -> None:

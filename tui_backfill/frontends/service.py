@@ -727,6 +727,7 @@ class JobService:
             self._engine.snapshot(),
             max_concurrency=self.max_concurrency,
             state_path=self.state_path,
+            ended=self._engine.ended,
         )
 
     async def _holder_elsewhere(self) -> int | None:

@@ -120,13 +120,21 @@ class JobStatus:
 
     @classmethod
     def of_engine(
-        cls, snapshot: AnySnapshot, *, max_concurrency: int, state_path: str | None = None
+        cls,
+        snapshot: AnySnapshot,
+        *,
+        max_concurrency: int,
+        state_path: str | None = None,
+        ended: tuple[str, int] | None = None,
     ) -> JobStatus:
-        """The run an engine of this process is doing now (its own fresh snapshot): running
-        here, on this machine; no exit code yet."""
+        """The run an engine of this process is doing now (its own fresh snapshot), on this
+        machine: running, with no exit code yet, until the engine has ended it (`ended`: the
+        run status and exit code its record gets, as `of_run` then reads them)."""
+        run_status, exit_code = ended if ended is not None else (RunStatus.RUNNING.value, None)
         return cls(
             snapshot,
-            run_status=RunStatus.RUNNING.value,
+            run_status=str(run_status),
+            exit_code=exit_code,
             max_concurrency=max_concurrency,
             host=socket.gethostname(),
             state_path=None if state_path is None else os.path.abspath(state_path),
