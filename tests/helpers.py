@@ -589,3 +589,21 @@ def runs_in_state(state: Path) -> int:
         return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
     finally:
         conn.close()
+
+
+async def signalled_without_stderr(
+    proc: asyncio.subprocess.Process, signum: int, *, after: float = 0.0, within: float = 30
+) -> int:
+    """`signum` sent to `proc` `after` seconds from the moment nobody reads its stderr any more
+    (a terminal gone, a closed pipe): its exit code, within `within` seconds (killed
+    otherwise)."""
+    try:
+        transport = proc._transport  # type: ignore[attr-defined]
+        transport.get_pipe_transport(2).close()  # nobody reads its stderr any more
+        await asyncio.sleep(after)
+        proc.send_signal(signum)
+        return await asyncio.wait_for(proc.wait(), within)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -23,6 +23,7 @@ from helpers import (
     finished_items,
     key_of,
     served_url,
+    signalled_without_stderr,
     wait_for,
 )
 from prometheus_client.parser import text_string_to_metric_families
@@ -157,10 +158,7 @@ async def test_a_signal_stops_a_run_whose_terminal_is_gone(
     )  # fmt: skip
     try:
         await wait_for(lambda: len(job.proxy.puts) >= 30, within=30, what="30 objects written")
-        transport = proc._transport  # type: ignore[attr-defined]
-        transport.get_pipe_transport(2).close()  # nobody reads its stderr any more
-        proc.send_signal(signum)
-        assert await asyncio.wait_for(proc.wait(), 30) == 75
+        assert await signalled_without_stderr(proc, signum) == 75
     finally:
         if proc.returncode is None:
             proc.kill()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from conftest import S3Target
-from helpers import CLI, closed_port, tool
+from helpers import CLI, closed_port, signalled_without_stderr, tool
 from publish_helpers import RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
 
 from tui_backfill.servers.raid import RaidServer
@@ -126,11 +126,7 @@ async def test_a_worker_whose_terminal_is_gone_still_stops_on_a_signal(
             assert proc.stderr is not None
             banner = await asyncio.wait_for(proc.stderr.readline(), 30)
             assert b"publish worker" in banner, banner
-            transport = proc._transport  # type: ignore[attr-defined]
-            transport.get_pipe_transport(2).close()  # nobody reads its stderr any more
-            await asyncio.sleep(0.5)
-            proc.send_signal(signum)
-            assert await asyncio.wait_for(proc.wait(), 30) == 0
+            assert await signalled_without_stderr(proc, signum, after=0.5) == 0
         finally:
             if proc.returncode is None:
                 proc.kill()
