@@ -387,3 +387,36 @@ async def test_a_seed_database_without_the_workers_columns(
         )
     finally:
         await conn.close()
+
+
+async def test_a_database_from_an_older_init_db_warns_of_the_missing_index(
+    pg_url: str, rclone_s3: S3Target
+) -> None:
+    """A queue made before the open-jobs index existed: the worker names the index and
+    `init-db` in one warning and publishes all the same; after `init-db` the warning is gone."""
+    images = {"one.jpg": photo_jpeg(200, 100, seed=5, grain=0)}
+    conn = await asyncpg.connect(pg_url)
+    try:
+        async with RaidServer(images, token=RAID_SECRET) as raid:
+            env = publish_env(rclone_s3, raid.endpoint, pg_url)
+            assert (await tool("publish", "init-db", env=env)).rc == 0
+            await conn.execute("DROP INDEX publish_jobs_open")
+            await conn.execute(
+                "INSERT INTO auction_files (id, lot_id, source_key, publish_status)"
+                " VALUES (1, 4, 'one.jpg', 'pending')"
+            )
+            await conn.execute("INSERT INTO publish_jobs (file_id) VALUES (1)")
+            warned = await tool("publish", "worker", "--no-ui", "--burst", env=env)
+            assert warned.rc == 0, warned.err[-2000:]
+            lines = [line for line in warned.err.splitlines() if "publish_jobs_open" in line]
+            assert len(lines) == 1 and "publish init-db" in lines[0], warned.err[-2000:]
+            assert (
+                await conn.fetchval("SELECT publish_status FROM auction_files WHERE id = 1")
+                == "published"
+            )
+            assert (await tool("publish", "init-db", env=env)).rc == 0
+            quiet = await tool("publish", "worker", "--no-ui", "--burst", env=env)
+            assert quiet.rc == 0, quiet.err[-2000:]
+            assert "publish_jobs_open" not in quiet.err
+    finally:
+        await conn.close()

@@ -22,11 +22,13 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import S3Target
 from helpers import finish, spawn, tool
 from PIL import Image
 from publish_helpers import CDN, RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
 
+from tui_backfill.pipelines.publish.worker import FIGURES_EVERY, FIGURES_SHARE, figures_gap
 from tui_backfill.servers.images import many_images, sample_images
 from tui_backfill.servers.proxy import ReverseProxy
 from tui_backfill.servers.raid import RaidFaults, RaidServer
@@ -369,3 +371,14 @@ async def test_a_job_cut_off_at_the_shutdown_bound_goes_back_marked(
     finally:
         await queue.close()
     assert (job.retry_count, job.interrupted) == (0, True)
+
+
+def test_a_queue_that_takes_long_to_count_is_counted_less_often() -> None:
+    """Every instance counts the queue for its snapshot: every FIGURES_EVERY seconds while the
+    counts are quick, and never more than FIGURES_SHARE of the time when they are slow (the
+    counts scan the tables: 0.12 s at 300,000 jobs on PostgreSQL)."""
+    assert figures_gap(0.003) == FIGURES_EVERY == 2.0
+    assert figures_gap(0.12) == pytest.approx(6.0)
+    assert figures_gap(1.5) == pytest.approx(75.0)
+    for took in (0.001, 0.04, 0.12, 1.5, 30.0):
+        assert took / figures_gap(took) <= FIGURES_SHARE + 1e-12

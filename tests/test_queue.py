@@ -26,6 +26,8 @@ from tui_backfill.seams.queue import (
     redact_url,
     sqlite_path,
 )
+from tui_backfill.seams.queue.postgres import FAST_CLAIM
+from tui_backfill.seams.queue.sqlite import CLAIMABLE as SQLITE_CLAIMABLE
 
 NOW_POLICY = RetryPolicy(base=0.0, cap=0.0, jitter=0.0)  # failed jobs are due again at once
 
@@ -219,6 +221,52 @@ async def test_init_db_upgrades_a_seed_schema(db: Any) -> None:
     assert (job.file_id, job.lot_id, job.source_key, job.deleted) == (7, 70, "a.jpg", False)
     assert await queue.complete("w1", job, Published("t", "d"))
     assert await raw.val("SELECT thumb_url FROM auction_files WHERE id = 7") == "t"
+
+
+async def test_the_claim_reads_open_jobs_only_however_long_the_history(db: Any) -> None:
+    """20,000 completed jobs before three pending ones: the claim's scan goes through the
+    partial index of open jobs (a plan naming `publish_jobs_open`), not through the history;
+    a schema without it is named by `missing_indexes` until `init-db` adds it back."""
+    queue, raw = await ready(db)
+    history, files = 20_000, 20_003
+    if raw.dialect == "sqlite":
+        series = (
+            f"WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < {files})"
+        )
+        await raw.execute(
+            f"{series} INSERT INTO auction_files (id, lot_id, source_key, publish_status)"
+            " SELECT i, 1, 'k' || i, 'pending' FROM n"
+        )
+        await raw.execute(
+            f"{series} INSERT INTO publish_jobs (file_id, status)"
+            f" SELECT i, CASE WHEN i <= {history} THEN 'completed' ELSE 'pending' END FROM n"
+        )
+    else:
+        await raw.execute(
+            "INSERT INTO auction_files (id, lot_id, source_key, publish_status)"
+            f" SELECT g, 1, 'k' || g, 'pending' FROM generate_series(1, {files}) g"
+        )
+        await raw.execute(
+            "INSERT INTO publish_jobs (file_id, status) SELECT g,"
+            f" CASE WHEN g <= {history} THEN 'completed' ELSE 'pending' END"
+            f" FROM generate_series(1, {files}) g"
+        )
+    await raw.execute("ANALYZE")
+    if raw.dialect == "sqlite":
+        plan = await raw.fetch(
+            f"EXPLAIN QUERY PLAN SELECT id FROM publish_jobs WHERE {SQLITE_CLAIMABLE}"
+            " ORDER BY id LIMIT 2"
+        )
+    else:  # the very statement a claim sends, planned (not run)
+        plan = await raw.fetch(f"EXPLAIN {FAST_CLAIM}", "w1", 2, 30.0)
+    assert "publish_jobs_open" in " ".join(str(part) for row in plan for part in row)
+    claimed = await queue.claim("w1", 5, 30.0, policy=NOW_POLICY)
+    assert [job.file_id for job in claimed] == [20_001, 20_002, 20_003]
+    assert await queue.missing_indexes() == []
+    await raw.execute("DROP INDEX publish_jobs_open")
+    assert await queue.missing_indexes() == ["publish_jobs_open"]
+    await queue.init_db()
+    assert await queue.missing_indexes() == []
 
 
 # -- enqueue ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@ on SQLite created), the bucket's preflight passed, the media step wired to the r
 
 Everything that can be wrong before the first claim is found here, as a ConfigError (exit 2):
 a missing secret, a malformed CDN_BASE_URL, an unreachable DATABASE_URL, a seed database
-lacking the worker's columns, a missing bucket, rejected credentials.
+lacking the worker's columns, a missing bucket, rejected credentials. A database lacking one
+of the worker's indexes (made by an older `init-db`) is only warned of: the worker runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import urllib.parse
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +22,8 @@ from tui_backfill.pipelines.publish.settings import PublishSettings, validate_qu
 from tui_backfill.pipelines.publish.worker import CACHE_CONTROL, MediaStep, PublishWorker
 from tui_backfill.seams.queue import open_queue
 from tui_backfill.seams.queue.base import JobQueue
+
+log = logging.getLogger("tui_backfill.publish")
 
 
 @contextlib.asynccontextmanager
@@ -66,6 +70,15 @@ async def prepared_worker(
     )
     async with contextlib.AsyncExitStack() as stack:
         queue = await stack.enter_async_context(opened_queue(settings, create=True))
+        missing = await queue.missing_indexes()
+        if missing:  # a schema from an older init-db: it works, its claims slow down with age
+            log.warning(
+                "the queue database lacks the index%s %s: claims slow down as the jobs table"
+                " grows; `tui-backfill publish init-db` adds %s",
+                "es" if len(missing) > 1 else "",
+                ", ".join(missing),
+                "them" if len(missing) > 1 else "it",
+            )
         bucket = await stack.enter_async_context(
             Bucket(
                 settings.bucket,

@@ -125,6 +125,11 @@ class JobQueue(Protocol):
         """Raise ConfigError naming the missing tables/columns and `publish init-db`."""
         ...
 
+    async def missing_indexes(self) -> list[str]:
+        """The worker's indexes the database lacks (a schema made by an older `init-db`):
+        the worker runs without them, its claims slower as the jobs table grows."""
+        ...
+
     async def init_db(self) -> None:
         """Create the tables, or add the worker's columns to an existing seed schema, and
         (PostgreSQL) install the NOTIFY trigger. Idempotent."""

@@ -43,6 +43,7 @@ from tui_backfill.seams.queue.base import (
     WorkerRow,
 )
 from tui_backfill.seams.queue.schema import (
+    INDEX_NAMES,
     INDEXES,
     PG_NOTIFY,
     PG_TABLES,
@@ -308,6 +309,15 @@ class PostgresQueue:
         error = missing_schema_error(present)
         if error is not None:
             raise error
+
+    async def missing_indexes(self) -> list[str]:
+        rows = await self._pool.fetch(
+            "SELECT indexname FROM pg_indexes WHERE schemaname = current_schema()"
+            " AND indexname = ANY($1::text[])",
+            list(INDEX_NAMES),
+        )
+        have = {str(r[0]) for r in rows}
+        return [name for name in INDEX_NAMES if name not in have]
 
     async def init_db(self) -> None:
         async with self._tx() as conn:

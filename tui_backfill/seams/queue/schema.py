@@ -16,6 +16,8 @@ from tui_backfill.outcomes import ConfigError
 
 __all__ = [
     "INDEXES",
+    "INDEX_NAMES",
+    "OPEN_INDEX",
     "PG_NOTIFY",
     "PG_TABLES",
     "REQUIRED",
@@ -30,6 +32,11 @@ __all__ = [
 
 # -- the queries both dialects run alike (their clocks and placeholders differ) --------------
 
+# The jobs that may run again some time: pending, or failed with attempts left. The first term
+# of `claimable` and the predicate of the partial index OPEN_INDEX, word for word, so that both
+# planners see the index serves the claim.
+OPEN = "(status = 'pending' OR (status = 'failed' AND retry_count < max_retries))"
+
 
 def claimable(now: str) -> str:
     """Which `publish_jobs` rows a claim may take; `now` is the dialect's clock. Pending, or
@@ -37,8 +44,7 @@ def claimable(now: str) -> str:
     of its file processing, nor an earlier one waiting: one job of a file at a time, so a
     duplicate waits for the earlier one, then finds the file published and skips."""
     return (
-        "(status = 'pending' OR (status = 'failed' AND retry_count < max_retries))"
-        f" AND (next_attempt_at IS NULL OR next_attempt_at <= {now})"
+        f"{OPEN} AND (next_attempt_at IS NULL OR next_attempt_at <= {now})"
         " AND NOT EXISTS (SELECT 1 FROM publish_jobs o WHERE o.file_id = publish_jobs.file_id"
         " AND o.id <> publish_jobs.id"
         " AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'"
@@ -268,7 +274,14 @@ WORKER_COLUMNS_SQLITE: dict[str, dict[str, str]] = {
     "publish_attempts": {"error": "TEXT"},
 }
 
+# The claim walks the open jobs in id order. Without this index it walks the primary key and
+# filters out every finished job on the way, so a claim costs more the longer the queue's
+# history: 21 ms at 200,000 completed jobs on PostgreSQL, against 0.8 ms with it (and the
+# same 0.7 ms at 3,000 pending jobs and no history).
+OPEN_INDEX = "publish_jobs_open"
+
 INDEXES: tuple[str, ...] = (
+    f"CREATE INDEX IF NOT EXISTS {OPEN_INDEX} ON publish_jobs (id) WHERE {OPEN}",
     "CREATE INDEX IF NOT EXISTS publish_jobs_claim ON publish_jobs (status, next_attempt_at)",
     "CREATE INDEX IF NOT EXISTS publish_jobs_lease ON publish_jobs (status, locked_until)",
     "CREATE INDEX IF NOT EXISTS publish_jobs_file ON publish_jobs (file_id)",
@@ -276,6 +289,7 @@ INDEXES: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS publish_workers_job ON publish_workers (job, started_at)",
     "CREATE INDEX IF NOT EXISTS publish_commands_job ON publish_commands (job, id)",
 )
+INDEX_NAMES: tuple[str, ...] = tuple(ddl.split()[5] for ddl in INDEXES)
 
 # A plain SQL insert (the seed's edge function) or a job put back to pending wakes the workers
 # that LISTEN on `publish_jobs`. Jobs waiting for a backoff do not: nothing is claimable yet.

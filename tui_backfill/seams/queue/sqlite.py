@@ -30,6 +30,7 @@ from tui_backfill.seams.queue.base import (
     WorkerRow,
 )
 from tui_backfill.seams.queue.schema import (
+    INDEX_NAMES,
     INDEXES,
     SQLITE_TABLES,
     WORKER_COLUMNS_SQLITE,
@@ -149,6 +150,11 @@ class SqliteQueue:
         error = missing_schema_error(await self._columns())
         if error is not None:
             raise error
+
+    async def missing_indexes(self) -> list[str]:
+        rows = await self._all("SELECT name FROM sqlite_master WHERE type = 'index'")
+        have = {str(r[0]) for r in rows}
+        return [name for name in INDEX_NAMES if name not in have]
 
     async def init_db(self) -> None:
         async with self._tx() as db:
