@@ -207,6 +207,9 @@ async def test_status_pause_resume_runs_from_other_processes(
     for result, name in zip(finals, ("SIGTERM", "SIGHUP"), strict=True):
         assert result.rc == 0, result.err[-2000:]
         assert f"tui-backfill: {name}: stopping;" in result.err
+        # the journal of a worker under systemd says when it was held and released
+        said = " ".join(result.err.split())  # log lines wrap at the terminal's width
+        assert "held: no new claims;" in said and "resumed: claiming again" in said
         assert json.loads(result.out)["state"] == "stopped"
     published = {
         name: json.loads(result.out)["published"]

@@ -175,10 +175,12 @@ class PublishWorker:
         """`p`: stop claiming, hand back the unstarted claims, let in-flight jobs finish."""
         if self.engine.hold():
             self.message = "held: no new claims; in-flight jobs finish"
+            log.info("held: no new claims; %d job(s) in flight finish", self.in_flight)
 
     def resume(self) -> None:
         if self.engine.resume():
             self.message = ""
+            log.info("resumed: claiming again")
 
     @property
     def state(self) -> str:
