@@ -45,6 +45,7 @@ from tui_backfill.seams.queue.base import (
 from tui_backfill.seams.queue.schema import (
     INDEX_NAMES,
     INDEXES,
+    NEEDS_ATTENTION,
     PG_NOTIFY,
     PG_TABLES,
     REQUIRED,
@@ -511,7 +512,7 @@ class PostgresQueue:
     async def attention(self, limit: int = 20) -> list[AttentionJob]:
         rows = await self._pool.fetch(
             "SELECT id, file_id, retry_count, COALESCE(last_error, '') FROM publish_jobs"
-            " WHERE status = 'failed' AND retry_count >= max_retries ORDER BY id LIMIT $1",
+            f" WHERE {NEEDS_ATTENTION} ORDER BY id LIMIT $1",
             limit,
         )
         return [AttentionJob(int(r[0]), int(r[1]), int(r[2]), str(r[3])) for r in rows]

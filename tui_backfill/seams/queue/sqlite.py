@@ -32,6 +32,7 @@ from tui_backfill.seams.queue.base import (
 from tui_backfill.seams.queue.schema import (
     INDEX_NAMES,
     INDEXES,
+    NEEDS_ATTENTION,
     SQLITE_TABLES,
     WORKER_COLUMNS_SQLITE,
     claimable,
@@ -58,6 +59,20 @@ BACKOFF = (
     " * (1 - :jitter + 2 * :jitter * ((abs(random()) % 1000000) / 1000000.0))"
 )
 CLAIMABLE = claimable(NOW)
+
+# Expired leases, oldest first: the order of the (status, locked_until) index, which then
+# serves the query however long the finished history. Ordered by id, a planner that has
+# ANALYZE's figures (averages only: status has a few values, so "half the table each") would
+# rather walk the table in id order than sort a few rows, reading every finished job at every
+# claim (11 ms at 200,000, against 0.1).
+EXPIRED = (
+    "SELECT id FROM publish_jobs WHERE status = 'processing'"
+    f" AND locked_until < {NOW} ORDER BY locked_until, id LIMIT ?"
+)
+ATTENTION = (
+    "SELECT id, file_id, retry_count, COALESCE(last_error, '') FROM publish_jobs"
+    f" WHERE {NEEDS_ATTENTION} ORDER BY id LIMIT ?"
+)
 
 
 def _quoted(name: str) -> str:
@@ -190,15 +205,7 @@ class SqliteQueue:
             return []
         backoff = {"base": policy.base, "cap": policy.cap, "jitter": policy.jitter}
         async with self._tx() as db:
-            expired = [
-                int(r[0])
-                for r in await self._rows(
-                    db,
-                    "SELECT id FROM publish_jobs WHERE status = 'processing'"
-                    f" AND locked_until < {NOW} ORDER BY id LIMIT ?",
-                    (limit,),
-                )
-            ]
+            expired = [int(r[0]) for r in await self._rows(db, EXPIRED, (limit,))]
             if expired:
                 await self._reclaim(db, expired, backoff)
             rows = await self._rows(
@@ -407,11 +414,7 @@ class SqliteQueue:
         )
 
     async def attention(self, limit: int = 20) -> list[AttentionJob]:
-        rows = await self._all(
-            "SELECT id, file_id, retry_count, COALESCE(last_error, '') FROM publish_jobs"
-            " WHERE status = 'failed' AND retry_count >= max_retries ORDER BY id LIMIT ?",
-            (limit,),
-        )
+        rows = await self._all(ATTENTION, (limit,))
         return [AttentionJob(int(a), int(b), int(c), str(d)) for a, b, c, d in rows]
 
     # -- instances and commands ---------------------------------------------------------------
