@@ -630,3 +630,21 @@ async def test_since_hashes_only_new_and_changed_then_verify_and_repair(
     assert (snap["mismatched"], snap["verified"], snap["failedItems"]) == (0, narrow, 0)
     assert snap.get("mismatches") == []
     assert mismatch_file.read_text(encoding="utf-8").splitlines() == ["key,stored,actual"]
+    # the job's history says what each exit 1 was: mismatches, not failed items
+    runs = await tool(
+        "runs", "--json", "--state", str(state), "--job", "hx", env=ds.env(), timeout=60
+    )
+    outcomes = [(r["exitCode"], r["outcome"]) for r in json.loads(runs.out)["runs"][:4]]
+    assert outcomes == [
+        (0, "completed"),
+        (1, "completed-with-mismatches"),
+        (1, "completed-with-mismatches"),
+        (0, "completed"),
+    ], runs.out
+    wide = await tool(
+        "runs", "--state", str(state), "--job", "hx", env={**ds.env(), "COLUMNS": "200"}
+    )
+    header, *table = wide.out.splitlines()
+    started = header.index("started")
+    shown = [line for line in table if "completed-with-mismatches" in line]
+    assert len(shown) == 2 and all(line[started : started + 2] == "20" for line in shown), wide.out

@@ -37,6 +37,9 @@ from tui_backfill.state.lock import JobLock
 # Outcome words (`outcome`), with the exit code that goes with each.
 COMPLETED = "completed"  # exit 0
 COMPLETED_WITH_FAILURES = "completed-with-failures"  # exit 1: failed items recorded
+# exit 1 of a hash-index `--verify` run: stored hashes that differ from the objects (no failed
+# item; with failed items too, the run is completed-with-failures)
+COMPLETED_WITH_MISMATCHES = "completed-with-mismatches"
 PAUSED = "paused"  # exit 75: pause, SIGINT, SIGTERM, SIGHUP; resumable
 INTERRUPTED = "interrupted"  # its process died (SIGKILL, crash); resumable
 FAILED = "failed"  # exit 3: a fatal error stopped it; resumable once fixed
@@ -161,8 +164,15 @@ def _hash_entry(
 ) -> dict[str, Any]:
     """A hash-index run: its listing range, its counters (no coverage of a slice: the
     index's coverage is `coverage --job`)."""
+    keys = _run_keys(run, published, live=live)
+    if (
+        keys["outcome"] == COMPLETED_WITH_FAILURES
+        and counters.mismatched
+        and not (counters.failed_items)
+    ):
+        keys["outcome"] = COMPLETED_WITH_MISMATCHES
     return {
-        **_run_keys(run, published, live=live),
+        **keys,
         "pipeline": run.pipeline,
         "range": {"after": run.range_after},
         "lastKey": run.checkpoint.last_key,
@@ -232,8 +242,9 @@ def _history_wide(entries: list[dict[str, Any]]) -> list[str]:
     hash_index = bool(entries) and entries[0]["coverage"] is None
     figures = "counters" if hash_index else "uploaded/skipped/noRemote/failed"
     tail = "orphans, verify" if hash_index else "coverage before→after"
+    outcome = max([len(COMPLETED_WITH_FAILURES), *(len(e["outcome"]) for e in entries)])
     lines = [
-        f"{'run':>5}  {'outcome':<23}  {'started':<24}  {'duration':>8}  {figures:<32}  {tail}"
+        f"{'run':>5}  {'outcome':<{outcome}}  {'started':<24}  {'duration':>8}  {figures:<32}  {tail}"
     ]
     for e in entries:
         c = e["counters"]
@@ -247,7 +258,7 @@ def _history_wide(entries: list[dict[str, Any]]) -> list[str]:
             counts = f"{c['uploaded']}/{c['skippedExists']}/{c['noRemote']}/{c['failedItems']}"
             tail = f"{_pct(cov['before'])} → {_pct(cov['after'])}"
         lines.append(
-            f"{e['runId']:>5}  {e['outcome']:<23}  {e['startedAt']:<24}  "
+            f"{e['runId']:>5}  {e['outcome']:<{outcome}}  {e['startedAt']:<24}  "
             f"{_seconds(e['durationSeconds']):>8}  {counts:<32}  {tail}"
         )
     return lines
