@@ -56,7 +56,7 @@ async def prepared_worker(
     import aiohttp
 
     from tui_backfill.seams.media.source import download_source
-    from tui_backfill.seams.media.variants import make_variants
+    from tui_backfill.seams.media.variants import keep_image_blocks, make_variants
     from tui_backfill.seams.s3_lean import LeanBucket
 
     validate_worker(settings)
@@ -99,7 +99,11 @@ async def prepared_worker(
             max_pixels=settings.max_pixels,
         )
         step = MediaStep(fetch=fetch, variants=variants, exists=objects.exists, put=put)
-        yield PublishWorker(settings, queue, step, worker=worker, burst=burst)
+        publish = PublishWorker(settings, queue, step, worker=worker, burst=burst)
+        # A job's images hold about two blocks at once (the decode, then a variant): twice the
+        # threads are kept, so a thread's next job reuses the pages of the last.
+        keep_image_blocks(2 * publish.image_threads)
+        yield publish
 
 
 def _bucket(settings: PublishSettings, credentials: tuple[str, str] | None) -> Any:
