@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import struct
 import subprocess
 import sys
@@ -340,7 +341,10 @@ def test_max_pixels_is_checked_from_the_header(catalog: dict[str, bytes]) -> Non
 _MEMORY_PROBE = """
 import json, sys
 from tui_backfill.seams.media import MediaError, make_variants
+from tui_backfill.seams.media.variants import keep_image_blocks
 from tui_backfill.servers import images
+
+keep_image_blocks(int(sys.argv[2]))  # as the worker keeps them (0: Pillow's default)
 
 def status_mib(field):
     with open("/proc/self/status") as status:
@@ -380,13 +384,16 @@ print(json.dumps({"code": code, "bomb": bomb, "big": big_growth,
 """
 
 
+@pytest.mark.parametrize("blocks", [0, 4])
 def test_a_24_megapixel_jpeg_stays_under_100_mb_and_a_bomb_allocates_nothing(
-    tmp_path: Path,
+    tmp_path: Path, blocks: int
 ) -> None:
+    """With Pillow's block cache off, and on as the worker sets it (the small images before
+    leave blocks in it)."""
     photo = tmp_path / "photo24mp.jpg"
     photo.write_bytes(images.large_photo())
     done = subprocess.run(
-        [sys.executable, "-c", _MEMORY_PROBE, str(photo)],
+        [sys.executable, "-c", _MEMORY_PROBE, str(photo), str(blocks)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -397,6 +404,38 @@ def test_a_24_megapixel_jpeg_stays_under_100_mb_and_a_bomb_allocates_nothing(
     assert figures["bomb"] < 5, figures
     assert 5 < figures["big"] < 100, figures  # above 5: the probe saw the decode at all
     assert figures["sizes"] == [[400, 267], [1600, 1067]]
+
+
+_BLOCKS_PROBE = """
+from PIL import Image
+from tui_backfill.seams.media.variants import keep_image_blocks
+keep_image_blocks(4)
+keep_image_blocks(2)  # never lowered
+print(Image.core.get_blocks_max(), Image.core.get_block_size())
+"""
+
+
+@pytest.mark.parametrize(
+    ("environ", "kept"),
+    [
+        ({}, [4, 4 << 20]),
+        ({"PILLOW_BLOCKS_MAX": "1"}, [1, 16 << 20]),
+        ({"PILLOW_BLOCK_SIZE": "1m"}, [0, 1 << 20]),
+    ],
+)
+def test_freed_image_blocks_are_kept_for_the_next_images_unless_the_operator_says(
+    environ: dict[str, str], kept: list[int]
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PILLOW_BLOCK")} | environ
+    done = subprocess.run(
+        [sys.executable, "-c", _BLOCKS_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+        env=env,
+    )
+    assert [int(n) for n in done.stdout.split()] == kept
 
 
 # -- the download ------------------------------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import S3Target
-from helpers import CLI, closed_port, signalled_without_stderr, tool
+from helpers import CLI, REPO, closed_port, finish, signalled_without_stderr, tool
 from publish_helpers import RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
 
 from tui_backfill.servers.raid import RaidServer
@@ -59,6 +60,50 @@ async def test_bad_input_is_one_line_exit_2_and_nothing_claimed(
     ]
     assert rows_sqlite(queue_db, "SELECT COUNT(*) FROM publish_attempts") == [(0,)]
     assert rclone_s3.keys() == []
+
+
+# The CLI in a subprocess that says, on leaving, whether botocore was ever imported
+_WATCHED = (
+    "import atexit, runpy, sys\n"
+    "atexit.register(lambda: print('botocore loaded:', 'botocore' in sys.modules, file=sys.stderr))\n"
+    "sys.argv = ['tui-backfill', *sys.argv[1:]]\n"
+    "runpy.run_module('tui_backfill', run_name='__main__')\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"B2_BUCKET": "no-such-bucket"}, "B2_BUCKET"),
+        ({"B2_APP_KEY": "wrong-secret-key"}, "B2_KEY_ID"),
+        ({"B2_ENDPOINT": f"http://127.0.0.1:{closed_port()}"}, "B2_ENDPOINT"),
+    ],
+)
+async def test_the_bucket_refuses_alike_on_the_direct_path_and_through_botocore(
+    queue_db: Path, rclone_s3: S3Target, change: dict[str, str], field: str, tmp_path: Path
+) -> None:
+    """With B2_* and no AWS profile the worker's bucket is on the direct path (seams/s3_direct,
+    no botocore); an AWS config file sends it through aiobotocore. The preflight's refusal is
+    the same line either way."""
+    config = tmp_path / "aws-config"
+    config.write_text("[default]\nregion = us-east-1\n")  # a config file: botocore's to read
+    said: dict[bool, str] = {}
+    for botocore, extra in ((False, {}), (True, {"AWS_CONFIG_FILE": str(config)})):
+        env = publish_env(
+            rclone_s3, "http://127.0.0.1:9/pub", f"sqlite:///{queue_db}", **change, **extra
+        )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _WATCHED, "publish", "worker", "--no-ui", "--burst",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO,
+        )  # fmt: skip
+        result = await finish(proc)
+        assert result.rc == 2, (result.rc, result.err)
+        lines = result.err.strip().splitlines()
+        assert lines[-1] == f"botocore loaded: {botocore}", result.err
+        assert len(lines) == 2 and lines[0].startswith(f"tui-backfill: error: {field}: "), lines
+        said[botocore] = lines[0]
+    assert said[False] == said[True]
+    assert rows_sqlite(queue_db, "SELECT COUNT(*) FROM publish_attempts") == [(0,)]
 
 
 @pytest.mark.parametrize(

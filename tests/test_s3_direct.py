@@ -18,6 +18,8 @@ from helpers import REPO, closed_port, finish, one_line, tool_env
 from tui_backfill.pipelines.config import is_s3_endpoint
 from tui_backfill.seams.bucket import Bucket
 from tui_backfill.seams.s3_direct import direct_target
+from tui_backfill.seams.s3_wire import ObjectTarget
+from tui_backfill.seams.sigv4 import Credentials
 
 if TYPE_CHECKING:
     from conftest import S3Target
@@ -93,6 +95,35 @@ def test_the_credentials_and_verification_are_botocores() -> None:
         home=Path("/nonexistent"),
     )
     assert found is not None and found[2] == "/ca.pem"
+
+
+def test_a_key_pair_given_ahead_of_the_chain_is_used_as_the_clients_session_uses_it() -> None:
+    """The publishing worker's B2_KEY_ID and B2_APP_KEY: `Bucket(credentials=...)` sets them
+    on its session (no token, the chain not consulted), and so does the direct path."""
+
+    def given(
+        env: dict[str, str], pair: tuple[str, str]
+    ) -> tuple[ObjectTarget, Credentials, bool | str] | None:
+        return direct_target(
+            "IBA-Lot-Media",
+            endpoint_url="https://s3.us-west-004.backblazeb2.com",
+            region="us-west-004",
+            environ=env,
+            home=Path("/nonexistent"),
+            credentials=pair,
+        )
+
+    for env in ({}, {**KEYS, "AWS_SESSION_TOKEN": "session"}):
+        found = given(env, ("b2-key", "b2-secret"))
+        assert found is not None
+        credentials = found[1]
+        assert (credentials.access_key, credentials.secret_key, credentials.token) == (
+            "b2-key",
+            "b2-secret",
+            None,
+        )
+    assert given({}, ("b2-key", "")) is None
+    assert given({"AWS_PROFILE": "prod"}, ("b2-key", "b2-secret")) is None  # botocore's
 
 
 CASES = [

@@ -1,5 +1,5 @@
 """A bucket that the settings and the environment describe completely, reached without
-botocore: the hash index's direct path.
+botocore: the direct path of the hash index and of the publishing worker.
 
 botocore's import and an aiobotocore client cost about 0.2 s of start-up (0.1 s to import,
 0.1 s to load the S3 model and endpoint rules), most of a re-run over an unchanged bucket that
@@ -12,6 +12,8 @@ path (seams/s3_lean: requests signed by seams/sigv4, sent by aiohttp) needs no c
   region is `--region` (or AWS_REGION / AWS_DEFAULT_REGION), else us-east-1, as the client's;
 - the key pair is in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, a session
   token in AWS_SESSION_TOKEN or AWS_SECURITY_TOKEN): the first provider of botocore's chain;
+  or it is given ahead of the chain (the publishing worker's B2_KEY_ID and B2_APP_KEY), as
+  `Bucket(credentials=...)` sets it on its session;
 - no AWS config file and no profile, and no other AWS_* variable than those botocore reads
   to the same effect here (`_SAME_EFFECT`): a profile's ca_bundle, a FIPS or dual-stack
   endpoint, a credential expiry are botocore's to apply;
@@ -81,10 +83,13 @@ def direct_target(
     region: str | None,
     environ: Mapping[str, str] | None = None,
     home: Path | None = None,
+    credentials: tuple[str, str] | None = None,
 ) -> tuple[ObjectTarget, Credentials, bool | str] | None:
     """The bucket's URL and signing region, the credentials and the TLS verification (a CA
     bundle's path or True) when the settings and the environment decide them all; else None
-    (botocore decides)."""
+    (botocore decides). `credentials`: a key pair given ahead of the AWS chain (the publishing
+    worker's B2_KEY_ID and B2_APP_KEY), used as `Bucket` has its session use it (no token);
+    then the environment need not hold one."""
     env = os.environ if environ is None else environ
     if not endpoint_url or not _BUCKET_NAME.fullmatch(bucket):
         return None
@@ -102,13 +107,20 @@ def direct_target(
         return None
     if _config_file(env, home):  # a profile's settings (ca_bundle, ...) are botocore's
         return None
-    key_id = env.get("AWS_ACCESS_KEY_ID", "")
-    secret = env.get("AWS_SECRET_ACCESS_KEY", "")
-    if not key_id or not secret:  # botocore's chain, and its messages for a half-given pair
-        return None
-    token = next(
-        (env[name] for name in ("AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN") if name in env), None
-    )
+    if credentials is not None:  # set on the session: the chain is not consulted
+        key_id, secret = credentials
+        token = None
+        if not key_id or not secret:
+            return None
+    else:
+        key_id = env.get("AWS_ACCESS_KEY_ID", "")
+        secret = env.get("AWS_SECRET_ACCESS_KEY", "")
+        if not key_id or not secret:  # botocore's chain, and its messages for a half-given pair
+            return None
+        token = next(
+            (env[name] for name in ("AWS_SECURITY_TOKEN", "AWS_SESSION_TOKEN") if name in env),
+            None,
+        )
     verify: bool | str = env.get("AWS_CA_BUNDLE") or env.get("REQUESTS_CA_BUNDLE") or True
     endpoint = parts.scheme + endpoint_url[len(parts.scheme) :]  # `HTTPS://` as botocore
     target = ObjectTarget(
@@ -138,8 +150,9 @@ def _config_file(env: Mapping[str, str], home: Path | None) -> bool:
 
 
 class DirectBucket:
-    """The hash index's bucket on the direct path: `preflight`, `list_page` and `objects`
-    as `seams.bucket.Bucket`'s, with no botocore. Use as an async context manager."""
+    """A bucket on the direct path (the hash index's; the publishing worker's, whose PUTs and
+    HEADs go through seams/s3_lean either way): `preflight`, `list_page` and `objects` as
+    `seams.bucket.Bucket`'s, with no botocore. Use as an async context manager."""
 
     def __init__(
         self,
@@ -157,7 +170,7 @@ class DirectBucket:
         self.timeout = timeout
         self.pool_size = pool_size
         self.verify = verify
-        self.conditional_writes = True  # asked of the lean path's PUTs, which this never makes
+        self.conditional_writes = True  # until the server rejects If-None-Match (s3_lean)
         self._target = target
         self._credentials = credentials
         self._objects: LeanObjects | None = None
@@ -226,17 +239,19 @@ def direct_bucket(
     region: str | None,
     timeout: float,
     pool_size: int,
+    credentials: tuple[str, str] | None = None,
 ) -> DirectBucket | None:
-    """The bucket on the direct path, or None when botocore must resolve it."""
-    found = direct_target(name, endpoint_url=endpoint_url, region=region)
+    """The bucket on the direct path, or None when botocore must resolve it. `credentials`:
+    a key pair ahead of the AWS chain, as `Bucket`'s."""
+    found = direct_target(name, endpoint_url=endpoint_url, region=region, credentials=credentials)
     if found is None or endpoint_url is None:
         return None
-    target, credentials, verify = found
+    target, signing, verify = found
     return DirectBucket(
         name,
         endpoint_url=endpoint_url,
         target=target,
-        credentials=credentials,
+        credentials=signing,
         verify=verify,
         timeout=timeout,
         pool_size=pool_size,

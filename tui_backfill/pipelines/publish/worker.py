@@ -127,12 +127,10 @@ class PublishWorker:
         self.id = worker or worker_id()
         self.burst = burst
         self._clock = clock
-        self._cpu = ThreadPoolExecutor(
-            # One image thread a download slot, never more than the cores: a CONCURRENCY set
-            # high for slow downloads does not decode that many images at once.
-            max_workers=cores or min(settings.concurrency, os.cpu_count() or 1),
-            thread_name_prefix="media",
-        )
+        # One image thread a download slot, never more than the cores: a CONCURRENCY set high
+        # for slow downloads does not decode that many images at once.
+        self.image_threads = cores or min(settings.concurrency, os.cpu_count() or 1)
+        self._cpu = ThreadPoolExecutor(max_workers=self.image_threads, thread_name_prefix="media")
         self._policy = RetryPolicy(base=settings.retry_base, cap=settings.retry_cap)
         self.counters = InstanceCounters()
         self.engine: ClaimedEngine[ClaimedJob] = ClaimedEngine(
