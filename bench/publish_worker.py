@@ -510,6 +510,7 @@ def series_cpu(
 
 def memory_run(servers: Servers, concurrency: int, jobs: int, lot: int) -> dict[str, float]:
     reset_queue(servers, [], lot)
+    (servers.root / "logs").mkdir(exist_ok=True)  # the cpu series may not have run first
     err_path = servers.root / "logs" / f"mem-{lot}.err"
     err = open(err_path, "w")
     argv = [sys.executable, "-m", "tui_backfill", "publish", "worker", "--no-ui"]

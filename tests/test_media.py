@@ -36,6 +36,7 @@ from tui_backfill.seams.media import (
     make_variants,
     source_url,
 )
+from tui_backfill.seams.media.source import source_session
 from tui_backfill.servers import images
 from tui_backfill.servers.raid import RaidServer
 
@@ -57,7 +58,7 @@ async def raid(catalog: dict[str, bytes]) -> AsyncIterator[RaidServer]:
 
 @pytest.fixture
 async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as client:
+    async with source_session(connections=4) as client:  # the worker's
         yield client
 
 
@@ -439,6 +440,16 @@ def test_freed_image_blocks_are_kept_for_the_next_images_unless_the_operator_say
 
 
 # -- the download ------------------------------------------------------------------------------
+async def test_a_source_that_keeps_arriving_is_never_cut_off_as_a_whole(
+    session: aiohttp.ClientSession,
+) -> None:
+    """The worker's session bounds no download as a whole (aiohttp's default of 300 s would
+    cut a large source off mid-body over a slow link); only the wait for the answer's head and
+    each gap between chunks are bounded, by `download_source`'s timeout."""
+    assert session.timeout.total is None
+    assert session.timeout.sock_read is None and session.timeout.sock_connect is None
+
+
 async def test_the_bearer_token_is_required(
     session: aiohttp.ClientSession, raid: RaidServer, catalog: dict[str, bytes]
 ) -> None:

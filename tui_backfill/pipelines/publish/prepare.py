@@ -57,9 +57,8 @@ def _variant_specs(settings: PublishSettings) -> list[Any]:
 async def prepared_worker(
     settings: PublishSettings, *, burst: bool = False, worker: str | None = None
 ) -> AsyncIterator[PublishWorker]:
-    import aiohttp
 
-    from tui_backfill.seams.media.source import download_source
+    from tui_backfill.seams.media.source import download_source, source_session
     from tui_backfill.seams.media.variants import keep_image_blocks, make_variants
     from tui_backfill.seams.s3_lean import LeanBucket
 
@@ -85,10 +84,7 @@ async def prepared_worker(
         # preflight above stays on the bucket's own path, and so do its error lines.
         objects = await stack.enter_async_context(LeanBucket(bucket))
         http = await stack.enter_async_context(
-            aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=settings.concurrency * 2 + 2),
-                auto_decompress=False,
-            )
+            source_session(connections=settings.concurrency * 2 + 2)
         )
 
         async def put(key: str, body: bytes) -> None:

@@ -41,10 +41,22 @@ from tui_backfill.outcomes import (
 from tui_backfill.seams.media.errors import MediaError, MediaErrorCode
 from tui_backfill.seams.origins import connection_error
 
-__all__ = ["CHUNK", "DEFAULT_MAX_SOURCE_BYTES", "download_source", "source_url"]
+__all__ = ["CHUNK", "DEFAULT_MAX_SOURCE_BYTES", "download_source", "source_session", "source_url"]
 
 CHUNK = 256 * 1024
 DEFAULT_MAX_SOURCE_BYTES = 200 * 1024 * 1024
+
+
+def source_session(*, connections: int) -> aiohttp.ClientSession:
+    """The session sources are downloaded with, at most `connections` at once. It bounds no
+    request as a whole: aiohttp's default (300 s in all) would cut off a large source that
+    keeps arriving over a slow link; `download_source` bounds the wait for the answer's head
+    and every gap between chunks instead."""
+    return aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=connections),
+        timeout=aiohttp.ClientTimeout(total=None),
+        auto_decompress=False,
+    )
 
 
 def source_url(endpoint: str, key: str) -> str:
