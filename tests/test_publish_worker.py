@@ -382,3 +382,53 @@ def test_a_queue_that_takes_long_to_count_is_counted_less_often() -> None:
     assert figures_gap(1.5) == pytest.approx(75.0)
     for took in (0.001, 0.04, 0.12, 1.5, 30.0):
         assert took / figures_gap(took) <= FIGURES_SHARE + 1e-12
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgres"])
+async def test_a_worker_id_is_one_live_instances_at_a_time(
+    dialect: str, request: pytest.FixtureRequest, tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """Two live instances with one id would share their leases (a frozen one, thawed, could
+    complete a job its twin had taken over): a second worker with a live instance's id exits 2
+    naming --worker-id before it claims anything; another id runs beside it; once the first is
+    killed, its id is free at once."""
+    import asyncpg
+
+    images = many_images(2, seed=14)
+    async with RaidServer(images, token=RAID_SECRET) as raid:
+        if dialect == "sqlite":
+            db = tmp_path / "queue.sqlite3"
+            url = f"sqlite:///{db}"
+        else:
+            url = request.getfixturevalue("pg_url")
+        env = publish_env(rclone_s3, raid.endpoint, url, WORKER_POLL_INTERVAL="200")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        first = await spawn("publish", "worker", "--no-ui", "--worker-id", "w1", env=env)
+        try:
+            for _ in range(300):  # registered: its id is held from before that
+                if dialect == "sqlite":
+                    rows = rows_sqlite(db, "SELECT state FROM publish_workers WHERE id = 'w1'")
+                else:
+                    conn = await asyncpg.connect(url)
+                    rows = await conn.fetch("SELECT state FROM publish_workers WHERE id = 'w1'")
+                    await conn.close()
+                if rows:
+                    break
+                await asyncio.sleep(0.1)
+            assert rows and rows[0][0] == "running", rows
+            twin = await tool(
+                "publish", "worker", "--no-ui", "--burst", "--worker-id", "w1", env=env
+            )
+            assert twin.rc == 2, str(twin)
+            (line,) = twin.err.strip().splitlines()
+            assert line.startswith("tui-backfill: error: --worker-id: 'w1' is the id of a worker")
+            assert "give each instance its own id" in line
+            other = await tool(
+                "publish", "worker", "--no-ui", "--burst", "--worker-id", "w2", env=env
+            )
+            assert other.rc == 0, other.err[-2000:]  # another id: free to run beside it
+        finally:
+            first.kill()
+            await first.wait()
+        again = await tool("publish", "worker", "--no-ui", "--burst", "--worker-id", "w1", env=env)
+        assert again.rc == 0, again.err[-2000:]

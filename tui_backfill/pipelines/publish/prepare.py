@@ -3,8 +3,9 @@ on SQLite created), the bucket's preflight passed, the media step wired to the r
 
 Everything that can be wrong before the first claim is found here, as a ConfigError (exit 2):
 a missing secret, a malformed CDN_BASE_URL, an unreachable DATABASE_URL, a seed database
-lacking the worker's columns, a missing bucket, rejected credentials. A database lacking one
-of the worker's indexes (made by an older `init-db`) is only warned of: the worker runs.
+lacking the worker's columns, a missing bucket, rejected credentials, a worker id another live
+instance holds. A database lacking one of the worker's indexes (made by an older `init-db`) is
+only warned of: the worker runs.
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from typing import Any
 
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.publish.settings import PublishSettings, validate_queue, validate_worker
-from tui_backfill.pipelines.publish.worker import CACHE_CONTROL, MediaStep, PublishWorker
+from tui_backfill.pipelines.publish.worker import (
+    CACHE_CONTROL,
+    MediaStep,
+    PublishWorker,
+    worker_id,
+)
 from tui_backfill.seams.queue import open_queue
 from tui_backfill.seams.queue.base import JobQueue
 
@@ -68,6 +74,14 @@ async def prepared_worker(
     )
     async with contextlib.AsyncExitStack() as stack:
         queue = await stack.enter_async_context(opened_queue(settings, create=True))
+        instance = worker or worker_id()
+        if not await queue.hold_identity(instance):
+            raise ConfigError(
+                "--worker-id",
+                f"{instance!r} is the id of a worker instance running now on this queue (a"
+                " frozen one counts); give each instance its own id (the default, host:pid,"
+                " is unique)",
+            )
         missing = await queue.missing_indexes()
         if missing:  # a schema from an older init-db: it works, its claims slow down with age
             log.warning(
@@ -108,7 +122,7 @@ async def prepared_worker(
             max_pixels=settings.max_pixels,
         )
         step = MediaStep(fetch=fetch, variants=variants, exists=objects.exists, put=put)
-        publish = PublishWorker(settings, queue, step, worker=worker, burst=burst)
+        publish = PublishWorker(settings, queue, step, worker=instance, burst=burst)
         # A job's images hold about two blocks at once (the decode, then a variant): twice the
         # threads are kept, so a thread's next job reuses the pages of the last.
         keep_image_blocks(2 * publish.image_threads)

@@ -125,6 +125,13 @@ class JobQueue(Protocol):
         """Raise ConfigError naming the missing tables/columns and `publish init-db`."""
         ...
 
+    async def hold_identity(self, worker: str) -> bool:
+        """Take `worker` as this process's instance id until the queue is closed (or the
+        process dies); False when a live process holds it. Two live instances with one id
+        would share their leases: a frozen one, thawed, could complete a job its twin had
+        taken over."""
+        ...
+
     async def missing_indexes(self) -> list[str]:
         """The worker's indexes the database lacks (a schema made by an older `init-db`):
         the worker runs without them, its claims slower as the jobs table grows."""

@@ -52,6 +52,7 @@ from tui_backfill.seams.queue.schema import (
     WORKER_COLUMNS_PG,
     claimable,
     enqueue_sql,
+    identity_key,
     missing_schema_error,
 )
 
@@ -246,6 +247,7 @@ class PostgresQueue:
         self._url = url
         self._pool = pool
         self._listener: Any = None
+        self._identity: Any = None  # the connection that holds this instance's id
         self._wake = asyncio.Event()
 
     @classmethod
@@ -285,11 +287,32 @@ class PostgresQueue:
         return cls(url, pool)
 
     async def close(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-            self._listener = None
+        for conn in (self._listener, self._identity):
+            if conn is not None:
+                with contextlib.suppress(Exception):
+                    await conn.close()
+        self._listener = self._identity = None
         await self._pool.close()
+
+    async def hold_identity(self, worker: str) -> bool:
+        """A session-level advisory lock on the id, on a connection of its own: PostgreSQL
+        lets it go when that session ends, so a killed worker's id is free again at once (a
+        frozen one keeps it: it is alive)."""
+        try:
+            if self._identity is None:
+                self._identity = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
+            held = await self._identity.fetchval(
+                "SELECT pg_try_advisory_lock($1::bigint)", identity_key(worker)
+            )
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            where, _, password = _where(self._url)
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            if password:
+                reason = reason.replace(password, "***")
+            raise ConfigError(
+                "DATABASE_URL", f"cannot open a session at {where}: {reason[:300]}"
+            ) from None
+        return bool(held)
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Any]:

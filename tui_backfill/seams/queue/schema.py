@@ -12,6 +12,8 @@ Times on SQLite are ISO-8601 UTC text with milliseconds, `YYYY-MM-DDTHH:MM:SS.ff
 
 from __future__ import annotations
 
+import hashlib
+
 from tui_backfill.outcomes import ConfigError
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "WORKER_COLUMNS_SQLITE",
     "claimable",
     "enqueue_sql",
+    "identity_key",
     "missing_schema_error",
 ]
 
@@ -55,6 +58,14 @@ def claimable(now: str) -> str:
         " AND (o.status = 'processing' OR (o.id < publish_jobs.id AND (o.status = 'pending'"
         " OR (o.status = 'failed' AND o.retry_count < o.max_retries)))))"
     )
+
+
+def identity_key(worker: str) -> int:
+    """A worker instance's id as a number below 2^55, the same in every process and on every
+    machine: the key of the lock an instance holds on its id while it runs (a PostgreSQL
+    advisory lock, a byte of the SQLite queue's `-workers` file)."""
+    digest = hashlib.blake2b(f"tui-backfill worker {worker}".encode(), digest_size=7).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 def enqueue_sql(max_retries: str, file_id: str | None) -> str:

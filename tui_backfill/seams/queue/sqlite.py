@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from pathlib import Path
@@ -37,6 +39,7 @@ from tui_backfill.seams.queue.schema import (
     WORKER_COLUMNS_SQLITE,
     claimable,
     enqueue_sql,
+    identity_key,
     missing_schema_error,
 )
 
@@ -87,6 +90,7 @@ class SqliteQueue:
         self.path = path
         self._db = db
         self._lock = asyncio.Lock()
+        self._identity: int | None = None  # the open `-workers` file that holds this id
 
     @classmethod
     async def open(cls, path: str) -> SqliteQueue:
@@ -110,7 +114,29 @@ class SqliteQueue:
         return cls(path, db)
 
     async def close(self) -> None:
+        if self._identity is not None:
+            os.close(self._identity)  # and with it the lock on the id
+            self._identity = None
         await self._db.close()
+
+    async def hold_identity(self, worker: str) -> bool:
+        """A lock on one byte of `<queue>-workers` (an empty file beside the queue's own), at
+        the id's offset: the kernel lets it go when the process ends, however it ends. POSIX
+        locks belong to the process and go with the first descriptor of the file it closes:
+        the file is opened once, and held open while the queue is (one queue a process)."""
+        if self.path == ":memory:":
+            return True
+        if self._identity is None:
+            self._identity = os.open(
+                f"{self.path}-workers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        try:
+            fcntl.lockf(
+                self._identity, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, identity_key(worker), os.SEEK_SET
+            )
+        except OSError:
+            return False
+        return True
 
     # -- plumbing -----------------------------------------------------------------------------
 
