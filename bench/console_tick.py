@@ -93,7 +93,7 @@ def child(seconds: float, out: str, refresh: float | None) -> None:
     import asyncio
 
     import tui_backfill.frontends.headless
-    import tui_backfill.pipelines.prepare  # noqa: F401  the engine's modules: a headless run imports them too
+    import tui_backfill.pipelines.mirror.prepare  # noqa: F401  the engine's modules: a headless run imports them too
 
     cpu_before_ui = cpu_seconds()
     from tui_backfill.frontends.ui import app

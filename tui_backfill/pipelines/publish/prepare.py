@@ -63,7 +63,6 @@ def _variant_specs(settings: PublishSettings) -> list[Any]:
 async def prepared_worker(
     settings: PublishSettings, *, burst: bool = False, worker: str | None = None
 ) -> AsyncIterator[PublishWorker]:
-
     from tui_backfill.seams.media.source import download_source, source_session
     from tui_backfill.seams.media.variants import keep_image_blocks, make_variants
     from tui_backfill.seams.s3_lean import LeanBucket
@@ -76,11 +75,12 @@ async def prepared_worker(
         queue = await stack.enter_async_context(opened_queue(settings, create=True))
         instance = worker or worker_id()
         if not await queue.hold_identity(instance):
+            # two live instances with one id would share their leases
+            shared = "" if worker else " (this default, host:pid, is another machine's too)"
             raise ConfigError(
                 "--worker-id",
                 f"{instance!r} is the id of a worker instance running now on this queue (a"
-                " frozen one counts); give each instance its own id (the default, host:pid,"
-                " is unique)",
+                f" frozen one counts); give each instance its own id{shared}",
             )
         missing = await queue.missing_indexes()
         if missing:  # a schema from an older init-db: it works, its claims slow down with age

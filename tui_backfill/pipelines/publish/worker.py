@@ -53,6 +53,7 @@ log = logging.getLogger("tui_backfill.publish")
 CACHE_CONTROL = "public, max-age=31536000, immutable"
 FIGURES_EVERY = 2.0  # seconds between reads of the queue's figures for the snapshot, at least
 FIGURES_SHARE = 0.02  # of each worker's time at most, the database spends counting the queue
+FIGURES_STALE = 60.0  # seconds the console's queue figures may be old, at most
 COMMANDS_EVERY = 1.0
 EXIT_OK, EXIT_FAILED, EXIT_FATAL = 0, 1, 3
 FINISHING_PER_SLOT = 4  # jobs past their download (image work, PUTs), per download slot
@@ -63,9 +64,10 @@ def figures_gap(took: float) -> float:
 
     The counts scan the jobs and files tables (0.12 s at 300,000 jobs on PostgreSQL), and every
     worker instance reads them for its snapshot; so a queue with a long history is counted less
-    often, the database never spending more than FIGURES_SHARE of its time per worker on it.
+    often, the database spending at most FIGURES_SHARE of its time per worker on it, and the
+    figures never older than FIGURES_STALE.
     """
-    return max(FIGURES_EVERY, took / FIGURES_SHARE)
+    return min(FIGURES_STALE, max(FIGURES_EVERY, took / FIGURES_SHARE))
 
 
 def worker_id() -> str:
@@ -294,9 +296,9 @@ class PublishWorker:
                     last_commands = now
                     await self._take_commands()
                 if now - last_figures >= figures_every:
-                    last_figures = now
+                    last_figures = counting = self._clock()
                     await self._refresh_figures()
-                    figures_every = figures_gap(self._clock() - last_figures)
+                    figures_every = figures_gap(self._clock() - counting)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the database blinked: shown, retried at the next beat

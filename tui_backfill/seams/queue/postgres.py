@@ -60,6 +60,7 @@ __all__ = ["CHANNEL", "PostgresQueue"]
 
 CHANNEL = "publish_jobs"
 CONNECT_TIMEOUT = 10.0
+IDENTITY_WAIT = 2.0  # seconds a worker id held by a session that is ending is asked for again
 # Serialises init_db (CREATE TABLE IF NOT EXISTS races) and enqueue (idempotence) between
 # processes: pg_advisory_xact_lock keys.
 _INIT_LOCK = 0x7075626C  # "publ"
@@ -241,7 +242,8 @@ async def _keep_session(_conn: Any) -> None:
 
 
 class PostgresQueue:
-    """A pool of 1 to 4 connections, plus one LISTEN connection once `wait_for_work` runs."""
+    """A pool of 1 to 4 connections, plus one LISTEN connection once `wait_for_work` runs and
+    one that holds the worker's id (`hold_identity`): at most 6 connections a worker."""
 
     def __init__(self, url: str, pool: Any) -> None:
         self._url = url
@@ -290,20 +292,29 @@ class PostgresQueue:
         for conn in (self._listener, self._identity):
             if conn is not None:
                 with contextlib.suppress(Exception):
-                    await conn.close()
+                    await conn.close(timeout=5)
         self._listener = self._identity = None
         await self._pool.close()
 
     async def hold_identity(self, worker: str) -> bool:
-        """A session-level advisory lock on the id, on a connection of its own: PostgreSQL
-        lets it go when that session ends, so a killed worker's id is free again at once (a
-        frozen one keeps it: it is alive)."""
+        """A session-level advisory lock on the id, on a connection of its own (named
+        `tui-backfill worker <id>` in pg_stat_activity): PostgreSQL lets it go when that
+        session ends, so a killed worker's id is free again (a frozen one keeps it: it is
+        alive). Asked again for up to IDENTITY_WAIT seconds: the session of a worker killed a
+        moment ago may not have ended yet (a service manager restarting it at once)."""
         try:
-            if self._identity is None:
-                self._identity = await asyncpg.connect(self._url, timeout=CONNECT_TIMEOUT)
-            held = await self._identity.fetchval(
-                "SELECT pg_try_advisory_lock($1::bigint)", identity_key(worker)
-            )
+            if self._identity is None or self._identity.is_closed():
+                self._identity = await asyncpg.connect(
+                    self._url,
+                    timeout=CONNECT_TIMEOUT,
+                    server_settings={"application_name": f"tui-backfill worker {worker}"[:63]},
+                )
+            key = identity_key(worker)
+            deadline = asyncio.get_running_loop().time() + IDENTITY_WAIT
+            while not await self._identity.fetchval("SELECT pg_try_advisory_lock($1::bigint)", key):
+                if asyncio.get_running_loop().time() >= deadline:
+                    return False
+                await asyncio.sleep(0.2)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             where, _, password = _where(self._url)
             reason = " ".join(str(exc).split()) or type(exc).__name__
@@ -312,7 +323,7 @@ class PostgresQueue:
             raise ConfigError(
                 "DATABASE_URL", f"cannot open a session at {where}: {reason[:300]}"
             ) from None
-        return bool(held)
+        return True
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Any]:

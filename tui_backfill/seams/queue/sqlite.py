@@ -32,9 +32,11 @@ from tui_backfill.seams.queue.base import (
     WorkerRow,
 )
 from tui_backfill.seams.queue.schema import (
+    ATTENTION_INDEX,
     INDEX_NAMES,
     INDEXES,
     NEEDS_ATTENTION,
+    OPEN_INDEX,
     SQLITE_TABLES,
     WORKER_COLUMNS_SQLITE,
     claimable,
@@ -63,17 +65,20 @@ BACKOFF = (
 )
 CLAIMABLE = claimable(NOW)
 
-# Expired leases, oldest first: the order of the (status, locked_until) index, which then
-# serves the query however long the finished history. Ordered by id, a planner that has
-# ANALYZE's figures (averages only: status has a few values, so "half the table each") would
-# rather walk the table in id order than sort a few rows, reading every finished job at every
-# claim (11 ms at 200,000, against 0.1).
+# SQLite keeps no statistics until someone runs ANALYZE (the worker never does), and then only
+# averages (status: a few values, so "half the table each"). Either way its planner can choose
+# badly for the few rows of one status among many: without statistics the claim read every open
+# job and sorted them (55 ms at 100,000 pending); with them, the expired-lease look-up walked
+# the whole history in id order (11 ms at 200,000 finished). So each query names its index
+# (`{by}`: `INDEXED BY ...` when the queue has it; `init_db` makes them) or is ordered as its
+# index is: expired leases oldest first, the order of the (status, locked_until) index.
 EXPIRED = (
     "SELECT id FROM publish_jobs WHERE status = 'processing'"
     f" AND locked_until < {NOW} ORDER BY locked_until, id LIMIT ?"
 )
+CANDIDATES = f"SELECT id FROM publish_jobs{{by}} WHERE {CLAIMABLE} ORDER BY id LIMIT :limit"
 ATTENTION = (
-    "SELECT id, file_id, retry_count, COALESCE(last_error, '') FROM publish_jobs"
+    "SELECT id, file_id, retry_count, COALESCE(last_error, '') FROM publish_jobs{by}"
     f" WHERE {NEEDS_ATTENTION} ORDER BY id LIMIT ?"
 )
 
@@ -81,6 +86,16 @@ ATTENTION = (
 def _quoted(name: str) -> str:
     """A table name as an SQL identifier (any name a SQLite file may hold)."""
     return '"' + name.replace('"', '""') + '"'
+
+
+def _same_owner(fd: int, database: str) -> None:
+    """A lock file made by root goes to the database file's owner, as SQLite does with its
+    own -wal and -shm files: the service's user can open it after a worker run as root."""
+    if os.geteuid() != 0:
+        return
+    with contextlib.suppress(OSError):
+        owner = os.stat(database)
+        os.fchown(fd, owner.st_uid, owner.st_gid)
 
 
 class SqliteQueue:
@@ -91,6 +106,7 @@ class SqliteQueue:
         self._db = db
         self._lock = asyncio.Lock()
         self._identity: int | None = None  # the open `-workers` file that holds this id
+        self._indexes: frozenset[str] | None = None  # the worker's indexes present, once read
 
     @classmethod
     async def open(cls, path: str) -> SqliteQueue:
@@ -123,19 +139,29 @@ class SqliteQueue:
         """A lock on one byte of `<queue>-workers` (an empty file beside the queue's own), at
         the id's offset: the kernel lets it go when the process ends, however it ends. POSIX
         locks belong to the process and go with the first descriptor of the file it closes:
-        the file is opened once, and held open while the queue is (one queue a process)."""
+        the file is opened once, and held open while the queue is (one queue a process).
+        A file that cannot be opened or locked at all is a ConfigError naming it."""
         if self.path == ":memory:":
             return True
+        where = f"{self.path}-workers"
         if self._identity is None:
-            self._identity = os.open(
-                f"{self.path}-workers", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
+            try:
+                self._identity = os.open(where, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise ConfigError(
+                    "DATABASE_URL", f"cannot open {where} (the worker ids' locks): {exc.strerror}"
+                ) from None
+            _same_owner(self._identity, self.path)
         try:
             fcntl.lockf(
                 self._identity, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, identity_key(worker), os.SEEK_SET
             )
-        except OSError:
+        except (BlockingIOError, PermissionError):  # EAGAIN / EACCES: a live process holds it
             return False
+        except OSError as exc:  # no locks on this file system (ENOLCK), ...
+            raise ConfigError(
+                "DATABASE_URL", f"cannot lock {where} (the worker ids' locks): {exc.strerror}"
+            ) from None
         return True
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -192,6 +218,14 @@ class SqliteQueue:
         if error is not None:
             raise error
 
+    async def index_hint(self, name: str) -> str:
+        """` INDEXED BY name` when the queue has that index, else nothing (a queue made before
+        it, read by `status` before any worker's `init_db` added it). It may read the schema:
+        never call it inside `_tx` (the queue's lock is not re-entrant)."""
+        if self._indexes is None:
+            self._indexes = frozenset(INDEX_NAMES) - frozenset(await self.missing_indexes())
+        return f" INDEXED BY {name}" if name in self._indexes else ""
+
     async def missing_indexes(self) -> list[str]:
         rows = await self._all("SELECT name FROM sqlite_master WHERE type = 'index'")
         have = {str(r[0]) for r in rows}
@@ -209,6 +243,7 @@ class SqliteQueue:
                         await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             for ddl in INDEXES:
                 await db.execute(ddl)
+        self._indexes = None  # read again: they are all there now
 
     # -- jobs ---------------------------------------------------------------------------------
 
@@ -230,6 +265,7 @@ class SqliteQueue:
         if limit <= 0:
             return []
         backoff = {"base": policy.base, "cap": policy.cap, "jitter": policy.jitter}
+        candidates = CANDIDATES.format(by=await self.index_hint(OPEN_INDEX))  # before the lock
         async with self._tx() as db:
             expired = [int(r[0]) for r in await self._rows(db, EXPIRED, (limit,))]
             if expired:
@@ -238,9 +274,7 @@ class SqliteQueue:
                 db,
                 f"UPDATE publish_jobs SET status = 'processing', locked_by = :worker,"
                 f" locked_until = {later(':lease')}, started_at = {NOW}, completed_at = NULL"
-                f" WHERE id IN (SELECT id FROM publish_jobs WHERE {CLAIMABLE}"
-                "   ORDER BY id LIMIT :limit)"
-                " RETURNING id",
+                f" WHERE id IN ({candidates}) RETURNING id",
                 {"worker": worker, "lease": lease_seconds, "limit": limit},
             )
             ids = sorted(int(r[0]) for r in rows)
@@ -440,7 +474,8 @@ class SqliteQueue:
         )
 
     async def attention(self, limit: int = 20) -> list[AttentionJob]:
-        rows = await self._all(ATTENTION, (limit,))
+        by = await self.index_hint(ATTENTION_INDEX)
+        rows = await self._all(ATTENTION.format(by=by), (limit,))
         return [AttentionJob(int(a), int(b), int(c), str(d)) for a, b, c, d in rows]
 
     # -- instances and commands ---------------------------------------------------------------
