@@ -422,3 +422,54 @@ async def test_a_database_from_an_older_init_db_warns_of_the_missing_index(
             assert "publish_jobs_open" not in quiet.err
     finally:
         await conn.close()
+
+
+async def test_a_worker_takes_its_id_again_when_its_session_is_ended(
+    pg_url: str, rclone_s3: S3Target
+) -> None:
+    """The session that holds a worker's id, ended from psql as docs/publish.md says (found by
+    its application_name): the worker takes its id again at its next heartbeat and runs on."""
+    images = {"one.jpg": photo_jpeg(200, 100, seed=6, grain=0)}
+    conn = await asyncpg.connect(pg_url)
+    async with RaidServer(images, token=RAID_SECRET) as raid:
+        env = publish_env(rclone_s3, raid.endpoint, pg_url, TUI_BACKFILL_LEASE="3")
+        assert (await tool("publish", "init-db", env=env)).rc == 0
+        worker = await spawn("publish", "worker", "--no-ui", "--worker-id", "w7", env=env)
+        holder = (
+            "SELECT pid FROM pg_stat_activity WHERE application_name = 'tui-backfill worker w7'"
+        )
+        try:
+            first = None
+            for _ in range(300):
+                first = await conn.fetchval(holder)
+                if first is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert first is not None, "no session named after the worker"
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", first)
+            again = None
+            for _ in range(100):  # heartbeats every lease/3 = 1 s
+                again = await conn.fetchval(holder)
+                if again is not None and again != first:
+                    break
+                await asyncio.sleep(0.1)
+            assert again is not None and again != first, "the id was not taken again"
+            locks = await conn.fetchval(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = $1", again
+            )
+            assert locks == 1
+            await conn.execute(
+                "INSERT INTO auction_files (id, lot_id, source_key, publish_status)"
+                " VALUES (1, 4, 'one.jpg', 'pending')"
+            )
+            await conn.execute("INSERT INTO publish_jobs (file_id) VALUES (1)")
+            for _ in range(300):  # and it still works
+                if await conn.fetchval("SELECT status FROM publish_jobs") == "completed":
+                    break
+                await asyncio.sleep(0.1)
+            assert await conn.fetchval("SELECT status FROM publish_jobs") == "completed"
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            result = await finish(worker, timeout=30)
+            await conn.close()
+    assert result.rc == 0, result.err[-2000:]

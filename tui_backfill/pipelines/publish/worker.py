@@ -292,6 +292,7 @@ class PublishWorker:
                 if now - last_beat >= beat_every:
                     last_beat = now
                     await self.queue.heartbeat(self.id, self.state, self._stats())
+                    await self._keep_identity()
                 if now - last_commands >= COMMANDS_EVERY:
                     last_commands = now
                     await self._take_commands()
@@ -303,6 +304,19 @@ class PublishWorker:
                 raise
             except Exception as exc:  # the database blinked: shown, retried at the next beat
                 log.warning("heartbeat: %s: %s", exc.__class__.__name__, exc)
+
+    async def _keep_identity(self) -> None:
+        """This instance's id stays its own: taken again if the database session that held it
+        was lost; if another live instance took it meanwhile, this one stops (two instances
+        with one id would share their leases)."""
+        if self.engine.stopping or await self.queue.keep_identity(self.id):
+            return
+        log.error(
+            "worker id %s was taken by another live instance while this one's hold on it was"
+            " lost; stopping (its jobs in flight finish)",
+            self.id,
+        )
+        self.stop()
 
     async def _take_commands(self) -> None:
         self._command_cursor, commands = await self.queue.take_commands(

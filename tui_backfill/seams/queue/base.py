@@ -132,6 +132,12 @@ class JobQueue(Protocol):
         taken over."""
         ...
 
+    async def keep_identity(self, worker: str) -> bool:
+        """Whether this process still holds `worker` (after `hold_identity`), taking it again
+        when what held it was lost (PostgreSQL: the session dropped, a failover, a
+        pg_terminate_backend); False when another live process took it meanwhile."""
+        ...
+
     async def missing_indexes(self) -> list[str]:
         """The worker's indexes the database lacks (a schema made by an older `init-db`):
         the worker runs without them, its claims slower as the jobs table grows."""

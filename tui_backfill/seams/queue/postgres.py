@@ -325,6 +325,11 @@ class PostgresQueue:
             ) from None
         return True
 
+    async def keep_identity(self, worker: str) -> bool:
+        if self._identity is not None and not self._identity.is_closed():
+            return True
+        return await self.hold_identity(worker)
+
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Any]:
         async with self._pool.acquire() as conn, conn.transaction():

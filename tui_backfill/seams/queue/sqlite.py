@@ -164,6 +164,9 @@ class SqliteQueue:
             ) from None
         return True
 
+    async def keep_identity(self, worker: str) -> bool:
+        return True  # the lock lives as long as the process and its open file
+
     # -- plumbing -----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
