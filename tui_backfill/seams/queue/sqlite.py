@@ -68,7 +68,7 @@ CLAIMABLE = claimable(NOW)
 # SQLite keeps no statistics until someone runs ANALYZE (the worker never does), and then only
 # averages (status: a few values, so "half the table each"). Either way its planner can choose
 # badly for the few rows of one status among many: without statistics the claim read every open
-# job and sorted them (55 ms at 100,000 pending); with them, the expired-lease look-up walked
+# job and sorted them (54 ms at 100,000 pending); with them, the expired-lease look-up walked
 # the whole history in id order (11 ms at 200,000 finished). So each query names its index
 # (`{by}`: `INDEXED BY ...` when the queue has it; `init_db` makes them) or is ordered as its
 # index is: expired leases oldest first, the order of the (status, locked_until) index.
