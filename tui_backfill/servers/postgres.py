@@ -10,7 +10,10 @@ The superuser `postgres` connects without a password (trust, loopback only); the
 `publisher` needs its password (scram-sha-256), so tests can check that no message leaks it.
 `.url` is publisher's URL of database `publish`; `create_database(name)` makes another.
 
-Usable synchronously (`start()`/`stop()`, `with PostgresServer() as pg`).
+Usable synchronously (`start()`/`stop()`, `with PostgresServer() as pg`). `pg_ctl` runs the
+server as a daemon, so a small watchdog process holds one end of a pipe from the process that
+started it: when that process ends without `stop()` (a test run killed by a timeout), the pipe
+closes and the watchdog stops the server and removes its directory.
 """
 
 from __future__ import annotations
@@ -23,12 +26,25 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 __all__ = ["PostgresError", "PostgresServer", "find_pg_bin"]
+
+# argv: the directory, then the pg_ctl command that stops the server. It waits for its stdin to
+# close (the starter's end of the pipe: `stop()`, or the starter's death), then stops the
+# server unless `stop()` said it has (a line on stdin), and removes the directory.
+_WATCHDOG = """
+import shutil, subprocess, sys
+said = sys.stdin.buffer.read()
+if not said:
+    subprocess.run(sys.argv[2:], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, check=False)
+    shutil.rmtree(sys.argv[1], ignore_errors=True)
+"""
 
 
 class PostgresError(RuntimeError):
@@ -80,6 +96,7 @@ class PostgresServer:
         self._dir: Path | None = None
         self._as: list[str] = []
         self._started = False
+        self._watchdog: subprocess.Popen[bytes] | None = None
 
     # -- public -------------------------------------------------------------------------------
 
@@ -121,6 +138,7 @@ class PostgresServer:
                 )
                 if done.returncode == 0:
                     self._started = True
+                    self._watch()
                     break
                 last = self._log_tail()
             else:
@@ -133,6 +151,14 @@ class PostgresServer:
         return self
 
     def stop(self) -> None:
+        if self._watchdog is not None:  # stopped here: the watchdog only leaves
+            with contextlib.suppress(OSError):
+                assert self._watchdog.stdin is not None
+                self._watchdog.stdin.write(b"stopped\n")
+                self._watchdog.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._watchdog.wait(timeout=5)
+            self._watchdog = None
         if self._started and self._dir is not None:
             self._run("pg_ctl", "-D", str(self._data), "-m", "immediate", "stop", check=False)
             self._started = False
@@ -179,6 +205,27 @@ class PostgresServer:
         self.stop()
 
     # -- internals ----------------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """The watchdog that stops the server if this process ends without `stop()`."""
+        assert self._dir is not None and self._bin is not None
+        stop = [
+            *self._as,
+            str(self._bin / "pg_ctl"),
+            "-D",
+            str(self._data),
+            "-m",
+            "immediate",
+            "stop",
+        ]
+        self._watchdog = subprocess.Popen(
+            [sys.executable, "-c", _WATCHDOG, str(self._dir), *stop],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C to the tests' process group leaves it be
+            close_fds=True,
+        )
 
     @property
     def _data(self) -> Path:
