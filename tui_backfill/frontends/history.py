@@ -165,11 +165,8 @@ def _hash_entry(
     """A hash-index run: its listing range, its counters (no coverage of a slice: the
     index's coverage is `coverage --job`)."""
     keys = _run_keys(run, published, live=live)
-    if (
-        keys["outcome"] == COMPLETED_WITH_FAILURES
-        and counters.mismatched
-        and not (counters.failed_items)
-    ):
+    mismatches_only = counters.mismatched and not counters.failed_items
+    if keys["outcome"] == COMPLETED_WITH_FAILURES and mismatches_only:
         keys["outcome"] = COMPLETED_WITH_MISMATCHES
     return {
         **keys,

@@ -137,16 +137,16 @@ def listing_bucket_of(settings: Settings, *, pool_size: int) -> Bucket | DirectB
     """The settings' bucket for listing and reading objects (the hash index): on the direct
     path when the settings and the environment decide everything (seams/s3_direct: no
     botocore, a start-up 0.2 s shorter), else through aiobotocore."""
-    from tui_backfill.seams.s3_direct import direct_bucket
+    from tui_backfill.seams.s3_direct import bucket_for
 
-    direct = direct_bucket(
+    return bucket_for(
         settings.bucket or "",
         endpoint_url=settings.endpoint_url,
         region=settings.region,
+        path_style=settings.path_style,
         timeout=settings.timeout,
         pool_size=pool_size,
     )
-    return direct if direct is not None else bucket_of(settings, pool_size=pool_size)
 
 
 def run_plan(run: RunRecord, settings: Settings, *, dry_run: bool, planned_groups: int) -> RunPlan:

@@ -42,7 +42,7 @@ import socket
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import aiohttp
 
@@ -51,6 +51,9 @@ from tui_backfill.seams.connect_errors import unreachable_reason
 from tui_backfill.seams.s3_lean import LeanObjects
 from tui_backfill.seams.s3_wire import ListedPage, ObjectTarget, head_bucket_problem, preflight
 from tui_backfill.seams.sigv4 import Credentials
+
+if TYPE_CHECKING:
+    from tui_backfill.seams.bucket import Bucket
 
 # AWS_* variables that botocore reads to the effect the direct path reproduces (or that do
 # not change an S3 client given an endpoint, a region and the retry settings here)
@@ -255,4 +258,41 @@ def direct_bucket(
         verify=verify,
         timeout=timeout,
         pool_size=pool_size,
+    )
+
+
+def bucket_for(
+    name: str,
+    *,
+    endpoint_url: str | None,
+    region: str | None,
+    path_style: bool,
+    timeout: float,
+    pool_size: int,
+    credentials: tuple[str, str] | None = None,
+) -> DirectBucket | Bucket:
+    """The bucket (not yet entered) on the direct path when the settings and the environment
+    decide everything, else through aiobotocore (`seams.bucket.Bucket`, imported only then:
+    botocore is heavy). `path_style` is the aiobotocore path's; the direct path's URLs are the
+    ones botocore makes for a custom endpoint either way."""
+    direct = direct_bucket(
+        name,
+        endpoint_url=endpoint_url,
+        region=region,
+        timeout=timeout,
+        pool_size=pool_size,
+        credentials=credentials,
+    )
+    if direct is not None:
+        return direct
+    from tui_backfill.seams.bucket import Bucket
+
+    return Bucket(
+        name,
+        endpoint_url=endpoint_url,
+        region=region,
+        path_style=path_style,
+        timeout=timeout,
+        pool_size=pool_size,
+        credentials=credentials,
     )

@@ -134,28 +134,15 @@ def _bucket(settings: PublishSettings, credentials: tuple[str, str] | None) -> A
     decide everything (seams/s3_direct: the same URL, signature and preflight messages, and no
     botocore in the process, about 0.12 s of CPU less at every start), else through
     aiobotocore."""
-    from tui_backfill.seams.s3_direct import direct_bucket
+    from tui_backfill.seams.s3_direct import bucket_for
 
-    pool_size = settings.concurrency * 4 + 2  # the jobs past their download
-    direct = direct_bucket(
-        settings.bucket,
-        endpoint_url=settings.endpoint_url,
-        region=settings.region,
-        timeout=settings.timeout,
-        pool_size=pool_size,
-        credentials=credentials,
-    )
-    if direct is not None:
-        return direct
-    from tui_backfill.seams.bucket import Bucket  # botocore is heavy: only its users import it
-
-    return Bucket(
+    return bucket_for(
         settings.bucket,
         endpoint_url=settings.endpoint_url,
         region=settings.region,
         path_style=settings.path_style,
         timeout=settings.timeout,
-        pool_size=pool_size,
+        pool_size=settings.concurrency * 4 + 2,  # the jobs past their download
         credentials=credentials,
     )
 

@@ -220,6 +220,16 @@ def iso(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
+def _refused(url: str, doing: str, exc: BaseException) -> ConfigError:
+    """A DATABASE_URL error of one line: what failed, and the driver's reason with the URL's
+    password never in it."""
+    reason = " ".join(str(exc).split()) or type(exc).__name__
+    _, _, password = _where(url)
+    if password:
+        reason = reason.replace(password, "***")
+    return ConfigError("DATABASE_URL", f"{doing}: {reason[:300]}")
+
+
 def _where(url: str) -> tuple[str, str, str]:
     """(host:port, user, password) of a postgresql:// URL, for messages and redaction."""
     try:
@@ -261,7 +271,7 @@ class PostgresQueue:
                 "DATABASE_URL",
                 "its user or password holds / ? or # unencoded; percent-encode them (%2F %3F %23)",
             )
-        where, user, password = _where(url)
+        where, user, _ = _where(url)
         try:
             pool = await asyncpg.create_pool(
                 url,
@@ -279,13 +289,8 @@ class PostgresQueue:
             asyncpg.PostgresError,
             asyncpg.InterfaceError,
         ) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            if password:
-                reason = reason.replace(password, "***")
             who = f" as {user}" if user else ""
-            raise ConfigError(
-                "DATABASE_URL", f"cannot connect to PostgreSQL at {where}{who}: {reason[:300]}"
-            ) from None
+            raise _refused(url, f"cannot connect to PostgreSQL at {where}{who}", exc) from None
         return cls(url, pool)
 
     async def close(self) -> None:
@@ -316,13 +321,8 @@ class PostgresQueue:
                     return False
                 await asyncio.sleep(0.2)
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            where, _, password = _where(self._url)
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            if password:
-                reason = reason.replace(password, "***")
-            raise ConfigError(
-                "DATABASE_URL", f"cannot open a session at {where}: {reason[:300]}"
-            ) from None
+            where, _, _ = _where(self._url)
+            raise _refused(self._url, f"cannot open a session at {where}", exc) from None
         return True
 
     async def keep_identity(self, worker: str) -> bool:

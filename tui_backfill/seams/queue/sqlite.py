@@ -226,13 +226,14 @@ class SqliteQueue:
         it, read by `status` before any worker's `init_db` added it). It may read the schema:
         never call it inside `_tx` (the queue's lock is not re-entrant)."""
         if self._indexes is None:
-            self._indexes = frozenset(INDEX_NAMES) - frozenset(await self.missing_indexes())
+            await self.missing_indexes()
+        assert self._indexes is not None
         return f" INDEXED BY {name}" if name in self._indexes else ""
 
     async def missing_indexes(self) -> list[str]:
         rows = await self._all("SELECT name FROM sqlite_master WHERE type = 'index'")
-        have = {str(r[0]) for r in rows}
-        return [name for name in INDEX_NAMES if name not in have]
+        self._indexes = frozenset(INDEX_NAMES) & {str(r[0]) for r in rows}  # index_hint's
+        return [name for name in INDEX_NAMES if name not in self._indexes]
 
     async def init_db(self) -> None:
         async with self._tx() as db:
