@@ -1,5 +1,6 @@
 """CPU of this process per S3 PUT (and HEAD): `Bucket.put` (aiobotocore) vs the lean path
-(tui_backfill.seams.s3_lean), against `rclone serve s3` (its CPU is its own process's).
+(tui_backfill.seams.s3_lean) on its wire (seams/http1) and on aiohttp (the way it sends through a
+proxy), against `rclone serve s3` (its CPU is its own process's).
 
 N objects of 30 KB per path, PUT as the publish worker does (If-None-Match: *, image/webp,
 Cache-Control), in rounds of 50 interleaved between the two paths, 8 at a time; then a HEAD of
@@ -52,8 +53,13 @@ async def main(count: int) -> None:
             pool_size=IN_FLIGHT + 2,
             credentials=(s3.access_key, s3.secret_key),
         )
-        async with bucket, LeanBucket(bucket) as lean:
-            paths: dict[str, Bucket | LeanBucket] = {"aiobotocore": bucket, "lean": lean}
+        async with bucket, LeanBucket(bucket) as lean, LeanBucket(bucket) as on_aiohttp:
+            on_aiohttp._wire = None  # as with a proxy: aiohttp sends
+            paths: dict[str, Bucket | LeanBucket] = {
+                "aiobotocore": bucket,
+                "lean-aiohttp": on_aiohttp,
+                "lean": lean,
+            }
             for name, path in paths.items():  # warm up: connections, first-call caches
                 await path.put(f"warm/{name}", body, "image/webp", if_none_match=True)
             for verb in ("PUT", "HEAD"):
@@ -82,7 +88,7 @@ async def main(count: int) -> None:
                 for name in paths:
                     rounds = cpu[name]
                     print(
-                        f"{verb:4} {name:11} {count} x 30 KB: CPU {statistics.mean(rounds):.2f} ms/call "
+                        f"{verb:4} {name:12} {count} x 30 KB: CPU {statistics.mean(rounds):.2f} ms/call "
                         f"(median round {statistics.median(rounds):.2f}), wall {wall[name]:.1f} s"
                     )
 

@@ -48,6 +48,7 @@ import aiohttp
 
 from tui_backfill.outcomes import ConfigError, RetryableError
 from tui_backfill.seams.connect_errors import unreachable_reason
+from tui_backfill.seams.http1 import CannotConnect
 from tui_backfill.seams.s3_lean import LeanObjects
 from tui_backfill.seams.s3_wire import ListedPage, ObjectTarget, head_bucket_problem, preflight
 from tui_backfill.seams.sigv4 import Credentials
@@ -224,7 +225,9 @@ class DirectBucket:
             refused = await self.objects().head_bucket()
         except RetryableError as exc:
             cause = exc.__cause__
-            if isinstance(cause, (aiohttp.ClientConnectorError, socket.gaierror)) and not (
+            if isinstance(
+                cause, (aiohttp.ClientConnectorError, CannotConnect, socket.gaierror)
+            ) and not (
                 isinstance(cause, aiohttp.ClientSSLError)  # TLS refused: retried, then named
             ):
                 reason = unreachable_reason(getattr(cause, "os_error", cause)) or "cannot connect"

@@ -57,6 +57,7 @@ import yarl
 
 from tui_backfill import __version__
 from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
+from tui_backfill.seams.http1 import Answer, TruncatedBody, Wire
 from tui_backfill.seams.s3_listing import read_listing
 from tui_backfill.seams.s3_objects import ObjectBody, ObjectInfo, ObjectReader
 from tui_backfill.seams.s3_wire import (
@@ -77,6 +78,8 @@ _USER_AGENT = f"tui-backfill/{__version__}"
 
 # (S3 code, HTTP status, message) of an error answer
 Refused = tuple[str, int, str]
+# An answer's head, its body unread: the wire's, or aiohttp's through a proxy
+Response = Answer | aiohttp.ClientResponse
 
 
 def read_error(status: int, body: bytes) -> Refused:
@@ -130,7 +133,8 @@ class LeanBucket:
         self.timeout = bucket.timeout
         self._target: ObjectTarget | None = None
         self._host = ""
-        self._session: aiohttp.ClientSession | None = None
+        self._session: aiohttp.ClientSession | None = None  # through a proxy
+        self._wire: Wire | None = None  # straight to the server
         self._proxy: yarl.URL | None = None
         self._proxy_headers: dict[str, str] = {}  # to the proxy: CONNECT's, for https
         self._proxy_in_request: dict[str, str] = {}  # in each request itself, for http
@@ -155,6 +159,11 @@ class LeanBucket:
         # owns retries (bucket._OneSendSession says why).
         session._retry_connection = False
         self._session = session
+        self._wire = Wire(
+            limit=self._bucket.pool_size,
+            tls=tls if isinstance(tls, ssl.SSLContext) else None,
+            connect_timeout=min(timeout, 10.0),
+        )
         return self
 
     async def _resolve(self) -> None:
@@ -178,6 +187,9 @@ class LeanBucket:
         tb: TracebackType | None,
     ) -> None:
         session, self._session = self._session, None
+        wire, self._wire = self._wire, None
+        if wire is not None:
+            wire.close()
         if session is not None:
             await session.close()
 
@@ -249,10 +261,10 @@ class LeanBucket:
             else:
                 response.close()
 
-    async def _get(self, key: str, *, relocated: bool = False) -> aiohttp.ClientResponse:
+    async def _get(self, key: str, *, relocated: bool = False) -> Response:
         """The answer's head of a GET of `key` (a 2xx; its body unread), or a classified error;
         a wrong region is found once (`_relocate`) and the GET sent again."""
-        response: aiohttp.ClientResponse | None = None
+        response: Response | None = None
         refused: Refused | None = None
         answer = b""
         url_of = self._url_of(key)
@@ -267,7 +279,7 @@ class LeanBucket:
             raise RetryableError(
                 f"S3 GET {key}: no answer within {self.timeout:g} s", code="timeout"
             ) from None
-        except aiohttp.ClientPayloadError:  # an error's XML cut short
+        except (aiohttp.ClientPayloadError, TruncatedBody):  # an error's XML cut short
             raise RetryableError(
                 f"S3 GET {key}: truncated answer, the connection closed mid-body",
                 code="truncated",
@@ -337,13 +349,15 @@ class LeanBucket:
 
     async def _exchange(
         self, method: str, url_of: Callable[[], str], headers: dict[str, str], body: bytes
-    ) -> tuple[ObjectTarget, aiohttp.ClientResponse]:
-        """The request signed and sent (to the proxy when there is one): the target it was
-        signed for and the answer's head, its body unread. The caller bounds it and reads,
-        releases or closes the answer."""
+    ) -> tuple[ObjectTarget, Response]:
+        """The request signed and sent (by the wire, or by aiohttp to the proxy when there is
+        one): the target it was signed for and the answer's head, its body unread. The caller
+        bounds it and reads, releases or closes the answer."""
         session = self._session
         assert session is not None, "use LeanBucket as an async context manager"
         used, url, sent = await self._sign(method, url_of, headers, body)
+        if self._proxy is None and self._wire is not None:
+            return used, await self._wire.request(method, url, sent, body)
         response = await session.request(
             method,
             yarl.URL(url, encoded=True),

@@ -30,6 +30,7 @@ import aiohttp
 
 from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
 from tui_backfill.seams import s3_wire
+from tui_backfill.seams.http1 import TruncatedBody
 
 CHUNK = 256 * 1024
 _NOT_FOUND = {"404", "NoSuchKey", "NotFound"}
@@ -45,8 +46,11 @@ class BodyFaults:
     classify: Callable[[BaseException], BackfillError]
 
 
-# A body read from aiohttp's stream (the lean path): cut short, aiohttp says so
-WIRE_FAULTS = BodyFaults((aiohttp.ClientPayloadError,), s3_wire.CLASSIFIED, s3_wire.classify)
+# A body read on the lean path (seams/http1's, or aiohttp's through a proxy): cut short, each
+# says so
+WIRE_FAULTS = BodyFaults(
+    (TruncatedBody, aiohttp.ClientPayloadError), s3_wire.CLASSIFIED, s3_wire.classify
+)
 
 
 @functools.cache
