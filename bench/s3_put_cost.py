@@ -61,7 +61,7 @@ async def main(count: int) -> None:
                 "lean": lean,
             }
             for name, path in paths.items():  # warm up: connections, first-call caches
-                await path.put(f"warm/{name}", body, "image/webp", if_none_match=True)
+                await path.put(f"{name}/warm", body, "image/webp", if_none_match=True)
             for verb in ("PUT", "HEAD"):
                 cpu: dict[str, list[float]] = {name: [] for name in paths}
                 wall: dict[str, float] = dict.fromkeys(paths, 0.0)

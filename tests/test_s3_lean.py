@@ -443,6 +443,103 @@ async def test_requests_go_through_the_proxy_the_environment_names(
     assert len(proxy.seen) == before
 
 
+class TunnelProxy:
+    """An HTTP proxy that only opens tunnels (CONNECT), recording each CONNECT's target and
+    Proxy-Authorization; with `refuse`, it answers that status instead."""
+
+    def __init__(self, refuse: int | None = None) -> None:
+        self.refuse = refuse
+        self.seen: list[tuple[str, str | None]] = []
+        self._server: asyncio.Server | None = None
+        self.url = ""
+
+    async def start(self) -> TunnelProxy:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        return self
+
+    async def stop(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            method, target, _ = head[0].split(" ")
+            auth = next(
+                (line.split(":", 1)[1].strip() for line in head[1:]
+                 if line.lower().startswith("proxy-authorization:")),
+                None,
+            )  # fmt: skip
+            self.seen.append((f"{method} {target}", auth))
+            if method != "CONNECT" or self.refuse:
+                status = self.refuse or 405
+                writer.write(f"HTTP/1.1 {status} No\r\nContent-Length: 0\r\n\r\n".encode())
+                return
+            host, _, port = target.rpartition(":")
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+
+            async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+                try:
+                    while data := await src.read(65536):
+                        dst.write(data)
+                        await dst.drain()
+                finally:
+                    dst.close()
+
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def test_https_goes_through_a_tunnel_of_the_proxy_the_environment_names(
+    rclone_s3: S3Target, stack: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY with an https endpoint: one CONNECT a connection, carrying the proxy's
+    credentials, and TLS with the endpoint (verified with its CA) inside the tunnel; a proxy
+    that refuses the tunnel is a retryable connection fault naming its answer."""
+    import ssl
+
+    from tui_backfill.servers.proxy import ReverseProxy
+
+    cert, key = self_signed(tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
+    stack.push_async_callback(https.stop)
+    tunnel = await TunnelProxy().start()
+    stack.push_async_callback(tunnel.stop)
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", tunnel.url.replace("http://", "http://op:s%40cret@"))
+    monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+
+    lean = await entered(bucket_for(rclone_s3, endpoint_url=https.endpoint_url), stack)
+    key = "tunnel/a.webp"
+    assert await lean.put(key, b"tunnelled", WEBP, if_none_match=False) is True
+    assert await lean.exists(key) is True
+    assert rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key=key)["Body"].read() == (
+        b"tunnelled"
+    )
+    where = https.endpoint_url.removeprefix("https://")
+    assert tunnel.seen == [(f"CONNECT {where}", "Basic b3A6c0BjcmV0")]  # one connection, kept
+    assert https.requests[("PUT", "put_object")] == 1
+
+    refusing = await TunnelProxy(refuse=407).start()
+    stack.push_async_callback(refusing.stop)
+    monkeypatch.setenv("HTTPS_PROXY", refusing.url)
+    refused_lean = await entered(bucket_for(rclone_s3, endpoint_url=https.endpoint_url), stack)
+    with pytest.raises(RetryableError) as refused:
+        await refused_lean.exists(key)
+    assert refused.value.code == "s3_connection"
+    assert f"ProxyRefused: the proxy {refusing.url} answered 407" in refused.value.message
+    assert refusing.seen == [(f"CONNECT {where}", None)]
+
+
 @pytest.mark.parametrize("server", ["rclone_s3", "moto_s3"])
 async def test_a_listing_reads_what_botocore_reads(
     server: str, request: pytest.FixtureRequest, stack: Any
@@ -493,7 +590,7 @@ async def test_a_reader_closes_with_its_bucket_and_a_new_entry_makes_a_new_one(
         again = bucket.objects()
         assert again is not first
         assert (await again.get("life/a.bin")).body == b"alive"
-    assert first._lean._session is None and again._lean._session is None
+    assert first._lean._wire is None and again._lean._wire is None
 
 
 class ElsewhereS3:

@@ -19,9 +19,13 @@ Failures are `ConnectionError` subclasses (s3_wire.classify reads them as `s3_co
 connection that broke, an answer that is not HTTP/1.x (`BadAnswer`), no connection made
 (`CannotConnect`, whose `os_error` connect_errors.unreachable_reason reads to tell an absent
 server), a certificate refused (`UntrustedCertificate`) or another TLS failure (`TLSFailed`),
-a body cut short (`TruncatedBody`). Waits are bounded by the caller
-(asyncio.timeout around each), except the connect, bounded here. Proxies are not spoken here:
-s3_lean sends through aiohttp when the environment names one.
+a body cut short (`TruncatedBody`), a proxy that refused a tunnel (`ProxyRefused`). Waits are
+bounded by the caller (asyncio.timeout around each), except the connect, bounded here.
+
+Through a proxy (`Proxy`, an http:// or https:// URL): a request for an http URL goes to the
+proxy in absolute form (its Proxy-Authorization among the request's headers, the caller's
+choice, as aiohttp and botocore send it); for an https URL the connection is a tunnel (CONNECT,
+with the proxy's headers) and TLS with the server runs inside it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import asyncio
 import collections
 import ssl
 import time
+from dataclasses import dataclass
 from types import TracebackType
 from typing import overload
 
@@ -38,16 +43,20 @@ HEAD_LIMIT = 64 * 1024  # an answer's head longer than this is refused
 KEEP_IDLE = 15.0  # seconds an idle connection is kept (aiohttp's keepalive_timeout)
 
 
-class TruncatedBody(ConnectionError):
+class WireError(ConnectionError):
+    """A failure this wire saw and says in words (its message names what was expected)."""
+
+
+class TruncatedBody(WireError):
     """The connection ended before the body its head announced (a connection failure too,
     for a caller that reads a whole answer)."""
 
 
-class BadAnswer(ConnectionError):
+class BadAnswer(WireError):
     """What the server sent is not an HTTP/1.x answer this client can read."""
 
 
-class CannotConnect(ConnectionError):
+class CannotConnect(WireError):
     """No connection was made (refused, no route, host not found): `os_error` says why, as
     aiohttp's ClientConnectorError does."""
 
@@ -58,12 +67,25 @@ class CannotConnect(ConnectionError):
         self.os_error = os_error
 
 
-class UntrustedCertificate(ConnectionError):
+class UntrustedCertificate(WireError):
     """The server's TLS certificate was refused (its chain, name or dates)."""
 
 
-class TLSFailed(ConnectionError):
+class TLSFailed(WireError):
     """The TLS handshake failed for another reason than the certificate."""
+
+
+class ProxyRefused(WireError):
+    """The proxy did not open a tunnel to the server (its answer's status in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """A proxy to send through: its URL (no credentials in it) and the headers it reads
+    (Proxy-Authorization), sent with a CONNECT."""
+
+    url: str
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Headers(dict[str, str]):
@@ -331,7 +353,13 @@ class _Pool:
     """The connections to one server (scheme, host and port)."""
 
     def __init__(
-        self, origin: str, *, limit: int, tls: ssl.SSLContext | None, connect_timeout: float
+        self,
+        origin: str,
+        *,
+        limit: int,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        proxy: Proxy | None,
     ) -> None:
         scheme, _, netloc = origin.partition("://")
         host, port = _split_netloc(netloc, 443 if scheme == "https" else 80)
@@ -339,6 +367,7 @@ class _Pool:
         self.port = port
         self.tls = tls if scheme == "https" else None
         self.connect_timeout = connect_timeout
+        self.proxy = proxy
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Connection] = []
         self._closed = False
@@ -369,25 +398,45 @@ class _Pool:
         return None
 
     async def _connect(self) -> _Connection:
-        loop = asyncio.get_running_loop()
+        """A new connection to the server (through the proxy's tunnel for https), within the
+        connect bound."""
+        async with asyncio.timeout(self.connect_timeout):
+            if self.proxy is None:
+                return await _open(self.host, self.port, self.tls)
+            scheme, _, netloc = self.proxy.url.partition("://")
+            host, port = _split_netloc(netloc, 443 if scheme == "https" else 80)
+            proxy_tls = ssl.create_default_context() if scheme == "https" else None
+            connection = await _open(host, port, proxy_tls)
+            if self.tls is not None:
+                try:
+                    await self._tunnel(connection)
+                except BaseException:
+                    connection.close()
+                    raise
+            return connection
+
+    async def _tunnel(self, connection: _Connection) -> None:
+        """CONNECT to the server through the proxy on `connection`, then TLS inside it."""
+        assert connection.transport is not None and self.proxy is not None and self.tls
+        where = f"{self.host}:{self.port}" if ":" not in self.host else f"[{self.host}]:{self.port}"
+        lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}"]
+        lines += [f"{name}: {value}" for name, value in self.proxy.headers]
+        connection.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+        status, _, _, _ = await self._answer(connection, "CONNECT")
+        if status != 200:
+            raise ProxyRefused(f"the proxy {self.proxy.url} answered {status} to CONNECT {where}")
         try:
-            async with asyncio.timeout(self.connect_timeout):
-                _, connection = await loop.create_connection(
-                    _Connection,
-                    self.host,
-                    self.port,
-                    ssl=self.tls,
-                    server_hostname=self.host if self.tls is not None else None,
-                )
+            transport = await asyncio.get_running_loop().start_tls(
+                connection.transport, connection, self.tls, server_hostname=self.host
+            )
         except ssl.SSLCertVerificationError as exc:
             raise UntrustedCertificate(
-                f"the certificate of {self.host}:{self.port} was refused: {exc.verify_message}"
+                f"the certificate of {where} was refused: {exc.verify_message}"
             ) from None
         except ssl.SSLError as exc:
-            raise TLSFailed(f"TLS with {self.host}:{self.port} failed: {exc}") from None
-        except OSError as exc:
-            raise CannotConnect(exc, f"{self.host}:{self.port}") from None
-        return connection
+            raise TLSFailed(f"TLS with {where} failed: {exc}") from None
+        assert isinstance(transport, asyncio.Transport)
+        connection.transport = transport
 
     async def _answer(
         self, connection: _Connection, method: str
@@ -415,7 +464,7 @@ class _Pool:
                 continue
             break
         coding = (headers.get("transfer-encoding") or "").lower()
-        if method == "HEAD" or status in (204, 304):
+        if method in ("HEAD", "CONNECT") or status in (204, 304):
             return status, keep, headers, Body(connection, 0, chunked=False)
         if coding:
             if coding.rsplit(",", 1)[-1].strip() != "chunked":
@@ -443,6 +492,24 @@ class _Pool:
             connection.close()
 
 
+async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:
+    """A connection to host:port (TLS with `tls`); failures classified."""
+    loop = asyncio.get_running_loop()
+    try:
+        _, connection = await loop.create_connection(
+            _Connection, host, port, ssl=tls, server_hostname=host if tls is not None else None
+        )
+    except ssl.SSLCertVerificationError as exc:
+        raise UntrustedCertificate(
+            f"the certificate of {host}:{port} was refused: {exc.verify_message}"
+        ) from None
+    except ssl.SSLError as exc:
+        raise TLSFailed(f"TLS with {host}:{port} failed: {exc}") from None
+    except OSError as exc:
+        raise CannotConnect(exc, f"{host}:{port}") from None
+    return connection
+
+
 def _split_netloc(netloc: str, default_port: int) -> tuple[str, int]:
     """Host and port of `host`, `host:port`, `[v6]` or `[v6]:port`."""
     if netloc.startswith("["):
@@ -462,24 +529,33 @@ class Wire:
         self._limit = limit
         self._tls = tls
         self._connect_timeout = connect_timeout
-        self._pools: dict[str, _Pool] = {}
+        self._pools: dict[tuple[str, Proxy | None], _Pool] = {}
 
     async def request(
-        self, method: str, url: str, headers: dict[str, str], body: bytes = b""
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: bytes = b"",
+        *,
+        proxy: Proxy | None = None,
     ) -> Answer:
         """Send the request (`url` already percent-encoded; `headers` as sent, Host among
         them) and answer its head; the body is read from the answer."""
         start = url.find("://") + 3
         slash = url.find("/", start)
         origin, target = (url, "/") if slash < 0 else (url[:slash], url[slash:])
-        pool = self._pools.get(origin)
+        pool = self._pools.get((origin, proxy))
         if pool is None:
-            pool = self._pools[origin] = _Pool(
+            pool = self._pools[(origin, proxy)] = _Pool(
                 origin.lower(),
                 limit=self._limit,
                 tls=self._tls,
                 connect_timeout=self._connect_timeout,
+                proxy=proxy,
             )
+        if proxy is not None and pool.tls is None:  # plain http: the proxy reads the URL
+            target = url
         lines = [f"{method} {target} HTTP/1.1"]
         for name, value in headers.items():
             if "\n" in value or "\r" in value:

@@ -5,7 +5,7 @@ botocore's import and an aiobotocore client cost about 0.2 s of start-up (0.1 s 
 0.1 s to load the S3 model and endpoint rules), most of a re-run over an unchanged bucket that
 lists 30 pages in 3 s. When nothing is left for botocore to resolve, the bucket's URL, signing
 region and credentials are known from the settings and the environment alone, and the lean
-path (seams/s3_lean: requests signed by seams/sigv4, sent by aiohttp) needs no client:
+path (seams/s3_lean: requests signed by seams/sigv4, sent on seams/http1) needs no client:
 
 - an endpoint URL is given (`--endpoint-url` or `AWS_ENDPOINT_URL`): requests go path-style to
   `ENDPOINT/BUCKET`, as botocore's endpoint rules send them for a custom endpoint; the signing
@@ -43,8 +43,6 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
-
-import aiohttp
 
 from tui_backfill.outcomes import ConfigError, RetryableError
 from tui_backfill.seams.connect_errors import unreachable_reason
@@ -225,11 +223,8 @@ class DirectBucket:
             refused = await self.objects().head_bucket()
         except RetryableError as exc:
             cause = exc.__cause__
-            if isinstance(
-                cause, (aiohttp.ClientConnectorError, CannotConnect, socket.gaierror)
-            ) and not (
-                isinstance(cause, aiohttp.ClientSSLError)  # TLS refused: retried, then named
-            ):
+            # (a TLS refusal is no CannotConnect: retried, then named)
+            if isinstance(cause, (CannotConnect, socket.gaierror)):
                 reason = unreachable_reason(getattr(cause, "os_error", cause)) or "cannot connect"
                 raise ConfigError("--endpoint-url", f"cannot reach {where}: {reason}") from None
             raise RetryableError(exc.message, code="--endpoint-url") from None

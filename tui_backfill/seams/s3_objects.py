@@ -26,8 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiohttp
-
 from tui_backfill.outcomes import BackfillError, NotFoundError, RetryableError
 from tui_backfill.seams import s3_wire
 from tui_backfill.seams.http1 import TruncatedBody
@@ -46,11 +44,8 @@ class BodyFaults:
     classify: Callable[[BaseException], BackfillError]
 
 
-# A body read on the lean path (seams/http1's, or aiohttp's through a proxy): cut short, each
-# says so
-WIRE_FAULTS = BodyFaults(
-    (TruncatedBody, aiohttp.ClientPayloadError), s3_wire.CLASSIFIED, s3_wire.classify
-)
+# A body read on the lean path (seams/http1): cut short, the wire says so
+WIRE_FAULTS = BodyFaults((TruncatedBody,), s3_wire.CLASSIFIED, s3_wire.classify)
 
 
 @functools.cache
@@ -58,6 +53,7 @@ def client_faults() -> BodyFaults:
     """A body read through aiobotocore: cut short, aiohttp's own error, botocore's check at
     the end of the stream, or aiobotocore's wrapper of a connection error mid-body; botocore's
     failures classified as the bucket's. Imported here, when first asked: botocore is heavy."""
+    import aiohttp
     import botocore.exceptions
 
     from tui_backfill.seams.bucket import CLASSIFIED, classify

@@ -1,9 +1,9 @@
 """S3 on the wire, without botocore: what an answer means and the shapes of what is read.
 
 Shared by both ways this project reaches a bucket: aiobotocore's client (seams/bucket) and
-requests signed here and sent by aiohttp (seams/s3_lean, seams/s3_direct). Importing it costs
-no botocore, so a run whose bucket needs no botocore (the hash index's direct path) starts
-without it.
+requests signed here and sent on our own wire (seams/s3_lean, seams/http1, seams/s3_direct).
+Importing it costs neither botocore nor aiohttp, so a run whose bucket needs no botocore (the
+hash index's direct path) starts without either.
 
 - An error answer (its S3 code, HTTP status and message) classified into the engine's codes
   (`classify_answer`): 5xx and throttling retryable, rejected credentials and a missing bucket
@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import aiohttp
-
 from tui_backfill.core.retry import retrying
 from tui_backfill.outcomes import (
     BackfillError,
@@ -40,6 +38,7 @@ from tui_backfill.outcomes import (
     RetryableError,
 )
 from tui_backfill.seams.connect_errors import unreachable_reason
+from tui_backfill.seams.http1 import WireError
 
 _CREDENTIAL_CODES = {
     "AccessDenied",
@@ -209,29 +208,27 @@ def head_bucket_problem(
     return ConfigError("--bucket", f"HeadBucket on {where} failed: {answer(status, code)}")
 
 
-# What requests sent by aiohttp may raise that `classify` maps: anything else is a bug in our
-# code (a TypeError from a wrong argument, a KeyError) and propagates unchanged.
-CLASSIFIED: tuple[type[BaseException], ...] = (
-    BackfillError,
-    TimeoutError,  # aiohttp's ServerTimeoutError too
-    aiohttp.ClientError,
-    OSError,
-)
+# What requests sent on the wire (seams/http1) may raise that `classify` maps: anything else
+# is a bug in our code (a TypeError from a wrong argument, a KeyError) and propagates unchanged.
+CLASSIFIED: tuple[type[BaseException], ...] = (BackfillError, TimeoutError, OSError)
 
 
 def classify(exc: BaseException) -> BackfillError:
-    """A transport failure of a request sent by aiohttp (see CLASSIFIED) as a classified
+    """A transport failure of a request sent on the wire (see CLASSIFIED) as a classified
     error; anything else gets a non-retryable, non-fatal `internal` error."""
     if isinstance(exc, BackfillError):
         return exc
     if isinstance(exc, TimeoutError):
         # the code a bound on the whole call gives too, whichever fires first
         return RetryableError("S3 call timed out", code="timeout")
-    if isinstance(exc, (aiohttp.ClientError, OSError)):
+    if isinstance(exc, OSError):
         reason = unreachable_reason(getattr(exc, "os_error", exc))
         if reason is not None:  # nothing listens there: the engine's breaker counts these
             return OriginUnreachable(f"S3 connection: {reason}", code="s3_connection")
-        return RetryableError(f"S3 connection: {exc.__class__.__name__}", code="s3_connection")
+        said = f": {exc}" if isinstance(exc, WireError) else ""  # the wire's own words
+        return RetryableError(
+            f"S3 connection: {exc.__class__.__name__}{said}", code="s3_connection"
+        )
     return BackfillError(f"internal error: {exc.__class__.__name__}: {exc}", code="internal")
 
 
