@@ -322,3 +322,43 @@ async def test_a_large_body_streams_with_reading_paused_while_unread() -> None:
             digest.update(chunk)
         assert digest.digest() == hashlib.sha256(body).digest() and most <= 256 * 1024
         answer.release()
+
+
+@pytest.mark.parametrize("resend", [False, True])
+async def test_a_kept_alive_connection_dropped_at_the_next_request_is_resent_only_if_asked(
+    resend: bool,
+) -> None:
+    """The server answers once per connection, then drops it when the next request comes
+    (an idle timeout met at that instant). Without `resend_on_stale` the failure is the
+    caller's (nothing sent twice); with it, the request goes once more on a new connection. A
+    new connection dropped before its answer is never resent."""
+    per_connection: dict[int, int] = {}
+
+    async def once_per_connection(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        seen = per_connection[id(writer)] = per_connection.get(id(writer), 0) + 1
+        if seen > 1:
+            return False  # dropped, unanswered
+        writer.write(OK_ABC)
+        return True
+
+    async with Scripted(once_per_connection) as server:
+        client = Wire(limit=1, tls=None, connect_timeout=5.0, resend_on_stale=resend)
+        async with await client.request("GET", server.url + "/k", {}) as answer:
+            assert await answer.read() == b"abc"
+        if resend:
+            async with await client.request("GET", server.url + "/k", {}) as answer:
+                assert await answer.read() == b"abc"
+            assert server.accepted == 2 and len(server.requests) == 3
+        else:
+            with pytest.raises(ConnectionResetError, match="before its answer"):
+                await client.request("GET", server.url + "/k", {})
+            assert server.accepted == 1 and len(server.requests) == 2
+
+    async def never(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        return False
+
+    async with Scripted(never) as server:
+        client = Wire(limit=1, tls=None, connect_timeout=5.0, resend_on_stale=True)
+        with pytest.raises(ConnectionResetError):
+            await client.request("GET", server.url + "/k", {})
+        assert server.accepted == 1 and len(server.requests) == 1

@@ -27,6 +27,7 @@ from helpers import closed_port
 from PIL import Image
 
 from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError, RetryableError
+from tui_backfill.seams.http1 import Wire
 from tui_backfill.seams.media import (
     DEFAULT_SPECS,
     MediaError,
@@ -57,13 +58,13 @@ async def raid(catalog: dict[str, bytes]) -> AsyncIterator[RaidServer]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
+async def session() -> AsyncIterator[Wire]:
     async with source_session(connections=4) as client:  # the worker's
         yield client
 
 
 async def download(
-    session: aiohttp.ClientSession,
+    session: Wire,
     raid: RaidServer,
     key: str,
     *,
@@ -83,7 +84,7 @@ async def download(
 
 
 async def publish(
-    session: aiohttp.ClientSession, raid: RaidServer, key: str
+    session: Wire, raid: RaidServer, key: str
 ) -> dict[str, tuple[Variant, Image.Image]]:
     """Download `key`, make the default variants in a thread, decode each: name -> both."""
     data = await download(session, raid, key)
@@ -131,7 +132,7 @@ def close(actual: tuple[int, ...], expected: tuple[int, ...], tolerance: int) ->
     ["photo.jpg", "portrait.jpg", "small.jpg", "alpha.png", "orient/6.jpg", "animated.gif"],
 )
 async def test_variants_fit_their_boxes_keep_the_aspect_and_never_upscale(
-    session: aiohttp.ClientSession, raid: RaidServer, catalog: dict[str, bytes], key: str
+    session: Wire, raid: RaidServer, catalog: dict[str, bytes], key: str
 ) -> None:
     source_w, source_h = upright_size(catalog[key])
     for name, (variant, _) in (await publish(session, raid, key)).items():
@@ -145,7 +146,7 @@ async def test_variants_fit_their_boxes_keep_the_aspect_and_never_upscale(
 
 
 async def test_a_small_source_gives_both_variants_at_its_own_size(
-    session: aiohttp.ClientSession, raid: RaidServer
+    session: Wire, raid: RaidServer
 ) -> None:
     variants = await publish(session, raid, "small.jpg")
     assert {name: image.size for name, (_, image) in variants.items()} == {
@@ -164,7 +165,7 @@ def test_a_portrait_photo_fits_by_its_height() -> None:
 
 @pytest.mark.parametrize("orientation", range(1, 9))
 async def test_exif_orientation_is_applied(
-    session: aiohttp.ClientSession, raid: RaidServer, orientation: int
+    session: Wire, raid: RaidServer, orientation: int
 ) -> None:
     for _, image in (await publish(session, raid, f"orient/{orientation}.jpg")).values():
         assert image.size == images.ORIENTED_SIZE
@@ -177,7 +178,7 @@ async def test_exif_orientation_is_applied(
         assert close(top_right, (0, 255, 0), 40), f"orientation {orientation}: {top_right}"
 
 
-async def test_alpha_is_kept(session: aiohttp.ClientSession, raid: RaidServer) -> None:
+async def test_alpha_is_kept(session: Wire, raid: RaidServer) -> None:
     for _, image in (await publish(session, raid, "alpha.png")).values():
         assert image.mode == "RGBA"
         width, height = image.size
@@ -200,7 +201,7 @@ async def test_alpha_is_kept(session: aiohttp.ClientSession, raid: RaidServer) -
 
 @pytest.mark.parametrize("key", ["p3.jpg", "orient/6.jpg", "cmyk_icc.jpg", "alpha.png"])
 async def test_outputs_carry_no_metadata(
-    session: aiohttp.ClientSession, raid: RaidServer, catalog: dict[str, bytes], key: str
+    session: Wire, raid: RaidServer, catalog: dict[str, bytes], key: str
 ) -> None:
     with Image.open(io.BytesIO(catalog[key])) as source:  # the source has some to strip
         assert source.info.get("icc_profile") or source.info.get("exif") or key == "alpha.png"
@@ -247,7 +248,7 @@ ADOBE_TO_XYZ = [
     ],
 )
 async def test_an_embedded_profile_is_converted_to_srgb(
-    session: aiohttp.ClientSession,
+    session: Wire,
     raid: RaidServer,
     key: str,
     to_xyz: list[list[float]],
@@ -261,9 +262,7 @@ async def test_an_embedded_profile_is_converted_to_srgb(
         assert close(centre, expected, 5), f"{key}: {centre} != {expected}"
 
 
-async def test_cmyk_comes_out_as_plausible_rgb(
-    session: aiohttp.ClientSession, raid: RaidServer
-) -> None:
+async def test_cmyk_comes_out_as_plausible_rgb(session: Wire, raid: RaidServer) -> None:
     naive = (await publish(session, raid, "cmyk.jpg"))["display"][1].convert("RGB")
     profiled = (await publish(session, raid, "cmyk_icc.jpg"))["display"][1].convert("RGB")
     cyan, magenta, yellow = (32, 32), (100, 16), (100, 48)
@@ -276,17 +275,13 @@ async def test_cmyk_comes_out_as_plausible_rgb(
         assert close(profiled.getpixel(where), ink, 10), (where, profiled.getpixel(where))  # type: ignore[arg-type]
 
 
-async def test_an_animation_gives_its_first_frame(
-    session: aiohttp.ClientSession, raid: RaidServer
-) -> None:
+async def test_an_animation_gives_its_first_frame(session: Wire, raid: RaidServer) -> None:
     for _, image in (await publish(session, raid, "animated.gif")).values():
         assert getattr(image, "n_frames", 1) == 1
         assert close(image.convert("RGB").getpixel((32, 24)), (255, 0, 0), 6)  # type: ignore[arg-type]
 
 
-async def test_sixteen_bit_grey_is_scaled_not_clipped(
-    session: aiohttp.ClientSession, raid: RaidServer
-) -> None:
+async def test_sixteen_bit_grey_is_scaled_not_clipped(session: Wire, raid: RaidServer) -> None:
     image = (await publish(session, raid, "gray16.png"))["display"][1].convert("L")
     left, middle, right = (image.getpixel((x, 50)) for x in (5, 100, 194))
     assert isinstance(left, int) and isinstance(middle, int) and isinstance(right, int)
@@ -304,7 +299,7 @@ async def test_sixteen_bit_grey_is_scaled_not_clipped(
     ],
 )
 async def test_bad_images_fail_permanently(
-    session: aiohttp.ClientSession, raid: RaidServer, key: str, code: str
+    session: Wire, raid: RaidServer, key: str, code: str
 ) -> None:
     data = await download(session, raid, key)
     started = time.perf_counter()
@@ -441,28 +436,56 @@ def test_freed_image_blocks_are_kept_for_the_next_images_unless_the_operator_say
 
 # -- the download ------------------------------------------------------------------------------
 async def test_a_source_that_keeps_arriving_is_never_cut_off_as_a_whole(
-    session: aiohttp.ClientSession,
+    session: Wire,
 ) -> None:
     """The worker's session bounds no download as a whole (aiohttp's default of 300 s would
     cut a large source off mid-body over a slow link); only the wait for the answer's head and
-    each gap between chunks are bounded, by `download_source`'s timeout."""
-    assert session.timeout.total is None
-    assert session.timeout.sock_read is None and session.timeout.sock_connect is None
+    each gap between chunks are bounded, by `download_source`'s timeout: a body trickled over
+    8 x the timeout arrives whole, one whose gap outlasts the timeout is cut off."""
+    pieces = [bytes([n]) * 1000 for n in range(16)]
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        stall = b"stall" in head
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 16000\r\n\r\n")
+        for n, piece in enumerate(pieces):
+            await asyncio.sleep(0.6 if stall and n == 8 else 0.1)
+            writer.write(piece)
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/pub"
+    try:
+        started = time.monotonic()
+        got = await download_source(
+            session, endpoint, "slow.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.2
+        )
+        assert got == b"".join(pieces) and time.monotonic() - started > 1.5
+        with pytest.raises(RetryableError) as stalled:
+            await download_source(
+                session, endpoint, "stall.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.2
+            )
+        assert stalled.value.code == "timeout" and "after 8,000 bytes" in stalled.value.message
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 async def test_the_bearer_token_is_required(
-    session: aiohttp.ClientSession, raid: RaidServer, catalog: dict[str, bytes]
+    session: Wire, raid: RaidServer, catalog: dict[str, bytes]
 ) -> None:
-    async with session.get(raid.endpoint, params={"key": "photo.jpg"}) as response:
+    async with (
+        aiohttp.ClientSession() as plain,
+        plain.get(raid.endpoint, params={"key": "photo.jpg"}) as response,
+    ):
         assert response.status == 401
     assert raid.unauthorized == 1
     assert await download(session, raid, "photo.jpg") == catalog["photo.jpg"]
     assert raid.unauthorized == 1 and raid.gets == 2
 
 
-async def test_a_wrong_secret_is_fatal_and_never_shown(
-    session: aiohttp.ClientSession, raid: RaidServer
-) -> None:
+async def test_a_wrong_secret_is_fatal_and_never_shown(session: Wire, raid: RaidServer) -> None:
     wrong = "wrong-" + SECRET
     with pytest.raises(FatalError) as caught:
         await download(session, raid, "photo.jpg", secret=wrong)
@@ -472,7 +495,7 @@ async def test_a_wrong_secret_is_fatal_and_never_shown(
 
 
 async def test_keys_are_url_encoded_beside_an_endpoints_own_query(
-    session: aiohttp.ClientSession, raid: RaidServer
+    session: Wire, raid: RaidServer
 ) -> None:
     key = "lots/12/IMG 1+2&key=x%y?.jpg"
     raid.images[key] = b"odd key"
@@ -500,7 +523,7 @@ def test_source_url_parsed_once_an_endpoint_is_the_same_url(endpoint: str) -> No
 
 
 async def test_download_failures_are_classified(
-    session: aiohttp.ClientSession, raid: RaidServer, catalog: dict[str, bytes]
+    session: Wire, raid: RaidServer, catalog: dict[str, bytes]
 ) -> None:
     errors: list[BackfillError] = []
 

@@ -13,7 +13,8 @@ its way through its parser and stream. A signed S3 PUT, HEAD or GET needs none o
   of the connection; reading pauses past BUFFERED bytes not yet read, so a large body streams
   in bounded memory;
 - nothing is sent twice: a connection that fails is closed and the failure raised (the engine
-  owns retries, as with aiohttp's silent re-send turned off).
+  owns retries, as with aiohttp's silent re-send turned off), unless the wire was asked to
+  resend a request whose kept-alive connection the server had closed (`resend_on_stale`).
 
 Failures are `ConnectionError` subclasses (s3_wire.classify reads them as `s3_connection`): a
 connection that broke, an answer that is not HTTP/1.x (`BadAnswer`), no connection made
@@ -111,6 +112,7 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.idle_since = 0.0
+        self.heard = False  # bytes came since the last request was written
         self._received: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
@@ -123,6 +125,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
+        self.heard = True
         self._received.append(data)
         self._buffered += len(data)
         if self._buffered > BUFFERED and not self._paused and self.transport is not None:
@@ -278,15 +281,15 @@ class Answer:
         self,
         pool: _Pool,
         connection: _Connection,
-        status: int,
+        status: tuple[int, str],
         headers: Headers,
         content: Body,
         keep: bool,
     ) -> None:
         self._pool = pool
         self._connection: _Connection | None = connection
-        self.status = status
-        self.ok = status < 400
+        self.status, self.reason = status
+        self.ok = self.status < 400
         self.headers = headers
         self.content = content
         self._keep = keep
@@ -322,9 +325,9 @@ class Answer:
             self.close()
 
 
-def _parse_head(head: bytes) -> tuple[int, bool, Headers]:
-    """The status, whether the server keeps the connection, and the headers of an answer's
-    head (without its blank line)."""
+def _parse_head(head: bytes) -> tuple[tuple[int, str], bool, Headers]:
+    """The status (code and reason), whether the server keeps the connection, and the headers
+    of an answer's head (without its blank line)."""
     lines = head.decode("latin-1").split("\r\n")
     version, _, rest = lines[0].partition(" ")
     code = rest[:3]
@@ -346,7 +349,7 @@ def _parse_head(head: bytes) -> tuple[int, bool, Headers]:
         dict.__setitem__(headers, name, value)
     connection = (headers.get("connection") or "").lower()
     keep = version == "HTTP/1.1" and "close" not in connection
-    return int(code), keep, headers
+    return (int(code), rest[4:].strip()), keep, headers
 
 
 class _Pool:
@@ -372,21 +375,42 @@ class _Pool:
         self._idle: list[_Connection] = []
         self._closed = False
 
-    async def exchange(self, head: bytes, body: bytes, method: str) -> Answer:
+    async def exchange(self, head: bytes, body: bytes, method: str, *, resend: bool) -> Answer:
+        """The request sent and its answer's head. With `resend`, a request that a kept-alive
+        connection failed before a byte of answer came (the server had closed it meanwhile)
+        is sent once more on a new connection, as aiohttp does; the caller asks for it only
+        where a second send is harmless."""
         await self._slots.acquire()
         try:
-            connection = self._take_idle() or await self._connect()
+            connection = self._take_idle()
+            reused = connection is not None
+            if connection is None:
+                connection = await self._connect()
         except BaseException:
             self._slots.release()
             raise
-        try:
-            assert connection.transport is not None
-            connection.transport.write(head + body if body else head)
-            status, keep, headers, content = await self._answer(connection, method)
-        except BaseException:
-            self.give_back(connection, keep=False)
-            raise
-        return Answer(self, connection, status, headers, content, keep)
+        while True:
+            try:
+                assert connection.transport is not None
+                connection.heard = False
+                connection.transport.write(head + body if body else head)
+                status, keep, headers, content = await self._answer(connection, method)
+            except OSError:
+                connection.close()
+                if not (resend and reused and not connection.heard):
+                    self.give_back(connection, keep=False)
+                    raise
+                reused = False
+                try:
+                    connection = await self._connect()
+                except BaseException:
+                    self._slots.release()
+                    raise
+                continue
+            except BaseException:
+                self.give_back(connection, keep=False)
+                raise
+            return Answer(self, connection, status, headers, content, keep)
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
@@ -422,9 +446,11 @@ class _Pool:
         lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}"]
         lines += [f"{name}: {value}" for name, value in self.proxy.headers]
         connection.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        status, _, _, _ = await self._answer(connection, "CONNECT")
+        (status, reason), _, _, _ = await self._answer(connection, "CONNECT")
         if status != 200:
-            raise ProxyRefused(f"the proxy {self.proxy.url} answered {status} to CONNECT {where}")
+            raise ProxyRefused(
+                f"the proxy {self.proxy.url} answered {status} {reason} to CONNECT {where}"
+            )
         try:
             transport = await asyncio.get_running_loop().start_tls(
                 connection.transport, connection, self.tls, server_hostname=self.host
@@ -440,7 +466,7 @@ class _Pool:
 
     async def _answer(
         self, connection: _Connection, method: str
-    ) -> tuple[int, bool, Headers, Body]:
+    ) -> tuple[tuple[int, str], bool, Headers, Body]:
         """The final answer's head (1xx interim answers skipped) and its body's framing."""
         while True:
             got = b""
@@ -458,13 +484,13 @@ class _Pool:
                 if len(got) > HEAD_LIMIT:
                     raise BadAnswer("an answer's head over 64 KiB")
             status, keep, headers = _parse_head(head)
-            if 100 <= status < 200:
-                if status == 101:
+            if 100 <= status[0] < 200:
+                if status[0] == 101:
                     raise BadAnswer("a protocol switch (101) that was not asked for")
                 continue
             break
         coding = (headers.get("transfer-encoding") or "").lower()
-        if method in ("HEAD", "CONNECT") or status in (204, 304):
+        if method in ("HEAD", "CONNECT") or status[0] in (204, 304):
             return status, keep, headers, Body(connection, 0, chunked=False)
         if coding:
             if coding.rsplit(",", 1)[-1].strip() != "chunked":
@@ -523,9 +549,18 @@ def _split_netloc(netloc: str, default_port: int) -> tuple[str, int]:
 class Wire:
     """Requests to whatever server a URL names, each server with its own pool of at most
     `limit` connections in use. Close it to close its idle connections (those in use close
-    when their answers are released)."""
+    when their answers are released). `resend_on_stale`: see `_Pool.exchange` (off: every
+    failure is the caller's to retry, counted and bounded)."""
 
-    def __init__(self, *, limit: int, tls: ssl.SSLContext | None, connect_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        limit: int,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        resend_on_stale: bool = False,
+    ) -> None:
+        self._resend = resend_on_stale
         self._limit = limit
         self._tls = tls
         self._connect_timeout = connect_timeout
@@ -564,8 +599,14 @@ class Wire:
         if body or method in ("PUT", "POST"):
             lines.append(f"Content-Length: {len(body)}")
         head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
-        return await pool.exchange(head, body, method)
+        return await pool.exchange(head, body, method, resend=self._resend)
 
     def close(self) -> None:
         for pool in self._pools.values():
             pool.close()
+
+    async def __aenter__(self) -> Wire:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
