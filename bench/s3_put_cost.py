@@ -1,6 +1,7 @@
 """CPU of this process per S3 PUT (and HEAD): `Bucket.put` (aiobotocore) vs the lean path
-(tui_backfill.seams.s3_lean) on its wire (seams/http1) and on aiohttp (the way it sends through a
-proxy), against `rclone serve s3` (its CPU is its own process's).
+(tui_backfill.seams.s3_lean, sent on its own wire, seams/http1) vs the lean path's signed
+request sent by aiohttp (`AiohttpSent`: what the lean path did before the wire), against
+`rclone serve s3` (its CPU is its own process's).
 
 N objects of 30 KB per path, PUT as the publish worker does (If-None-Match: *, image/webp,
 Cache-Control), in rounds of 50 interleaved between the two paths, 8 at a time; then a HEAD of
@@ -18,6 +19,9 @@ import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+
+import aiohttp
+import yarl
 
 from tui_backfill.pipelines.publish.worker import CACHE_CONTROL
 from tui_backfill.seams.bucket import Bucket
@@ -41,6 +45,54 @@ async def timed_round(call: Callable[[int], Awaitable[object]], start: int) -> t
     return time.process_time() - cpu, time.perf_counter() - wall
 
 
+class AiohttpSent:
+    """The lean path's signed requests (`LeanBucket.signed`) sent by one aiohttp session, as
+    s3_lean sent them before its own wire (no silent re-send, no Content-Type added)."""
+
+    def __init__(self, lean: LeanBucket) -> None:
+        self._lean = lean
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AiohttpSent:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=IN_FLIGHT + 2),
+            auto_decompress=False,
+            skip_auto_headers=("Content-Type",),
+        )
+        self._session._retry_connection = False
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._session is not None
+        await self._session.close()
+
+    async def _send(self, method: str, key: str, headers: dict[str, str], body: bytes) -> int:
+        assert self._session is not None
+        url, sent = await self._lean.signed(method, key, headers, body)
+        async with self._session.request(
+            method, yarl.URL(url, encoded=True), headers=sent, data=body or None
+        ) as answer:
+            await answer.read()
+            return answer.status
+
+    async def put(
+        self,
+        key: str,
+        body: bytes,
+        content_type: str,
+        *,
+        if_none_match: bool,
+        cache_control: str = "",
+    ) -> bool:
+        headers = {"Content-Type": content_type, "If-None-Match": "*"}
+        if cache_control:
+            headers["Cache-Control"] = cache_control
+        return await self._send("PUT", key, headers, body) == 200
+
+    async def exists(self, key: str) -> bool:
+        return await self._send("HEAD", key, {}, b"") == 200
+
+
 async def main(count: int) -> None:
     body = os.urandom(30 * 1024)
     with RcloneS3(Path(tempfile.mkdtemp(prefix="bench-put-")) / "s3", buckets=["bench"]) as s3:
@@ -53,9 +105,8 @@ async def main(count: int) -> None:
             pool_size=IN_FLIGHT + 2,
             credentials=(s3.access_key, s3.secret_key),
         )
-        async with bucket, LeanBucket(bucket) as lean, LeanBucket(bucket) as on_aiohttp:
-            on_aiohttp._wire = None  # as with a proxy: aiohttp sends
-            paths: dict[str, Bucket | LeanBucket] = {
+        async with bucket, LeanBucket(bucket) as lean, AiohttpSent(lean) as on_aiohttp:
+            paths: dict[str, Bucket | LeanBucket | AiohttpSent] = {
                 "aiobotocore": bucket,
                 "lean-aiohttp": on_aiohttp,
                 "lean": lean,
@@ -69,7 +120,10 @@ async def main(count: int) -> None:
                     for name, path in paths.items():
 
                         async def call(
-                            i: int, path: Bucket | LeanBucket = path, name: str = name
+                            i: int,
+                            path: Bucket | LeanBucket | AiohttpSent = path,
+                            name: str = name,
+                            verb: str = verb,
                         ) -> object:
                             key = f"{name}/{i:06d}.webp"
                             if verb == "HEAD":

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import errno
 import hashlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -362,3 +364,73 @@ async def test_a_kept_alive_connection_dropped_at_the_next_request_is_resent_onl
         with pytest.raises(ConnectionResetError):
             await client.request("GET", server.url + "/k", {})
         assert server.accepted == 1 and len(server.requests) == 1
+
+
+async def test_a_url_without_a_path_asks_for_the_root_with_its_query() -> None:
+    async with Scripted(fixed(OK_ABC)) as server:
+        async with await wire().request("GET", server.url + "?key=a%2Fb", {}) as answer:
+            assert await answer.read() == b"abc"
+    assert server.requests[0].startswith(b"GET /?key=a%2Fb HTTP/1.1\r\n")
+
+
+async def test_a_user_and_password_in_a_url_are_never_used_nor_told() -> None:
+    async with Scripted(fixed(OK_ABC)) as server:
+        url = server.url
+    with pytest.raises(CannotConnect) as raised:
+        await wire().request("GET", url.replace("://", "://op:pw-in-url@") + "/k", {})
+    assert "pw-in-url" not in str(raised.value) and "op:" not in str(raised.value)
+
+
+async def test_a_name_whose_every_address_refuses_is_absent_not_faulty(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A name with two addresses (the resolver's answer given here: 127.0.0.1 and 127.0.0.2),
+    both refusing: the errno survives (asyncio's own merge of the two failures drops it), so
+    the server is told absent; the addresses are tried in turn."""
+    async with Scripted(fixed(OK_ABC)) as server:
+        port = int(server.url.rpartition(":")[2])
+    asked: list[str] = []
+
+    async def resolve(host: str, port: int, **_: Any) -> list[Any]:
+        asked.append(host)
+        return [
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+            (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.2", port)),
+        ]
+
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolve)
+    with pytest.raises(CannotConnect) as raised:
+        await wire().request("GET", f"http://two-addresses.test:{port}/k", {})
+    assert unreachable_reason(raised.value.os_error) == "connection refused"
+    assert asked == ["two-addresses.test"]
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+async def test_a_content_length_that_is_no_ascii_number_is_refused_and_frees_its_slot(
+    method: str,
+) -> None:
+    bad = "HTTP/1.1 200 OK\r\nContent-Length: ²\r\n\r\n".encode()
+    async with Scripted(fixed(bad, OK_ABC)) as server:
+        client = wire(limit=1)
+        with pytest.raises(BadAnswer, match="not a number"):
+            await client.request(method, server.url + "/k", {})
+        async with asyncio.timeout(2):
+            async with await client.request("GET", server.url + "/k", {}) as answer:
+                assert await answer.read() == b"abc"
+
+
+async def test_a_body_to_the_close_cut_by_a_reset_is_truncated_not_short() -> None:
+    async def reset(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n" + b"z" * 1000)
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()  # RST, not FIN
+        return False
+
+    async with Scripted(reset) as server:
+        answer = await wire().request("GET", server.url + "/k", {})
+        with pytest.raises(TruncatedBody, match="broke"):
+            await answer.read()
+        answer.close()

@@ -10,6 +10,7 @@ tracemalloc does not, and unlike ru_maxrss is not inherited across exec).
 from __future__ import annotations
 
 import asyncio
+import functools
 import io
 import json
 import os
@@ -20,6 +21,7 @@ import time
 import warnings
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -570,3 +572,61 @@ async def test_download_failures_are_classified(
 
     for error in errors:
         assert SECRET not in str(error) and SECRET not in repr(error.args)
+
+
+async def test_redirects_are_followed_and_the_secret_stays_with_the_endpoints_server(
+    session: Wire,
+) -> None:
+    """An endpoint that redirects: to its own server (relative Location) the bearer token
+    goes along; to another server it does not; a redirect loop ends as a permanent
+    `redirect` failure after MAX_REDIRECTS, not a hang."""
+    from aiohttp import web
+
+    from tui_backfill.outcomes import PermanentError
+    from tui_backfill.seams.media.source import MAX_REDIRECTS
+
+    seen: list[tuple[str, str | None]] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(("elsewhere", request.headers.get("Authorization")))
+        return web.Response(body=b"from elsewhere")
+
+    async def endpoint(request: web.Request) -> web.Response:
+        seen.append((request.path_qs, request.headers.get("Authorization")))
+        key = request.query.get("key", "")
+        if request.path == "/real":
+            return web.Response(body=b"same server")
+        if key == "same.jpg":
+            raise web.HTTPFound("/real?key=same.jpg")
+        if key == "other.jpg":
+            raise web.HTTPTemporaryRedirect(f"{other_url}/img")
+        raise web.HTTPFound(f"/pub?key={key}")  # a loop
+
+    async def serve(route: str, handler: Any) -> tuple[web.AppRunner, str]:
+        app = web.Application()
+        app.router.add_get(route, handler)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    other, other_url = await serve("/img", elsewhere)
+    raid, raid_url = await serve("/{tail:.*}", endpoint)
+    try:
+        fetch = functools.partial(
+            download_source, session, raid_url + "/pub", secret=SECRET,
+            max_bytes=MAX_BYTES, timeout=5.0,
+        )  # fmt: skip
+        bearer = f"Bearer {SECRET}"
+        assert await fetch("same.jpg") == b"same server"
+        assert seen == [("/pub?key=same.jpg", bearer), ("/real?key=same.jpg", bearer)]
+        seen.clear()
+        assert await fetch("other.jpg") == b"from elsewhere"
+        assert seen == [("/pub?key=other.jpg", bearer), ("elsewhere", None)]
+        seen.clear()
+        with pytest.raises(PermanentError) as looped:
+            await fetch("loop.jpg")
+        assert looped.value.code == "redirect" and len(seen) == MAX_REDIRECTS + 1
+    finally:
+        await raid.cleanup()
+        await other.cleanup()

@@ -69,6 +69,7 @@ def test_secrets_are_never_shown() -> None:
         ({"B2_ENDPOINT": "http://[::1:9000"}, "B2_ENDPOINT"),
         ({"CDN_BASE_URL": "https://[cdn"}, "CDN_BASE_URL"),
         ({"RAID_PUB_ENDPOINT": "http://raid:port/pub"}, "RAID_PUB_ENDPOINT"),
+        ({"RAID_PUB_ENDPOINT": "https://op:pw-in-url@raid.example/pub"}, "RAID_PUB_ENDPOINT"),
         ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
         ({"MAX_RETRIES": "many"}, "MAX_RETRIES"),
         ({"WORKER_POLL_INTERVAL": "-5"}, "WORKER_POLL_INTERVAL"),
@@ -88,4 +89,4 @@ def test_bad_values_name_their_variable(env: dict[str, str], field: str) -> None
     with pytest.raises(ConfigError) as info:
         validate_worker(resolve_publish({}, env=env, env_file=str(SEED_ENV)))
     assert str(info.value).startswith(field + ":"), str(info.value)
-    assert "\n" not in str(info.value)
+    assert "\n" not in str(info.value) and "pw-in-url" not in str(info.value)

@@ -6,8 +6,13 @@ timeout). Shared by the origins and the S3 paths, which stop a run whose other e
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 _ABSENT_ERRNOS = {
     errno.ECONNREFUSED: "connection refused",
@@ -27,3 +32,23 @@ def unreachable_reason(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno is not None:
         return _ABSENT_ERRNOS.get(exc.errno)
     return None
+
+
+async def connect_each(host: str, port: int, connect: Callable[[str], Awaitable[T]]) -> T:
+    """Connect to the first address of `host` that answers, in resolver order.
+
+    When every address fails, the error raised keeps their errno if they agree: asyncio's own
+    merge of several failures (a name with an IPv6 and an IPv4 address, both refusing) drops
+    it, and with it the difference between an absent origin and a faulty one.
+    """
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failures: list[OSError] = []
+    for *_, address in infos:
+        try:
+            return await connect(str(address[0]))
+        except OSError as exc:
+            failures.append(exc)
+    if len({exc.errno for exc in failures}) == 1:
+        raise failures[0]
+    raise OSError(None, "; ".join(str(exc) for exc in failures))

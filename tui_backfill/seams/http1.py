@@ -39,6 +39,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import overload
 
+from tui_backfill.seams.connect_errors import connect_each
+
 BUFFERED = 1024 * 1024  # bytes received and not yet read that pause reading
 HEAD_LIMIT = 64 * 1024  # an answer's head longer than this is refused
 KEEP_IDLE = 15.0  # seconds an idle connection is kept (aiohttp's keepalive_timeout)
@@ -184,6 +186,11 @@ class _Connection(asyncio.Protocol):
             self.transport.resume_reading()
         return data
 
+    @property
+    def lost(self) -> BaseException | None:
+        """Why the connection ended, when it did not end cleanly."""
+        return self._lost
+
     def unread(self, data: bytes) -> None:
         if data:
             self._received.appendleft(data)
@@ -237,6 +244,10 @@ class Body:
         left = self._left
         data = await connection.chunk(n if left is None else min(n, left))
         if left is None:
+            if not data and connection.lost is not None:  # reset or cut, not a clean close
+                raise TruncatedBody(
+                    f"the connection broke before the body's end: {connection.lost}"
+                )
             self.done = not data
             return data
         if not data:
@@ -285,6 +296,7 @@ class Answer:
         headers: Headers,
         content: Body,
         keep: bool,
+        content_length: int | None,
     ) -> None:
         self._pool = pool
         self._connection: _Connection | None = connection
@@ -293,8 +305,7 @@ class Answer:
         self.headers = headers
         self.content = content
         self._keep = keep
-        length = headers.get("content-length")
-        self.content_length = int(length) if length is not None and not content._chunked else None
+        self.content_length = content_length
 
     async def read(self) -> bytes:
         """The whole body (the rest of it)."""
@@ -365,10 +376,11 @@ class _Pool:
         proxy: Proxy | None,
     ) -> None:
         scheme, _, netloc = origin.partition("://")
-        host, port = _split_netloc(netloc, 443 if scheme == "https" else 80)
+        host, port = _split_netloc(netloc.rpartition("@")[2], 443 if scheme == "https" else 80)
         self.host = host
         self.port = port
         self.tls = tls if scheme == "https" else None
+        self.verify = tls
         self.connect_timeout = connect_timeout
         self.proxy = proxy
         self._slots = asyncio.Semaphore(limit)
@@ -394,7 +406,8 @@ class _Pool:
                 assert connection.transport is not None
                 connection.heard = False
                 connection.transport.write(head + body if body else head)
-                status, keep, headers, content = await self._answer(connection, method)
+                status, keep, headers, content, size = await self._answer(connection, method)
+                answer = Answer(self, connection, status, headers, content, keep, size)
             except OSError:
                 connection.close()
                 if not (resend and reused and not connection.heard):
@@ -410,7 +423,7 @@ class _Pool:
             except BaseException:
                 self.give_back(connection, keep=False)
                 raise
-            return Answer(self, connection, status, headers, content, keep)
+            return answer
 
     def _take_idle(self) -> _Connection | None:
         now = time.monotonic()
@@ -429,7 +442,9 @@ class _Pool:
                 return await _open(self.host, self.port, self.tls)
             scheme, _, netloc = self.proxy.url.partition("://")
             host, port = _split_netloc(netloc, 443 if scheme == "https" else 80)
-            proxy_tls = ssl.create_default_context() if scheme == "https" else None
+            proxy_tls = None  # an https proxy: verified as the server is, else by the system
+            if scheme == "https":
+                proxy_tls = self.verify or ssl.create_default_context()
             connection = await _open(host, port, proxy_tls)
             if self.tls is not None:
                 try:
@@ -446,7 +461,7 @@ class _Pool:
         lines = [f"CONNECT {where} HTTP/1.1", f"Host: {where}"]
         lines += [f"{name}: {value}" for name, value in self.proxy.headers]
         connection.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-        (status, reason), _, _, _ = await self._answer(connection, "CONNECT")
+        (status, reason), _, _, _, _ = await self._answer(connection, "CONNECT")
         if status != 200:
             raise ProxyRefused(
                 f"the proxy {self.proxy.url} answered {status} {reason} to CONNECT {where}"
@@ -466,8 +481,9 @@ class _Pool:
 
     async def _answer(
         self, connection: _Connection, method: str
-    ) -> tuple[tuple[int, str], bool, Headers, Body]:
-        """The final answer's head (1xx interim answers skipped) and its body's framing."""
+    ) -> tuple[tuple[int, str], bool, Headers, Body, int | None]:
+        """The final answer's head (1xx interim answers skipped), its body's framing and its
+        Content-Length (None when chunked or absent)."""
         while True:
             got = b""
             while True:
@@ -490,18 +506,19 @@ class _Pool:
                 continue
             break
         coding = (headers.get("transfer-encoding") or "").lower()
+        length = headers.get("content-length")
+        if length is not None and not (length.isascii() and length.isdigit()):
+            raise BadAnswer(f"a Content-Length that is not a number: {length[:40]!r}")
+        size = None if length is None or coding else int(length)
         if method in ("HEAD", "CONNECT") or status[0] in (204, 304):
-            return status, keep, headers, Body(connection, 0, chunked=False)
+            return status, keep, headers, Body(connection, 0, chunked=False), size
         if coding:
             if coding.rsplit(",", 1)[-1].strip() != "chunked":
                 raise BadAnswer(f"a transfer coding this client does not read: {coding}")
-            return status, keep, headers, Body(connection, None, chunked=True)
-        length = headers.get("content-length")
-        if length is None:  # to the end of the connection, which is then closed
-            return status, False, headers, Body(connection, None, chunked=False)
-        if not length.isdigit():
-            raise BadAnswer(f"a Content-Length that is not a number: {length[:40]!r}")
-        return status, keep, headers, Body(connection, int(length), chunked=False)
+            return status, keep, headers, Body(connection, None, chunked=True), None
+        if size is None:  # to the end of the connection, which is then closed
+            return status, False, headers, Body(connection, None, chunked=False), None
+        return status, keep, headers, Body(connection, size, chunked=False), size
 
     def give_back(self, connection: _Connection, *, keep: bool) -> None:
         if keep and not self._closed and connection.reusable:
@@ -519,12 +536,19 @@ class _Pool:
 
 
 async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection:
-    """A connection to host:port (TLS with `tls`); failures classified."""
+    """A connection to host:port (TLS with `tls`), its addresses tried in turn
+    (`connect_each`: a refusal by all of them keeps its errno, so an absent server is told
+    apart); failures classified."""
     loop = asyncio.get_running_loop()
-    try:
+
+    async def connect(address: str) -> _Connection:
         _, connection = await loop.create_connection(
-            _Connection, host, port, ssl=tls, server_hostname=host if tls is not None else None
+            _Connection, address, port, ssl=tls, server_hostname=host if tls is not None else None
         )
+        return connection
+
+    try:
+        connection = await connect_each(host, port, connect)
     except ssl.SSLCertVerificationError as exc:
         raise UntrustedCertificate(
             f"the certificate of {host}:{port} was refused: {exc.verify_message}"
@@ -578,8 +602,14 @@ class Wire:
         """Send the request (`url` already percent-encoded; `headers` as sent, Host among
         them) and answer its head; the body is read from the answer."""
         start = url.find("://") + 3
-        slash = url.find("/", start)
-        origin, target = (url, "/") if slash < 0 else (url[:slash], url[slash:])
+        end = len(url)
+        for mark in "/?#":
+            at = url.find(mark, start, end)
+            if at >= 0:
+                end = at
+        origin, target = url[:end], url[end:].partition("#")[0]
+        if not target.startswith("/"):
+            target = "/" + target
         pool = self._pools.get((origin, proxy))
         if pool is None:
             pool = self._pools[(origin, proxy)] = _Pool(

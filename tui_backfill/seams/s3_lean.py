@@ -267,7 +267,7 @@ class LeanBucket:
         except CLASSIFIED as exc:
             raise classify(exc) from exc
         finally:
-            if response is not None and (refused is not None or not response.ok):
+            if response is not None and response.status >= 300:  # its body read, or not
                 response.release()
         assert response is not None
         if refused is not None:

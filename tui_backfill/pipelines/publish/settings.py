@@ -20,6 +20,7 @@ import os
 import re
 import string
 import tomllib
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -342,10 +343,13 @@ def _http_url(settings: PublishSettings, name: str) -> None:
             expected = "expected an http(s):// URL with a host[:port] and no user or password"
             raise ConfigError(settings.where(name), f"{redact_url(value)!r}: {expected}")
         return
-    if not is_http_url(value):
+    parts = urllib.parse.urlsplit(value) if is_http_url(value) else None
+    if parts is None or parts.username is not None or parts.password is not None:
+        # (the secret goes in its own header: a user or password in the URL is never sent)
         raise ConfigError(
             settings.where(name),
-            f"{redact_url(value)!r}: expected an http(s):// URL with a host[:port]",
+            f"{redact_url(value)!r}: expected an http(s):// URL with a host[:port] and no user "
+            "or password",
         )
 
 

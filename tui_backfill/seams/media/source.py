@@ -15,7 +15,10 @@ memory with a cap, and every failure is classified so the worker never parses te
   `timeout` (a large body that keeps flowing is never cut off; a caller wanting a bound on the
   whole puts its own around the call);
 - connection refused, reset, DNS: RetryableError `connection` (OriginUnreachable when nothing
-  is there to answer, as the origins classify it).
+  is there to answer, as the origins classify it);
+- redirects (301, 302, 303, 307, 308) followed, up to MAX_REDIRECTS, the secret sent on only
+  to the endpoint's own server; more, or to a URL that is not http(s): PermanentError
+  `redirect`.
 
 The secret is sent only in the header: it is never in a URL, and every message is scrubbed of
 it before it leaves, whatever the transport library wrote.
@@ -45,6 +48,8 @@ __all__ = ["CHUNK", "DEFAULT_MAX_SOURCE_BYTES", "download_source", "source_sessi
 
 CHUNK = 256 * 1024
 DEFAULT_MAX_SOURCE_BYTES = 200 * 1024 * 1024
+MAX_REDIRECTS = 5  # followed, as a browser or aiohttp would (aiohttp: 10)
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 _USER_AGENT = f"tui-backfill/{__version__}"
@@ -133,15 +138,22 @@ async def _download(
         "User-Agent": _USER_AGENT,
         "Accept-Encoding": "identity",  # the image's own bytes, never a compressed copy
     }
-    try:
-        async with asyncio.timeout(timeout):
-            response = await session.request("GET", url, headers)
-    except TimeoutError:
-        raise RetryableError(f"{what}: no answer within {timeout:g} s", code="timeout") from None
-    except CannotConnect as exc:  # no connection was made at all
-        raise connection_error(exc.os_error, f"{what}: connection: {_describe(exc)}") from None
-    except OSError as exc:  # reset, TLS refused, not HTTP: the wire's ConnectionErrors
-        raise RetryableError(f"{what}: connection: {_describe(exc)}", code="connection") from None
+    for _ in range(MAX_REDIRECTS + 1):
+        response = await _ask(session, url, headers, what, timeout)
+        location = response.headers.get("location")
+        if response.status not in _REDIRECTS or not location:
+            break
+        response.close()  # its body is not wanted
+        target = urllib.parse.urljoin(url, location)
+        if urllib.parse.urlsplit(target).scheme not in ("http", "https"):
+            raise PermanentError(
+                f"{what}: redirected to a URL that is not http(s)", code="redirect"
+            )
+        if _origin(target) != _origin(url):  # the secret stays with the endpoint's server
+            headers = {name: value for name, value in headers.items() if name != "Authorization"}
+        url, headers["Host"] = target, _host_of(target)
+    else:
+        raise PermanentError(f"{what}: more than {MAX_REDIRECTS} redirects", code="redirect")
 
     try:
         _check_status(response.status, response.reason, what)
@@ -157,6 +169,26 @@ async def _download(
         raise
     response.release()
     return body
+
+
+async def _ask(
+    session: Wire, url: str, headers: dict[str, str], what: str, timeout: float
+) -> Answer:
+    """One GET's answer head, within `timeout`; its failures classified."""
+    try:
+        async with asyncio.timeout(timeout):
+            return await session.request("GET", url, headers)
+    except TimeoutError:
+        raise RetryableError(f"{what}: no answer within {timeout:g} s", code="timeout") from None
+    except CannotConnect as exc:  # no connection was made at all
+        raise connection_error(exc.os_error, f"{what}: connection: {_describe(exc)}") from None
+    except OSError as exc:  # reset, TLS refused, not HTTP: the wire's ConnectionErrors
+        raise RetryableError(f"{what}: connection: {_describe(exc)}", code="connection") from None
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None]:
+    parts = urllib.parse.urlsplit(url)
+    return parts.scheme, parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _check_status(status: int, reason: str | None, what: str) -> None:

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol, TypeVar
+from typing import Protocol
 
 from tui_backfill.outcomes import ConfigError, OriginUnreachable, RetryableError
 from tui_backfill.seams.connect_errors import unreachable_reason
@@ -75,9 +74,6 @@ class Origin(Protocol):
     async def close(self) -> None: ...
 
 
-T = TypeVar("T")
-
-
 def connection_error(exc: BaseException, message: str) -> RetryableError:
     """The error for a failed connection: OriginUnreachable when nothing is there to answer,
     a plain `connection` error (a fault of an origin that is there) otherwise."""
@@ -90,26 +86,6 @@ def connection_error(exc: BaseException, message: str) -> RetryableError:
 def preflight_failed(url: str, reason: str) -> ConfigError:
     """The preflight's one-line error: the origin as given (password hidden) and why."""
     return ConfigError("--origin", f"{redact_url(url)}: {reason}")
-
-
-async def connect_each(host: str, port: int, connect: Callable[[str], Awaitable[T]]) -> T:
-    """Connect to the first address of `host` that answers, in resolver order.
-
-    When every address fails, the error raised keeps their errno if they agree: asyncio's own
-    merge of several failures (a name with an IPv6 and an IPv4 address, both refusing) drops
-    it, and with it the difference between an absent origin and a faulty one.
-    """
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    failures: list[OSError] = []
-    for *_, address in infos:
-        try:
-            return await connect(str(address[0]))
-        except OSError as exc:
-            failures.append(exc)
-    if len({exc.errno for exc in failures}) == 1:
-        raise failures[0]
-    raise OSError(None, "; ".join(str(exc) for exc in failures))
 
 
 async def preflight_origin(

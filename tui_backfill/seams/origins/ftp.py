@@ -14,11 +14,10 @@ from collections.abc import Mapping
 import aioftp
 
 from tui_backfill.outcomes import FatalError, NotFoundError, PermanentError, RetryableError
-from tui_backfill.seams.connect_errors import unreachable_reason
+from tui_backfill.seams.connect_errors import connect_each, unreachable_reason
 from tui_backfill.seams.origins import (
     Bandwidth,
     Fetched,
-    connect_each,
     connection_error,
     preflight_failed,
     sniff_image,
