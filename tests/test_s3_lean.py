@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tui_backfill.outcomes import FatalError, RetryableError
+from tui_backfill.outcomes import FatalError, NotFoundError, RetryableError
 from tui_backfill.seams.bucket import Bucket
 from tui_backfill.seams.s3_lean import LeanBucket, read_error
 from tui_backfill.servers.proxy import ProxyFaults
@@ -799,3 +799,55 @@ async def test_a_bucket_closed_gives_no_reader(rclone_s3: S3Target) -> None:
     assert closed.value.code == "s3_connection"
     with pytest.raises(RetryableError):
         await bucket.list_page("")
+
+
+async def test_a_redirect_whose_body_stalls_frees_its_connection(stack: Any) -> None:
+    """A 3xx answer whose body never comes: the GET times out, and its connection is closed,
+    not kept from the pool (of one, here): the next GET is sent and answered."""
+    from tui_backfill.seams.s3_direct import DirectBucket
+    from tui_backfill.seams.s3_wire import ObjectTarget
+    from tui_backfill.seams.sigv4 import Credentials
+
+    gets = 0
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal gets
+        try:
+            while await reader.readuntil(b"\r\n\r\n"):
+                gets += 1
+                if gets == 1:  # a redirect whose body stalls
+                    writer.write(b"HTTP/1.1 307 Moved\r\nContent-Length: 100\r\n\r\n<Err")
+                else:
+                    body = b"<Error><Code>NoSuchKey</Code><Message>no</Message></Error>"
+                    writer.write(
+                        b"HTTP/1.1 404 Not Found\r\nContent-Length: %d\r\n\r\n" % len(body)
+                    )
+                    writer.write(body)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    stack.push_async_callback(server.wait_closed)
+    stack.callback(server.close)
+    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    bucket = DirectBucket(
+        "bkt",
+        endpoint_url=endpoint,
+        target=ObjectTarget(f"{endpoint}/bkt", "s3", "us-east-1"),
+        credentials=Credentials("AKIDEXAMPLE", "secret-example"),
+        verify=True,
+        timeout=0.3,
+        pool_size=1,
+    )
+    lean = await entered(bucket, stack)  # type: ignore[arg-type]  # a DirectBucket serves too
+    with pytest.raises(RetryableError) as stalled:
+        async with lean.open("a.bin"):
+            pass
+    assert stalled.value.code == "timeout"
+    with pytest.raises(NotFoundError):
+        async with lean.open("b.bin"):
+            pass
+    assert gets == 2
