@@ -434,3 +434,28 @@ async def test_a_body_to_the_close_cut_by_a_reset_is_truncated_not_short() -> No
         with pytest.raises(TruncatedBody, match="broke"):
             await answer.read()
         answer.close()
+
+
+async def test_the_limit_is_on_connections_in_use_to_every_server_together() -> None:
+    """Two servers, a limit of 2: never more than 2 requests in flight across both (a
+    relocated bucket's second server does not double it)."""
+    in_flight = most = 0
+
+    async def slow(request: bytes, writer: asyncio.StreamWriter) -> bool:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.05)
+        in_flight -= 1
+        writer.write(OK_ABC)
+        return True
+
+    async with Scripted(slow) as one, Scripted(slow) as two:
+        client = wire(limit=2)
+
+        async def get(url: str) -> bytes:
+            async with await client.request("GET", url + "/k", {}) as answer:
+                return await answer.read()
+
+        got = await asyncio.gather(*(get(server.url) for server in (one, two) * 3))
+    assert got == [b"abc"] * 6 and most == 2

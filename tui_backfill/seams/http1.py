@@ -5,8 +5,9 @@ response objects, cookie jar, tracing hooks, timers), and copies a body two or t
 its way through its parser and stream. A signed S3 PUT, HEAD or GET needs none of it. Here:
 
 - `Wire.request` sends a request to a URL's server over a connection of that server's pool
-  (at most `limit` in use at once; idle ones reused last in, first out; one that the server
-  closed, wrote to while idle, or left idle past KEEP_IDLE is never reused);
+  (at most `limit` connections in use at once, whatever their servers, as aiohttp's limit;
+  idle ones reused last in, first out; one that the server closed, wrote to while idle, or
+  left idle past KEEP_IDLE is never reused);
 - one write per request: the head and the body; no `Expect: 100-continue`;
 - the answer's head is parsed from the first bytes; its body is delivered as the transport
   hands it over (the socket's copy, no other), framed by Content-Length, chunked, or by the end
@@ -370,9 +371,9 @@ class _Pool:
         self,
         origin: str,
         *,
-        limit: int,
+        slots: asyncio.Semaphore,
         tls: ssl.SSLContext | None,
-        connect_timeout: float,
+        connect_timeout: float | None,
         proxy: Proxy | None,
     ) -> None:
         scheme, _, netloc = origin.partition("://")
@@ -383,7 +384,7 @@ class _Pool:
         self.verify = tls
         self.connect_timeout = connect_timeout
         self.proxy = proxy
-        self._slots = asyncio.Semaphore(limit)
+        self._slots = slots  # the Wire's, shared by its pools
         self._idle: list[_Connection] = []
         self._closed = False
 
@@ -571,21 +572,22 @@ def _split_netloc(netloc: str, default_port: int) -> tuple[str, int]:
 
 
 class Wire:
-    """Requests to whatever server a URL names, each server with its own pool of at most
-    `limit` connections in use. Close it to close its idle connections (those in use close
-    when their answers are released). `resend_on_stale`: see `_Pool.exchange` (off: every
-    failure is the caller's to retry, counted and bounded)."""
+    """Requests to whatever server a URL names, each server with its own pool, at most `limit`
+    connections in use in all. Close it to close its idle connections (those in use close when
+    their answers are released). `connect_timeout`: a bound on making a connection (None: only
+    the caller's). `resend_on_stale`: see `_Pool.exchange` (off: every failure is the caller's
+    to retry, counted and bounded)."""
 
     def __init__(
         self,
         *,
         limit: int,
         tls: ssl.SSLContext | None,
-        connect_timeout: float,
+        connect_timeout: float | None,
         resend_on_stale: bool = False,
     ) -> None:
         self._resend = resend_on_stale
-        self._limit = limit
+        self._slots = asyncio.Semaphore(limit)
         self._tls = tls
         self._connect_timeout = connect_timeout
         self._pools: dict[tuple[str, Proxy | None], _Pool] = {}
@@ -614,7 +616,7 @@ class Wire:
         if pool is None:
             pool = self._pools[(origin, proxy)] = _Pool(
                 origin.lower(),
-                limit=self._limit,
+                slots=self._slots,
                 tls=self._tls,
                 connect_timeout=self._connect_timeout,
                 proxy=proxy,

@@ -63,7 +63,7 @@ def source_session(*, connections: int) -> Wire:
     whole (a large source that keeps arriving over a slow link is never cut off);
     `download_source` bounds the wait for the answer's head and every gap between chunks
     instead. Close it (`async with`)."""
-    return Wire(limit=connections, tls=_tls(), connect_timeout=10.0, resend_on_stale=True)
+    return Wire(limit=connections, tls=_tls(), connect_timeout=None, resend_on_stale=True)
 
 
 @functools.cache
