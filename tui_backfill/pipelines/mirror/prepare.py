@@ -13,7 +13,7 @@ import contextlib
 import os
 import urllib.parse
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tui_backfill.core.engine import Engine
 from tui_backfill.core.records import RunRecord, RunStatus
@@ -33,6 +33,7 @@ from tui_backfill.pipelines.mirror.pipeline import MirrorPipeline, MirrorPlan
 from tui_backfill.pipelines.plan_file import open_plan_file
 from tui_backfill.seams.notify import notify_label
 from tui_backfill.seams.origins import S3Access, open_origin, preflight_origin
+from tui_backfill.seams.s3_lean import LeanBucket
 from tui_backfill.seams.sources import check_source, sku_batches
 from tui_backfill.seams.templates import key_template
 from tui_backfill.seams.urls import (
@@ -41,6 +42,9 @@ from tui_backfill.seams.urls import (
     secret_query_params,
     strip_password,
 )
+
+if TYPE_CHECKING:
+    from tui_backfill.seams.bucket import Bucket
 
 
 async def prepare_mirror(
@@ -75,6 +79,10 @@ async def prepare_mirror(
     bucket = bucket_of(settings, pool_size=settings.upload_concurrency + 2)
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
+    # The objects' PUTs and HEADs without aiobotocore's per-call CPU (seams/s3_lean, on its
+    # own wire: 0.16 ms a PUT against 0.83); the preflight above and the listings stay on the
+    # bucket's own path, and so do their error lines.
+    lean = await stack.enter_async_context(LeanBucket(bucket))
     if not request.dry_run:  # before a run exists: an absent origin leaves nothing behind
         await preflight_origin(
             origin_url or "", timeout=settings.timeout, env=env, s3=_s3_access(settings)
@@ -117,13 +125,25 @@ async def prepare_mirror(
             origin_label=redact_url(origin_url),
         ),
         store=store,
-        bucket=bucket,
+        bucket=LeanWrites(bucket, lean),
         origin=origin,
     )
     plan = run_plan(run, settings, dry_run=request.dry_run, planned_groups=run.planned_skus)
     plan_file = open_plan_file(request, settings, stack)
     engine = Engine(plan, pipeline=pipeline, store=store, plan_sink=plan_file)
     return PreparedRun(engine, settings, store, not continuing, stack, plan_file)
+
+
+class LeanWrites:
+    """The destination as the mirror uses it: the Bucket's name, endpoint and listings; its
+    objects' HEADs and PUTs sent by `lean` (the same answers, classified alike)."""
+
+    def __init__(self, bucket: Bucket, lean: LeanBucket) -> None:
+        self.name = bucket.name
+        self.endpoint_url = bucket.endpoint_url
+        self.list_keys = bucket.list_keys
+        self.exists = lean.exists
+        self.put = lean.put
 
 
 def _origin_with_secret(
