@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tui_backfill.core.engine import Engine
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore
-from tui_backfill.outcomes import ConfigError
+from tui_backfill.outcomes import ConfigError, OriginUnreachable, RetryableError
 from tui_backfill.pipelines.config import ExistsCheck, Settings, validate, validate_for_run
 from tui_backfill.pipelines.continuing import (
     PreparedRun,
@@ -80,8 +80,8 @@ async def prepare_mirror(
     await stack.enter_async_context(bucket)
     await bucket.preflight(attempts=settings.max_attempts, backoff=settings.backoff)
     # The objects' PUTs and HEADs without aiobotocore's per-call CPU (seams/s3_lean, on its
-    # own wire: 0.16 ms a PUT against 0.83); the preflight above and the listings stay on the
-    # bucket's own path, and so do their error lines.
+    # own wire: 0.16 ms a PUT against 0.83), as the listings already were (Bucket.list_keys);
+    # the preflight above stays on the client, and so do its error lines.
     lean = await stack.enter_async_context(LeanBucket(bucket))
     if not request.dry_run:  # before a run exists: an absent origin leaves nothing behind
         await preflight_origin(
@@ -136,14 +136,29 @@ async def prepare_mirror(
 
 class LeanWrites:
     """The destination as the mirror uses it: the Bucket's name, endpoint and listings; its
-    objects' HEADs and PUTs sent by `lean` (the same answers, classified alike)."""
+    objects' HEADs and PUTs sent by `lean`, their failures classified as the Bucket's own
+    calls classified them. One difference is undone here: the lean path marks a bucket that
+    takes no connection `unreachable` (the hash index's breaker reads it), and the engine
+    would park such an item as if the ORIGIN were down; for the mirror it stays a plain
+    retryable `s3_connection` failure, as through aiobotocore."""
 
     def __init__(self, bucket: Bucket, lean: LeanBucket) -> None:
         self.name = bucket.name
         self.endpoint_url = bucket.endpoint_url
         self.list_keys = bucket.list_keys
-        self.exists = lean.exists
-        self.put = lean.put
+        self._lean = lean
+
+    async def exists(self, key: str) -> bool:
+        try:
+            return await self._lean.exists(key)
+        except OriginUnreachable as exc:
+            raise RetryableError(exc.message, code=exc.code) from exc
+
+    async def put(self, key: str, body: bytes, content_type: str, *, if_none_match: bool) -> bool:
+        try:
+            return await self._lean.put(key, body, content_type, if_none_match=if_none_match)
+        except OriginUnreachable as exc:
+            raise RetryableError(exc.message, code=exc.code) from exc
 
 
 def _origin_with_secret(
