@@ -22,10 +22,10 @@ threads. A PUT or HEAD of an object needs none of it once the bucket's URL is kn
   on the Bucket (`conditional_writes`), so both paths agree.
 
 A GET (`open`) answers the S3 GET seam's `ObjectBody` (seams/s3_objects): the body read from
-the wire a piece at a time (as the socket delivered it), each chunk within the timeout, a short body `truncated`;
-404 is NotFoundError (`noRemote`). `LeanObjects` is that seam's reader on this path, set up on
-first use and closed with its Bucket: the hash index hashes from it (no aiobotocore call, its
-answer wrapper and its per-chunk bookkeeping, per object).
+the wire a piece at a time (as the socket delivered it), each within the timeout, a short body
+`truncated`; 404 is NotFoundError (`noRemote`). `LeanObjects` is that seam's reader on this
+path, set up on first use and closed with its Bucket: the hash index hashes from it (no
+aiobotocore call, its answer wrapper and its per-chunk bookkeeping, per object).
 
 A ListObjectsV2 page (`list_page`) is read by seams/s3_listing: botocore's parse of 1,000
 entries costs about 110 ms of CPU here, that reader's about 5 (11 for an answer of a shape its
