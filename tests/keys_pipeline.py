@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from tui_backfill.core.counters import CounterSet
 from tui_backfill.core.engine import Engine, RunPlan
-from tui_backfill.core.pipeline import Group, Item, Progress, Result, Slot, Stages
+from tui_backfill.core.pipeline import Group, Item, Progress, Result, Slot, StageFailed, Stages
 from tui_backfill.core.records import FailedItem, RunCodec, RunRecord, register_codec
 from tui_backfill.core.watermark import Position
 from tui_backfill.state.sqlite import StateStore
@@ -76,6 +76,7 @@ class KeysPipeline:
     hook: Callable[[Item], Any] | None = None  # runs inside the stage, before it records
     name: str = NAME
     members: tuple[int, ...] = (0,)
+    slot: Slot = Slot.ORIGIN  # the slot the visit runs in
 
     def source(self, stages: Stages) -> KeySource:
         return KeySource(self.keys, self.page_size)
@@ -91,7 +92,10 @@ class KeysPipeline:
             self.seen.append(item.key)
             self.pending.append(item.key)
 
-        await stages.stage(visit, Slot.ORIGIN)
+        try:
+            await stages.stage(visit, self.slot)
+        except StageFailed as failed:
+            return Result("failed", attempts=failed.attempts, error=failed.error)
         return Result("seen", ("seen",))
 
     def checkpoint_json(self, position: Position) -> dict[str, Any]:

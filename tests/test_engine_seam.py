@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from keys_pipeline import KeysPipeline, engine_for, new_run
 
-from tui_backfill.core.pipeline import Item
+from tui_backfill.core.pipeline import Item, Slot
 from tui_backfill.core.records import RunRecord
-from tui_backfill.outcomes import RunState
+from tui_backfill.outcomes import OriginUnreachable, RunState
 from tui_backfill.state.sqlite import StateStore
 
 KEYS = [f"k{i:03d}" for i in range(60)]
@@ -433,3 +433,35 @@ async def test_rates_fall_to_zero_once_held_or_stopped_and_restart_on_resume(
         assert (stopped.items_per_second, stopped.bytes_per_second) == (0, 0)
     finally:
         run.cancel()
+
+
+@pytest.mark.parametrize("slot", [Slot.ORIGIN, Slot.IO])
+async def test_unreachable_means_the_origin_only_in_the_origins_slot(
+    store: StateStore, slot: Slot
+) -> None:
+    """An `unreachable` error (nothing listens) in the origin's slot parks its item and feeds
+    the breaker; the same error in another slot (a destination bucket that takes no
+    connection, on the lean S3 path) is an ordinary failed item, recorded at once, never
+    parked as an origin outage and never tripping the breaker."""
+    record = await keys_run(store)
+
+    async def refused(item: Item) -> None:
+        if item.key == "k007":
+            raise OriginUnreachable("S3 connection: connection refused", code="s3_connection")
+
+    pipeline = KeysPipeline(KEYS, hook=refused, slot=slot)
+    engine = engine_for(store, record, pipeline)
+    parked: list[str] = []
+    park = engine._breaker.park
+
+    def noted(item: Item, result: Any, now: float) -> None:
+        parked.append(item.key)
+        park(item, result, now)
+
+    engine._breaker.park = noted  # type: ignore[method-assign]
+    result = await engine.run()
+    assert result.exit_code == 1  # completed with the one failed item either way
+    failed = await store.failed_items("keys")
+    assert [(f.key, f.code) for f in failed] == [("k007", "s3_connection")]
+    assert result.snapshot.counters.errors_by_code == {"s3_connection": 3}
+    assert parked == (["k007"] if slot is Slot.ORIGIN else [])

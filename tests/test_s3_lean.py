@@ -853,15 +853,11 @@ async def test_a_redirect_whose_body_stalls_frees_its_connection(stack: Any) -> 
     assert gets == 2
 
 
-async def test_the_image_backfills_writes_to_a_bucket_nothing_listens_on_stay_plain_retryable(
-    stack: Any,
-) -> None:
+async def test_a_bucket_nothing_listens_on_is_marked_unreachable(stack: Any) -> None:
     """The lean path marks a bucket that takes no connection `unreachable` (the hash index's
-    breaker reads the mark); the image backfill's writes on it (LeanWrites) do not carry the
-    mark, as through aiobotocore, so its engine never parks them as an origin outage."""
+    GETs, in the origin's slot, feed the breaker with it; the engine drops the mark in any
+    other slot: tests/test_engine_seam.py::test_unreachable_means_the_origin_only_in_the_origins_slot)."""
     from helpers import closed_port
-
-    from tui_backfill.pipelines.mirror.prepare import LeanWrites
 
     bucket = Bucket(
         "bkt",
@@ -874,14 +870,11 @@ async def test_the_image_backfills_writes_to_a_bucket_nothing_listens_on_stay_pl
     )
     await stack.enter_async_context(bucket)
     lean = await stack.enter_async_context(LeanBucket(bucket))
-    with pytest.raises(RetryableError) as marked:
-        await lean.exists("k.jpg")
-    assert marked.value.unreachable and marked.value.code == "s3_connection"
-    writes = LeanWrites(bucket, lean)
-    with pytest.raises(RetryableError) as put:
-        await writes.put("k.jpg", b"jpeg", "image/jpeg", if_none_match=True)
-    with pytest.raises(RetryableError) as head:
-        await writes.exists("k.jpg")
-    for caught in (put.value, head.value):
-        assert caught.code == "s3_connection" and not caught.unreachable
-        assert "connection refused" in caught.message
+    for call in (
+        lambda: lean.exists("k.jpg"),
+        lambda: lean.put("k.jpg", b"jpeg", "image/jpeg", if_none_match=True),
+    ):
+        with pytest.raises(RetryableError) as marked:
+            await call()
+        assert marked.value.unreachable and marked.value.code == "s3_connection"
+        assert "connection refused" in marked.value.message

@@ -534,8 +534,11 @@ class Engine(Generic[S]):
                     exc if isinstance(exc, FatalError) else FatalError(exc.message, exc.code)
                 )
                 self.stop()
-            elif slot is Slot.ORIGIN and exc.unreachable:
-                self._origin_unreachable(exc)
+            elif exc.unreachable:
+                if slot is Slot.ORIGIN:
+                    self._origin_unreachable(exc)
+                else:  # the mark speaks of the origin: a bucket or store that takes no
+                    exc.unreachable = False  # connection is an ordinary failure, never parked
             raise
 
     def _origin_unreachable(self, exc: BackfillError) -> None:

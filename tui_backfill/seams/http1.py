@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import ssl
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import overload
@@ -469,16 +471,10 @@ class _Pool:
             raise ProxyRefused(
                 f"the proxy {self.proxy.url} answered {status} {reason} to CONNECT {where}"
             )
-        try:
+        with _tls_refusals(where):
             transport = await asyncio.get_running_loop().start_tls(
                 connection.transport, connection, self.tls, server_hostname=self.host
             )
-        except ssl.SSLCertVerificationError as exc:
-            raise UntrustedCertificate(
-                f"the certificate of {where} was refused: {exc.verify_message}"
-            ) from None
-        except ssl.SSLError as exc:
-            raise TLSFailed(f"TLS with {where} failed: {exc}") from None
         assert isinstance(transport, asyncio.Transport)
         connection.transport = transport
 
@@ -550,17 +546,27 @@ async def _open(host: str, port: int, tls: ssl.SSLContext | None) -> _Connection
         )
         return connection
 
+    with _tls_refusals(f"{host}:{port}"):
+        try:
+            return await connect_each(host, port, connect)
+        except ssl.SSLError:
+            raise  # the TLS handshake's: _tls_refusals says which
+        except OSError as exc:
+            raise CannotConnect(exc, f"{host}:{port}") from None
+
+
+@contextlib.contextmanager
+def _tls_refusals(where: str) -> Iterator[None]:
+    """A TLS handshake's failure with `where` as the wire's: a certificate refused, or
+    another TLS failure."""
     try:
-        connection = await connect_each(host, port, connect)
+        yield
     except ssl.SSLCertVerificationError as exc:
         raise UntrustedCertificate(
-            f"the certificate of {host}:{port} was refused: {exc.verify_message}"
+            f"the certificate of {where} was refused: {exc.verify_message}"
         ) from None
     except ssl.SSLError as exc:
-        raise TLSFailed(f"TLS with {host}:{port} failed: {exc}") from None
-    except OSError as exc:
-        raise CannotConnect(exc, f"{host}:{port}") from None
-    return connection
+        raise TLSFailed(f"TLS with {where} failed: {exc}") from None
 
 
 def _split_netloc(netloc: str, default_port: int) -> tuple[str, int]:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from tui_backfill.core.engine import Engine
 from tui_backfill.core.records import RunRecord, RunStatus
 from tui_backfill.core.store import JobStore
-from tui_backfill.outcomes import ConfigError, OriginUnreachable, RetryableError
+from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import ExistsCheck, Settings, validate, validate_for_run
 from tui_backfill.pipelines.continuing import (
     PreparedRun,
@@ -136,29 +136,14 @@ async def prepare_mirror(
 
 class LeanWrites:
     """The destination as the mirror uses it: the Bucket's name, endpoint and listings; its
-    objects' HEADs and PUTs sent by `lean`, their failures classified as the Bucket's own
-    calls classified them. One difference is undone here: the lean path marks a bucket that
-    takes no connection `unreachable` (the hash index's breaker reads it), and the engine
-    would park such an item as if the ORIGIN were down; for the mirror it stays a plain
-    retryable `s3_connection` failure, as through aiobotocore."""
+    objects' HEADs and PUTs sent by `lean`."""
 
     def __init__(self, bucket: Bucket, lean: LeanBucket) -> None:
         self.name = bucket.name
         self.endpoint_url = bucket.endpoint_url
         self.list_keys = bucket.list_keys
-        self._lean = lean
-
-    async def exists(self, key: str) -> bool:
-        try:
-            return await self._lean.exists(key)
-        except OriginUnreachable as exc:
-            raise RetryableError(exc.message, code=exc.code) from exc
-
-    async def put(self, key: str, body: bytes, content_type: str, *, if_none_match: bool) -> bool:
-        try:
-            return await self._lean.put(key, body, content_type, if_none_match=if_none_match)
-        except OriginUnreachable as exc:
-            raise RetryableError(exc.message, code=exc.code) from exc
+        self.exists = lean.exists
+        self.put = lean.put
 
 
 def _origin_with_secret(
