@@ -4,6 +4,7 @@ claimed (the queue's jobs stay pending, no attempt is recorded, the bucket stays
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from conftest import S3Target
 from helpers import CLI, REPO, closed_port, finish, signalled_without_stderr, tool
 from publish_helpers import RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
 
+from tui_backfill.servers.images import photo_jpeg
 from tui_backfill.servers.raid import RaidServer
 
 
@@ -180,3 +182,45 @@ async def test_a_worker_whose_terminal_is_gone_still_stops_on_a_signal(
     assert rows_sqlite(
         queue_db, "SELECT COUNT(*) FROM publish_jobs WHERE status = 'processing'"
     ) == [(0,)]
+
+
+@pytest.mark.parametrize(("concurrency", "said"), [(None, 1), ("3", 3)])
+async def test_a_worker_pinned_to_one_cpu_defaults_to_one_download_and_one_image_thread(
+    queue_db: Path, rclone_s3: S3Target, concurrency: str | None, said: int
+) -> None:
+    """CONCURRENCY defaults to the CPUs the process may use (taskset, CPUAffinity=, a cgroup
+    quota), not the machine's: pinned to one, it downloads one job at a time and makes the
+    images in one thread; a CONCURRENCY given is kept (the image threads stay at one)."""
+    images = {"a.jpg": photo_jpeg(64, 48, seed=1), "b.jpg": photo_jpeg(48, 64, seed=2)}
+    one_cpu = {min(os.sched_getaffinity(0))}
+    async with RaidServer(images, token=RAID_SECRET) as raid:
+        extra = {"CONCURRENCY": concurrency} if concurrency else {}
+        env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{queue_db}", **extra)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", _THREADS, "publish", "worker", "--no-ui", "--burst",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO,
+            preexec_fn=lambda: os.sched_setaffinity(0, one_cpu),
+        )  # fmt: skip
+        result = await finish(proc)
+    assert result.rc == 0, result.err
+    assert f"concurrency {said} (burst)" in result.err.splitlines()[0], result.err
+    assert result.err.splitlines()[-1] == "media threads: 1", result.err
+    assert rows_sqlite(queue_db, "SELECT status, COUNT(*) FROM publish_jobs GROUP BY status") == [
+        ("completed", 2)
+    ]
+    assert len(rclone_s3.keys()) == 4  # two variants of each
+
+
+# The CLI in a subprocess that says, on leaving, how many threads its image pool may start
+_THREADS = (
+    "import atexit, concurrent.futures as cf, runpy, sys\n"
+    "pools = []\n"
+    "_init = cf.ThreadPoolExecutor.__init__\n"
+    "def init(self, max_workers=None, thread_name_prefix='', *args, **kwargs):\n"
+    "    _init(self, max_workers, thread_name_prefix, *args, **kwargs)\n"
+    "    if thread_name_prefix == 'media': pools.append(self._max_workers)\n"
+    "cf.ThreadPoolExecutor.__init__ = init\n"
+    "atexit.register(lambda: print('media threads:', *pools, file=sys.stderr))\n"
+    "sys.argv = ['tui-backfill', *sys.argv[1:]]\n"
+    "runpy.run_module('tui_backfill', run_name='__main__')\n"
+)

@@ -28,6 +28,7 @@ from typing import Any
 
 from tui_backfill.outcomes import ConfigError
 from tui_backfill.pipelines.config import is_http_url, is_s3_endpoint
+from tui_backfill.seams.cpus import usable_cpus
 from tui_backfill.seams.queue import redact_url, sqlite_path
 
 ENV_PREFIX = "TUI_BACKFILL_"
@@ -74,7 +75,7 @@ OPTS: tuple[Opt, ...] = (
     Opt("poll_interval", float, 5.0, "seconds between queue polls when no NOTIFY wakes the worker (WORKER_POLL_INTERVAL is in ms)", "WORKER_POLL_INTERVAL", scale=0.001),
     Opt("max_retries", int, 5, "attempts of a new job before it fails for good", "MAX_RETRIES"),
     Opt("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR", "LOG_LEVEL"),
-    Opt("concurrency", int, 0, "parallel downloads, and image threads up to the cores (default: the cores)", "CONCURRENCY"),
+    Opt("concurrency", int, 0, "parallel downloads, and image threads up to the cores this process may use (its CPU affinity and quota; default: those cores)", "CONCURRENCY"),
     Opt("lease", float, 60.0, "seconds a claim is held without a heartbeat before any worker may take it"),
     Opt("retry_base", float, 30.0, "first backoff of a failed job, seconds (doubling, ±20 %)"),
     Opt("retry_cap", float, 3600.0, "longest backoff, seconds"),
@@ -259,8 +260,9 @@ def resolve_publish(
         raise ConfigError("--job", f"{job!r}: use letters, digits, . _ - (max 64)")
     settings = PublishSettings(job=job, sources=sources, **values)
     if settings.concurrency == 0:
-        # One image thread a core; downloads and uploads overlap it (pipelines/publish/worker.py)
-        settings = settings.replace(concurrency=os.cpu_count() or 1)
+        # One image thread a core this process may use (its affinity, its CPU quota);
+        # downloads and uploads overlap them (pipelines/publish/worker.py)
+        settings = settings.replace(concurrency=usable_cpus())
     if settings.endpoint_url and "://" not in settings.endpoint_url:
         settings = settings.replace(endpoint_url="https://" + settings.endpoint_url)
     return settings

@@ -38,6 +38,7 @@ from tui_backfill.pipelines.publish.snapshot import (
     PublishSnapshot,
     instance_stats,
 )
+from tui_backfill.seams.cpus import usable_cpus
 from tui_backfill.seams.queue.base import (
     AttentionJob,
     ClaimedJob,
@@ -129,9 +130,9 @@ class PublishWorker:
         self.id = worker or worker_id()
         self.burst = burst
         self._clock = clock
-        # One image thread a download slot, never more than the cores: a CONCURRENCY set high
-        # for slow downloads does not decode that many images at once.
-        self.image_threads = cores or min(settings.concurrency, os.cpu_count() or 1)
+        # One image thread a download slot, never more than the cores this process may use: a
+        # CONCURRENCY set high for slow downloads does not decode that many images at once.
+        self.image_threads = cores or min(settings.concurrency, usable_cpus())
         self._cpu = ThreadPoolExecutor(max_workers=self.image_threads, thread_name_prefix="media")
         self._policy = RetryPolicy(base=settings.retry_base, cap=settings.retry_cap)
         self.counters = InstanceCounters()
