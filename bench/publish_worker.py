@@ -21,6 +21,12 @@ the RAID-like origin and `rclone serve s3`, all on 127.0.0.1 of this machine.
    no media work, over 3,000 jobs, for n = 1 (one claim a job: the worker before claims were
    batched) and n = 4 (the worker's refill once running: `ClaimPlan.ahead`, at least 4). Per job: the
    wall time of all three / jobs, and a worker's own time in queue calls / its jobs.
+   **Pinned** (machines of 2 CPUs or more): the same two contenders on CPUs of their own, the
+   servers (and this script) pinned to the others (the first half of the CPUs; on 2 CPUs,
+   CPU 0 for the servers and CPU 1 for the contender), so that nothing but the contender runs
+   on its CPUs, as in production where the queue, the store and the bucket are other
+   machines. The worker runs with CONCURRENCY unset: its default, the CPUs it may use
+   (seams/cpus.py), which the script checks in its start line; the loop runs as many threads.
 4. **Throughput of 1, 2 and 3 worker processes** (each CONCURRENCY = cores) on the camera set.
    Both sets also run one worker at CONCURRENCY = 2 x cores (twice the downloads and image
    threads), for contrast with the default (cores).
@@ -66,7 +72,11 @@ REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 from peers import CLK_TCK, machine, machine_cpu, proc_cpu  # noqa: E402
 
-CORES = os.cpu_count() or 1
+CORES = len(os.sched_getaffinity(0))
+# Pinned runs: the servers (and this script) on SERVER_CPUS, the contender on CONTENDER_CPUS
+_ALL_CPUS = sorted(os.sched_getaffinity(0))
+SERVER_CPUS = set(_ALL_CPUS[: len(_ALL_CPUS) // 2])
+CONTENDER_CPUS = set(_ALL_CPUS[len(_ALL_CPUS) // 2 :])
 BUCKET = "bench"
 CDN = "https://cdn.example.test/lots"
 RAID_SECRET = "bench-raid-secret"
@@ -149,6 +159,31 @@ def pg_cpu(postmaster: int) -> float:
         if f is not None:
             total += int(f[11]) + int(f[12])
     return total / CLK_TCK
+
+
+def pin(pid: int, cpus: set[int]) -> None:
+    """Every thread of a live process onto `cpus` (threads it starts later inherit it)."""
+    try:
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
+
+
+def pin_servers(servers: Servers, cpus: set[int]) -> None:
+    """The servers (PostgreSQL's postmaster and its children: backends forked later inherit
+    it) and this script onto `cpus`."""
+    pids = [servers.s3.process.pid, servers.raid.pid, servers.postmaster]
+    try:
+        pids += [int(c) for c in Path(f"/proc/{servers.postmaster}/task/{servers.postmaster}/children").read_text().split()]
+    except OSError:
+        pass
+    for pid in [*pids, os.getpid()]:
+        pin(pid, cpus)
 
 
 def vm(pid: int, name: str) -> float:
@@ -396,6 +431,7 @@ class Run:
     wall: float  # whole process(es)
     work: float  # the work alone
     cpu: dict[str, float] = field(default_factory=dict)  # CPU seconds by process, during `wall`
+    cores: int = CORES  # the CPUs it ran on
 
     @property
     def rate(self) -> float:
@@ -403,8 +439,16 @@ class Run:
 
 
 def run_workers(
-    servers: Servers, set_name: str, keys: list[str], procs: int, lot: int, concurrency: int = CORES
+    servers: Servers,
+    set_name: str,
+    keys: list[str],
+    procs: int,
+    lot: int,
+    concurrency: int = CORES,
+    cpus: set[int] | None = None,
 ) -> Run:
+    """`procs` worker processes at CONCURRENCY `concurrency`; with `cpus`, each pinned to them
+    and CONCURRENCY unset (the worker's default: the CPUs it may use)."""
     reset_queue(servers, keys, lot)
     logs = servers.root / "logs"
     logs.mkdir(exist_ok=True)
@@ -415,13 +459,17 @@ def run_workers(
         out = open(logs / f"worker-{lot}-{i}.out", "w")
         err = open(logs / f"worker-{lot}-{i}.err", "w")
         argv = [sys.executable, "-m", "tui_backfill", "publish", "worker", "--no-ui", "--burst"]
+        env = servers.env(CONCURRENCY=str(concurrency))
+        if cpus is not None:
+            del env["CONCURRENCY"]
         children.append(
             subprocess.Popen(
                 argv,
-                env=servers.env(CONCURRENCY=str(concurrency)),
+                env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         )
     with concurrent.futures.ThreadPoolExecutor(procs) as pool:
@@ -442,12 +490,18 @@ def run_workers(
     cpu.update({k: after[k] - before[k] for k in ("rclone", "raid", "postgres")})
     cpu["other"] = max(0.0, after["machine"] - before["machine"] - sum(cpu.values()))
     name = "worker" if procs == 1 else f"worker x{procs}"
+    if cpus is not None:
+        banner = (logs / f"worker-{lot}-0.err").read_text().splitlines()[0]
+        if f"concurrency {len(cpus)} " not in banner:
+            raise SystemExit(f"pinned to {len(cpus)} CPU(s), the worker said: {banner}")
+        return Run(name + " pinned", set_name, len(keys), wall, result["work"], cpu, len(cpus))
     if concurrency != CORES:
         name += f" C={concurrency}"
     return Run(name, set_name, len(keys), wall, result["work"], cpu)
 
 
-def run_minimal(servers: Servers, set_name: str) -> Run:
+def run_minimal(servers: Servers, set_name: str, cpus: set[int] | None = None) -> Run:
+    """The loop, as many threads as cores; with `cpus`, pinned to them, a thread each."""
     before = servers.cpu()
     started = time.perf_counter()
     argv = [
@@ -455,10 +509,14 @@ def run_minimal(servers: Servers, set_name: str) -> Run:
         str(Path(__file__)),
         "--minimal",
         str(servers.root / set_name),
-        str(CORES),
+        str(len(cpus) if cpus else CORES),
     ]
     proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
+        argv,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
     )
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -471,6 +529,8 @@ def run_minimal(servers: Servers, set_name: str) -> Run:
     cpu = {"self": cpu_self}
     cpu.update({k: after[k] - before[k] for k in ("rclone", "raid", "postgres")})
     cpu["other"] = max(0.0, after["machine"] - before["machine"] - sum(cpu.values()))
+    if cpus:
+        return Run("minimal pinned", set_name, data["jobs"], wall, data["seconds"], cpu, len(cpus))
     return Run("minimal", set_name, data["jobs"], wall, data["seconds"], cpu)
 
 
@@ -488,6 +548,9 @@ def series_cpu(
         "small": ["minimal", (1, CORES), (1, 2 * CORES)],
         "camera": ["minimal", (1, CORES), (2, CORES), (3, CORES), (1, 2 * CORES)],
     }
+    if SERVER_CPUS:  # and the two on CPUs of their own, the servers on the others
+        for plan in plans.values():
+            plan += ["minimal pinned", "worker pinned"]
     for set_name, plan in plans.items():
         if only is not None and set_name not in only:
             continue
@@ -499,6 +562,18 @@ def series_cpu(
                 lot[0] += 1
                 if who == "minimal":
                     run = run_minimal(servers, set_name)
+                elif who == "minimal pinned":
+                    pin_servers(servers, SERVER_CPUS)
+                    try:
+                        run = run_minimal(servers, set_name, CONTENDER_CPUS)
+                    finally:
+                        pin_servers(servers, set(_ALL_CPUS))
+                elif who == "worker pinned":
+                    pin_servers(servers, SERVER_CPUS)
+                    try:
+                        run = run_workers(servers, set_name, keys, 1, lot[0], cpus=CONTENDER_CPUS)
+                    finally:
+                        pin_servers(servers, set(_ALL_CPUS))
                 else:
                     run = run_workers(servers, set_name, keys, who[0], lot[0], who[1])
                 runs.append(run)
@@ -681,7 +756,7 @@ def report_cpu(runs: list[Run], sets: dict[str, dict[str, bytes]]) -> list[str]:
             cpu = {k: [r.cpu[k] for r in rs] for k in rs[0].cpu}
             busy = [sum(r.cpu.values()) / r.wall / CORES * 100 for r in rs]
             lines.append(
-                f"| {who} | {span([r.rate for r in rs])} | {med([2 * r.rate / CORES for r in rs]):.2f}"
+                f"| {who} | {span([r.rate for r in rs])} | {med([2 * r.rate / r.cores for r in rs]):.2f}"
                 f" | {span([r.work for r in rs])} | {span([r.wall for r in rs])}"
                 f" | {span(cpu['self'])} | {span(cpu['rclone'])} | {span(cpu['raid'])}"
                 f" | {span(cpu['postgres'])} | {span(cpu['other'])}"
@@ -691,20 +766,23 @@ def report_cpu(runs: list[Run], sets: dict[str, dict[str, bytes]]) -> list[str]:
         reps = len([r for r in mine if r.contender == "minimal"])
         per_rep: dict[str, list[float]] = {}
         for who in dict.fromkeys(r.contender for r in mine):
-            if who == "minimal":
+            if who.startswith("minimal"):
                 continue
-            mins = [r for r in mine if r.contender == "minimal"]
+            # a pinned worker against the pinned loop (same CPUs, the servers elsewhere)
+            base = "minimal pinned" if who.endswith(" pinned") else "minimal"
+            mins = [r for r in mine if r.contender == base]
             its = [r for r in mine if r.contender == who]
-            per_rep[f"{who}/minimal, work"] = [
+            per_rep[f"{who}/{base}, work"] = [
                 a.rate / b.rate for a, b in zip(its, mins, strict=True)
             ]
-            per_rep[f"{who}/minimal, whole process"] = [
+            per_rep[f"{who}/{base}, whole process"] = [
                 (a.jobs / a.wall) / (b.jobs / b.wall) for a, b in zip(its, mins, strict=True)
             ]
-            per_rep[f"{who}/minimal, work per core left to it"] = [
-                (a.rate / cores_left(a)) / (b.rate / cores_left(b))
-                for a, b in zip(its, mins, strict=True)
-            ]
+            if base == "minimal":
+                per_rep[f"{who}/{base}, work per core left to it"] = [
+                    (a.rate / cores_left(a)) / (b.rate / cores_left(b))
+                    for a, b in zip(its, mins, strict=True)
+                ]
         if per_rep:
             lines += [
                 f"| throughput ratio ({reps} interleaved reps) | median (min–max) |",
@@ -736,10 +814,21 @@ def report(args: argparse.Namespace, header: str, sets: dict[str, dict[str, byte
             if mins and its:
                 ratio = med([a.rate / b.rate for a, b in zip(its, mins, strict=True)])
                 left = med([(a.rate / cores_left(a)) / (b.rate / cores_left(b)) for a, b in zip(its, mins, strict=True)])  # fmt: skip
-                goals.append(f"Goal 1 ({set_name}): the worker at >= 90 % of the minimal loop: per core left to it"
-                             f" (the servers' CPU on this machine taken out) **{'met' if left >= 0.9 else 'NOT met'}** ({left * 100:.0f} %);"
-                             f" per core of the machine {'met' if ratio >= 0.9 else 'NOT met'} ({ratio * 100:.0f} %).")  # fmt: skip
-        cam = [r for r in cpu_runs if r.set == "camera" and r.contender != "minimal"]
+                pinned = ""
+                pmins = [r for r in cpu_runs if r.set == set_name and r.contender == "minimal pinned"]
+                pits = [r for r in cpu_runs if r.set == set_name and r.contender == "worker pinned"]
+                if pmins and pits:
+                    alone = med([a.rate / b.rate for a, b in zip(pits, pmins, strict=True)])
+                    pinned = (f" On CPUs of their own ({len(CONTENDER_CPUS)}; the servers on the other {len(SERVER_CPUS)}):"
+                              f" **{'met' if alone >= 0.9 else 'NOT met'}** ({alone * 100:.0f} %).")
+                goals.append(f"Goal 1 ({set_name}): the worker at >= 90 % of the minimal loop. Sharing the machine's cores with the servers:"
+                             f" per core left to it (the servers' CPU taken out) {'met' if left >= 0.9 else 'NOT met'} ({left * 100:.0f} %),"
+                             f" per core of the machine {'met' if ratio >= 0.9 else 'NOT met'} ({ratio * 100:.0f} %).{pinned}")  # fmt: skip
+        cam = [
+            r
+            for r in cpu_runs
+            if r.set == "camera" and r.contender != "minimal" and not r.contender.endswith(" pinned")
+        ]
         if cam:
             rates = {
                 w: med([r.rate for r in cam if r.contender == w])
