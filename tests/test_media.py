@@ -10,6 +10,7 @@ tracemalloc does not, and unlike ru_maxrss is not inherited across exec).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import io
 import json
@@ -469,6 +470,46 @@ async def test_a_source_that_keeps_arriving_is_never_cut_off_as_a_whole(
                 session, endpoint, "stall.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.2
             )
         assert stalled.value.code == "timeout" and "after 8,000 bytes" in stalled.value.message
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_source_that_trickles_is_cut_off_under_the_minimum_rate(
+    session: Wire,
+) -> None:
+    """Never idle for the timeout, yet slower than `min_rate` over a timeout of its body: cut
+    off (`timeout`, retried after backoff) instead of holding its download slot for as long as
+    it trickles. At the same pace above the floor it arrives whole."""
+    pieces = [bytes([n]) * 100 for n in range(30)]  # 100 bytes every 0.05 s: 2,000 bytes/s
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n")
+        with contextlib.suppress(ConnectionError):
+            for piece in pieces:
+                await asyncio.sleep(0.05)
+                writer.write(piece)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/pub"
+    try:
+        got = await download_source(
+            session, endpoint, "ok.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.3, min_rate=1000
+        )
+        assert got == b"".join(pieces)
+        started = time.monotonic()
+        with pytest.raises(RetryableError) as slow:
+            await download_source(
+                session, endpoint, "slow.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.3,
+                min_rate=4000,
+            )  # fmt: skip
+        took = time.monotonic() - started
+        assert slow.value.code == "timeout", slow.value
+        assert "slower than the minimum of 4,000 bytes/s" in slow.value.message, slow.value
+        assert took < 1.0, took  # one window of 0.3 s and a piece, not the 1.5 s of the body
     finally:
         server.close()
         await server.wait_closed()

@@ -83,6 +83,8 @@ def test_secrets_are_never_shown() -> None:
         ({"TUI_BACKFILL_LEASE": "1"}, "TUI_BACKFILL_LEASE"),
         ({"TUI_BACKFILL_LEASE": "inf"}, "TUI_BACKFILL_LEASE"),
         ({"TUI_BACKFILL_RETRY_BASE": "nan"}, "TUI_BACKFILL_RETRY_BASE"),
+        ({"TUI_BACKFILL_MIN_SOURCE_RATE": "-1"}, "TUI_BACKFILL_MIN_SOURCE_RATE"),
+        ({"TUI_BACKFILL_MIN_SOURCE_RATE": "4k"}, "TUI_BACKFILL_MIN_SOURCE_RATE"),
     ],
 )
 def test_bad_values_name_their_variable(env: dict[str, str], field: str) -> None:

@@ -8,7 +8,8 @@ Faults (:class:`RaidFaults`, mutable through ``server.faults``): ``fail_times`` 
 first n GETs of that key answer 503, then 200), ``always_503`` (keys), ``truncate`` (keys: the
 full Content-Length, half the body, then the connection closes), ``chunked`` (keys: the body
 without a Content-Length, in chunks), ``stall`` (keys: the head is
-sent after ``stall_seconds``), ``latency`` (seconds before every answer). Counters:
+sent after ``stall_seconds``), ``trickle`` (keys: the body in pieces of 500 bytes, one every
+``trickle_seconds``), ``latency`` (seconds before every answer). Counters:
 ``requests`` (GETs per key, authorised or not), ``gets`` (all GETs of the path),
 ``unauthorized`` (401s), ``statuses``. ``GET /__stats`` returns them as JSON and ``POST
 /__faults`` updates the faults from JSON (both unauthenticated and uncounted), for use from
@@ -52,7 +53,9 @@ class RaidFaults:
     truncate: set[str] = field(default_factory=set)
     stall: set[str] = field(default_factory=set)
     chunked: set[str] = field(default_factory=set)
+    trickle: set[str] = field(default_factory=set)
     stall_seconds: float = 60.0
+    trickle_seconds: float = 0.1
     latency: float = 0.0
 
     def update(self, values: dict[str, Any]) -> None:
@@ -60,16 +63,16 @@ class RaidFaults:
         for name, value in values.items():
             if name == "fail_times":
                 self.fail_times = {str(k): int(v) for k, v in value.items()}
-            elif name in ("always_503", "truncate", "stall", "chunked"):
+            elif name in ("always_503", "truncate", "stall", "chunked", "trickle"):
                 setattr(self, name, {str(k) for k in value})
-            elif name in ("stall_seconds", "latency"):
+            elif name in ("stall_seconds", "trickle_seconds", "latency"):
                 setattr(self, name, float(value))
             else:
                 raise ValueError(f"unknown fault field {name!r}")
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
-        for name in ("always_503", "truncate", "stall", "chunked"):
+        for name in ("always_503", "truncate", "stall", "chunked", "trickle"):
             data[name] = sorted(data[name])
         return data
 
@@ -203,6 +206,8 @@ class RaidServer:
             return await self._truncated(request, body)
         if key in faults.chunked:
             return await self._chunked(request, body)
+        if key in faults.trickle:
+            return await self._trickled(request, body, faults.trickle_seconds)
         return self._answer(200, body=body, content_type="application/octet-stream")
 
     async def _chunked(self, request: web.Request, body: bytes) -> web.StreamResponse:
@@ -214,6 +219,22 @@ class RaidServer:
         await response.prepare(request)
         for start in range(0, len(body), 64 * 1024):
             await response.write(body[start : start + 64 * 1024])
+        await response.write_eof()
+        return response
+
+    async def _trickled(
+        self, request: web.Request, body: bytes, every: float
+    ) -> web.StreamResponse:
+        """The full Content-Length, then the body 500 bytes at a time, one piece every `every`
+        seconds (never idle long, yet slow)."""
+        self.statuses[200] += 1
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/octet-stream"
+        response.content_length = len(body)
+        await response.prepare(request)
+        for start in range(0, len(body), 500):
+            await asyncio.sleep(every)
+            await response.write(body[start : start + 500])
         await response.write_eof()
         return response
 

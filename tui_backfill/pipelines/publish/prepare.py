@@ -114,6 +114,7 @@ async def prepared_worker(
             settings.raid_secret,
             settings.max_source_bytes,
             settings.timeout,
+            settings.min_source_rate,
         )
         variants = functools.partial(
             make_variants,
@@ -190,7 +191,16 @@ async def _reach_store(settings: PublishSettings) -> None:
 
 
 async def _fetch(
-    download: Any, http: Any, endpoint: str, secret: str, max_bytes: int, timeout: float, key: str
+    download: Any,
+    http: Any,
+    endpoint: str,
+    secret: str,
+    max_bytes: int,
+    timeout: float,
+    min_rate: float,
+    key: str,
 ) -> bytes:
-    body: bytes = await download(http, endpoint, key, secret, max_bytes=max_bytes, timeout=timeout)
+    body: bytes = await download(
+        http, endpoint, key, secret, max_bytes=max_bytes, timeout=timeout, min_rate=min_rate
+    )
     return body

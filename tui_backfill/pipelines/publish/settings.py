@@ -82,6 +82,7 @@ OPTS: tuple[Opt, ...] = (
     Opt("shutdown_timeout", float, 60.0, "on SIGTERM, seconds to finish in-flight jobs"),
     Opt("timeout", float, 30.0, "seconds to the first byte of an answer and of each idle gap"),
     Opt("max_source_bytes", int, 200 * 1024 * 1024, "largest source file, bytes"),
+    Opt("min_source_rate", int, 4096, "slowest a source download may go, bytes/s over each --timeout of its body (0: no floor)"),
     Opt("max_pixels", int, 100_000_000, "largest source image, pixels (decompression bombs)"),
     Opt("webp_quality", int, 80, "WebP quality of the variants, 1-100"),
     Opt("thumb_size", str, "400x400", "box the thumb variant fits in, WxH"),
@@ -115,6 +116,7 @@ class PublishSettings:
     shutdown_timeout: float = 60.0
     timeout: float = 30.0
     max_source_bytes: int = 200 * 1024 * 1024
+    min_source_rate: int = 4096
     max_pixels: int = 100_000_000
     webp_quality: int = 80
     thumb_size: str = "400x400"
@@ -327,6 +329,11 @@ def validate_worker(settings: PublishSettings) -> None:
         raise ConfigError(settings.where("max_retries"), f"{settings.max_retries}: accepted 1-100")
     if not 1 <= settings.concurrency <= 256:
         raise ConfigError(settings.where("concurrency"), f"{settings.concurrency}: accepted 1-256")
+    if settings.min_source_rate < 0:
+        raise ConfigError(
+            settings.where("min_source_rate"),
+            f"{settings.min_source_rate}: accepted 0 (no floor) or more bytes a second",
+        )
     if not 1 <= settings.webp_quality <= 100:
         raise ConfigError(settings.where("webp_quality"), "accepted 1-100")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR"):

@@ -12,8 +12,10 @@ memory with a cap, and every failure is classified so the worker never parses te
 - 401 / 403: FatalError `auth` (the secret is wrong for every job alike);
 - 429 and 5xx: RetryableError `http_<status>`; other 4xx: PermanentError `http_<status>`;
 - no answer's head within `timeout`, or no data for `timeout` between chunks: RetryableError
-  `timeout` (a large body that keeps flowing is never cut off; a caller wanting a bound on the
-  whole puts its own around the call);
+  `timeout`. A large body that keeps flowing is never cut off as a whole, but one that
+  trickles (a byte now and then, never idle for `timeout`) would hold its download slot for
+  hours: with `min_rate`, each `timeout` of the body must bring at least `min_rate` bytes a
+  second on average, else RetryableError `timeout` too (curl's --speed-limit/--speed-time);
 - connection refused, reset, DNS: RetryableError `connection` (OriginUnreachable when nothing
   is there to answer, as the origins classify it);
 - redirects (301, 302, 303, 307, 308) followed, up to MAX_REDIRECTS, the secret sent on only
@@ -113,10 +115,12 @@ async def download_source(
     *,
     max_bytes: int,
     timeout: float,
+    min_rate: float = 0.0,
 ) -> bytes:
     """The bytes of source image `key` (see the module docstring for every failure)."""
     try:
-        return await _download(session, source_url(endpoint, key), key, secret, max_bytes, timeout)
+        url = source_url(endpoint, key)
+        return await _download(session, url, key, secret, max_bytes, timeout, min_rate)
     except BackfillError as exc:
         if secret and secret in str(exc):
             exc.args = (str(exc).replace(secret, "***"),)
@@ -130,6 +134,7 @@ async def _download(
     secret: str,
     max_bytes: int,
     timeout: float,
+    min_rate: float,
 ) -> bytes:
     what = f"source {key!r}"
     headers = {
@@ -163,7 +168,7 @@ async def _download(
                 f"{what}: {expected:,} bytes, over the limit of {max_bytes:,}",
                 MediaErrorCode.TOO_LARGE,
             )
-        body = await _read_body(response, what, expected, max_bytes, timeout)
+        body = await _read_body(response, what, expected, max_bytes, timeout, min_rate)
     except BaseException:
         response.close()  # drop the connection: the rest of the body is not wanted
         raise
@@ -214,9 +219,12 @@ async def _read_body(
     expected: int | None,
     max_bytes: int,
     timeout: float,
+    min_rate: float,
 ) -> bytes:
     buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the body
     received = 0
+    clock = asyncio.get_running_loop().time
+    window_began, window_bytes = clock(), 0  # the rate is judged over each `timeout` of body
     while True:
         try:
             async with asyncio.timeout(timeout):
@@ -235,6 +243,18 @@ async def _read_body(
         if not chunk:
             break
         received += len(chunk)
+        if min_rate > 0:
+            window_bytes += len(chunk)
+            took = clock() - window_began
+            if took >= timeout:
+                if window_bytes < min_rate * took:
+                    raise RetryableError(
+                        f"{what}: {window_bytes:,} bytes in {took:.1f} s after"
+                        f" {received - window_bytes:,}, slower than the minimum of"
+                        f" {min_rate:,.0f} bytes/s",
+                        code="timeout",
+                    )
+                window_began, window_bytes = clock(), 0
         if received > max_bytes:
             raise MediaError(
                 f"{what}: more than {max_bytes:,} bytes (the limit)", MediaErrorCode.TOO_LARGE
