@@ -179,7 +179,12 @@ def pin_servers(servers: Servers, cpus: set[int]) -> None:
     it) and this script onto `cpus`."""
     pids = [servers.s3.process.pid, servers.raid.pid, servers.postmaster]
     try:
-        pids += [int(c) for c in Path(f"/proc/{servers.postmaster}/task/{servers.postmaster}/children").read_text().split()]
+        pids += [
+            int(c)
+            for c in Path(f"/proc/{servers.postmaster}/task/{servers.postmaster}/children")
+            .read_text()
+            .split()
+        ]
     except OSError:
         pass
     for pid in [*pids, os.getpid()]:
@@ -459,6 +464,8 @@ def run_workers(
         out = open(logs / f"worker-{lot}-{i}.out", "w")
         err = open(logs / f"worker-{lot}-{i}.err", "w")
         argv = [sys.executable, "-m", "tui_backfill", "publish", "worker", "--no-ui", "--burst"]
+        if cpus is not None:
+            argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
         env = servers.env(CONCURRENCY=str(concurrency))
         if cpus is not None:
             del env["CONCURRENCY"]
@@ -469,7 +476,6 @@ def run_workers(
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=err,
-                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
             )
         )
     with concurrent.futures.ThreadPoolExecutor(procs) as pool:
@@ -511,12 +517,10 @@ def run_minimal(servers: Servers, set_name: str, cpus: set[int] | None = None) -
         str(servers.root / set_name),
         str(len(cpus) if cpus else CORES),
     ]
+    if cpus:
+        argv = ["taskset", "-c", ",".join(map(str, sorted(cpus))), *argv]
     proc = subprocess.Popen(
-        argv,
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        argv, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)}
     )
     assert proc.stdout is not None
     out = proc.stdout.read()
@@ -562,15 +566,15 @@ def series_cpu(
                 lot[0] += 1
                 if who == "minimal":
                     run = run_minimal(servers, set_name)
-                elif who == "minimal pinned":
-                    pin_servers(servers, SERVER_CPUS)
+                elif who == "minimal pinned":  # the servers idle, pinned: the worker's layout
                     try:
+                        pin_servers(servers, SERVER_CPUS)
                         run = run_minimal(servers, set_name, CONTENDER_CPUS)
                     finally:
                         pin_servers(servers, set(_ALL_CPUS))
                 elif who == "worker pinned":
-                    pin_servers(servers, SERVER_CPUS)
                     try:
+                        pin_servers(servers, SERVER_CPUS)
                         run = run_workers(servers, set_name, keys, 1, lot[0], cpus=CONTENDER_CPUS)
                     finally:
                         pin_servers(servers, set(_ALL_CPUS))
@@ -815,19 +819,25 @@ def report(args: argparse.Namespace, header: str, sets: dict[str, dict[str, byte
                 ratio = med([a.rate / b.rate for a, b in zip(its, mins, strict=True)])
                 left = med([(a.rate / cores_left(a)) / (b.rate / cores_left(b)) for a, b in zip(its, mins, strict=True)])  # fmt: skip
                 pinned = ""
-                pmins = [r for r in cpu_runs if r.set == set_name and r.contender == "minimal pinned"]
+                pmins = [
+                    r for r in cpu_runs if r.set == set_name and r.contender == "minimal pinned"
+                ]
                 pits = [r for r in cpu_runs if r.set == set_name and r.contender == "worker pinned"]
                 if pmins and pits:
                     alone = med([a.rate / b.rate for a, b in zip(pits, pmins, strict=True)])
-                    pinned = (f" On CPUs of their own ({len(CONTENDER_CPUS)}; the servers on the other {len(SERVER_CPUS)}):"
-                              f" **{'met' if alone >= 0.9 else 'NOT met'}** ({alone * 100:.0f} %).")
+                    pinned = (
+                        f" On CPUs of their own ({len(CONTENDER_CPUS)}; the servers on the other {len(SERVER_CPUS)}):"
+                        f" **{'met' if alone >= 0.9 else 'NOT met'}** ({alone * 100:.0f} %)."
+                    )
                 goals.append(f"Goal 1 ({set_name}): the worker at >= 90 % of the minimal loop. Sharing the machine's cores with the servers:"
                              f" per core left to it (the servers' CPU taken out) {'met' if left >= 0.9 else 'NOT met'} ({left * 100:.0f} %),"
                              f" per core of the machine {'met' if ratio >= 0.9 else 'NOT met'} ({ratio * 100:.0f} %).{pinned}")  # fmt: skip
         cam = [
             r
             for r in cpu_runs
-            if r.set == "camera" and r.contender != "minimal" and not r.contender.endswith(" pinned")
+            if r.set == "camera"
+            and r.contender != "minimal"
+            and not r.contender.endswith(" pinned")
         ]
         if cam:
             rates = {

@@ -10,7 +10,7 @@ import sys
 import pytest
 from helpers import REPO
 
-from tui_backfill.seams.cpus import parse_cpu_max, quota_cpus
+from tui_backfill.seams.cpus import parse_cpu_max, quota_cpus, usable_cpus
 
 V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
 V1_MOUNTS = (
@@ -93,12 +93,34 @@ def test_a_v1_quota_is_found_through_the_mount_of_the_cpu_controller() -> None:
     assert quota_cpus(cgroup, V1_MOUNTS, unlimited) is None
 
 
+def test_a_cgroup_the_mount_does_not_hold_grants_nothing_from_it() -> None:
+    read = files(**{"/sys/fs/cgroup/cpu.max": "50000 100000\n"})
+    mount_of_a_subtree = "30 23 0:26 /other /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    assert quota_cpus("0::/mine/app\n", mount_of_a_subtree, read) is None
+    assert quota_cpus("0::/../outside\n", V2_MOUNT, read) is None  # beyond the namespace
+    # in its own namespace a process sees "/", whatever the mount's root says
+    assert quota_cpus("0::/\n", mount_of_a_subtree, read) == 0.5
+
+
+@pytest.mark.parametrize(
+    ("affinity", "cpu_max", "usable"),
+    [(4, None, 4), (4, "250000 100000", 2), (2, "300000 100000", 2), (4, "50000 100000", 1)],
+)
+def test_usable_cpus_is_the_affinity_lowered_to_the_quota_rounded_down_at_least_one(
+    affinity: int, cpu_max: str | None, usable: int
+) -> None:
+    table = {"/proc/self/cgroup": "0::/\n", "/proc/self/mountinfo": V2_MOUNT}
+    if cpu_max is not None:
+        table["/sys/fs/cgroup/cpu.max"] = cpu_max
+    assert usable_cpus(read=table.get, affinity=lambda: affinity) == usable
+
+
 def _usable_in_child(cpus: set[int] | None) -> int:
-    code = "from tui_backfill.seams.cpus import usable_cpus; print(usable_cpus())"
+    pin = f"import os; os.sched_setaffinity(0, {sorted(cpus)!r}); " if cpus else ""
+    code = pin + "from tui_backfill.seams.cpus import usable_cpus; print(usable_cpus())"
     out = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True, text=True, cwd=REPO, check=True, timeout=60,
-        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
+        timeout=60,
     )  # fmt: skip
     return int(out.stdout)
 

@@ -480,36 +480,52 @@ async def test_a_source_that_trickles_is_cut_off_under_the_minimum_rate(
 ) -> None:
     """Never idle for the timeout, yet slower than `min_rate` over a timeout of its body: cut
     off (`timeout`, retried after backoff) instead of holding its download slot for as long as
-    it trickles. At the same pace above the floor it arrives whole."""
-    pieces = [bytes([n]) * 100 for n in range(30)]  # 100 bytes every 0.05 s: 2,000 bytes/s
+    it trickles. Above the floor it arrives whole; so does a body whose first byte came late (the
+    first window opens at the first chunk), and one whose slow last window ends with its last
+    byte (a body already whole is kept)."""
+    piece = bytes(range(100))
+    # key -> (seconds before the body, pieces of 100 bytes, seconds between pieces)
+    shapes = {
+        "ok.jpg": (0.0, 30, 0.05),  # 2,000 bytes/s for 1.5 s
+        "slow.jpg": (0.0, 100, 0.05),  # 2,000 bytes/s for 5 s
+        "late.jpg": (1.0, 200, 0.01),  # about 10,000 bytes/s for 2 s, after a pause
+        "whole.jpg": (0.0, 4, 0.6),  # 400 bytes over 1.8 s, the last window closed by the end
+    }
 
     async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 3000\r\n\r\n")
+        head = (await reader.readuntil(b"\r\n\r\n")).decode()
+        pause, count, every = next(v for k, v in shapes.items() if k in head)
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {100 * count}\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(pause)
         with contextlib.suppress(ConnectionError):
-            for piece in pieces:
-                await asyncio.sleep(0.05)
+            for n in range(count):
+                if n:
+                    await asyncio.sleep(every)
                 writer.write(piece)
                 await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(trickle, "127.0.0.1", 0)
     endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/pub"
+
+    async def fetch(key: str, *, timeout: float, min_rate: float) -> bytes:
+        return await download_source(
+            session, endpoint, key, SECRET, max_bytes=MAX_BYTES, timeout=timeout,
+            min_rate=min_rate,
+        )  # fmt: skip
+
     try:
-        got = await download_source(
-            session, endpoint, "ok.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.3, min_rate=1000
-        )
-        assert got == b"".join(pieces)
+        assert await fetch("ok.jpg", timeout=1.0, min_rate=200) == piece * 30
+        assert await fetch("late.jpg", timeout=1.5, min_rate=4000) == piece * 200
+        assert await fetch("whole.jpg", timeout=1.5, min_rate=4000) == piece * 4
         started = time.monotonic()
         with pytest.raises(RetryableError) as slow:
-            await download_source(
-                session, endpoint, "slow.jpg", SECRET, max_bytes=MAX_BYTES, timeout=0.3,
-                min_rate=4000,
-            )  # fmt: skip
+            await fetch("slow.jpg", timeout=0.5, min_rate=4000)
         took = time.monotonic() - started
         assert slow.value.code == "timeout", slow.value
         assert "slower than the minimum of 4,000 bytes/s" in slow.value.message, slow.value
-        assert took < 1.0, took  # one window of 0.3 s and a piece, not the 1.5 s of the body
+        assert took < 3.0, took  # a window of 0.5 s and a piece, not the 5 s of the body
     finally:
         server.close()
         await server.wait_closed()

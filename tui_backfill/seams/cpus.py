@@ -63,23 +63,25 @@ def _mounts(mountinfo: str) -> list[tuple[str, str, str, set[str]]]:
 
 def _dirs(mount: str, root: str, path: str) -> list[str]:
     """The cgroup's directory under its mount and each parent's up to the mount (a limit on
-    any of them applies). A path outside the mount's root (a cgroup namespace shows "/"; a
-    mount of another's subtree shows its own) is read from the mount itself."""
+    any of them applies); none when the mount does not hold it. A process in its own cgroup
+    namespace sees its cgroup as "/": the mount itself, whatever the mount's root."""
     rel = PurePosixPath(path)
-    base = PurePosixPath(root)
-    try:
-        rel = rel.relative_to(base)
-    except ValueError:
+    if ".." in rel.parts:  # a cgroup outside this namespace's view
+        return []
+    if rel != PurePosixPath("/"):
+        try:
+            rel = rel.relative_to(PurePosixPath(root))
+        except ValueError:  # a mount of another subtree
+            return []
+    else:
         rel = PurePosixPath(".")
-    if rel.is_absolute():
-        rel = rel.relative_to("/")
-    dirs = []
-    here = PurePosixPath(mount) / rel
-    while True:
-        dirs.append(str(here))
-        if here == PurePosixPath(mount) or here.parent == here:
-            return dirs
+    top = PurePosixPath(mount)
+    here = top / rel
+    dirs = [str(here)]
+    while here != top:
         here = here.parent
+        dirs.append(str(here))
+    return dirs
 
 
 def quota_cpus(cgroup: str, mountinfo: str, read: Read) -> float | None:
@@ -120,14 +122,18 @@ def _read(path: str) -> str | None:
         return None
 
 
-def usable_cpus() -> int:
-    """The CPUs this process may use: its affinity's, lowered to its CPU quota rounded down;
-    at least 1."""
+def _affinity() -> int:
     try:
-        cpus = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # no affinity on this platform
-        cpus = os.cpu_count() or 1
-    grant = quota_cpus(_read("/proc/self/cgroup") or "", _read("/proc/self/mountinfo") or "", _read)
+        return os.cpu_count() or 1
+
+
+def usable_cpus(read: Read = _read, affinity: Callable[[], int] = _affinity) -> int:
+    """The CPUs this process may use: its affinity's, lowered to its CPU quota rounded down;
+    at least 1. (`read` and `affinity` are this process's own but for tests.)"""
+    cpus = affinity()
+    grant = quota_cpus(read("/proc/self/cgroup") or "", read("/proc/self/mountinfo") or "", read)
     if grant is not None:
         cpus = min(cpus, math.floor(grant))
     return max(1, cpus)

@@ -14,8 +14,9 @@ memory with a cap, and every failure is classified so the worker never parses te
 - no answer's head within `timeout`, or no data for `timeout` between chunks: RetryableError
   `timeout`. A large body that keeps flowing is never cut off as a whole, but one that
   trickles (a byte now and then, never idle for `timeout`) would hold its download slot for
-  hours: with `min_rate`, each `timeout` of the body must bring at least `min_rate` bytes a
-  second on average, else RetryableError `timeout` too (curl's --speed-limit/--speed-time);
+  hours: with `min_rate`, each `timeout` of the body (consecutive windows from its first
+  chunk) must bring at least `min_rate` bytes a second on average, else RetryableError
+  `timeout` too; a body that has all arrived is kept;
 - connection refused, reset, DNS: RetryableError `connection` (OriginUnreachable when nothing
   is there to answer, as the origins classify it);
 - redirects (301, 302, 303, 307, 308) followed, up to MAX_REDIRECTS, the secret sent on only
@@ -224,7 +225,7 @@ async def _read_body(
     buffer = io.BytesIO()  # getvalue() hands over its buffer: no second copy of the body
     received = 0
     clock = asyncio.get_running_loop().time
-    window_began, window_bytes = clock(), 0  # the rate is judged over each `timeout` of body
+    floor = _RateFloor(min_rate, timeout) if min_rate > 0 else None
     while True:
         try:
             async with asyncio.timeout(timeout):
@@ -243,18 +244,11 @@ async def _read_body(
         if not chunk:
             break
         received += len(chunk)
-        if min_rate > 0:
-            window_bytes += len(chunk)
-            took = clock() - window_began
-            if took >= timeout:
-                if window_bytes < min_rate * took:
-                    raise RetryableError(
-                        f"{what}: {window_bytes:,} bytes in {took:.1f} s after"
-                        f" {received - window_bytes:,}, slower than the minimum of"
-                        f" {min_rate:,.0f} bytes/s",
-                        code="timeout",
-                    )
-                window_began, window_bytes = clock(), 0
+        # A body already whole is kept however slowly its last window went.
+        if floor is not None and (expected is None or received < expected):
+            slow = floor.slow(len(chunk), clock())
+            if slow is not None:
+                raise RetryableError(f"{what}: {slow}", code="timeout")
         if received > max_bytes:
             raise MediaError(
                 f"{what}: more than {max_bytes:,} bytes (the limit)", MediaErrorCode.TOO_LARGE
@@ -263,6 +257,35 @@ async def _read_body(
     if expected is not None and received != expected:
         raise _truncated(what, received, expected)
     return buffer.getvalue()
+
+
+class _RateFloor:
+    """At least `rate` bytes a second over each `window` seconds of a body, judged when a
+    chunk closes a window. The first window opens at the first chunk: the wait for it is the
+    idle timeout's to judge."""
+
+    def __init__(self, rate: float, window: float) -> None:
+        self.rate, self.window = rate, window
+        self.began: float | None = None
+        self.bytes = 0  # in the window open now
+        self.before = 0  # in the windows before it
+
+    def slow(self, size: int, now: float) -> str | None:
+        """`size` bytes more at `now`; what was too slow, or None."""
+        if self.began is None:
+            self.began = now
+        self.bytes += size
+        took = now - self.began
+        if took < self.window:
+            return None
+        if self.bytes < self.rate * took:
+            return (
+                f"{self.bytes:,} bytes in {took:.1f} s from byte {self.before:,},"
+                f" slower than the minimum of {self.rate:,.0f} bytes/s"
+            )
+        self.before += self.bytes
+        self.began, self.bytes = now, 0
+        return None
 
 
 def _truncated(what: str, received: int, expected: int | None) -> RetryableError:
