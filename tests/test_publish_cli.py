@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from helpers import CLI, REPO, closed_port, finish, signalled_without_stderr, to
 from publish_helpers import RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
 
 from tui_backfill.servers.images import photo_jpeg
-from tui_backfill.servers.raid import RaidServer
+from tui_backfill.servers.raid import RaidFaults, RaidServer
 
 
 @pytest.fixture
@@ -225,3 +226,60 @@ _THREADS = (
     "sys.argv = ['tui-backfill', *sys.argv[1:]]\n"
     "runpy.run_module('tui_backfill', run_name='__main__')\n"
 )
+
+
+async def test_a_secret_the_store_refuses_stops_the_worker_once_with_its_claims_handed_back(
+    queue_db: Path, rclone_s3: S3Target
+) -> None:
+    """A wrong RAID_PUBLISHER_SECRET is no job's fault: both downloads in flight meet the 401,
+    the worker says so once (exit 3), hands every claim back with no attempt counted, and the
+    secret appears nowhere."""
+    images = {"a.jpg": photo_jpeg(64, 48, seed=1), "b.jpg": photo_jpeg(48, 64, seed=2)}
+    slow = RaidFaults(latency=0.3)  # both downloads are asked before the first answer
+    async with RaidServer(images, token=RAID_SECRET, faults=slow) as raid:
+        env = publish_env(
+            rclone_s3, raid.endpoint, f"sqlite:///{queue_db}", CONCURRENCY="2",
+            RAID_PUBLISHER_SECRET="not-the-stores-secret",
+        )  # fmt: skip
+        result = await tool("publish", "worker", "--no-ui", "--burst", env=env, timeout=60)
+        assert raid.unauthorized == 2  # both jobs were in flight when the first 401 came
+    assert result.rc == 3, result.err
+    fatal = [line for line in result.err.splitlines() if "fatal:" in line]
+    assert len(fatal) == 1 and "401" in fatal[0], result.err
+    assert "not-the-stores-secret" not in result.err + result.out
+    assert rows_sqlite(
+        queue_db, "SELECT status, retry_count, COUNT(*) FROM publish_jobs GROUP BY 1, 2"
+    ) == [("pending", 0, 2)]
+    assert rows_sqlite(queue_db, "SELECT outcome, COUNT(*) FROM publish_attempts GROUP BY 1") == [
+        ("released", 2)
+    ]
+    assert rclone_s3.keys() == []
+
+
+async def test_a_database_url_naming_another_sqlite_database_is_refused_not_filled(
+    tmp_path: Path, rclone_s3: S3Target
+) -> None:
+    """A worker's first start makes the queue's tables in a new or empty SQLite file, or beside
+    a seed's `auction_files`; a file that holds other tables and no queue (a mistyped path to
+    some other database) is exit 2 naming DATABASE_URL, and left as it was. `init-db`, asked
+    for, adds the queue to it."""
+    other = tmp_path / "index.sqlite3"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE files (key TEXT PRIMARY KEY, content_hash TEXT)")
+    env = publish_env(rclone_s3, "http://127.0.0.1:9/pub", f"sqlite:///{other}")
+    for command in (("publish", "worker", "--no-ui", "--burst"), ("publish", "enqueue")):
+        result = await tool(*command, env=env, timeout=60)
+        assert result.rc == 2, (command, result.rc, result.err)
+        lines = result.err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("tui-backfill: error: DATABASE_URL: "), lines
+        assert "holds other tables (files) and no publish queue" in lines[0]
+        assert rows_sqlite(other, "SELECT name FROM sqlite_master WHERE type = 'table'") == [
+            ("files",)
+        ]
+    assert (await tool("publish", "init-db", env=env)).rc == 0
+    tables = {
+        t for (t,) in rows_sqlite(other, "SELECT name FROM sqlite_master WHERE type = 'table'")
+    }
+    assert {"files", "auction_files", "publish_jobs", "publish_attempts"} <= tables
+    enqueue = await tool("publish", "enqueue", env=env)
+    assert enqueue.rc == 0 and '"enqueued": 0' in enqueue.out, enqueue.err

@@ -26,7 +26,7 @@ from tui_backfill.pipelines.publish.worker import (
     PublishWorker,
     worker_id,
 )
-from tui_backfill.seams.queue import open_queue
+from tui_backfill.seams.queue import open_queue, redact_url
 from tui_backfill.seams.queue.base import JobQueue
 
 log = logging.getLogger("tui_backfill.publish")
@@ -42,6 +42,18 @@ async def opened_queue(
     queue = await open_queue(settings.database_url)
     try:
         if create and settings.database_url.startswith("sqlite:"):
+            from tui_backfill.seams.queue.sqlite import SqliteQueue
+
+            assert isinstance(queue, SqliteQueue)
+            others = await queue.unrelated_tables()
+            if others:
+                shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+                raise ConfigError(
+                    settings.where("database_url"),
+                    f"{redact_url(settings.database_url)} holds other tables ({shown}) and no"
+                    " publish queue; check the path, or run `tui-backfill publish init-db` to add"
+                    " the queue's tables to it",
+                )
             await queue.init_db()
         else:
             await queue.check_schema()

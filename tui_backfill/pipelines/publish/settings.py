@@ -75,7 +75,7 @@ OPTS: tuple[Opt, ...] = (
     Opt("poll_interval", float, 5.0, "seconds between queue polls when no NOTIFY wakes the worker (WORKER_POLL_INTERVAL is in ms)", "WORKER_POLL_INTERVAL", scale=0.001),
     Opt("max_retries", int, 5, "attempts of a new job before it fails for good", "MAX_RETRIES"),
     Opt("log_level", str, "INFO", "DEBUG, INFO, WARNING or ERROR", "LOG_LEVEL"),
-    Opt("concurrency", int, 0, "parallel downloads, and image threads up to the cores this process may use (its CPU affinity and quota; default: those cores)", "CONCURRENCY"),
+    Opt("concurrency", int, 0, "parallel downloads, and image threads up to the cores this process may use (its CPU affinity and quota); unset or 0: those cores", "CONCURRENCY"),
     Opt("lease", float, 60.0, "seconds a claim is held without a heartbeat before any worker may take it"),
     Opt("retry_base", float, 30.0, "first backoff of a failed job, seconds (doubling, ±20 %)"),
     Opt("retry_cap", float, 3600.0, "longest backoff, seconds"),
@@ -328,7 +328,10 @@ def validate_worker(settings: PublishSettings) -> None:
     if not 1 <= settings.max_retries <= 100:
         raise ConfigError(settings.where("max_retries"), f"{settings.max_retries}: accepted 1-100")
     if not 1 <= settings.concurrency <= 256:
-        raise ConfigError(settings.where("concurrency"), f"{settings.concurrency}: accepted 1-256")
+        raise ConfigError(
+            settings.where("concurrency"),
+            f"{settings.concurrency}: accepted 1-256, or 0 for the cores this process may use",
+        )
     if settings.min_source_rate < 0:
         raise ConfigError(
             settings.where("min_source_rate"),
@@ -337,7 +340,10 @@ def validate_worker(settings: PublishSettings) -> None:
     if not 1 <= settings.webp_quality <= 100:
         raise ConfigError(settings.where("webp_quality"), "accepted 1-100")
     if settings.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "WARN", "ERROR"):
-        raise ConfigError(settings.where("log_level"), "accepted DEBUG, INFO, WARNING or ERROR")
+        raise ConfigError(
+            settings.where("log_level"),
+            f"{settings.log_level!r}: accepted DEBUG, INFO, WARNING or ERROR",
+        )
     for name in ("thumb_size", "display_size"):
         match = SIZE.fullmatch(getattr(settings, name))
         if match is None or 0 in (int(match.group(1)), int(match.group(2))):

@@ -383,10 +383,12 @@ class PublishWorker:
             raise
         except FatalError as exc:
             # Not this job's fault (the store refuses our secret, the bucket our keys):
-            # hand it back and stop the worker (exit 3).
-            self._fatal = exc
+            # hand it back and stop the worker (exit 3). The jobs in flight beside it meet
+            # the same refusal: said once.
             self.counters.count_error(exc.code)
-            log.error("fatal: %s; stopping", exc.message)
+            if self._fatal is None:
+                self._fatal = exc
+                log.error("fatal: %s; stopping", exc.message)
             await self.queue.release(self.id, [job])
             self._released_fatal += 1
             self.engine.stop()

@@ -235,6 +235,17 @@ class SqliteQueue:
         self._indexes = frozenset(INDEX_NAMES) & {str(r[0]) for r in rows}  # index_hint's
         return [name for name in INDEX_NAMES if name not in self._indexes]
 
+    async def unrelated_tables(self) -> list[str]:
+        """The tables of a database that has some and none of the queue's (`auction_files`,
+        `publish_jobs`): most likely a DATABASE_URL naming the wrong file, which a worker's
+        first start must not fill with queue tables. Empty otherwise."""
+        names = sorted(str(name) for (name,) in await self._all(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ))  # fmt: skip
+        if not names or {"auction_files", "publish_jobs"} & set(names):
+            return []
+        return names
+
     async def init_db(self) -> None:
         async with self._tx() as db:
             for ddl in SQLITE_TABLES.values():
