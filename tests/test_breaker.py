@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from tui_backfill.core.breaker import OriginBreaker
+from tui_backfill.core.breaker import Breaker
 from tui_backfill.core.failure_log import FailureLog
 from tui_backfill.core.pipeline import Item, Result
 from tui_backfill.outcomes import OriginUnreachable
@@ -15,7 +15,7 @@ REFUSED = OriginUnreachable("connect: refused")
 
 
 def test_the_breaker_trips_only_on_a_run_of_unreachable_errors_with_no_answer_between() -> None:
-    breaker = OriginBreaker(limit=3)
+    breaker = Breaker(limit=3)
     assert breaker.unreachable(REFUSED) is None
     assert breaker.unreachable(REFUSED) is None
     breaker.answered()  # a 200 or a 404: the origin is there
@@ -29,7 +29,7 @@ def test_the_breaker_trips_only_on_a_run_of_unreachable_errors_with_no_answer_be
 
 def test_parked_items_are_dropped_when_it_trips_and_released_when_overdue() -> None:
     failed = Result("failed", error=REFUSED)
-    breaker = OriginBreaker(limit=2, park_seconds=5.0)
+    breaker = Breaker(limit=2, park_seconds=5.0)
     breaker.park(Item("a", 0, "a"), failed, now=100.0)
     breaker.park(Item("b", 0, "b"), failed, now=103.0)
     assert not breaker.overdue(104.9) and breaker.overdue(105.0)  # from the first park

@@ -436,13 +436,13 @@ async def test_rates_fall_to_zero_once_held_or_stopped_and_restart_on_resume(
 
 
 @pytest.mark.parametrize("slot", [Slot.ORIGIN, Slot.IO])
-async def test_unreachable_means_the_origin_only_in_the_origins_slot(
+async def test_unreachable_parks_its_item_with_the_breaker_of_the_slot_it_met_it_in(
     store: StateStore, slot: Slot
 ) -> None:
-    """An `unreachable` error (nothing listens) in the origin's slot parks its item and feeds
-    the breaker; the same error in another slot (a destination bucket that takes no
-    connection, on the lean S3 path) is an ordinary failed item, recorded at once, never
-    parked as an origin outage and never tripping the breaker."""
+    """An `unreachable` error (nothing listens) parks its item with the breaker of the slot it
+    was met in: the origin's, or the destination's (a bucket that takes no connection, on the
+    lean S3 path). One item alone does not trip it: once that slot's server answers again the
+    item is recorded failed, and the run completes."""
     record = await keys_run(store)
 
     async def refused(item: Item) -> None:
@@ -451,17 +451,48 @@ async def test_unreachable_means_the_origin_only_in_the_origins_slot(
 
     pipeline = KeysPipeline(KEYS, hook=refused, slot=slot)
     engine = engine_for(store, record, pipeline)
-    parked: list[str] = []
-    park = engine._breaker.park
+    parked: list[tuple[Slot, str]] = []
+    for where, breaker in engine._breakers.items():
 
-    def noted(item: Item, result: Any, now: float) -> None:
-        parked.append(item.key)
-        park(item, result, now)
+        def noted(
+            item: Item, result: Any, now: float, where: Slot = where, park: Any = breaker.park
+        ) -> None:
+            parked.append((where, item.key))
+            park(item, result, now)
 
-    engine._breaker.park = noted  # type: ignore[method-assign]
+        breaker.park = noted  # type: ignore[method-assign]
     result = await engine.run()
-    assert result.exit_code == 1  # completed with the one failed item either way
+    assert result.exit_code == 1  # completed with the one failed item
     failed = await store.failed_items("keys")
     assert [(f.key, f.code) for f in failed] == [("k007", "s3_connection")]
     assert result.snapshot.counters.errors_by_code == {"s3_connection": 3}
-    assert parked == (["k007"] if slot is Slot.ORIGIN else [])
+    assert parked == [(slot, "k007")]
+
+
+@pytest.mark.parametrize(("slot", "server"), [(Slot.ORIGIN, "origin"), (Slot.IO, "destination")])
+async def test_a_server_gone_mid_run_stops_it_with_nothing_failed_and_a_resume_finishes(
+    store: StateStore, slot: Slot, server: str
+) -> None:
+    """From k020 on nothing listens in the slot's server: twenty unreachable attempts in a row
+    stop the run (exit 3, `<server> unreachable`), the items that met it unfinished rather than
+    failed; with the server back, a resume finishes every key."""
+    record = await keys_run(store)
+    gone = [True]
+
+    async def refused(item: Item) -> None:
+        if gone[0] and item.key >= "k020":
+            raise OriginUnreachable("connection refused", code="connection")
+
+    pipeline = KeysPipeline(KEYS, hook=refused, slot=slot)
+    first = await engine_for(store, record, pipeline).run()
+    assert first.exit_code == 3 and first.state is RunState.FAILED
+    assert await store.failed_items("keys") == []
+    stored = await store.run(record.id)
+    assert stored is not None and stored.status == "paused"
+    assert stored.message is not None
+    assert stored.message.startswith(f"{server} unreachable: 20 connection failures in a row")
+    gone[0] = False
+    again = KeysPipeline(KEYS, slot=slot)
+    done = await engine_for(store, stored, again).run()
+    assert done.exit_code == 0 and await store.failed_items("keys") == []
+    assert set(pipeline.landed) | set(again.landed) == set(KEYS)

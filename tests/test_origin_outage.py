@@ -71,3 +71,41 @@ async def test_headless_output_says_why_items_fail(
     assert all("attempt(s): http_50" in line for line in failed)
     more = f"tui-backfill: {snap['failedItems'] - 20} more failed items not logged one by one"
     assert any(line.startswith(more) for line in lines), result.err
+
+
+async def test_a_destination_that_dies_mid_run_stops_it_and_the_next_run_finishes(
+    make_job: MakeJob,
+) -> None:
+    """The bucket's server goes away mid-run (its port closed: every new connection refused):
+    the run stops (exit 3, `destination unreachable`) instead of fetching item after item from
+    the origin only to fail its upload; the items that met it are unfinished, not failed, and
+    the next run, with the bucket back, finishes with nothing lost."""
+    job = await make_job(200)
+    skus = job.skus()[:200]
+    job.origin.faults.latency = 0.02
+    running = await job.start_run(limit=200)
+    for _ in range(3000):  # bounded: 30 s
+        if sum(job.puts().values()) >= 60 or not running.alive:
+            break
+        await asyncio.sleep(0.01)
+    assert running.alive, "the run ended before the outage"
+    await job.proxy.stop()  # the bucket's port is closed
+    died = time.monotonic()
+    first = await running.wait(30)
+    gets_then = job.origin.gets
+    assert first.rc == 3, str(first)
+    assert time.monotonic() - died < 15
+    assert "destination unreachable" in first.err
+    snap = first.snap
+    assert snap["state"] == "failed" and snap["failedItems"] == 0, snap
+    assert "destination unreachable" in snap["message"]
+    assert gets_then < 600  # it stopped fetching: not every item fetched to fail its upload
+
+    await job.proxy.start()  # back, on the same port
+    second = await job.run(limit=200)
+    assert second.rc == 0, str(second)
+    done = second.snap
+    assert done["state"] == "completed" and done["failedItems"] == 0
+    assert done["scannedSkus"] == 200
+    await job.assert_bucket_exactly(skus, ANGLES)
+    job.assert_no_key_put_twice()

@@ -35,16 +35,18 @@ class RunState(enum.StrEnum):
 class BackfillError(Exception):
     """A classified failure. `code` lands in `errorsByCode`.
 
-    `unreachable` is True only on OriginUnreachable: the origin is absent (nothing listens,
+    `unreachable` is True only on OriginUnreachable: the server is absent (nothing listens,
     the host does not resolve), which the engine may treat as a reason to stop a run rather
     than fail item after item. It is an attribute so the engine can read it like `retryable`
-    and `fatal`, without importing the subclass.
+    and `fatal`, without importing the subclass. `unreachable_in` is the engine's note of the
+    slot the attempt held when it met the absence (whose breaker it feeds).
     """
 
     code: str = "error"
     retryable: bool = False
     fatal: bool = False
     unreachable: bool = False
+    unreachable_in: str | None = None
 
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
@@ -63,13 +65,15 @@ class RetryableError(BackfillError):
 
 
 class OriginUnreachable(RetryableError):
-    """The origin is absent, not faulty: a refused connection, a host that does not resolve,
-    no route to it, or a file:// origin whose base directory is missing.
+    """The server is absent, not faulty: a refused connection, a host that does not resolve,
+    no route to it, or a file:// origin whose base directory is missing. Raised by the origins,
+    and by the lean S3 path for a bucket's server (code `s3_connection`).
 
-    Still retryable and still code `connection` (errorsByCode is a contract), so a run treats it
-    like any connection error; `unreachable` marks it so that twenty in a row can stop the run
-    (exit 3) instead of marking every item failed. Resets, timeouts, 5xx and truncated bodies
-    are the origin's faults while it is there, and never carry the mark.
+    Still retryable and still its connection code (errorsByCode is a contract), so a run treats
+    it like any connection error; `unreachable` marks it so that twenty in a row in one slot
+    (the origin's, or the destination's) can stop the run (exit 3) instead of marking every
+    item failed. Resets, timeouts, 5xx and truncated bodies are the server's faults while it is
+    there, and never carry the mark.
     """
 
     code = "connection"

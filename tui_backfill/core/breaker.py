@@ -1,11 +1,13 @@
-"""The origin breaker: tells an origin that is gone from one that is failing.
+"""The breakers: tell a server that is gone from one that is failing.
 
-A refused connection or an unresolvable host is the origin's absence, not a fault of it (a
-reset, a timeout or a 5xx is). Enough of them in a row, with no answer between, and the run
-stops (exit 3) with its checkpoint kept, instead of failing every item it meets. Items whose
-attempts all met the absence wait here ("parked") for the verdict: if the breaker trips they
-stay unfinished (a resume redoes them); if the origin answers, the run ends or `park_seconds`
-pass, they are failed items after all. Pure bookkeeping: the engine does the recording.
+One a slot (core/engine.py): the origin's, and the destination's (existence checks and
+uploads). A refused connection or an unresolvable host is the server's absence, not a fault of
+it (a reset, a timeout or a 5xx is). Enough of them in a row, with no answer between, and the
+run stops (exit 3) with its checkpoint kept, instead of failing every item it meets. Items
+whose attempts all met the absence wait here ("parked") for the verdict: if the breaker trips
+they stay unfinished (a resume redoes them); if the server answers, the run ends or
+`park_seconds` pass, they are failed items after all. Pure bookkeeping: the engine does the
+recording.
 """
 
 from __future__ import annotations
@@ -17,10 +19,14 @@ UNREACHABLE_IN_A_ROW = 20
 PARK_SECONDS = 5.0  # well beyond the second or so the breaker needs to trip in an outage
 
 
-class OriginBreaker:
+class Breaker:
     def __init__(
-        self, limit: int = UNREACHABLE_IN_A_ROW, park_seconds: float = PARK_SECONDS
+        self,
+        server: str = "origin",
+        limit: int = UNREACHABLE_IN_A_ROW,
+        park_seconds: float = PARK_SECONDS,
     ) -> None:
+        self.server = server  # what the run stops for: "origin", "destination"
         self._limit = limit
         self._park_seconds = park_seconds
         self.in_a_row = 0
@@ -29,7 +35,7 @@ class OriginBreaker:
         self.tripped = False
 
     def answered(self) -> None:
-        """The origin answered (a 404 too): it is there."""
+        """The server answered (a 404 too): it is there."""
         self.in_a_row = 0
 
     def unreachable(self, exc: BackfillError) -> FatalError | None:
@@ -41,9 +47,9 @@ class OriginBreaker:
         self.tripped = True
         self.parked.clear()
         return FatalError(
-            f"origin unreachable: {self.in_a_row} connection failures in a row "
+            f"{self.server} unreachable: {self.in_a_row} connection failures in a row "
             f"({exc.message}); the checkpoint is kept, resume once it is back",
-            code="origin_unreachable",
+            code=f"{self.server}_unreachable",
         )
 
     def park(self, item: Item, result: Result, now: float) -> None:

@@ -15,11 +15,11 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Generic, TypeVar
 
-from tui_backfill.core.breaker import OriginBreaker
+from tui_backfill.core.breaker import Breaker
 from tui_backfill.core.counters import CounterSet
 from tui_backfill.core.failure_log import FailureLog
 from tui_backfill.core.pipeline import (
@@ -120,7 +120,8 @@ class Engine(Generic[S]):
         self._interrupt = asyncio.Event()  # set while stopping or holding: cuts backoff waits
         self._resumed = asyncio.Event()
         self._redo: list[Item] = []  # items interrupted by a hold, dispatched again on resume
-        self._breaker = OriginBreaker()
+        # The origin's absence, and the destination's (its existence checks and uploads)
+        self._breakers = {Slot.ORIGIN: Breaker("origin"), Slot.IO: Breaker("destination")}
         self._state = RunState.RUNNING
         self._fatal: FatalError | None = None
         self._pending_failed: list[FailedItem] = []
@@ -346,8 +347,8 @@ class Engine(Generic[S]):
             if self._poll_commands and now >= next_poll:
                 next_poll = now + COMMAND_POLL
                 await self._beat_step("commands", self._read_commands)
-            if self._breaker.overdue(now):
-                await self._beat_step("parked", self._record_parked)
+            if any(breaker.overdue(now) for breaker in self._breakers.values()):
+                await self._beat_step("parked", self._record_overdue, now)
             if self._concurrency_unsaved() and self._ended_at is None and not self.plan.dry_run:
                 # kept for a resume at once (also while held), not at the next checkpoint
                 await self._beat_step("concurrency", self._commit)
@@ -502,7 +503,8 @@ class Engine(Generic[S]):
 
     async def _attempt(self, call: Callable[[], Awaitable[T]], slot: Slot | None) -> T:
         """One attempt under its slot: failures are counted by code; a fatal one stops the
-        run; an origin's answer (a 404 too) ends a run of unreachable errors."""
+        run; a slot's server answering (a 404 too) ends its run of unreachable errors."""
+        breaker = self._breakers.get(slot) if slot is not None else None
         try:
             if slot is Slot.ORIGIN:
                 async with self._fetch_slots.hold():
@@ -513,19 +515,15 @@ class Engine(Generic[S]):
                 # sends its request before this task spends a millisecond or two on the next
                 # stage.
                 await asyncio.sleep(0)
-                self._breaker.answered()
-                if self._breaker.parked:
-                    await self._record_parked()
-                return value
-            if slot is Slot.IO:
+            elif slot is Slot.IO:
                 async with self._io_slots.hold():
-                    return await call()
-            return await call()
+                    value = await call()
+            else:
+                return await call()
+            await self._answered(breaker)
+            return value
         except NotFoundError:
-            if slot is Slot.ORIGIN:
-                self._breaker.answered()
-                if self._breaker.parked:
-                    await self._record_parked()
+            await self._answered(breaker)
             raise
         except BackfillError as exc:
             self._count_error(exc)
@@ -535,27 +533,41 @@ class Engine(Generic[S]):
                 )
                 self.stop()
             elif exc.unreachable:
-                if slot is Slot.ORIGIN:
-                    self._origin_unreachable(exc)
-                else:  # the mark speaks of the origin: a bucket or store that takes no
-                    exc.unreachable = False  # connection is an ordinary failure, never parked
+                if breaker is not None:
+                    exc.unreachable_in = slot
+                    self._unreachable(breaker, exc)
+                else:  # outside the slots (a state or index write): an ordinary failure
+                    exc.unreachable = False
             raise
 
-    def _origin_unreachable(self, exc: BackfillError) -> None:
-        """The origin is gone, not failing: enough in a row stop the run (core/breaker.py)."""
-        fatal = self._breaker.unreachable(exc)
+    async def _answered(self, breaker: Breaker | None) -> None:
+        if breaker is None:
+            return
+        breaker.answered()
+        if breaker.parked:
+            await self._record_parked([breaker])
+
+    def _unreachable(self, breaker: Breaker, exc: BackfillError) -> None:
+        """The slot's server is gone, not failing: enough in a row stop the run
+        (core/breaker.py)."""
+        fatal = breaker.unreachable(exc)
         if fatal is not None and self._fatal is None:
             self._fatal = fatal
             self.stop()
             raise fatal
 
-    async def _record_parked(self) -> None:
-        """Parked items are failed items after all (the origin answered, the run ends, or
-        they waited long enough); a tripped breaker left none (they stay unfinished)."""
+    async def _record_parked(self, breakers: Iterable[Breaker] | None = None) -> None:
+        """Parked items are failed items after all (their server answered, the run ends, or
+        they waited long enough); a tripped breaker left none (they stay unfinished). Only
+        `breakers`' when given: the destination's answer says nothing of the origin."""
         if self._fatal is not None:
             return
-        for item, result in self._breaker.release():
-            await self._record(item, result)
+        for breaker in self._breakers.values() if breakers is None else breakers:
+            for item, result in breaker.release():
+                await self._record(item, result)
+
+    async def _record_overdue(self, now: float) -> None:
+        await self._record_parked([b for b in self._breakers.values() if b.overdue(now)])
 
     async def stage(
         self,
@@ -623,7 +635,8 @@ class Engine(Generic[S]):
             result = _internal(exc)
         if result.error is not None and result.error.unreachable:
             if self._fatal is None:
-                self._breaker.park(item, result, self._clock())
+                breaker = self._breakers[Slot(result.error.unreachable_in or Slot.ORIGIN)]
+                breaker.park(item, result, self._clock())
             return
         with contextlib.suppress(FatalError):
             # A checkpoint this item triggered could not be written (state full, locked):
