@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -77,6 +77,9 @@ class KeysPipeline:
     name: str = NAME
     members: tuple[int, ...] = (0,)
     slot: Slot = Slot.ORIGIN  # the slot the visit runs in
+    breakers: Mapping[Slot, str] = field(
+        default_factory=lambda: {Slot.ORIGIN: "origin", Slot.IO: "destination"}
+    )
 
     def source(self, stages: Stages) -> KeySource:
         return KeySource(self.keys, self.page_size)

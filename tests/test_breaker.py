@@ -27,6 +27,13 @@ def test_the_breaker_trips_only_on_a_run_of_unreachable_errors_with_no_answer_be
     assert breaker.unreachable(REFUSED) is None  # tripped once
 
 
+def test_a_breaker_names_the_server_the_run_stops_for() -> None:
+    breaker = Breaker("destination", limit=1)
+    fatal = breaker.unreachable(REFUSED)
+    assert fatal is not None and fatal.code == "destination_unreachable"
+    assert fatal.message.startswith("destination unreachable: 1 connection failures in a row")
+
+
 def test_parked_items_are_dropped_when_it_trips_and_released_when_overdue() -> None:
     failed = Result("failed", error=REFUSED)
     breaker = Breaker(limit=2, park_seconds=5.0)

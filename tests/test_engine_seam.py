@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from keys_pipeline import KeysPipeline, engine_for, new_run
 
-from tui_backfill.core.pipeline import Item, Slot
+from tui_backfill.core.pipeline import Item, Result, Slot
 from tui_backfill.core.records import RunRecord
 from tui_backfill.outcomes import OriginUnreachable, RunState
 from tui_backfill.state.sqlite import StateStore
@@ -467,6 +467,30 @@ async def test_unreachable_parks_its_item_with_the_breaker_of_the_slot_it_met_it
     assert [(f.key, f.code) for f in failed] == [("k007", "s3_connection")]
     assert result.snapshot.counters.errors_by_code == {"s3_connection": 3}
     assert parked == [(slot, "k007")]
+
+
+async def test_a_slots_answer_releases_only_the_items_parked_with_its_own_breaker(
+    store: StateStore,
+) -> None:
+    """The destination answering says nothing of the origin (and the reverse): an item parked
+    with one breaker stays parked through the other's answers, and is recorded when its own
+    server answers (or the run ends, or it waited long enough)."""
+    record = await keys_run(store)
+    engine = engine_for(store, record, KeysPipeline(KEYS))
+    recorded: list[str] = []
+
+    async def record_item(item: Item, result: Any) -> None:
+        recorded.append(item.key)
+
+    engine._record = record_item  # type: ignore[method-assign]
+    refused = Result("failed", error=OriginUnreachable("connection refused"))
+    origin, destination = engine._breakers[Slot.ORIGIN], engine._breakers[Slot.IO]
+    origin.park(Item("k001", 0, "k001"), refused, now=0.0)
+    destination.park(Item("k002", 0, "k002"), refused, now=0.0)
+    await engine._answered(destination)
+    assert recorded == ["k002"] and [i.key for i, _ in origin.parked] == ["k001"]
+    await engine._answered(origin)
+    assert recorded == ["k002", "k001"]
 
 
 @pytest.mark.parametrize(("slot", "server"), [(Slot.ORIGIN, "origin"), (Slot.IO, "destination")])

@@ -120,8 +120,9 @@ class Engine(Generic[S]):
         self._interrupt = asyncio.Event()  # set while stopping or holding: cuts backoff waits
         self._resumed = asyncio.Event()
         self._redo: list[Item] = []  # items interrupted by a hold, dispatched again on resume
-        # The origin's absence, and the destination's (its existence checks and uploads)
-        self._breakers = {Slot.ORIGIN: Breaker("origin"), Slot.IO: Breaker("destination")}
+        # A server's absence in the slots the pipeline names (the origin's, the destination's)
+        self._breakers = {slot: Breaker(server) for slot, server in pipeline.breakers.items()}
+        self._parking = asyncio.Lock()  # parked items leave their breaker and are recorded
         self._state = RunState.RUNNING
         self._fatal: FatalError | None = None
         self._pending_failed: list[FailedItem] = []
@@ -560,11 +561,12 @@ class Engine(Generic[S]):
         """Parked items are failed items after all (their server answered, the run ends, or
         they waited long enough); a tripped breaker left none (they stay unfinished). Only
         `breakers`' when given: the destination's answer says nothing of the origin."""
-        if self._fatal is not None:
-            return
-        for breaker in self._breakers.values() if breakers is None else breakers:
-            for item, result in breaker.release():
-                await self._record(item, result)
+        async with self._parking:  # the end of a run waits for a batch being recorded
+            if self._fatal is not None:
+                return
+            for breaker in self._breakers.values() if breakers is None else breakers:
+                for item, result in breaker.release():
+                    await self._record(item, result)
 
     async def _record_overdue(self, now: float) -> None:
         await self._record_parked([b for b in self._breakers.values() if b.overdue(now)])
@@ -635,9 +637,12 @@ class Engine(Generic[S]):
             result = _internal(exc)
         if result.error is not None and result.error.unreachable:
             if self._fatal is None:
-                breaker = self._breakers[Slot(result.error.unreachable_in or Slot.ORIGIN)]
-                breaker.park(item, result, self._clock())
-            return
+                slot = Slot(result.error.unreachable_in or Slot.ORIGIN)
+                breaker = self._breakers.get(slot)
+                if breaker is not None:
+                    breaker.park(item, result, self._clock())
+                    return
+                result.error.unreachable = False  # no breaker there: an ordinary failure
         with contextlib.suppress(FatalError):
             # A checkpoint this item triggered could not be written (state full, locked):
             # _commit has kept it pending and stopped the run, whose final commit tries again.

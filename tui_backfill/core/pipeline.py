@@ -174,6 +174,10 @@ class Pipeline(Protocol[S_co]):
 
     name: str
     members: tuple[int, ...]  # the members of every group (angles; (0,) for one item a group)
+    # The slots whose server's absence (core/breaker.py: unreachable attempts in a row) stops
+    # the run, and what the run says is gone: {Slot.ORIGIN: "origin", Slot.IO: "destination"}.
+    # In a slot not named, an unreachable attempt is an ordinary failure.
+    breakers: Mapping[Slot, str]
 
     def source(self, stages: Stages) -> OrderedSource:
         """The ordered source of this run (its pages may use `stages` for their own calls)."""

@@ -21,9 +21,10 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from types import MappingProxyType
 from typing import Any, Protocol, TypeVar
 
 from tui_backfill.core.pipeline import (
@@ -335,6 +336,9 @@ class HashIndexPipeline:
 
     name = NAME
     members: tuple[int, ...] = (MEMBER,)
+    # The bucket's GETs (the origin's slot). Its listings and index reads (the IO slot) are
+    # the run's spine: their attempts running out stop it already (_spine).
+    breakers: Mapping[Slot, str] = MappingProxyType({Slot.ORIGIN: "origin"})
 
     def __init__(self, plan: HashPlan, *, bucket: Listing, index: IndexTable) -> None:
         self.plan = plan

@@ -8,8 +8,9 @@ never fetched or written (`bad_sku`); a key over S3's limit is `bad_key`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from tui_backfill.core.pipeline import (
@@ -158,6 +159,8 @@ class MirrorPipeline:
     """Fetch -> put, for SKUs x angles."""
 
     name = NAME
+    # An origin or a bucket that goes away mid-run stops it; its items stay unfinished.
+    breakers: Mapping[Slot, str] = MappingProxyType({Slot.ORIGIN: "origin", Slot.IO: "destination"})
 
     def __init__(
         self,
