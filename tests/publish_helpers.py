@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from conftest import S3Target
-from helpers import REPO
+from helpers import REPO, tool
 
 RAID_SECRET = "raid-s3cret-token-0042"
 CDN = "https://cdn.example.test/lots"
@@ -67,3 +67,11 @@ def insert_files_sqlite(path: Path, files: Iterable[tuple[int, int, str]]) -> No
 def rows_sqlite(path: Path, sql: str, *args: Any) -> list[tuple[Any, ...]]:
     with sqlite3.connect(path) as db:
         return [tuple(r) for r in db.execute(sql, args).fetchall()]
+
+
+async def queue_files(db: Path, env: dict[str, str], files: Iterable[tuple[int, int, str]]) -> None:
+    """The SQLite queue at `db` made by `publish init-db`, `files` (id, lot_id, source_key)
+    inserted by plain SQL as the seed's application does, and a job each by `publish enqueue`."""
+    assert (await tool("publish", "init-db", env=env)).rc == 0
+    insert_files_sqlite(db, files)
+    assert (await tool("publish", "enqueue", env=env)).rc == 0

@@ -26,7 +26,14 @@ import pytest
 from conftest import S3Target
 from helpers import finish, spawn, tool
 from PIL import Image
-from publish_helpers import CDN, RAID_SECRET, insert_files_sqlite, publish_env, rows_sqlite
+from publish_helpers import (
+    CDN,
+    RAID_SECRET,
+    insert_files_sqlite,
+    publish_env,
+    queue_files,
+    rows_sqlite,
+)
 
 from tui_backfill.pipelines.publish.worker import (
     FIGURES_EVERY,
@@ -214,9 +221,7 @@ async def test_sigterm_finishes_in_flight_and_hands_back_the_unstarted(
     async with RaidServer(images, token=RAID_SECRET, faults=RaidFaults(latency=1.5)) as raid:
         db = tmp_path / "queue.sqlite3"
         env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="1")
-        assert (await tool("publish", "init-db", env=env)).rc == 0
-        insert_files_sqlite(db, [(1, 3, "slow.jpg"), (2, 3, "next.jpg")])
-        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        await queue_files(db, env, [(1, 3, "slow.jpg"), (2, 3, "next.jpg")])
         worker = await spawn("publish", "worker", "--no-ui", env=env)
         deadline = time.monotonic() + 30
         while raid.gets == 0:  # the first job's download has begun
@@ -277,9 +282,7 @@ async def test_a_trickling_source_fails_its_attempt_instead_of_holding_a_slot(
             rclone_s3, raid.endpoint, f"sqlite:///{db}", MAX_RETRIES="1",
             TUI_BACKFILL_TIMEOUT="1", TUI_BACKFILL_MIN_SOURCE_RATE="10000",
         )  # fmt: skip
-        assert (await tool("publish", "init-db", env=env)).rc == 0
-        insert_files_sqlite(db, [(1, 4, "trickle.jpg"), (2, 4, "fine.jpg")])
-        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        await queue_files(db, env, [(1, 4, "trickle.jpg"), (2, 4, "fine.jpg")])
         burst = await tool("publish", "worker", "--no-ui", "--burst", env=env, timeout=60)
     assert burst.rc == 1, burst.err[-2000:]  # a job failed for good
     jobs = rows_sqlite(db, "SELECT file_id, status, last_error FROM publish_jobs ORDER BY file_id")
@@ -297,9 +300,7 @@ async def test_one_instance_serves_metrics_and_status(tmp_path: Path, rclone_s3:
     async with RaidServer(images, token=RAID_SECRET) as raid:
         db = tmp_path / "queue.sqlite3"
         env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}")
-        assert (await tool("publish", "init-db", env=env)).rc == 0
-        insert_files_sqlite(db, [(i + 1, 8, key) for i, key in enumerate(images)])
-        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        await queue_files(db, env, [(i + 1, 8, key) for i, key in enumerate(images)])
         worker = await spawn(
             "publish", "worker", "--no-ui", "--serve", "0", "--worker-id", "m1", env=env
         )
@@ -356,9 +357,7 @@ async def test_an_old_pause_does_not_hold_a_worker_started_later(
     async with RaidServer(images, token=RAID_SECRET, faults=slow) as raid:
         db = tmp_path / "queue.sqlite3"
         env = publish_env(rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="1")
-        assert (await tool("publish", "init-db", env=env)).rc == 0
-        insert_files_sqlite(db, [(i + 1, 2, key) for i, key in enumerate(images)])
-        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        await queue_files(db, env, [(i + 1, 2, key) for i, key in enumerate(images)])
         queue = await open_queue(f"sqlite:///{db}")
         try:
             await queue.post_command("publish", "pause")
@@ -384,9 +383,7 @@ async def test_a_job_cut_off_at_the_shutdown_bound_goes_back_marked(
             rclone_s3, raid.endpoint, f"sqlite:///{db}", CONCURRENCY="1",
             TUI_BACKFILL_SHUTDOWN_TIMEOUT="1", TUI_BACKFILL_TIMEOUT="30",
         )  # fmt: skip
-        assert (await tool("publish", "init-db", env=env)).rc == 0
-        insert_files_sqlite(db, [(1, 3, "slow.jpg")])
-        assert (await tool("publish", "enqueue", env=env)).rc == 0
+        await queue_files(db, env, [(1, 3, "slow.jpg")])
         worker = await spawn("publish", "worker", "--no-ui", env=env)
         deadline = time.monotonic() + 30
         while raid.gets == 0:
