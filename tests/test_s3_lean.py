@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tui_backfill.outcomes import FatalError, NotFoundError, RetryableError
+from tui_backfill.outcomes import BackfillError, FatalError, NotFoundError, RetryableError
 from tui_backfill.seams.bucket import Bucket
 from tui_backfill.seams.s3_lean import LeanBucket, read_error
 from tui_backfill.servers.proxy import ProxyFaults
@@ -445,17 +445,20 @@ async def test_requests_go_through_the_proxy_the_environment_names(
 
 class TunnelProxy:
     """An HTTP proxy that only opens tunnels (CONNECT), recording each CONNECT's target and
-    Proxy-Authorization; with `refuse`, it answers that status instead."""
+    Proxy-Authorization; with `refuse`, it answers that status instead; with `tls`, it is an
+    https proxy (TLS to the proxy, then the endpoint's TLS inside the tunnel)."""
 
-    def __init__(self, refuse: int | None = None) -> None:
+    def __init__(self, refuse: int | None = None, tls: Any = None) -> None:
         self.refuse = refuse
+        self.tls = tls
         self.seen: list[tuple[str, str | None]] = []
         self._server: asyncio.Server | None = None
         self.url = ""
 
     async def start(self) -> TunnelProxy:
-        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.tls)
+        scheme = "https" if self.tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
         return self
 
     async def stop(self) -> None:
@@ -538,6 +541,47 @@ async def test_https_goes_through_a_tunnel_of_the_proxy_the_environment_names(
     assert refused.value.code == "s3_connection"
     assert f"ProxyRefused: the proxy {refusing.url} answered 407" in refused.value.message
     assert refusing.seen == [(f"CONNECT {where}", None)]
+
+
+async def test_an_https_proxy_is_reached_over_tls_and_verified_with_the_buckets_ca(
+    rclone_s3: S3Target, stack: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY naming an https proxy: TLS to the proxy (verified with AWS_CA_BUNDLE, as the
+    endpoint is), CONNECT inside it, then the endpoint's own TLS inside the tunnel."""
+    import ssl
+
+    from tui_backfill.servers.proxy import ReverseProxy
+
+    cert, key = self_signed(tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
+    stack.push_async_callback(https.stop)
+    tunnel = await TunnelProxy(tls=serving).start()
+    stack.push_async_callback(tunnel.stop)
+    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", tunnel.url)
+    monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+
+    lean = await entered(bucket_for(rclone_s3, endpoint_url=https.endpoint_url), stack)
+    key = "tunnel/tls.webp"
+    assert await lean.put(key, b"twice wrapped", WEBP, if_none_match=False) is True
+    assert await lean.exists(key) is True
+    assert rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key=key)["Body"].read() == (
+        b"twice wrapped"
+    )
+    where = https.endpoint_url.removeprefix("https://")
+    assert tunnel.seen == [(f"CONNECT {where}", None)]
+    assert https.requests[("PUT", "put_object")] == 1
+
+    monkeypatch.delenv("AWS_CA_BUNDLE")  # the proxy's certificate is then no one's
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    untrusting = await entered(bucket_for(rclone_s3, endpoint_url=https.endpoint_url), stack)
+    with pytest.raises(BackfillError) as refused:
+        await untrusting.exists(key)
+    assert "certificate" in refused.value.message.lower(), refused.value.message
+    assert len(tunnel.seen) == 1  # no CONNECT sent over an unverified connection
 
 
 @pytest.mark.parametrize("server", ["rclone_s3", "moto_s3"])
