@@ -584,6 +584,37 @@ async def test_an_https_proxy_is_reached_over_tls_and_verified_with_the_buckets_
     assert len(tunnel.seen) == 1  # no CONNECT sent over an unverified connection
 
 
+async def test_an_https_proxy_in_front_of_an_http_endpoint_is_verified_with_the_buckets_ca(
+    rclone_s3: S3Target, stack: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HTTP_PROXY naming an https proxy, the endpoint plain http: each request goes over TLS to
+    the proxy in absolute form, the proxy verified with AWS_CA_BUNDLE (a private CA, as
+    corporate proxies have), not only with the system's CAs."""
+    import ssl
+
+    from tui_backfill.servers.proxy import ReverseProxy
+
+    cert, key = self_signed(tmp_path)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    forward = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
+    stack.push_async_callback(forward.stop)
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", forward.endpoint_url)
+    monkeypatch.setenv("AWS_CA_BUNDLE", cert)
+
+    lean = await entered(bucket_for(rclone_s3), stack)
+    key = "forward/tls.webp"
+    assert await lean.put(key, b"via a TLS proxy", WEBP, if_none_match=False) is True
+    assert await lean.exists(key) is True
+    monkeypatch.delenv("HTTP_PROXY")  # the test's own boto3 client reads the server directly
+    assert rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key=key)["Body"].read() == (
+        b"via a TLS proxy"
+    )
+    assert forward.absolute_form == 2 and forward.requests[("PUT", "put_object")] == 1
+
+
 @pytest.mark.parametrize("server", ["rclone_s3", "moto_s3"])
 async def test_a_listing_reads_what_botocore_reads(
     server: str, request: pytest.FixtureRequest, stack: Any

@@ -139,8 +139,13 @@ class LeanBucket:
     async def __aenter__(self) -> Self:
         await self._resolve()
         assert self._target is not None
-        tls: ssl.SSLContext | None = None  # an http endpoint: never used
-        if urllib.parse.urlsplit(self._target.bucket_url).scheme == "https":
+        # The bucket's verification, for an https endpoint and for an https proxy (even in
+        # front of an http endpoint); with neither, never used.
+        tls: ssl.SSLContext | None = None
+        schemes = {urllib.parse.urlsplit(self._target.bucket_url).scheme}
+        if self._proxy is not None:
+            schemes.add(urllib.parse.urlsplit(self._proxy.url).scheme)
+        if "https" in schemes:
             tls = await asyncio.to_thread(verify_context, self._bucket.verify)  # reads a file
         self._wire = Wire(
             limit=self._bucket.pool_size, tls=tls, connect_timeout=min(self.timeout, 10.0)
