@@ -357,22 +357,27 @@ def test_error_answers_read_as_botocore_reads_them(
 
 class ForwardProxy:
     """A plain HTTP forward proxy on loopback: requests in absolute form (`GET http://host/...`)
-    are relayed to their origin unchanged, and counted by method with their Proxy-Authorization."""
+    are relayed to their origin unchanged, and counted by method with their Proxy-Authorization;
+    with `tls`, an https proxy (the requests reach it over TLS)."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: Any = None) -> None:
+        self.tls = tls
         self.seen: list[tuple[str, str, str | None]] = []  # (method, URL, Proxy-Authorization)
         self._runner: Any = None
         self.url = ""
 
     async def start(self) -> ForwardProxy:
         import aiohttp
+        import yarl
         from aiohttp import web
 
         client = aiohttp.ClientSession(auto_decompress=False)
 
         async def relay(request: web.Request) -> web.StreamResponse:
+            # the target as the client wrote it (over TLS aiohttp would make it https://)
+            target = yarl.URL(request.raw_path, encoded=True)
             self.seen.append(
-                (request.method, str(request.url), request.headers.get("Proxy-Authorization"))
+                (request.method, str(target), request.headers.get("Proxy-Authorization"))
             )
             headers = {
                 k: v
@@ -381,7 +386,7 @@ class ForwardProxy:
             }
             async with client.request(
                 request.method,
-                request.url,  # absolute: the client asked for this origin
+                target,  # absolute: the client asked for this origin
                 headers=headers,
                 data=await request.read(),
                 allow_redirects=False,
@@ -399,10 +404,10 @@ class ForwardProxy:
         app.on_cleanup.append(lambda _: client.close())
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls is not None else 'http'}://127.0.0.1:{port}"
         return self
 
     async def stop(self) -> None:
@@ -416,8 +421,7 @@ async def test_requests_go_through_the_proxy_the_environment_names(
     the proxy's credentials as Proxy-Authorization (never in the URL); NO_PROXY exempts a host."""
     proxy = await ForwardProxy().start()
     stack.push_async_callback(proxy.stop)
-    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    no_proxies(monkeypatch)
     monkeypatch.setenv("HTTP_PROXY", proxy.url.replace("http://", "http://op:s%40cret@"))
     bucket = bucket_for(rclone_s3)
     lean = await entered(bucket, stack)
@@ -505,19 +509,14 @@ async def test_https_goes_through_a_tunnel_of_the_proxy_the_environment_names(
     """HTTPS_PROXY with an https endpoint: one CONNECT a connection, carrying the proxy's
     credentials, and TLS with the endpoint (verified with its CA) inside the tunnel; a proxy
     that refuses the tunnel is a retryable connection fault naming its answer."""
-    import ssl
-
     from tui_backfill.servers.proxy import ReverseProxy
 
-    cert, key = self_signed(tmp_path)
-    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    serving.load_cert_chain(cert, key)
+    cert, serving = private_ca(tmp_path)
     https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
     stack.push_async_callback(https.stop)
     tunnel = await TunnelProxy().start()
     stack.push_async_callback(tunnel.stop)
-    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    no_proxies(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", tunnel.url.replace("http://", "http://op:s%40cret@"))
     monkeypatch.setenv("AWS_CA_BUNDLE", cert)
 
@@ -548,19 +547,14 @@ async def test_an_https_proxy_is_reached_over_tls_and_verified_with_the_buckets_
 ) -> None:
     """HTTPS_PROXY naming an https proxy: TLS to the proxy (verified with AWS_CA_BUNDLE, as the
     endpoint is), CONNECT inside it, then the endpoint's own TLS inside the tunnel."""
-    import ssl
-
     from tui_backfill.servers.proxy import ReverseProxy
 
-    cert, key = self_signed(tmp_path)
-    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    serving.load_cert_chain(cert, key)
+    cert, serving = private_ca(tmp_path)
     https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
     stack.push_async_callback(https.stop)
     tunnel = await TunnelProxy(tls=serving).start()
     stack.push_async_callback(tunnel.stop)
-    for name in ("HTTPS_PROXY", "https_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
+    no_proxies(monkeypatch)
     monkeypatch.setenv("HTTPS_PROXY", tunnel.url)
     monkeypatch.setenv("AWS_CA_BUNDLE", cert)
 
@@ -590,18 +584,11 @@ async def test_an_https_proxy_in_front_of_an_http_endpoint_is_verified_with_the_
     """HTTP_PROXY naming an https proxy, the endpoint plain http: each request goes over TLS to
     the proxy in absolute form, the proxy verified with AWS_CA_BUNDLE (a private CA, as
     corporate proxies have), not only with the system's CAs."""
-    import ssl
-
-    from tui_backfill.servers.proxy import ReverseProxy
-
-    cert, key = self_signed(tmp_path)
-    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    serving.load_cert_chain(cert, key)
-    forward = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
+    cert, serving = private_ca(tmp_path)
+    forward = await ForwardProxy(tls=serving).start()
     stack.push_async_callback(forward.stop)
-    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("HTTP_PROXY", forward.endpoint_url)
+    no_proxies(monkeypatch)
+    monkeypatch.setenv("HTTP_PROXY", forward.url)
     monkeypatch.setenv("AWS_CA_BUNDLE", cert)
 
     lean = await entered(bucket_for(rclone_s3), stack)
@@ -612,7 +599,8 @@ async def test_an_https_proxy_in_front_of_an_http_endpoint_is_verified_with_the_
     assert rclone_s3.client().get_object(Bucket=rclone_s3.bucket, Key=key)["Body"].read() == (
         b"via a TLS proxy"
     )
-    assert forward.absolute_form == 2 and forward.requests[("PUT", "put_object")] == 1
+    url = f"{rclone_s3.endpoint_url}/{rclone_s3.bucket}/{key}"
+    assert forward.seen == [("PUT", url, None), ("HEAD", url, None)]  # in absolute form
 
 
 @pytest.mark.parametrize("server", ["rclone_s3", "moto_s3"])
@@ -805,18 +793,31 @@ def self_signed(directory: Any) -> tuple[str, str]:
     return str(cert_path), str(key_path)
 
 
+def private_ca(directory: Any) -> tuple[str, Any]:
+    """(the CA bundle's path, a server context serving its certificate for 127.0.0.1)."""
+    import ssl
+
+    cert, key = self_signed(directory)
+    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    serving.load_cert_chain(cert, key)
+    return cert, serving
+
+
+def no_proxies(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No proxy from this machine's environment: each test names its own."""
+    for scheme in ("HTTP", "HTTPS", "NO", "ALL"):
+        monkeypatch.delenv(f"{scheme}_PROXY", raising=False)
+        monkeypatch.delenv(f"{scheme.lower()}_proxy", raising=False)
+
+
 async def test_https_is_verified_with_the_ca_bundle_botocore_names(
     rclone_s3: S3Target, stack: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An HTTPS endpoint under a private CA: with AWS_CA_BUNDLE naming it, the lean GET, listing
     and PUT verify it as the Bucket's client does; without it, the certificate is refused."""
-    import ssl
-
     from tui_backfill.servers.proxy import ReverseProxy
 
-    cert, key = self_signed(tmp_path)
-    serving = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    serving.load_cert_chain(cert, key)
+    cert, serving = private_ca(tmp_path)
     https = await ReverseProxy(rclone_s3.endpoint_url, ssl_context=serving).start()
     stack.push_async_callback(https.stop)
     rclone_s3.client().put_object(Bucket=rclone_s3.bucket, Key="tls/a.bin", Body=b"private")

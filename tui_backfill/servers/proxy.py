@@ -168,7 +168,6 @@ class ReverseProxy:
         self.lost_puts: collections.Counter[str] = collections.Counter()
         self.undelivered_puts: collections.Counter[str] = collections.Counter()
         self.forwarded: collections.Counter[str] = collections.Counter()
-        self.absolute_form = 0  # requests sent to it as to a forward proxy (`PUT http://...`)
         self.abandoned: collections.Counter[str] = collections.Counter()
         self.injected: collections.Counter[str] = collections.Counter()
         self.peak_in_flight: collections.Counter[str] = collections.Counter()
@@ -301,7 +300,7 @@ class ReverseProxy:
 
     # -- forwarding --------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        decoded_path = urllib.parse.unquote(_origin_form(request.raw_path).partition("?")[0])
+        decoded_path = urllib.parse.unquote(request.raw_path.partition("?")[0])
         kind, object_path = (classify if self.s3 else classify_http)(request.method, decoded_path)
         self.requests[(request.method, kind)] += 1
         self._in_flight[kind] += 1
@@ -364,10 +363,7 @@ class ReverseProxy:
         )
         if body or "Content-Length" in request.headers:
             headers["Content-Length"] = str(len(body))
-        raw_path = _origin_form(request.raw_path)
-        if raw_path != request.raw_path:  # sent in absolute form: we are someone's forward proxy
-            self.absolute_form += 1
-        url = yarl.URL(self.upstream_url + raw_path, encoded=True)
+        url = yarl.URL(self.upstream_url + request.raw_path, encoded=True)
         self.forwarded[kind] += 1
         try:
             async with self._session.request(
@@ -448,14 +444,3 @@ class ReverseProxy:
 
 
 S3Proxy = ReverseProxy
-
-
-def _origin_form(target: str) -> str:
-    """A request target in absolute form (`http://host/path?q`, as a client sends it to a
-    forward proxy) as the path and query the upstream is asked for; others as they are."""
-    if not target.startswith(("http://", "https://")):
-        return target
-    rest = target.split("://", 1)[1]
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    path = rest[cut:]
-    return path if path.startswith("/") else "/" + path
